@@ -1,0 +1,1 @@
+//! Find Python tests and split them into steps (see DESIGN.md, "Steps").

@@ -1,0 +1,1 @@
+//! A Jupyter kernel that runs Python in a worker process.

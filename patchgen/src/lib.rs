@@ -1,0 +1,1 @@
+//! Journal edits, apply them to files, and export diffs and mbox patches.

@@ -1,1 +1,34 @@
 //! Journal edits, apply them to files, and export diffs and mbox patches.
+//!
+//! The kernel appends every edit of a step to a [`Journal`] before acknowledging
+//! it; [`plan`], [`apply`], [`unified_diff`] and [`export`] replay the journal's
+//! [`effective_edits`] onto the files, refusing to touch a file whose edited
+//! ranges no longer hold the text the session loaded.
+//!
+//! An edit names its step by the 1-based line range of the file as the session
+//! loaded it and the SHA-256 of that range's text ([`original_text`] defines the
+//! exact bytes: the lines with their own terminators, minus the last line's).
+//! Computing `original_sha256` with [`original_text`] and [`sha256_hex`] is what
+//! makes [`render_file`]'s check agree.
+
+mod diff;
+mod edit;
+mod error;
+mod export;
+mod journal;
+mod mime;
+mod render;
+mod repo;
+mod worktree;
+
+pub use diff::unified_diff;
+pub use edit::{effective_edits, now_rfc3339, original_text, sha256_hex, Edit};
+pub use error::PatchError;
+pub use export::{
+    default_subject, export, patch_file_name, Export, Exported, PatchMeta, FALLBACK_EMAIL,
+    FALLBACK_NAME,
+};
+pub use journal::{Journal, JournalContents};
+pub use render::{reindent, render_file};
+pub use repo::{head_revision, repo_root};
+pub use worktree::{apply, plan, FileChange};

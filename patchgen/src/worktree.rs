@@ -1,0 +1,128 @@
+//! Reading edited files under a root, checking them all, and writing them safely.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+
+use crate::edit::{effective_edits, Edit};
+use crate::error::PatchError;
+use crate::render::render_file;
+
+/// One file's content before and after the session's edits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileChange {
+    /// Path relative to the root, '/'-separated.
+    pub file: String,
+    /// The content the diff starts from.
+    pub before: String,
+    /// The content with the edits applied.
+    pub after: String,
+}
+
+/// The effective edits grouped by file, in file order.
+pub(crate) fn by_file(edits: &[Edit]) -> BTreeMap<String, Vec<Edit>> {
+    let mut files: BTreeMap<String, Vec<Edit>> = BTreeMap::new();
+    for edit in effective_edits(edits) {
+        files.entry(edit.file.clone()).or_default().push(edit);
+    }
+    files
+}
+
+/// `root/file` for a relative, '/'-separated path that stays under `root`.
+pub(crate) fn resolve(root: &Path, file: &str) -> Result<PathBuf, PatchError> {
+    let relative = Path::new(file);
+    let ok = !file.is_empty()
+        && relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !ok {
+        return Err(PatchError::InvalidPath {
+            file: file.to_string(),
+        });
+    }
+    Ok(root.join(relative))
+}
+
+/// Reads a file under `root` as UTF-8 text.
+pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
+    let path = resolve(root, file)?;
+    fs::read_to_string(&path).map_err(|source| PatchError::Read { path, source })
+}
+
+/// The pending change of every edited file under `root` (last edit per step wins).
+///
+/// Nothing is written. Every file is checked before anything is returned, so one
+/// conflict fails the whole plan. Files whose edits are already applied, or whose
+/// edits change nothing, are left out.
+pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> {
+    let mut changes = Vec::new();
+    for (file, file_edits) in by_file(edits) {
+        let before = read_text(root, &file)?;
+        let after = render_file(&before, &file_edits)?;
+        if after != before {
+            changes.push(FileChange {
+                file,
+                before,
+                after,
+            });
+        }
+    }
+    Ok(changes)
+}
+
+/// Writes the session's edits into the files under `root`; returns the files written.
+///
+/// All files are checked first ([`plan`]); on any conflict nothing is written.
+/// Each file is replaced through a synced temporary file and a rename, keeping
+/// its permissions, so a crash never leaves a half-written source file.
+pub fn apply(root: &Path, edits: &[Edit]) -> Result<Vec<String>, PatchError> {
+    let changes = plan(root, edits)?;
+    let mut written = Vec::with_capacity(changes.len());
+    for change in changes {
+        let path = resolve(root, &change.file)?;
+        write_atomically(&path, change.after.as_bytes())
+            .map_err(|source| PatchError::Write { path, source })?;
+        written.push(change.file);
+    }
+    Ok(written)
+}
+
+/// Replaces `path` with `content` via a temporary sibling and a rename.
+fn write_atomically(path: &Path, content: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.stepkernel-{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(content)?;
+        if let Ok(meta) = fs::metadata(path) {
+            file.set_permissions(meta.permissions())?;
+        }
+        file.sync_all()?;
+        fs::rename(&tmp, path)?;
+        // The rename is durable only once the directory is synced.
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_stay_under_root() {
+        let root = Path::new("r");
+        assert!(resolve(root, "tests/test_a.py").is_ok());
+        for bad in ["../x.py", "/etc/passwd", "a/../../b", ""] {
+            assert!(
+                matches!(resolve(root, bad), Err(PatchError::InvalidPath { .. })),
+                "{bad}"
+            );
+        }
+    }
+}

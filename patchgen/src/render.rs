@@ -1,7 +1,7 @@
 //! Rendering a file with its edits applied: re-indentation, line endings,
 //! the final-newline state, and the check that each range still holds its original.
 
-use crate::edit::{sha256_hex, Edit};
+use crate::edit::{effective_edits, sha256_hex, Edit};
 use crate::error::PatchError;
 
 /// Re-indents text typed in a cell to a step's indentation.
@@ -56,7 +56,7 @@ pub fn reindent(new_text: &str, indent: &str, line_ending: &str) -> String {
 
 /// Applies one file's edits to `original` and returns the new content.
 ///
-/// Each edit's range must still hash to its `original_sha256`, else
+/// The last edit of a step wins. Each edit's range must still hash to its `original_sha256`, else
 /// [`PatchError::Conflict`]. An edit whose new text already stands where it would
 /// go (the file was written by [`crate::apply`] before) counts as applied and
 /// changes nothing, so applying twice is harmless. The file's line ending (CRLF
@@ -65,8 +65,9 @@ pub fn reindent(new_text: &str, indent: &str, line_ending: &str) -> String {
 /// enclosing block without statements, `pass` is written at the step's
 /// indentation so the file stays valid Python.
 pub fn render_file(original: &str, edits: &[Edit]) -> Result<String, PatchError> {
-    let mut sorted: Vec<&Edit> = edits.iter().collect();
-    sorted.sort_by_key(|e| (e.start_line, e.end_line));
+    // Last edit of a step wins, as in the journal; sorted by line.
+    let effective = effective_edits(edits);
+    let sorted: Vec<&Edit> = effective.iter().collect();
     let lines: Vec<&str> = original.split_inclusive('\n').collect();
     let le = line_ending(original);
 

@@ -94,3 +94,24 @@ fn crlf_multi_line_replacement_uses_crlf_throughout() {
         "def t():\r\n    x = 1\r\n    if x:\r\n        x += 1\r\n"
     );
 }
+
+#[test]
+fn the_last_edit_of_a_step_wins() {
+    let mut all = edits();
+    all.insert(
+        0,
+        edit(SRC, "t.py", (7, 8), "    ", "b = [9]", "t.py::test_two", 1),
+    );
+    all.push(edit(
+        SRC,
+        "t.py",
+        (2, 2),
+        "    ",
+        "a = 5",
+        "t.py::test_one",
+        1,
+    ));
+    let out = render_file(SRC, &all).unwrap();
+    assert!(out.contains("    a = 5\n    assert a == 2\n"), "{out}");
+    assert!(out.contains("    b = [1]\n"), "{out}");
+}

@@ -1,7 +1,10 @@
 //! `stepkernel steps`: print the tests and steps the instrumenter finds.
 
+use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
+use instrumenter::{FileReport, Options, Phase, Report, Step, TestReport};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// Arguments of `stepkernel steps`.
@@ -17,7 +20,133 @@ pub struct StepsArgs {
     pub step_marker: Option<String>,
 }
 
-/// Runs the `steps` subcommand.
-pub fn run(_args: StepsArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not implemented yet")
+/// Runs the `steps` subcommand: exit 1 when any file or test has an error.
+pub fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
+    let opts = match &args.step_marker {
+        Some(pattern) => Options::with_step_marker(pattern)?,
+        None => Options::default(),
+    };
+    let (path, name) = split_target(&args.target);
+    let mut files = instrumenter::instrument_path(&path, &opts)?;
+    if let Some(name) = name {
+        files = instrumenter::select(files, &name)?;
+    }
+    let report = Report { files };
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        serde_json::to_writer(&mut out, &report).context("writing JSON")?;
+        writeln!(out)?;
+    } else {
+        for file in &report.files {
+            write_file(&mut out, file)?;
+        }
+    }
+    out.flush()?;
+    Ok(if report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Splits `PATH::NAME`; a target that exists as a path is taken whole.
+fn split_target(target: &Path) -> (PathBuf, Option<String>) {
+    let text = target.to_string_lossy();
+    if target.exists() {
+        return (target.to_path_buf(), None);
+    }
+    match text.split_once("::") {
+        Some((path, name)) if !name.is_empty() => (PathBuf::from(path), Some(name.to_string())),
+        _ => (target.to_path_buf(), None),
+    }
+}
+
+fn write_file(out: &mut impl Write, file: &FileReport) -> std::io::Result<()> {
+    writeln!(out, "{}", file.path)?;
+    if let Some(error) = &file.error {
+        writeln!(out, "  error: {}:{error}", file.path)?;
+    }
+    if file.tests.is_empty() && file.error.is_none() {
+        writeln!(out, "  (no tests)")?;
+    }
+    let prefix = format!("{}::", file.path);
+    for test in &file.tests {
+        write_test(out, file, test, &prefix)?;
+    }
+    Ok(())
+}
+
+fn write_test(
+    out: &mut impl Write,
+    file: &FileReport,
+    test: &TestReport,
+    prefix: &str,
+) -> std::io::Result<()> {
+    let rel = test.id.strip_prefix(prefix).unwrap_or(&test.id);
+    let kind = match test.kind {
+        instrumenter::TestKind::Unittest => "unittest",
+        instrumenter::TestKind::Pytest => "pytest",
+    };
+    writeln!(out, "  {rel}  [{kind}]")?;
+    if let Some(error) = &test.error {
+        let place = match (error.line, error.column) {
+            (Some(line), Some(col)) => format!("{}:{line}:{col}: ", file.path),
+            _ => format!("{}: ", file.path),
+        };
+        writeln!(out, "    error: {place}{}", error.message)?;
+    }
+    for phase in &test.phases {
+        write_phase(out, phase, test.class.as_deref())?;
+    }
+    Ok(())
+}
+
+fn write_phase(out: &mut impl Write, phase: &Phase, class: Option<&str>) -> std::io::Result<()> {
+    let mut notes = Vec::new();
+    // Name the function only when it is not the obvious one (inherited).
+    let obvious = match class {
+        Some(class) => format!("{class}.{}", phase.name),
+        None => phase.name.clone(),
+    };
+    if phase.function != obvious {
+        notes.push(format!("from {}", phase.function));
+    }
+    if phase.is_async {
+        notes.push("async".into());
+    }
+    if phase.is_generator {
+        notes.push("generator: one step".into());
+    }
+    let notes = if notes.is_empty() {
+        String::new()
+    } else {
+        format!("  ({})", notes.join(", "))
+    };
+    writeln!(out, "    {}{notes}", phase.name)?;
+    if phase.steps.is_empty() {
+        writeln!(out, "      (no steps)")?;
+    }
+    for step in &phase.steps {
+        write_step(out, step)?;
+    }
+    Ok(())
+}
+
+fn write_step(out: &mut impl Write, step: &Step) -> std::io::Result<()> {
+    let lines = if step.start_line == step.end_line {
+        format!("{}", step.start_line)
+    } else {
+        format!("{}-{}", step.start_line, step.end_line)
+    };
+    let flags = if step.flags.is_empty() {
+        String::new()
+    } else {
+        let names: Vec<&str> = step.flags.iter().map(|f| f.as_str()).collect();
+        format!("  [{}]", names.join(", "))
+    };
+    writeln!(
+        out,
+        "      {:>3}  L{lines:<8} {}{flags}",
+        step.index, step.name
+    )
 }

@@ -1,0 +1,92 @@
+//! How the instrumenter recognises tests and step markers.
+
+use crate::error::InstrumentError;
+use regex::Regex;
+
+/// The default step marker: `# step: NAME`.
+pub const DEFAULT_STEP_MARKER: &str = r"^#\s*step:\s*(.*?)\s*$";
+/// The default end-of-step marker: `# endstep`.
+pub const DEFAULT_END_MARKER: &str = r"^#\s*endstep\b";
+
+/// Settings for [`crate::instrument_source`] and [`crate::instrument_path`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Matches a comment (including its `#`) that starts a named step; the
+    /// first capture group is the step's name.
+    pub step_marker: Regex,
+    /// Matches a comment that ends the current step.
+    pub end_marker: Regex,
+    /// Prefix of test functions and methods (pytest's `python_functions`,
+    /// unittest's `TestLoader.testMethodPrefix`).
+    pub function_prefix: String,
+    /// Prefix of pytest test classes (pytest's `python_classes`).
+    pub class_prefix: String,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            step_marker: marker(DEFAULT_STEP_MARKER),
+            end_marker: marker(DEFAULT_END_MARKER),
+            function_prefix: "test".to_string(),
+            class_prefix: "Test".to_string(),
+        }
+    }
+}
+
+impl Options {
+    /// Default options with another step marker regex, checked to compile and
+    /// to have a capture group for the name.
+    pub fn with_step_marker(pattern: &str) -> Result<Options, InstrumentError> {
+        let step_marker = Regex::new(pattern).map_err(|e| InstrumentError::BadMarker {
+            pattern: pattern.to_string(),
+            reason: e.to_string(),
+        })?;
+        if step_marker.captures_len() < 2 {
+            return Err(InstrumentError::BadMarker {
+                pattern: pattern.to_string(),
+                reason: "it needs one capture group for the step name".to_string(),
+            });
+        }
+        Ok(Options {
+            step_marker,
+            ..Options::default()
+        })
+    }
+}
+
+/// Compiles one of the built-in patterns (constants, checked by a test).
+fn marker(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("built-in marker patterns compile")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_markers_compile_and_match() {
+        let o = Options::default();
+        let caps = o
+            .step_marker
+            .captures("#  step:  log in  ")
+            .expect("matches");
+        assert_eq!(&caps[1], "log in");
+        assert!(o.end_marker.is_match("# endstep"));
+        assert!(!o.end_marker.is_match("# endsteps"));
+        assert!(!o.step_marker.is_match("# steps: x"));
+    }
+
+    #[test]
+    fn custom_marker_needs_a_group_and_must_compile() {
+        assert!(Options::with_step_marker(r"^#\s*STEP (.+)$").is_ok());
+        assert!(matches!(
+            Options::with_step_marker(r"^# step"),
+            Err(InstrumentError::BadMarker { .. })
+        ));
+        assert!(matches!(
+            Options::with_step_marker(r"(unclosed"),
+            Err(InstrumentError::BadMarker { .. })
+        ));
+    }
+}

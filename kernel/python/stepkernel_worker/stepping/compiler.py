@@ -1,0 +1,325 @@
+"""Compile step bodies into functions that share the test function's cells.
+
+A step is a list of statements taken from the test function's own AST (parsed
+from the real file, so line numbers are real). It is compiled as::
+
+    class <EnclosingClass>:                 # only for name mangling
+        def __stepkernel_factory__(<every local, cell and free name of f>):
+            def __stepkernel_step__([__stepkernel_self__]):
+                global <f's global names>
+                nonlocal <every name of f>
+                <statements>
+                return "<continue marker>"
+            return __stepkernel_step__
+
+and the code object of ``__stepkernel_step__`` is taken out of the factory's
+constants; the engine builds the function with ``types.FunctionType`` over the
+module globals and the shared cells, so every step, lambda and comprehension
+reads and writes the same variables the original function would.
+"""
+
+from __future__ import annotations
+
+import __future__
+import ast
+import copy
+import sys
+import types
+import warnings
+from typing import Any, Callable, Iterable
+
+__tracebackhide__ = True
+__unittest = True
+
+#: What a step returns when it falls off its end (a ``return`` ends the function).
+CONTINUE = "__stepkernel_continue_7d1f9c__"
+#: First element of the tuple a user cell returns for its last expression.
+DISPLAY = "__stepkernel_display_7d1f9c__"
+FACTORY = "__stepkernel_factory__"
+STEP = "__stepkernel_step__"
+#: Positional parameter of steps that use zero-argument ``super()``.
+SELF_ARG = "__stepkernel_self__"
+
+FUTURE_MASK = 0
+for _feature in __future__.all_feature_names:
+    FUTURE_MASK |= getattr(__future__, _feature).compiler_flag
+
+# Nodes that open a new scope: statements below them belong to another function.
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+
+
+class StepCompileError(Exception):
+    """A step could not be compiled (the engine then runs the function unstepped)."""
+
+
+def scope_walk(nodes: Iterable[ast.AST]):
+    """Yield the nodes of one function scope, not descending into nested scopes.
+
+    Decorators, default values and base classes of nested definitions are
+    evaluated in the enclosing scope, so they are walked too.
+    """
+    todo = list(nodes)
+    while todo:
+        node = todo.pop()
+        yield node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            todo.extend(node.decorator_list)
+            todo.extend(node.args.defaults)
+            todo.extend(d for d in node.args.kw_defaults if d is not None)
+            if node.returns is not None:
+                todo.append(node.returns)
+        elif isinstance(node, ast.ClassDef):
+            todo.extend(node.decorator_list)
+            todo.extend(node.bases)
+            todo.extend(node.keywords)
+        elif isinstance(node, ast.Lambda):
+            todo.extend(node.args.defaults)
+            todo.extend(d for d in node.args.kw_defaults if d is not None)
+        else:
+            todo.extend(ast.iter_child_nodes(node))
+
+
+def declared_globals(body: list[ast.stmt]) -> list[str]:
+    """Names a function body declares ``global`` (anywhere in its own scope)."""
+    names: list[str] = []
+    for node in scope_walk(body):
+        if isinstance(node, ast.Global):
+            names.extend(n for n in node.names if n not in names)
+    return names
+
+
+def uses_super(stmts: Iterable[ast.AST]) -> bool:
+    """Whether zero-argument ``super()`` is called in this scope."""
+    for node in scope_walk(stmts):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "super"
+            and not node.args
+        ):
+            return True
+    return False
+
+
+def contains_yield(stmts: Iterable[ast.AST]) -> bool:
+    """Whether this scope yields (a step may not: it would become a generator)."""
+    return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in scope_walk(stmts))
+
+
+class _ScopeFixer(ast.NodeTransformer):
+    """Adapt statements of ``f``'s own scope to live inside a step function.
+
+    ``global``/``nonlocal`` statements are removed (the step declares them all
+    up front) and annotated simple names lose their annotation (an annotated
+    name cannot be ``nonlocal``; annotations of locals are never evaluated).
+    """
+
+    def visit_FunctionDef(self, node):  # noqa: N802 - ast API
+        return self._outer_parts(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_ClassDef(self, node):  # noqa: N802
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        node.bases = [self.visit(b) for b in node.bases]
+        return node
+
+    def visit_Lambda(self, node):  # noqa: N802
+        return node
+
+    def _outer_parts(self, node):
+        node.decorator_list = [self.visit(d) for d in node.decorator_list]
+        return node
+
+    def visit_Global(self, node):  # noqa: N802
+        return ast.copy_location(ast.Pass(), node)
+
+    visit_Nonlocal = visit_Global
+
+    def visit_AnnAssign(self, node):  # noqa: N802
+        if not (node.simple and isinstance(node.target, ast.Name)):
+            return self.generic_visit(node)
+        if node.value is None:
+            return ast.copy_location(ast.Pass(), node)
+        assign = ast.Assign(targets=[node.target], value=node.value)
+        return ast.copy_location(assign, node)
+
+
+def _arguments(names: list[str]) -> ast.arguments:
+    return ast.arguments(
+        posonlyargs=[],
+        args=[ast.arg(arg=n) for n in names],
+        vararg=None,
+        kwonlyargs=[],
+        kw_defaults=[],
+        kwarg=None,
+        defaults=[],
+    )
+
+
+def _function_def(cls, name: str, args: ast.arguments, body: list[ast.stmt], lineno: int):
+    node = cls(name=name, args=args, body=body, decorator_list=[], returns=None)
+    if sys.version_info >= (3, 12):
+        node.type_params = []
+    _locate(node, lineno)
+    return node
+
+
+def _locate(node: ast.AST, line: int) -> ast.AST:
+    # Synthetic nodes sit on one real line (the function's first line) so that
+    # fix_missing_locations gives their children a valid range too.
+    node.lineno = node.end_lineno = line
+    node.col_offset = node.end_col_offset = 0
+    return node
+
+
+def find_code(code: types.CodeType, name: str) -> types.CodeType | None:
+    """The nested code object called ``name`` inside ``code``'s constants."""
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            if const.co_name == name:
+                return const
+            found = find_code(const, name)
+            if found is not None:
+                return found
+    return None
+
+
+class StepCompiler:
+    """Compiles statement lists against the names of one function."""
+
+    def __init__(
+        self,
+        *,
+        filename: str,
+        first_line: int,
+        func_name: str,
+        func_qualname: str,
+        names: list[str],
+        global_names: list[str],
+        is_async: bool,
+        class_name: str | None,
+        future_flags: int = 0,
+        rewrite: Callable[[ast.Module], None] | None = None,
+    ) -> None:
+        self.filename = filename
+        self.first_line = first_line
+        self.func_name = func_name
+        self.func_qualname = func_qualname
+        self.names = [n for n in names if n not in global_names]
+        self.global_names = list(global_names)
+        self.is_async = is_async
+        self.class_name = class_name
+        self.future_flags = future_flags & FUTURE_MASK
+        self.rewrite = rewrite
+
+    def compile(
+        self,
+        stmts: list[ast.stmt],
+        *,
+        extra_names: Iterable[str] = (),
+        super_arg: bool = False,
+        display_last: bool = False,
+        filename: str | None = None,
+    ) -> types.CodeType:
+        """Compile ``stmts`` (not modified) into a step code object.
+
+        Raises ``SyntaxError`` for code Python rejects and ``StepCompileError``
+        when the statements cannot live in a step (``yield``).
+        """
+        stmts = [copy.deepcopy(s) for s in stmts]
+        if contains_yield(stmts):
+            raise StepCompileError("a step cannot contain yield")
+        global_names = list(self.global_names)
+        global_names.extend(n for n in declared_globals(stmts) if n not in global_names)
+        fixer = _ScopeFixer()
+        stmts = [fixer.visit(s) for s in stmts]
+        if display_last and stmts and isinstance(stmts[-1], ast.Expr):
+            last = stmts[-1]
+            value = ast.Tuple(elts=[ast.Constant(DISPLAY), last.value], ctx=ast.Load())
+            stmts[-1] = ast.copy_location(ast.Return(value=value), last)
+        names = [n for n in self.names if n not in global_names]
+        names.extend(n for n in extra_names if n not in names and n not in global_names)
+        line = self.first_line
+        body: list[ast.stmt] = []
+        if global_names:
+            body.append(ast.Global(names=global_names))
+        if names:
+            body.append(ast.Nonlocal(names=names))
+        body.extend(stmts or [ast.Pass()])
+        body.append(ast.Return(value=ast.Constant(CONTINUE)))
+        kind = ast.AsyncFunctionDef if self.is_async else ast.FunctionDef
+        step = _function_def(kind, STEP, _arguments([SELF_ARG] if super_arg else []), body, line)
+        factory_body: list[ast.stmt] = [step, ast.Return(value=ast.Name(id=STEP, ctx=ast.Load()))]
+        factory = _function_def(ast.FunctionDef, FACTORY, _arguments(names), factory_body, line)
+        top: ast.stmt = factory
+        if self.class_name:
+            top = ast.ClassDef(
+                name=self.class_name, bases=[], keywords=[], body=[factory], decorator_list=[]
+            )
+            if sys.version_info >= (3, 12):
+                top.type_params = []
+            _locate(top, line)
+        module = ast.Module(body=[top], type_ignores=[])
+        ast.fix_missing_locations(module)
+        if self.rewrite is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.rewrite(module)
+        code = compile(
+            module,
+            filename or self.filename,
+            "exec",
+            flags=self.future_flags,
+            dont_inherit=True,
+        )
+        step_code = find_code(code, STEP)
+        if step_code is None:  # pragma: no cover - compile() always nests it
+            raise StepCompileError("step code object not found")
+        prefix = f"{FACTORY}.<locals>.{STEP}"
+        if self.class_name:
+            prefix = f"{self.class_name}.{prefix}"
+        step_code = _requalify(step_code, prefix, self.func_qualname)
+        return step_code.replace(co_name=self.func_name)
+
+
+def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
+    """Give code defined inside a step the qualnames it has in the original function.
+
+    Nested functions and classes would otherwise be named
+    ``__stepkernel_factory__.<locals>.__stepkernel_step__.<locals>.X``; their
+    qualnames live in ``co_qualname`` (3.11+) and as string constants (the
+    class body's ``__qualname__``, and function names before 3.11).
+    """
+
+    def fix(text: str) -> str:
+        if text == old or text.startswith(old + "."):
+            return new + text[len(old) :]
+        return text
+
+    consts = []
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            const = _requalify(const, old, new)
+        elif type(const) is str:
+            const = fix(const)
+        consts.append(const)
+    replace: dict[str, Any] = {"co_consts": tuple(consts)}
+    if sys.version_info >= (3, 11):
+        replace["co_qualname"] = fix(code.co_qualname)
+    return code.replace(**replace)
+
+
+def bound_names(stmts: list[ast.stmt], *, is_async: bool, filename: str) -> list[str]:
+    """Names the statements bind in their own scope (what a user cell creates)."""
+    stmts = [copy.deepcopy(s) for s in stmts]
+    declared = set(declared_globals(stmts))
+    stmts = [_ScopeFixer().visit(s) for s in stmts]
+    kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
+    probe = _function_def(kind, "__stepkernel_probe__", _arguments([]), stmts or [ast.Pass()], 1)
+    module = ast.Module(body=[probe], type_ignores=[])
+    ast.fix_missing_locations(module)
+    code = find_code(compile(module, filename, "exec", dont_inherit=True), "__stepkernel_probe__")
+    assert code is not None
+    names = list(code.co_varnames) + [n for n in code.co_cellvars if n not in code.co_varnames]
+    return [n for n in names if n.isidentifier() and n not in declared]

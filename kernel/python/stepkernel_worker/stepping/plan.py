@@ -1,0 +1,324 @@
+"""Step plans: which statements of a function form which step, compiled once.
+
+The instrumenter's report (``host.get_steps(path)``) says where steps start
+and end; the statements themselves come from this interpreter's own ``ast``
+parse of the same file, so what runs is exactly the function's code. A
+function the report does not describe (or that cannot be stepped: generators,
+lambdas, source unavailable) gets an *unstepped* plan: one step that calls the
+original.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import hashlib
+import inspect
+import os
+import tokenize
+import types
+from typing import Any, Callable
+
+from . import compiler
+
+__tracebackhide__ = True
+__unittest = True
+
+#: Step code object -> the original function's code (for tools that read a
+#: frame's arguments from its code, like pytest's ``Code.getargs``).
+STEP_ORIGINS: dict[types.CodeType, types.CodeType] = {}
+
+_CO_GENERATOR_LIKE = (
+    inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
+)
+
+
+@dataclasses.dataclass
+class StepSpec:
+    """One step of a function."""
+
+    index: int
+    name: str
+    start_line: int
+    end_line: int
+    #: The step's text as the report gives it (what an edit replaces).
+    source: str
+    report: dict = dataclasses.field(default_factory=dict)
+    stmts: list = dataclasses.field(default_factory=list)
+    code: types.CodeType | None = None
+    super_arg: bool = False
+    #: Source typed by the user with ``%%edit`` (None while unedited).
+    edited_source: str | None = None
+    #: Names created by user cells that this compiled code can see.
+    extra_names: tuple = ()
+
+
+@dataclasses.dataclass
+class StepPlan:
+    """How to run one function step by step (shared by all its calls)."""
+
+    func_code: types.CodeType
+    name: str
+    qualname: str
+    filename: str
+    is_async: bool
+    steps: list[StepSpec]
+    #: Why the function runs as one step, or None when it is stepped.
+    unstepped_reason: str | None = None
+    param_names: tuple = ()
+    local_names: tuple = ()
+    free_names: tuple = ()
+    first_param: str | None = None
+    compiler: compiler.StepCompiler | None = None
+    rewrite: bool = False
+
+    @property
+    def stepped(self) -> bool:
+        return self.unstepped_reason is None
+
+    def edit(self, index: int, source: str, extra_names=()) -> StepSpec:
+        """Recompile step ``index`` from ``source`` (raises SyntaxError/StepCompileError)."""
+        spec = self.steps[index]
+        assert self.compiler is not None
+        tree = ast.parse(_dedent(source), filename=self.filename)
+        ast.increment_lineno(tree, spec.start_line - 1)
+        super_arg = self.first_param is not None and compiler.uses_super(tree.body)
+        code = self.compiler.compile(tree.body, extra_names=extra_names, super_arg=super_arg)
+        STEP_ORIGINS[code] = self.func_code
+        spec.code, spec.super_arg, spec.stmts = code, super_arg, tree.body
+        spec.edited_source = source
+        spec.extra_names = tuple(extra_names)
+        return spec
+
+
+def _dedent(source: str) -> str:
+    import textwrap
+
+    return textwrap.dedent(source.expandtabs(8) if "\t" in source else source)
+
+
+def param_names(code: types.CodeType) -> tuple[str, ...]:
+    """Parameter names in ``co_varnames`` order: positional, keyword-only, *args, **kwargs."""
+    n = code.co_argcount + code.co_kwonlyargcount
+    if code.co_flags & inspect.CO_VARARGS:
+        n += 1
+    if code.co_flags & inspect.CO_VARKEYWORDS:
+        n += 1
+    return tuple(code.co_varnames[:n])
+
+
+class SourceFile:
+    """A Python file parsed once, with its function definitions indexed."""
+
+    def __init__(self, filename: str, get_report: Callable[[str], dict | None]):
+        self.filename = filename
+        self._get_report = get_report
+        self._report: dict | None = None
+        self._report_loaded = False
+        with tokenize.open(filename) as fh:
+            self.text = fh.read()
+        self.source_bytes = self.text.encode("utf-8")
+        self.tree = ast.parse(self.text, filename=filename)
+        self.lines = self.text.splitlines(keepends=True)
+        # (name, first line incl. decorators) -> (node, innermost class name)
+        self.defs: dict[tuple[str, int], tuple[ast.AST, str | None]] = {}
+        self._index(self.tree, None)
+
+    def _index(self, node: ast.AST, class_name: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                first = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                self.defs[(child.name, first)] = (child, class_name)
+                self._index(child, class_name)
+            elif isinstance(child, ast.ClassDef):
+                self._index(child, child.name)
+            else:
+                self._index(child, class_name)
+
+    @property
+    def report(self) -> dict | None:
+        if not self._report_loaded:
+            self._report_loaded = True
+            self._report = self._get_report(self.filename)
+        return self._report
+
+    def report_function(self, node: ast.AST, qualname: str) -> dict | None:
+        """The report's entry for the function defined by ``node``."""
+        report = self.report
+        if not report:
+            return None
+        lines = {node.lineno} | {d.lineno for d in node.decorator_list}
+        candidates = [
+            fn
+            for fn in report.get("functions") or []
+            if isinstance(fn, dict) and fn.get("def_line") in lines
+        ]
+        if len(candidates) > 1:
+            exact = [fn for fn in candidates if fn.get("qualname") == qualname]
+            short = [
+                fn
+                for fn in candidates
+                if str(fn.get("qualname", "")).rsplit(".", 1)[-1] == node.name
+            ]
+            candidates = exact or short or candidates
+        return candidates[0] if candidates else None
+
+    def phase_names(self) -> dict[str, str]:
+        """Function qualname -> phase name, from the report's tests."""
+        names: dict[str, str] = {}
+        for test in (self.report or {}).get("tests") or []:
+            for phase in test.get("phases") or []:
+                if phase.get("function") and phase.get("name"):
+                    names.setdefault(phase["function"], phase["name"])
+        return names
+
+
+def unstepped_plan(func, reason: str) -> StepPlan:
+    """A plan that runs ``func`` (any callable) as a single step."""
+    code = getattr(func, "__code__", None)
+    name = getattr(func, "__name__", type(func).__name__)
+    qualname = getattr(func, "__qualname__", name)
+    filename = code.co_filename if code is not None else ""
+    line = code.co_firstlineno if code is not None else 0
+    is_async = inspect.iscoroutinefunction(func)
+    spec = StepSpec(index=0, name=name, start_line=line, end_line=line, source="")
+    return StepPlan(
+        func_code=code,
+        name=name,
+        qualname=qualname,
+        filename=filename,
+        is_async=is_async,
+        steps=[spec],
+        unstepped_reason=reason,
+        param_names=param_names(code) if code is not None else (),
+    )
+
+
+def _assign_statements(body: list[ast.stmt], steps: list[dict]) -> list[list[ast.stmt]]:
+    """Distribute the body's statements over the report's steps by line."""
+    groups: list[list[ast.stmt]] = [[] for _ in steps]
+    ranges = [(int(s.get("start_line", 0)), int(s.get("end_line", 0))) for s in steps]
+    for stmt in body:
+        first = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+        index = None
+        for i, (start, end) in enumerate(ranges):
+            if start <= first <= end:
+                index = i
+                break
+        if index is None:
+            before = [i for i, (start, _) in enumerate(ranges) if start <= first]
+            index = before[-1] if before else 0
+        groups[index].append(stmt)
+    return groups
+
+
+def build_plan(
+    func: types.FunctionType,
+    source: SourceFile | None,
+    *,
+    rewrite: Callable[[ast.Module], None] | None,
+) -> StepPlan:
+    """Build (and compile) the step plan of ``func``; never raises."""
+    code = func.__code__
+    if code.co_flags & _CO_GENERATOR_LIKE:
+        return unstepped_plan(func, "generator")
+    if func.__name__ == "<lambda>":
+        return unstepped_plan(func, "lambda")
+    if source is None:
+        return unstepped_plan(func, "source unavailable")
+    found = source.defs.get((code.co_name, code.co_firstlineno))
+    if found is None:
+        return unstepped_plan(func, "definition not found in source")
+    node, class_name = found
+    entry = source.report_function(node, func.__qualname__)
+    if entry is None:
+        return unstepped_plan(func, "not in the instrumenter report")
+    if entry.get("is_generator"):
+        return unstepped_plan(func, "generator")
+    raw_steps = sorted(
+        (s for s in entry.get("steps") or [] if isinstance(s, dict)),
+        key=lambda s: s.get("index", 0),
+    )
+    if not raw_steps:
+        return unstepped_plan(func, "no steps in the report")
+    is_async = bool(code.co_flags & inspect.CO_COROUTINE)
+    params = param_names(code)
+    names: list[str] = []
+    for name in (*code.co_varnames, *code.co_cellvars, *code.co_freevars):
+        if name.isidentifier() and name not in names:
+            names.append(name)
+    global_names = compiler.declared_globals(node.body)
+    has_positional = code.co_argcount > 0
+    comp = compiler.StepCompiler(
+        filename=code.co_filename,
+        first_line=code.co_firstlineno,
+        func_name=func.__name__,
+        func_qualname=func.__qualname__,
+        names=names,
+        global_names=global_names,
+        is_async=is_async,
+        class_name=class_name,
+        future_flags=code.co_flags,
+        rewrite=rewrite,
+    )
+    specs: list[StepSpec] = []
+    try:
+        for raw, stmts in zip(raw_steps, _assign_statements(node.body, raw_steps)):
+            super_arg = has_positional and compiler.uses_super(stmts)
+            step_code = comp.compile(stmts, super_arg=super_arg)
+            STEP_ORIGINS[step_code] = code
+            start = int(raw.get("start_line", stmts[0].lineno if stmts else 0))
+            end = int(raw.get("end_line", start))
+            text = raw.get("source")
+            if text is None:
+                text = "".join(source.lines[start - 1 : end])
+            specs.append(
+                StepSpec(
+                    index=len(specs),
+                    name=str(raw.get("name") or f"step {len(specs)}"),
+                    start_line=start,
+                    end_line=end,
+                    source=text,
+                    report=raw,
+                    stmts=stmts,
+                    code=step_code,
+                    super_arg=super_arg,
+                )
+            )
+    except (SyntaxError, compiler.StepCompileError, ValueError, TypeError) as exc:
+        return unstepped_plan(func, f"cannot compile steps: {exc}")
+    return StepPlan(
+        func_code=code,
+        name=func.__name__,
+        qualname=func.__qualname__,
+        filename=code.co_filename,
+        is_async=is_async,
+        steps=specs,
+        param_names=params,
+        local_names=tuple(n for n in names if n not in code.co_freevars),
+        free_names=tuple(code.co_freevars),
+        first_param=code.co_varnames[0] if has_positional else None,
+        compiler=comp,
+        rewrite=rewrite is not None,
+    )
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def summary_repr(value: Any, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:  # noqa: BLE001 - user reprs may raise anything
+        text = f"<repr failed: {type(exc).__name__}: {exc}>"
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return text

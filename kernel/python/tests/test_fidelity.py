@@ -1,0 +1,131 @@
+"""With on_error=fail a stepped run reports exactly what plain pytest reports."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+from fidelity import (
+    CASES,
+    copy_cases,
+    failures_section,
+    junit_outcomes,
+    run_plain,
+    run_stepped,
+    shared_fidelity_dir,
+)
+
+SHARED = shared_fidelity_dir()
+UNITTEST_CORPUS = ["test_async_unittest.py", "test_generator_body.py", "test_super_and_classes.py", "test_unittest_features.py"]
+
+
+def _assert_agree(plain_xml: str, stepped_xml: str, only_classes: bool = False) -> int:
+    plain, stepped = junit_outcomes(plain_xml), junit_outcomes(stepped_xml)
+    if only_classes:
+        plain = {k: v for k, v in plain.items() if k[0] in {c for c, _ in stepped}}
+    assert plain == stepped
+    assert plain, "no tests compared"
+    return len(plain)
+
+
+def _assert_stepped(events: list[dict]) -> None:
+    counts = collections.Counter(e["event"] for e in events)
+    assert counts["step_start"] > counts["test_start"] > 0
+    assert counts["step_start"] == counts["step_finish"]
+    assert counts["test_start"] == counts["test_finish"]
+    assert counts["session_start"] == counts["summary"] == 1
+
+
+def _unstepped(events: list[dict]) -> set[str]:
+    return {
+        f"{e['test']}:{p['name']}"
+        for e in events
+        if e["event"] == "test_start"
+        for p in e["phases"]
+        if not p["stepped"]
+    }
+
+
+@pytest.fixture
+def hard_cases(tmp_path):
+    copy_cases(CASES, str(tmp_path))
+    return str(tmp_path)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    if SHARED is None:
+        pytest.skip("shared fidelity corpus not found (set STEPKERNEL_FIDELITY)")
+    copy_cases(os.path.join(SHARED, "cases"), str(tmp_path))
+    return str(tmp_path)
+
+
+def test_shared_corpus_agrees_under_pytest(corpus):
+    plain = run_plain(corpus, ["."], os.path.join(corpus, "plain.xml"))
+    stepped, events = run_stepped(corpus, ["."], xml=os.path.join(corpus, "stepped.xml"))
+    assert stepped.returncode == plain.returncode == 1
+    _assert_agree(os.path.join(corpus, "plain.xml"), os.path.join(corpus, "stepped.xml"))
+    script = os.path.join(SHARED, "compare_junit.py")
+    if os.path.exists(script):
+        check = subprocess.run(
+            [sys.executable, script, "plain.xml", "stepped.xml"], cwd=corpus, capture_output=True, text=True
+        )
+        assert check.returncode == 0, check.stdout
+    _assert_stepped(events)
+    assert failures_section(stepped.stdout) == failures_section(plain.stdout)
+
+
+def test_shared_corpus_agrees_under_the_unittest_runner(corpus):
+    run_plain(corpus, UNITTEST_CORPUS, os.path.join(corpus, "plain.xml"))
+    stepped, events = run_stepped(
+        corpus, UNITTEST_CORPUS, xml=os.path.join(corpus, "stepped.xml"), runner="unittest"
+    )
+    assert stepped.returncode == 1
+    assert _assert_agree(os.path.join(corpus, "plain.xml"), os.path.join(corpus, "stepped.xml")) >= 14
+    _assert_stepped(events)
+
+
+def test_hard_cases_agree_under_pytest(hard_cases):
+    plain = run_plain(hard_cases, ["."], os.path.join(hard_cases, "plain.xml"))
+    stepped, events = run_stepped(hard_cases, ["."], xml=os.path.join(hard_cases, "stepped.xml"))
+    assert stepped.returncode == plain.returncode == 1
+    _assert_agree(os.path.join(hard_cases, "plain.xml"), os.path.join(hard_cases, "stepped.xml"))
+    _assert_stepped(events)
+    # Only what cannot be stepped runs as one step: a generator and a skip wrapper.
+    assert _unstepped(events) == {
+        "test_hard_unittest.py::GeneratorMethod::test_generator_method:test_generator_method",
+        "test_hard_unittest.py::Expectations::test_skip_unless:test",
+    }
+    assert failures_section(stepped.stdout) == failures_section(plain.stdout)
+
+
+def test_hard_unittest_cases_agree_under_the_unittest_runner(hard_cases):
+    files = ["test_hard_unittest.py", "test_hard_patches.py"]
+    run_plain(hard_cases, files, os.path.join(hard_cases, "plain.xml"))
+    stepped, events = run_stepped(hard_cases, files, xml=os.path.join(hard_cases, "stepped.xml"), runner="unittest")
+    assert stepped.returncode == 1
+    _assert_agree(os.path.join(hard_cases, "plain.xml"), os.path.join(hard_cases, "stepped.xml"), only_classes=True)
+    _assert_stepped(events)
+
+
+def test_asyncio_auto_mode_and_plain_asserts_agree(hard_cases):
+    args = ["-o", "asyncio_mode=auto", "--assert=plain", "test_hard_async.py", "test_hard_semantics.py"]
+    plain = run_plain(hard_cases, args, os.path.join(hard_cases, "plain.xml"))
+    stepped, events = run_stepped(hard_cases, args, xml=os.path.join(hard_cases, "stepped.xml"))
+    assert stepped.returncode == plain.returncode
+    _assert_agree(os.path.join(hard_cases, "plain.xml"), os.path.join(hard_cases, "stepped.xml"))
+    _assert_stepped(events)
+    assert failures_section(stepped.stdout) == failures_section(plain.stdout)
+
+
+def test_junit_classnames_follow_pytest(hard_cases):
+    stepped, _ = run_stepped(
+        hard_cases, ["test_hard_unittest.py"], xml=os.path.join(hard_cases, "u.xml"), runner="unittest"
+    )
+    names = {(c.get("classname"), c.get("name")) for c in ET.parse(os.path.join(hard_cases, "u.xml")).getroot().iter("testcase")}
+    assert ("test_hard_unittest.SubTests", "test_some_subtests_fail") in names
+    assert ("test_hard_unittest.SetUpClassBroken", "test_a") in names

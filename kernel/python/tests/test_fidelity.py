@@ -20,6 +20,7 @@ from fidelity import (
 )
 
 SHARED = shared_fidelity_dir()
+SETUP_TEARDOWN = {"setUp", "asyncSetUp", "tearDown", "asyncTearDown", "setup_method", "teardown_method"}
 UNITTEST_CORPUS = ["test_async_unittest.py", "test_generator_body.py", "test_super_and_classes.py", "test_unittest_features.py"]
 
 
@@ -38,6 +39,18 @@ def _assert_stepped(events: list[dict]) -> None:
     assert counts["step_start"] == counts["step_finish"]
     assert counts["test_start"] == counts["test_finish"]
     assert counts["session_start"] == counts["summary"] == 1
+    # Every passed test whose body is stepped ran its body as steps.
+    body_phase = {}
+    for e in events:
+        if e["event"] == "test_start" and e["phases"]:
+            stepped = [p for p in e["phases"] if p["stepped"] and p["name"] not in SETUP_TEARDOWN]
+            if stepped:
+                body_phase[e["test"]] = stepped[-1]["name"]
+    ran = {(e["test"], e["phase"]) for e in events if e["event"] == "step_start"}
+    passed = [e["test"] for e in events if e["event"] == "test_finish" and e["outcome"] == "passed"]
+    missing = [t for t in passed if t in body_phase and (t, body_phase[t]) not in ran]
+    assert not missing
+    assert len([t for t in passed if t in body_phase]) > len(passed) // 2
 
 
 def _unstepped(events: list[dict]) -> set[str]:

@@ -461,7 +461,7 @@ class FunctionRun:
 
     def _pause_sync(self, i: int, reason: str, exc: BaseException | None) -> str:
         handler, info = self._decide(i, reason, exc)
-        with self.engine.pause_context():
+        with self.engine.pause_context(), alarm_suspended():
             command = self.engine.host.pause(handler, info)
         handler.closed = True
         return self._resumed(i, command)
@@ -481,7 +481,7 @@ class FunctionRun:
                 item = ("error", error, None)
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
-        with self.engine.pause_context(), _PauseSigint(handler):
+        with self.engine.pause_context(), alarm_suspended(), _PauseSigint(handler):
             thread = threading.Thread(target=serve_host, name="stepkernel-pause", daemon=True)
             thread.start()
             while True:
@@ -502,6 +502,23 @@ class FunctionRun:
             thread.join()
         handler.closed = True
         return self._resumed(i, command)
+
+
+@contextlib.contextmanager
+def alarm_suspended():
+    """Stop a pending SIGALRM timer (pytest-timeout's signal method) while paused."""
+    try:
+        remaining, interval = signal.getitimer(signal.ITIMER_REAL)
+    except (AttributeError, OSError, ValueError):
+        remaining, interval = 0.0, 0.0
+    if remaining <= 0:
+        yield
+        return
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, remaining, interval)
 
 
 def _module_globals(obj: Any) -> dict:

@@ -165,7 +165,6 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._state: _State | None = None
-            self._stack: contextlib.ExitStack | None = None
             self._record: Any = None
             self.fixture_errors: list[tuple[str, str, str]] = []
             engine.on_abort = self.stop
@@ -191,21 +190,8 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
             self._record = engine.begin_test(reporter.node_id(test), file, phases)
             method = getattr(test, name, None)
             self._record.expects_failure = lambda exc: expects_failure_of(method)
-            stack = contextlib.ExitStack()
-            try:
-                for phase in (*UNITTEST_BEFORE, *UNITTEST_AFTER):
-                    install_on_instance(engine, stack, test, phase, phase, file, is_test_phase=False)
-                if not is_skipped(test, name):
-                    install_on_instance(engine, stack, test, name, "test", file, is_test_phase=True)
-            except BaseException:
-                stack.close()
-                raise
-            self._stack = stack
 
         def stopTest(self, test: Any) -> None:  # noqa: N802
-            if self._stack is not None:
-                self._stack.close()
-                self._stack = None
             state = self._state
             if state is not None:
                 cases.append(
@@ -263,6 +249,14 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
 
         def addSkip(self, test: Any, reason: str) -> None:  # noqa: N802
             super().addSkip(test, reason)
+            if self._state is None or self._state.test is not test:
+                # Python 3.12+ reports skipped tests without startTest/stopTest.
+                record = engine.begin_test(reporter.node_id(test), _test_file(test), [])
+                engine.end_test(record, "skipped", str(reason))
+                cases.append(
+                    junit.Case(classname=reporter.classname(test), name=reporter.name(test), kind="skipped", message=str(reason))
+                )
+                return
             self._mark("skipped", "skipped", str(reason))
 
         def addExpectedFailure(self, test: Any, err: Any) -> None:  # noqa: N802
@@ -274,6 +268,30 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
             self._mark("failure", "failed", "Failed: Unexpected success", "Unexpected success")
 
     return SteppingResult
+
+
+def install_stepping(engine: Engine, test: Any) -> None:
+    """Make ``test.run`` patch the instance's phases for the whole run.
+
+    Patching has to happen before ``TestCase.run`` looks the test method up
+    (Python 3.12 does that before ``startTest``).
+    """
+    if not _is_real_case(test):
+        return
+    cls_run = type(test).run
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
+        file = _test_file(test)
+        name = test._testMethodName
+        with contextlib.ExitStack() as stack:
+            for phase in (*UNITTEST_BEFORE, *UNITTEST_AFTER):
+                install_on_instance(engine, stack, test, phase, phase, file, is_test_phase=False)
+            if not is_skipped(test, name):
+                install_on_instance(engine, stack, test, name, "test", file, is_test_phase=True)
+            return cls_run(test, *args, **kwargs)
+
+    test.run = run
 
 
 def _class_key(test: Any) -> str:
@@ -335,6 +353,8 @@ def run_unittest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
         print(f"stepkernel: cannot load tests: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     tests = _flatten(suite)
+    for test in tests:
+        install_stepping(engine, test)
     if not tests:
         print("stepkernel: no tests ran", file=sys.stderr)
         if junit_xml:

@@ -1,0 +1,93 @@
+"""Pause commands under real pytest: forced, fixed and aborted runs as pytest and JUnit see them."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+
+import pytest
+from fidelity import junit_outcomes, run_stepped
+
+SOURCE = '''
+import time
+
+def test_first():
+    value = 1
+    assert value == 2
+    print("after the fix")
+
+
+def test_second():
+    done = True
+    assert done
+
+
+@pytest.mark.timeout(2, method="signal")
+def test_slow_pause():
+    start = time.monotonic()
+    assert start < 0
+'''
+
+
+@pytest.fixture
+def project(tmp_path):
+    (tmp_path / "test_paused.py").write_text("import pytest\n" + textwrap.dedent(SOURCE))
+    return str(tmp_path)
+
+
+def outcomes(events):
+    return {e["test"]: e["outcome"] for e in events if e["event"] == "test_finish"}
+
+
+def test_skip_makes_the_test_forced_and_failed(project):
+    xml = os.path.join(project, "out.xml")
+    proc, events = run_stepped(project, ["test_paused.py::test_first"], xml=xml, on_error="pause", script=["skip"])
+    assert proc.returncode == 1
+    assert outcomes(events) == {"test_paused.py::test_first": "forced"}
+    assert junit_outcomes(xml) == {("test_paused", "test_first"): "failed"}
+    assert "StepForced" in proc.stdout
+
+
+def test_edit_then_continue_is_fixed_but_still_exits_non_zero(project):
+    xml = os.path.join(project, "out.xml")
+    script = [{"edit": "assert value == 1", "action": "continue"}]
+    proc, events = run_stepped(project, ["test_paused.py::test_first"], xml=xml, on_error="pause", script=script)
+    assert outcomes(events) == {"test_paused.py::test_first": "fixed"}
+    assert junit_outcomes(xml) == {("test_paused", "test_first"): "passed"}
+    assert proc.returncode == 1
+    [summary] = [e for e in events if e["event"] == "summary"]
+    assert summary["fixed"] == 1 and summary["edits"] == 1
+
+
+def test_abort_stops_the_run_after_the_failing_test(project):
+    proc, events = run_stepped(project, ["test_paused.py"], on_error="pause", script=["abort"])
+    assert proc.returncode == 2
+    assert outcomes(events) == {"test_paused.py::test_first": "failed"}
+    assert "aborted by the user" in proc.stdout
+
+
+def test_fail_lets_the_run_go_on(project):
+    proc, events = run_stepped(
+        project, ["test_paused.py", "-p", "no:timeout"], on_error="pause", script=["fail", "fail"]
+    )
+    assert proc.returncode == 1
+    assert outcomes(events) == {
+        "test_paused.py::test_first": "failed",
+        "test_paused.py::test_second": "passed",
+        "test_paused.py::test_slow_pause": "failed",
+    }
+
+
+def test_output_of_paused_cells_is_not_captured(project):
+    script = [{"cells": ["print('MARK-' + str(value))"], "action": "fail"}]
+    proc, _ = run_stepped(project, ["test_paused.py::test_first"], on_error="pause", script=script)
+    before_report = proc.stdout.split("= FAILURES =")[0]
+    assert "MARK-1" in before_report
+
+
+def test_a_pause_does_not_trip_a_signal_timeout(project):
+    script = [{"cells": ["import time\ntime.sleep(3)"], "action": "fail"}]
+    proc, events = run_stepped(project, ["test_paused.py::test_slow_pause"], on_error="pause", script=script)
+    assert "Timeout" not in proc.stdout
+    assert outcomes(events) == {"test_paused.py::test_slow_pause": "failed"}
+    assert "assert start < 0" in proc.stdout or "assert " in proc.stdout

@@ -781,24 +781,36 @@ fn decorator_target<'s>(decorator: Node<'s>, src: &'s str, k: &Kinds) -> &'s str
 }
 
 /// Merges linearizations the C3 way; `None` when no consistent order exists.
+/// Counting how often each class sits in a tail keeps this linear-ish.
 fn c3_merge(mut seqs: Vec<Vec<Key>>) -> Option<Vec<Key>> {
     let mut out = Vec::new();
+    let mut in_tails: HashMap<Key, usize> = HashMap::new();
     for seq in &mut seqs {
-        seq.reverse(); // pop from the end instead of shifting the front
+        seq.reverse(); // the head is last: popping it is cheap
+        if let Some((_, tail)) = seq.split_last() {
+            for key in tail {
+                *in_tails.entry(*key).or_default() += 1;
+            }
+        }
     }
     loop {
         seqs.retain(|s| !s.is_empty());
-        if seqs.is_empty() {
-            return Some(out);
-        }
         let candidate = seqs
             .iter()
-            .map(|s| s[s.len() - 1])
-            .find(|c| !seqs.iter().any(|s| s[..s.len() - 1].contains(c)))?;
+            .filter_map(|s| s.last().copied())
+            .find(|c| in_tails.get(c).copied().unwrap_or(0) == 0);
+        let Some(candidate) = candidate else {
+            return seqs.is_empty().then_some(out);
+        };
         out.push(candidate);
         for seq in &mut seqs {
             if seq.last() == Some(&candidate) {
                 seq.pop();
+                if let Some(head) = seq.last() {
+                    if let Some(count) = in_tails.get_mut(head) {
+                        *count -= 1;
+                    }
+                }
             }
         }
     }

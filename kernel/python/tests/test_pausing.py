@@ -57,6 +57,21 @@ def test_interrupted():
     return before + after
 
 
+async def test_async_interrupted_while_awaiting():
+    import threading
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    await asyncio.sleep(30)
+    after = "resumed"
+    return after
+
+
+async def test_async_interrupted_while_running():
+    os.kill(os.getpid(), signal.SIGINT)
+    after = "resumed"
+    return after
+
+
 async def test_async_fails():
     VAR.set("in-test")
     queue = asyncio.Queue()
@@ -255,6 +270,27 @@ def test_async_pause_runs_cells_on_the_test_loop(mod):
     assert asyncio.run(main()) == 8
     assert seen == [(True, 7), (True, 8), (True, "in-test"), (False, None)]
     assert [p["reason"] for p in host.pauses] == ["error", "retry"]
+
+
+@pytest.mark.parametrize("name", ["test_async_interrupted_while_awaiting", "test_async_interrupted_while_running"])
+def test_keyboard_interrupt_in_an_async_step_pauses_there(mod, name):
+    host, engine = make(["skip"])
+    func = getattr(mod, name)
+
+    async def main():
+        file = mod.__file__
+        engine.begin_test("t::async", file, [])
+        with engine.stepping(func, "test", file, is_test_phase=True) as call:
+            return await call()
+
+    with pytest.raises(StepForced):
+        asyncio.run(main())
+    [pause] = host.pauses
+    step = 3 if "awaiting" in name else 0
+    assert (pause["reason"], pause["step"]) == ("interrupt", step)
+    statuses = [e["status"] for e in host.of("step_finish")]
+    assert statuses[step : step + 2] == ["failed", "skipped"]
+    assert statuses[step + 2 :] == ["passed", "passed"]
 
 
 def test_sigint_default_handler_is_restored():

@@ -22,6 +22,12 @@ def test_second():
     assert done
 
 
+def test_interrupted():
+    import os, signal
+    os.kill(os.getpid(), signal.SIGINT)
+    after = 1
+
+
 @pytest.mark.timeout(2, method="signal")
 def test_slow_pause():
     start = time.monotonic()
@@ -74,8 +80,19 @@ def test_fail_lets_the_run_go_on(project):
     assert outcomes(events) == {
         "test_paused.py::test_first": "failed",
         "test_paused.py::test_second": "passed",
+        "test_paused.py::test_interrupted": "failed",
         "test_paused.py::test_slow_pause": "failed",
     }
+
+
+def test_interrupt_inside_a_step_pauses_instead_of_ending_the_run(project):
+    proc, events = run_stepped(
+        project, ["test_paused.py::test_interrupted", "test_paused.py::test_second"], on_error="pause", script=["skip"]
+    )
+    assert proc.returncode == 1
+    assert outcomes(events) == {"test_paused.py::test_interrupted": "forced", "test_paused.py::test_second": "passed"}
+    [pause] = [e for e in events if e["event"] == "pause"]
+    assert pause["reason"] == "interrupt"
 
 
 def test_output_of_paused_cells_is_not_captured(project):

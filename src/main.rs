@@ -1,5 +1,8 @@
 //! The `stepkernel` command: argument parsing and wiring of the library crates.
 
+mod install;
+mod kernel_cmd;
+mod python;
 mod steps;
 
 use clap::{Parser, Subcommand};
@@ -15,6 +18,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a Jupyter kernel (started by Jupyter through the kernelspec).
+    Kernel(kernel_cmd::KernelArgs),
+    /// Install the `stepkernel` kernelspec for Jupyter.
+    Install(install::InstallArgs),
     /// List the tests of a file or directory and their steps.
     Steps(steps::StepsArgs),
 }
@@ -22,6 +29,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Kernel(args) => kernel_cmd::run(args),
+        Command::Install(args) => install::run(args),
         Command::Steps(args) => steps::run(args),
     };
     match result {

@@ -1,1 +1,16 @@
 //! A Jupyter kernel that runs Python in a worker process.
+//!
+//! - [`connection_file`], [`signing`], [`wire`]: the Jupyter wire protocol;
+//! - [`server`]: binding the channels and serving them;
+//! - [`executor`]: running requests against the worker;
+//! - [`worker`]: the Python worker process and its private protocol;
+//! - [`assets`]: the embedded Python package.
+
+pub mod assets;
+pub mod connection_file;
+pub mod executor;
+pub mod server;
+pub mod signing;
+pub mod stream_splitter;
+pub mod wire;
+pub mod worker;

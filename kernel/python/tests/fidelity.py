@@ -33,8 +33,13 @@ def junit_outcomes(path: str) -> dict[tuple[str, str], str]:
         key = (case.get("classname", ""), case.get("name", ""))
         kinds = {child.tag for child in case}
         outcome = (
-            "error" if "error" in kinds else "failed" if "failure" in kinds
-            else "skipped" if "skipped" in kinds else "passed"
+            "error"
+            if "error" in kinds
+            else "failed"
+            if "failure" in kinds
+            else "skipped"
+            if "skipped" in kinds
+            else "passed"
         )
         if key in result and rank.index(result[key]) > rank.index(outcome):
             continue
@@ -58,8 +63,18 @@ def run_stepped(
 ) -> tuple[subprocess.CompletedProcess, list[dict]]:
     events = os.path.join(directory, f"events-{len(os.listdir(directory))}.jsonl")
     cmd = [
-        sys.executable, RUN_STEPPED, "--runner", runner, "--on-error", on_error,
-        "--rootdir", directory, "--events", events, "--script", json.dumps(script or []),
+        sys.executable,
+        RUN_STEPPED,
+        "--runner",
+        runner,
+        "--on-error",
+        on_error,
+        "--rootdir",
+        directory,
+        "--events",
+        events,
+        "--script",
+        json.dumps(script or []),
     ]
     if xml:
         cmd += ["--junit-xml", xml]

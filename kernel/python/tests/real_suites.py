@@ -26,7 +26,12 @@ from fidelity import junit_outcomes, run_stepped
 SUITES = {
     "more-itertools": ("more-itertools==11.2.1", "more_itertools-*", ["tests"], []),
     "toolz": ("toolz==1.2.0", "toolz-*", ["toolz/tests"], []),
-    "python-dateutil": ("python-dateutil==4.0.0", "python_dateutil-*", ["tests"], ["hypothesis", "freezegun"]),
+    "python-dateutil": (
+        "python-dateutil==4.0.0",
+        "python_dateutil-*",
+        ["tests"],
+        ["hypothesis", "freezegun"],
+    ),
     "attrs": ("attrs==26.1.0", "attrs-*", ["tests"], ["hypothesis", "cloudpickle", "pympler"]),
 }
 
@@ -38,7 +43,9 @@ def install(workdir: str, names: list[str]) -> None:
     for name in names:
         requirement, pattern, _, deps = SUITES[name]
         if not glob.glob(os.path.join(sdists, pattern + ".tar.gz")):
-            subprocess.run([*pip, "download", "--no-binary", ":all:", "--no-deps", requirement, "-d", sdists], check=True)
+            subprocess.run(
+                [*pip, "download", "--no-binary", ":all:", "--no-deps", requirement, "-d", sdists], check=True
+            )
         archive = glob.glob(os.path.join(sdists, pattern + ".tar.gz"))[0]
         with tarfile.open(archive) as tar:
             tar.extractall(sdists, filter="data") if sys.version_info >= (3, 12) else tar.extractall(sdists)
@@ -58,7 +65,9 @@ def compare(workdir: str, name: str, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     plain = subprocess.run(
         [sys.executable, "-m", "pytest", f"--junitxml={plain_xml}", *common],
-        cwd=source, capture_output=True, text=True,
+        cwd=source,
+        capture_output=True,
+        text=True,
     )
     t1 = time.perf_counter()
     stepped, events = run_stepped(source, [*extra, *args], xml=stepped_xml)

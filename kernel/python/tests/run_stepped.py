@@ -19,7 +19,6 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.dirname(HERE))
 
 from hosts import RecordingHost  # noqa: E402
-
 from stepkernel_worker import stepping  # noqa: E402
 
 

@@ -49,11 +49,17 @@ def _steps(node, lines: list[str]) -> list[dict]:
         for stmt in body:
             s = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
             text = lines[s - 1].strip()
-            steps.append({"name": text[:60], "start_line": s, "end_line": stmt.end_lineno, "marker_line": None})
+            steps.append(
+                {"name": text[:60], "start_line": s, "end_line": stmt.end_lineno, "marker_line": None}
+            )
     out = []
     for index, step in enumerate(steps):
         text = "".join(lines[step["start_line"] - 1 : step["end_line"]])
-        indent = re.match(r"\s*", lines[step["start_line"] - 1]).group(0) if step["start_line"] <= len(lines) else ""
+        indent = (
+            re.match(r"\s*", lines[step["start_line"] - 1]).group(0)
+            if step["start_line"] <= len(lines)
+            else ""
+        )
         out.append({"index": index, "source": text, "indent": indent, "flags": [], **step})
     del start_line
     return out
@@ -73,9 +79,7 @@ def build_report(path: str) -> dict:
                 "body_start_line": node.body[0].lineno,
                 "is_async": isinstance(node, ast.AsyncFunctionDef),
                 "is_generator": any(
-                    isinstance(n, (ast.Yield, ast.YieldFrom))
-                    for n in ast.walk(node)
-                    if _same_scope(node, n)
+                    isinstance(n, (ast.Yield, ast.YieldFrom)) for n in ast.walk(node) if _same_scope(node, n)
                 ),
                 "steps": _steps(node, lines),
             }

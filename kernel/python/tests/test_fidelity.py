@@ -21,7 +21,12 @@ from fidelity import (
 
 SHARED = shared_fidelity_dir()
 SETUP_TEARDOWN = {"setUp", "asyncSetUp", "tearDown", "asyncTearDown", "setup_method", "teardown_method"}
-UNITTEST_CORPUS = ["test_async_unittest.py", "test_generator_body.py", "test_super_and_classes.py", "test_unittest_features.py"]
+UNITTEST_CORPUS = [
+    "test_async_unittest.py",
+    "test_generator_body.py",
+    "test_super_and_classes.py",
+    "test_unittest_features.py",
+]
 
 
 def _assert_agree(plain_xml: str, stepped_xml: str, only_classes: bool = False) -> int:
@@ -119,9 +124,13 @@ def test_hard_cases_agree_under_pytest(hard_cases):
 def test_hard_unittest_cases_agree_under_the_unittest_runner(hard_cases):
     files = ["test_hard_unittest.py", "test_hard_patches.py"]
     run_plain(hard_cases, files, os.path.join(hard_cases, "plain.xml"))
-    stepped, events = run_stepped(hard_cases, files, xml=os.path.join(hard_cases, "stepped.xml"), runner="unittest")
+    stepped, events = run_stepped(
+        hard_cases, files, xml=os.path.join(hard_cases, "stepped.xml"), runner="unittest"
+    )
     assert stepped.returncode == 1
-    _assert_agree(os.path.join(hard_cases, "plain.xml"), os.path.join(hard_cases, "stepped.xml"), only_classes=True)
+    _assert_agree(
+        os.path.join(hard_cases, "plain.xml"), os.path.join(hard_cases, "stepped.xml"), only_classes=True
+    )
     _assert_stepped(events)
 
 
@@ -139,6 +148,9 @@ def test_junit_classnames_follow_pytest(hard_cases):
     stepped, _ = run_stepped(
         hard_cases, ["test_hard_unittest.py"], xml=os.path.join(hard_cases, "u.xml"), runner="unittest"
     )
-    names = {(c.get("classname"), c.get("name")) for c in ET.parse(os.path.join(hard_cases, "u.xml")).getroot().iter("testcase")}
+    names = {
+        (c.get("classname"), c.get("name"))
+        for c in ET.parse(os.path.join(hard_cases, "u.xml")).getroot().iter("testcase")
+    }
     assert ("test_hard_unittest.SubTests", "test_some_subtests_fail") in names
     assert ("test_hard_unittest.SetUpClassBroken", "test_a") in names

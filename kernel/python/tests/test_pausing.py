@@ -8,11 +8,10 @@ import signal
 
 import pytest
 from hosts import RecordingHost, call_stepped, load_module
-
 from stepkernel_worker.stepping.engine import Engine
 from stepkernel_worker.stepping.execution import StepForced, StepInterrupted
 
-SOURCE = '''
+SOURCE = """
 import asyncio
 import contextvars
 import os
@@ -79,7 +78,7 @@ async def test_async_fails():
     value = await queue.get()
     assert value == 8
     return value
-'''
+"""
 
 
 @pytest.fixture
@@ -272,7 +271,9 @@ def test_async_pause_runs_cells_on_the_test_loop(mod):
     assert [p["reason"] for p in host.pauses] == ["error", "retry"]
 
 
-@pytest.mark.parametrize("name", ["test_async_interrupted_while_awaiting", "test_async_interrupted_while_running"])
+@pytest.mark.parametrize(
+    "name", ["test_async_interrupted_while_awaiting", "test_async_interrupted_while_running"]
+)
 def test_keyboard_interrupt_in_an_async_step_pauses_there(mod, name):
     host, engine = make(["skip"])
     func = getattr(mod, name)

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 from fidelity import junit_outcomes, run_stepped
 
-SOURCE = '''
+SOURCE = """
 import time
 
 def test_first():
@@ -32,7 +32,7 @@ def test_interrupted():
 def test_slow_pause():
     start = time.monotonic()
     assert start < 0
-'''
+"""
 
 
 @pytest.fixture
@@ -47,7 +47,9 @@ def outcomes(events):
 
 def test_skip_makes_the_test_forced_and_failed(project):
     xml = os.path.join(project, "out.xml")
-    proc, events = run_stepped(project, ["test_paused.py::test_first"], xml=xml, on_error="pause", script=["skip"])
+    proc, events = run_stepped(
+        project, ["test_paused.py::test_first"], xml=xml, on_error="pause", script=["skip"]
+    )
     assert proc.returncode == 1
     assert outcomes(events) == {"test_paused.py::test_first": "forced"}
     assert junit_outcomes(xml) == {("test_paused", "test_first"): "failed"}
@@ -57,7 +59,9 @@ def test_skip_makes_the_test_forced_and_failed(project):
 def test_edit_then_continue_is_fixed_but_still_exits_non_zero(project):
     xml = os.path.join(project, "out.xml")
     script = [{"edit": "assert value == 1", "action": "continue"}]
-    proc, events = run_stepped(project, ["test_paused.py::test_first"], xml=xml, on_error="pause", script=script)
+    proc, events = run_stepped(
+        project, ["test_paused.py::test_first"], xml=xml, on_error="pause", script=script
+    )
     assert outcomes(events) == {"test_paused.py::test_first": "fixed"}
     assert junit_outcomes(xml) == {("test_paused", "test_first"): "passed"}
     assert proc.returncode == 1
@@ -87,10 +91,16 @@ def test_fail_lets_the_run_go_on(project):
 
 def test_interrupt_inside_a_step_pauses_instead_of_ending_the_run(project):
     proc, events = run_stepped(
-        project, ["test_paused.py::test_interrupted", "test_paused.py::test_second"], on_error="pause", script=["skip"]
+        project,
+        ["test_paused.py::test_interrupted", "test_paused.py::test_second"],
+        on_error="pause",
+        script=["skip"],
     )
     assert proc.returncode == 1
-    assert outcomes(events) == {"test_paused.py::test_interrupted": "forced", "test_paused.py::test_second": "passed"}
+    assert outcomes(events) == {
+        "test_paused.py::test_interrupted": "forced",
+        "test_paused.py::test_second": "passed",
+    }
     [pause] = [e for e in events if e["event"] == "pause"]
     assert pause["reason"] == "interrupt"
 

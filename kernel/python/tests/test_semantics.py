@@ -13,10 +13,9 @@ import sys
 import pytest
 from hosts import RecordingHost, call_stepped, load_module
 from stepdata import build_report
-
 from stepkernel_worker.stepping.engine import Engine
 
-SOURCE = '''
+SOURCE = """
 import contextvars
 GLOBAL_LOG = []
 VAR = contextvars.ContextVar("v", default="unset")
@@ -108,7 +107,7 @@ async def async_steps():
 
 def generator_test():
     yield 1
-'''
+"""
 
 
 @pytest.fixture

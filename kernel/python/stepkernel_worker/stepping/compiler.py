@@ -19,8 +19,8 @@ reads and writes the same variables the original function would.
 """
 
 from __future__ import annotations
-
 import __future__
+
 import ast
 import copy
 import sys
@@ -254,9 +254,7 @@ class StepCompiler:
         factory = _function_def(ast.FunctionDef, FACTORY, _arguments(names), factory_body, line)
         top: ast.stmt = factory
         if self.class_name:
-            top = ast.ClassDef(
-                name=self.class_name, bases=[], keywords=[], body=[factory], decorator_list=[]
-            )
+            top = ast.ClassDef(name=self.class_name, bases=[], keywords=[], body=[factory], decorator_list=[])
             if sys.version_info >= (3, 12):
                 top.type_params = []
             _locate(top, line)

@@ -154,7 +154,12 @@ class Engine:
             found = standins.resolve(obj, lambda f: self.plan_for(f, test_file).stepped)
         func = found[1] if found is not None else None
         if func is None:
-            return {"name": name, "function": getattr(obj, "__qualname__", repr(obj)), "steps": 1, "stepped": False}
+            return {
+                "name": name,
+                "function": getattr(obj, "__qualname__", repr(obj)),
+                "steps": 1,
+                "stepped": False,
+            }
         plan = self.plan_for(func, test_file)
         return {
             "name": self.phase_name(name, func, test_file),
@@ -253,8 +258,10 @@ class Engine:
                 __tracebackhide__ = True
                 call = None
                 if not plan.stepped:
+
                     def call():
                         return standins.call_with_values(func, func.__code__, values)
+
                 fr = FunctionRun(engine, engine.current, plan, phase, func, values, call, is_test_phase)
                 return await fr.run_async()
 
@@ -264,8 +271,10 @@ class Engine:
             __tracebackhide__ = True
             call = None
             if not plan.stepped:
+
                 def call():
                     return standins.call_with_values(func, func.__code__, values)
+
             fr = FunctionRun(engine, engine.current, plan, phase, func, values, call, is_test_phase)
             return fr.run_sync()
 
@@ -280,14 +289,18 @@ class Engine:
 
             async def run_async(args: tuple, kwargs: dict):
                 __tracebackhide__ = True
-                fr = FunctionRun(engine, engine.current, plan, phase, obj, (), lambda: obj(*args, **kwargs), is_test_phase)
+                fr = FunctionRun(
+                    engine, engine.current, plan, phase, obj, (), lambda: obj(*args, **kwargs), is_test_phase
+                )
                 return await fr.run_async()
 
             return standins.make_generic_standin(obj, run_async)
 
         def run_sync(args: tuple, kwargs: dict):
             __tracebackhide__ = True
-            fr = FunctionRun(engine, engine.current, plan, phase, obj, (), lambda: obj(*args, **kwargs), is_test_phase)
+            fr = FunctionRun(
+                engine, engine.current, plan, phase, obj, (), lambda: obj(*args, **kwargs), is_test_phase
+            )
             return fr.run_sync()
 
         return standins.make_generic_standin(obj, run_sync)
@@ -369,7 +382,9 @@ def user_method(cls: Any, name: str) -> Any:
 
 def is_skipped(instance: Any, name: str) -> bool:
     method = getattr(instance, name, None)
-    return bool(getattr(method, "__unittest_skip__", False) or getattr(type(instance), "__unittest_skip__", False))
+    return bool(
+        getattr(method, "__unittest_skip__", False) or getattr(type(instance), "__unittest_skip__", False)
+    )
 
 
 def is_user_function(obj: Any) -> bool:

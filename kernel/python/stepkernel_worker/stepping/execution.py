@@ -53,9 +53,7 @@ def _control_exceptions() -> tuple[type[BaseException], ...]:
     kinds: list[type[BaseException]] = [unittest.SkipTest, GeneratorExit]
     outcomes = sys.modules.get("_pytest.outcomes")
     if outcomes is not None:
-        kinds.extend(
-            getattr(outcomes, n) for n in ("Skipped", "XFailed", "Exit") if hasattr(outcomes, n)
-        )
+        kinds.extend(getattr(outcomes, n) for n in ("Skipped", "XFailed", "Exit") if hasattr(outcomes, n))
     return tuple(kinds)
 
 
@@ -329,9 +327,7 @@ class FunctionRun:
 
     def _check_forced(self) -> None:
         if self.is_test_phase and self.record is not None and self.record.forced:
-            raise StepForced(
-                "test forced: step(s) skipped by hand: " + ", ".join(self.record.forced_steps)
-            )
+            raise StepForced("test forced: step(s) skipped by hand: " + ", ".join(self.record.forced_steps))
 
     def run_sync(self) -> Any:
         """Run every step (pausing as needed) and return the function's result."""
@@ -547,6 +543,7 @@ class _PauseSigint:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
+
             def on_sigint(signum, frame):
                 if self.handler.cell_running:
                     raise KeyboardInterrupt
@@ -719,7 +716,10 @@ class PauseHandler:
         run, plan = self.run, self.run.plan
         index = self.step if step is None else step
         if not plan.stepped:
-            return {"ok": False, "error": f"{plan.qualname} is not stepped ({plan.unstepped_reason}); it cannot be edited"}
+            return {
+                "ok": False,
+                "error": f"{plan.qualname} is not stepped ({plan.unstepped_reason}); it cannot be edited",
+            }
         if not isinstance(index, int) or not 0 <= index < len(plan.steps):
             return {"ok": False, "error": f"no step {index} (steps 0-{len(plan.steps) - 1})"}
         spec = plan.steps[index]

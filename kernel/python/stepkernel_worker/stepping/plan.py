@@ -28,9 +28,7 @@ __unittest = True
 #: frame's arguments from its code, like pytest's ``Code.getargs``).
 STEP_ORIGINS: dict[types.CodeType, types.CodeType] = {}
 
-_CO_GENERATOR_LIKE = (
-    inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
-)
+_CO_GENERATOR_LIKE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 
 
 @dataclasses.dataclass
@@ -149,17 +147,11 @@ class SourceFile:
             return None
         lines = {node.lineno} | {d.lineno for d in node.decorator_list}
         candidates = [
-            fn
-            for fn in report.get("functions") or []
-            if isinstance(fn, dict) and fn.get("def_line") in lines
+            fn for fn in report.get("functions") or [] if isinstance(fn, dict) and fn.get("def_line") in lines
         ]
         if len(candidates) > 1:
             exact = [fn for fn in candidates if fn.get("qualname") == qualname]
-            short = [
-                fn
-                for fn in candidates
-                if str(fn.get("qualname", "")).rsplit(".", 1)[-1] == node.name
-            ]
+            short = [fn for fn in candidates if str(fn.get("qualname", "")).rsplit(".", 1)[-1] == node.name]
             candidates = exact or short or candidates
         return candidates[0] if candidates else None
 

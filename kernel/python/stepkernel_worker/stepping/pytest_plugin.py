@@ -28,7 +28,6 @@ __tracebackhide__ = True
 __unittest = True
 
 
-
 def _new_style_wrappers() -> bool:
     try:
         import pluggy
@@ -150,19 +149,21 @@ class SteppingPlugin:
                 obj = _class_function(cls, name)
                 if obj is not None:
                     phases.append(engine.phase_entry(name, obj, file))
-            phases.append(engine.phase_entry("test", getattr(cls, item.originalname or item.name, None), file))
+            phases.append(
+                engine.phase_entry("test", getattr(cls, item.originalname or item.name, None), file)
+            )
             for name in UNITTEST_AFTER:
                 obj = _class_function(cls, name)
                 if obj is not None:
                     phases.append(engine.phase_entry(name, obj, file))
             return phases
         if _class_function(cls, "setup_method") is not None:
-            phases.append(engine.phase_entry("setup_method", getattr(cls, "setup_method"), file))
+            phases.append(engine.phase_entry("setup_method", cls.setup_method, file))
         obj = getattr(item, "obj", None)
         if obj is not None:
             phases.append(engine.phase_entry("test", obj, file))
         if _class_function(cls, "teardown_method") is not None:
-            phases.append(engine.phase_entry("teardown_method", getattr(cls, "teardown_method"), file))
+            phases.append(engine.phase_entry("teardown_method", cls.teardown_method, file))
         return phases
 
     @pytest.hookimpl(**_WRAPPER)

@@ -75,8 +75,13 @@ def _standin_code(code: types.CodeType, n_defaults: int, kwdefault_names: frozen
     kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
     inner = _function_def(kind, code.co_name, args, [ast.Return(value=call)], 1)
     outer_args = ast.arguments(
-        posonlyargs=[], args=[ast.arg(arg=RUN)], vararg=None, kwonlyargs=[],
-        kw_defaults=[], kwarg=None, defaults=[],
+        posonlyargs=[],
+        args=[ast.arg(arg=RUN)],
+        vararg=None,
+        kwonlyargs=[],
+        kw_defaults=[],
+        kwarg=None,
+        defaults=[],
     )
     outer = _function_def(ast.FunctionDef, "__stepkernel_outer__", outer_args, [inner], 1)
     module = ast.Module(body=[outer], type_ignores=[])

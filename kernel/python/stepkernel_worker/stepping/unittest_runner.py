@@ -73,7 +73,9 @@ def _module_for_path(path: str, rootdir: str):
     return importlib.import_module(name)
 
 
-def load_tests(loader: unittest.TestLoader, names: list[str], ns: argparse.Namespace, rootdir: str) -> unittest.TestSuite:
+def load_tests(
+    loader: unittest.TestLoader, names: list[str], ns: argparse.Namespace, rootdir: str
+) -> unittest.TestSuite:
     """Build the suite for ``names`` (node ids, files, directories or dotted names)."""
     top = os.path.abspath(ns.top_level_directory or rootdir)
     suite = unittest.TestSuite()
@@ -212,7 +214,9 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
 
         # ----------------------------------------------------------- outcomes
 
-        def _mark(self, kind: str | None, outcome: str, message: str, text: str = "", skip_type: str = "pytest.skip") -> None:
+        def _mark(
+            self, kind: str | None, outcome: str, message: str, text: str = "", skip_type: str = "pytest.skip"
+        ) -> None:
             state = self._state
             if state is None:
                 return
@@ -254,7 +258,12 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
                 record = engine.begin_test(reporter.node_id(test), _test_file(test), [])
                 engine.end_test(record, "skipped", str(reason))
                 cases.append(
-                    junit.Case(classname=reporter.classname(test), name=reporter.name(test), kind="skipped", message=str(reason))
+                    junit.Case(
+                        classname=reporter.classname(test),
+                        name=reporter.name(test),
+                        kind="skipped",
+                        message=str(reason),
+                    )
                 )
                 return
             self._mark("skipped", "skipped", str(reason))
@@ -319,7 +328,9 @@ def _fixture_cases(
         else:
             affected = members[-1:]
         if not members:
-            extra.append(junit.Case(classname="", name=target or kind, kind="error", message=message, text=text))
+            extra.append(
+                junit.Case(classname="", name=target or kind, kind="error", message=message, text=text)
+            )
             continue
         for test in affected:
             case = junit.Case(

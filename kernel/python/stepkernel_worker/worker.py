@@ -1,0 +1,365 @@
+"""The worker's main loop: serve the kernel's requests in the user's interpreter.
+
+The kernel starts ``python -m stepkernel_worker`` with its stdout and stderr
+connected to pipes it forwards to clients as ``stream`` messages, and with a
+private channel (see ``channel.py``) for everything else. The message types
+are documented in ``kernel/src/worker.rs``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import getpass
+import os
+import signal
+import sys
+import time
+import traceback
+from typing import Any
+
+from . import cells, display, introspect
+from .channel import Channel, ChannelClosed, from_environment
+
+# Written to fd 1 and 2 after each request: the kernel forwards everything
+# before it as output of that request, so no output arrives after the reply.
+SYNC_MARKER = b"\x00\x1eSKSYNC:%d\x1e\x00"
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class StdinNotAllowed(RuntimeError):
+    """input() was called but the client does not accept input requests."""
+
+
+class Worker:
+    """Serves requests; also the ``Host`` the stepping engine runs under."""
+
+    def __init__(self, channel: Channel):
+        self.channel = channel
+        self.plain = cells.PlainNamespace()
+        self.handler = None  # a PausedHandler while a test is paused or loaded
+        self.current_id: int | None = None
+        self.allow_stdin = False
+        self.executing = False
+        self.pending_resume: dict | None = None
+        self.breakpoints: list[dict] = []
+        self.pause_flag = False
+        self._next_rpc = 0
+        self._sync = 0
+        # Private copies of the output pipes: markers must reach the kernel even
+        # while pytest's capture has fd 1 and 2 pointing at temporary files.
+        self._sync_fds = []
+        for fd in (1, 2):
+            try:
+                self._sync_fds.append(os.dup(fd))
+            except OSError:
+                pass
+
+    # ----------------------------------------------------------------- main loop
+    def serve_forever(self) -> None:
+        """Answer requests until the kernel closes the channel or says shutdown."""
+        self._install_hooks()
+        self.channel.send(
+            {
+                "type": "hello",
+                "pid": os.getpid(),
+                "python": {
+                    "version": ".".join(map(str, sys.version_info[:3])),
+                    "executable": sys.executable,
+                    "implementation": sys.implementation.name,
+                },
+            }
+        )
+        while True:
+            try:
+                message = self.channel.recv()
+            except KeyboardInterrupt:
+                continue  # an interrupt that arrived between requests
+            except ChannelClosed:
+                return
+            if message.get("type") == "shutdown":
+                return
+            self.dispatch(message)
+
+    def dispatch(self, message: dict) -> dict | None:
+        """Handle one request; return it if it is a resume command (paused mode only)."""
+        kind = message.get("type")
+        request_id = message.get("id")
+        if kind == "execute":
+            self._execute(message)
+        elif kind == "complete":
+            ns = self._namespace()
+            self._reply(request_id, introspect.complete(message["code"], message["cursor_pos"], ns))
+        elif kind == "inspect":
+            ns = self._namespace()
+            content = introspect.inspect_value(
+                message["code"], message["cursor_pos"], message.get("detail_level", 0), ns
+            )
+            self._reply(request_id, content)
+        elif kind == "is_complete":
+            self._reply(request_id, introspect.is_complete(message["code"]))
+        elif kind == "breakpoints":
+            self.breakpoints = message.get("items", [])
+        elif kind == "pause_request":
+            self.pause_flag = True
+        elif kind == "run":
+            self._run_tests(message)
+        elif kind in ("resume", "edit", "describe", "test"):
+            return self._paused_command(message)
+        else:
+            self._reply(request_id, {"status": "error", "ename": "UnknownRequest", "evalue": str(kind), "traceback": []})
+        return None
+
+    # ----------------------------------------------------------------- execute
+    def _namespace(self) -> dict:
+        if self.handler is not None:
+            try:
+                return dict(self.handler.namespace())
+            except Exception:
+                pass
+        return self.plain.namespace()
+
+    def _execute(self, message: dict) -> None:
+        request_id = message["id"]
+        count = message.get("execution_count", 0)
+        self.current_id = request_id
+        self.allow_stdin = bool(message.get("allow_stdin", False))
+        code = message.get("code", "")
+        silent = bool(message.get("silent", False))
+        content: dict[str, Any] = {"status": "ok", "execution_count": count, "user_expressions": {}}
+        try:
+            self.executing = True
+            try:
+                has_value, value = self._run_cell(code, cells.cell_filename(count))
+            finally:
+                self.executing = False
+            if has_value and value is not None and not silent:
+                builtins._ = value
+                data, metadata = display.mime_bundle(value)
+                self._iopub(
+                    request_id,
+                    "execute_result",
+                    {"execution_count": count, "data": data, "metadata": metadata},
+                )
+        except BaseException as exc:  # user code may raise anything, SystemExit included
+            if isinstance(exc, ChannelClosed):
+                raise
+            content = self._error_content(exc)
+            content["execution_count"] = count
+            if not silent:
+                self._iopub(request_id, "error", {k: content[k] for k in ("ename", "evalue", "traceback")})
+        content["user_expressions"] = self._user_expressions(message.get("user_expressions") or {})
+        self._reply(request_id, content)
+
+    def _run_cell(self, code: str, filename: str):
+        if self.handler is not None:
+            return self.handler.run_cell(code)
+        return self.plain.run_cell(code, filename)
+
+    def _user_expressions(self, expressions: dict) -> dict:
+        results = {}
+        namespace = self._namespace()
+        for name, expression in expressions.items():
+            try:
+                value = eval(expression, namespace)  # noqa: S307 - the client asked for it
+                data, metadata = display.mime_bundle(value)
+                results[name] = {"status": "ok", "data": data, "metadata": metadata}
+            except Exception as exc:
+                results[name] = self._error_content(exc)
+        return results
+
+    def _error_content(self, exc: BaseException) -> dict:
+        frames = [
+            frame
+            for frame in traceback.extract_tb(exc.__traceback__)
+            if not os.path.abspath(frame.filename).startswith(_PACKAGE_DIR)
+        ]
+        lines = ["Traceback (most recent call last):\n"] if frames else []
+        lines += traceback.format_list(frames)
+        lines += traceback.format_exception_only(type(exc), exc)
+        return {
+            "status": "error",
+            "ename": type(exc).__name__,
+            "evalue": str(exc),
+            "traceback": [line.rstrip("\n") for line in lines],
+        }
+
+    # ----------------------------------------------------------------- stdin
+    def _input(self, prompt: str = "", password: bool = False) -> str:
+        if not self.allow_stdin or self.current_id is None:
+            raise StdinNotAllowed(
+                "input() is not available here: the client did not allow stdin "
+                "(allow_stdin is false); pass the value in code instead"
+            )
+        self._flush_python_streams()
+        self.send({"type": "input_request", "id": self.current_id, "prompt": str(prompt), "password": password})
+        reply = self.channel.recv_matching(lambda m: m.get("type") == "input_reply")
+        if reply.get("interrupted"):
+            raise KeyboardInterrupt
+        return reply.get("value", "")
+
+    def _install_hooks(self) -> None:
+        builtins.input = lambda prompt="": self._input(prompt)
+        getpass.getpass = lambda prompt="Password: ", stream=None: self._input(prompt, password=True)
+        if not hasattr(builtins, "display"):
+            builtins.display = self.display
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True)
+            except Exception:
+                pass
+        signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame):
+        # Only user code is interrupted; between requests the signal is dropped.
+        if self.executing:
+            raise KeyboardInterrupt
+
+    def display(self, *objects: Any, display_id: str | None = None, update: bool = False, **_ignored) -> None:
+        """Show objects as ``display_data`` (the ``display()`` builtin, as in IPython)."""
+        for value in objects:
+            data, metadata = display.mime_bundle(value)
+            content = {"data": data, "metadata": metadata, "transient": {}}
+            if display_id is not None:
+                content["transient"]["display_id"] = display_id
+            self._iopub(self.current_id, "update_display_data" if update else "display_data", content)
+
+    # ----------------------------------------------------------------- plumbing
+    def _reply(self, request_id, content: dict) -> None:
+        self.send({"type": "reply", "id": request_id, "content": content})
+
+    def _iopub(self, request_id, msg_type: str, content: dict) -> None:
+        self.send({"type": "iopub", "id": request_id, "msg_type": msg_type, "content": content})
+
+    def _flush_python_streams(self) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+
+    def send(self, message: dict) -> None:
+        """Send a message to the kernel after all output printed before it."""
+        self._flush_python_streams()
+        self._sync += 1
+        marker = SYNC_MARKER % self._sync
+        for fd in self._sync_fds:
+            try:
+                os.write(fd, marker)
+            except OSError:
+                pass
+        message["sync"] = self._sync
+        self.channel.send(message)
+
+    # ----------------------------------------------------------------- Host API
+    def emit(self, event: dict) -> None:
+        """Publish a progress event to the kernel (events.jsonl, iopub, terminal)."""
+        event.setdefault("time", time.time())
+        self.send({"type": "event", "event": event})
+
+    def get_steps(self, path: str) -> dict:
+        """Ask the kernel's instrumenter for the steps of one file."""
+        self._next_rpc += 1
+        rpc = self._next_rpc
+        self.channel.send({"type": "need_steps", "id": rpc, "path": os.path.abspath(path)})
+        reply = self.channel.recv_matching(lambda m: m.get("type") == "steps_reply" and m.get("id") == rpc)
+        return reply.get("report") or {}
+
+    def should_pause_before(self, test_id: str, phase: str, step: int) -> str | None:
+        """A reason to pause before this step (breakpoint or ``%pause``), else None."""
+        self.channel.poll()
+        while True:
+            message = self.channel.take_pending(lambda m: m.get("type") in ("pause_request", "breakpoints"))
+            if message is None:
+                break
+            self.dispatch(message)
+        if self.pause_flag:
+            self.pause_flag = False
+            return "pause"
+        for item in self.breakpoints:
+            if item.get("step") == step and item.get("test") in (None, test_id) and item.get("phase") in (None, phase):
+                return "breakpoint"
+        return None
+
+    def pause(self, handler, info: dict) -> dict:
+        """Serve requests in the paused test's namespace until a resume command."""
+        previous = self.handler
+        self.handler = handler
+        self.send({"type": "paused", "info": info})
+        self._answer_pending_resume(info)
+        try:
+            while True:
+                try:
+                    message = self.channel.recv()
+                except KeyboardInterrupt:
+                    continue
+                if message.get("type") == "shutdown":
+                    # Hand the kernel's shutdown to the engine as an abort, then exit later.
+                    self.channel._pending.appendleft(message)
+                    return {"action": "abort", "reason": "shutdown"}
+                command = self.dispatch(message)
+                if command is not None:
+                    self.pending_resume = command
+                    return command
+        finally:
+            self.handler = previous
+
+    def _answer_pending_resume(self, info: dict | None, exit_code: int | None = None) -> None:
+        if self.pending_resume is None:
+            return
+        command, self.pending_resume = self.pending_resume, None
+        content = {"status": "ok", "execution_count": command.get("execution_count", 0), "user_expressions": {}}
+        if info is not None:
+            content["paused"] = info
+        if exit_code is not None:
+            content["exit_code"] = exit_code
+        self._reply(command["id"], content)
+
+    def _paused_command(self, message: dict) -> dict | None:
+        kind = message["type"]
+        request_id = message.get("id")
+        if self.handler is None and kind != "test":
+            self._reply(request_id, {"status": "error", "ename": "NotPaused", "evalue": "no test is paused", "traceback": []})
+            return None
+        if kind == "resume":
+            self.current_id = request_id
+            return message
+        if kind == "edit":
+            result = self.handler.edit(message.get("step"), message.get("source", ""))
+            self._reply(request_id, {"status": "ok", "result": result})
+        elif kind == "describe":
+            self._reply(request_id, {"status": "ok", "result": self.handler.describe()})
+        elif kind == "test":
+            self._reply(request_id, {"status": "error", "ename": "NotImplemented", "evalue": "%test", "traceback": []})
+        return None
+
+    def _run_tests(self, message: dict) -> None:
+        from . import stepping
+
+        self.current_id = message["id"]
+        exit_code = 3
+        try:
+            exit_code = stepping.run(
+                self,
+                list(message.get("args", [])),
+                runner=message.get("runner", "auto"),
+                on_error=message.get("on_error", "pause"),
+                junit_xml=message.get("junit_xml"),
+                rootdir=message.get("rootdir") or os.getcwd(),
+            )
+        except BaseException as exc:  # report, don't die: the kernel decides what next
+            traceback.print_exc()
+            self.emit({"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
+        self._answer_pending_resume(None, exit_code)
+        self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
+
+
+def main() -> None:
+    """Entry point of ``python -m stepkernel_worker``."""
+    channel = from_environment()
+    worker = Worker(channel)
+    worker.serve_forever()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown surprises from user code; the kernel is gone anyway.
+    os._exit(0)

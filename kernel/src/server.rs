@@ -1,0 +1,531 @@
+//! The kernel's sockets: binding the five channels and the tasks that serve them.
+//!
+//! Heartbeat, iopub, control and the shell/stdin receivers each run on their
+//! own task, so heartbeat and control answer while the worker is busy. Shell
+//! requests that need the worker go, in order, to the [`Executor`].
+
+use crate::connection_file::{Channel, ConnectionInfo};
+use crate::executor::{Control, Executor, Request};
+use crate::signing::Signer;
+use crate::wire::{new_header, Message};
+use crate::worker::WorkerConfig;
+use bytes::Bytes;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, watch};
+use zeromq::{Endpoint, Socket, SocketRecv, SocketSend, ZmqMessage};
+
+/// Errors that stop the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A channel could not be bound.
+    #[error("cannot bind {channel:?} channel on {endpoint}: {source}")]
+    Bind {
+        /// Which channel.
+        channel: Channel,
+        /// The endpoint tried.
+        endpoint: String,
+        /// The cause.
+        source: zeromq::ZmqError,
+    },
+    /// The worker could not be started.
+    #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
+}
+
+/// State shared by the socket tasks and the executor.
+pub struct Shared {
+    /// This kernel's session id (in every header it sends).
+    pub session: String,
+    /// Signs outgoing and checks incoming messages.
+    pub signer: Signer,
+    /// Messages to publish on iopub.
+    pub iopub: mpsc::UnboundedSender<Message>,
+    /// The worker's Python `language_info` once it said hello.
+    pub language: watch::Receiver<Option<Value>>,
+    /// Inputs stored in history: (session number, line, source).
+    pub history: Mutex<Vec<(u64, u64, String)>>,
+    /// The running worker's pid (for interrupts from the control task).
+    pub worker_pid: std::sync::atomic::AtomicI32,
+}
+
+impl Shared {
+    /// Publishes `msg_type` with `parent` as parent header.
+    pub fn publish(&self, parent: Option<&Message>, msg_type: &str, content: Value) {
+        let msg = match parent {
+            Some(parent) => {
+                let mut child = parent.child(msg_type, content, &self.session);
+                child.identities = vec![Bytes::from(format!("kernel.{msg_type}"))];
+                child
+            }
+            None => Message {
+                identities: vec![Bytes::from(format!("kernel.{msg_type}"))],
+                header: new_header(msg_type, &self.session),
+                parent_header: json!({}),
+                metadata: json!({}),
+                content,
+                buffers: Vec::new(),
+            },
+        };
+        let _ = self.iopub.send(msg);
+    }
+
+    /// Publishes `status` busy or idle.
+    pub fn status(&self, parent: Option<&Message>, state: &str) {
+        self.publish(parent, "status", json!({ "execution_state": state }));
+    }
+}
+
+/// What the caller configures.
+pub struct KernelOptions {
+    /// Where to bind (ports 0 are chosen and written back).
+    pub connection: ConnectionInfo,
+    /// How to start the Python worker.
+    pub worker: WorkerConfig,
+}
+
+/// A kernel whose sockets are bound; `serve` runs it.
+pub struct BoundKernel {
+    /// The connection info with the real ports.
+    pub connection: ConnectionInfo,
+    worker: WorkerConfig,
+    shell: zeromq::RouterSocket,
+    control: zeromq::RouterSocket,
+    stdin: zeromq::RouterSocket,
+    iopub: zeromq::PubSocket,
+    heartbeat: zeromq::RepSocket,
+}
+
+async fn bind<S: Socket>(
+    socket: &mut S,
+    info: &mut ConnectionInfo,
+    channel: Channel,
+) -> Result<(), KernelError> {
+    let endpoint = info.endpoint(channel);
+    let bound = socket
+        .bind(&endpoint)
+        .await
+        .map_err(|source| KernelError::Bind {
+            channel,
+            endpoint: endpoint.clone(),
+            source,
+        })?;
+    if let Endpoint::Tcp(_, port) = bound {
+        info.set_port(channel, port);
+    }
+    Ok(())
+}
+
+impl BoundKernel {
+    /// Binds the five channels (ports 0 get free ports).
+    pub async fn bind(options: KernelOptions) -> Result<BoundKernel, KernelError> {
+        let mut info = options.connection;
+        if info.transport == "ipc" {
+            // ipc "ports" are file suffixes; pick distinct ones when unset.
+            for (i, ch) in [
+                Channel::Shell,
+                Channel::IoPub,
+                Channel::Stdin,
+                Channel::Control,
+                Channel::Heartbeat,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if info.port(ch) == 0 {
+                    info.set_port(ch, i as u16 + 1);
+                }
+            }
+        }
+        let mut shell = zeromq::RouterSocket::new();
+        let mut control = zeromq::RouterSocket::new();
+        let mut stdin = zeromq::RouterSocket::new();
+        let mut iopub = zeromq::PubSocket::new();
+        let mut heartbeat = zeromq::RepSocket::new();
+        bind(&mut shell, &mut info, Channel::Shell).await?;
+        bind(&mut control, &mut info, Channel::Control).await?;
+        bind(&mut stdin, &mut info, Channel::Stdin).await?;
+        bind(&mut iopub, &mut info, Channel::IoPub).await?;
+        bind(&mut heartbeat, &mut info, Channel::Heartbeat).await?;
+        Ok(BoundKernel {
+            connection: info,
+            worker: options.worker,
+            shell,
+            control,
+            stdin,
+            iopub,
+            heartbeat,
+        })
+    }
+
+    /// Serves until a shutdown request (without restart) or SIGTERM.
+    pub async fn serve(self) -> Result<(), KernelError> {
+        let signer = Signer::new(&self.connection.key);
+        let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
+        let (lang_tx, lang_rx) = watch::channel(None);
+        let shared = Arc::new(Shared {
+            session: uuid::Uuid::new_v4().to_string(),
+            signer: signer.clone(),
+            iopub: iopub_tx,
+            language: lang_rx,
+            history: Mutex::new(Vec::new()),
+            worker_pid: std::sync::atomic::AtomicI32::new(-1),
+        });
+        tokio::spawn(heartbeat_task(self.heartbeat));
+        tokio::spawn(iopub_task(self.iopub, iopub_rx, signer.clone()));
+
+        let (shell_send, shell_recv) = self.shell.split();
+        let (control_send, control_recv) = self.control.split();
+        let (stdin_send, stdin_recv) = self.stdin.split();
+        let (request_tx, request_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
+
+        tokio::spawn(shell_task(
+            shell_recv,
+            shell_send.clone(),
+            shared.clone(),
+            request_tx,
+        ));
+        tokio::spawn(control_task(
+            control_recv,
+            control_send.clone(),
+            shared.clone(),
+            control_tx.clone(),
+        ));
+        tokio::spawn(receive_task(stdin_recv, signer.clone(), stdin_tx, "stdin"));
+        tokio::spawn(signal_task(shared.clone(), control_tx));
+
+        let executor = Executor::start(
+            shared.clone(),
+            self.worker,
+            lang_tx,
+            shell_send,
+            control_send,
+            stdin_send,
+            request_rx,
+            control_rx,
+            stdin_rx,
+        )?;
+        executor.run().await;
+        for path in self.connection.ipc_paths() {
+            let _ = std::fs::remove_file(path);
+        }
+        Ok(())
+    }
+}
+
+/// Logs to the kernel's stderr (never the key).
+pub fn log(message: impl AsRef<str>) {
+    eprintln!("[stepkernel] {}", message.as_ref());
+}
+
+async fn heartbeat_task(mut socket: zeromq::RepSocket) {
+    loop {
+        match socket.recv().await {
+            Ok(msg) => {
+                if let Err(err) = socket.send(msg).await {
+                    log(format!("heartbeat send failed: {err}"));
+                }
+            }
+            Err(err) => {
+                log(format!("heartbeat receive failed: {err}"));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn iopub_task(
+    mut socket: zeromq::PubSocket,
+    mut rx: mpsc::UnboundedReceiver<Message>,
+    signer: Signer,
+) {
+    while let Some(msg) = rx.recv().await {
+        if let Some(frames) = to_zmq(msg.to_frames(&signer)) {
+            if let Err(err) = socket.send(frames).await {
+                log(format!("iopub send failed: {err}"));
+            }
+        }
+    }
+}
+
+/// Converts frames to a ZeroMQ message (None if empty).
+pub fn to_zmq(frames: Vec<Bytes>) -> Option<ZmqMessage> {
+    ZmqMessage::try_from(frames).ok()
+}
+
+/// Sends `msg` on a ROUTER send half, logging (not failing) when the peer is gone.
+pub async fn send_router(socket: &mut zeromq::RouterSendHalf, msg: &Message, signer: &Signer) {
+    if let Some(frames) = to_zmq(msg.to_frames(signer)) {
+        if let Err(err) = socket.send(frames).await {
+            log(format!("could not send {}: {err}", msg.msg_type()));
+        }
+    }
+}
+
+async fn receive_task(
+    mut socket: zeromq::RouterRecvHalf,
+    signer: Signer,
+    tx: mpsc::UnboundedSender<Message>,
+    name: &'static str,
+) {
+    loop {
+        match socket.recv().await {
+            Ok(frames) => match Message::parse(frames.into_vec(), &signer) {
+                Ok(msg) => {
+                    if tx.send(msg).is_err() {
+                        return;
+                    }
+                }
+                Err(err) => log(format!("dropped a message on {name}: {err}")),
+            },
+            Err(err) => {
+                log(format!("{name} receive failed: {err}"));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Content of `kernel_info_reply`, waiting briefly for the worker's Python version.
+pub async fn kernel_info(shared: &Shared) -> Value {
+    let mut language = shared.language.clone();
+    let info = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            if let Some(info) = language.borrow().clone() {
+                return info;
+            }
+            if language.changed().await.is_err() {
+                return Value::Null;
+            }
+        }
+    })
+    .await
+    .unwrap_or(Value::Null);
+    let version = info
+        .get("version")
+        .and_then(Value::as_str)
+        .unwrap_or("3")
+        .to_string();
+    let executable = info
+        .get("executable")
+        .and_then(Value::as_str)
+        .unwrap_or("python")
+        .to_string();
+    json!({
+        "status": "ok",
+        "protocol_version": crate::wire::PROTOCOL_VERSION,
+        "implementation": "stepkernel",
+        "implementation_version": env!("CARGO_PKG_VERSION"),
+        "language_info": {
+            "name": "python",
+            "version": version,
+            "mimetype": "text/x-python",
+            "file_extension": ".py",
+            "pygments_lexer": "ipython3",
+            "codemirror_mode": {"name": "ipython", "version": 3},
+            "nbconvert_exporter": "python",
+        },
+        "banner": format!(
+            "stepkernel {} (Python {version}, {executable})\nStep through Python tests: %help lists the magics.",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "help_links": [],
+        "debugger": false,
+    })
+}
+
+async fn shell_task(
+    mut recv: zeromq::RouterRecvHalf,
+    mut send: zeromq::RouterSendHalf,
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedSender<Request>,
+) {
+    loop {
+        let frames = match recv.recv().await {
+            Ok(frames) => frames,
+            Err(err) => {
+                log(format!("shell receive failed: {err}"));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let msg = match Message::parse(frames.into_vec(), &shared.signer) {
+            Ok(msg) => msg,
+            Err(err) => {
+                log(format!("dropped a message on shell: {err}"));
+                continue;
+            }
+        };
+        let reply = match msg.msg_type() {
+            "kernel_info_request" => Some(("kernel_info_reply", kernel_info(&shared).await)),
+            "comm_info_request" => Some(("comm_info_reply", json!({"status": "ok", "comms": {}}))),
+            "history_request" => Some(("history_reply", history_reply(&shared, &msg.content))),
+            _ => None,
+        };
+        match reply {
+            Some((reply_type, content)) => {
+                shared.status(Some(&msg), "busy");
+                let reply = msg.child(reply_type, content, &shared.session);
+                send_router(&mut send, &reply, &shared.signer).await;
+                shared.status(Some(&msg), "idle");
+            }
+            None => {
+                if requests.send(Request::Shell(msg)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn history_reply(shared: &Shared, content: &Value) -> Value {
+    let history = shared.history.lock().expect("history lock");
+    let access = content
+        .get("hist_access_type")
+        .and_then(Value::as_str)
+        .unwrap_or("tail");
+    let n = content.get("n").and_then(Value::as_u64).unwrap_or(10) as usize;
+    let entries: Vec<&(u64, u64, String)> = match access {
+        "range" => {
+            let start = content.get("start").and_then(Value::as_u64).unwrap_or(0);
+            let stop = content
+                .get("stop")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX);
+            history
+                .iter()
+                .filter(|(_, line, _)| *line >= start && *line < stop)
+                .collect()
+        }
+        "search" => {
+            let pattern = content
+                .get("pattern")
+                .and_then(Value::as_str)
+                .unwrap_or("*");
+            let matching: Vec<_> = history
+                .iter()
+                .filter(|(_, _, input)| glob_match(pattern, input))
+                .collect();
+            let skip = matching.len().saturating_sub(n.max(1));
+            matching.into_iter().skip(skip).collect()
+        }
+        _ => {
+            let skip = history.len().saturating_sub(n);
+            history.iter().skip(skip).collect()
+        }
+    };
+    let list: Vec<Value> = entries
+        .into_iter()
+        .map(|(session, line, input)| json!([session, line, input]))
+        .collect();
+    json!({"status": "ok", "history": list})
+}
+
+/// Glob with `*` and `?`, as IPython's history search uses.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+async fn control_task(
+    mut recv: zeromq::RouterRecvHalf,
+    mut send: zeromq::RouterSendHalf,
+    shared: Arc<Shared>,
+    control: mpsc::UnboundedSender<Control>,
+) {
+    loop {
+        let frames = match recv.recv().await {
+            Ok(frames) => frames,
+            Err(err) => {
+                log(format!("control receive failed: {err}"));
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let msg = match Message::parse(frames.into_vec(), &shared.signer) {
+            Ok(msg) => msg,
+            Err(err) => {
+                log(format!("dropped a message on control: {err}"));
+                continue;
+            }
+        };
+        match msg.msg_type() {
+            "kernel_info_request" => {
+                shared.status(Some(&msg), "busy");
+                let content = kernel_info(&shared).await;
+                let reply = msg.child("kernel_info_reply", content, &shared.session);
+                send_router(&mut send, &reply, &shared.signer).await;
+                shared.status(Some(&msg), "idle");
+            }
+            "interrupt_request" => {
+                let _ = control.send(Control::Interrupt);
+                let reply = msg.child("interrupt_reply", json!({"status": "ok"}), &shared.session);
+                send_router(&mut send, &reply, &shared.signer).await;
+            }
+            "shutdown_request" => {
+                let _ = control.send(Control::Shutdown(msg));
+            }
+            other => {
+                log(format!("unsupported control message {other:?}"));
+                if let Some(base) = other.strip_suffix("_request") {
+                    let reply = msg.child(
+                        &format!("{base}_reply"),
+                        json!({"status": "error", "ename": "NotImplementedError",
+                               "evalue": format!("{other} is not supported by stepkernel"), "traceback": []}),
+                        &shared.session,
+                    );
+                    send_router(&mut send, &reply, &shared.signer).await;
+                }
+            }
+        }
+    }
+}
+
+async fn signal_task(_shared: Arc<Shared>, control: mpsc::UnboundedSender<Control>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => { let _ = control.send(Control::Interrupt); }
+            _ = term.recv() => { let _ = control.send(Control::Terminate); }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globbing() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("pri*", "print(1)"));
+        assert!(glob_match("*(?)", "print(1)"));
+        assert!(!glob_match("x*", "print"));
+    }
+}

@@ -1,0 +1,325 @@
+//! The Python worker process and the private channel to it.
+//!
+//! # Worker protocol
+//!
+//! The kernel starts `python -c <bootstrap>` (the embedded `stepkernel_worker`
+//! package on `sys.path`) with stdout and stderr on pipes and one end of a
+//! socketpair inherited as fd `$STEPKERNEL_CHANNEL_FD`. Both directions carry
+//! one JSON object per line.
+//!
+//! Kernel → worker (`id` is the kernel's request number):
+//! - `{"type":"execute","id","code","silent","store_history","user_expressions","allow_stdin","execution_count"}`
+//! - `{"type":"complete","id","code","cursor_pos"}`, `{"type":"inspect","id","code","cursor_pos","detail_level"}`,
+//!   `{"type":"is_complete","id","code"}`
+//! - `{"type":"input_reply","value"}` (or `"interrupted": true`) answering an `input_request`
+//! - `{"type":"steps_reply","id","report"}` answering `need_steps` (same `id`)
+//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir"}` runs tests (stepping engine)
+//! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`,
+//!   `{"type":"describe","id"}`: commands for a paused test
+//! - `{"type":"breakpoints","items":[{"test","phase","step"}]}`, `{"type":"pause_request"}`
+//! - `{"type":"shutdown"}`
+//!
+//! Worker → kernel (each may carry `"sync": n`, see below):
+//! - `{"type":"hello","pid","python":{"version","executable","implementation"}}` once at start
+//! - `{"type":"reply","id","content"}`: the Jupyter reply content for request `id`
+//! - `{"type":"iopub","id","msg_type","content"}`: publish on iopub with request `id` as parent
+//! - `{"type":"input_request","id","prompt","password"}`
+//! - `{"type":"event","event":{...}}`: stepping progress (events.jsonl)
+//! - `{"type":"paused","info":{...}}`: a test paused and the worker serves requests in its namespace
+//! - `{"type":"need_steps","id","path"}`: asks the kernel's instrumenter for a file's steps
+//!
+//! Ordering: before sending a message with `"sync": n` the worker writes the
+//! marker `\0\x1eSKSYNC:n\x1e\0` to both pipes ([`crate::stream_splitter`]); the
+//! kernel holds the message until both pipes reached marker `n`, so output
+//! printed before a result or reply is published before it.
+
+use crate::stream_splitter::{Piece, StreamSplitter};
+use serde_json::Value;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::mpsc;
+
+/// Which captured stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamName {
+    /// fd 1.
+    Stdout,
+    /// fd 2.
+    Stderr,
+}
+
+impl StreamName {
+    /// The Jupyter stream name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StreamName::Stdout => "stdout",
+            StreamName::Stderr => "stderr",
+        }
+    }
+}
+
+/// Something that happened in a worker.
+#[derive(Debug)]
+pub enum WorkerEvent {
+    /// A JSON message from the channel.
+    Message(Value),
+    /// Output text.
+    Output(StreamName, String),
+    /// A pipe reached sync marker `n`.
+    Synced(StreamName, u64),
+    /// The process ended; the string says how (exit code or signal).
+    Exited(String),
+}
+
+/// An event tagged with the worker generation that produced it.
+pub type TaggedEvent = (u64, WorkerEvent);
+
+/// Errors starting or talking to the worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The interpreter could not be started.
+    #[error("cannot start Python worker with {python}: {source}")]
+    Spawn {
+        /// The interpreter path.
+        python: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The channel is gone (the worker died).
+    #[error("the worker's channel is closed: {0}")]
+    Channel(std::io::Error),
+}
+
+/// How to start workers.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The user's interpreter.
+    pub python: PathBuf,
+    /// The directory holding the `stepkernel_worker` package.
+    pub package_dir: PathBuf,
+    /// Working directory of the worker (None: inherit).
+    pub cwd: Option<PathBuf>,
+}
+
+/// A running worker process.
+pub struct Worker {
+    /// Process id (also its process group id).
+    pub pid: i32,
+    /// Increases with every (re)start; events of older workers are ignored.
+    pub generation: u64,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+const BOOTSTRAP: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); \
+from stepkernel_worker.worker import main; main()";
+
+impl Worker {
+    /// Starts a worker; its events arrive on `events`, tagged with `generation`.
+    pub fn spawn(
+        config: &WorkerConfig,
+        generation: u64,
+        events: mpsc::UnboundedSender<TaggedEvent>,
+    ) -> Result<Worker, WorkerError> {
+        let python = config.python.display().to_string();
+        let spawn_err = |source| WorkerError::Spawn {
+            python: python.clone(),
+            source,
+        };
+        let (ours, theirs) = socketpair().map_err(spawn_err)?;
+        let child_fd = theirs.as_raw_fd();
+        let mut command = tokio::process::Command::new(&config.python);
+        command
+            .arg("-c")
+            .arg(BOOTSTRAP)
+            .arg(&config.package_dir)
+            .env("STEPKERNEL_CHANNEL_FD", child_fd.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .process_group(0);
+        if let Some(cwd) = &config.cwd {
+            command.current_dir(cwd);
+        }
+        // SAFETY: only async-signal-safe libc calls between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // Keep the channel open across exec, and die with the kernel.
+                if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = command.spawn().map_err(spawn_err)?;
+        drop(theirs);
+        let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        let std_stream = std::os::unix::net::UnixStream::from(ours);
+        std_stream.set_nonblocking(true).map_err(spawn_err)?;
+        let stream = tokio::net::UnixStream::from_std(std_stream).map_err(spawn_err)?;
+        let (reader, writer) = stream.into_split();
+
+        let tx = events.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(value) => {
+                        let _ = tx.send((generation, WorkerEvent::Message(value)));
+                    }
+                    Err(err) => eprintln!("stepkernel: ignoring malformed worker message: {err}"),
+                }
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout piped");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let out_done = spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone());
+        let err_done = spawn_pipe_reader(stderr, StreamName::Stderr, generation, events.clone());
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // Let the pipes drain first so the last output precedes the exit.
+            let _ = out_done.await;
+            let _ = err_done.await;
+            let how = match status {
+                Ok(status) => describe_exit(status),
+                Err(err) => format!("could not be waited for: {err}"),
+            };
+            let _ = events.send((generation, WorkerEvent::Exited(how)));
+        });
+        Ok(Worker {
+            pid,
+            generation,
+            writer,
+        })
+    }
+
+    /// Sends one message to the worker.
+    pub async fn send(&mut self, message: &Value) -> Result<(), WorkerError> {
+        let mut line = serde_json::to_vec(message).expect("JSON serializes");
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(WorkerError::Channel)
+    }
+
+    /// Sends SIGINT to the worker (KeyboardInterrupt in the running code).
+    pub fn interrupt(&self) {
+        signal(self.pid, libc::SIGINT);
+    }
+
+    /// Kills the worker's whole process group.
+    pub fn kill(&self) {
+        if self.pid > 0 {
+            // SAFETY: plain syscall.
+            unsafe {
+                libc::killpg(self.pid, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Sends `sig` to `pid` if it is a real pid.
+pub fn signal(pid: i32, sig: i32) {
+    if pid > 0 {
+        // SAFETY: plain syscall.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = status.signal() {
+        let name = match sig {
+            libc::SIGKILL => "SIGKILL",
+            libc::SIGSEGV => "SIGSEGV",
+            libc::SIGABRT => "SIGABRT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGINT => "SIGINT",
+            libc::SIGBUS => "SIGBUS",
+            _ => "signal",
+        };
+        format!("killed by signal {sig} ({name})")
+    } else {
+        format!("exited with code {}", status.code().unwrap_or(-1))
+    }
+}
+
+fn spawn_pipe_reader<R>(
+    mut pipe: R,
+    name: StreamName,
+    generation: u64,
+    events: mpsc::UnboundedSender<TaggedEvent>,
+) -> tokio::task::JoinHandle<()>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut splitter = StreamSplitter::default();
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let pieces = match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let rest = splitter.finish();
+                    forward(rest, name, generation, &events);
+                    return;
+                }
+                Ok(n) => splitter.push(&buf[..n]),
+            };
+            forward(pieces, name, generation, &events);
+        }
+    })
+}
+
+fn forward(
+    pieces: Vec<Piece>,
+    name: StreamName,
+    generation: u64,
+    events: &mpsc::UnboundedSender<TaggedEvent>,
+) {
+    for piece in pieces {
+        let event = match piece {
+            Piece::Text(text) => WorkerEvent::Output(name, text),
+            Piece::Sync(n) => WorkerEvent::Synced(name, n),
+        };
+        let _ = events.send((generation, event));
+    }
+}
+
+fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid array of two ints; both fds are owned right after.
+    let rc = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: socketpair just returned these two open descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Picks the user's interpreter: `$VIRTUAL_ENV`, then `./.venv`, then `python3`.
+pub fn default_python(cwd: &Path) -> PathBuf {
+    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
+        let candidate = PathBuf::from(venv).join("bin").join("python");
+        if candidate.exists() {
+            return candidate;
+        }
+    }
+    let local = cwd.join(".venv").join("bin").join("python");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("python3")
+}

@@ -135,7 +135,14 @@ def test_hard_unittest_cases_agree_under_the_unittest_runner(hard_cases):
 
 
 def test_asyncio_auto_mode_and_plain_asserts_agree(hard_cases):
-    args = ["-o", "asyncio_mode=auto", "--assert=plain", "test_hard_async.py", "test_hard_semantics.py"]
+    args = [
+        "-o",
+        "asyncio_mode=auto",
+        "--assert=plain",
+        "test_hard_async.py",
+        "test_hard_async_unmarked.py",
+        "test_hard_semantics.py",
+    ]
     plain = run_plain(hard_cases, args, os.path.join(hard_cases, "plain.xml"))
     stepped, events = run_stepped(hard_cases, args, xml=os.path.join(hard_cases, "stepped.xml"))
     assert stepped.returncode == plain.returncode

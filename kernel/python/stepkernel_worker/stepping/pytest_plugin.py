@@ -28,19 +28,10 @@ __tracebackhide__ = True
 __unittest = True
 
 
-def _new_style_wrappers() -> bool:
-    try:
-        import pluggy
-
-        major, minor = (int(x) for x in pluggy.__version__.split(".")[:2])
-    except (ImportError, ValueError, AttributeError):
-        return False
-    return (major, minor) >= (1, 2)
-
-
-# New-style wrappers add fewer frames to tracebacks; old pluggy only has the old style.
-# The hooks below are written to work as either (they return what ``yield`` gave).
-_WRAPPER = {"wrapper": True} if _new_style_wrappers() else {"hookwrapper": True}
+# Old-style wrappers: an exception raised below (pytest's own async_fail, a
+# fixture error) then never passes through this plugin's frames, which would
+# change how pytest filters and prints the traceback.
+_WRAPPER = {"hookwrapper": True}
 
 
 def _is_unittest_item(item: Any) -> bool:
@@ -183,11 +174,10 @@ class SteppingPlugin:
                     if instance is not None:
                         for name in ("setup_method", "teardown_method"):
                             self._patch_instance(stack, instance, name, item)
-                result = yield
+                yield
         finally:
             outcome, longrepr = self._outcome(self._reports.pop(item.nodeid, []))
             engine.end_test(record, outcome, longrepr)
-        return result
 
     def _patch_instance(self, stack: contextlib.ExitStack, instance: Any, name: str, item: Any) -> None:
         """Make ``instance.name()`` step for the rest of the test."""
@@ -196,13 +186,14 @@ class SteppingPlugin:
     @pytest.hookimpl(**_WRAPPER)
     def pytest_runtest_call(self, item):
         if not _is_unittest_item(item):
-            return (yield)
+            yield
+            return
         with contextlib.ExitStack() as stack:
             instance = item.instance
             for name in (*UNITTEST_BEFORE, *UNITTEST_AFTER):
                 self._patch_instance(stack, instance, name, item)
             self._install_test(stack, item, instance)
-            return (yield)
+            yield
 
     def _install_test(self, stack: contextlib.ExitStack, item: Any, instance: Any) -> None:
         if is_skipped(instance, item.name):
@@ -223,7 +214,7 @@ class SteppingPlugin:
             if replacement is not obj:
                 pyfuncitem.obj = replacement
             try:
-                return (yield)
+                yield
             finally:
                 if replacement is not obj:
                     pyfuncitem.obj = obj

@@ -23,18 +23,18 @@ __all__ = ["Engine", "run"]
 def _in_rootdir(rootdir: str):
     """Run from ``rootdir`` with it importable, as ``python -m pytest`` would."""
     old_cwd = os.getcwd()
-    added = False
     os.chdir(rootdir)
+    added = None
     if rootdir not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-        added = True
+        added = os.getcwd()
+        sys.path.insert(0, added)
     try:
         yield
     finally:
         os.chdir(old_cwd)
-        if added:
+        if added is not None:
             with contextlib.suppress(ValueError):
-                sys.path.remove(rootdir if rootdir in sys.path else os.path.abspath(rootdir))
+                sys.path.remove(added)
 
 
 def run(
@@ -72,9 +72,13 @@ def run(
             pid=os.getpid(),
         )
         if runner == "pytest":
-            from .pytest_plugin import run_pytest
-
-            code = run_pytest(engine, list(args), junit_xml)
+            try:
+                from .pytest_plugin import run_pytest
+            except ImportError as exc:
+                print(f"stepkernel: --runner pytest needs pytest: {exc}", file=sys.stderr)
+                code = 2
+            else:
+                code = run_pytest(engine, list(args), junit_xml)
         else:
             from .unittest_runner import run_unittest
 

@@ -113,6 +113,7 @@ class SourceFile:
         self._get_report = get_report
         self._report: dict | None = None
         self._report_loaded = False
+        self._phase_names: dict[str, str] | None = None
         with tokenize.open(filename) as fh:
             self.text = fh.read()
         self.source_bytes = self.text.encode("utf-8")
@@ -157,12 +158,14 @@ class SourceFile:
 
     def phase_names(self) -> dict[str, str]:
         """Function qualname -> phase name, from the report's tests."""
-        names: dict[str, str] = {}
-        for test in (self.report or {}).get("tests") or []:
-            for phase in test.get("phases") or []:
-                if phase.get("function") and phase.get("name"):
-                    names.setdefault(phase["function"], phase["name"])
-        return names
+        if self._phase_names is None:
+            names: dict[str, str] = {}
+            for test in (self.report or {}).get("tests") or []:
+                for phase in test.get("phases") or []:
+                    if isinstance(phase, dict) and phase.get("function") and phase.get("name"):
+                        names.setdefault(phase["function"], phase["name"])
+            self._phase_names = names
+        return self._phase_names
 
 
 def unstepped_plan(func, reason: str) -> StepPlan:

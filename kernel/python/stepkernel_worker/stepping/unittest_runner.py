@@ -88,6 +88,7 @@ def load_tests(
         if rest or path.endswith(".py") or os.path.isfile(path):
             module = _module_for_path(path, top)
             if rest:
+                _check_unittest_target(module, rest, name)
                 suite.addTests(loader.loadTestsFromName(rest.replace("::", "."), module))
             else:
                 suite.addTests(loader.loadTestsFromModule(module))
@@ -96,6 +97,25 @@ def load_tests(
         else:
             suite.addTests(loader.loadTestsFromName(name))
     return suite
+
+
+def _check_unittest_target(module: Any, rest: str, name: str) -> None:
+    """Refuse node ids naming something other than a TestCase or one of its methods.
+
+    ``loadTestsFromName`` would *call* a plain function to get tests from it.
+    """
+    parts = rest.split("::")
+    obj = module
+    for part in parts:
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            return  # let unittest report the missing name its own way
+        if isinstance(obj, type):
+            break
+    if isinstance(obj, type) and issubclass(obj, unittest.TestCase):
+        return
+    raise UsageError(f"{name} is not a unittest.TestCase test (use --runner pytest)")
 
 
 def _flatten(suite: Any) -> list[Any]:
@@ -360,7 +380,7 @@ def run_unittest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
         loader.testNamePatterns = [p if "*" in p else f"*{p}*" for p in ns.patterns]
     try:
         suite = load_tests(loader, names, ns, engine.rootdir)
-    except (ImportError, AttributeError, ValueError) as exc:
+    except (ImportError, AttributeError, ValueError, UsageError) as exc:
         print(f"stepkernel: cannot load tests: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     tests = _flatten(suite)

@@ -38,6 +38,8 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
                 package_dir,
                 cwd: None,
             },
+            hooks: None,
+            run: None,
         };
         let kernel = BoundKernel::bind(options).await?;
         kernel.serve().await?;

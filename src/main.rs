@@ -3,6 +3,8 @@
 mod install;
 mod kernel_cmd;
 mod python;
+mod run_cmd;
+mod sessions_cmd;
 mod steps;
 
 use clap::{Parser, Subcommand};
@@ -18,6 +20,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run tests step by step; pause on failure so a Jupyter client can attach.
+    Run(run_cmd::RunArgs),
+    /// Export a session's edits as a patch for `git am`.
+    Patch(sessions_cmd::PatchArgs),
+    /// List stepping sessions in this project.
+    Sessions(sessions_cmd::SessionsArgs),
+    /// Attach `jupyter console` to a session.
+    Console(sessions_cmd::ConsoleArgs),
     /// Serve a Jupyter kernel (started by Jupyter through the kernelspec).
     Kernel(kernel_cmd::KernelArgs),
     /// Install the `stepkernel` kernelspec for Jupyter.
@@ -29,6 +39,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run_cmd::run(args),
+        Command::Patch(args) => sessions_cmd::patch(args),
+        Command::Sessions(args) => sessions_cmd::sessions(args),
+        Command::Console(args) => sessions_cmd::console(args),
         Command::Kernel(args) => kernel_cmd::run(args),
         Command::Install(args) => install::run(args),
         Command::Steps(args) => steps::run(args),

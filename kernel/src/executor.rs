@@ -3,8 +3,10 @@
 //! The executor owns the worker. It forwards requests, publishes the worker's
 //! output and results on iopub in order (see the sync markers in
 //! [`crate::worker`]), relays `input()` over the stdin channel, restarts a
-//! worker that died, and handles interrupt and shutdown from the control task.
+//! worker that died, handles interrupt and shutdown from the control task,
+//! and, in a stepping session, the magics that drive a paused test.
 
+use crate::magics::{self, Magic};
 use crate::server::{log, send_router, Shared};
 use crate::wire::Message;
 use crate::worker::{StreamName, TaggedEvent, Worker, WorkerConfig, WorkerEvent};
@@ -18,6 +20,8 @@ use tokio::time::Instant;
 
 /// How long a worker message waits for its output to arrive before it is sent anyway.
 const SYNC_GRACE: Duration = Duration::from_millis(500);
+/// Request id of the test run a session starts with.
+const RUN_ID: u64 = 1 << 40;
 
 /// A request for the executor from the shell task.
 pub enum Request {
@@ -25,23 +29,39 @@ pub enum Request {
     Shell(Message),
 }
 
-/// Control-channel actions that must reach the executor even while it is busy.
+/// Control actions that must reach the executor even while it is busy.
 pub enum Control {
-    /// Interrupt the running code.
-    Interrupt,
+    /// Interrupt the running code (Ctrl-C at the terminal, or `interrupt_request`).
+    Interrupt {
+        /// SIGINT at the terminal: while paused it ends the run.
+        from_terminal: bool,
+    },
     /// A `shutdown_request` (from control or shell).
     Shutdown(Message),
     /// SIGTERM: leave cleanly.
     Terminate,
+    /// A message to pass to the worker at once (`%pause`, breakpoints).
+    Forward(Value),
 }
 
 /// What kind of request is in flight.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Kind {
-    Execute { silent: bool, stop_on_error: bool },
+    Execute {
+        silent: bool,
+        stop_on_error: bool,
+    },
     Complete,
     Inspect,
     IsComplete,
+    /// `%continue` and friends: answered when the run pauses again or ends.
+    Resume,
+    /// `%%edit`: journal before answering.
+    Edit,
+    /// `%edit N`: show the source, offer it as the next cell.
+    ShowStep(Option<usize>),
+    /// `%test`, `%locals`: the worker answers with text/html.
+    SessionMagic,
 }
 
 struct Inflight {
@@ -55,6 +75,7 @@ pub struct Executor {
     shared: Arc<Shared>,
     config: WorkerConfig,
     worker: Worker,
+    run: Option<Value>,
     language: watch::Sender<Option<Value>>,
     shell: zeromq::RouterSendHalf,
     control_send: zeromq::RouterSendHalf,
@@ -64,7 +85,6 @@ pub struct Executor {
     stdin_replies: mpsc::UnboundedReceiver<Message>,
     events_tx: mpsc::UnboundedSender<TaggedEvent>,
     events: mpsc::UnboundedReceiver<TaggedEvent>,
-    execution_count: u64,
     next_id: u64,
     synced: [u64; 2],
     held: VecDeque<(Instant, Value)>,
@@ -75,12 +95,15 @@ pub struct Executor {
     awaiting_input: bool,
     /// Requests taken off the queue while aborting, to run next.
     deferred: VecDeque<Message>,
+    /// Set when the session's run has ended and the kernel should stop.
+    finished: bool,
 }
 
 impl Executor {
-    /// Starts the first worker.
+    /// Starts the first worker (and the session's run, if any).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
+        run: Option<Value>,
         shared: Arc<Shared>,
         config: WorkerConfig,
         language: watch::Sender<Option<Value>>,
@@ -98,6 +121,7 @@ impl Executor {
             shared,
             config,
             worker,
+            run,
             language,
             shell,
             control_send,
@@ -107,7 +131,6 @@ impl Executor {
             stdin_replies,
             events_tx,
             events,
-            execution_count: 0,
             next_id: 0,
             synced: [0, 0],
             held: VecDeque::new(),
@@ -115,13 +138,25 @@ impl Executor {
             parent: None,
             awaiting_input: false,
             deferred: VecDeque::new(),
+            finished: false,
         })
     }
 
-    /// Serves until shutdown.
+    fn count(&self) -> u64 {
+        self.shared.execution_count.load(Ordering::SeqCst)
+    }
+
+    /// Serves until shutdown (or, in a session, until the run ends).
     pub async fn run(mut self) {
         self.shared.status(None, "starting");
-        loop {
+        if let Some(mut run) = self.run.take() {
+            run["type"] = json!("run");
+            run["id"] = json!(RUN_ID);
+            if let Err(err) = self.worker.send(&run).await {
+                log(format!("could not start the run: {err}"));
+            }
+        }
+        while !self.finished {
             if self.inflight.is_none() {
                 if let Some(msg) = self.deferred.pop_front() {
                     self.start_request(msg).await;
@@ -155,11 +190,21 @@ impl Executor {
                 }
             }
         }
+        self.stop_worker().await;
+    }
+
+    fn paused(&self) -> bool {
+        self.shared
+            .run_state
+            .lock()
+            .expect("state")
+            .paused
+            .is_some()
     }
 
     async fn on_control(&mut self, control: Control) -> bool {
         match control {
-            Control::Interrupt => {
+            Control::Interrupt { from_terminal } => {
                 if self.awaiting_input {
                     // The worker blocks on the channel, not in user code: tell it directly.
                     self.awaiting_input = false;
@@ -167,6 +212,14 @@ impl Executor {
                         .worker
                         .send(&json!({"type": "input_reply", "interrupted": true}))
                         .await;
+                } else if self.paused() && self.inflight.is_none() {
+                    if from_terminal {
+                        self.notice("Ctrl-C while paused: ending the run (tearDown runs, the report is written).");
+                        let _ = self
+                            .worker
+                            .send(&json!({"type": "resume", "id": 0, "action": "abort"}))
+                            .await;
+                    }
                 } else {
                     self.worker.interrupt();
                 }
@@ -176,42 +229,68 @@ impl Executor {
                 self.stop_worker().await;
                 true
             }
-            Control::Shutdown(msg) => {
-                let restart = msg.flag("restart", false);
-                self.shared.status(Some(&msg), "busy");
-                if restart {
-                    self.fail_inflight("the kernel is restarting").await;
-                    self.stop_worker().await;
-                    self.execution_count = 0;
-                    self.shared.history.lock().expect("history").clear();
-                    if let Err(err) = self.respawn() {
-                        log(format!("restart failed: {err}"));
-                    }
-                } else {
-                    self.fail_inflight("the kernel is shutting down").await;
-                }
-                let reply = msg.child(
-                    "shutdown_reply",
-                    json!({"status": "ok", "restart": restart}),
-                    &self.shared.session,
-                );
-                send_router(&mut self.control_send, &reply, &self.shared.signer).await;
-                self.shared.status(Some(&msg), "idle");
-                if !restart {
-                    self.stop_worker().await;
-                    // Let iopub flush the last status.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    return true;
-                }
+            Control::Forward(message) => {
+                let _ = self.worker.send(&message).await;
                 false
             }
+            Control::Shutdown(msg) => self.on_shutdown(msg, true).await,
+        }
+    }
+
+    async fn on_shutdown(&mut self, msg: Message, on_control: bool) -> bool {
+        let restart = msg.flag("restart", false);
+        let session = self.shared.hooks.clone();
+        self.shared.status(Some(&msg), "busy");
+        let detach = !restart && session.as_ref().is_some_and(|h| !h.allow_client_shutdown());
+        if detach {
+            self.notice("A client asked to shut down: it was detached and the session goes on \
+                 (edits are journaled; use %abort to end the run, or start with --allow-client-shutdown).");
+        } else if restart {
+            self.fail_inflight("the kernel is restarting").await;
+            self.stop_worker().await;
+            self.shared.execution_count.store(0, Ordering::SeqCst);
+            self.shared.history.lock().expect("history").clear();
+            if let Err(err) = self.respawn() {
+                log(format!("restart failed: {err}"));
+            }
+        } else {
+            self.fail_inflight("the kernel is shutting down").await;
+        }
+        let reply = msg.child(
+            "shutdown_reply",
+            json!({"status": "ok", "restart": restart}),
+            &self.shared.session,
+        );
+        let socket = if on_control {
+            &mut self.control_send
+        } else {
+            &mut self.shell
+        };
+        send_router(socket, &reply, &self.shared.signer).await;
+        self.shared.status(Some(&msg), "idle");
+        if !restart && !detach {
+            if let Some(hooks) = &session {
+                hooks.notice("A client shut the kernel down.");
+            }
+            self.stop_worker().await;
+            // Let iopub flush the last status.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            return true;
+        }
+        false
+    }
+
+    fn notice(&self, text: &str) {
+        match &self.shared.hooks {
+            Some(hooks) => hooks.notice(text),
+            None => log(text),
         }
     }
 
     async fn stop_worker(&mut self) {
         let _ = self.worker.send(&json!({"type": "shutdown"})).await;
         let pid = self.worker.pid;
-        for _ in 0..20 {
+        for _ in 0..50 {
             // SAFETY: signal 0 only checks that the process exists.
             if unsafe { libc::kill(pid, 0) } != 0 {
                 break;
@@ -234,46 +313,75 @@ impl Executor {
         Ok(())
     }
 
-    async fn start_request(&mut self, msg: Message) {
-        let id = {
-            self.next_id += 1;
-            self.next_id
+    /// Counts, publishes execute_input and returns the execution count.
+    fn begin_execute(&self, msg: &Message) -> u64 {
+        let silent = msg.flag("silent", false);
+        let store_history = msg.flag("store_history", !silent) && !silent;
+        let code = msg.text("code").to_string();
+        self.shared.status(Some(msg), "busy");
+        let count = if store_history {
+            let count = self.shared.execution_count.fetch_add(1, Ordering::SeqCst) + 1;
+            self.shared
+                .history
+                .lock()
+                .expect("history")
+                .push((1, count, code.clone()));
+            count
+        } else {
+            self.count()
         };
+        if !silent {
+            self.shared.publish(
+                Some(msg),
+                "execute_input",
+                json!({"code": code, "execution_count": count}),
+            );
+        }
+        count
+    }
+
+    async fn start_request(&mut self, msg: Message) {
+        self.next_id += 1;
+        let id = self.next_id;
         let (kind, payload) = match msg.msg_type() {
             "execute_request" => {
-                let silent = msg.flag("silent", false);
-                let store_history = msg.flag("store_history", !silent) && !silent;
-                let code = msg.text("code").to_string();
-                self.shared.status(Some(&msg), "busy");
-                if store_history {
-                    self.execution_count += 1;
-                    self.shared.history.lock().expect("history").push((
-                        1,
-                        self.execution_count,
-                        code.clone(),
-                    ));
-                }
-                if !silent {
-                    self.shared.publish(
-                        Some(&msg),
-                        "execute_input",
-                        json!({"code": code, "execution_count": self.execution_count}),
-                    );
-                }
-                let payload = json!({
-                    "type": "execute", "id": id, "code": code, "silent": silent,
-                    "store_history": store_history,
-                    "user_expressions": msg.content.get("user_expressions").cloned().unwrap_or(json!({})),
-                    "allow_stdin": msg.flag("allow_stdin", true),
-                    "execution_count": self.execution_count,
-                });
-                (
-                    Kind::Execute {
-                        silent,
-                        stop_on_error: msg.flag("stop_on_error", true),
+                let magic = magics::parse(msg.text("code"));
+                let count = self.begin_execute(&msg);
+                match magic {
+                    Some(magic) => match self.magic_payload(id, magic) {
+                        Ok((kind, payload)) => (kind, payload),
+                        Err(why) => {
+                            self.parent = Some(msg.clone());
+                            let inflight = Inflight {
+                                id,
+                                request: msg,
+                                kind: Kind::Execute {
+                                    silent: false,
+                                    stop_on_error: false,
+                                },
+                            };
+                            self.error_reply(inflight, "UsageError", &why).await;
+                            return;
+                        }
                     },
-                    payload,
-                )
+                    None => {
+                        let silent = msg.flag("silent", false);
+                        let payload = json!({
+                            "type": "execute", "id": id, "code": msg.text("code"), "silent": silent,
+                            "store_history": msg.flag("store_history", !silent) && !silent,
+                            "user_expressions": msg.content.get("user_expressions").cloned().unwrap_or(json!({})),
+                            "allow_stdin": msg.flag("allow_stdin", true),
+                            "execution_count": count,
+                        });
+                        (
+                            Kind::Execute {
+                                silent,
+                                stop_on_error: msg.flag("stop_on_error", true),
+                            },
+                            payload,
+                        )
+                    }
+                }
             }
             "complete_request" => {
                 self.shared.status(Some(&msg), "busy");
@@ -295,7 +403,9 @@ impl Executor {
             }
             "shutdown_request" => {
                 // Allowed on shell too (older clients).
-                let _ = self.shutdown_via_shell(msg).await;
+                if self.on_shutdown(msg, false).await {
+                    self.finished = true;
+                }
                 return;
             }
             other => {
@@ -315,29 +425,61 @@ impl Executor {
         }
     }
 
-    async fn shutdown_via_shell(&mut self, msg: Message) -> bool {
-        // Reply on shell, then act like the control path.
-        let restart = msg.flag("restart", false);
-        let reply = msg.child(
-            "shutdown_reply",
-            json!({"status": "ok", "restart": restart}),
-            &self.shared.session,
-        );
-        send_router(&mut self.shell, &reply, &self.shared.signer).await;
-        if restart {
-            self.stop_worker().await;
-            self.execution_count = 0;
-            let _ = self.respawn();
-            false
-        } else {
-            self.stop_worker().await;
-            std::process::exit(0);
+    /// The worker message for a magic the executor handles, or a usage error.
+    fn magic_payload(&self, id: u64, magic: Magic) -> Result<(Kind, Value), String> {
+        let paused = self.paused();
+        match magic {
+            Magic::Resume(action) => {
+                if !paused {
+                    return Err(format!(
+                        "%{action} works while a test is paused; {}",
+                        self.shared.run_state.lock().expect("state").where_text()
+                    ));
+                }
+                Ok((
+                    Kind::Resume,
+                    json!({"type": "resume", "id": id, "action": action,
+                           "execution_count": self.count()}),
+                ))
+            }
+            Magic::Edit {
+                step,
+                source: Some(source),
+            } => {
+                if !paused {
+                    return Err("%%edit works while a test is paused".into());
+                }
+                Ok((
+                    Kind::Edit,
+                    json!({"type": "edit", "id": id, "step": step, "source": source}),
+                ))
+            }
+            Magic::Edit { step, source: None } => {
+                if !paused {
+                    return Err("%edit works while a test is paused".into());
+                }
+                Ok((Kind::ShowStep(step), json!({"type": "describe", "id": id})))
+            }
+            Magic::Session { name, args } => Ok((
+                Kind::SessionMagic,
+                json!({"type": name, "id": id, "args": args}),
+            )),
+            other => Err(format!("{other:?} cannot run here")),
         }
     }
 
     async fn on_worker_event(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Output(stream, text) => {
+                let resuming = matches!(
+                    self.inflight.as_ref().map(|i| &i.kind),
+                    None | Some(Kind::Resume)
+                );
+                if resuming {
+                    if let Some(hooks) = &self.shared.hooks {
+                        hooks.on_output(stream, &text);
+                    }
+                }
                 self.shared.publish(
                     self.parent.as_ref(),
                     "stream",
@@ -364,14 +506,30 @@ impl Executor {
                 while let Some((_, message)) = self.held.pop_front() {
                     self.on_worker_message(message).await;
                 }
-                log(format!("the worker {how}; starting a new one"));
+                self.notice(&format!("the Python worker {how}; starting a new one"));
                 self.fail_inflight(&format!(
                     "The Python worker {how} while running this request. \
                      Its state is lost; a fresh worker has been started."
                 ))
                 .await;
+                let in_session = self.shared.hooks.is_some()
+                    && self.shared.run_state.lock().expect("state").state == "running"
+                    || self.paused();
                 if let Err(err) = self.respawn() {
                     log(format!("could not restart the worker: {err}"));
+                }
+                if in_session && self.shared.run_state.lock().expect("state").state != "finished" {
+                    // The run cannot go on without its process: end the session.
+                    {
+                        let mut state = self.shared.run_state.lock().expect("state");
+                        state.paused = None;
+                        state.state = "finished".into();
+                    }
+                    if let Some(hooks) = &self.shared.hooks {
+                        if hooks.on_run_finished(3) {
+                            self.finished = true;
+                        }
+                    }
                 }
             }
         }
@@ -394,15 +552,20 @@ impl Executor {
         let Some(inflight) = self.inflight.take() else {
             return;
         };
+        self.error_reply(inflight, "WorkerDied", why).await;
+    }
+
+    async fn error_reply(&mut self, inflight: Inflight, ename: &str, evalue: &str) {
         let content = json!({
             "status": "error",
-            "ename": "WorkerDied",
-            "evalue": why,
-            "traceback": [format!("WorkerDied: {why}")],
-            "execution_count": self.execution_count,
+            "ename": ename,
+            "evalue": evalue,
+            "traceback": [format!("{ename}: {evalue}")],
+            "execution_count": self.count(),
             "user_expressions": {},
         });
-        if let Kind::Execute { silent: false, .. } = inflight.kind {
+        let silent = matches!(inflight.kind, Kind::Execute { silent: true, .. });
+        if !silent {
             self.shared.publish(
                 Some(&inflight.request),
                 "error",
@@ -421,14 +584,20 @@ impl Executor {
             }
             "reply" => {
                 let id = message.get("id").and_then(Value::as_u64);
+                let content = message.get("content").cloned().unwrap_or(json!({}));
+                if id == Some(RUN_ID) {
+                    self.on_run_finished(&content);
+                    return;
+                }
                 match self.inflight.take() {
                     Some(inflight) if Some(inflight.id) == id => {
-                        let content = message.get("content").cloned().unwrap_or(json!({}));
-                        self.finish(inflight, content).await;
+                        self.on_reply(inflight, content).await;
                     }
                     other => {
                         self.inflight = other;
-                        log(format!("worker reply for unknown request {id:?} ignored"));
+                        if id != Some(0) {
+                            log(format!("worker reply for unknown request {id:?} ignored"));
+                        }
                     }
                 }
             }
@@ -453,7 +622,174 @@ impl Executor {
                 self.awaiting_input = true;
                 send_router(&mut self.stdin, &out, &self.shared.signer).await;
             }
+            "event" => {
+                let event = message.get("event").cloned().unwrap_or(json!({}));
+                self.shared.run_state.lock().expect("state").apply(&event);
+                if let Some(hooks) = &self.shared.hooks {
+                    hooks.on_event(&event);
+                }
+            }
+            "paused" => {
+                let info = message.get("info").cloned().unwrap_or(json!({}));
+                {
+                    let mut state = self.shared.run_state.lock().expect("state");
+                    state.paused = Some(info.clone());
+                    state.state = "paused".into();
+                }
+                if let Some(hooks) = &self.shared.hooks {
+                    hooks.on_paused(&info);
+                }
+            }
+            "need_steps" => {
+                let path = message.get("path").and_then(Value::as_str).unwrap_or("");
+                let report = match &self.shared.hooks {
+                    Some(hooks) => hooks.steps_for(path),
+                    None => json!({}),
+                };
+                let reply =
+                    json!({"type": "steps_reply", "id": message.get("id"), "report": report});
+                let _ = self.worker.send(&reply).await;
+            }
             other => log(format!("unexpected worker message {other:?}")),
+        }
+    }
+
+    fn on_run_finished(&mut self, content: &Value) {
+        let code = content
+            .get("exit_code")
+            .and_then(Value::as_i64)
+            .unwrap_or(3) as i32;
+        {
+            let mut state = self.shared.run_state.lock().expect("state");
+            state.paused = None;
+            state.state = "finished".into();
+        }
+        if let Some(hooks) = &self.shared.hooks {
+            if hooks.on_run_finished(code) {
+                self.finished = true;
+            }
+        }
+    }
+
+    /// Turns a worker reply into the Jupyter reply for the request's kind.
+    async fn on_reply(&mut self, inflight: Inflight, content: Value) {
+        match inflight.kind.clone() {
+            Kind::Resume => {
+                let text = if let Some(code) = content.get("exit_code") {
+                    format!("The run finished (exit code {code}).")
+                } else {
+                    self.shared.run_state.lock().expect("state").where_text()
+                };
+                self.shared.publish(
+                    Some(&inflight.request),
+                    "stream",
+                    json!({"name": "stdout", "text": text + "\n"}),
+                );
+                let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {}});
+                self.finish(inflight, ok).await;
+            }
+            Kind::Edit => {
+                let result = content.get("result").cloned().unwrap_or(json!({}));
+                if result.get("ok").and_then(Value::as_bool) != Some(true) {
+                    let why = result
+                        .get("error")
+                        .and_then(Value::as_str)
+                        .unwrap_or("the edit was refused")
+                        .to_string();
+                    let ename = why.split(':').next().unwrap_or("EditError").to_string();
+                    let ename = if ename.contains(' ') {
+                        "EditError".to_string()
+                    } else {
+                        ename
+                    };
+                    self.error_reply(inflight, &ename, &why).await;
+                    return;
+                }
+                let edit = result.get("edit").cloned().unwrap_or(json!({}));
+                let journaled = match &self.shared.hooks {
+                    Some(hooks) => hooks.record_edit(&edit),
+                    None => Ok("not journaled (no session)".into()),
+                };
+                match journaled {
+                    Ok(note) => {
+                        let step = result.get("step").cloned().unwrap_or(json!("?"));
+                        let text = format!(
+                            "Step {step} replaced ({note}). %retry runs it, %continue goes on.\n"
+                        );
+                        self.shared.publish(
+                            Some(&inflight.request),
+                            "stream",
+                            json!({"name": "stdout", "text": text}),
+                        );
+                        let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {}});
+                        self.finish(inflight, ok).await;
+                    }
+                    Err(why) => {
+                        self.error_reply(inflight, "JournalError", &why).await;
+                    }
+                }
+            }
+            Kind::ShowStep(step) => {
+                let result = content.get("result").cloned().unwrap_or(json!({}));
+                let index = step
+                    .map(|s| s as u64)
+                    .or_else(|| result.get("step").and_then(Value::as_u64))
+                    .unwrap_or(0);
+                let found = result
+                    .get("steps")
+                    .and_then(Value::as_array)
+                    .and_then(|steps| {
+                        steps
+                            .iter()
+                            .find(|s| s.get("index").and_then(Value::as_u64) == Some(index))
+                    })
+                    .and_then(|s| s.get("source").and_then(Value::as_str))
+                    .map(String::from);
+                let Some(source) = found else {
+                    self.error_reply(
+                        inflight,
+                        "UsageError",
+                        &format!("no step {index} in the paused test"),
+                    )
+                    .await;
+                    return;
+                };
+                self.shared.publish(
+                    Some(&inflight.request),
+                    "stream",
+                    json!({"name": "stdout", "text": format!("{source}\n")}),
+                );
+                let next = format!("%%edit {index}\n{source}\n");
+                let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {},
+                    "payload": [{"source": "set_next_input", "text": next, "replace": false}]});
+                self.finish(inflight, ok).await;
+            }
+            Kind::SessionMagic => {
+                if content.get("status").and_then(Value::as_str) == Some("error") {
+                    let ename = content
+                        .get("ename")
+                        .and_then(Value::as_str)
+                        .unwrap_or("MagicError")
+                        .to_string();
+                    let evalue = content
+                        .get("evalue")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    self.error_reply(inflight, &ename, &evalue).await;
+                    return;
+                }
+                if let Some(data) = content.get("data") {
+                    self.shared.publish(
+                        Some(&inflight.request),
+                        "display_data",
+                        json!({"data": data, "metadata": {}, "transient": {}}),
+                    );
+                }
+                let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {}});
+                self.finish(inflight, ok).await;
+            }
+            _ => self.finish(inflight, content).await,
         }
     }
 
@@ -472,13 +808,13 @@ impl Executor {
 
     async fn finish(&mut self, inflight: Inflight, mut content: Value) {
         let reply_type = match inflight.kind {
-            Kind::Execute { .. } => "execute_reply",
             Kind::Complete => "complete_reply",
             Kind::Inspect => "inspect_reply",
             Kind::IsComplete => "is_complete_reply",
+            _ => "execute_reply",
         };
-        if let Kind::Execute { .. } = inflight.kind {
-            content["execution_count"] = json!(self.execution_count);
+        if reply_type == "execute_reply" {
+            content["execution_count"] = json!(self.count());
         }
         let failed = content.get("status").and_then(Value::as_str) == Some("error");
         let reply = inflight
@@ -486,14 +822,13 @@ impl Executor {
             .child(reply_type, content, &self.shared.session);
         send_router(&mut self.shell, &reply, &self.shared.signer).await;
         self.shared.status(Some(&inflight.request), "idle");
-        if let Kind::Execute {
-            stop_on_error: true,
-            ..
-        } = inflight.kind
-        {
-            if failed {
-                self.abort_queued().await;
-            }
+        let stop_on_error = match inflight.kind {
+            Kind::Execute { stop_on_error, .. } => stop_on_error,
+            Kind::Complete | Kind::Inspect | Kind::IsComplete => false,
+            _ => inflight.request.flag("stop_on_error", true),
+        };
+        if failed && stop_on_error {
+            self.abort_queued().await;
         }
     }
 
@@ -507,7 +842,7 @@ impl Executor {
                 self.shared.status(Some(&msg), "busy");
                 let reply = msg.child(
                     "execute_reply",
-                    json!({"status": "aborted", "execution_count": self.execution_count}),
+                    json!({"status": "aborted", "execution_count": self.count()}),
                     &self.shared.session,
                 );
                 send_router(&mut self.shell, &reply, &self.shared.signer).await;

@@ -9,7 +9,9 @@
 pub mod assets;
 pub mod connection_file;
 pub mod executor;
+pub mod magics;
 pub mod server;
+pub mod session;
 pub mod signing;
 pub mod stream_splitter;
 pub mod wire;

@@ -6,6 +6,8 @@
 
 use crate::connection_file::{Channel, ConnectionInfo};
 use crate::executor::{Control, Executor, Request};
+use crate::magics::{self, Magic};
+use crate::session::{RunState, SessionHooks};
 use crate::signing::Signer;
 use crate::wire::{new_header, Message};
 use crate::worker::WorkerConfig;
@@ -47,6 +49,12 @@ pub struct Shared {
     pub history: Mutex<Vec<(u64, u64, String)>>,
     /// The running worker's pid (for interrupts from the control task).
     pub worker_pid: std::sync::atomic::AtomicI32,
+    /// The execution counter (shared: some magics are answered by the shell task).
+    pub execution_count: std::sync::atomic::AtomicU64,
+    /// The stepping run's state, from the worker's events.
+    pub run_state: Mutex<RunState>,
+    /// The session's services (None for a bare kernel).
+    pub hooks: Option<Arc<dyn SessionHooks>>,
 }
 
 impl Shared {
@@ -82,6 +90,10 @@ pub struct KernelOptions {
     pub connection: ConnectionInfo,
     /// How to start the Python worker.
     pub worker: WorkerConfig,
+    /// Session services (journal, instrumenter, terminal); None for a bare kernel.
+    pub hooks: Option<Arc<dyn SessionHooks>>,
+    /// A `run` message for the worker to start with (`stepkernel run`).
+    pub run: Option<Value>,
 }
 
 /// A kernel whose sockets are bound; `serve` runs it.
@@ -89,6 +101,8 @@ pub struct BoundKernel {
     /// The connection info with the real ports.
     pub connection: ConnectionInfo,
     worker: WorkerConfig,
+    hooks: Option<Arc<dyn SessionHooks>>,
+    run: Option<Value>,
     shell: zeromq::RouterSocket,
     control: zeromq::RouterSocket,
     stdin: zeromq::RouterSocket,
@@ -150,12 +164,19 @@ impl BoundKernel {
         Ok(BoundKernel {
             connection: info,
             worker: options.worker,
+            hooks: options.hooks,
+            run: options.run,
             shell,
             control,
             stdin,
             iopub,
             heartbeat,
         })
+    }
+
+    /// Sets the session hooks (after binding, once the ports are known).
+    pub fn set_hooks(&mut self, hooks: Arc<dyn SessionHooks>) {
+        self.hooks = Some(hooks);
     }
 
     /// Serves until a shutdown request (without restart) or SIGTERM.
@@ -170,6 +191,9 @@ impl BoundKernel {
             language: lang_rx,
             history: Mutex::new(Vec::new()),
             worker_pid: std::sync::atomic::AtomicI32::new(-1),
+            execution_count: std::sync::atomic::AtomicU64::new(0),
+            run_state: Mutex::new(RunState::default()),
+            hooks: self.hooks,
         });
         tokio::spawn(heartbeat_task(self.heartbeat));
         tokio::spawn(iopub_task(self.iopub, iopub_rx, signer.clone()));
@@ -186,6 +210,7 @@ impl BoundKernel {
             shell_send.clone(),
             shared.clone(),
             request_tx,
+            control_tx.clone(),
         ));
         tokio::spawn(control_task(
             control_recv,
@@ -197,6 +222,7 @@ impl BoundKernel {
         tokio::spawn(signal_task(shared.clone(), control_tx));
 
         let executor = Executor::start(
+            self.run,
             shared.clone(),
             self.worker,
             lang_tx,
@@ -341,6 +367,7 @@ async fn shell_task(
     mut send: zeromq::RouterSendHalf,
     shared: Arc<Shared>,
     requests: mpsc::UnboundedSender<Request>,
+    control: mpsc::UnboundedSender<Control>,
 ) {
     loop {
         let frames = match recv.recv().await {
@@ -362,6 +389,14 @@ async fn shell_task(
             "kernel_info_request" => Some(("kernel_info_reply", kernel_info(&shared).await)),
             "comm_info_request" => Some(("comm_info_reply", json!({"status": "ok", "comms": {}}))),
             "history_request" => Some(("history_reply", history_reply(&shared, &msg.content))),
+            "execute_request" => {
+                if let Some(magic) = magics::parse(msg.text("code")) {
+                    if answer_magic_now(&shared, &mut send, &msg, magic, &control).await {
+                        continue;
+                    }
+                }
+                None
+            }
             _ => None,
         };
         match reply {
@@ -378,6 +413,123 @@ async fn shell_task(
             }
         }
     }
+}
+
+/// Magics that only read session state (or only write to it) are answered here
+/// at once, even while the worker is busy. Returns false for the others.
+async fn answer_magic_now(
+    shared: &Shared,
+    send: &mut zeromq::RouterSendHalf,
+    msg: &Message,
+    magic: Magic,
+    control: &mpsc::UnboundedSender<Control>,
+) -> bool {
+    let output: Result<(String, Option<String>), (String, String)> = match magic {
+        Magic::Where => Ok((shared.run_state.lock().expect("state").where_text(), None)),
+        Magic::Steps => {
+            let (text, html) = shared.run_state.lock().expect("state").steps_table();
+            Ok((text, Some(html)))
+        }
+        Magic::Help(which) => Ok((magics::help(which.as_deref()), None)),
+        Magic::Pause => {
+            let _ = control.send(Control::Forward(json!({"type": "pause_request"})));
+            Ok(("The run will pause before its next step.".into(), None))
+        }
+        Magic::Break(steps) => {
+            let items: Vec<Value> = steps
+                .iter()
+                .map(|s| json!({"test": null, "phase": null, "step": s}))
+                .collect();
+            let _ = control.send(Control::Forward(
+                json!({"type": "breakpoints", "items": items}),
+            ));
+            Ok((
+                format!("Breakpoints before step(s) {steps:?} of every test."),
+                None,
+            ))
+        }
+        Magic::Clear => {
+            let _ = control.send(Control::Forward(
+                json!({"type": "breakpoints", "items": []}),
+            ));
+            Ok(("Breakpoints cleared.".into(), None))
+        }
+        Magic::Unknown(name) => Err((
+            "UnknownMagic".into(),
+            format!("{name} is not a stepkernel magic; %help lists them"),
+        )),
+        Magic::Invalid(why) => Err(("UsageError".into(), why)),
+        Magic::Session { name, args } if name != "test" && name != "locals" => {
+            match shared.hooks.as_ref().and_then(|h| h.magic(&name, &args)) {
+                Some(Ok(out)) => Ok((out.text, out.html)),
+                Some(Err(err)) => Err(("MagicError".into(), err)),
+                None => Err((
+                    "UnknownMagic".into(),
+                    format!("%{name} needs a stepping session (stepkernel run or a notebook)"),
+                )),
+            }
+        }
+        _ => return false,
+    };
+    let silent = msg.flag("silent", false);
+    let store = msg.flag("store_history", !silent) && !silent;
+    let count = if store {
+        shared
+            .execution_count
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    } else {
+        shared
+            .execution_count
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    shared.status(Some(msg), "busy");
+    if store {
+        shared
+            .history
+            .lock()
+            .expect("history")
+            .push((1, count, msg.text("code").to_string()));
+    }
+    if !silent {
+        shared.publish(
+            Some(msg),
+            "execute_input",
+            json!({"code": msg.text("code"), "execution_count": count}),
+        );
+    }
+    let content = match output {
+        Ok((text, html)) => {
+            if !silent {
+                let mut data = json!({"text/plain": text});
+                if let Some(html) = html {
+                    data["text/html"] = json!(html);
+                }
+                shared.publish(
+                    Some(msg),
+                    "display_data",
+                    json!({"data": data, "metadata": {}, "transient": {}}),
+                );
+            }
+            json!({"status": "ok", "execution_count": count, "user_expressions": {}, "payload": []})
+        }
+        Err((ename, evalue)) => {
+            let traceback = vec![format!("{ename}: {evalue}")];
+            if !silent {
+                shared.publish(
+                    Some(msg),
+                    "error",
+                    json!({"ename": ename, "evalue": evalue, "traceback": traceback}),
+                );
+            }
+            json!({"status": "error", "execution_count": count, "ename": ename, "evalue": evalue,
+                   "traceback": traceback, "user_expressions": {}})
+        }
+    };
+    let reply = msg.child("execute_reply", content, &shared.session);
+    send_router(send, &reply, &shared.signer).await;
+    shared.status(Some(msg), "idle");
+    true
 }
 
 fn history_reply(shared: &Shared, content: &Value) -> Value {
@@ -478,7 +630,9 @@ async fn control_task(
                 shared.status(Some(&msg), "idle");
             }
             "interrupt_request" => {
-                let _ = control.send(Control::Interrupt);
+                let _ = control.send(Control::Interrupt {
+                    from_terminal: false,
+                });
                 let reply = msg.child("interrupt_reply", json!({"status": "ok"}), &shared.session);
                 send_router(&mut send, &reply, &shared.signer).await;
             }
@@ -511,7 +665,7 @@ async fn signal_task(_shared: Arc<Shared>, control: mpsc::UnboundedSender<Contro
     };
     loop {
         tokio::select! {
-            _ = int.recv() => { let _ = control.send(Control::Interrupt); }
+            _ = int.recv() => { let _ = control.send(Control::Interrupt { from_terminal: true }); }
             _ = term.recv() => { let _ = control.send(Control::Terminate); }
         }
     }

@@ -1,0 +1,276 @@
+//! Parsing `%magic` lines typed into a client.
+
+/// A magic command (see `%help`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Magic {
+    /// `%where`: the paused test, phase, step and error.
+    Where,
+    /// `%steps`: the current test's steps with status.
+    Steps,
+    /// `%retry`, `%next`, `%continue`, `%skip`, `%fail`, `%abort`.
+    Resume(&'static str),
+    /// `%%edit [N]` (with the new source) or `%edit [N]` (show the source).
+    Edit {
+        /// The step (None: the current one).
+        step: Option<usize>,
+        /// The cell body for `%%edit`.
+        source: Option<String>,
+    },
+    /// `%break N [N...]`.
+    Break(Vec<usize>),
+    /// `%clear`: remove breakpoints.
+    Clear,
+    /// `%pause`: pause at the next step boundary.
+    Pause,
+    /// `%diff`, `%patch ...`, `%apply`, `%tests PATH`, `%test NODEID`, `%locals`: handled by the session.
+    Session {
+        /// The magic's name.
+        name: String,
+        /// The rest of the line.
+        args: String,
+    },
+    /// `%help [magic]` or `%magic?`.
+    Help(Option<String>),
+    /// An unknown magic.
+    Unknown(String),
+    /// A malformed magic.
+    Invalid(String),
+}
+
+/// One line of help per magic, in the order `%help` prints them.
+pub const HELP: &[(&str, &str)] = &[
+    (
+        "%where",
+        "show the current test, phase, step, state and error",
+    ),
+    (
+        "%steps",
+        "list the current test's steps with status and timing",
+    ),
+    (
+        "%retry",
+        "run the current step again and stay paused after it",
+    ),
+    (
+        "%next",
+        "run the current step (or retry the failed one) and pause before the next",
+    ),
+    (
+        "%continue",
+        "run from the current step on until the next error, breakpoint or the end",
+    ),
+    (
+        "%skip",
+        "skip the failed step and go on (the test is then counted as forced)",
+    ),
+    (
+        "%fail",
+        "let the error stand: the test fails, tearDown runs, the run goes on",
+    ),
+    ("%abort", "stop the run after tearing down the current test"),
+    (
+        "%%edit [N]",
+        "replace the source of step N (default: current) with the cell's body",
+    ),
+    (
+        "%edit [N]",
+        "show step N's source and offer it as the next cell",
+    ),
+    ("%break N [N ...]", "pause before step N of each test"),
+    ("%clear", "remove all breakpoints"),
+    ("%pause", "(while running) pause at the next step boundary"),
+    ("%diff", "show the session's edits as a unified diff"),
+    (
+        "%patch [FILE] [-m MESSAGE]",
+        "write the edits as an mbox patch for git am",
+    ),
+    ("%apply", "write the edits into the working tree"),
+    ("%tests [PATH]", "list the tests of a file or directory"),
+    (
+        "%test NODEID",
+        "load one test and pause before its first step",
+    ),
+    ("%locals", "show the paused test's variables"),
+    ("%help [MAGIC]", "this help; `%MAGIC?` works too"),
+];
+
+const SESSION_MAGICS: &[&str] = &["diff", "patch", "apply", "tests", "test", "locals"];
+
+/// Parses `code` as a magic; None when it is plain Python.
+pub fn parse(code: &str) -> Option<Magic> {
+    let trimmed = code.trim_start();
+    let (first, rest) = match trimmed.split_once('\n') {
+        Some((first, rest)) => (first.trim_end(), rest),
+        None => (trimmed.trim_end(), ""),
+    };
+    if let Some(cell) = first.strip_prefix("%%") {
+        let (name, args) = split_name(cell);
+        if name == "edit" {
+            return Some(match parse_steps(args).as_deref() {
+                Ok([]) => Magic::Edit {
+                    step: None,
+                    source: Some(rest.to_string()),
+                },
+                Ok([n]) => Magic::Edit {
+                    step: Some(*n),
+                    source: Some(rest.to_string()),
+                },
+                _ => Magic::Invalid(format!("%%edit takes one step number, got {args:?}")),
+            });
+        }
+        return Some(Magic::Unknown(format!("%%{name}")));
+    }
+    let line = first.strip_prefix('%')?;
+    if !rest.trim().is_empty() {
+        // A line magic followed by code is Python with a stray %; leave it to Python's error.
+        return None;
+    }
+    let (name, args) = split_name(line);
+    if let Some(base) = name.strip_suffix('?') {
+        return Some(Magic::Help(Some(base.to_string())));
+    }
+    Some(match name {
+        "where" => Magic::Where,
+        "steps" => Magic::Steps,
+        "retry" => Magic::Resume("retry"),
+        "next" => Magic::Resume("next"),
+        "continue" | "cont" | "c" => Magic::Resume("continue"),
+        "skip" => Magic::Resume("skip"),
+        "fail" => Magic::Resume("fail"),
+        "abort" => Magic::Resume("abort"),
+        "pause" => Magic::Pause,
+        "clear" => Magic::Clear,
+        "help" => Magic::Help(
+            Some(args.trim().trim_start_matches('%').to_string()).filter(|s| !s.is_empty()),
+        ),
+        "edit" => match parse_steps(args).as_deref() {
+            Ok([]) => Magic::Edit {
+                step: None,
+                source: None,
+            },
+            Ok([n]) => Magic::Edit {
+                step: Some(*n),
+                source: None,
+            },
+            _ => Magic::Invalid(format!("%edit takes one step number, got {args:?}")),
+        },
+        "break" => match parse_steps(args) {
+            Ok(steps) if !steps.is_empty() => Magic::Break(steps),
+            _ => {
+                Magic::Invalid("usage: %break N [N ...] (step numbers as %steps shows them)".into())
+            }
+        },
+        other if SESSION_MAGICS.contains(&other) => Magic::Session {
+            name: other.to_string(),
+            args: args.trim().to_string(),
+        },
+        other => Magic::Unknown(format!("%{other}")),
+    })
+}
+
+fn split_name(line: &str) -> (&str, &str) {
+    let line = line.trim();
+    match line.find(char::is_whitespace) {
+        Some(i) => (&line[..i], &line[i..]),
+        None => (line, ""),
+    }
+}
+
+fn parse_steps(args: &str) -> Result<Vec<usize>, std::num::ParseIntError> {
+    args.split_whitespace().map(str::parse).collect()
+}
+
+/// The help text for one magic or all.
+pub fn help(which: Option<&str>) -> String {
+    let wanted = which.map(|w| w.trim_start_matches('%'));
+    let lines: Vec<String> = HELP
+        .iter()
+        .filter(|(usage, _)| match wanted {
+            None => true,
+            Some(w) => usage
+                .trim_start_matches('%')
+                .split_whitespace()
+                .next()
+                .is_some_and(|n| n == w),
+        })
+        .map(|(usage, text)| format!("  {usage:<28} {text}"))
+        .collect();
+    if lines.is_empty() {
+        return format!("No magic %{} — %help lists them all.", wanted.unwrap_or(""));
+    }
+    let mut out = String::new();
+    if which.is_none() {
+        out.push_str(
+            "stepkernel magics (anything else runs as Python in the paused test's namespace):\n",
+        );
+    }
+    out.push_str(&lines.join("\n"));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_python_is_not_a_magic() {
+        assert_eq!(parse("x = 1"), None);
+        assert_eq!(parse("x % 2"), None);
+        assert_eq!(parse("%where\nx = 1"), None);
+    }
+
+    #[test]
+    fn line_magics() {
+        assert_eq!(parse("  %where  "), Some(Magic::Where));
+        assert_eq!(parse("%continue"), Some(Magic::Resume("continue")));
+        assert_eq!(parse("%break 2 5"), Some(Magic::Break(vec![2, 5])));
+        assert!(matches!(parse("%break x"), Some(Magic::Invalid(_))));
+        assert_eq!(
+            parse("%patch out.patch -m 'Fix it'"),
+            Some(Magic::Session {
+                name: "patch".into(),
+                args: "out.patch -m 'Fix it'".into()
+            })
+        );
+        assert_eq!(parse("%retry?"), Some(Magic::Help(Some("retry".into()))));
+        assert_eq!(
+            parse("%frobnicate"),
+            Some(Magic::Unknown("%frobnicate".into()))
+        );
+    }
+
+    #[test]
+    fn edit_cell_magic_keeps_body() {
+        assert_eq!(
+            parse("%%edit 3\nx = 1\nassert x\n"),
+            Some(Magic::Edit {
+                step: Some(3),
+                source: Some("x = 1\nassert x\n".into())
+            })
+        );
+        assert_eq!(
+            parse("%%edit\ny = 2"),
+            Some(Magic::Edit {
+                step: None,
+                source: Some("y = 2".into())
+            })
+        );
+        assert_eq!(
+            parse("%edit 1"),
+            Some(Magic::Edit {
+                step: Some(1),
+                source: None
+            })
+        );
+    }
+
+    #[test]
+    fn help_names_every_magic() {
+        let all = help(None);
+        for (usage, _) in HELP {
+            assert!(all.contains(usage), "{usage}");
+        }
+        assert!(help(Some("retry")).contains("run the current step again"));
+        assert!(help(Some("nope")).starts_with("No magic"));
+    }
+}

@@ -1,0 +1,351 @@
+//! What a stepping session adds to a plain kernel: hooks the binary provides,
+//! and the run state the kernel tracks from the worker's events.
+
+use crate::worker::StreamName;
+use serde_json::{json, Value};
+
+/// Output of a magic handled outside the kernel.
+#[derive(Debug, Clone, Default)]
+pub struct MagicOutput {
+    /// Plain text (always).
+    pub text: String,
+    /// An HTML rendering, when there is one.
+    pub html: Option<String>,
+}
+
+/// Services the session (the `stepkernel` binary) gives the kernel.
+pub trait SessionHooks: Send + Sync {
+    /// The instrumenter's report for one file (`files[0]` of `stepkernel steps --json`).
+    fn steps_for(&self, path: &str) -> Value;
+    /// A progress event from the worker.
+    fn on_event(&self, event: &Value);
+    /// The worker paused a test (`info` as the worker sent it).
+    fn on_paused(&self, info: &Value);
+    /// Worker output printed while no client request runs (the terminal shows it).
+    fn on_output(&self, stream: StreamName, text: &str);
+    /// Journals an accepted edit; `Err` says why it could not be saved.
+    fn record_edit(&self, edit: &Value) -> Result<String, String>;
+    /// Session magics (`%diff`, `%patch`, `%apply`, `%tests`, `%locals`): None if unknown.
+    fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>>;
+    /// The test run ended with `exit_code`; return true to stop the kernel.
+    fn on_run_finished(&self, exit_code: i32) -> bool;
+    /// A client asked to shut down; return true to allow it (else the client is detached).
+    fn allow_client_shutdown(&self) -> bool;
+    /// Something the kernel wants the person at the terminal to know.
+    fn notice(&self, text: &str);
+}
+
+/// One step's state as the kernel knows it.
+#[derive(Debug, Clone, Default)]
+pub struct StepState {
+    /// Index within its phase.
+    pub index: usize,
+    /// Display name.
+    pub name: String,
+    /// pending, running, passed, failed, skipped, edited.
+    pub status: String,
+    /// Seconds, when finished.
+    pub duration: Option<f64>,
+}
+
+/// One phase of the current test.
+#[derive(Debug, Clone, Default)]
+pub struct PhaseState {
+    /// setUp, the test's name, tearDown, ...
+    pub name: String,
+    /// Its steps.
+    pub steps: Vec<StepState>,
+}
+
+/// The run's state, derived from events.
+#[derive(Debug, Clone, Default)]
+pub struct RunState {
+    /// The current (or last) test.
+    pub test: Option<String>,
+    /// Its phases.
+    pub phases: Vec<PhaseState>,
+    /// `running`, `paused`, `finished` or `idle`.
+    pub state: String,
+    /// The pause info while paused.
+    pub paused: Option<Value>,
+    /// The worker's `describe` while paused (sources, edited flags).
+    pub described: Option<Value>,
+    /// Outcome of the last finished test.
+    pub last_outcome: Option<String>,
+    /// Tests finished so far, by outcome.
+    pub counts: std::collections::BTreeMap<String, u64>,
+}
+
+impl RunState {
+    /// Applies one worker event.
+    pub fn apply(&mut self, event: &Value) {
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "session_start" => self.state = "running".into(),
+            "test_start" => {
+                self.test = event.get("test").and_then(Value::as_str).map(String::from);
+                self.last_outcome = None;
+                self.phases = event
+                    .get("phases")
+                    .and_then(Value::as_array)
+                    .map(|phases| phases.iter().map(phase_from).collect())
+                    .unwrap_or_default();
+                self.state = "running".into();
+            }
+            "step_start" | "step_finish" => {
+                let phase = event.get("phase").and_then(Value::as_str).unwrap_or("");
+                let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                let name = event.get("name").and_then(Value::as_str).unwrap_or("");
+                let step = self.step_mut(phase, index, name);
+                if kind == "step_start" {
+                    step.status = "running".into();
+                } else {
+                    step.status = event
+                        .get("status")
+                        .and_then(Value::as_str)
+                        .unwrap_or("passed")
+                        .to_string();
+                    step.duration = event.get("duration_s").and_then(Value::as_f64);
+                }
+            }
+            "pause" => self.state = "paused".into(),
+            "resume" => {
+                self.state = "running".into();
+                self.paused = None;
+                self.described = None;
+            }
+            "test_finish" => {
+                let outcome = event
+                    .get("outcome")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string();
+                *self.counts.entry(outcome.clone()).or_default() += 1;
+                self.last_outcome = Some(outcome);
+            }
+            "summary" => self.state = "finished".into(),
+            _ => {}
+        }
+    }
+
+    fn step_mut(&mut self, phase: &str, index: usize, name: &str) -> &mut StepState {
+        let p = match self.phases.iter().position(|p| p.name == phase) {
+            Some(p) => p,
+            None => {
+                self.phases.push(PhaseState {
+                    name: phase.to_string(),
+                    steps: Vec::new(),
+                });
+                self.phases.len() - 1
+            }
+        };
+        let steps = &mut self.phases[p].steps;
+        while steps.len() <= index {
+            let i = steps.len();
+            steps.push(StepState {
+                index: i,
+                status: "pending".into(),
+                ..Default::default()
+            });
+        }
+        if !name.is_empty() {
+            steps[index].name = name.to_string();
+        }
+        &mut steps[index]
+    }
+
+    /// `%where` as text.
+    pub fn where_text(&self) -> String {
+        match (&self.paused, &self.test) {
+            (Some(info), _) => {
+                let get = |k: &str| {
+                    info.get(k)
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string()
+                };
+                let mut text = format!(
+                    "Paused ({}) in {}\n  phase {}, step {} ({})\n  at {}:{}",
+                    get("reason"),
+                    get("test"),
+                    get("phase"),
+                    info.get("step")
+                        .or(info.get("index"))
+                        .cloned()
+                        .unwrap_or(json!("?")),
+                    get("name"),
+                    get("file"),
+                    info.get("line").cloned().unwrap_or(json!("?")),
+                );
+                let error = get("error");
+                if !error.is_empty() {
+                    text.push_str(&format!("\n  error: {error}"));
+                }
+                text
+            }
+            (None, Some(test)) => format!("{} {test}", self.state_label()),
+            (None, None) => format!("{}: no test has started", self.state_label()),
+        }
+    }
+
+    fn state_label(&self) -> &str {
+        if self.state.is_empty() {
+            "idle"
+        } else {
+            &self.state
+        }
+    }
+
+    /// `%steps` as (text, html).
+    pub fn steps_table(&self) -> (String, String) {
+        let Some(test) = &self.test else {
+            return (
+                "No test has started.".into(),
+                "<p>No test has started.</p>".into(),
+            );
+        };
+        let current = self.paused.as_ref().map(|p| {
+            (
+                p.get("phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                p.get("step")
+                    .or(p.get("index"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or(u64::MAX) as usize,
+            )
+        });
+        let mut text = format!("{test} — {}\n", self.state_label());
+        let mut html = format!(
+            "<div class=\"stepkernel-steps\"><b>{}</b> — {}<table><thead><tr><th>phase</th><th>#</th><th>step</th><th>status</th><th>time</th></tr></thead><tbody>",
+            escape(test),
+            escape(self.state_label())
+        );
+        for phase in &self.phases {
+            for step in &phase.steps {
+                let here = current
+                    .as_ref()
+                    .is_some_and(|(p, i)| p == &phase.name && *i == step.index);
+                let (icon, colour) = status_icon(&step.status);
+                let time = step
+                    .duration
+                    .map(|d| format!("{:.3}s", d))
+                    .unwrap_or_default();
+                text.push_str(&format!(
+                    "{} {:<12} {:>3}  {:<40} {} {:<8} {}\n",
+                    if here { "→" } else { " " },
+                    phase.name,
+                    step.index,
+                    truncate(&step.name, 40),
+                    icon,
+                    step.status,
+                    time
+                ));
+                html.push_str(&format!(
+                    "<tr{}><td>{}</td><td>{}</td><td><code>{}</code></td><td style=\"color:{colour}\">{icon} {}</td><td>{time}</td></tr>",
+                    if here { " style=\"font-weight:bold\"" } else { "" },
+                    escape(&phase.name),
+                    step.index,
+                    escape(&step.name),
+                    escape(&step.status),
+                ));
+            }
+        }
+        html.push_str("</tbody></table></div>");
+        (text.trim_end().to_string(), html)
+    }
+}
+
+fn phase_from(value: &Value) -> PhaseState {
+    let name = value
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let names: Vec<String> = value
+        .get("step_names")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|n| n.as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    let count = value
+        .get("steps")
+        .and_then(Value::as_u64)
+        .map(|n| n as usize)
+        .unwrap_or(names.len())
+        .max(names.len());
+    let steps = (0..count)
+        .map(|i| StepState {
+            index: i,
+            name: names.get(i).cloned().unwrap_or_default(),
+            status: "pending".into(),
+            duration: None,
+        })
+        .collect();
+    PhaseState { name, steps }
+}
+
+fn status_icon(status: &str) -> (&'static str, &'static str) {
+    match status {
+        "passed" => ("✔", "green"),
+        "failed" => ("✘", "red"),
+        "running" => ("▶", "blue"),
+        "skipped" => ("⤼", "orange"),
+        "edited" => ("✎", "purple"),
+        _ => ("·", "gray"),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_string()
+    } else {
+        let mut cut: String = text.chars().take(max - 1).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Escapes text for HTML.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_steps_and_pause() {
+        let mut state = RunState::default();
+        state.apply(&json!({"event": "test_start", "test": "t.py::test_a",
+            "phases": [{"name": "test_a", "steps": 3, "step_names": ["a = 1", "b = 2", "assert a == b"]}]}));
+        state.apply(&json!({"event": "step_finish", "phase": "test_a", "index": 0, "name": "a = 1", "status": "passed", "duration_s": 0.001}));
+        state.apply(&json!({"event": "step_finish", "phase": "test_a", "index": 2, "name": "assert a == b", "status": "failed"}));
+        state.apply(&json!({"event": "pause", "test": "t.py::test_a"}));
+        state.paused = Some(
+            json!({"test": "t.py::test_a", "phase": "test_a", "step": 2, "name": "assert a == b",
+            "reason": "error", "error": "AssertionError: boom", "file": "t.py", "line": 7}),
+        );
+        let (text, html) = state.steps_table();
+        assert!(text.contains("✘ failed"), "{text}");
+        assert!(text.contains("→ test_a"), "{text}");
+        assert!(text.contains("· pending"), "{text}");
+        assert!(html.contains("<table>"));
+        let w = state.where_text();
+        assert!(
+            w.contains("t.py:7") && w.contains("AssertionError: boom"),
+            "{w}"
+        );
+        state.apply(&json!({"event": "resume"}));
+        assert!(state.paused.is_none());
+        assert_eq!(state.state, "running");
+    }
+}

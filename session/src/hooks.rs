@@ -1,0 +1,421 @@
+//! The kernel's [`SessionHooks`] for `stepkernel run`: instrumenter, journal,
+//! events, report and terminal, all behind one lock.
+
+use crate::patches;
+use crate::report::Report;
+use crate::session_dir::SessionMeta;
+use crate::terminal::Terminal;
+use instrumenter::Options;
+use kernel::session::{MagicOutput, SessionHooks};
+use kernel::worker::StreamName;
+use patchgen::{Edit, Journal};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Fixed facts about a session.
+pub struct SessionContext {
+    /// Session id.
+    pub id: String,
+    /// Session directory.
+    pub dir: PathBuf,
+    /// Where tests run from.
+    pub rootdir: PathBuf,
+    /// Edits are journaled relative to this (git work tree, else rootdir).
+    pub patch_root: PathBuf,
+    /// The commit the session started from.
+    pub base_revision: Option<String>,
+    /// Lines telling how to attach.
+    pub attach: Vec<String>,
+    /// Let clients' shutdown_request end the session.
+    pub allow_client_shutdown: bool,
+    /// Instrumenter options (step marker).
+    pub options: Options,
+    /// Connection file copies to remove at the end.
+    pub copies: Vec<PathBuf>,
+}
+
+struct Inner {
+    terminal: Terminal,
+    report: Report,
+    events: Option<std::fs::File>,
+    journal: Option<Journal>,
+    /// File contents as first loaded: edits are hashed and checked against these.
+    originals: HashMap<PathBuf, String>,
+    /// Instrumenter reports by absolute path.
+    reports: HashMap<PathBuf, Value>,
+    last_pause: Option<Value>,
+    meta: SessionMeta,
+    applied: bool,
+    exit_code: Option<i32>,
+}
+
+/// Hooks for one `stepkernel run` session.
+pub struct RunHooks {
+    ctx: SessionContext,
+    started: Instant,
+    inner: Mutex<Inner>,
+}
+
+impl RunHooks {
+    /// Sets up the hooks; `meta` is the session.json to keep up to date.
+    pub fn new(ctx: SessionContext, meta: SessionMeta, quiet: bool) -> RunHooks {
+        let events = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(ctx.dir.join("events.jsonl"))
+            .ok();
+        RunHooks {
+            inner: Mutex::new(Inner {
+                terminal: Terminal::new(quiet),
+                report: Report::default(),
+                events,
+                journal: None,
+                originals: HashMap::new(),
+                reports: HashMap::new(),
+                last_pause: None,
+                meta,
+                applied: false,
+                exit_code: None,
+            }),
+            started: Instant::now(),
+            ctx,
+        }
+    }
+
+    /// The exit code once the run ended.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.lock().exit_code
+    }
+
+    /// Prints a line on the terminal.
+    pub fn say(&self, text: &str) {
+        self.lock().terminal.line(text);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save_meta(&self, inner: &Inner) {
+        let _ = inner.meta.save(&self.ctx.dir);
+    }
+
+    fn step_source(inner: &Inner, info: &Value) -> Option<String> {
+        let file = PathBuf::from(info.get("file")?.as_str()?);
+        let function = info.get("function")?.as_str()?;
+        let step = info.get("step")?.as_u64()?;
+        let report = inner.reports.get(&file)?;
+        let func = report
+            .get("functions")?
+            .as_array()?
+            .iter()
+            .find(|f| f.get("qualname").and_then(Value::as_str) == Some(function))?;
+        let step = func.get("steps")?.as_array()?.get(step as usize)?;
+        step.get("source")?.as_str().map(String::from)
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let rel = path.strip_prefix(&self.ctx.patch_root).unwrap_or(path);
+        rel.to_string_lossy().replace('\\', "/")
+    }
+
+    fn build_edit(&self, inner: &mut Inner, edit: &Value) -> Result<Edit, String> {
+        let text = |k: &str| {
+            edit.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let number = |k: &str| edit.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
+        let file = PathBuf::from(text("file"));
+        if !file.starts_with(&self.ctx.patch_root) {
+            return Err(format!(
+                "{} is outside {}: edits there cannot be exported as a patch",
+                file.display(),
+                self.ctx.patch_root.display()
+            ));
+        }
+        let content = match inner.originals.get(&file) {
+            Some(content) => content.clone(),
+            None => {
+                let content = std::fs::read_to_string(&file)
+                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+                inner.originals.insert(file.clone(), content.clone());
+                content
+            }
+        };
+        let (start, end) = (number("start_line"), number("end_line"));
+        let original = patchgen::original_text(&content, start, end).ok_or_else(|| {
+            format!(
+                "lines {start}-{end} are not in {} as loaded",
+                file.display()
+            )
+        })?;
+        let error = inner
+            .last_pause
+            .as_ref()
+            .filter(|p| p.get("test") == edit.get("test"))
+            .and_then(|p| p.get("error").and_then(Value::as_str).map(String::from));
+        Ok(Edit {
+            file: self.relative(&file),
+            start_line: start,
+            end_line: end,
+            original_sha256: patchgen::sha256_hex(&original),
+            new_text: text("new_source"),
+            indent: text("indent"),
+            test_id: text("test"),
+            step_index: number("step"),
+            step_name: text("name"),
+            error,
+            time: patchgen::now_rfc3339(),
+        })
+    }
+
+    fn edits(&self) -> Result<Vec<Edit>, String> {
+        let (edits, note) = patches::read_edits(&self.ctx.dir).map_err(|e| e.to_string())?;
+        if let Some(note) = note {
+            self.say(&note);
+        }
+        Ok(edits)
+    }
+
+    fn magic_result(&self, name: &str, args: &str) -> Result<MagicOutput, String> {
+        match name {
+            "diff" => {
+                let edits = self.edits()?;
+                let text =
+                    patches::diff(&self.ctx.patch_root, &edits, true).map_err(|e| e.to_string())?;
+                Ok(MagicOutput { text, html: None })
+            }
+            "patch" => {
+                let (file, message) = patches::parse_patch_args(args)?;
+                let file = file.map(|f| {
+                    if f.is_absolute() {
+                        f
+                    } else {
+                        self.ctx.rootdir.join(f)
+                    }
+                });
+                let edits = self.edits()?;
+                let written = patches::write_patch(
+                    &self.ctx.patch_root,
+                    &edits,
+                    self.ctx.base_revision.clone(),
+                    message,
+                    file.as_deref(),
+                    &self.ctx.dir,
+                )
+                .map_err(|e| e.to_string())?;
+                let mut text = format!("Wrote {}\n", written.path.display());
+                for note in &written.notes {
+                    text.push_str(note);
+                    text.push('\n');
+                }
+                self.say(&format!(
+                    "stepkernel: patch written to {}",
+                    written.path.display()
+                ));
+                Ok(MagicOutput { text, html: None })
+            }
+            "apply" => {
+                let edits = self.edits()?;
+                if edits.is_empty() {
+                    return Err("this session has no edits yet".into());
+                }
+                let written =
+                    patchgen::apply(&self.ctx.patch_root, &patchgen::effective_edits(&edits))
+                        .map_err(|e| e.to_string())?;
+                self.lock().applied = true;
+                let text = if written.is_empty() {
+                    "The edits are already in the working tree.".to_string()
+                } else {
+                    format!("Wrote the edits into: {}", written.join(", "))
+                };
+                self.say(&format!("stepkernel: {text}"));
+                Ok(MagicOutput { text, html: None })
+            }
+            "tests" => {
+                let target = if args.is_empty() { "." } else { args };
+                let path = self.ctx.rootdir.join(target);
+                let files = instrumenter::instrument_path(&path, &self.ctx.options)
+                    .map_err(|e| e.to_string())?;
+                Ok(crate::listing::tests_table(&files))
+            }
+            other => Err(format!("%{other} is not available in this session")),
+        }
+    }
+
+    fn finish(&self, code: i32) -> i32 {
+        let mut inner = self.lock();
+        let counts = inner.report.counts().clone();
+        let failing: u64 = ["failed", "error", "forced"]
+            .iter()
+            .filter_map(|k| counts.get(*k))
+            .sum();
+        let fixed = counts.get("fixed").copied().unwrap_or(0);
+        let final_code = if code == 1 && failing == 0 && fixed > 0 && inner.applied {
+            0
+        } else if code == 4 {
+            2 // pytest's usage error
+        } else {
+            code
+        };
+        let report = inner.report.to_json(&self.ctx.id, Some(final_code));
+        let _ = std::fs::write(
+            self.ctx.dir.join("report.json"),
+            serde_json::to_vec_pretty(&report).expect("serializes"),
+        );
+        inner.meta.state = "finished".into();
+        inner.meta.paused_at = None;
+        inner.meta.exit_code = Some(final_code);
+        self.save_meta(&inner);
+        let mut extra = vec![format!(
+            "session {} in {}",
+            self.ctx.id,
+            self.ctx.dir.display()
+        )];
+        let edits = inner.meta.edits;
+        if edits > 0 {
+            if inner.applied {
+                extra.push(format!("{edits} edit(s) written to the working tree"));
+            } else {
+                extra.push(format!(
+                    "{edits} edit(s) not yet in your files: `stepkernel patch {}` exports them for git am",
+                    self.ctx.id
+                ));
+            }
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        inner.terminal.summary(&counts, seconds, &extra);
+        inner.exit_code = Some(final_code);
+        for copy in &self.ctx.copies {
+            let _ = std::fs::remove_file(copy);
+        }
+        final_code
+    }
+}
+
+impl SessionHooks for RunHooks {
+    fn steps_for(&self, path: &str) -> Value {
+        let abs = PathBuf::from(path);
+        let bytes = match std::fs::read(&abs) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                return json!({"path": path, "error": {"message": err.to_string()}, "tests": [], "functions": []})
+            }
+        };
+        let shown = abs
+            .strip_prefix(&self.ctx.rootdir)
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_else(|_| path.to_string());
+        let report = instrumenter::instrument_source(&shown, &bytes, &self.ctx.options);
+        let value = serde_json::to_value(&report).unwrap_or(json!({}));
+        let mut inner = self.lock();
+        if let Ok(text) = String::from_utf8(bytes) {
+            inner.originals.entry(abs.clone()).or_insert(text);
+        }
+        inner.reports.insert(abs, value.clone());
+        value
+    }
+
+    fn on_event(&self, event: &Value) {
+        let mut event = event.clone();
+        event["session"] = json!(self.ctx.id);
+        event["timestamp"] = json!(patchgen::now_rfc3339());
+        let mut inner = self.lock();
+        if let Some(file) = inner.events.as_mut() {
+            let mut line = serde_json::to_vec(&event).expect("serializes");
+            line.push(b'\n');
+            let _ = file.write_all(&line);
+        }
+        inner.report.add(&event);
+        inner.terminal.event(&event);
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "test_finish" => {
+                inner.meta.tests += 1;
+                self.save_meta(&inner);
+            }
+            "resume" => {
+                inner.meta.state = "running".into();
+                inner.meta.paused_at = None;
+                self.save_meta(&inner);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_paused(&self, info: &Value) {
+        let mut inner = self.lock();
+        inner.last_pause = Some(info.clone());
+        inner.report.add_pause_info(info);
+        let source = Self::step_source(&inner, info);
+        inner
+            .terminal
+            .paused(info, source.as_deref(), &self.ctx.attach);
+        let get = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        inner.meta.state = "paused".into();
+        inner.meta.paused_at = Some(format!(
+            "{}::{} step {}",
+            get("test"),
+            get("phase"),
+            info.get("step").cloned().unwrap_or(Value::Null)
+        ));
+        self.save_meta(&inner);
+    }
+
+    fn on_output(&self, stream: StreamName, text: &str) {
+        self.lock()
+            .terminal
+            .output(text, stream == StreamName::Stderr);
+    }
+
+    fn record_edit(&self, edit: &Value) -> Result<String, String> {
+        let mut inner = self.lock();
+        let edit = self.build_edit(&mut inner, edit)?;
+        if inner.journal.is_none() {
+            let journal =
+                Journal::open(&self.ctx.dir.join("journal.jsonl")).map_err(|e| e.to_string())?;
+            inner.journal = Some(journal);
+        }
+        inner
+            .journal
+            .as_mut()
+            .expect("opened")
+            .append(&edit)
+            .map_err(|e| format!("the edit could not be journaled: {e}"))?;
+        inner.meta.edits += 1;
+        inner.applied = false;
+        self.save_meta(&inner);
+        Ok(format!(
+            "journaled for {} lines {}-{}",
+            edit.file, edit.start_line, edit.end_line
+        ))
+    }
+
+    fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>> {
+        Some(self.magic_result(name, args))
+    }
+
+    fn on_run_finished(&self, exit_code: i32) -> bool {
+        self.finish(exit_code);
+        true
+    }
+
+    fn allow_client_shutdown(&self) -> bool {
+        self.ctx.allow_client_shutdown
+    }
+
+    fn notice(&self, text: &str) {
+        self.say(&format!("stepkernel: {text}"));
+    }
+}

@@ -1,0 +1,17 @@
+//! A stepping session: what `stepkernel run` adds around the kernel.
+//!
+//! - [`run`]: start the kernel and the test run, wait for the end;
+//! - [`hooks`]: the kernel's session hooks (instrumenter, journal, events, report, terminal);
+//! - [`session_dir`]: `.stepkernel/sessions/<id>/` and `session.json`;
+//! - [`report`]: `report.json`; [`terminal`]: progress and pause banners;
+//! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
+//! - [`attach`]: connection file copies where Jupyter clients look.
+
+pub mod attach;
+pub mod hooks;
+pub mod listing;
+pub mod patches;
+pub mod report;
+pub mod run;
+pub mod session_dir;
+pub mod terminal;

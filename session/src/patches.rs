@@ -1,0 +1,212 @@
+//! The session's edits as diffs, patches and files on disk (via patchgen).
+
+use patchgen::{Edit, Exported, Journal, PatchMeta};
+use std::path::{Path, PathBuf};
+
+/// Errors exporting a session's edits.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchCmdError {
+    /// patchgen refused (conflict, unreadable file, git error...).
+    #[error(transparent)]
+    Patch(#[from] patchgen::PatchError),
+    /// The session has no edits.
+    #[error("this session has no edits yet: %%edit a step first")]
+    NoEdits,
+    /// Writing the patch file failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Reads a session's journal: the edits, plus a note when its tail was damaged.
+pub fn read_edits(session_dir: &Path) -> Result<(Vec<Edit>, Option<String>), PatchCmdError> {
+    let path = session_dir.join("journal.jsonl");
+    if !path.exists() {
+        return Ok((Vec::new(), None));
+    }
+    let contents = Journal::read(&path)?;
+    let mut note = None;
+    if contents.truncated_tail || !contents.damaged_lines.is_empty() {
+        note = Some(format!(
+            "journal {}: skipped an incomplete last record{}",
+            path.display(),
+            if contents.damaged_lines.is_empty() {
+                String::new()
+            } else {
+                format!(" and damaged lines {:?}", contents.damaged_lines)
+            }
+        ));
+    }
+    Ok((contents.edits, note))
+}
+
+/// `%diff`: the pending edits as a unified diff.
+pub fn diff(root: &Path, edits: &[Edit], color: bool) -> Result<String, PatchCmdError> {
+    if edits.is_empty() {
+        return Err(PatchCmdError::NoEdits);
+    }
+    let changes = patchgen::plan(root, &patchgen::effective_edits(edits))?;
+    Ok(patchgen::unified_diff(&changes, color))
+}
+
+/// What an export wrote.
+pub struct Written {
+    /// The patch (or diff) file.
+    pub path: PathBuf,
+    /// True for an mbox `git am` applies; false for a plain diff.
+    pub mbox: bool,
+    /// Lines to tell the user (how to apply, warnings, why no mbox).
+    pub notes: Vec<String>,
+}
+
+/// `%patch` / `stepkernel patch`: write the edits as an mbox (or plain diff outside git).
+pub fn write_patch(
+    root: &Path,
+    edits: &[Edit],
+    base_revision: Option<String>,
+    subject: Option<String>,
+    output: Option<&Path>,
+    session_dir: &Path,
+) -> Result<Written, PatchCmdError> {
+    if edits.is_empty() {
+        return Err(PatchCmdError::NoEdits);
+    }
+    let effective = patchgen::effective_edits(edits);
+    let meta = PatchMeta {
+        subject,
+        base_revision,
+    };
+    let export = patchgen::export(root, &effective, &meta)?;
+    let mut notes = Vec::new();
+    let (bytes, mbox, default_name) = match export.patch {
+        Exported::Mbox(bytes) => (bytes, true, patchgen::patch_file_name(&export.subject)),
+        Exported::PlainDiff { diff, reason } => {
+            notes.push(format!(
+                "no mbox: {reason}; wrote a plain unified diff instead"
+            ));
+            (diff.into_bytes(), false, "edits.diff".to_string())
+        }
+    };
+    let path = match output {
+        Some(path) => path.to_path_buf(),
+        None => session_dir.join(default_name),
+    };
+    std::fs::write(&path, bytes).map_err(|source| PatchCmdError::Write {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let shown = path.display();
+    if mbox {
+        notes.insert(0, format!("apply it with: git am {shown}"));
+    } else {
+        notes.insert(
+            0,
+            format!("apply it with: git apply {shown}  (or patch -p1 < {shown})"),
+        );
+    }
+    notes.extend(export.warnings);
+    Ok(Written { path, mbox, notes })
+}
+
+/// Splits a magic's argument line like a shell would (quotes, backslashes).
+pub fn split_args(line: &str) -> Result<Vec<String>, String> {
+    let mut args = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut chars = line.chars();
+    let mut quote: Option<char> = None;
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some('"'), '\\') => {
+                if let Some(n) = chars.next() {
+                    current.push(n);
+                }
+            }
+            (Some(_), c) => current.push(c),
+            (None, '\'' | '"') => {
+                quote = Some(c);
+                in_word = true;
+            }
+            (None, '\\') => {
+                if let Some(n) = chars.next() {
+                    current.push(n);
+                    in_word = true;
+                }
+            }
+            (None, c) if c.is_whitespace() => {
+                if in_word {
+                    args.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            (None, c) => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quote.is_some() {
+        return Err("unterminated quote".into());
+    }
+    if in_word {
+        args.push(current);
+    }
+    Ok(args)
+}
+
+/// Parses `%patch [FILE] [-m MESSAGE]`.
+pub fn parse_patch_args(line: &str) -> Result<(Option<PathBuf>, Option<String>), String> {
+    let args = split_args(line)?;
+    let mut file = None;
+    let mut message = None;
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "-m" | "--message" => {
+                message = Some(it.next().ok_or("-m needs a message")?);
+            }
+            "-o" | "--output" => file = Some(PathBuf::from(it.next().ok_or("-o needs a file")?)),
+            other if other.starts_with('-') => {
+                return Err(format!(
+                    "unknown option {other}; usage: %patch [FILE] [-m MESSAGE]"
+                ))
+            }
+            other => {
+                if file.is_some() {
+                    return Err("usage: %patch [FILE] [-m MESSAGE]".into());
+                }
+                file = Some(PathBuf::from(other));
+            }
+        }
+    }
+    Ok((file, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_args() {
+        assert_eq!(
+            parse_patch_args("out.patch -m 'Fix the cart total'").unwrap(),
+            (
+                Some(PathBuf::from("out.patch")),
+                Some("Fix the cart total".into())
+            )
+        );
+        assert_eq!(parse_patch_args("").unwrap(), (None, None));
+        assert!(parse_patch_args("-m").is_err());
+        assert!(parse_patch_args("a b").is_err());
+        assert!(parse_patch_args("'open").is_err());
+        assert_eq!(
+            split_args(r#"a "b c" d\ e"#).unwrap(),
+            vec!["a", "b c", "d e"]
+        );
+    }
+}

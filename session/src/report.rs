@@ -1,0 +1,207 @@
+//! `report.json`: outcomes, step timings and failures grouped two ways.
+
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+
+/// Collects events into the session report.
+#[derive(Default)]
+pub struct Report {
+    tests: Vec<Value>,
+    current: Option<Value>,
+    counts: BTreeMap<String, u64>,
+    by_method: BTreeMap<String, u64>,
+    by_error: BTreeMap<(String, String), (u64, Vec<String>)>,
+    failures: Vec<Value>,
+    last_pause: Option<Value>,
+    edits: u64,
+    summary: Option<Value>,
+}
+
+/// Splits "Type: message" into the type and the message's first line.
+pub fn split_error(error: &str) -> (String, String) {
+    let (kind, message) = match error.split_once(": ") {
+        Some((k, m)) if !k.contains(' ') && !k.is_empty() => (k.to_string(), m.to_string()),
+        _ => (
+            error.split_whitespace().next().unwrap_or("").to_string(),
+            error.to_string(),
+        ),
+    };
+    let first = message.lines().next().unwrap_or("").trim().to_string();
+    (kind, first)
+}
+
+/// The test method of a node id: `path::Class::method[param]` → `Class::method`.
+fn method_of(test_id: &str) -> String {
+    let base = test_id.split('[').next().unwrap_or(test_id);
+    let mut parts: Vec<&str> = base.split("::").collect();
+    if parts.len() > 1 {
+        parts.remove(0);
+    }
+    parts.join("::")
+}
+
+impl Report {
+    /// Takes one event.
+    pub fn add(&mut self, event: &Value) {
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "test_start" => {
+                self.current = Some(json!({
+                    "id": event.get("test"), "file": event.get("file"),
+                    "steps": [], "outcome": null, "duration_s": null,
+                }));
+            }
+            "step_finish" => {
+                if let Some(test) = self.current.as_mut() {
+                    let step = json!({
+                        "phase": event.get("phase"), "index": event.get("index"),
+                        "name": event.get("name"), "status": event.get("status"),
+                        "duration_s": event.get("duration_s"), "error": event.get("error"),
+                    });
+                    test["steps"].as_array_mut().expect("array").push(step);
+                }
+            }
+            "pause" => self.last_pause = Some(event.clone()),
+            "edit" => self.edits += 1,
+            "test_finish" => {
+                let id = event
+                    .get("test")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                let outcome = event
+                    .get("outcome")
+                    .and_then(Value::as_str)
+                    .unwrap_or("unknown")
+                    .to_string();
+                *self.counts.entry(outcome.clone()).or_default() += 1;
+                let mut test = self
+                    .current
+                    .take()
+                    .unwrap_or_else(|| json!({"id": id, "steps": []}));
+                test["outcome"] = json!(outcome);
+                test["duration_s"] = event.get("duration_s").cloned().unwrap_or(Value::Null);
+                if matches!(outcome.as_str(), "failed" | "error" | "forced") {
+                    self.record_failure(&id, &outcome, &test, event);
+                }
+                self.tests.push(test);
+            }
+            "summary" => self.summary = Some(event.clone()),
+            _ => {}
+        }
+    }
+
+    /// Locals and globals at the failure, from the pause info when the run paused there.
+    pub fn add_pause_info(&mut self, info: &Value) {
+        self.last_pause = Some(info.clone());
+    }
+
+    fn record_failure(&mut self, id: &str, outcome: &str, test: &Value, event: &Value) {
+        let failed_step = test["steps"]
+            .as_array()
+            .and_then(|steps| steps.iter().rev().find(|s| s["status"] == "failed"))
+            .cloned();
+        let error = failed_step
+            .as_ref()
+            .and_then(|s| s["error"].as_str().map(String::from))
+            .or_else(|| {
+                event.get("longrepr").and_then(Value::as_str).and_then(|l| {
+                    l.lines()
+                        .rev()
+                        .find(|x| !x.trim().is_empty())
+                        .map(String::from)
+                })
+            })
+            .unwrap_or_else(|| outcome.to_string());
+        let (kind, message) = split_error(&error);
+        *self.by_method.entry(method_of(id)).or_default() += 1;
+        let entry = self.by_error.entry((kind, message)).or_default();
+        entry.0 += 1;
+        entry.1.push(id.to_string());
+        let pause = self
+            .last_pause
+            .take()
+            .filter(|p| p.get("test").and_then(Value::as_str) == Some(id));
+        self.failures.push(json!({
+            "test": id,
+            "outcome": outcome,
+            "error": error,
+            "step": failed_step,
+            "locals": pause.as_ref().and_then(|p| p.get("locals")).cloned().unwrap_or(json!({})),
+            "globals": pause.as_ref().and_then(|p| p.get("globals")).cloned().unwrap_or(json!({})),
+            "longrepr": event.get("longrepr"),
+        }));
+    }
+
+    /// Counts per outcome so far.
+    pub fn counts(&self) -> &BTreeMap<String, u64> {
+        &self.counts
+    }
+
+    /// The report as JSON.
+    pub fn to_json(&self, session_id: &str, exit_code: Option<i32>) -> Value {
+        let by_method: Map<String, Value> = self
+            .by_method
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v)))
+            .collect();
+        let mut by_error: Vec<Value> = self
+            .by_error
+            .iter()
+            .map(|((kind, message), (count, tests))| {
+                json!({"type": kind, "message": message, "count": count, "tests": tests})
+            })
+            .collect();
+        by_error.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
+        json!({
+            "session": session_id,
+            "exit_code": exit_code,
+            "outcomes": self.counts,
+            "total": self.counts.values().sum::<u64>(),
+            "edits": self.edits,
+            "tests": self.tests,
+            "failures": self.failures,
+            "failures_by_method": by_method,
+            "failures_by_error": by_error,
+            "summary": self.summary,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_failures_by_method_and_error() {
+        let mut r = Report::default();
+        for (id, err) in [
+            ("t.py::test_a[1]", "AssertionError: assert 1 == 2\nmore"),
+            ("t.py::test_a[2]", "AssertionError: assert 1 == 2"),
+            ("t.py::C::test_b", "KeyError: 'x'"),
+        ] {
+            r.add(&json!({"event": "test_start", "test": id}));
+            r.add(&json!({"event": "step_finish", "phase": "p", "index": 0, "status": "failed", "error": err}));
+            r.add(&json!({"event": "test_finish", "test": id, "outcome": "failed"}));
+        }
+        r.add(&json!({"event": "test_start", "test": "t.py::ok"}));
+        r.add(&json!({"event": "test_finish", "test": "t.py::ok", "outcome": "passed"}));
+        let j = r.to_json("s", Some(1));
+        assert_eq!(j["outcomes"]["failed"], 3);
+        assert_eq!(j["outcomes"]["passed"], 1);
+        assert_eq!(j["failures_by_method"]["test_a"], 2);
+        assert_eq!(j["failures_by_method"]["C::test_b"], 1);
+        assert_eq!(j["failures_by_error"][0]["count"], 2);
+        assert_eq!(j["failures_by_error"][0]["message"], "assert 1 == 2");
+        assert_eq!(j["tests"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn error_splitting() {
+        assert_eq!(
+            split_error("ValueError: bad\nx"),
+            ("ValueError".into(), "bad".into())
+        );
+        assert_eq!(split_error("weird text: x").0, "weird");
+    }
+}

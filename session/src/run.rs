@@ -1,0 +1,220 @@
+//! `stepkernel run`: start a kernel whose worker runs the tests step by step.
+
+use crate::attach;
+use crate::hooks::{RunHooks, SessionContext};
+use crate::session_dir::{self, SessionMeta};
+use instrumenter::Options;
+use kernel::connection_file::ConnectionInfo;
+use kernel::server::{BoundKernel, KernelOptions};
+use kernel::worker::WorkerConfig;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Everything `stepkernel run` was asked to do.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Files, directories and node ids.
+    pub targets: Vec<String>,
+    /// Arguments after `--`, passed to pytest.
+    pub pytest_args: Vec<String>,
+    /// `auto`, `pytest` or `unittest`.
+    pub runner: String,
+    /// The user's interpreter.
+    pub python: PathBuf,
+    /// `pause` or `fail`.
+    pub on_error: String,
+    /// Where to write JUnit XML.
+    pub junit_xml: Option<PathBuf>,
+    /// The session directory (default `.stepkernel/sessions/<id>`).
+    pub session_dir: Option<PathBuf>,
+    /// Address to bind.
+    pub ip: String,
+    /// First of five consecutive ports (None: any free ports).
+    pub first_port: Option<u16>,
+    /// Custom step marker regex.
+    pub step_marker: Option<String>,
+    /// Less output.
+    pub quiet: bool,
+    /// Let a client's shutdown_request end the session.
+    pub allow_client_shutdown: bool,
+    /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
+    pub external_dir: Option<PathBuf>,
+    /// The unpacked worker package.
+    pub package_dir: PathBuf,
+    /// Where tests run from.
+    pub rootdir: PathBuf,
+}
+
+/// Errors that prevent a session from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad arguments (exit code 2).
+    #[error("{0}")]
+    Usage(String),
+    /// Session directory or connection file problems.
+    #[error("{what}: {source}")]
+    Io {
+        /// What failed.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The kernel could not start.
+    #[error(transparent)]
+    Kernel(#[from] kernel::server::KernelError),
+    /// Connection file problems.
+    #[error(transparent)]
+    Connection(#[from] kernel::connection_file::ConnectionFileError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+    let what = what.into();
+    move |source| RunError::Io { what, source }
+}
+
+/// Checks the targets name existing files or directories.
+fn check_targets(rootdir: &Path, targets: &[String]) -> Result<(), RunError> {
+    for target in targets {
+        let file = target.split("::").next().unwrap_or(target);
+        if file.is_empty() || file.starts_with('-') {
+            continue;
+        }
+        let path = rootdir.join(file);
+        if !path.exists() {
+            return Err(RunError::Usage(format!(
+                "file or directory not found: {file}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs a session to its end; returns the process exit code.
+pub fn run(opts: RunOptions) -> Result<i32, RunError> {
+    check_targets(&opts.rootdir, &opts.targets)?;
+    let options = match &opts.step_marker {
+        Some(pattern) => Options::with_step_marker(pattern)
+            .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
+        None => Options::default(),
+    };
+    let id = session_dir::new_id();
+    let dir = opts
+        .session_dir
+        .clone()
+        .unwrap_or_else(|| session_dir::sessions_root(&opts.rootdir).join(&id));
+    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let dir = dir.canonicalize().map_err(io("session directory"))?;
+    let patch_root = patchgen::repo_root(&opts.rootdir).unwrap_or_else(|| opts.rootdir.clone());
+    let base_revision = patchgen::head_revision(&patch_root);
+
+    let runtime_dir = attach::jupyter_runtime_dir();
+    let external_dir = opts
+        .external_dir
+        .clone()
+        .unwrap_or_else(|| runtime_dir.join("external_kernels"));
+    let copy_dirs = vec![runtime_dir.clone(), external_dir.clone()];
+    attach::remove_stale(&copy_dirs);
+
+    let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
+    if let Some(first) = opts.first_port {
+        connection.shell_port = first;
+        connection.iopub_port = first + 1;
+        connection.stdin_port = first + 2;
+        connection.control_port = first + 3;
+        connection.hb_port = first + 4;
+    }
+    connection
+        .extra
+        .insert("stepkernel_pid".into(), json!(std::process::id()));
+    connection
+        .extra
+        .insert("stepkernel_session".into(), json!(id));
+
+    let mut args = opts.targets.clone();
+    args.extend(opts.pytest_args.iter().cloned());
+    let run_message = json!({
+        "args": args,
+        "runner": opts.runner,
+        "on_error": opts.on_error,
+        "junit_xml": opts.junit_xml.as_ref().map(|p| opts.rootdir.join(p).display().to_string()),
+        "rootdir": opts.rootdir.display().to_string(),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(io("cannot start the async runtime"))?;
+    runtime.block_on(async move {
+        let kernel_options = KernelOptions {
+            connection,
+            worker: WorkerConfig {
+                python: opts.python.clone(),
+                package_dir: opts.package_dir.clone(),
+                cwd: Some(opts.rootdir.clone()),
+            },
+            hooks: None,
+            run: Some(run_message),
+        };
+        let mut bound = BoundKernel::bind(kernel_options).await?;
+        let connection_file = dir.join("connection.json");
+        bound.connection.write(&connection_file)?;
+        let copies = attach::place_copies(&connection_file, &id, &copy_dirs);
+        let mut attach_lines = vec![
+            format!("jupyter console --existing {}", connection_file.display()),
+            format!("stepkernel console {id}      (the same, shorter)"),
+            format!("stepkernel lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
+        ];
+        if opts.ip != "127.0.0.1" && opts.ip != "localhost" && opts.ip != "::1" {
+            attach_lines.push(format!(
+                "remote: copy {} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
+                connection_file.display()
+            ));
+        }
+        let meta = SessionMeta {
+            id: id.clone(),
+            pid: std::process::id(),
+            state: "running".into(),
+            paused_at: None,
+            rootdir: opts.rootdir.display().to_string(),
+            patch_root: patch_root.display().to_string(),
+            base_revision: base_revision.clone(),
+            args: opts.targets.clone(),
+            connection_file: connection_file.display().to_string(),
+            connection_copies: copies.iter().map(|p| p.display().to_string()).collect(),
+            started: patchgen::now_rfc3339(),
+            ..Default::default()
+        };
+        let _ = meta.save(&dir);
+        let hooks = Arc::new(RunHooks::new(
+            SessionContext {
+                id: id.clone(),
+                dir: dir.clone(),
+                rootdir: opts.rootdir.clone(),
+                patch_root,
+                base_revision,
+                attach: attach_lines,
+                allow_client_shutdown: opts.allow_client_shutdown,
+                options,
+                copies,
+            },
+            meta,
+            opts.quiet,
+        ));
+        if !opts.quiet {
+            hooks.say(&format!(
+                "stepkernel: session {id} — attach any time: jupyter console --existing {}",
+                connection_file.display()
+            ));
+        }
+        if opts.ip == "0.0.0.0" || opts.ip == "::" || (opts.ip != "127.0.0.1" && opts.ip != "localhost") {
+            hooks.say("stepkernel: WARNING: the kernel's ZeroMQ ports are reachable from the network. \
+                       Messages are signed with the session key but NOT encrypted: prefer an SSH tunnel \
+                       (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
+        }
+        bound.set_hooks(hooks.clone());
+        bound.serve().await?;
+        Ok(hooks.exit_code().unwrap_or(3))
+    })
+}

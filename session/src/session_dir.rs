@@ -1,0 +1,192 @@
+//! Session directories: `.stepkernel/sessions/<id>/` and their `session.json`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+/// What `session.json` records about a session.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+pub struct SessionMeta {
+    /// Session id (also the directory name).
+    pub id: String,
+    /// Process id of `stepkernel run`.
+    pub pid: u32,
+    /// `running`, `paused`, `finished`.
+    pub state: String,
+    /// Where the run is paused: `test::phase step N`.
+    #[serde(default)]
+    pub paused_at: Option<String>,
+    /// The project directory tests ran from.
+    pub rootdir: String,
+    /// Root against which edits are journaled (git work tree or rootdir).
+    pub patch_root: String,
+    /// The commit the session started from.
+    #[serde(default)]
+    pub base_revision: Option<String>,
+    /// The test selection.
+    pub args: Vec<String>,
+    /// Connection file in the session directory.
+    pub connection_file: String,
+    /// Copies of the connection file elsewhere (runtime dir, external kernels).
+    #[serde(default)]
+    pub connection_copies: Vec<String>,
+    /// Start time (RFC 3339).
+    pub started: String,
+    /// Number of tests finished.
+    #[serde(default)]
+    pub tests: u64,
+    /// Number of edits journaled.
+    #[serde(default)]
+    pub edits: u64,
+    /// Exit code once finished.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+/// The default parent of session directories for a project.
+pub fn sessions_root(rootdir: &Path) -> PathBuf {
+    rootdir.join(".stepkernel").join("sessions")
+}
+
+/// A new session id: sortable by time, unique.
+pub fn new_id() -> String {
+    let now = patchgen::now_rfc3339();
+    let stamp: String = now
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .take(14)
+        .collect();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}-{}", &stamp[..8], &stamp[8..], &random[..6])
+}
+
+impl SessionMeta {
+    /// Writes `session.json` atomically.
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        let tmp = dir.join("session.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializes"))?;
+        std::fs::rename(tmp, dir.join("session.json"))
+    }
+
+    /// Reads `dir/session.json`.
+    pub fn load(dir: &Path) -> Option<SessionMeta> {
+        let text = std::fs::read(dir.join("session.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// True when the session's process is still alive.
+    pub fn alive(&self) -> bool {
+        pid_alive(self.pid)
+    }
+
+    /// The state to show: a dead process cannot be running or paused.
+    pub fn shown_state(&self) -> String {
+        if self.state != "finished" && !self.alive() {
+            format!("died ({})", self.state)
+        } else {
+            self.state.clone()
+        }
+    }
+
+    /// A JSON summary for `stepkernel sessions --json`.
+    pub fn summary(&self, dir: &Path) -> Value {
+        serde_json::json!({
+            "id": self.id, "pid": self.pid, "state": self.shown_state(),
+            "paused_at": self.paused_at, "tests": self.tests, "edits": self.edits,
+            "connection_file": self.connection_file, "dir": dir.display().to_string(),
+            "started": self.started, "exit_code": self.exit_code,
+        })
+    }
+}
+
+/// Whether a process exists.
+pub fn pid_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks existence and permission.
+    pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// All sessions under `root`, oldest first.
+pub fn list(root: &Path) -> Vec<(PathBuf, SessionMeta)> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    let mut found: Vec<_> = entries
+        .flatten()
+        .filter_map(|e| {
+            let dir = e.path();
+            SessionMeta::load(&dir).map(|m| (dir, m))
+        })
+        .collect();
+    found.sort_by(|a, b| a.1.id.cmp(&b.1.id));
+    found
+}
+
+/// Finds a session by id (or unique id prefix), or the latest when `id` is None.
+pub fn find(root: &Path, id: Option<&str>) -> Result<(PathBuf, SessionMeta), String> {
+    if let Some(id) = id {
+        let as_path = Path::new(id);
+        if as_path.join("session.json").exists() {
+            let meta = SessionMeta::load(as_path)
+                .ok_or_else(|| format!("{id}/session.json is not readable"))?;
+            return Ok((as_path.to_path_buf(), meta));
+        }
+    }
+    let all = list(root);
+    if all.is_empty() {
+        return Err(format!(
+            "no stepkernel sessions in {} (start one with `stepkernel run`)",
+            root.display()
+        ));
+    }
+    match id {
+        None => Ok(all.into_iter().next_back().expect("non-empty")),
+        Some(id) => {
+            let matching: Vec<_> = all
+                .into_iter()
+                .filter(|(_, m)| m.id.starts_with(id))
+                .collect();
+            match matching.len() {
+                1 => Ok(matching.into_iter().next().expect("one")),
+                0 => Err(format!("no session {id:?} in {}", root.display())),
+                n => Err(format!(
+                    "{n} sessions start with {id:?}; give more of the id"
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_sort_by_time_and_lookup_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (i, id) in ["20260101-000000-aaaaaa", "20260102-000000-bbbbbb"]
+            .iter()
+            .enumerate()
+        {
+            let d = root.join(id);
+            std::fs::create_dir_all(&d).unwrap();
+            SessionMeta {
+                id: id.to_string(),
+                pid: i as u32 + 999_999_990,
+                state: "finished".into(),
+                ..Default::default()
+            }
+            .save(&d)
+            .unwrap();
+        }
+        assert_eq!(find(root, None).unwrap().1.id, "20260102-000000-bbbbbb");
+        assert_eq!(
+            find(root, Some("20260101")).unwrap().1.id,
+            "20260101-000000-aaaaaa"
+        );
+        assert!(find(root, Some("2026")).unwrap_err().contains("2 sessions"));
+        assert!(find(root, Some("x")).is_err());
+        let id = new_id();
+        assert_eq!(id.len(), 8 + 1 + 6 + 1 + 6, "{id}");
+    }
+}

@@ -1,0 +1,200 @@
+//! What the person who typed `stepkernel run` sees: progress, pauses, a summary.
+//!
+//! On a terminal a progress bar (indicatif) shows the running test's steps;
+//! otherwise plain lines. Worker output (pytest's own report) passes through.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::Value;
+use std::io::{IsTerminal, Write};
+
+/// The terminal display of a run.
+pub struct Terminal {
+    tty: bool,
+    quiet: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Terminal {
+    /// A display on stderr; progress bars only when stderr is a terminal.
+    pub fn new(quiet: bool) -> Terminal {
+        Terminal {
+            tty: std::io::stderr().is_terminal(),
+            quiet,
+            bar: None,
+        }
+    }
+
+    fn print(&self, text: &str, to_stderr: bool) {
+        let write = || {
+            if to_stderr {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(text.as_bytes());
+                let _ = err.flush();
+            } else {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(text.as_bytes());
+                let _ = out.flush();
+            }
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+
+    /// A line for the person at the terminal.
+    pub fn line(&self, text: &str) {
+        self.print(&format!("{text}\n"), false);
+    }
+
+    /// Worker output, passed through.
+    pub fn output(&self, text: &str, stderr: bool) {
+        self.print(text, stderr);
+    }
+
+    /// Updates progress from one event.
+    pub fn event(&mut self, event: &Value) {
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        let test = event.get("test").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "test_start" if self.tty && !self.quiet => {
+                let total: u64 = event
+                    .get("phases")
+                    .and_then(Value::as_array)
+                    .map(|p| {
+                        p.iter()
+                            .filter_map(|x| x.get("steps").and_then(Value::as_u64))
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {wide_msg} [{bar:20}] {pos}/{len} steps",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_message(test.to_string());
+                bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                self.bar = Some(bar);
+            }
+            "step_finish" => {
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
+                }
+            }
+            "pause" => {
+                if let Some(bar) = &self.bar {
+                    bar.disable_steady_tick();
+                }
+            }
+            "resume" => {
+                if let Some(bar) = &self.bar {
+                    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+                }
+            }
+            "test_finish" => {
+                if let Some(bar) = self.bar.take() {
+                    bar.finish_and_clear();
+                }
+                if !self.tty && !self.quiet {
+                    let outcome = event.get("outcome").and_then(Value::as_str).unwrap_or("?");
+                    let secs = event
+                        .get("duration_s")
+                        .and_then(Value::as_f64)
+                        .unwrap_or(0.0);
+                    self.line(&format!(
+                        "stepkernel: {} {test} ({secs:.2}s)",
+                        outcome.to_uppercase()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The pause banner: where, what failed, the step's source, how to attach.
+    pub fn paused(&self, info: &Value, source: Option<&str>, attach: &[String]) {
+        let get = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let step = info.get("step").cloned().unwrap_or(Value::Null);
+        let line = info.get("line").cloned().unwrap_or(Value::Null);
+        let mut text = String::new();
+        let reason = get("reason");
+        let title = if reason == "error" || reason.is_empty() {
+            "PAUSED on failure".to_string()
+        } else {
+            format!("PAUSED ({reason})")
+        };
+        text.push_str(&format!("\n=== {title}: {} ===\n", get("test")));
+        text.push_str(&format!(
+            "phase {}, step {step} ({}) at {}:{line}\n",
+            get("phase"),
+            get("name"),
+            get("file")
+        ));
+        let error = get("error");
+        if !error.is_empty() {
+            text.push_str(&format!("error: {error}\n"));
+        }
+        if let Some(source) = source {
+            text.push_str("step source:\n");
+            for l in source.lines() {
+                text.push_str(&format!("    {l}\n"));
+            }
+        }
+        text.push_str("attach:\n");
+        for a in attach {
+            text.push_str(&format!("    {a}\n"));
+        }
+        text.push_str(
+            "then: %where %steps %retry %next %continue %skip %fail %abort %%edit %help\n",
+        );
+        text.push_str("Ctrl-C here ends the run (tearDown runs, the report is written).\n");
+        self.print(&text, false);
+    }
+
+    /// The closing summary, like pytest's last line.
+    pub fn summary(
+        &mut self,
+        counts: &std::collections::BTreeMap<String, u64>,
+        seconds: f64,
+        extra: &[String],
+    ) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        let order = [
+            "failed", "error", "forced", "fixed", "passed", "skipped", "xfailed", "xpassed",
+        ];
+        let mut parts: Vec<String> = order
+            .iter()
+            .filter_map(|k| {
+                counts
+                    .get(*k)
+                    .filter(|n| **n > 0)
+                    .map(|n| format!("{n} {k}"))
+            })
+            .collect();
+        for (k, n) in counts {
+            if !order.contains(&k.as_str()) && *n > 0 {
+                parts.push(format!("{n} {k}"));
+            }
+        }
+        if parts.is_empty() {
+            parts.push("no tests ran".into());
+        }
+        self.line(&format!(
+            "stepkernel: {} in {seconds:.2}s",
+            parts.join(", ")
+        ));
+        for e in extra {
+            self.line(&format!("stepkernel: {e}"));
+        }
+    }
+}

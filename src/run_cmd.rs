@@ -1,0 +1,102 @@
+//! `stepkernel run`: arguments, then the session crate does the work.
+
+use anyhow::Context;
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Arguments of `stepkernel run`.
+#[derive(Args)]
+pub struct RunArgs {
+    /// Test files, directories or node ids (`path::Class::test`); then `-- PYTEST_ARGS`.
+    #[arg(value_name = "PATH|NODEID")]
+    pub targets: Vec<String>,
+    /// Arguments passed to pytest (after `--`), e.g. `-k cart -m "not slow"`.
+    #[arg(last = true, value_name = "PYTEST_ARGS")]
+    pub pytest_args: Vec<String>,
+    /// Which runner collects and reports tests.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "pytest", "unittest"])]
+    pub runner: String,
+    /// The Python interpreter (default: $VIRTUAL_ENV, ./.venv, python3).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// What a failing step does: pause for a client, or fail like a normal run.
+    #[arg(long, default_value = "pause", value_parser = ["pause", "fail"])]
+    pub on_error: String,
+    /// Write a JUnit XML report (pytest's conventions).
+    #[arg(long, value_name = "FILE")]
+    pub junit_xml: Option<PathBuf>,
+    /// Session directory (default: .stepkernel/sessions/<id>).
+    #[arg(long, value_name = "DIR")]
+    pub session_dir: Option<PathBuf>,
+    /// Address the kernel binds (0.0.0.0 to attach from another machine).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: String,
+    /// Ports: `auto` or a range of five, e.g. 9000-9004.
+    #[arg(long, default_value = "auto")]
+    pub ports: String,
+    /// Regex for step marker comments, with one capture group for the name.
+    #[arg(long, value_name = "REGEX")]
+    pub step_marker: Option<String>,
+    /// Less output.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Let an attached client's shutdown request end the session.
+    #[arg(long)]
+    pub allow_client_shutdown: bool,
+    /// jupyter_server's external kernels directory.
+    #[arg(long, value_name = "DIR")]
+    pub external_dir: Option<PathBuf>,
+}
+
+fn parse_ports(spec: &str) -> anyhow::Result<Option<u16>> {
+    if spec == "auto" {
+        return Ok(None);
+    }
+    let (a, b) = spec
+        .split_once('-')
+        .context("--ports takes `auto` or a range like 9000-9004")?;
+    let first: u16 = a.trim().parse().context("--ports: bad first port")?;
+    let last: u16 = b.trim().parse().context("--ports: bad last port")?;
+    anyhow::ensure!(
+        last >= first && last - first >= 4,
+        "--ports needs five ports (shell, iopub, stdin, control, heartbeat), e.g. 9000-9004"
+    );
+    Ok(Some(first))
+}
+
+/// Runs the subcommand.
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let rootdir = std::env::current_dir().context("cannot read the current directory")?;
+    let first_port = parse_ports(&args.ports)?;
+    let python = crate::python::resolve(args.python.as_deref(), &rootdir);
+    let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
+    let options = session::run::RunOptions {
+        targets: args.targets,
+        pytest_args: args.pytest_args,
+        runner: args.runner,
+        python,
+        on_error: args.on_error,
+        junit_xml: args.junit_xml,
+        session_dir: args.session_dir,
+        ip: args.ip,
+        first_port,
+        step_marker: args.step_marker,
+        quiet: args.quiet,
+        allow_client_shutdown: args.allow_client_shutdown,
+        external_dir: args.external_dir,
+        package_dir,
+        rootdir,
+    };
+    match session::run::run(options) {
+        Ok(code) => {
+            // Tasks may still hold sockets; leave without waiting for them.
+            std::process::exit(code)
+        }
+        Err(session::run::RunError::Usage(message)) => {
+            eprintln!("stepkernel: error: {message}");
+            Ok(ExitCode::from(2))
+        }
+        Err(err) => Err(err.into()),
+    }
+}

@@ -1,0 +1,192 @@
+"""Fixtures for end-to-end tests: a real stepkernel binary, real Jupyter clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+from jupyter_client import BlockingKernelClient
+from jupyter_client.connect import write_connection_file
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+PYTHON = sys.executable
+
+
+def stepkernel_bin() -> str:
+    """The binary under test (built by scripts/setup.sh)."""
+    path = os.environ.get("STEPKERNEL_BIN") or str(ROOT / "target" / "debug" / "stepkernel")
+    if not os.path.exists(path):
+        pytest.fail(f"stepkernel binary not found at {path}: run scripts/setup.sh")
+    return path
+
+
+@pytest.fixture(scope="session")
+def binary() -> str:
+    return stepkernel_bin()
+
+
+class KernelProcess:
+    """A `stepkernel kernel` process and a connected BlockingKernelClient."""
+
+    def __init__(self, tmp: pathlib.Path, transport: str = "tcp", key: bytes | None = None):
+        self.tmp = tmp
+        self.key = key if key is not None else uuid.uuid4().hex.encode()
+        ip = "127.0.0.1" if transport == "tcp" else str(tmp / "kernel-ipc")
+        self.connection_file, self.info = write_connection_file(
+            str(tmp / "connection.json"), key=self.key, ip=ip, transport=transport
+        )
+        self.stderr_path = tmp / "kernel.stderr"
+        self.proc = subprocess.Popen(
+            [stepkernel_bin(), "kernel", "-f", self.connection_file, "--python", PYTHON],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.stderr_path, "wb"),
+            cwd=tmp,
+        )
+        self.client = self.new_client()
+
+    def new_client(self) -> BlockingKernelClient:
+        client = BlockingKernelClient(connection_file=self.connection_file)
+        client.load_connection_file()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        return client
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def close(self):
+        try:
+            self.client.stop_channels()
+        except Exception:
+            pass
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    kp = KernelProcess(tmp_path)
+    yield kp
+    kp.close()
+
+
+def execute(client: BlockingKernelClient, code: str, timeout: float = 30, **kwargs):
+    """Run code; return (reply content, list of (msg_type, content) iopub messages for it)."""
+    messages = []
+    reply = client.execute_interactive(
+        code, output_hook=lambda m: messages.append((m["msg_type"], m["content"])), timeout=timeout, **kwargs
+    )
+    return reply["content"], messages
+
+
+def stream_text(messages, name="stdout") -> str:
+    return "".join(c["text"] for t, c in messages if t == "stream" and c["name"] == name)
+
+
+def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# --------------------------------------------------------------------------
+# Helpers for the kernel end-to-end tests (tests/test_kernel*.py and friends).
+
+
+def python_version_of(python: str) -> str:
+    """The X.Y.Z version of an interpreter, asked from the interpreter itself."""
+    out = subprocess.run(
+        [python, "-c", "import platform; print(platform.python_version())"],
+        capture_output=True, text=True, check=True,
+    )
+    return out.stdout.strip()
+
+
+def channel_of(client: BlockingKernelClient, name: str):
+    return {"shell": client.shell_channel, "control": client.control_channel}[name]
+
+
+def send_request(client: BlockingKernelClient, msg_type: str, content=None, channel: str = "shell") -> str:
+    """Send a request on shell or control; return its msg_id."""
+    msg = client.session.msg(msg_type, content or {})
+    channel_of(client, channel).send(msg)
+    return msg["header"]["msg_id"]
+
+
+def get_reply(client: BlockingKernelClient, msg_id: str, channel: str = "shell", timeout: float = 30):
+    """The reply to msg_id on shell or control (other replies are skipped)."""
+    deadline = time.monotonic() + timeout
+    get = client.get_shell_msg if channel == "shell" else client.get_control_msg
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no {channel} reply to {msg_id}")
+        msg = get(timeout=remaining)
+        if msg["parent_header"].get("msg_id") == msg_id:
+            return msg
+
+
+def iopub_until_idle(client: BlockingKernelClient, msg_id: str, timeout: float = 30):
+    """All iopub messages whose parent is msg_id, up to and including its idle status."""
+    deadline = time.monotonic() + timeout
+    found = []
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no idle status for {msg_id}; saw {[m['msg_type'] for m in found]}")
+        msg = client.get_iopub_msg(timeout=remaining)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        found.append(msg)
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return found
+
+
+def request(client: BlockingKernelClient, msg_type: str, content=None, channel: str = "shell", timeout: float = 30):
+    """Send a request; return (reply message, its iopub messages up to idle)."""
+    msg_id = send_request(client, msg_type, content, channel)
+    reply = get_reply(client, msg_id, channel, timeout)
+    return reply, iopub_until_idle(client, msg_id, timeout)
+
+
+def endpoint(info: dict, channel: str) -> str:
+    """The ZeroMQ address of a channel ('shell', 'control', 'iopub', 'stdin', 'hb')."""
+    port = info[f"{channel}_port"]
+    if info["transport"] == "ipc":
+        return f"ipc://{info['ip']}-{port}"
+    return f"tcp://{info['ip']}:{port}"
+
+
+@pytest.fixture
+def zmq_context():
+    import zmq
+
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture(scope="module")
+def shared_kernel(tmp_path_factory):
+    """One kernel for a module's tests that only add state (faster than one per test)."""
+    kp = KernelProcess(tmp_path_factory.mktemp("kernel"))
+    yield kp
+    kp.close()

@@ -190,3 +190,116 @@ def shared_kernel(tmp_path_factory):
     kp = KernelProcess(tmp_path_factory.mktemp("kernel"))
     yield kp
     kp.close()
+
+
+class RunSession:
+    """A `stepkernel run` process on a project directory, and clients attached to it."""
+
+    def __init__(self, project: pathlib.Path, *args: str, env: dict | None = None):
+        self.project = project
+        self.session_dir = project / ".stepkernel" / "session"
+        self.out_path = project / "run.out"
+        full_env = dict(os.environ)
+        full_env.setdefault("JUPYTER_RUNTIME_DIR", str(project / ".jupyter-runtime"))
+        if env:
+            full_env.update(env)
+        self.proc = subprocess.Popen(
+            [stepkernel_bin(), "run", "--python", PYTHON, "--session-dir", str(self.session_dir), *args],
+            cwd=project,
+            stdout=open(self.out_path, "wb"),
+            stderr=subprocess.STDOUT,
+            env=full_env,
+        )
+        self.clients: list[BlockingKernelClient] = []
+
+    @property
+    def connection_file(self) -> str:
+        return str(self.session_dir / "connection.json")
+
+    def output(self) -> str:
+        return self.out_path.read_text(errors="replace")
+
+    def meta(self) -> dict:
+        try:
+            return json.loads((self.session_dir / "session.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_paused(self, timeout: float = 60) -> dict:
+        def paused():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"run exited {self.proc.returncode} before pausing:\n{self.output()}")
+            meta = self.meta()
+            return meta if meta.get("state") == "paused" else None
+
+        return wait_for(paused, timeout=timeout, what="the run to pause")
+
+    def client(self) -> BlockingKernelClient:
+        wait_for(lambda: os.path.exists(self.connection_file), what="connection file")
+        client = BlockingKernelClient(connection_file=self.connection_file)
+        client.load_connection_file()
+        client.start_channels()
+        client.wait_for_ready(timeout=60)
+        self.clients.append(client)
+        return client
+
+    def events(self) -> list[dict]:
+        path = self.session_dir / "events.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"run did not end:\n{self.output()}")
+
+    def close(self):
+        for client in self.clients:
+            try:
+                client.stop_channels()
+            except Exception:
+                pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def run_session():
+    sessions = []
+
+    def start(project, *args, **kwargs):
+        session = RunSession(project, *args, **kwargs)
+        sessions.append(session)
+        return session
+
+    yield start
+    for session in sessions:
+        session.close()
+
+
+def write_project(root: pathlib.Path, files: dict[str, str], git: bool = False) -> pathlib.Path:
+    """Writes a small project; with git=True, commits it."""
+    import textwrap
+
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+    if git:
+        env = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
+               "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+        for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "initial"]):
+            subprocess.run(cmd, cwd=root, check=True, env=env)
+        (root / ".gitignore").write_text(".stepkernel/\n.jupyter-runtime/\nrun.out\n__pycache__/\n")
+    return root
+
+
+def install_kernelspec(prefix: pathlib.Path, *extra: str, env=None) -> subprocess.CompletedProcess:
+    """Run `stepkernel install --prefix PREFIX [extra...]`."""
+    return subprocess.run(
+        [stepkernel_bin(), "install", "--prefix", str(prefix), *extra],
+        capture_output=True, text=True, env=env, timeout=60,
+    )

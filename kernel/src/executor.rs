@@ -817,42 +817,45 @@ impl Executor {
             content["execution_count"] = json!(self.count());
         }
         let failed = content.get("status").and_then(Value::as_str) == Some("error");
-        let reply = inflight
-            .request
-            .child(reply_type, content, &self.shared.session);
-        send_router(&mut self.shell, &reply, &self.shared.signer).await;
-        self.shared.status(Some(&inflight.request), "idle");
         let stop_on_error = match inflight.kind {
             Kind::Execute { stop_on_error, .. } => stop_on_error,
             Kind::Complete | Kind::Inspect | Kind::IsComplete => false,
             _ => inflight.request.flag("stop_on_error", true),
         };
-        if failed && stop_on_error {
-            self.abort_queued().await;
+        // Abort what was queued before the client could see the error, not what it sends after.
+        let aborted = if failed && stop_on_error {
+            self.take_queued_executes()
+        } else {
+            Vec::new()
+        };
+        let reply = inflight
+            .request
+            .child(reply_type, content, &self.shared.session);
+        send_router(&mut self.shell, &reply, &self.shared.signer).await;
+        self.shared.status(Some(&inflight.request), "idle");
+        for msg in aborted {
+            self.shared.status(Some(&msg), "busy");
+            let reply = msg.child(
+                "execute_reply",
+                json!({"status": "aborted", "execution_count": self.count()}),
+                &self.shared.session,
+            );
+            send_router(&mut self.shell, &reply, &self.shared.signer).await;
+            self.shared.status(Some(&msg), "idle");
         }
     }
 
-    /// After an error with `stop_on_error`, answer queued executes with `aborted`.
-    async fn abort_queued(&mut self) {
-        // Requests sent together with the failing one may still be in flight.
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let mut keep = Vec::new();
+    /// After an error with `stop_on_error`: the queued executes (others stay queued, in order).
+    fn take_queued_executes(&mut self) -> Vec<Message> {
+        let mut aborted = Vec::new();
         while let Ok(Request::Shell(msg)) = self.requests.try_recv() {
             if msg.msg_type() == "execute_request" {
-                self.shared.status(Some(&msg), "busy");
-                let reply = msg.child(
-                    "execute_reply",
-                    json!({"status": "aborted", "execution_count": self.count()}),
-                    &self.shared.session,
-                );
-                send_router(&mut self.shell, &reply, &self.shared.signer).await;
-                self.shared.status(Some(&msg), "idle");
+                aborted.push(msg);
             } else {
-                keep.push(msg);
+                self.deferred.push_back(msg);
             }
         }
-        // Other requests (complete, inspect, ...) are answered normally, in order.
-        self.deferred.extend(keep);
+        aborted
     }
 }
 

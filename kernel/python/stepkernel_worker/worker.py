@@ -31,6 +31,33 @@ class StdinNotAllowed(RuntimeError):
     """input() was called but the client does not accept input requests."""
 
 
+class ExitRequest:
+    """``exit`` and ``quit`` in cells, as in IPython: ask the client to leave.
+
+    Typed in a cell (bare or called), they add an ``ask_exit`` payload to the
+    reply, so ``jupyter console`` exits (and shuts the kernel down unless
+    ``keep_kernel=True``). Anywhere else they are the usual ``site`` exiters.
+    """
+
+    def __init__(self, worker: "Worker", name: str, original: Any):
+        self._worker = worker
+        self._name = name
+        self._original = original
+
+    def __repr__(self) -> str:
+        return f"Use {self._name} or {self._name}() to leave; {self._name}(keep_kernel=True) keeps the kernel running"
+
+    def __call__(self, *args: Any, keep_kernel: bool = False) -> None:
+        if not self._worker.in_cell:
+            # Code run by the stepping engine (a test) keeps Python's meaning.
+            if self._original is None:
+                raise SystemExit(*args)
+            self._original(*args)
+            return
+        keep = keep_kernel or bool(args and args[0])  # IPython's exit(True) keeps it too
+        self._worker.exit_payload = {"source": "ask_exit", "keepkernel": bool(keep)}
+
+
 class Worker:
     """Serves requests; also the ``Host`` the stepping engine runs under."""
 
@@ -40,10 +67,12 @@ class Worker:
         self.handler = None  # a PausedHandler while a test is paused or loaded
         self.current_id: int | None = None
         self.allow_stdin = False
-        self.executing = False
+        self.executing = False  # SIGINT raises KeyboardInterrupt only while True
+        self.in_cell = False  # a client's cell (not test code) is running
         self.pending_resume: dict | None = None
         self.breakpoints: list[dict] = []
         self.pause_flag = False
+        self.exit_payload: dict | None = None
         self._next_rpc = 0
         self._sync = 0
         # Private copies of the output pipes: markers must reach the kernel even
@@ -127,12 +156,17 @@ class Worker:
         code = message.get("code", "")
         silent = bool(message.get("silent", False))
         content: dict[str, Any] = {"status": "ok", "execution_count": count, "user_expressions": {}}
+        self.exit_payload = None
         try:
-            self.executing = True
+            outer = (self.executing, self.in_cell)
+            self.executing = self.in_cell = True
             try:
                 has_value, value = self._run_cell(code, cells.cell_filename(count))
+                if has_value and isinstance(value, ExitRequest):
+                    value()  # a bare `exit` means `exit()`, as IPython's autocall does
+                    has_value = False
             finally:
-                self.executing = False
+                self.executing, self.in_cell = outer
             if has_value and value is not None and not silent:
                 builtins._ = value
                 data, metadata = display.mime_bundle(value)
@@ -149,6 +183,8 @@ class Worker:
             if not silent:
                 self._iopub(request_id, "error", {k: content[k] for k in ("ename", "evalue", "traceback")})
         content["user_expressions"] = self._user_expressions(message.get("user_expressions") or {})
+        if self.exit_payload is not None and content["status"] == "ok":
+            content["payload"] = [self.exit_payload]
         self._reply(request_id, content)
 
     def _run_cell(self, code: str, filename: str):
@@ -203,6 +239,8 @@ class Worker:
         getpass.getpass = lambda prompt="Password: ", stream=None: self._input(prompt, password=True)
         if not hasattr(builtins, "display"):
             builtins.display = self.display
+        for name in ("exit", "quit"):
+            builtins.__dict__[name] = ExitRequest(self, name, getattr(builtins, name, None))
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.reconfigure(line_buffering=True)
@@ -285,6 +323,7 @@ class Worker:
         """Serve requests in the paused test's namespace until a resume command."""
         previous = self.handler
         self.handler = handler
+        outer_executing, self.executing = self.executing, False
         self.send({"type": "paused", "info": info})
         self._answer_pending_resume(info)
         try:
@@ -303,6 +342,7 @@ class Worker:
                     return command
         finally:
             self.handler = previous
+            self.executing = outer_executing
 
     def _answer_pending_resume(self, info: dict | None, exit_code: int | None = None) -> None:
         if self.pending_resume is None:
@@ -338,6 +378,7 @@ class Worker:
 
         self.current_id = message["id"]
         exit_code = 3
+        self.executing = True
         try:
             exit_code = stepping.run(
                 self,
@@ -350,6 +391,8 @@ class Worker:
         except BaseException as exc:  # report, don't die: the kernel decides what next
             traceback.print_exc()
             self.emit({"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.executing = False
         self._answer_pending_resume(None, exit_code)
         self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
 

@@ -1,0 +1,256 @@
+"""`stepkernel run`: stepping, pausing, attaching with jupyter_client, resuming."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+
+from conftest import PYTHON, SHARED, execute, stream_text, wait_for, write_project
+
+CART = {
+    "test_cart.py": '''
+        def add(items, name, qty):
+            items.append((name, qty))
+            return items
+
+
+        def test_total():
+            # step: fill
+            items = []
+            add(items, "apple", 3)
+            add(items, "pear", 1)
+            # step: check
+            total = sum(q for _, q in items)
+            assert total == 5
+            # step: after
+            done = True
+            assert done
+
+
+        def test_passes():
+            x = 1
+            assert x == 1
+        ''',
+}
+
+
+def display_text(messages) -> str:
+    return "".join(
+        c.get("data", {}).get("text/plain", "") for t, c in messages if t in ("display_data", "execute_result")
+    )
+
+
+def test_inspect_change_local_and_retry_passes(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    session = run_session(project, "test_cart.py")
+    meta = session.wait_paused()
+    assert "test_cart.py::test_total" in meta["paused_at"]
+    out = session.output()
+    assert "PAUSED" in out and "jupyter console --existing" in out and "assert total == 5" in out
+    client = session.client()
+    reply, msgs = execute(client, "total")
+    assert reply["status"] == "ok"
+    assert display_text(msgs) == "4"
+    reply, msgs = execute(client, "%where")
+    assert "test_cart.py::test_total" in display_text(msgs)
+    assert "AssertionError" in display_text(msgs)
+    # Fix the state the next attempt sees: the retry re-runs the failing step.
+    reply, msgs = execute(client, "add(items, 'plum', 1)\nlen(items)")
+    assert display_text(msgs) == "3"
+    reply, msgs = execute(client, "%retry")
+    assert reply["status"] == "ok", msgs
+    reply, msgs = execute(client, "%continue")
+    assert reply["status"] == "ok", msgs
+    code = session.wait_exit()
+    assert code == 0, session.output()
+    events = session.events()
+    kinds = [e["event"] for e in events]
+    assert "pause" in kinds and "resume" in kinds and kinds[-1] == "summary"
+    outcomes = {e["test"]: e["outcome"] for e in events if e["event"] == "test_finish"}
+    assert outcomes == {"test_cart.py::test_total": "passed", "test_cart.py::test_passes": "passed"}
+    report = json.loads((session.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"passed": 2}
+    assert report["exit_code"] == 0
+
+
+def test_edit_failing_step_then_continue_is_fixed(tmp_path, run_session):
+    project = write_project(tmp_path, CART, git=True)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    reply, msgs = execute(client, "%%edit\ntotal = sum(q for _, q in items)\nassert total == 4\n")
+    assert reply["status"] == "ok", msgs
+    assert "journaled" in stream_text(msgs)
+    journal = (session.session_dir / "journal.jsonl").read_text().splitlines()
+    assert len(journal) == 1 and json.loads(journal[0])["file"] == "test_cart.py"
+    reply, msgs = execute(client, "%continue")
+    assert reply["status"] == "ok"
+    code = session.wait_exit()
+    assert code == 1, "fixed tests count as failures until the edit is written"
+    outcomes = {e["test"]: e["outcome"] for e in session.events() if e["event"] == "test_finish"}
+    assert outcomes["test_cart.py::test_total"] == "fixed"
+    assert "stepkernel patch" in session.output()
+
+
+def test_syntax_error_in_edit_keeps_old_source(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    reply, msgs = execute(client, "%%edit\nassert total ==\n")
+    assert reply["status"] == "error"
+    assert "SyntaxError" in reply["evalue"] and "line 1" in reply["evalue"]
+    assert not (session.session_dir / "journal.jsonl").exists()
+    reply, msgs = execute(client, "%edit")
+    assert reply["status"] == "ok"
+    assert "assert total == 5" in stream_text(msgs)
+    payload = reply["payload"][0]
+    assert payload["source"] == "set_next_input" and payload["text"].startswith("%%edit 1\n")
+    execute(client, "%fail")
+    assert session.wait_exit() == 1
+
+
+def test_skip_marks_forced_and_fail_and_abort(tmp_path, run_session):
+    files = {
+        "test_three.py": '''
+            def test_a():
+                assert 1 == 2
+                marker = "after"
+
+
+            def test_b():
+                assert "b" == "c"
+
+
+            def test_c():
+                raise ValueError("c")
+
+
+            def test_d():
+                pass
+            ''',
+    }
+    project = write_project(tmp_path, files)
+    session = run_session(project, "test_three.py")
+    session.wait_paused()
+    client = session.client()
+    reply, _ = execute(client, "%skip")
+    assert reply["status"] == "ok"
+    wait_for(lambda: "test_three.py::test_b" in (session.meta().get("paused_at") or ""), what="pause in test_b")
+    reply, _ = execute(client, "%fail")
+    wait_for(lambda: "test_three.py::test_c" in (session.meta().get("paused_at") or ""), what="pause in test_c")
+    reply, _ = execute(client, "%abort")
+    code = session.wait_exit()
+    assert code != 0
+    outcomes = {e["test"]: e["outcome"] for e in session.events() if e["event"] == "test_finish"}
+    assert outcomes["test_three.py::test_a"] == "forced"
+    assert outcomes["test_three.py::test_b"] == "failed"
+    assert outcomes["test_three.py::test_c"] == "failed"
+    assert "test_three.py::test_d" not in outcomes, "abort stops the run"
+
+
+def test_interrupt_long_step_pauses_there(tmp_path, run_session):
+    files = {
+        "test_loop.py": '''
+            def test_spin():
+                n = 0
+                while True:
+                    n += 1
+            ''',
+    }
+    project = write_project(tmp_path, files)
+    session = run_session(project, "test_loop.py")
+    client = session.client()
+    wait_for(lambda: any(e["event"] == "step_start" and e["index"] == 1 for e in session.events()), what="loop step")
+    client.shell_channel  # noqa: B018 - channels are started
+    msg = client.session.msg("interrupt_request", {})
+    client.control_channel.send(msg)
+    meta = session.wait_paused()
+    assert "test_spin" in meta["paused_at"]
+    reply, msgs = execute(client, "n > 0")
+    assert display_text(msgs) == "True"
+    execute(client, "%fail")
+    assert session.wait_exit() == 1
+
+
+def test_breakpoint_and_second_failure(tmp_path, run_session):
+    files = {
+        "test_bp.py": '''
+            def test_two_failures():
+                a = 1
+                assert a == 2
+                b = 2
+                assert b == 3
+                c = 3
+            ''',
+    }
+    project = write_project(tmp_path, files)
+    session = run_session(project, "test_bp.py")
+    session.wait_paused()
+    client = session.client()
+    execute(client, "a = 2")
+    reply, _ = execute(client, "%break 4")
+    assert reply["status"] == "ok"
+    execute(client, "%continue")
+    # The retry passes, then the second assert fails and pauses again.
+    wait_for(lambda: "step 3" in (session.meta().get("paused_at") or ""), what="second failure")
+    execute(client, "b = 3")
+    execute(client, "%continue")
+    wait_for(lambda: "step 4" in (session.meta().get("paused_at") or ""), what="breakpoint")
+    reasons = [e.get("reason") for e in session.events() if e["event"] == "pause"]
+    assert reasons == ["error", "error", "breakpoint"]
+    reply, msgs = execute(client, "%steps")
+    assert "passed" in display_text(msgs)
+    execute(client, "%continue")
+    assert session.wait_exit() == 0
+
+
+def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    session = run_session(project, "--on-error", "fail", "test_cart.py::test_passes")
+    assert session.wait_exit() == 0
+    session = run_session(project, "--on-error", "fail", "test_cart.py")
+    assert session.wait_exit() == 1
+    bad = subprocess.run(
+        [os.environ.get("STEPKERNEL_BIN", "stepkernel"), "run", "--python", PYTHON, "no_such_file.py"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "not found" in bad.stderr
+    # Ctrl-C at the terminal while paused ends the run cleanly with a report.
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    session.proc.send_signal(signal.SIGINT)
+    code = session.wait_exit()
+    assert code != 0
+    assert (session.session_dir / "report.json").exists()
+
+
+def test_fidelity_corpus_matches_plain_pytest(tmp_path, run_session):
+    import shutil
+
+    cases = SHARED / "fidelity" / "cases"
+    for f in cases.glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", "."],
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    assert plain.returncode == 1
+    session = run_session(tmp_path, "--on-error", "fail", "--junit-xml", "stepped.xml", ".")
+    assert session.wait_exit(120) == 1
+    compare = subprocess.run(
+        [PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert compare.returncode == 0, compare.stdout
+    assert ", 0 failed" in compare.stdout
+    steps = [e for e in session.events() if e["event"] == "step_finish"]
+    tests = [e for e in session.events() if e["event"] == "test_finish"]
+    assert len(steps) > len(tests) * 2, "tests must actually run step by step"

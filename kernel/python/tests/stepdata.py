@@ -84,7 +84,16 @@ def build_report(path: str) -> dict:
                 "steps": _steps(node, lines),
             }
         )
-    return {"path": path, "tests": [], "functions": functions}
+    # Phases named like the real instrumenter's: the function's own name.
+    phases = [
+        {"name": fn["qualname"].rsplit(".", 1)[-1], "function": fn["qualname"]}
+        for fn in functions
+        if fn["qualname"].rsplit(".", 1)[-1].startswith("test") or fn["qualname"].rsplit(".", 1)[-1] in PHASES
+    ]
+    return {"path": path, "tests": [{"id": path, "phases": phases}], "functions": functions}
+
+
+PHASES = {"setUp", "tearDown", "asyncSetUp", "asyncTearDown", "setup_method", "teardown_method"}
 
 
 def _same_scope(func, target) -> bool:

@@ -1,5 +1,6 @@
 //! The `stepkernel` command: argument parsing and wiring of the library crates.
 
+mod demo;
 mod install;
 mod kernel_cmd;
 mod python;
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run tests step by step; pause on failure so a Jupyter client can attach.
     Run(run_cmd::RunArgs),
+    /// Copy the bundled example into a temporary git repo and run it.
+    Demo(demo::DemoArgs),
     /// Export a session's edits as a patch for `git am`.
     Patch(sessions_cmd::PatchArgs),
     /// List stepping sessions in this project.
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
         Command::Patch(args) => sessions_cmd::patch(args),
         Command::Sessions(args) => sessions_cmd::sessions(args),
         Command::Console(args) => sessions_cmd::console(args),

@@ -115,7 +115,15 @@ impl RunHooks {
             .iter()
             .find(|f| f.get("qualname").and_then(Value::as_str) == Some(function))?;
         let step = func.get("steps")?.as_array()?.get(step as usize)?;
-        step.get("source")?.as_str().map(String::from)
+        let indent = step.get("indent").and_then(Value::as_str).unwrap_or("");
+        let source = step.get("source")?.as_str()?;
+        // The first line starts at the statement; the others keep the file's indentation.
+        let lines: Vec<&str> = source
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i == 0 { l } else { l.strip_prefix(indent).unwrap_or(l) })
+            .collect();
+        Some(lines.join("\n"))
     }
 
     fn relative(&self, path: &Path) -> String {

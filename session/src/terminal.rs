@@ -122,6 +122,15 @@ impl Terminal {
                 .unwrap_or("")
                 .to_string()
         };
+        let file = std::env::current_dir()
+            .ok()
+            .and_then(|cwd| {
+                std::path::Path::new(&get("file"))
+                    .strip_prefix(cwd)
+                    .ok()
+                    .map(|p| p.display().to_string())
+            })
+            .unwrap_or_else(|| get("file"));
         let step = info.get("step").cloned().unwrap_or(Value::Null);
         let line = info.get("line").cloned().unwrap_or(Value::Null);
         let mut text = String::new();
@@ -136,7 +145,7 @@ impl Terminal {
             "phase {}, step {step} ({}) at {}:{line}\n",
             get("phase"),
             get("name"),
-            get("file")
+            file
         ));
         let error = get("error");
         if !error.is_empty() {

@@ -1,0 +1,1 @@
+"""A tiny shop: the bundled example for stepkernel."""

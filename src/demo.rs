@@ -7,12 +7,30 @@ use std::process::ExitCode;
 
 /// The example project, embedded so the demo works from any directory.
 const FILES: &[(&str, &str)] = &[
-    ("shop/__init__.py", include_str!("../examples/shop/shop/__init__.py")),
-    ("shop/cart.py", include_str!("../examples/shop/shop/cart.py")),
-    ("tests/__init__.py", include_str!("../examples/shop/tests/__init__.py")),
-    ("tests/conftest.py", include_str!("../examples/shop/tests/conftest.py")),
-    ("tests/test_checkout.py", include_str!("../examples/shop/tests/test_checkout.py")),
-    ("tests/test_cart_unittest.py", include_str!("../examples/shop/tests/test_cart_unittest.py")),
+    (
+        "shop/__init__.py",
+        include_str!("../examples/shop/shop/__init__.py"),
+    ),
+    (
+        "shop/cart.py",
+        include_str!("../examples/shop/shop/cart.py"),
+    ),
+    (
+        "tests/__init__.py",
+        include_str!("../examples/shop/tests/__init__.py"),
+    ),
+    (
+        "tests/conftest.py",
+        include_str!("../examples/shop/tests/conftest.py"),
+    ),
+    (
+        "tests/test_checkout.py",
+        include_str!("../examples/shop/tests/test_checkout.py"),
+    ),
+    (
+        "tests/test_cart_unittest.py",
+        include_str!("../examples/shop/tests/test_cart_unittest.py"),
+    ),
 ];
 
 /// Arguments of `stepkernel demo`.
@@ -48,7 +66,9 @@ pub fn materialize(dir: &Path) -> anyhow::Result<bool> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
     std::fs::write(dir.join(".gitignore"), ".stepkernel/\n__pycache__/\n")?;
-    Ok(git(dir, &["init", "-q"]) && git(dir, &["add", "-A"]) && git(dir, &["commit", "-qm", "The shop example"]))
+    Ok(git(dir, &["init", "-q"])
+        && git(dir, &["add", "-A"])
+        && git(dir, &["commit", "-qm", "The shop example"]))
 }
 
 /// Runs the demo.
@@ -70,7 +90,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         dir.display(),
         if committed { " (a git repo)" } else { "" }
     );
-    println!("stepkernel demo: one test fails because of a bug in shop/cart.py; the run pauses there.");
+    println!(
+        "stepkernel demo: one test fails because of a bug in shop/cart.py; the run pauses there."
+    );
     std::env::set_current_dir(&dir)?;
     let mut run = args.run;
     run.python = Some(python);

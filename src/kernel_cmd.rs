@@ -30,7 +30,9 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let cwd_for_hooks = cwd.clone();
     runtime.block_on(async move {
+        let cwd = cwd_for_hooks;
         let options = KernelOptions {
             connection,
             worker: WorkerConfig {
@@ -41,7 +43,11 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
             hooks: None,
             run: None,
         };
-        let kernel = BoundKernel::bind(options).await?;
+        let mut kernel = BoundKernel::bind(options).await?;
+        match session::run::notebook_hooks(&cwd) {
+            Ok(hooks) => kernel.set_hooks(hooks),
+            Err(err) => eprintln!("[stepkernel] notebook stepping disabled: {err}"),
+        }
         kernel.serve().await?;
         anyhow::Ok(())
     })?;

@@ -97,6 +97,8 @@ pub struct Executor {
     deferred: VecDeque<Message>,
     /// Set when the session's run has ended and the kernel should stop.
     finished: bool,
+    /// The display id of the progress display already shown for the running request.
+    progress_shown: Option<String>,
 }
 
 impl Executor {
@@ -139,6 +141,7 @@ impl Executor {
             awaiting_input: false,
             deferred: VecDeque::new(),
             finished: false,
+            progress_shown: None,
         })
     }
 
@@ -460,6 +463,11 @@ impl Executor {
                 }
                 Ok((Kind::ShowStep(step), json!({"type": "describe", "id": id})))
             }
+            // `%test` is answered when the loaded test pauses (or ends), like a resume.
+            Magic::Session { name, args } if name == "test" => Ok((
+                Kind::Resume,
+                json!({"type": "test", "id": id, "args": args, "execution_count": self.count()}),
+            )),
             Magic::Session { name, args } => Ok((
                 Kind::SessionMagic,
                 json!({"type": name, "id": id, "args": args}),
@@ -628,6 +636,7 @@ impl Executor {
                 if let Some(hooks) = &self.shared.hooks {
                     hooks.on_event(&event);
                 }
+                self.update_progress(&event);
             }
             "paused" => {
                 let info = message.get("info").cloned().unwrap_or(json!({}));
@@ -654,6 +663,43 @@ impl Executor {
         }
     }
 
+    /// While `%continue` (or `%test`, `%next`...) runs, one display shows the
+    /// steps and is updated in place.
+    fn update_progress(&mut self, event: &Value) {
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        if !matches!(
+            kind,
+            "test_start" | "step_start" | "step_finish" | "pause" | "test_finish"
+        ) {
+            return;
+        }
+        let Some(inflight) = &self.inflight else {
+            return;
+        };
+        if inflight.kind != Kind::Resume {
+            return;
+        }
+        let request = inflight.request.clone();
+        let display_id = format!(
+            "stepkernel-progress-{}",
+            request
+                .header
+                .get("msg_id")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+        );
+        let (text, html) = self.shared.run_state.lock().expect("state").steps_table();
+        let content = json!({"data": {"text/plain": text, "text/html": html}, "metadata": {},
+                             "transient": {"display_id": display_id}});
+        let msg_type = if self.progress_shown.as_deref() == Some(display_id.as_str()) {
+            "update_display_data"
+        } else {
+            self.progress_shown = Some(display_id);
+            "display_data"
+        };
+        self.shared.publish(Some(&request), msg_type, content);
+    }
+
     fn on_run_finished(&mut self, content: &Value) {
         let code = content
             .get("exit_code")
@@ -676,7 +722,13 @@ impl Executor {
         match inflight.kind.clone() {
             Kind::Resume => {
                 let text = if let Some(code) = content.get("exit_code") {
-                    format!("The run finished (exit code {code}).")
+                    let state = self.shared.run_state.lock().expect("state");
+                    match (&state.test, &state.last_outcome) {
+                        (Some(test), Some(outcome)) => format!(
+                            "{test}: {outcome} (the namespace stays inspectable until the next %test)"
+                        ),
+                        _ => format!("The run finished (exit code {code})."),
+                    }
                 } else {
                     self.shared.run_state.lock().expect("state").where_text()
                 };

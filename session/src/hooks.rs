@@ -32,6 +32,8 @@ pub struct SessionContext {
     pub attach: Vec<String>,
     /// Let clients' shutdown_request end the session.
     pub allow_client_shutdown: bool,
+    /// A notebook kernel (`%test`): no terminal, the kernel outlives each run.
+    pub notebook: bool,
     /// Instrumenter options (step marker).
     pub options: Options,
     /// Connection file copies to remove at the end.
@@ -121,7 +123,13 @@ impl RunHooks {
         let lines: Vec<&str> = source
             .lines()
             .enumerate()
-            .map(|(i, l)| if i == 0 { l } else { l.strip_prefix(indent).unwrap_or(l) })
+            .map(|(i, l)| {
+                if i == 0 {
+                    l
+                } else {
+                    l.strip_prefix(indent).unwrap_or(l)
+                }
+            })
             .collect();
         Some(lines.join("\n"))
     }
@@ -248,7 +256,12 @@ impl RunHooks {
             }
             "tests" => {
                 let target = if args.is_empty() { "." } else { args };
-                let path = self.ctx.rootdir.join(target);
+                // Relative ids, as pytest prints them (the process runs in rootdir).
+                let path = if self.ctx.rootdir == std::env::current_dir().unwrap_or_default() {
+                    PathBuf::from(target)
+                } else {
+                    self.ctx.rootdir.join(target)
+                };
                 let files = instrumenter::instrument_path(&path, &self.ctx.options)
                     .map_err(|e| e.to_string())?;
                 Ok(crate::listing::tests_table(&files))
@@ -362,9 +375,11 @@ impl SessionHooks for RunHooks {
         inner.last_pause = Some(info.clone());
         inner.report.add_pause_info(info);
         let source = Self::step_source(&inner, info);
-        inner
-            .terminal
-            .paused(info, source.as_deref(), &self.ctx.attach);
+        if !self.ctx.notebook {
+            inner
+                .terminal
+                .paused(info, source.as_deref(), &self.ctx.attach);
+        }
         let get = |k: &str| {
             info.get(k)
                 .and_then(Value::as_str)
@@ -382,9 +397,11 @@ impl SessionHooks for RunHooks {
     }
 
     fn on_output(&self, stream: StreamName, text: &str) {
-        self.lock()
-            .terminal
-            .output(text, stream == StreamName::Stderr);
+        if !self.ctx.notebook {
+            self.lock()
+                .terminal
+                .output(text, stream == StreamName::Stderr);
+        }
     }
 
     fn record_edit(&self, edit: &Value) -> Result<String, String> {
@@ -415,6 +432,9 @@ impl SessionHooks for RunHooks {
     }
 
     fn on_run_finished(&self, exit_code: i32) -> bool {
+        if self.ctx.notebook {
+            return false;
+        }
         self.finish(exit_code);
         true
     }
@@ -424,6 +444,10 @@ impl SessionHooks for RunHooks {
     }
 
     fn notice(&self, text: &str) {
-        self.say(&format!("stepkernel: {text}"));
+        if self.ctx.notebook {
+            eprintln!("[stepkernel] {text}");
+        } else {
+            self.say(&format!("stepkernel: {text}"));
+        }
     }
 }

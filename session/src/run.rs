@@ -196,6 +196,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 base_revision,
                 attach: attach_lines,
                 allow_client_shutdown: opts.allow_client_shutdown,
+                notebook: false,
                 options,
                 copies,
             },
@@ -217,4 +218,42 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         bound.serve().await?;
         Ok(hooks.exit_code().unwrap_or(3))
     })
+}
+
+/// Hooks for a notebook kernel (`stepkernel kernel`): `%test`, `%tests`,
+/// `%%edit`, `%diff`, `%patch`, `%apply`, with a session directory under
+/// `rootdir/.stepkernel/sessions/`.
+pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
+    let id = session_dir::new_id();
+    let dir = session_dir::sessions_root(rootdir).join(&id);
+    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let patch_root = patchgen::repo_root(rootdir).unwrap_or_else(|| rootdir.to_path_buf());
+    let base_revision = patchgen::head_revision(&patch_root);
+    let meta = SessionMeta {
+        id: id.clone(),
+        pid: std::process::id(),
+        state: "running".into(),
+        rootdir: rootdir.display().to_string(),
+        patch_root: patch_root.display().to_string(),
+        base_revision: base_revision.clone(),
+        started: patchgen::now_rfc3339(),
+        ..Default::default()
+    };
+    let _ = meta.save(&dir);
+    Ok(Arc::new(RunHooks::new(
+        SessionContext {
+            id,
+            dir,
+            rootdir: rootdir.to_path_buf(),
+            patch_root,
+            base_revision,
+            attach: Vec::new(),
+            allow_client_shutdown: true,
+            notebook: true,
+            options: Options::default(),
+            copies: Vec::new(),
+        },
+        meta,
+        true,
+    )))
 }

@@ -38,6 +38,11 @@ def _ipython_formatter():
     return _formatter
 
 
+def has_rich_repr(value: Any) -> bool:
+    """Whether ``value`` advertises a rich (non-text) representation."""
+    return _wants_rich(value) and not isinstance(value, type)
+
+
 def _wants_rich(value: Any) -> bool:
     kind = type(value)
     return any(hasattr(kind, hook) for hook in _RICH_HOOKS)

@@ -27,6 +27,16 @@ SYNC_MARKER = b"\x00\x1eSKSYNC:%d\x1e\x00"
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+_SETUP_PHASES = {
+    "setUp", "asyncSetUp", "setUpClass", "setup_method", "setup_function", "setup_class", "setup_module",
+    "tearDown", "asyncTearDown", "tearDownClass", "teardown_method", "teardown_function",
+}
+
+
+def _escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 class StdinNotAllowed(RuntimeError):
     """input() was called but the client does not accept input requests."""
 
@@ -73,6 +83,8 @@ class Worker:
         self.breakpoints: list[dict] = []
         self.pause_flag = False
         self.exit_payload: dict | None = None
+        self.pause_at_start = False  # %test: pause before the test body's first step
+        self.last_handler = None  # the last paused namespace, kept after a %test ends
         self._next_rpc = 0
         self._sync = 0
         # Private copies of the output pipes: markers must reach the kernel even
@@ -133,7 +145,11 @@ class Worker:
             self.pause_flag = True
         elif kind == "run":
             self._run_tests(message)
-        elif kind in ("resume", "edit", "describe", "test"):
+        elif kind == "test":
+            self._load_test(message)
+        elif kind == "locals":
+            self._locals(message)
+        elif kind in ("resume", "edit", "describe"):
             return self._paused_command(message)
         else:
             self._reply(request_id, {"status": "error", "ename": "UnknownRequest", "evalue": str(kind), "traceback": []})
@@ -314,6 +330,9 @@ class Worker:
         if self.pause_flag:
             self.pause_flag = False
             return "pause"
+        if self.pause_at_start and phase not in _SETUP_PHASES:
+            self.pause_at_start = False
+            return "loaded"
         for item in self.breakpoints:
             if item.get("step") == step and item.get("test") in (None, test_id) and item.get("phase") in (None, phase):
                 return "breakpoint"
@@ -322,7 +341,7 @@ class Worker:
     def pause(self, handler, info: dict) -> dict:
         """Serve requests in the paused test's namespace until a resume command."""
         previous = self.handler
-        self.handler = handler
+        self.handler = self.last_handler = handler
         outer_executing, self.executing = self.executing, False
         self.send({"type": "paused", "info": info})
         self._answer_pending_resume(info)
@@ -369,9 +388,65 @@ class Worker:
             self._reply(request_id, {"status": "ok", "result": result})
         elif kind == "describe":
             self._reply(request_id, {"status": "ok", "result": self.handler.describe()})
-        elif kind == "test":
-            self._reply(request_id, {"status": "error", "ename": "NotImplemented", "evalue": "%test", "traceback": []})
         return None
+
+    def _load_test(self, message: dict) -> None:
+        """``%test NODEID``: run one test, paused before its body's first step.
+
+        The request is answered at the first pause (or when the test ends
+        without one); afterwards the test's namespace stays inspectable until
+        the next ``%test``.
+        """
+        from . import stepping
+
+        node_id = (message.get("args") or "").strip()
+        if not node_id:
+            self._reply(message["id"], {"status": "error", "ename": "UsageError",
+                                        "evalue": "usage: %test path/to/test_file.py::TestClass::test_name",
+                                        "traceback": []})
+            return
+        self.handler = self.last_handler = None
+        self.pending_resume = message
+        self.pause_at_start = True
+        self.executing = True
+        exit_code = 3
+        try:
+            exit_code = stepping.run(self, [node_id, "-q", "-p", "no:cacheprovider"], runner="auto",
+                                     on_error="pause", junit_xml=None, rootdir=os.getcwd())
+        except BaseException as exc:  # report, don't die
+            traceback.print_exc()
+            self.emit({"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.executing = False
+            self.pause_at_start = False
+        self.handler = self.last_handler
+        self._answer_pending_resume(None, exit_code)
+
+    def _locals(self, message: dict) -> None:
+        """``%locals``: the paused (or last loaded) test's variables as a table."""
+        request_id = message["id"]
+        if self.handler is None:
+            self._reply(request_id, {"status": "error", "ename": "NotPaused",
+                                     "evalue": "no test is paused or loaded (%test NODEID loads one)", "traceback": []})
+            return
+        if hasattr(self.handler, "local_values"):
+            values = dict(self.handler.local_values())
+        else:
+            values = {k: v for k, v in self.handler.namespace().items() if not k.startswith("__")}
+        rows = []
+        for name, value in values.items():
+            rows.append((name, type(value).__qualname__, display.plain_text(value).replace("\n", " ")[:120]))
+        text = "\n".join(f"{n:<20} {t:<20} {r}" for n, t, r in rows) or "(no local variables)"
+        html = "<table><thead><tr><th>name</th><th>type</th><th>value</th></tr></thead><tbody>" + "".join(
+            f"<tr><td><code>{_escape(n)}</code></td><td>{_escape(t)}</td><td><code>{_escape(r)}</code></td></tr>"
+            for n, t, r in rows) + "</tbody></table>"
+        self.current_id = request_id
+        for name, value in values.items():
+            if display.has_rich_repr(value):
+                data, metadata = display.mime_bundle(value)
+                if set(data) - {"text/plain"}:
+                    self._iopub(request_id, "display_data", {"data": data, "metadata": metadata, "transient": {}})
+        self._reply(request_id, {"status": "ok", "data": {"text/plain": text, "text/html": html}})
 
     def _run_tests(self, message: dict) -> None:
         from . import stepping

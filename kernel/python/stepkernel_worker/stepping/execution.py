@@ -700,6 +700,10 @@ class PauseHandler:
         names.update(self.run.local_values())
         return names
 
+    def local_values(self) -> dict[str, Any]:
+        """The test's bound local variables (``%locals``)."""
+        return self.run.local_values()
+
     def seed_from_traceback(self, exc: BaseException) -> None:
         """For an unstepped call, offer the failing frame's locals (as copies)."""
         frame_locals = None

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Args;
-use instrumenter::{FileReport, Options, Phase, Report, Step, TestReport};
+use instrumenter::{FileReport, Options, Phase, Report, SourceError, Step, TestReport};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -32,21 +32,29 @@ pub fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
         files = instrumenter::select(files, &name)?;
     }
     let report = Report { files };
-    let mut out = std::io::stdout().lock();
-    if args.json {
-        serde_json::to_writer(&mut out, &report).context("writing JSON")?;
+    match print(&report, args.json) {
+        // A closed pipe (`| head`) is the reader's choice, not a failure.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("writing the report")?,
+    }
+    Ok(if report.has_errors() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print(report: &Report, json: bool) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if json {
+        serde_json::to_writer(&mut out, report)?;
         writeln!(out)?;
     } else {
         for file in &report.files {
             write_file(&mut out, file)?;
         }
     }
-    out.flush()?;
-    Ok(if report.has_errors() {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
+    out.flush()
 }
 
 /// Splits `PATH::NAME`; a target that exists as a path is taken whole.
@@ -64,7 +72,7 @@ fn split_target(target: &Path) -> (PathBuf, Option<String>) {
 fn write_file(out: &mut impl Write, file: &FileReport) -> std::io::Result<()> {
     writeln!(out, "{}", file.path)?;
     if let Some(error) = &file.error {
-        writeln!(out, "  error: {}:{error}", file.path)?;
+        writeln!(out, "  error: {}", located(&file.path, error))?;
     }
     if file.tests.is_empty() && file.error.is_none() {
         writeln!(out, "  (no tests)")?;
@@ -74,6 +82,15 @@ fn write_file(out: &mut impl Write, file: &FileReport) -> std::io::Result<()> {
         write_test(out, file, test, &prefix)?;
     }
     Ok(())
+}
+
+/// `path:line:column: message`, the form editors and terminals link.
+fn located(path: &str, error: &SourceError) -> String {
+    match (error.line, error.column) {
+        (Some(line), Some(col)) => format!("{path}:{line}:{col}: {}", error.message),
+        (Some(line), None) => format!("{path}:{line}: {}", error.message),
+        _ => format!("{path}: {}", error.message),
+    }
 }
 
 fn write_test(
@@ -89,11 +106,7 @@ fn write_test(
     };
     writeln!(out, "  {rel}  [{kind}]")?;
     if let Some(error) = &test.error {
-        let place = match (error.line, error.column) {
-            (Some(line), Some(col)) => format!("{}:{line}:{col}: ", file.path),
-            _ => format!("{}: ", file.path),
-        };
-        writeln!(out, "    error: {place}{}", error.message)?;
+        writeln!(out, "    error: {}", located(&file.path, error))?;
     }
     for phase in &test.phases {
         write_phase(out, phase, test.class.as_deref())?;
@@ -149,4 +162,21 @@ fn write_step(out: &mut impl Write, step: &Step) -> std::io::Result<()> {
         "      {:>3}  L{lines:<8} {}{flags}",
         step.index, step.name
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_splits_at_the_first_double_colon_unless_it_exists() {
+        let (path, name) = split_target(Path::new("tests/test_x.py::TestA::test_b"));
+        assert_eq!(path, PathBuf::from("tests/test_x.py"));
+        assert_eq!(name.as_deref(), Some("TestA::test_b"));
+        let (path, name) = split_target(Path::new("Cargo.toml"));
+        assert_eq!(path, PathBuf::from("Cargo.toml"));
+        assert_eq!(name, None);
+        let (_, name) = split_target(Path::new("missing.py::"));
+        assert_eq!(name, None);
+    }
 }

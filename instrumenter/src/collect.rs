@@ -123,6 +123,27 @@ impl<'s> Namespace<'s> {
     }
 }
 
+/// Where `scan_block` is: the namespace it fills, how deep it is, the
+/// column definitions of that namespace start at, and whether it is inside
+/// an `ERROR` node.
+#[derive(Clone, Copy)]
+struct Place {
+    scope: Option<ClassId>,
+    depth: usize,
+    column: usize,
+    in_error: bool,
+}
+
+impl Place {
+    fn deeper(self, error: bool) -> Place {
+        Place {
+            depth: self.depth + 1,
+            in_error: self.in_error || error,
+            ..self
+        }
+    }
+}
+
 /// A `def` at module or class level.
 pub(crate) struct FuncDef<'s> {
     /// The `function_definition` node.
@@ -202,7 +223,15 @@ impl<'s> Module<'s> {
             src,
             k: kinds(),
         };
-        module.scan_block(root, None, 0);
+        module.scan_block(
+            root,
+            Place {
+                scope: None,
+                depth: 0,
+                column: 0,
+                in_error: false,
+            },
+        );
         module.ns.finish();
         module
     }
@@ -220,8 +249,8 @@ impl<'s> Module<'s> {
         }
     }
 
-    fn scan_block(&mut self, parent: Node<'s>, scope: Option<ClassId>, depth: usize) {
-        if depth > MAX_DEPTH {
+    fn scan_block(&mut self, parent: Node<'s>, at: Place) {
+        if at.depth > MAX_DEPTH {
             return;
         }
         let k = self.k;
@@ -232,16 +261,35 @@ impl<'s> Module<'s> {
         loop {
             let node = cursor.node();
             let kind = node.kind_id();
+            // Inside an ERROR node, tree-sitter may have lost the class a
+            // definition belongs to: trust only those at the scope's column
+            // (the others are reported by `recover`).
+            let placed = !at.in_error || node.start_position().column == at.column;
             if kind == k.function_definition {
-                self.add_function(node, node, scope);
+                if placed {
+                    self.add_function(node, node, at.scope);
+                }
             } else if kind == k.class_definition {
-                self.add_class(node, node, scope, depth);
+                if placed {
+                    self.add_class(node, node, at);
+                }
             } else if kind == k.decorated_definition {
-                if let Some(def) = node.child_by_field_id(k.field_definition) {
+                if let Some(def) = node
+                    .child_by_field_id(k.field_definition)
+                    .filter(|_| placed)
+                {
                     if def.kind_id() == k.function_definition {
-                        self.add_function(def, node, scope);
+                        self.add_function(def, node, at.scope);
                     } else if def.kind_id() == k.class_definition {
-                        self.add_class(def, node, scope, depth);
+                        self.add_class(def, node, at);
+                    }
+                }
+            } else if kind == k.if_statement && self.is_main_guard(node) {
+                // `if __name__ == "__main__":` does not run on import.
+                let mut inner = node.walk();
+                for clause in node.children(&mut inner) {
+                    if clause.kind_id() == k.elif_clause || clause.kind_id() == k.else_clause {
+                        self.scan_block(clause, at.deeper(false));
                     }
                 }
             } else if node.is_error()
@@ -256,16 +304,30 @@ impl<'s> Module<'s> {
             {
                 // Definitions under `if`/`try`/`with` (and inside syntax
                 // errors) still land in this namespace.
-                self.scan_block(node, scope, depth + 1);
+                self.scan_block(node, at.deeper(node.is_error()));
             } else if kind == k.expression_statement {
-                self.scan_assignment(node, scope);
+                self.scan_assignment(node, at.scope);
             } else if kind == k.delete_statement {
-                self.scan_delete(node, scope);
+                self.scan_delete(node, at.scope);
             }
             if !cursor.goto_next_sibling() {
                 break;
             }
         }
+    }
+
+    /// `if __name__ == "__main__":` (either way round, either quote).
+    fn is_main_guard(&self, node: Node<'s>) -> bool {
+        let Some(condition) = node.child_by_field_id(self.k.field_condition) else {
+            return false;
+        };
+        let text: String = self
+            .text(condition)
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .map(|c| if c == '\'' { '"' } else { c })
+            .collect();
+        text == "__name__==\"__main__\"" || text == "\"__main__\"==__name__"
     }
 
     fn add_function(&mut self, def: Node<'s>, outer: Node<'s>, scope: Option<ClassId>) {
@@ -307,7 +369,8 @@ impl<'s> Module<'s> {
         }
     }
 
-    fn add_class(&mut self, def: Node<'s>, outer: Node<'s>, scope: Option<ClassId>, depth: usize) {
+    fn add_class(&mut self, def: Node<'s>, outer: Node<'s>, at: Place) {
+        let scope = at.scope;
         let k = self.k;
         let Some(name_node) = def.child_by_field_id(k.field_name) else {
             return;
@@ -339,7 +402,13 @@ impl<'s> Module<'s> {
             is_unittest,
         });
         if let Some(body) = def.child_by_field_id(k.field_body) {
-            self.scan_block(body, Some(id), depth + 1);
+            let place = Place {
+                scope: Some(id),
+                depth: at.depth + 1,
+                column: body.start_position().column,
+                in_error: false,
+            };
+            self.scan_block(body, place);
         }
         self.classes[id].ns.finish();
         let end = outer.end_byte();
@@ -758,6 +827,15 @@ impl<'s> Module<'s> {
             }
         }
         out
+    }
+
+    /// `__qualname__`s of the classes that derive from a `*TestCase`.
+    pub fn unittest_classes(&self) -> Vec<&str> {
+        self.classes
+            .iter()
+            .filter(|c| c.is_unittest)
+            .map(|c| c.qualname.as_str())
+            .collect()
     }
 
     /// `__qualname__` of class `c`.

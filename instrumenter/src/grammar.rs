@@ -53,6 +53,7 @@ pub(crate) struct Kinds {
     pub field_attribute: u16,
     pub field_left: u16,
     pub field_object: u16,
+    pub field_condition: u16,
     pub field_right: u16,
 }
 
@@ -106,6 +107,7 @@ impl Kinds {
             field_attribute: field("attribute"),
             field_left: field("left"),
             field_object: field("object"),
+            field_condition: field("condition"),
             field_right: field("right"),
         }
     }
@@ -203,6 +205,7 @@ mod tests {
             k.field_attribute,
             k.field_left,
             k.field_object,
+            k.field_condition,
             k.field_right,
         ];
         for (i, id) in ids.iter().enumerate() {

@@ -11,6 +11,7 @@ mod collect;
 mod error;
 mod grammar;
 mod options;
+mod recover;
 mod report;
 mod select;
 mod split;
@@ -114,6 +115,24 @@ pub fn instrument_source(path: &str, source: &[u8], opts: &Options) -> FileRepor
 
     if root.has_error() {
         report.error = error_outside(root, &module, &used, src);
+        let known: Vec<usize> = module.funcs.iter().map(|f| f.node.start_byte()).collect();
+        let unittest = module.unittest_classes();
+        let lost = recover::swallowed_tests(
+            root,
+            src,
+            path,
+            &known,
+            &unittest,
+            &opts.function_prefix,
+            &opts.class_prefix,
+        );
+        for test in lost {
+            if report.tests.iter().any(|t| t.id == test.id) {
+                continue;
+            }
+            let at = report.tests.partition_point(|t| t.line < test.line);
+            report.tests.insert(at, test);
+        }
     }
     report
 }

@@ -8,6 +8,8 @@ use crate::grammar::{kinds, Kinds};
 use crate::options::Options;
 use crate::report::{flag_list, Flag, FlagSet, Step};
 use crate::text;
+use regex::Regex;
+use std::sync::OnceLock;
 use tree_sitter::Node;
 
 /// The steps of a function body and what the split learned on the way.
@@ -294,9 +296,24 @@ enum Scope {
     Skip,
 }
 
-/// The flags of one statement, from a single iterative walk of its subtree
-/// (iterative, so deeply nested input cannot overflow the stack).
+/// Words without which a statement cannot have a flag.
+fn flag_words() -> &'static Regex {
+    static WORDS: OnceLock<Regex> = OnceLock::new();
+    WORDS.get_or_init(|| {
+        Regex::new("return|await|yield|global|nonlocal|super|__class__|async")
+            .expect("constant pattern compiles")
+    })
+}
+
+/// The flags of one statement. Most statements contain none of the words a
+/// flag needs, and searching the text (SIMD literal search) is far cheaper
+/// than walking the subtree; otherwise one iterative walk of the subtree
+/// (iterative, so deeply nested input cannot overflow the stack) decides.
 pub(crate) fn statement_flags(stmt: Node<'_>, src: &str, k: &Kinds) -> FlagSet {
+    let text = src.get(stmt.start_byte()..stmt.end_byte()).unwrap_or("");
+    if !flag_words().is_match(text) {
+        return 0;
+    }
     let bytes = src.as_bytes();
     let mut flags: FlagSet = 0;
     let mut cursor = stmt.walk();

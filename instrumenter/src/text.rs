@@ -92,6 +92,16 @@ pub(crate) fn char_column(src: &str, byte: usize, byte_column: usize) -> usize {
 /// The first line of `text`, whitespace collapsed, cut to about 40 characters.
 pub(crate) fn short_name(text: &str) -> String {
     let first = text.lines().next().unwrap_or("");
+    // Most first lines are short ASCII with single spaces: keep them as they are.
+    let bytes = first.as_bytes();
+    if bytes.len() <= NAME_CHARS
+        && bytes.first().is_some_and(|b| !b.is_ascii_whitespace())
+        && bytes.last().is_some_and(|b| !b.is_ascii_whitespace())
+        && bytes.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
+        && !first.contains("  ")
+    {
+        return first.to_string();
+    }
     let mut out = String::with_capacity(first.len().min(4 * NAME_CHARS));
     let mut count = 0;
     for word in first.split_whitespace() {
@@ -168,6 +178,9 @@ mod tests {
         assert!(name.ends_with('…'));
         assert!(name.starts_with("self.assertEqual(something_rather_long,"));
         assert_eq!(short_name(""), "");
+        assert_eq!(short_name("x = 1"), "x = 1");
+        assert_eq!(short_name(" \tx  =\t1 "), "x = 1");
+        assert_eq!(short_name("é = 1"), "é = 1");
     }
 
     #[test]

@@ -150,3 +150,28 @@ fn json_has_the_documented_shape() {
         serde_json::to_value(instrument_source("t.py", b"\0", &Options::default())).unwrap();
     assert!(binary["error"]["message"].is_string());
 }
+
+#[test]
+fn tests_swallowed_by_an_unclosed_bracket_are_still_listed_with_an_error() {
+    let src = "import unittest\n\nclass T(unittest.TestCase):\n    def setUp(self):\n        self.x = [1,\n\n    def test_a(self):\n        pass\n\n    def test_b(self):\n        pass\n\ndef test_free():\n    f(1, 2\n\ndef test_after():\n    pass\n\ndef helper():\n    def test_nested():\n        pass\n";
+    let f = report(src);
+    assert_eq!(
+        ids(&f),
+        ["T::test_a", "T::test_b", "test_free", "test_after"]
+    );
+    let a = test(&f, "T::test_a");
+    let error = a.error.as_ref().expect("swallowed test has an error");
+    assert!(error.message.contains("could not be parsed"), "{error}");
+    assert_eq!(error.line, Some(5));
+    assert_eq!(a.kind, instrumenter::TestKind::Unittest);
+    assert_eq!(a.line, 7);
+    assert!(test(&f, "T::test_b").error.is_some());
+    assert!(test(&f, "test_free").error.is_some());
+    let after = test(&f, "test_after");
+    assert_eq!(
+        after.error.as_ref().map(|e| e.line),
+        Some(Some(14)),
+        "{after:?}"
+    );
+    check_invariants(src.as_bytes(), &f);
+}

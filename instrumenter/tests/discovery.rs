@@ -372,3 +372,28 @@ class Outer:
     // if Outer were collected, so nothing is.
     assert!(ids(&f).is_empty());
 }
+
+#[test]
+fn main_guard_blocks_are_not_collected() {
+    let f = report(
+        "import unittest\n\nif __name__ == '__main__':\n    class TestMain(unittest.TestCase):\n        def test_m(self): pass\nelse:\n    def test_imported(): pass\n",
+    );
+    assert_eq!(ids(&f), ["test_imported"]);
+}
+
+#[test]
+fn methods_misplaced_by_error_recovery_keep_their_class() {
+    // tree-sitter-python mistakes a dedent inside brackets for the end of
+    // the class body; the methods after it must not become module functions.
+    let src = "import unittest\n\nclass T(unittest.TestCase):\n    def test_a(self):\n        def f():\n            (bar.\n        baz)\n        pass\n\n    def test_b(self):\n        x = \"\"\"\\\nf(\n)\n\"\"\"\n        pass\n\n    def test_c(self):\n        pass\n";
+    let f = report(src);
+    let found = ids(&f);
+    assert!(found.iter().all(|id| id.starts_with("T::")), "{found:?}");
+    for name in ["T::test_b", "T::test_c"] {
+        assert!(
+            found.iter().any(|id| id == name),
+            "{name} missing from {found:?}"
+        );
+    }
+    check_invariants(src.as_bytes(), &f);
+}

@@ -259,7 +259,10 @@ class Worker:
             builtins.__dict__[name] = ExitRequest(self, name, getattr(builtins, name, None))
         for stream in (sys.stdout, sys.stderr):
             try:
-                stream.reconfigure(line_buffering=True)
+                # Whole lines: with PYTHONUNBUFFERED (common in containers and CI)
+                # each print() would otherwise be several writes, hence several
+                # stream messages ("a", " ", "b", "\n") in clients and notebooks.
+                stream.reconfigure(line_buffering=True, write_through=False)
             except Exception:
                 pass
         signal.signal(signal.SIGINT, self._on_sigint)

@@ -3,8 +3,10 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use session::session_dir;
-use std::path::PathBuf;
+use session::session_dir::SessionMeta;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::SystemTime;
 
 /// Arguments of `stepkernel sessions`.
 #[derive(Args)]
@@ -46,12 +48,49 @@ fn root() -> anyhow::Result<PathBuf> {
     ))
 }
 
+/// When a session started: its start stamp, then its connection file's mtime.
+///
+/// Ids and start stamps have one-second resolution, so two runs started in the
+/// same second would otherwise be ordered by the random part of their ids; the
+/// connection file is written once, at start, with a finer timestamp.
+fn start_key(dir: &Path, meta: &SessionMeta) -> (String, SystemTime) {
+    let written = std::fs::metadata(dir.join("connection.json"))
+        .and_then(|m| m.modified())
+        .unwrap_or(SystemTime::UNIX_EPOCH);
+    (meta.started.clone(), written)
+}
+
+/// The session named by `id` (id, id prefix or directory), else the one started last.
+fn find_session(root: &Path, id: Option<&str>) -> anyhow::Result<(PathBuf, SessionMeta)> {
+    if id.is_some() {
+        return session_dir::find(root, id).map_err(anyhow::Error::msg);
+    }
+    latest(session_dir::list(root), |_| true).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no stepkernel sessions in {} (start one with `stepkernel run`)",
+            root.display()
+        )
+    })
+}
+
+/// The session started last among those `keep` accepts.
+fn latest(
+    sessions: Vec<(PathBuf, SessionMeta)>,
+    keep: impl Fn(&SessionMeta) -> bool,
+) -> Option<(PathBuf, SessionMeta)> {
+    sessions
+        .into_iter()
+        .filter(|(_, m)| keep(m))
+        .max_by_key(|(dir, m)| start_key(dir, m))
+}
+
 /// Lists sessions.
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let all: Vec<_> = session_dir::list(&root()?)
+    let mut all: Vec<_> = session_dir::list(&root()?)
         .into_iter()
         .filter(|(_, m)| !args.live || (m.alive() && m.state != "finished"))
         .collect();
+    all.sort_by_cached_key(|(dir, m)| start_key(dir, m));
     if args.json {
         let list: Vec<_> = all.iter().map(|(d, m)| m.summary(d)).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -75,8 +114,7 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
 
 /// Exports a session's edits.
 pub fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
-    let (dir, meta) =
-        session_dir::find(&root()?, args.session.as_deref()).map_err(anyhow::Error::msg)?;
+    let (dir, meta) = find_session(&root()?, args.session.as_deref())?;
     let (edits, note) = session::patches::read_edits(&dir)?;
     if let Some(note) = note {
         eprintln!("stepkernel: {note}");
@@ -101,11 +139,10 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let root = root()?;
     let (_, meta) = match args.session.as_deref() {
         Some(id) => session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg)?,
-        None => session_dir::list(&root)
-            .into_iter()
-            .rev()
-            .find(|(_, m)| m.alive() && m.state != "finished")
-            .context("no live session here (start one with `stepkernel run`)")?,
+        None => latest(session_dir::list(&root), |m| {
+            m.alive() && m.state != "finished"
+        })
+        .context("no live session here (start one with `stepkernel run`)")?,
     };
     if !meta.alive() || meta.state == "finished" {
         bail!(

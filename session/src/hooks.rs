@@ -134,9 +134,21 @@ impl RunHooks {
         Some(lines.join("\n"))
     }
 
-    fn relative(&self, path: &Path) -> String {
-        let rel = path.strip_prefix(&self.ctx.patch_root).unwrap_or(path);
-        rel.to_string_lossy().replace('\\', "/")
+    /// `path` relative to the patch root, '/'-separated; None when it is outside.
+    ///
+    /// The worker names files as the interpreter knows them, which may be
+    /// relative to the rootdir or go through a symlink, so a plain prefix test
+    /// is retried on canonical paths.
+    fn relative(&self, path: &Path) -> Option<String> {
+        let root = &self.ctx.patch_root;
+        let rel = match path.strip_prefix(root) {
+            Ok(rel) => rel.to_path_buf(),
+            Err(_) => {
+                let (path, root) = (path.canonicalize().ok()?, root.canonicalize().ok()?);
+                path.strip_prefix(root).ok()?.to_path_buf()
+            }
+        };
+        Some(rel.to_string_lossy().replace('\\', "/"))
     }
 
     fn build_edit(&self, inner: &mut Inner, edit: &Value) -> Result<Edit, String> {
@@ -147,14 +159,14 @@ impl RunHooks {
                 .to_string()
         };
         let number = |k: &str| edit.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-        let file = PathBuf::from(text("file"));
-        if !file.starts_with(&self.ctx.patch_root) {
-            return Err(format!(
+        let file = self.ctx.rootdir.join(text("file"));
+        let relative = self.relative(&file).ok_or_else(|| {
+            format!(
                 "{} is outside {}: edits there cannot be exported as a patch",
                 file.display(),
                 self.ctx.patch_root.display()
-            ));
-        }
+            )
+        })?;
         let content = match inner.originals.get(&file) {
             Some(content) => content.clone(),
             None => {
@@ -177,7 +189,7 @@ impl RunHooks {
             .filter(|p| p.get("test") == edit.get("test"))
             .and_then(|p| p.get("error").and_then(Value::as_str).map(String::from));
         Ok(Edit {
-            file: self.relative(&file),
+            file: relative,
             start_line: start,
             end_line: end,
             original_sha256: patchgen::sha256_hex(&original),

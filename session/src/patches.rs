@@ -50,8 +50,15 @@ pub fn diff(root: &Path, edits: &[Edit], color: bool) -> Result<String, PatchCmd
         return Err(PatchCmdError::NoEdits);
     }
     let changes = patchgen::plan(root, &patchgen::effective_edits(edits))?;
+    if changes.is_empty() {
+        return Ok(ALREADY_APPLIED.to_string());
+    }
     Ok(patchgen::unified_diff(&changes, color))
 }
+
+/// What `%diff` says once every edit is in the working tree.
+pub const ALREADY_APPLIED: &str =
+    "The edits are already in the working tree (`git diff` shows them); nothing is pending.";
 
 /// What an export wrote.
 pub struct Written {
@@ -91,7 +98,9 @@ pub fn write_patch(
             (diff.into_bytes(), false, "edits.diff".to_string())
         }
     };
+    // Like `git format-patch -o DIR`: a directory gets the file under its default name.
     let path = match output {
+        Some(dir) if dir.is_dir() => dir.join(default_name),
         Some(path) => path.to_path_buf(),
         None => session_dir.join(default_name),
     };
@@ -190,6 +199,73 @@ pub fn parse_patch_args(line: &str) -> Result<(Option<PathBuf>, Option<String>),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn edit_of_line_two(content: &str) -> Edit {
+        let original = patchgen::original_text(content, 2, 2).unwrap();
+        Edit {
+            file: "test_t.py".into(),
+            start_line: 2,
+            end_line: 2,
+            original_sha256: patchgen::sha256_hex(&original),
+            new_text: "assert 1 == 1\n".into(),
+            indent: "    ".into(),
+            test_id: "test_t.py::test_t".into(),
+            step_index: 0,
+            step_name: "assert 1 == 2".into(),
+            error: Some("AssertionError".into()),
+            time: patchgen::now_rfc3339(),
+        }
+    }
+
+    #[test]
+    fn diff_then_apply_then_nothing_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = "def test_t():\n    assert 1 == 2\n";
+        std::fs::write(dir.path().join("test_t.py"), content).unwrap();
+        let edits = vec![edit_of_line_two(content)];
+        assert!(matches!(
+            diff(dir.path(), &[], false),
+            Err(PatchCmdError::NoEdits)
+        ));
+        let shown = diff(dir.path(), &edits, false).unwrap();
+        assert!(
+            shown.contains("-    assert 1 == 2\n+    assert 1 == 1\n"),
+            "{shown}"
+        );
+        patchgen::apply(dir.path(), &edits).unwrap();
+        assert_eq!(diff(dir.path(), &edits, false).unwrap(), ALREADY_APPLIED);
+    }
+
+    #[test]
+    fn patch_into_a_directory_uses_the_default_name() {
+        let project = tempfile::tempdir().unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let content = "def test_t():\n    assert 1 == 2\n";
+        std::fs::write(project.path().join("test_t.py"), content).unwrap();
+        let edits = vec![edit_of_line_two(content)];
+        let written = write_patch(
+            project.path(),
+            &edits,
+            None,
+            None,
+            Some(out.path()),
+            project.path(),
+        )
+        .unwrap();
+        // A temporary directory is outside any git repository: a plain diff.
+        assert!(!written.mbox);
+        assert_eq!(written.path, out.path().join("edits.diff"));
+        let text = std::fs::read_to_string(&written.path).unwrap();
+        assert!(
+            text.starts_with("diff --git a/test_t.py b/test_t.py\n"),
+            "{text}"
+        );
+        assert!(
+            written.notes.iter().any(|n| n.contains("no mbox")),
+            "{:?}",
+            written.notes
+        );
+    }
 
     #[test]
     fn patch_args() {

@@ -886,7 +886,7 @@ fn c3_merge(mut seqs: Vec<Vec<Key>>) -> Option<Vec<Key>> {
                 seq.pop();
                 if let Some(head) = seq.last() {
                     if let Some(count) = in_tails.get_mut(head) {
-                        *count -= 1;
+                        *count = count.saturating_sub(1);
                     }
                 }
             }

@@ -2,10 +2,21 @@
 //!
 //! [`instrument_source`] turns one file into a [`FileReport`]: its tests
 //! (pytest node ids, in pytest's collection order), each test's phases
-//! (setUp, the test, tearDown, ...) and each phase's steps. It never fails
-//! and never panics: problems with the input are reported inside the report.
-//! [`instrument_path`] does the same for a file or a directory of test files,
-//! in parallel.
+//! (setUpModule, setUpClass, setUp, the test, tearDown, ... in execution
+//! order, inherited ones resolved within the file) and each phase's steps,
+//! plus a flat list of every function that can be a phase, keyed by
+//! `__qualname__`. It never fails and never panics: problems with the input
+//! are reported inside the report. [`instrument_path`] does the same for a
+//! file or a directory of test files, in parallel.
+//!
+//! Splitting rules: one step per top-level statement of a body (a compound
+//! statement is one step; a trailing comment on the same line belongs to
+//! it; the docstring is not a step). A standalone comment matching
+//! [`Options::step_marker`] starts a named step that runs to the next marker,
+//! an [`Options::end_marker`] comment or the end of the body; statements
+//! outside named steps form unnamed steps. A body that yields is one step.
+//! `Step::source` is exactly `file[start_byte..end_byte]`; its lines after
+//! the first keep their indentation, `Step::indent` is the body's.
 
 mod collect;
 mod error;

@@ -164,7 +164,9 @@ fn finish<'t>(run: &mut Run<'t>, next: Run<'t>, src: &str, indent: &str, steps: 
     // Comment nodes keep the `\r` of a CRLF line end: leave it out.
     let source = raw.trim_end();
     let end_byte = start_byte + source.len();
-    let end_row = done.end_row - raw[source.len()..].matches('\n').count();
+    let end_row = done
+        .end_row
+        .saturating_sub(raw[source.len()..].matches('\n').count());
     // An unnamed step is named after its first statement's first line,
     // without a trailing comment.
     let name = match done.name {

@@ -397,3 +397,22 @@ fn methods_misplaced_by_error_recovery_keep_their_class() {
     }
     check_invariants(src.as_bytes(), &f);
 }
+
+#[test]
+fn odd_class_hierarchies_do_not_break_collection() {
+    let f = report(
+        "import unittest\n\nclass A(unittest.TestCase):\n    def test_a(self): pass\n\nclass B(A, A):\n    pass\n\nclass C(A, B):\n    pass\n\nclass D(B, A):\n    def test_d(self): pass\n\nclass E(Unknown.thing(), A):\n    pass\n\nclass TestF(*bases):\n    def test_f(self): pass\n",
+    );
+    let found = ids(&f);
+    for id in [
+        "A::test_a",
+        "B::test_a",
+        "C::test_a",
+        "D::test_a",
+        "D::test_d",
+        "E::test_a",
+        "TestF::test_f",
+    ] {
+        assert!(found.iter().any(|x| x == id), "{id} missing from {found:?}");
+    }
+}

@@ -88,7 +88,13 @@ pub fn check_invariants(src: &[u8], file: &FileReport) {
             Some(step.source.as_str())
         );
         assert!(step.start_line <= step.end_line);
-        let line_of = |byte: usize| text[..byte].matches('\n').count() + 1;
+        let line_of = |byte: usize| {
+            text.as_bytes()[..byte]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1
+        };
         assert_eq!(line_of(step.start_byte), step.start_line, "{step:?}");
         assert_eq!(line_of(step.end_byte - 1), step.end_line, "{step:?}");
         assert_eq!(

@@ -55,10 +55,10 @@ impl<'t> Run<'t> {
         }
     }
 
-    fn add(&mut self, node: Node<'t>, flags: FlagSet) {
+    fn add(&mut self, node: Node<'t>, flags: FlagSet, (end_byte, end_row): (usize, usize)) {
         self.first.get_or_insert(node);
-        self.end_byte = node.end_byte();
-        self.end_row = node.end_position().row;
+        self.end_byte = end_byte;
+        self.end_row = end_row;
         self.flags |= flags;
     }
 
@@ -127,7 +127,7 @@ pub(crate) fn split(func: Node<'_>, src: &str, opts: &Options) -> Split {
                 if mode == Mode::PerStatement {
                     finish(&mut run, Run::new(None, None), src, indent, &mut steps);
                 }
-                run.add(node, flags);
+                run.add(node, flags, statement_end(node, src, k));
             }
             Item::Marker(name, line) if mode == Mode::Markers => {
                 finish(
@@ -150,6 +150,43 @@ pub(crate) fn split(func: Node<'_>, src: &str, opts: &Options) -> Split {
         steps,
         is_generator,
         body_start_line: body_start.row + 1,
+    }
+}
+
+/// Where a statement's text ends: after its last token, or after a comment
+/// following that token on the same line. tree-sitter ends a compound
+/// statement's block after any comment lines that follow its last token;
+/// those lines are not part of the statement (nor of Python's `end_lineno`).
+fn statement_end(stmt: Node<'_>, src: &str, k: &Kinds) -> (usize, usize) {
+    let end = (stmt.end_byte(), stmt.end_position().row);
+    let text = src.get(stmt.start_byte()..stmt.end_byte()).unwrap_or("");
+    let last_line = &text[text.rfind('\n').map_or(0, |i| i + 1)..];
+    if !last_line.contains('#') {
+        // A node that ends with a comment has one on its last line.
+        return end;
+    }
+    let mut token = stmt;
+    let mut depth = 0;
+    while token.child_count() > 0 && depth < 10_000 {
+        let last = u32::try_from(token.child_count() - 1).unwrap_or(0);
+        let mut child = token.child(last);
+        while let Some(c) = child.filter(|c| c.kind_id() == k.comment) {
+            child = c.prev_sibling();
+        }
+        match child {
+            Some(c) => token = c,
+            None => break,
+        }
+        depth += 1;
+    }
+    let token_end = token.end_byte();
+    let rest = src.get(token_end..).unwrap_or("");
+    let rest = &rest[..rest.find('\n').unwrap_or(rest.len())];
+    let row = token.end_position().row;
+    if rest.trim_start().starts_with('#') {
+        (token_end + rest.trim_end().len(), row)
+    } else {
+        (token_end, row)
     }
 }
 

@@ -416,3 +416,15 @@ fn odd_class_hierarchies_do_not_break_collection() {
         assert!(found.iter().any(|x| x == id), "{id} missing from {found:?}");
     }
 }
+
+#[test]
+fn phases_follow_the_c3_method_resolution_order() {
+    // D's MRO is D, B, C, A: C.setUp wins over A.setUp (depth-first would
+    // pick A's through B).
+    let f = report(
+        "import unittest\n\nclass A(unittest.TestCase):\n    def setUp(self): pass\n    def tearDown(self): pass\n\nclass B(A):\n    pass\n\nclass C(A):\n    def setUp(self): pass\n\nclass D(B, C):\n    def test_x(self): pass\n",
+    );
+    let t = test(&f, "D::test_x");
+    assert_eq!(phase(t, "setUp").function, "C.setUp");
+    assert_eq!(phase(t, "tearDown").function, "A.tearDown");
+}

@@ -289,3 +289,21 @@ fn one_line_body() {
     assert_eq!(sources(steps), ["x = 1", "y = 2"]);
     assert_eq!(steps[0].indent, "");
 }
+
+#[test]
+fn comment_lines_after_a_compound_statement_are_not_part_of_it() {
+    let src = "def test_a():\n    class Hex(int):\n        def f(self):\n            return 1  # one\n        # a note inside the class body\n        # and another\n    x = Hex(1)\n    if x:\n        y = 2  # same line\n    # body-level comment\n    z = '#'\n";
+    let f = report(src);
+    let steps = body(&f, "test_a");
+    assert_eq!(
+        sources(steps),
+        [
+            "class Hex(int):\n        def f(self):\n            return 1  # one",
+            "x = Hex(1)",
+            "if x:\n        y = 2  # same line",
+            "z = '#'",
+        ]
+    );
+    assert_eq!(steps[0].end_line, 4);
+    check_invariants(src.as_bytes(), &f);
+}

@@ -168,7 +168,7 @@ fn statement_end(stmt: Node<'_>, src: &str, k: &Kinds) -> (usize, usize) {
     let mut token = stmt;
     let mut depth = 0;
     while token.child_count() > 0 && depth < 10_000 {
-        let last = u32::try_from(token.child_count() - 1).unwrap_or(0);
+        let last = token.child_count() - 1;
         let mut child = token.child(last);
         while let Some(c) = child.filter(|c| c.kind_id() == k.comment) {
             child = c.prev_sibling();

@@ -457,6 +457,15 @@ impl Executor {
                     json!({"type": "edit", "id": id, "step": step, "source": source}),
                 ))
             }
+            Magic::EditFunction { target, source } => {
+                if !paused {
+                    return Err("%%edit NAME works while a test is paused".into());
+                }
+                Ok((
+                    Kind::Edit,
+                    json!({"type": "edit", "id": id, "target": target, "source": source}),
+                ))
+            }
             Magic::Edit { step, source: None } => {
                 if !paused {
                     return Err("%edit works while a test is paused".into());
@@ -764,9 +773,15 @@ impl Executor {
                 };
                 match journaled {
                     Ok(note) => {
-                        let step = result.get("step").cloned().unwrap_or(json!("?"));
+                        let what = match result.get("what").and_then(Value::as_str) {
+                            Some(what) => what.to_string(),
+                            None => format!(
+                                "Step {}",
+                                result.get("step").cloned().unwrap_or(json!("?"))
+                            ),
+                        };
                         let text = format!(
-                            "Step {step} replaced ({note}). %retry runs it, %continue goes on.\n"
+                            "{what} replaced ({note}). %retry runs the step again, %continue goes on.\n"
                         );
                         self.shared.publish(
                             Some(&inflight.request),

@@ -16,6 +16,14 @@ pub enum Magic {
         /// The cell body for `%%edit`.
         source: Option<String>,
     },
+    /// `%%edit NAME`: replace a function or method of the code under test
+    /// (`Cart.subtotal`, or `path.py::Cart.subtotal`).
+    EditFunction {
+        /// What to replace.
+        target: String,
+        /// The new definition.
+        source: String,
+    },
     /// `%break N [N...]`.
     Break(Vec<usize>),
     /// `%clear`: remove breakpoints.
@@ -106,6 +114,16 @@ pub fn parse(code: &str) -> Option<Magic> {
     if let Some(cell) = first.strip_prefix("%%") {
         let (name, args) = split_name(cell);
         if name == "edit" {
+            let target = args.trim();
+            if !target.is_empty()
+                && target.parse::<usize>().is_err()
+                && !target.contains(char::is_whitespace)
+            {
+                return Some(Magic::EditFunction {
+                    target: target.to_string(),
+                    source: rest.to_string(),
+                });
+            }
             return Some(match parse_steps(args).as_deref() {
                 Ok([]) => Magic::Edit {
                     step: None,
@@ -253,6 +271,13 @@ mod tests {
             Some(Magic::Edit {
                 step: None,
                 source: Some("y = 2".into())
+            })
+        );
+        assert_eq!(
+            parse("%%edit Cart.total\ndef total(self):\n    return 1\n"),
+            Some(Magic::EditFunction {
+                target: "Cart.total".into(),
+                source: "def total(self):\n    return 1\n".into()
             })
         );
         assert_eq!(

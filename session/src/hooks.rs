@@ -93,9 +93,11 @@ impl RunHooks {
         self.lock().exit_code
     }
 
-    /// Prints a line on the terminal.
+    /// Prints a line on the terminal (not in a notebook kernel: no one reads its stdout).
     pub fn say(&self, text: &str) {
-        self.lock().terminal.line(text);
+        if !self.ctx.notebook {
+            self.lock().terminal.line(text);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {

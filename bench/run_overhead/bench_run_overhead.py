@@ -1,0 +1,204 @@
+#!/usr/bin/env python3
+"""Wall time of `stepkernel run --on-error fail` against plain pytest on real suites.
+
+Usage: bench_run_overhead.py --stepkernel BIN --workdir DIR [--rounds N] [--only NAME]
+
+Each project is a pinned sdist from PyPI (fetched once with pip into
+DIR/sdists, unpacked into DIR/src). Per project, plain `python -m pytest` and
+`stepkernel run` run the same test directory ROUNDS times, alternating which
+goes first, with the same interpreter, working directory and PYTHONPATH. The
+median wall time of each is reported with the ratio, and the JUnit XML of the
+last round of each is compared per test with the shared fidelity script
+(compare_junit.py). A readable report goes to stderr; one JSON line per figure
+goes to stdout, prefixed with `BENCH `.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+PYTEST_ARGS = ["-p", "no:cacheprovider"]
+
+
+def fix_boltons_conftest(root: Path):
+    # boltons 24.1.0's conftest uses the `path` hook argument that pytest 9 removed.
+    conftest = root / "tests" / "conftest.py"
+    text = conftest.read_text()
+    text = text.replace("def pytest_ignore_collect(path, config):",
+                        "def pytest_ignore_collect(collection_path, config):")
+    text = text.replace("filename = path.basename", "filename = collection_path.name")
+    conftest.write_text(text)
+
+
+# name, version, test directory inside the sdist, needs its own pytest.ini
+# (else pytest walks up and picks the enclosing repository's), extra fix-up.
+PROJECTS = [
+    ("more-itertools", "10.5.0", "tests", True, None),
+    ("boltons", "24.1.0", "tests", False, fix_boltons_conftest),
+    ("toolz", "1.0.0", "toolz/tests", True, None),
+]
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def prepare(workdir: Path, python: str, name, version, tests, own_ini, fixup) -> Path:
+    """Downloads and unpacks the sdist once; returns the project root."""
+    root = workdir / "src" / f"{name}-{version}"
+    if (root / ".bench-ready").exists():
+        return root
+    sdists = workdir / "sdists"
+    sdists.mkdir(parents=True, exist_ok=True)
+    archive = next(sdists.glob(f"{name.replace('-', '[-_]')}-{version}.tar.gz"), None)
+    if archive is None:
+        log(f"fetching {name}=={version} (sdist) ...")
+        subprocess.run([python, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                        "--no-binary", ":all:", "--no-deps", f"{name}=={version}", "-d", str(sdists)],
+                       check=True)
+        archive = next(sdists.glob(f"{name.replace('-', '[-_]')}-{version}.tar.gz"))
+    if root.exists():
+        shutil.rmtree(root)
+    (workdir / "src").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        top = tar.getnames()[0].split("/")[0]
+        try:
+            tar.extractall(workdir / "src", filter="data")
+        except TypeError:  # Python without extraction filters (< 3.11.4)
+            tar.extractall(workdir / "src")
+    if (workdir / "src" / top) != root:
+        (workdir / "src" / top).rename(root)
+    if not (root / tests).is_dir():
+        raise SystemExit(f"{name} {version}: the sdist has no {tests}/")
+    if own_ini:
+        (root / "pytest.ini").write_text("[pytest]\n")
+    if fixup:
+        fixup(root)
+    (root / ".bench-ready").write_text("")
+    return root
+
+
+def timed(argv, cwd: Path, env, log_path: Path):
+    with open(log_path, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL)
+        return time.perf_counter() - start, proc.returncode
+
+
+def compare(compare_script: Path, plain: Path, stepped: Path):
+    """Returns (matching, differing, DIFF lines) from the shared fidelity script."""
+    if not plain.exists() or not stepped.exists():
+        missing = [str(p) for p in (plain, stepped) if not p.exists()]
+        return 0, -1, [f"missing JUnit XML: {', '.join(missing)}"]
+    proc = subprocess.run([sys.executable, str(compare_script), str(plain), str(stepped)],
+                          capture_output=True, text=True)
+    lines = proc.stdout.splitlines()
+    same = diff = 0
+    for line in reversed(lines):
+        parts = line.replace(",", "").split()
+        if len(parts) == 4 and parts[1] == "passed" and parts[3] == "failed":
+            same, diff = int(parts[0]), int(parts[2])
+            break
+    return same, diff, [line for line in lines if line.startswith("DIFF")]
+
+
+def junit_totals(path: Path):
+    import xml.etree.ElementTree as ET
+    try:
+        root = ET.parse(path).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    return sum(1 for _ in root.iter("testcase"))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--stepkernel", required=True)
+    ap.add_argument("--python", default=sys.executable)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--compare", required=True, help="compare_junit.py")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", action="append", help="project name (repeatable)")
+    args = ap.parse_args()
+    # The suites run in their own directories: make the paths independent of that.
+    args.stepkernel = os.path.abspath(args.stepkernel)
+    if os.sep in args.python:
+        args.python = os.path.abspath(args.python)
+
+    workdir = Path(args.workdir).resolve()
+    out_dir = workdir / "run_overhead"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    env = dict(os.environ)
+    env.pop("VIRTUAL_ENV", None)
+    env["PYTHONPATH"] = "."
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # pytest caches rewritten modules as .pyc
+
+    for name, version, tests, own_ini, fixup in PROJECTS:
+        if args.only and name not in args.only:
+            continue
+        root = prepare(workdir, args.python, name, version, tests, own_ini, fixup)
+        # One untimed run each so both start from warm .pyc files and page cache.
+        warm = out_dir / f"{name}-warmup"
+        timed([args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests], root, env,
+              Path(f"{warm}-plain.log"))
+        timed([args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
+               "--session-dir", str(out_dir / f"{name}-warmup-session"), tests, "--", *PYTEST_ARGS],
+              root, env, Path(f"{warm}-stepped.log"))
+        times = {"plain": [], "stepped": []}
+        codes = {"plain": [], "stepped": []}
+        for i in range(args.rounds):
+            order = ("plain", "stepped") if i % 2 == 0 else ("stepped", "plain")
+            for kind in order:
+                stem = out_dir / f"{name}-{kind}-{i}"
+                if kind == "plain":
+                    argv = [args.python, "-m", "pytest", "-q", *PYTEST_ARGS,
+                            f"--junitxml={stem}.xml", tests]
+                else:
+                    argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python,
+                            "-q", "--junit-xml", f"{stem}.xml", "--session-dir",
+                            f"{stem}-session", tests, "--", *PYTEST_ARGS]
+                seconds, code = timed(argv, root, env, Path(f"{stem}.log"))
+                times[kind].append(seconds)
+                codes[kind].append(code)
+                log(f"{name} round {i + 1} {kind:7s} {seconds:7.2f} s  exit {code}")
+        last = args.rounds - 1
+        plain_xml = out_dir / f"{name}-plain-{last}.xml"
+        stepped_xml = out_dir / f"{name}-stepped-{last}.xml"
+        same, diff, diffs = compare(Path(args.compare), plain_xml, stepped_xml)
+        plain_s, stepped_s = statistics.median(times["plain"]), statistics.median(times["stepped"])
+        cases = junit_totals(plain_xml)
+        log(f"{name} {version}: plain {plain_s:.2f} s, stepped {stepped_s:.2f} s, "
+            f"ratio {stepped_s / plain_s:.2f}x; exit codes plain {codes['plain']} "
+            f"stepped {codes['stepped']}; outcomes {same} match / {diff} differ")
+        for line in diffs[:50]:
+            log("  " + line)
+        if len(diffs) > 50:
+            log(f"  ... {len(diffs) - 50} more differences (see {out_dir})")
+        label = f"{name} {version}, {cases} tests"
+        print("BENCH " + json.dumps({
+            "benchmark": f"run --on-error fail vs pytest: {label}, median wall (s)",
+            "stepkernel": stepped_s, "peer": plain_s, "peer_name": "pytest",
+            "ratio": stepped_s / plain_s, "goal": "<= 1.10x", "unit": "s",
+            "exit_codes": codes, "times": times,
+        }), flush=True)
+        print("BENCH " + json.dumps({
+            "benchmark": f"run outcomes vs pytest: {name} (tests matching / differing)",
+            "stepkernel": f"{same} match", "peer": f"{diff} differ", "peer_name": "pytest",
+            "ratio": None, "goal": "0 differ", "matching": same, "differing": diff,
+            "differences": diffs,
+        }), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,6 +41,7 @@ pub use walk::{display_path, is_test_file, test_files};
 
 use collect::{FuncId, Module};
 use rayon::prelude::*;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 /// Instruments the Python source `source`, reported under `path`.
@@ -100,23 +101,28 @@ pub fn instrument_source(path: &str, source: &[u8], opts: &Options) -> FileRepor
         report.tests.push(test);
     }
 
-    // The flat list of phase functions, unique by qualname (the last
-    // definition wins, as in Python), in source order.
+    // The flat list of phase functions in source order, unique by qualname:
+    // the last definition wins, as in Python, unless only an earlier one
+    // runs as a phase (a subclass kept it alive).
     let mut ids = module.phase_candidates(opts);
     ids.extend(used.iter().copied());
     ids.sort_unstable_by_key(|&f| module.funcs[f].outer.start_byte());
     ids.dedup();
-    let mut by_name: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-    let mut keep: Vec<Option<FuncId>> = Vec::with_capacity(ids.len());
-    for f in ids {
+    let used: HashSet<FuncId> = used.into_iter().collect();
+    let mut winner: HashMap<&str, FuncId> = HashMap::with_capacity(ids.len());
+    for &f in &ids {
         let qualname = module.funcs[f].qualname.as_str();
-        if let Some(&at) = by_name.get(qualname) {
-            keep[at] = None;
+        match winner.get(qualname) {
+            Some(w) if used.contains(w) && !used.contains(&f) => {}
+            _ => {
+                winner.insert(qualname, f);
+            }
         }
-        by_name.insert(qualname, keep.len());
-        keep.push(Some(f));
     }
-    for f in keep.into_iter().flatten() {
+    let keep = ids
+        .into_iter()
+        .filter(|&f| winner.get(module.funcs[f].qualname.as_str()) == Some(&f));
+    for f in keep {
         let function = match functions[f].take() {
             Some(function) => function,
             None => function_report(&module, f, src, opts),
@@ -125,6 +131,7 @@ pub fn instrument_source(path: &str, source: &[u8], opts: &Options) -> FileRepor
     }
 
     if root.has_error() {
+        let used: Vec<FuncId> = used.into_iter().collect();
         report.error = error_outside(root, &module, &used, src);
         let known: Vec<usize> = module.funcs.iter().map(|f| f.node.start_byte()).collect();
         let unittest = module.unittest_classes();

@@ -428,3 +428,20 @@ fn phases_follow_the_c3_method_resolution_order() {
     assert_eq!(phase(t, "setUp").function, "C.setUp");
     assert_eq!(phase(t, "tearDown").function, "A.tearDown");
 }
+
+#[test]
+fn a_redefined_class_keeps_the_functions_its_subclasses_run() {
+    let src = "class TestT:\n    def test_x(self):\n        first()\n\nclass TestU(TestT):\n    pass\n\nclass TestT:\n    def test_y(self):\n        second()\n";
+    let f = report(src);
+    // Module `__dict__` order: `TestT` keeps its first slot.
+    assert_eq!(ids(&f), ["TestT::test_y", "TestU::test_x"]);
+    assert_eq!(
+        sources(&f.function("TestT.test_x").unwrap().steps),
+        ["first()"]
+    );
+    assert_eq!(
+        sources(&f.function("TestT.test_y").unwrap().steps),
+        ["second()"]
+    );
+    check_invariants(src.as_bytes(), &f);
+}

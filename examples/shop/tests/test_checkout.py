@@ -24,7 +24,7 @@ def test_checkout_with_discount(cart):
     expected = round((4 * 0.50 + 2.50) * 0.90, 2)
     assert cart.total() == expected
     # step: receipt
-    lines = [f"{item.quantity} x {item.name}" for item in cart.items]
+    lines = [f"{item.name} x {item.quantity}" for item in cart.items]
     assert lines == ["4 x apple", "1 x bread"]
 
 

@@ -108,6 +108,25 @@ fn regions(root: Node<'_>) -> (Vec<Span>, Vec<Span>) {
     }
 }
 
+/// Sorts spans and merges those that overlap.
+fn outermost(mut spans: Vec<Span>) -> Vec<Span> {
+    spans.sort_unstable();
+    let mut out: Vec<Span> = Vec::with_capacity(spans.len());
+    for (start, end) in spans {
+        match out.last_mut() {
+            Some(last) if start < last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+/// The span of sorted, disjoint `spans` that holds `at`.
+fn containing(spans: &[Span], at: usize) -> Option<Span> {
+    let i = spans.partition_point(|&(start, _)| start <= at);
+    spans[..i].last().copied().filter(|&(_, end)| at < end)
+}
+
 /// Tests whose `def` lies inside an `ERROR` node and so is missing from
 /// the tree. `known` holds the start bytes of every function found.
 pub(crate) fn swallowed_tests(
@@ -123,6 +142,11 @@ pub(crate) fn swallowed_tests(
     if regions.is_empty() {
         return Vec::new();
     }
+    // Tree nodes nest or are disjoint, so merging leaves the outermost.
+    let regions = outermost(regions);
+    let strings = outermost(strings);
+    let mut known = known.to_vec();
+    known.sort_unstable();
     let mut culprits = Vec::new();
     syntax::for_each_error(root, |node| {
         culprits.push(node);
@@ -130,7 +154,7 @@ pub(crate) fn swallowed_tests(
     });
     let mut lines = lines(src);
     // Lines inside multi-line strings say nothing about structure.
-    lines.retain(|l| !strings.iter().any(|&(s, e)| s < l.start && l.start < e));
+    lines.retain(|l| containing(&strings, l.start).is_none_or(|(s, _)| s == l.start));
     let mut out = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         let Some(name) = def_name(line.text) else {
@@ -142,16 +166,11 @@ pub(crate) fn swallowed_tests(
             name,
             line: line.number,
         };
-        if !def.name.starts_with(function_prefix) || known.contains(&def.at) {
+        if !def.name.starts_with(function_prefix) || known.binary_search(&def.at).is_ok() {
             continue;
         }
         // The outermost error region holding the line; none: not swallowed.
-        let Some(region_start) = regions
-            .iter()
-            .filter(|&&(s, e)| s <= def.at && def.at < e)
-            .map(|&(s, _)| s)
-            .min()
-        else {
+        let Some((region_start, _)) = containing(&regions, def.at) else {
             continue;
         };
         let Some((classes, class_lines)) = enclosing_classes(&lines[..i], def.indent) else {
@@ -229,6 +248,16 @@ fn enclosing_classes<'s>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_merge_and_contain() {
+        let spans = outermost(vec![(10, 20), (0, 5), (12, 15), (18, 30)]);
+        assert_eq!(spans, [(0, 5), (10, 30)]);
+        assert_eq!(containing(&spans, 4), Some((0, 5)));
+        assert_eq!(containing(&spans, 5), None);
+        assert_eq!(containing(&spans, 29), Some((10, 30)));
+        assert_eq!(containing(&spans, 30), None);
+    }
 
     #[test]
     fn def_and_class_names() {

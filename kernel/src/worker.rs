@@ -112,8 +112,15 @@ pub struct Worker {
     writer: tokio::net::unix::OwnedWriteHalf,
 }
 
-const BOOTSTRAP: &str = "import sys; sys.path.insert(0, sys.argv.pop(1)); \
-from stepkernel_worker.worker import main; main()";
+/// Says hello (with the Python version clients need for kernel_info) before
+/// importing anything heavy, then starts the worker.
+const BOOTSTRAP: &str = "import os, sys, json\n\
+os.write(int(os.environ['STEPKERNEL_CHANNEL_FD']), (json.dumps({'type': 'hello', 'early': True, \
+'pid': os.getpid(), 'python': {'version': '%d.%d.%d' % sys.version_info[:3], \
+'executable': sys.executable, 'implementation': sys.implementation.name}}) + '\\n').encode())\n\
+sys.path.insert(0, sys.argv.pop(1))\n\
+from stepkernel_worker.worker import main\n\
+main()\n";
 
 impl Worker {
     /// Starts a worker; its events arrive on `events`, tagged with `generation`.

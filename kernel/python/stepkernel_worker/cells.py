@@ -8,7 +8,6 @@ event loop kept for the worker's life.
 from __future__ import annotations
 
 import ast
-import asyncio
 import linecache
 import sys
 import types
@@ -48,7 +47,7 @@ class PlainNamespace:
         module.__dict__["__builtins__"] = __builtins__
         sys.modules["__main__"] = module
         self.globals = module.__dict__
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop = None  # created on the first top-level await (asyncio is slow to import)
 
     def run_cell(self, source: str, filename: str) -> tuple[bool, Any]:
         """Execute ``source``; return ``(True, value)`` for a trailing expression."""
@@ -68,6 +67,8 @@ class PlainNamespace:
         result = eval(code, self.globals)  # noqa: S307 - running user code is the point
         if code.co_flags & _CO_COROUTINE:
             if self._loop is None:
+                import asyncio
+
                 self._loop = asyncio.new_event_loop()
             result = self._loop.run_until_complete(result)
         return result if mode == "eval" else None

@@ -91,7 +91,9 @@ def test_edit_failing_step_then_continue_is_fixed(tmp_path, run_session):
     assert code == 1, "fixed tests count as failures until the edit is written"
     outcomes = {e["test"]: e["outcome"] for e in session.events() if e["event"] == "test_finish"}
     assert outcomes["test_cart.py::test_total"] == "fixed"
-    assert "stepkernel patch" in session.output()
+    out = session.output()
+    assert "patch written to" in out and "git am" in out, out
+    assert list(session.session_dir.glob("0001-*.patch")), "the patch is written on the way out"
 
 
 def test_syntax_error_in_edit_keeps_old_source(tmp_path, run_session):

@@ -318,10 +318,33 @@ impl RunHooks {
             if inner.applied {
                 extra.push(format!("{edits} edit(s) written to the working tree"));
             } else {
-                extra.push(format!(
-                    "{edits} edit(s) not yet in your files: `stepkernel patch {}` exports them for git am",
-                    self.ctx.id
-                ));
+                // The edits leave with the session: write the patch on the way out.
+                let written = patches::read_edits(&self.ctx.dir)
+                    .ok()
+                    .and_then(|(edits, _)| {
+                        patches::write_patch(
+                            &self.ctx.patch_root,
+                            &edits,
+                            self.ctx.base_revision.clone(),
+                            None,
+                            None,
+                            &self.ctx.dir,
+                        )
+                        .ok()
+                    });
+                match written {
+                    Some(written) => {
+                        extra.push(format!(
+                            "{edits} edit(s) not yet in your files; patch written to {}",
+                            written.path.display()
+                        ));
+                        extra.extend(written.notes);
+                    }
+                    None => extra.push(format!(
+                        "{edits} edit(s) not yet in your files: `stepkernel patch {}` exports them",
+                        self.ctx.id
+                    )),
+                }
             }
         }
         let seconds = self.started.elapsed().as_secs_f64();

@@ -215,6 +215,22 @@ def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
     assert session.wait_exit() == 0
     session = run_session(project, "--on-error", "fail", "test_cart.py")
     assert session.wait_exit() == 1
+    report = json.loads((session.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 1}
+    assert report["failures_by_method"] == {"test_total": 1}
+    (group,) = report["failures_by_error"]
+    assert group["type"] == "AssertionError" and group["count"] == 1
+    assert group["message"].startswith("assert 4 == 5")
+    (failure,) = report["failures"]
+    assert failure["locals"]["total"] == {"type": "int", "repr": "4"}
+    assert failure["locals"]["items"]["type"] == "list"
+    assert "add" not in failure["globals"], "functions are not variables"
+    steps = {t["id"]: t["steps"] for t in report["tests"]}
+    assert [s["status"] for s in steps["test_cart.py::test_total"]] == ["passed", "failed"]
+    assert all(isinstance(s["duration_s"], float) for s in steps["test_cart.py::test_total"])
+    events = session.events()
+    assert {e["session"] for e in events} == {session.meta()["id"]}
+    assert all("time" in e and "timestamp" in e for e in events)
     bad = subprocess.run(
         [os.environ.get("STEPKERNEL_BIN", "stepkernel"), "run", "--python", PYTHON, "no_such_file.py"],
         cwd=project,

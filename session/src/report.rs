@@ -53,11 +53,16 @@ impl Report {
             }
             "step_finish" => {
                 if let Some(test) = self.current.as_mut() {
-                    let step = json!({
+                    let mut step = json!({
                         "phase": event.get("phase"), "index": event.get("index"),
                         "name": event.get("name"), "status": event.get("status"),
                         "duration_s": event.get("duration_s"), "error": event.get("error"),
                     });
+                    for key in ["locals", "globals"] {
+                        if let Some(values) = event.get(key) {
+                            step[key] = values.clone();
+                        }
+                    }
                     test["steps"].as_array_mut().expect("array").push(step);
                 }
             }
@@ -122,13 +127,21 @@ impl Report {
             .last_pause
             .take()
             .filter(|p| p.get("test").and_then(Value::as_str) == Some(id));
+        // The failing step's own summary (any mode), else what the pause showed.
+        let pick = |key: &str| -> Value {
+            failed_step
+                .as_ref()
+                .and_then(|s| s.get(key).cloned())
+                .or_else(|| pause.as_ref().and_then(|p| p.get(key)).cloned())
+                .unwrap_or(json!({}))
+        };
         self.failures.push(json!({
             "test": id,
             "outcome": outcome,
             "error": error,
             "step": failed_step,
-            "locals": pause.as_ref().and_then(|p| p.get("locals")).cloned().unwrap_or(json!({})),
-            "globals": pause.as_ref().and_then(|p| p.get("globals")).cloned().unwrap_or(json!({})),
+            "locals": pick("locals"),
+            "globals": pick("globals"),
             "longrepr": event.get("longrepr"),
         }));
     }

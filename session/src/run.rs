@@ -90,6 +90,30 @@ fn check_targets(rootdir: &Path, targets: &[String]) -> Result<(), RunError> {
     Ok(())
 }
 
+/// A `--session-dir` used before: refuse a live session's, else start afresh.
+fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
+    if let Some(old) = SessionMeta::load(dir) {
+        if old.alive() && old.state != "finished" && old.pid != std::process::id() {
+            return Err(RunError::Usage(format!(
+                "{} belongs to a live session (pid {}, {}); choose another --session-dir",
+                dir.display(),
+                old.pid,
+                old.state
+            )));
+        }
+    }
+    for name in [
+        "events.jsonl",
+        "journal.jsonl",
+        "report.json",
+        "session.json",
+        "connection.json",
+    ] {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
+    Ok(())
+}
+
 /// Runs a session to its end; returns the process exit code.
 pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     check_targets(&opts.rootdir, &opts.targets)?;
@@ -105,6 +129,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .unwrap_or_else(|| session_dir::sessions_root(&opts.rootdir).join(&id));
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
     let dir = dir.canonicalize().map_err(io("session directory"))?;
+    reuse_session_dir(&dir)?;
     let patch_root = patchgen::repo_root(&opts.rootdir).unwrap_or_else(|| opts.rootdir.clone());
     let base_revision = patchgen::head_revision(&patch_root);
 

@@ -172,7 +172,25 @@ class FunctionRun:
         )
         if exc is not None and status == "failed":
             fields["error"] = error_text(exc)
+            fields["locals"] = self.variables_summary(self.local_values())
+            fields["globals"] = self.variables_summary(
+                {
+                    k: v
+                    for k, v in self.globals.items()
+                    if not k.startswith("@")
+                    and not (k.startswith("__") and k.endswith("__"))
+                    and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))
+                }
+            )
         self.engine.emit("step_finish", **fields)
+
+    @staticmethod
+    def variables_summary(values: dict[str, Any], limit: int = 50) -> dict[str, dict]:
+        """Names, types and truncated reprs (for events and report.json)."""
+        summary = {}
+        for name, value in list(values.items())[:limit]:
+            summary[name] = {"type": type(value).__qualname__, "repr": summary_repr(value)}
+        return summary
 
     def _classify(self, exc: BaseException, i: int) -> BaseException:
         """Turn the NameError of an unbound shared cell into the original's UnboundLocalError."""

@@ -272,3 +272,41 @@ def test_fidelity_corpus_matches_plain_pytest(tmp_path, run_session):
     steps = [e for e in session.events() if e["event"] == "step_finish"]
     tests = [e for e in session.events() if e["event"] == "test_finish"]
     assert len(steps) > len(tests) * 2, "tests must actually run step by step"
+
+
+def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_session):
+    files = {
+        "test_slow.py": '''
+            import time
+
+
+            def test_slow_steps():
+                marks = []
+                for _ in range(3):
+                    marks.append(1)
+                time.sleep(0.5)
+                time.sleep(0.5)
+                time.sleep(0.5)
+                time.sleep(0.5)
+                time.sleep(0.5)
+                time.sleep(0.5)
+                marks.append(2)
+            ''',
+    }
+    project = write_project(tmp_path, files)
+    session = run_session(project, "test_slow.py")
+    client = session.client()
+    wait_for(lambda: any(e["event"] == "step_start" and e["index"] >= 2 for e in session.events()), what="running")
+    # %where is answered by the kernel itself, even while a step runs.
+    reply, msgs = execute(client, "%where", timeout=5)
+    assert reply["status"] == "ok" and "test_slow_steps" in display_text(msgs)
+    reply, _ = execute(client, "%pause", timeout=5)
+    assert reply["status"] == "ok"
+    meta = session.wait_paused()
+    assert "test_slow.py::test_slow_steps" in meta["paused_at"]
+    reasons = [e.get("reason") for e in session.events() if e["event"] == "pause"]
+    assert reasons == ["pause"]
+    reply, msgs = execute(client, "marks")
+    assert display_text(msgs) == "[1, 1, 1]"
+    execute(client, "%continue")
+    assert session.wait_exit() == 0

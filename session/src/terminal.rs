@@ -12,6 +12,8 @@ pub struct Terminal {
     tty: bool,
     quiet: bool,
     bar: Option<ProgressBar>,
+    /// With a bar on screen, output is printed in whole lines; the rest waits here.
+    partial: [String; 2],
 }
 
 impl Terminal {
@@ -21,6 +23,7 @@ impl Terminal {
             tty: std::io::stderr().is_terminal(),
             quiet,
             bar: None,
+            partial: [String::new(), String::new()],
         }
     }
 
@@ -48,8 +51,29 @@ impl Terminal {
     }
 
     /// Worker output, passed through.
-    pub fn output(&self, text: &str, stderr: bool) {
-        self.print(text, stderr);
+    pub fn output(&mut self, text: &str, stderr: bool) {
+        if !self.tty {
+            self.print(text, stderr);
+            return;
+        }
+        // A progress bar owns the last line: print only complete lines above it.
+        let slot = usize::from(stderr);
+        self.partial[slot].push_str(text);
+        if let Some(end) = self.partial[slot].rfind('\n') {
+            let rest = self.partial[slot].split_off(end + 1);
+            let lines = std::mem::replace(&mut self.partial[slot], rest);
+            self.print(&lines, stderr);
+        }
+    }
+
+    /// Prints output held back for want of a newline.
+    pub fn flush_partial(&mut self) {
+        for slot in 0..2 {
+            if !self.partial[slot].is_empty() {
+                let text = std::mem::take(&mut self.partial[slot]) + "\n";
+                self.print(&text, slot == 1);
+            }
+        }
     }
 
     /// Updates progress from one event.
@@ -80,8 +104,12 @@ impl Terminal {
                 self.bar = Some(bar);
             }
             "step_finish" => {
+                // Count steps done; a failed step is not done until it passes.
+                let status = event.get("status").and_then(Value::as_str).unwrap_or("");
                 if let Some(bar) = &self.bar {
-                    bar.inc(1);
+                    if status != "failed" {
+                        bar.inc(1);
+                    }
                 }
             }
             "pause" => {
@@ -115,7 +143,8 @@ impl Terminal {
     }
 
     /// The pause banner: where, what failed, the step's source, how to attach.
-    pub fn paused(&self, info: &Value, source: Option<&str>, attach: &[String]) {
+    pub fn paused(&mut self, info: &Value, source: Option<&str>, attach: &[String]) {
+        self.flush_partial();
         let get = |k: &str| {
             info.get(k)
                 .and_then(Value::as_str)
@@ -175,6 +204,7 @@ impl Terminal {
         seconds: f64,
         extra: &[String],
     ) {
+        self.flush_partial();
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

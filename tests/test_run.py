@@ -7,7 +7,7 @@ import os
 import signal
 import subprocess
 
-from conftest import PYTHON, SHARED, execute, stream_text, wait_for, write_project
+from conftest import PYTHON, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
 
 CART = {
     "test_cart.py": '''
@@ -232,7 +232,7 @@ def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
     assert {e["session"] for e in events} == {session.meta()["id"]}
     assert all("time" in e and "timestamp" in e for e in events)
     bad = subprocess.run(
-        [os.environ.get("STEPKERNEL_BIN", "stepkernel"), "run", "--python", PYTHON, "no_such_file.py"],
+        [stepkernel_bin(), "run", "--python", PYTHON, "no_such_file.py"],
         cwd=project,
         capture_output=True,
         text=True,
@@ -310,3 +310,39 @@ def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_sessi
     assert display_text(msgs) == "[1, 1, 1]"
     execute(client, "%continue")
     assert session.wait_exit() == 0
+
+
+def test_bad_node_id_is_a_usage_error_with_suggestions(tmp_path):
+    project = write_project(tmp_path, CART)
+    done = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "test_cart.py::test_totl"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert done.returncode == 2
+    assert "no test test_cart.py::test_totl" in done.stderr
+    assert "closest: test_cart.py::test_total" in done.stderr
+
+
+def test_worker_that_dies_mid_run_ends_the_session_with_a_report(tmp_path, run_session):
+    files = {
+        "test_die.py": '''
+            import os
+
+
+            def test_dies():
+                x = 1
+                os._exit(7)
+            ''',
+    }
+    project = write_project(tmp_path, files)
+    session = run_session(project, "test_die.py")
+    code = session.wait_exit()
+    assert code == 3
+    out = session.output()
+    assert "worker exited with code 7" in out
+    report = json.loads((session.session_dir / "report.json").read_text())
+    assert report["exit_code"] == 3
+    assert session.meta()["state"] == "finished"

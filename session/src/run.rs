@@ -114,6 +114,42 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// Node ids the instrumenter cannot find: suggestions for the user (pytest
+/// still decides, since it may collect tests the instrumenter cannot see).
+fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Vec<String> {
+    let mut notes = Vec::new();
+    for target in targets {
+        let Some((file, name)) = target.split_once("::") else {
+            continue;
+        };
+        let report = instrumenter::instrument_file(&rootdir.join(file), options);
+        if report.error.is_some() || report.tests.is_empty() {
+            continue;
+        }
+        let rel: Vec<String> = report
+            .tests
+            .iter()
+            .map(|t| {
+                t.id.split_once("::")
+                    .map_or(t.id.clone(), |(_, r)| r.to_string())
+            })
+            .collect();
+        let base = name.split('[').next().unwrap_or(name);
+        let known = rel
+            .iter()
+            .any(|id| id == base || id.starts_with(&format!("{base}::")));
+        if !known {
+            let ids: Vec<String> = rel.iter().map(|r| format!("{file}::{r}")).collect();
+            let close = instrumenter::closest(base, &ids);
+            notes.push(format!(
+                "no test {target} in {file}; closest: {}",
+                close.join(", ")
+            ));
+        }
+    }
+    notes
+}
+
 /// Runs a session to its end; returns the process exit code.
 pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     check_targets(&opts.rootdir, &opts.targets)?;
@@ -122,6 +158,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
         None => Options::default(),
     };
+    for note in unknown_node_ids(&opts.rootdir, &opts.targets, &options) {
+        eprintln!("stepkernel: {note}");
+    }
     let id = session_dir::new_id();
     let dir = opts
         .session_dir

@@ -3,6 +3,7 @@
 mod demo;
 mod install;
 mod kernel_cmd;
+mod lab_cmd;
 mod python;
 mod run_cmd;
 mod sessions_cmd;
@@ -31,6 +32,8 @@ enum Command {
     Sessions(sessions_cmd::SessionsArgs),
     /// Attach `jupyter console` to a session.
     Console(sessions_cmd::ConsoleArgs),
+    /// Start JupyterLab with a session's kernel listed (external kernels).
+    Lab(lab_cmd::LabArgs),
     /// Serve a Jupyter kernel (started by Jupyter through the kernelspec).
     Kernel(kernel_cmd::KernelArgs),
     /// Install the `stepkernel` kernelspec for Jupyter.
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         Command::Patch(args) => sessions_cmd::patch(args),
         Command::Sessions(args) => sessions_cmd::sessions(args),
         Command::Console(args) => sessions_cmd::console(args),
+        Command::Lab(args) => lab_cmd::run(args),
         Command::Kernel(args) => kernel_cmd::run(args),
         Command::Install(args) => install::run(args),
         Command::Steps(args) => steps::run(args),

@@ -14,13 +14,16 @@
 //! - `{"type":"input_reply","value"}` (or `"interrupted": true`) answering an `input_request`
 //! - `{"type":"steps_reply","id","report"}` answering `need_steps` (same `id`)
 //! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir"}` runs tests (stepping engine)
-//! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`,
-//!   `{"type":"describe","id"}`: commands for a paused test
+//! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`
+//!   (or `"target"`: a function of the code under test), `{"type":"describe","id"}`: commands for a paused test;
+//!   the reply to `resume` comes when the run pauses again or ends
+//! - `{"type":"test","id","args"}` (`%test NODEID`, answered at the first pause), `{"type":"locals","id"}`
 //! - `{"type":"breakpoints","items":[{"test","phase","step"}]}`, `{"type":"pause_request"}`
 //! - `{"type":"shutdown"}`
 //!
 //! Worker → kernel (each may carry `"sync": n`, see below):
-//! - `{"type":"hello","pid","python":{"version","executable","implementation"}}` once at start
+//! - `{"type":"hello","pid","python":{"version","executable","implementation"}}` at start: first from the
+//!   bootstrap (`"early": true`, before any import), then from the worker
 //! - `{"type":"reply","id","content"}`: the Jupyter reply content for request `id`
 //! - `{"type":"iopub","id","msg_type","content"}`: publish on iopub with request `id` as parent
 //! - `{"type":"input_request","id","prompt","password"}`

@@ -505,8 +505,8 @@ def test_apply_writes_working_tree_and_exit_code_is_zero(tmp_path, run_session):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="patchgen::render_file only recognises the last edit of a step as applied: after "
-    "%apply, a second edit of the same step reads as a conflict in %diff, %apply and %patch",
+    reason="session passes patchgen::effective_edits(journal) to plan/apply/export, which drops "
+    "the earlier edit that %apply wrote; patchgen recognises it when given the whole journal",
 )
 def test_edit_again_after_apply(tmp_path, run_session):
     project = write_project(tmp_path / "repo", CART, git=True)

@@ -73,6 +73,40 @@ pub fn effective_edits(edits: &[Edit]) -> Vec<Edit> {
     last.into_values().cloned().collect()
 }
 
+/// One step's edits, for rendering: the last one's text is what gets written;
+/// the earlier ones (same original text) may stand on disk from an earlier `apply`.
+pub(crate) struct StepEdits<'a> {
+    /// The edit that wins.
+    pub last: &'a Edit,
+    /// Earlier edits of the step with the same original, newest first.
+    pub earlier: Vec<&'a Edit>,
+}
+
+/// The edits grouped by step (file, start_line, end_line), ordered by file, then start line.
+///
+/// Like [`effective_edits`], but each step keeps its history: an earlier edit
+/// whose original hash differs from the last one's did not start from the same
+/// text, so it is left out of the history.
+pub(crate) fn step_edits(edits: &[Edit]) -> Vec<StepEdits<'_>> {
+    let mut steps: BTreeMap<(&str, usize, usize), Vec<&Edit>> = BTreeMap::new();
+    for edit in edits {
+        let key = (edit.file.as_str(), edit.start_line, edit.end_line);
+        steps.entry(key).or_default().push(edit);
+    }
+    steps
+        .into_values()
+        .filter_map(|mut history| {
+            let last = history.pop()?;
+            history.retain(|e| e.original_sha256 == last.original_sha256);
+            history.reverse();
+            Some(StepEdits {
+                last,
+                earlier: history,
+            })
+        })
+        .collect()
+}
+
 /// The current time as RFC 3339 UTC with second precision, e.g. "2025-01-31T09:05:00Z".
 pub fn now_rfc3339() -> String {
     let secs = SystemTime::now()

@@ -59,8 +59,10 @@ pub struct Export {
 /// holds the original text of every edited step, so the patch applies with
 /// `git am` (and `git am -3`) to a clone at that revision even after `apply`;
 /// otherwise it starts from the working tree, with a warning. The working tree
-/// must still hold each step's original text (or the edit, after `apply`), else
-/// [`PatchError::Conflict`].
+/// must still hold each step's original text (or one of its edits, after
+/// `apply`), else [`PatchError::Conflict`]. `edits` is the whole journal (see
+/// [`render_file`]): after `apply` wrote an earlier edit of a step, the patch
+/// still goes from the base's original straight to the last edit.
 pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, PatchError> {
     let effective = effective_edits(edits);
     if effective.is_empty() {
@@ -71,7 +73,7 @@ pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, P
         .ok()
         .filter(|r| r.workdir().is_some());
     let Some(repo) = repo else {
-        let changes = plan(root, &effective)?;
+        let changes = plan(root, edits)?;
         if changes.is_empty() {
             return Err(PatchError::NothingToExport);
         }
@@ -94,7 +96,7 @@ pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, P
     let (base_tree, base_name) = base_tree(&repo, meta.base_revision.as_deref())?;
     let prefix = prefix_in_repo(&repo, root);
     let mut changes = Vec::new();
-    for (file, file_edits) in by_file(&effective) {
+    for (file, file_edits) in by_file(edits) {
         let path = format!("{prefix}{file}");
         let disk = read_text(root, &file)?;
         // The working tree must hold the originals (or the applied edits) either way.

@@ -1,9 +1,12 @@
 //! Journal edits, apply them to files, and export diffs and mbox patches.
 //!
 //! The kernel appends every edit of a step to a [`Journal`] before acknowledging
-//! it; [`plan`], [`apply`], [`unified_diff`] and [`export`] replay the journal's
-//! [`effective_edits`] onto the files, refusing to touch a file whose edited
-//! ranges no longer hold the text the session loaded.
+//! it; [`plan`], [`apply`], [`unified_diff`] and [`export`] replay the journal
+//! onto the files (the last edit of a step wins, see [`effective_edits`]),
+//! refusing to touch a file whose edited ranges hold neither the text the
+//! session loaded nor one of the session's edits of it. Give them the whole
+//! journal: a step edited again after [`apply`] is recognised by its earlier
+//! edit's text on disk.
 //!
 //! An edit names its step by the 1-based line range of the file as the session
 //! loaded it and the SHA-256 of that range's text ([`original_text`] defines the

@@ -1,7 +1,7 @@
 //! Rendering a file with its edits applied: re-indentation, line endings,
-//! the final-newline state, and the check that each range still holds its original.
+//! the final-newline state, and the check that each range still holds a version of its step.
 
-use crate::edit::{effective_edits, sha256_hex, Edit};
+use crate::edit::{sha256_hex, step_edits, Edit, StepEdits};
 use crate::error::PatchError;
 
 /// Re-indents text typed in a cell to a step's indentation.
@@ -56,18 +56,24 @@ pub fn reindent(new_text: &str, indent: &str, line_ending: &str) -> String {
 
 /// Applies one file's edits to `original` and returns the new content.
 ///
-/// The last edit of a step wins. Each edit's range must still hash to its `original_sha256`, else
-/// [`PatchError::Conflict`]. An edit whose new text already stands where it would
-/// go (the file was written by [`crate::apply`] before) counts as applied and
-/// changes nothing, so applying twice is harmless. The file's line ending (CRLF
-/// when its first line ends in CRLF) and final-newline state are kept. Empty (or
-/// whitespace-only) new text deletes the step's lines; when that leaves the
-/// enclosing block without statements, `pass` is written at the step's
-/// indentation so the file stays valid Python.
+/// `edits` is the session's journal for the file, in the order written (passing
+/// only [`effective_edits`](crate::effective_edits) works, but then an earlier
+/// edit of a step that [`crate::apply`] already wrote reads as a conflict). The
+/// last edit of a step wins. At each step's range the file must hold one of the
+/// step's versions: its original text (by `original_sha256`), or the text of any
+/// of its edits (the file was written by [`crate::apply`] before), else
+/// [`PatchError::Conflict`]. Whatever version stands there is replaced by the
+/// last edit's text; when it already is that text nothing changes, so applying
+/// twice is harmless. When versions overlap (one is the other plus lines after
+/// it), the longest that matches wins, so an applied edit that only adds lines
+/// is not taken for the original. Later lines shift by the version's line count.
+///
+/// The file's line ending (CRLF when its first line ends in CRLF) and
+/// final-newline state are kept. Empty (or whitespace-only) new text deletes the
+/// step's lines; when that leaves the enclosing block without statements, `pass`
+/// is written at the step's indentation so the file stays valid Python.
 pub fn render_file(original: &str, edits: &[Edit]) -> Result<String, PatchError> {
-    // Last edit of a step wins, as in the journal; sorted by line.
-    let effective = effective_edits(edits);
-    let sorted: Vec<&Edit> = effective.iter().collect();
+    let steps = step_edits(edits);
     let lines: Vec<&str> = original.split_inclusive('\n').collect();
     let le = line_ending(original);
 
@@ -77,11 +83,13 @@ pub fn render_file(original: &str, edits: &[Edit]) -> Result<String, PatchError>
     let mut delta: isize = 0;
     let mut previous: Option<&Edit> = None;
     // Deletions that look applied only because nothing is there to compare;
-    // they are trusted only when another edit of the file is visibly applied.
+    // they are trusted only when another edit of the file is visibly applied, or
+    // a later step's original stands where it would be after the deletion.
     let mut blind_applied: Option<&Edit> = None;
     let mut visibly_applied = false;
 
-    for edit in sorted {
+    for step in &steps {
+        let edit = step.last;
         if edit.start_line == 0 || edit.end_line < edit.start_line {
             return Err(PatchError::InvalidRange {
                 file: edit.file.clone(),
@@ -113,48 +121,45 @@ pub fn render_file(original: &str, edits: &[Edit]) -> Result<String, PatchError>
         }
         let pos = pos as usize;
         let replacement = replacement_lines(edit);
-
-        if holds_original(&lines, pos, old_len, &edit.original_sha256) {
-            out.extend(lines[cursor..pos].iter().map(|l| l.to_string()));
-            let last_terminator = terminator(lines[pos + old_len - 1]);
-            match replacement {
-                Some(new_lines) => {
-                    let count = new_lines.len();
-                    for (i, line) in new_lines.into_iter().enumerate() {
-                        let term = if i + 1 == count { last_terminator } else { le };
-                        out.push(line + term);
-                    }
-                }
-                None => deletions.push((out.len(), edit.indent.as_str())),
+        let found =
+            on_disk(&lines, pos, old_len, step, replacement.as_deref()).ok_or_else(conflict)?;
+        match found.version {
+            Version::Original => visibly_applied |= blind_applied.is_some(),
+            Version::Edit | Version::Pass => visibly_applied = true,
+            Version::Gone => {
+                blind_applied.get_or_insert(edit);
             }
-            cursor = pos + old_len;
+        }
+        delta += found.len as isize - old_len as isize;
+        if found.is_last {
+            // Already the last edit's text: keep the lines as they are.
             continue;
         }
-        let applied_len = match &replacement {
+        out.extend(lines[cursor..pos].iter().map(|l| l.to_string()));
+        match replacement {
             Some(new_lines) => {
-                let fits = pos + new_lines.len() <= lines.len()
-                    && new_lines
-                        .iter()
-                        .zip(&lines[pos..])
-                        .all(|(want, have)| body(have) == want);
-                if fits {
-                    visibly_applied = true;
-                    new_lines.len()
-                } else {
-                    return Err(conflict());
+                let last_terminator = match found.len {
+                    0 => {
+                        // Inserting where a deletion left nothing: the line before
+                        // may be the file's last, without a terminator.
+                        if let Some(before) = out.last_mut() {
+                            if terminator(before).is_empty() {
+                                before.push_str(le);
+                            }
+                        }
+                        le
+                    }
+                    len => terminator(lines[pos + len - 1]),
+                };
+                let count = new_lines.len();
+                for (i, line) in new_lines.into_iter().enumerate() {
+                    let term = if i + 1 == count { last_terminator } else { le };
+                    out.push(line + term);
                 }
             }
-            None => {
-                blind_applied.get_or_insert(edit);
-                let inserted_pass = lines.get(pos).is_some_and(|l| {
-                    body(l) == format!("{}pass", edit.indent)
-                        && block_is_empty(&lines[..pos], &lines[pos + 1..])
-                });
-                visibly_applied |= inserted_pass;
-                usize::from(inserted_pass)
-            }
-        };
-        delta += applied_len as isize - old_len as isize;
+            None => deletions.push((out.len(), edit.indent.as_str())),
+        }
+        cursor = pos + found.len;
     }
     if let (Some(edit), false) = (blind_applied, visibly_applied) {
         return Err(PatchError::Conflict {
@@ -177,6 +182,102 @@ pub fn render_file(original: &str, edits: &[Edit]) -> Result<String, PatchError>
         rendered.truncate(rendered.len() - term_len);
     }
     Ok(rendered)
+}
+
+/// Which version of a step stands in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Version {
+    /// The text the session loaded.
+    Original,
+    /// The text of one of the step's edits.
+    Edit,
+    /// A lone `pass` written for a deletion that emptied its block.
+    Pass,
+    /// Nothing: a deletion was applied (unverifiable on its own).
+    Gone,
+}
+
+/// The version of a step found at a position of the file.
+#[derive(Clone, Copy, Debug)]
+struct Found {
+    version: Version,
+    /// How many lines of the file it takes.
+    len: usize,
+    /// It is already what the last edit writes.
+    is_last: bool,
+}
+
+/// The version of `step` that stands at `lines[pos..]`, if any.
+///
+/// Candidates are tried newest first (the last edit, earlier edits, the
+/// original, a deletion's `pass`); the longest that matches wins, so a version
+/// that is a prefix of another is not taken for it. A deleted step matches
+/// nothing; it is reported as [`Version::Gone`] only when none matches.
+fn on_disk(
+    lines: &[&str],
+    pos: usize,
+    old_len: usize,
+    step: &StepEdits<'_>,
+    last_text: Option<&[String]>,
+) -> Option<Found> {
+    let mut best: Option<Found> = None;
+    let mut consider = |found: Found| {
+        if best.is_none_or(|b| found.len > b.len) {
+            best = Some(found);
+        }
+    };
+    let stands = |want: &[String]| {
+        pos + want.len() <= lines.len()
+            && want
+                .iter()
+                .zip(&lines[pos..])
+                .all(|(want, have)| body(have) == want)
+    };
+    if let Some(text) = last_text.filter(|t| stands(t)) {
+        consider(Found {
+            version: Version::Edit,
+            len: text.len(),
+            is_last: true,
+        });
+    }
+    let mut deleted_before = false;
+    for earlier in &step.earlier {
+        match replacement_lines(earlier) {
+            Some(text) if stands(&text) => consider(Found {
+                version: Version::Edit,
+                len: text.len(),
+                is_last: last_text == Some(text.as_slice()),
+            }),
+            Some(_) => {}
+            None => deleted_before = true,
+        }
+    }
+    if holds_original(lines, pos, old_len, &step.last.original_sha256) {
+        consider(Found {
+            version: Version::Original,
+            len: old_len,
+            is_last: false,
+        });
+    }
+    let deleted = last_text.is_none() || deleted_before;
+    if deleted {
+        let indent = step.last.indent.as_str();
+        let inserted_pass = lines.get(pos).is_some_and(|l| {
+            body(l) == format!("{indent}pass") && block_is_empty(&lines[..pos], &lines[pos + 1..])
+        });
+        if inserted_pass {
+            consider(Found {
+                version: Version::Pass,
+                len: 1,
+                is_last: last_text.is_none(),
+            });
+        }
+    }
+    best.or(deleted.then_some(Found {
+        version: Version::Gone,
+        len: 0,
+        is_last: last_text.is_none(),
+    }))
 }
 
 /// The new text's lines at the step's indentation, or `None` for a deletion.

@@ -5,7 +5,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 
-use crate::edit::{effective_edits, Edit};
+use crate::edit::Edit;
 use crate::error::PatchError;
 use crate::render::render_file;
 
@@ -20,11 +20,15 @@ pub struct FileChange {
     pub after: String,
 }
 
-/// The effective edits grouped by file, in file order.
+/// The edits grouped by file, in file order; each file's edits stay in journal order
+/// so [`render_file`] sees every version of a step.
 pub(crate) fn by_file(edits: &[Edit]) -> BTreeMap<String, Vec<Edit>> {
     let mut files: BTreeMap<String, Vec<Edit>> = BTreeMap::new();
-    for edit in effective_edits(edits) {
-        files.entry(edit.file.clone()).or_default().push(edit);
+    for edit in edits {
+        files
+            .entry(edit.file.clone())
+            .or_default()
+            .push(edit.clone());
     }
     files
 }
@@ -52,7 +56,10 @@ pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
 
 /// The pending change of every edited file under `root` (last edit per step wins).
 ///
-/// Nothing is written. Every file is checked before anything is returned, so one
+/// `edits` is the session's whole journal, in the order written (see
+/// [`render_file`]). Each change starts from the file as it is on disk, so after
+/// [`apply`] wrote an earlier edit of a step, the change shows that edit being
+/// replaced by the last one: what a further [`apply`] would write. Nothing is written. Every file is checked before anything is returned, so one
 /// conflict fails the whole plan. Files whose edits are already applied, or whose
 /// edits change nothing, are left out.
 pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> {
@@ -73,6 +80,8 @@ pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> 
 
 /// Writes the session's edits into the files under `root`; returns the files written.
 ///
+/// `edits` is the whole journal, as for [`plan`]: a step whose earlier edit is
+/// already in the file gets its last edit written over it.
 /// All files are checked first ([`plan`]); on any conflict nothing is written.
 /// Each file is replaced through a synced temporary file and a rename, keeping
 /// its permissions, so a crash never leaves a half-written source file.

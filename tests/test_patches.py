@@ -503,11 +503,6 @@ def test_apply_writes_working_tree_and_exit_code_is_zero(tmp_path, run_session):
     assert (repo / "test_cart.py").read_text() == now
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="session passes patchgen::effective_edits(journal) to plan/apply/export, which drops "
-    "the earlier edit that %apply wrote; patchgen recognises it when given the whole journal",
-)
 def test_edit_again_after_apply(tmp_path, run_session):
     project = write_project(tmp_path / "repo", CART, git=True)
     session = start(run_session, project, "test_cart.py")

@@ -257,8 +257,7 @@ impl RunHooks {
                     return Err("this session has no edits yet".into());
                 }
                 let written =
-                    patchgen::apply(&self.ctx.patch_root, &patchgen::effective_edits(&edits))
-                        .map_err(|e| e.to_string())?;
+                    patchgen::apply(&self.ctx.patch_root, &edits).map_err(|e| e.to_string())?;
                 self.lock().applied = true;
                 let text = if written.is_empty() {
                     "The edits are already in the working tree.".to_string()

@@ -49,7 +49,8 @@ pub fn diff(root: &Path, edits: &[Edit], color: bool) -> Result<String, PatchCmd
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
-    let changes = patchgen::plan(root, &patchgen::effective_edits(edits))?;
+    // The whole journal: patchgen needs each step's history (edits already applied).
+    let changes = patchgen::plan(root, edits)?;
     if changes.is_empty() {
         return Ok(ALREADY_APPLIED.to_string());
     }
@@ -82,12 +83,11 @@ pub fn write_patch(
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
-    let effective = patchgen::effective_edits(edits);
     let meta = PatchMeta {
         subject,
         base_revision,
     };
-    let export = patchgen::export(root, &effective, &meta)?;
+    let export = patchgen::export(root, edits, &meta)?;
     let mut notes = Vec::new();
     let (bytes, mbox, default_name) = match export.patch {
         Exported::Mbox(bytes) => (bytes, true, patchgen::patch_file_name(&export.subject)),

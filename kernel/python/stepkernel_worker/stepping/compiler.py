@@ -23,6 +23,7 @@ import __future__
 
 import ast
 import copy
+import dataclasses
 import sys
 import types
 import warnings
@@ -106,6 +107,33 @@ def contains_yield(stmts: Iterable[ast.AST]) -> bool:
     return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in scope_walk(stmts))
 
 
+@dataclasses.dataclass
+class ScopeFacts:
+    """What one walk of a step's scope finds (one pass instead of three)."""
+
+    globals: list[str]
+    has_yield: bool
+    uses_super: bool
+
+
+def scan_scope(stmts: Iterable[ast.AST]) -> ScopeFacts:
+    """``declared_globals``, ``contains_yield`` and ``uses_super`` in one walk."""
+    names: list[str] = []
+    has_yield = False
+    calls_super = False
+    for node in scope_walk(stmts):
+        kind = type(node)
+        if kind is ast.Call:
+            if not calls_super:
+                func = node.func
+                calls_super = type(func) is ast.Name and func.id == "super" and not node.args
+        elif kind is ast.Global:
+            names.extend(n for n in node.names if n not in names)
+        elif kind is ast.Yield or kind is ast.YieldFrom:
+            has_yield = True
+    return ScopeFacts(names, has_yield, calls_super)
+
+
 class _ScopeFixer(ast.NodeTransformer):
     """Adapt statements of ``f``'s own scope to live inside a step function.
 
@@ -145,10 +173,10 @@ class _ScopeFixer(ast.NodeTransformer):
         return ast.copy_location(assign, node)
 
 
-def _arguments(names: list[str]) -> ast.arguments:
+def _arguments(names: list[str], line: int = 1) -> ast.arguments:
     return ast.arguments(
         posonlyargs=[],
-        args=[ast.arg(arg=n) for n in names],
+        args=[_locate(ast.arg(arg=n), line) for n in names],
         vararg=None,
         kwonlyargs=[],
         kw_defaults=[],
@@ -228,30 +256,81 @@ class StepCompiler:
         when the statements cannot live in a step (``yield``).
         """
         stmts = [copy.deepcopy(s) for s in stmts]
-        if contains_yield(stmts):
+        facts = scan_scope(stmts)
+        if facts.has_yield:
             raise StepCompileError("a step cannot contain yield")
         global_names = list(self.global_names)
-        global_names.extend(n for n in declared_globals(stmts) if n not in global_names)
+        global_names.extend(n for n in facts.globals if n not in global_names)
+        names = [n for n in self.names if n not in global_names]
+        names.extend(n for n in extra_names if n not in names and n not in global_names)
+        step = self._step_def(STEP, stmts, global_names, names, super_arg, display_last)
+        code = self._compile_module([step], names, filename)
+        return self._finish(_nested_codes(code)[STEP], STEP)
+
+    def compile_steps(
+        self,
+        groups: list[list[ast.stmt]],
+        *,
+        super_allowed: bool,
+        facts: list[ScopeFacts] | None = None,
+    ) -> list[tuple[types.CodeType, bool]]:
+        """Compile every group of statements into a step: ``[(code, super_arg)]``.
+
+        The statements are consumed (modified in place): callers pass a tree
+        of their own. All steps share one module, so the AST is walked,
+        assertion-rewritten and compiled once per function rather than once
+        per step. ``facts`` are the groups' ``scan_scope`` results when the
+        caller has them. Raises like ``compile``.
+        """
+        if facts is None:
+            facts = [scan_scope(group) for group in groups]
+        if any(f.has_yield for f in facts):
+            raise StepCompileError("a step cannot contain yield")
+        defs = []
+        supers = []
+        for i, (group, fact) in enumerate(zip(groups, facts)):
+            global_names = list(self.global_names)
+            global_names.extend(n for n in fact.globals if n not in global_names)
+            names = [n for n in self.names if n not in global_names]
+            super_arg = super_allowed and fact.uses_super
+            supers.append(super_arg)
+            defs.append(self._step_def(_step_name(i), group, global_names, names, super_arg, False))
+        codes = _nested_codes(self._compile_module(defs, self.names, None))
+        return [(self._finish(codes[_step_name(i)], _step_name(i)), supers[i]) for i in range(len(groups))]
+
+    def _step_def(
+        self,
+        name: str,
+        stmts: list[ast.stmt],
+        global_names: list[str],
+        names: list[str],
+        super_arg: bool,
+        display_last: bool,
+    ) -> ast.stmt:
+        """The step function's definition around ``stmts`` (fresh nodes, modified)."""
+        line = self.first_line
         fixer = _ScopeFixer()
         stmts = [fixer.visit(s) for s in stmts]
         if display_last and stmts and isinstance(stmts[-1], ast.Expr):
             last = stmts[-1]
-            value = ast.Tuple(elts=[ast.Constant(DISPLAY), last.value], ctx=ast.Load())
-            stmts[-1] = ast.copy_location(ast.Return(value=value), last)
-        names = [n for n in self.names if n not in global_names]
-        names.extend(n for n in extra_names if n not in names and n not in global_names)
-        line = self.first_line
+            value = ast.Tuple(elts=[_locate(ast.Constant(DISPLAY), last.lineno), last.value], ctx=ast.Load())
+            ret = ast.copy_location(ast.Return(value=value), last)
+            ast.copy_location(value, last)
+            stmts[-1] = ret
         body: list[ast.stmt] = []
         if global_names:
-            body.append(ast.Global(names=global_names))
+            body.append(_locate(ast.Global(names=global_names), line))
         if names:
-            body.append(ast.Nonlocal(names=names))
-        body.extend(stmts or [ast.Pass()])
-        body.append(ast.Return(value=ast.Constant(CONTINUE)))
+            body.append(_locate(ast.Nonlocal(names=names), line))
+        body.extend(stmts or [_locate(ast.Pass(), line)])
+        body.append(_locate(ast.Return(value=_locate(ast.Constant(CONTINUE), line)), line))
         kind = ast.AsyncFunctionDef if self.is_async else ast.FunctionDef
-        step = _function_def(kind, STEP, _arguments([SELF_ARG] if super_arg else []), body, line)
-        factory_body: list[ast.stmt] = [step, ast.Return(value=ast.Name(id=STEP, ctx=ast.Load()))]
-        factory = _function_def(ast.FunctionDef, FACTORY, _arguments(names), factory_body, line)
+        return _function_def(kind, name, _arguments([SELF_ARG] if super_arg else [], line), body, line)
+
+    def _compile_module(self, steps: list[ast.stmt], names: list[str], filename: str | None) -> types.CodeType:
+        """Compile the steps inside the factory (and class); returns the factory's code."""
+        line = self.first_line
+        factory = _function_def(ast.FunctionDef, FACTORY, _arguments(names, line), steps, line)
         top: ast.stmt = factory
         if self.class_name:
             top = ast.ClassDef(name=self.class_name, bases=[], keywords=[], body=[factory], decorator_list=[])
@@ -259,7 +338,8 @@ class StepCompiler:
                 top.type_params = []
             _locate(top, line)
         module = ast.Module(body=[top], type_ignores=[])
-        ast.fix_missing_locations(module)
+        # Every synthetic node is located above and parsed ones carry their
+        # own positions: no fix_missing_locations walk over the whole body.
         if self.rewrite is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -271,14 +351,29 @@ class StepCompiler:
             flags=self.future_flags,
             dont_inherit=True,
         )
-        step_code = find_code(code, STEP)
+        factory_code = find_code(code, FACTORY)
+        if factory_code is None:  # pragma: no cover - compile() always nests it
+            raise StepCompileError("step code object not found")
+        return factory_code
+
+    def _finish(self, step_code: types.CodeType | None, name: str) -> types.CodeType:
+        """Name a compiled step (and what it defines) as the original function."""
         if step_code is None:  # pragma: no cover - compile() always nests it
             raise StepCompileError("step code object not found")
-        prefix = f"{FACTORY}.<locals>.{STEP}"
+        prefix = f"{FACTORY}.<locals>.{name}"
         if self.class_name:
             prefix = f"{self.class_name}.{prefix}"
         step_code = _requalify(step_code, prefix, self.func_qualname)
         return step_code.replace(co_name=self.func_name)
+
+
+def _step_name(index: int) -> str:
+    return f"__stepkernel_step_{index}__"
+
+
+def _nested_codes(code: types.CodeType) -> dict[str, types.CodeType]:
+    """The code objects defined directly in ``code``, by name."""
+    return {c.co_name: c for c in code.co_consts if isinstance(c, types.CodeType)}
 
 
 def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:

@@ -16,7 +16,7 @@ import time
 import types
 from typing import Any, Callable, Iterator
 
-from . import standins
+from . import standins, step_cache
 from .execution import FunctionRun, _control_exceptions
 from .plan import SourceFile, StepPlan, build_plan, same_file, unstepped_plan
 
@@ -64,6 +64,9 @@ class Engine:
         self._files: dict[str, SourceFile | None] = {}
         self._plans: dict[Any, StepPlan] = {}
         self._reports: dict[str, dict | None] = {}
+        #: Whether compiled steps are cached on disk (see ``step_cache``).
+        self.cache_steps = True
+        self._last_source: SourceFile | None = None
         self.started = time.time()
 
     # ----------------------------------------------------------------- events
@@ -143,9 +146,31 @@ class Engine:
                     import _pytest.assertion.rewrite as pytest_ar
 
                     func.__globals__["@pytest_ar"] = pytest_ar
-            plan = build_plan(func, source, rewrite=rewrite)
+            plan = build_plan(func, source, rewrite=rewrite, cache=self._step_cache(source, rewrite is not None))
         self._plans[key] = plan
         return plan
+
+    def _step_cache(self, source: SourceFile | None, rewritten: bool):
+        """The on-disk cache of ``source``'s compiled steps (None when caching is off)."""
+        if source is None or not self.cache_steps or not step_cache.enabled():
+            return None
+        tag = ""
+        if rewritten:
+            import _pytest
+
+            tag = f"pytest-{getattr(_pytest, '__version__', 'unknown')}"
+        if self._last_source is not None and self._last_source is not source:
+            # Tests of one file run together: save a file's steps once the run
+            # moves on, so an interrupted run still keeps what it compiled.
+            self._last_source.save_caches()
+        self._last_source = source
+        return source.step_cache(tag)
+
+    def save_step_caches(self) -> None:
+        """Write every changed step cache (the end of the run calls this)."""
+        for source in self._files.values():
+            if source is not None:
+                source.save_caches()
 
     def phase_entry(self, name: str, obj: Any, test_file: str | None) -> dict:
         """A phase as listed in ``test_start``: name, function, step count."""
@@ -201,6 +226,7 @@ class Engine:
         return outcome
 
     def summary(self, exit_code: int) -> None:
+        self.save_step_caches()
         fields: dict[str, Any] = dict(self.counts)
         fields["total"] = sum(self.counts.values())
         fields["edits"] = len(self.edits)

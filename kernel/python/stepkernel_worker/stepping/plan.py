@@ -19,7 +19,7 @@ import tokenize
 import types
 from typing import Any, Callable
 
-from . import compiler
+from . import compiler, step_cache
 
 __tracebackhide__ = True
 __unittest = True
@@ -105,8 +105,48 @@ def param_names(code: types.CodeType) -> tuple[str, ...]:
     return tuple(code.co_varnames[:n])
 
 
+@dataclasses.dataclass
+class DefInfo:
+    """Where a function is defined in its file (what matching it to the report needs)."""
+
+    name: str
+    #: The ``def`` line and every decorator's line.
+    lines: tuple
+    class_name: str | None
+    #: First and last line, decorators included.
+    span: tuple
+
+
+def _index_defs(tree: ast.Module) -> list[tuple[tuple[str, int], ast.AST, str | None]]:
+    """``((name, first line incl. decorators), node, innermost class name)`` of every def.
+
+    Definitions are statements, so only statement lists are walked (not the
+    expressions, which hold most of a file's nodes).
+    """
+    found = []
+    todo: list[tuple[list, str | None]] = [(tree.body, None)]
+    while todo:
+        body, class_name = todo.pop()
+        for child in body:
+            kind = type(child)
+            if kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
+                first = min([child.lineno] + [d.lineno for d in child.decorator_list])
+                found.append(((child.name, first), child, class_name))
+                todo.append((child.body, class_name))
+            elif kind is ast.ClassDef:
+                todo.append((child.body, child.name))
+            else:
+                for _, value in ast.iter_fields(child):
+                    if type(value) is list and value and isinstance(value[0], ast.AST):
+                        if isinstance(value[0], ast.stmt):
+                            todo.append((value, class_name))
+                        elif isinstance(value[0], (ast.excepthandler, ast.match_case)):
+                            todo.extend((item.body, class_name) for item in value)
+    return found
+
+
 class SourceFile:
-    """A Python file parsed once, with its function definitions indexed."""
+    """A Python file, parsed when first needed, with its function definitions indexed."""
 
     def __init__(self, filename: str, get_report: Callable[[str], dict | None]):
         self.filename = filename
@@ -117,22 +157,75 @@ class SourceFile:
         with tokenize.open(filename) as fh:
             self.text = fh.read()
         self.source_bytes = self.text.encode("utf-8")
-        self.tree = ast.parse(self.text, filename=filename)
-        self.lines = self.text.splitlines(keepends=True)
-        # (name, first line incl. decorators) -> (node, innermost class name)
-        self.defs: dict[tuple[str, int], tuple[ast.AST, str | None]] = {}
-        self._index(self.tree, None)
+        self._tree: ast.Module | None = None
+        self._defs: dict[tuple[str, int], DefInfo] | None = None
+        self._lines: list[str] | None = None
+        #: Parsed trees whose definitions compilers may consume: (nodes by key, spans taken).
+        self._pools: list[tuple[dict, list]] = []
+        self._caches: dict[str, Any] = {}
 
-    def _index(self, node: ast.AST, class_name: str | None) -> None:
-        for child in ast.iter_child_nodes(node):
-            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                first = min([child.lineno] + [d.lineno for d in child.decorator_list])
-                self.defs[(child.name, first)] = (child, class_name)
-                self._index(child, class_name)
-            elif isinstance(child, ast.ClassDef):
-                self._index(child, child.name)
-            else:
-                self._index(child, class_name)
+    @property
+    def tree(self) -> ast.Module:
+        if self._tree is None:
+            self._tree = ast.parse(self.text, filename=self.filename)
+        return self._tree
+
+    @property
+    def lines(self) -> list[str]:
+        if self._lines is None:
+            self._lines = self.text.splitlines(keepends=True)
+        return self._lines
+
+    @property
+    def defs(self) -> dict[tuple[str, int], DefInfo]:
+        """(name, first line incl. decorators) -> where it is; empty when the file does not parse."""
+        if self._defs is None:
+            self._defs = {}
+            try:
+                tree = self.tree
+            except (SyntaxError, ValueError):
+                return self._defs
+            nodes = {}
+            for key, node, class_name in _index_defs(tree):
+                self._defs[key] = DefInfo(
+                    name=node.name,
+                    lines=tuple({node.lineno} | {d.lineno for d in node.decorator_list}),
+                    class_name=class_name,
+                    span=(key[1], node.end_lineno or node.lineno),
+                )
+                nodes[key] = node
+            self._pools.append((nodes, []))
+        return self._defs
+
+    def take_def(self, key: tuple[str, int]) -> ast.AST | None:
+        """A definition node the caller may modify (nobody else gets its nodes).
+
+        Each parse of the file hands out non-overlapping definitions; a
+        definition inside (or around) one already handed out comes from a
+        fresh parse. Reparsing is far cheaper than ``copy.deepcopy``.
+        """
+        info = self.defs.get(key)
+        if info is None:
+            return None
+        first, last = info.span
+        for nodes, taken in self._pools:
+            if key in nodes and not any(a <= last and first <= b for a, b in taken):
+                taken.append(info.span)
+                return nodes[key]
+        nodes = {k: node for k, node, _ in _index_defs(ast.parse(self.text, filename=self.filename))}
+        self._pools.append((nodes, [info.span]))
+        return nodes.get(key)
+
+    def step_cache(self, tag: str):
+        """The on-disk cache of this file's compiled steps for compile mode ``tag``."""
+        cache = self._caches.get(tag)
+        if cache is None:
+            cache = self._caches[tag] = step_cache.StepCache.for_source(self.filename, self.source_bytes, tag)
+        return cache
+
+    def save_caches(self) -> None:
+        for cache in self._caches.values():
+            cache.save()
 
     @property
     def report(self) -> dict | None:
@@ -141,18 +234,18 @@ class SourceFile:
             self._report = self._get_report(self.filename)
         return self._report
 
-    def report_function(self, node: ast.AST, qualname: str) -> dict | None:
-        """The report's entry for the function defined by ``node``."""
+    def report_function(self, name: str, def_lines: Any, qualname: str) -> dict | None:
+        """The report's entry for the function ``name`` defined on ``def_lines``."""
         report = self.report
         if not report:
             return None
-        lines = {node.lineno} | {d.lineno for d in node.decorator_list}
+        lines = set(def_lines)
         candidates = [
             fn for fn in report.get("functions") or [] if isinstance(fn, dict) and fn.get("def_line") in lines
         ]
         if len(candidates) > 1:
             exact = [fn for fn in candidates if fn.get("qualname") == qualname]
-            short = [fn for fn in candidates if str(fn.get("qualname", "")).rsplit(".", 1)[-1] == node.name]
+            short = [fn for fn in candidates if str(fn.get("qualname", "")).rsplit(".", 1)[-1] == name]
             candidates = exact or short or candidates
         return candidates[0] if candidates else None
 
@@ -207,13 +300,25 @@ def _assign_statements(body: list[ast.stmt], steps: list[dict]) -> list[list[ast
     return groups
 
 
+def _step_ranges(steps: list[dict]) -> tuple:
+    """What of the report decides how statements are grouped (part of a cache entry's key)."""
+    return tuple((s.get("start_line"), s.get("end_line")) for s in steps)
+
+
 def build_plan(
     func: types.FunctionType,
     source: SourceFile | None,
     *,
     rewrite: Callable[[ast.Module], None] | None,
+    cache: step_cache.StepCache | None = None,
 ) -> StepPlan:
-    """Build (and compile) the step plan of ``func``; never raises."""
+    """Build the step plan of ``func``, compiled or from ``cache``; never raises.
+
+    A cache entry (see ``step_cache``) holds, per function: its qualname, def
+    lines, class and ``global`` names, the report's step ranges it was
+    compiled for, and per step ``(code, super_arg, start, end)`` (or why the
+    steps cannot compile). The file's hash is in the cache's header.
+    """
     code = func.__code__
     if code.co_flags & _CO_GENERATOR_LIKE:
         return unstepped_plan(func, "generator")
@@ -221,11 +326,18 @@ def build_plan(
         return unstepped_plan(func, "lambda")
     if source is None:
         return unstepped_plan(func, "source unavailable")
-    found = source.defs.get((code.co_name, code.co_firstlineno))
-    if found is None:
-        return unstepped_plan(func, "definition not found in source")
-    node, class_name = found
-    entry = source.report_function(node, func.__qualname__)
+    key = (code.co_name, code.co_firstlineno)
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None and (len(cached) != 7 or cached[0] != func.__qualname__):
+        cached = None
+    if cached is not None:
+        def_lines, class_name = cached[1], cached[2]
+    else:
+        info = source.defs.get(key)
+        if info is None:
+            return unstepped_plan(func, "definition not found in source")
+        def_lines, class_name = info.lines, info.class_name
+    entry = source.report_function(code.co_name, def_lines, func.__qualname__)
     if entry is None:
         return unstepped_plan(func, "not in the instrumenter report")
     if entry.get("is_generator"):
@@ -236,52 +348,79 @@ def build_plan(
     )
     if not raw_steps:
         return unstepped_plan(func, "no steps in the report")
+    ranges = _step_ranges(raw_steps)
+    if cached is not None and cached[4] != ranges:
+        cached = None
     is_async = bool(code.co_flags & inspect.CO_COROUTINE)
     params = param_names(code)
     names: list[str] = []
     for name in (*code.co_varnames, *code.co_cellvars, *code.co_freevars):
         if name.isidentifier() and name not in names:
             names.append(name)
-    global_names = compiler.declared_globals(node.body)
     has_positional = code.co_argcount > 0
-    comp = compiler.StepCompiler(
-        filename=code.co_filename,
-        first_line=code.co_firstlineno,
-        func_name=func.__name__,
-        func_qualname=func.__qualname__,
-        names=names,
-        global_names=global_names,
-        is_async=is_async,
-        class_name=class_name,
-        future_flags=code.co_flags,
-        rewrite=rewrite,
-    )
+
+    def make_compiler(global_names) -> compiler.StepCompiler:
+        return compiler.StepCompiler(
+            filename=code.co_filename,
+            first_line=code.co_firstlineno,
+            func_name=func.__name__,
+            func_qualname=func.__qualname__,
+            names=names,
+            global_names=list(global_names),
+            is_async=is_async,
+            class_name=class_name,
+            future_flags=code.co_flags,
+            rewrite=rewrite,
+        )
+
+    if cached is not None:
+        global_names, compiled, reason = cached[3], cached[5], cached[6]
+        if compiled is None:
+            return unstepped_plan(func, reason)
+        comp = make_compiler(global_names)
+    else:
+        node = source.take_def(key)
+        if node is None:  # pragma: no cover - defs and take_def parse the same text
+            return unstepped_plan(func, "definition not found in source")
+        try:
+            groups = _assign_statements(node.body, raw_steps)
+            facts = [compiler.scan_scope(group) for group in groups]
+            global_names: list[str] = []
+            for fact in facts:
+                global_names.extend(n for n in fact.globals if n not in global_names)
+            comp = make_compiler(global_names)
+            codes = comp.compile_steps(groups, super_allowed=has_positional, facts=facts)
+            compiled = []
+            for raw, stmts, (step_code, super_arg) in zip(raw_steps, groups, codes):
+                start = int(raw.get("start_line", stmts[0].lineno if stmts else 0))
+                end = int(raw.get("end_line", start))
+                compiled.append((step_code, super_arg, start, end))
+            compiled = tuple(compiled)
+        except (SyntaxError, compiler.StepCompileError, ValueError, TypeError) as exc:
+            reason = f"cannot compile steps: {exc}"
+            if cache is not None:
+                cache.put(key, (func.__qualname__, def_lines, class_name, (), ranges, None, reason))
+            return unstepped_plan(func, reason)
+        if cache is not None:
+            cache.put(key, (func.__qualname__, def_lines, class_name, tuple(global_names), ranges, compiled, None))
     specs: list[StepSpec] = []
-    try:
-        for raw, stmts in zip(raw_steps, _assign_statements(node.body, raw_steps)):
-            super_arg = has_positional and compiler.uses_super(stmts)
-            step_code = comp.compile(stmts, super_arg=super_arg)
-            STEP_ORIGINS[step_code] = code
-            start = int(raw.get("start_line", stmts[0].lineno if stmts else 0))
-            end = int(raw.get("end_line", start))
-            text = raw.get("source")
-            if text is None:
-                text = "".join(source.lines[start - 1 : end])
-            specs.append(
-                StepSpec(
-                    index=len(specs),
-                    name=str(raw.get("name") or f"step {len(specs)}"),
-                    start_line=start,
-                    end_line=end,
-                    source=text,
-                    report=raw,
-                    stmts=stmts,
-                    code=step_code,
-                    super_arg=super_arg,
-                )
+    for raw, (step_code, super_arg, start, end) in zip(raw_steps, compiled):
+        STEP_ORIGINS[step_code] = code
+        text = raw.get("source")
+        if text is None:
+            text = "".join(source.lines[start - 1 : end])
+        specs.append(
+            StepSpec(
+                index=len(specs),
+                name=str(raw.get("name") or f"step {len(specs)}"),
+                start_line=start,
+                end_line=end,
+                source=text,
+                report=raw,
+                code=step_code,
+                super_arg=super_arg,
             )
-    except (SyntaxError, compiler.StepCompileError, ValueError, TypeError) as exc:
-        return unstepped_plan(func, f"cannot compile steps: {exc}")
+        )
     return StepPlan(
         func_code=code,
         name=func.__name__,

@@ -9,12 +9,14 @@ need_apt=()
 command -v git >/dev/null || need_apt+=(git)
 command -v tmux >/dev/null || need_apt+=(tmux)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# The browser test drives JupyterLab in Debian's Chromium (never a downloaded browser).
+command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   fi
 fi
 
@@ -29,6 +31,20 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r tests/requirements.txt
   echo "$want" > "$stamp"
+fi
+
+# playwright-core (pinned in tests/browser/package.json, no dependencies) drives
+# that Chromium; it downloads no browser of its own.
+if command -v npm >/dev/null; then
+  js_stamp=tests/browser/node_modules/.stepkernel-package
+  js_want=$(sha256sum tests/browser/package.json | cut -d' ' -f1)
+  if [ "$(cat "$js_stamp" 2>/dev/null)" != "$js_want" ]; then
+    echo "setup: installing the browser test's node packages"
+    (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm install -s --no-package-lock --no-audit --no-fund)
+    echo "$js_want" > "$js_stamp"
+  fi
+else
+  echo "setup: npm not found: the browser test will be skipped" >&2
 fi
 
 cargo build -q

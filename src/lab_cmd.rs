@@ -3,7 +3,7 @@
 //! JupyterLab is the user's own (found beside the session's Python, then on
 //! PATH); it is started with external kernels allowed from the directory the
 //! session copied its connection file into, a random token, bound to
-//! 127.0.0.1, without opening a browser.
+//! 127.0.0.1 (unless `--ip`), without opening a browser.
 
 use anyhow::{bail, Context};
 use clap::Args;
@@ -25,6 +25,9 @@ pub struct LabArgs {
     /// Port (default: a free one).
     #[arg(long)]
     pub port: Option<u16>,
+    /// Address to listen on; 0.0.0.0 only inside a container whose port is published on loopback.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub ip: String,
     /// Print Jupyter's data, runtime and external kernels directories as stepkernel finds them, then exit.
     #[arg(long, hide = true)]
     pub print_dirs: bool,
@@ -223,6 +226,16 @@ fn running_as_root() -> bool {
     std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
+/// The address to reach a server listening on `ip` from this machine.
+fn local_host(ip: &str) -> String {
+    match ip {
+        "0.0.0.0" | "" => "127.0.0.1".into(),
+        "::" => "[::1]".into(),
+        ip if ip.contains(':') => format!("[{ip}]"),
+        ip => ip.into(),
+    }
+}
+
 /// A port nobody listens on right now.
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
@@ -293,9 +306,11 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     command
         .args(&lab.args)
         .arg("--no-browser")
-        .arg("--ServerApp.ip=127.0.0.1")
+        .arg(format!("--ServerApp.ip={}", args.ip))
         .arg(format!("--ServerApp.port={port}"))
         .arg("--ServerApp.port_retries=0")
+        // One Ctrl-C stops it (no "Shutdown this Jupyter server?" prompt).
+        .arg("--ServerApp.answer_yes=True")
         .arg("--ServerApp.allow_external_kernels=True")
         .arg(format!(
             "--ServerApp.external_connection_dir={}",
@@ -308,19 +323,27 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
         // In the environment, not on the command line where `ps` shows it.
         .env("JUPYTER_TOKEN", &token)
         .current_dir(&root);
-    let url = format!("http://127.0.0.1:{port}/lab?token={token}");
+    let host = local_host(&args.ip);
+    if !matches!(args.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
+        eprintln!(
+            "stepkernel: WARNING: JupyterLab listens on {} over plain HTTP (token-protected); \
+             publish its port on loopback only or reach it through an SSH tunnel",
+            args.ip
+        );
+    }
+    let url = format!("http://{host}:{port}/lab?token={token}");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let code = runtime.block_on(serve(command, port, &url, meta, &external, &lab))?;
+    let code = runtime.block_on(serve(command, (host, port), &url, meta, &external, &lab))?;
     Ok(ExitCode::from(code))
 }
 
 /// Starts the server, prints its URL once it listens, and waits for it to end.
 async fn serve(
     mut command: tokio::process::Command,
-    port: u16,
+    (host, port): (String, u16),
     url: &str,
     meta: Option<&SessionMeta>,
     external: &Path,
@@ -340,7 +363,7 @@ async fn serve(
         if let Some(status) = child.try_wait()? {
             bail!("JupyterLab exited before it listened on port {port} ({status})");
         }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+        if tokio::net::TcpStream::connect(format!("{host}:{port}"))
             .await
             .is_ok()
         {
@@ -368,15 +391,45 @@ async fn serve(
          (external kernels from {}); Ctrl-C stops JupyterLab, not the session",
         external.display()
     );
+    // Ctrl-C or SIGTERM: ask the server to stop (SIGTERM stops it without a
+    // prompt); a server that hangs on its way out (seen with a leftover
+    // worker thread) is killed after a grace period.
+    let mut deadline: Option<tokio::time::Instant> = None;
     loop {
+        let grace = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             status = child.wait() => {
                 let status = status?;
+                if deadline.is_some() {
+                    return Ok(0);
+                }
                 return Ok(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
             }
-            _ = interrupt.recv() => {}
-            _ = terminate.recv() => kernel::worker::signal(pid, SIGTERM),
+            _ = interrupt.recv() => stop(pid, &mut deadline),
+            _ = terminate.recv() => stop(pid, &mut deadline),
+            _ = grace => {
+                eprintln!("stepkernel: JupyterLab did not stop within {STOP_GRACE:?}; killing it");
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                return Ok(0);
+            }
         }
+    }
+}
+
+/// How long JupyterLab may take to stop once asked.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Asks the server to stop, once; starts the grace period.
+fn stop(pid: i32, deadline: &mut Option<tokio::time::Instant>) {
+    if deadline.is_none() {
+        kernel::worker::signal(pid, SIGTERM);
+        *deadline = Some(tokio::time::Instant::now() + STOP_GRACE);
     }
 }
 

@@ -11,14 +11,12 @@ import re
 import signal
 import stat
 import subprocess
-import sys
-import time
 
 import pexpect
 import pytest
 from jupyter_client import BlockingKernelClient
 
-from browser.jupyter_web import JUPYTER, JupyterServer, isolated_env
+from browser.jupyter_web import JUPYTER, JupyterServer, isolated_env, start_stepkernel_lab
 from conftest import PYTHON, execute, stepkernel_bin, wait_for, write_project
 
 PAUSING = {
@@ -173,29 +171,29 @@ def test_lab_without_jupyterlab_says_how_to_install(tmp_path):
     assert f"{fake} -m pip install 'jupyterlab" in out.stderr
 
 
-def start_lab(project: pathlib.Path, tmp: pathlib.Path, *args: str):
-    """`stepkernel lab` in project; returns (process, JupyterServer from the printed URL, stdout so far)."""
-    env = isolated_env(tmp, JUPYTER_RUNTIME_DIR=str(project / ".jupyter-runtime"))
-    out_path = tmp / "lab.out"
-    proc = subprocess.Popen([stepkernel_bin(), "lab", *args], cwd=project, env=env,
-                            stdout=open(out_path, "wb"), stderr=open(tmp / "lab.err", "wb"))
-
-    def url():
-        if proc.poll() is not None:
-            raise AssertionError(f"stepkernel lab exited {proc.returncode}:\n{(tmp / 'lab.err').read_text()}")
-        return re.search(r"http://\S+/lab\?token=\S+", out_path.read_text())
-
-    found = wait_for(url, timeout=120, what="stepkernel lab's URL").group(0)
-    base, token = found.split("/lab?token=")
-    server = JupyterServer(base, token, proc, tmp / "lab.err")
-    return proc, server, out_path.read_text()
-
-
-def test_lab_serves_the_paused_session_kernel(tmp_path, run_session):
+def test_lab_serves_the_latest_live_session_kernel(tmp_path):
     project = write_project(tmp_path / "project", PAUSING)
-    session = run_session(project, "test_attach_me.py")
-    meta = session.wait_paused()
-    proc, server, out = start_lab(project, tmp_path, str(session.session_dir))
+    # Started as a user would, so the session lives in .stepkernel/sessions/<id>/
+    # and `stepkernel lab` without arguments finds it.
+    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(project / ".jupyter-runtime"))
+    run = subprocess.Popen([stepkernel_bin(), "run", "--python", PYTHON, "test_attach_me.py"], cwd=project,
+                           env=env, stdout=open(tmp_path / "run.out", "wb"), stderr=subprocess.STDOUT)
+    try:
+        check_lab_on_paused_run(project, tmp_path, run)
+    finally:
+        if run.poll() is None:
+            run.kill()
+        run.wait()
+
+
+def check_lab_on_paused_run(project: pathlib.Path, tmp_path: pathlib.Path, run: subprocess.Popen):
+    def paused():
+        assert run.poll() is None, (tmp_path / "run.out").read_text()
+        found = [json.loads(p.read_text()) for p in project.glob(".stepkernel/sessions/*/session.json")]
+        return found[0] if found and found[0]["state"] == "paused" else None
+
+    meta = wait_for(paused, timeout=60, what="the run to pause")
+    proc, server, out = start_stepkernel_lab(project, tmp_path)
     try:
         assert server.base_url.startswith("http://127.0.0.1:"), out
         assert re.fullmatch(r"[0-9a-f]{64}", server.token), out
@@ -217,11 +215,19 @@ def test_lab_serves_the_paused_session_kernel(tmp_path, run_session):
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=30)
-    assert code in (0, 1), code  # jupyter's own exit status after SIGTERM
+    assert code == 0, code
     # Stopping JupyterLab leaves the session paused and attachable.
-    assert session.proc.poll() is None
-    assert session.meta()["state"] == "paused"
-    reply, messages = execute(session.client(), "numbers")
+    assert run.poll() is None
+    session_dir = project / ".stepkernel" / "sessions" / meta["id"]
+    assert json.loads((session_dir / "session.json").read_text())["state"] == "paused"
+    client = BlockingKernelClient(connection_file=str(session_dir / "connection.json"))
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        client.wait_for_ready(timeout=60)
+        reply, messages = execute(client, "numbers")
+    finally:
+        client.stop_channels()
     assert text_result(messages) == "[1, 2, 3]"
 
 

@@ -11,6 +11,7 @@ import datetime
 import json
 import os
 import pathlib
+import re
 import secrets
 import signal
 import socket
@@ -21,6 +22,8 @@ import uuid
 
 import requests
 import websocket
+
+from conftest import stepkernel_bin, wait_for
 
 JUPYTER = str(pathlib.Path(sys.executable).parent / "jupyter")
 
@@ -137,6 +140,23 @@ class JupyterServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def start_stepkernel_lab(project: pathlib.Path, tmp: pathlib.Path, *args: str):
+    """`stepkernel lab ARGS` in project; returns (process, JupyterServer from the printed URL, stdout so far)."""
+    env = isolated_env(tmp, JUPYTER_RUNTIME_DIR=str(project / ".jupyter-runtime"))
+    out_path, err_path = tmp / "lab.out", tmp / "lab.err"
+    proc = subprocess.Popen([stepkernel_bin(), "lab", *args], cwd=project, env=env,
+                            stdout=open(out_path, "wb"), stderr=open(err_path, "wb"))
+
+    def url():
+        if proc.poll() is not None:
+            raise AssertionError(f"stepkernel lab exited {proc.returncode}:\n{err_path.read_text()}")
+        return re.search(r"http://\S+/lab\?token=\S+", out_path.read_text())
+
+    found = wait_for(url, timeout=120, what="stepkernel lab's URL").group(0)
+    base, token = found.split("/lab?token=")
+    return proc, JupyterServer(base, token, proc, err_path), out_path.read_text()
 
 
 class KernelSocket:

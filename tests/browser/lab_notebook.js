@@ -1,0 +1,70 @@
+// Opens a notebook in JupyterLab with Debian's headless Chromium, runs its
+// first cell and prints the cell's output as JSON. Used by tests/test_browser.py.
+//
+// usage: node lab_notebook.js CONFIG_JSON
+//   {"url": "http://127.0.0.1:PORT/lab/tree/NB.ipynb?token=T", "expect": "text",
+//    "screenshot": "out.png", "userDataDir": "DIR", "chromium": "/usr/bin/chromium", "timeoutMs": 45000}
+
+const { chromium } = require('playwright-core');
+
+// Flags for a sandboxed machine without a GPU or network beyond localhost.
+const FLAGS = [
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
+async function main() {
+  const config = JSON.parse(process.argv[2]);
+  const timeout = config.timeoutMs || 45000;
+  const context = await chromium.launchPersistentContext(config.userDataDir, {
+    executablePath: config.chromium || '/usr/bin/chromium',
+    headless: true,
+    args: FLAGS,
+    viewport: { width: 1280, height: 800 },
+  });
+  const page = context.pages()[0] || (await context.newPage());
+  page.setDefaultTimeout(timeout);
+  const log = [];
+  page.on('console', (msg) => log.push(`${msg.type()}: ${msg.text()}`));
+  let result = { ok: false };
+  try {
+    await page.goto(config.url, { waitUntil: 'domcontentloaded' });
+    // The notebook panel, its first code cell, and a kernel that answers.
+    const cell = page.locator('.jp-NotebookPanel .jp-CodeCell').first();
+    await cell.waitFor();
+    await page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first()
+      .waitFor()
+      .catch(() => {}); // older layouts have no indicator; running the cell still proves the connection
+    await cell.locator('.jp-InputArea-editor').click();
+    await page.keyboard.press('Shift+Enter');
+    const output = cell.locator('.jp-OutputArea-output');
+    await output.filter({ hasText: config.expect }).first().waitFor();
+    const prompt = await cell.locator('.jp-InputPrompt').first().innerText();
+    const kernelName = await page.locator('.jp-NotebookPanel .jp-Toolbar-kernelName').first().innerText()
+      .catch(() => '');
+    result = {
+      ok: true,
+      output: await output.first().innerText(),
+      prompt,
+      kernelName,
+    };
+  } catch (err) {
+    result = { ok: false, error: String(err) };
+  } finally {
+    await page.screenshot({ path: config.screenshot, fullPage: false }).catch(() => {});
+    await context.close();
+  }
+  result.console = log.slice(-30);
+  process.stdout.write(JSON.stringify(result) + '\n');
+  process.exit(result.ok ? 0 : 1);
+}
+
+main().catch((err) => {
+  process.stdout.write(JSON.stringify({ ok: false, error: String(err) }) + '\n');
+  process.exit(1);
+});

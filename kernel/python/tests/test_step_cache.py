@@ -176,32 +176,6 @@ def test_cache_follows_pycache_prefix(tmp_path, writable, monkeypatch):
     assert len(glob.glob(os.path.join(expected_dir, "cached_mod_g.*.steps"))) == 1
 
 
-def test_one_compile_per_function_gives_every_step(tmp_path):
-    """All steps of a function come from one module: names, qualnames and lines stay the original's."""
-    mod = load_module(
-        str(tmp_path),
-        "cached_mod_h",
-        """
-        def outer():
-            first = 1
-            def inner():
-                return first
-            class Local:
-                pass
-            return inner, Local
-        """,
-    )
-    engine = _engine()
-    plan = engine.plan_for(mod.outer, mod.__file__)
-    assert [s.code.co_name for s in plan.steps] == ["outer"] * 4
-    assert [s.code.co_firstlineno for s in plan.steps] == [mod.outer.__code__.co_firstlineno] * 4
-    inner, local = call_stepped(engine, mod.outer)[1]
-    plain_inner, plain_local = mod.outer()
-    assert inner.__qualname__ == plain_inner.__qualname__ == "outer.<locals>.inner"
-    assert local.__qualname__ == plain_local.__qualname__
-    assert inner() == 1
-
-
 @pytest.fixture
 def cases_dir(tmp_path):
     copy_cases(CASES, str(tmp_path))

@@ -23,7 +23,6 @@ import __future__
 
 import ast
 import copy
-import dataclasses
 import sys
 import types
 import warnings
@@ -107,70 +106,44 @@ def contains_yield(stmts: Iterable[ast.AST]) -> bool:
     return any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in scope_walk(stmts))
 
 
-@dataclasses.dataclass
-class ScopeFacts:
-    """What one walk of a step's scope finds (one pass instead of three)."""
-
-    globals: list[str]
-    has_yield: bool
-    uses_super: bool
-
-
-def scan_scope(stmts: Iterable[ast.AST]) -> ScopeFacts:
-    """``declared_globals``, ``contains_yield`` and ``uses_super`` in one walk."""
-    names: list[str] = []
-    has_yield = False
-    calls_super = False
-    for node in scope_walk(stmts):
-        kind = type(node)
-        if kind is ast.Call:
-            if not calls_super:
-                func = node.func
-                calls_super = type(func) is ast.Name and func.id == "super" and not node.args
-        elif kind is ast.Global:
-            names.extend(n for n in node.names if n not in names)
-        elif kind is ast.Yield or kind is ast.YieldFrom:
-            has_yield = True
-    return ScopeFacts(names, has_yield, calls_super)
-
-
-class _ScopeFixer(ast.NodeTransformer):
+def fix_scope(stmts: list[ast.stmt], global_names: list[str]) -> list[ast.stmt]:
     """Adapt statements of ``f``'s own scope to live inside a step function.
 
-    ``global``/``nonlocal`` statements are removed (the step declares them all
-    up front) and annotated simple names lose their annotation (an annotated
-    name cannot be ``nonlocal``; annotations of locals are never evaluated).
+    ``global``/``nonlocal`` statements become ``pass`` (the step declares
+    them all up front; the names of ``global`` are added to
+    ``global_names``) and annotated simple names lose their annotation (an
+    annotated name cannot be ``nonlocal``; annotations of locals are never
+    evaluated). These are statements, so only statement lists are walked, and
+    not those of nested functions and classes (other scopes). The nodes are
+    modified in place; the returned list replaces ``stmts``.
     """
-
-    def visit_FunctionDef(self, node):  # noqa: N802 - ast API
-        return self._outer_parts(node)
-
-    visit_AsyncFunctionDef = visit_FunctionDef
-
-    def visit_ClassDef(self, node):  # noqa: N802
-        node.decorator_list = [self.visit(d) for d in node.decorator_list]
-        node.bases = [self.visit(b) for b in node.bases]
-        return node
-
-    def visit_Lambda(self, node):  # noqa: N802
-        return node
-
-    def _outer_parts(self, node):
-        node.decorator_list = [self.visit(d) for d in node.decorator_list]
-        return node
-
-    def visit_Global(self, node):  # noqa: N802
-        return ast.copy_location(ast.Pass(), node)
-
-    visit_Nonlocal = visit_Global
-
-    def visit_AnnAssign(self, node):  # noqa: N802
-        if not (node.simple and isinstance(node.target, ast.Name)):
-            return self.generic_visit(node)
-        if node.value is None:
-            return ast.copy_location(ast.Pass(), node)
-        assign = ast.Assign(targets=[node.target], value=node.value)
-        return ast.copy_location(assign, node)
+    out: list[ast.stmt] = []
+    for node in stmts:
+        kind = type(node)
+        if kind is ast.Global or kind is ast.Nonlocal:
+            if kind is ast.Global:
+                global_names.extend(n for n in node.names if n not in global_names)
+            out.append(ast.copy_location(ast.Pass(), node))
+        elif kind is ast.AnnAssign and node.simple and type(node.target) is ast.Name:
+            if node.value is None:
+                out.append(ast.copy_location(ast.Pass(), node))
+            else:
+                out.append(ast.copy_location(ast.Assign(targets=[node.target], value=node.value), node))
+        elif kind in _SCOPES:
+            out.append(node)
+        else:
+            for field in node._fields:
+                value = getattr(node, field, None)
+                if type(value) is not list or not value:
+                    continue
+                first = value[0]
+                if isinstance(first, ast.stmt):
+                    setattr(node, field, fix_scope(value, global_names))
+                elif isinstance(first, (ast.excepthandler, ast.match_case)):
+                    for item in value:
+                        item.body = fix_scope(item.body, global_names)
+            out.append(node)
+    return out
 
 
 def _arguments(names: list[str], line: int = 1) -> ast.arguments:
@@ -256,47 +229,33 @@ class StepCompiler:
         when the statements cannot live in a step (``yield``).
         """
         stmts = [copy.deepcopy(s) for s in stmts]
-        facts = scan_scope(stmts)
-        if facts.has_yield:
+        if contains_yield(stmts):
             raise StepCompileError("a step cannot contain yield")
         global_names = list(self.global_names)
-        global_names.extend(n for n in facts.globals if n not in global_names)
+        stmts = fix_scope(stmts, global_names)
         names = [n for n in self.names if n not in global_names]
         names.extend(n for n in extra_names if n not in names and n not in global_names)
         step = self._step_def(STEP, stmts, global_names, names, super_arg, display_last)
         code = self._compile_module([step], names, filename)
         return self._finish(_nested_codes(code)[STEP], STEP)
 
-    def compile_steps(
-        self,
-        groups: list[list[ast.stmt]],
-        *,
-        super_allowed: bool,
-        facts: list[ScopeFacts] | None = None,
-    ) -> list[tuple[types.CodeType, bool]]:
-        """Compile every group of statements into a step: ``[(code, super_arg)]``.
+    def compile_steps(self, groups: list[list[ast.stmt]], *, supers: list[bool]) -> list[types.CodeType]:
+        """Compile every group of statements into a step (``supers[i]``: takes ``self``).
 
-        The statements are consumed (modified in place): callers pass a tree
-        of their own. All steps share one module, so the AST is walked,
-        assertion-rewritten and compiled once per function rather than once
-        per step. ``facts`` are the groups' ``scan_scope`` results when the
-        caller has them. Raises like ``compile``.
+        The groups must have been through ``fix_scope`` and their ``global``
+        names be among this compiler's; the nodes are consumed. All steps
+        share one module, so the AST is assertion-rewritten and compiled once
+        per function rather than once per step. The caller has checked that
+        the function is no generator (so no step yields). Raises
+        ``SyntaxError`` for code Python rejects.
         """
-        if facts is None:
-            facts = [scan_scope(group) for group in groups]
-        if any(f.has_yield for f in facts):
-            raise StepCompileError("a step cannot contain yield")
-        defs = []
-        supers = []
-        for i, (group, fact) in enumerate(zip(groups, facts)):
-            global_names = list(self.global_names)
-            global_names.extend(n for n in fact.globals if n not in global_names)
-            names = [n for n in self.names if n not in global_names]
-            super_arg = super_allowed and fact.uses_super
-            supers.append(super_arg)
-            defs.append(self._step_def(_step_name(i), group, global_names, names, super_arg, False))
-        codes = _nested_codes(self._compile_module(defs, self.names, None))
-        return [(self._finish(codes[_step_name(i)], _step_name(i)), supers[i]) for i in range(len(groups))]
+        names = self.names
+        defs = [
+            self._step_def(_step_name(i), group, self.global_names, names, supers[i], False)
+            for i, group in enumerate(groups)
+        ]
+        codes = _nested_codes(self._compile_module(defs, names, None))
+        return [self._finish(codes.get(_step_name(i)), _step_name(i)) for i in range(len(groups))]
 
     def _step_def(
         self,
@@ -309,8 +268,6 @@ class StepCompiler:
     ) -> ast.stmt:
         """The step function's definition around ``stmts`` (fresh nodes, modified)."""
         line = self.first_line
-        fixer = _ScopeFixer()
-        stmts = [fixer.visit(s) for s in stmts]
         if display_last and stmts and isinstance(stmts[-1], ast.Expr):
             last = stmts[-1]
             value = ast.Tuple(elts=[_locate(ast.Constant(DISPLAY), last.lineno), last.value], ctx=ast.Load())
@@ -406,8 +363,9 @@ def _requalify(code: types.CodeType, old: str, new: str) -> types.CodeType:
 def bound_names(stmts: list[ast.stmt], *, is_async: bool, filename: str) -> list[str]:
     """Names the statements bind in their own scope (what a user cell creates)."""
     stmts = [copy.deepcopy(s) for s in stmts]
-    declared = set(declared_globals(stmts))
-    stmts = [_ScopeFixer().visit(s) for s in stmts]
+    found: list[str] = []
+    stmts = fix_scope(stmts, found)
+    declared = set(found)
     kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
     probe = _function_def(kind, "__stepkernel_probe__", _arguments([]), stmts or [ast.Pass()], 1)
     module = ast.Module(body=[probe], type_ignores=[])

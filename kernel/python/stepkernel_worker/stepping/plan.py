@@ -11,6 +11,7 @@ original.
 from __future__ import annotations
 
 import ast
+import bisect
 import dataclasses
 import hashlib
 import inspect
@@ -145,6 +146,12 @@ def _index_defs(tree: ast.Module) -> list[tuple[tuple[str, int], ast.AST, str | 
     return found
 
 
+def _overlaps(spans: list[tuple[int, int]], first: int, last: int) -> bool:
+    """Whether ``[first, last]`` meets one of ``spans`` (sorted, disjoint line ranges)."""
+    i = bisect.bisect_right(spans, (last, float("inf"))) - 1
+    return i >= 0 and spans[i][1] >= first
+
+
 class SourceFile:
     """A Python file, parsed when first needed, with its function definitions indexed."""
 
@@ -163,6 +170,7 @@ class SourceFile:
         #: Parsed trees whose definitions compilers may consume: (nodes by key, spans taken).
         self._pools: list[tuple[dict, list]] = []
         self._caches: dict[str, Any] = {}
+        self._by_line: dict[Any, list[tuple[int, dict]]] | None = None
 
     @property
     def tree(self) -> ast.Module:
@@ -209,8 +217,8 @@ class SourceFile:
             return None
         first, last = info.span
         for nodes, taken in self._pools:
-            if key in nodes and not any(a <= last and first <= b for a, b in taken):
-                taken.append(info.span)
+            if key in nodes and not _overlaps(taken, first, last):
+                bisect.insort(taken, info.span)
                 return nodes[key]
         nodes = {k: node for k, node, _ in _index_defs(ast.parse(self.text, filename=self.filename))}
         self._pools.append((nodes, [info.span]))
@@ -236,18 +244,29 @@ class SourceFile:
 
     def report_function(self, name: str, def_lines: Any, qualname: str) -> dict | None:
         """The report's entry for the function ``name`` defined on ``def_lines``."""
-        report = self.report
-        if not report:
+        by_line = self._functions_by_line()
+        if not by_line:
             return None
-        lines = set(def_lines)
-        candidates = [
-            fn for fn in report.get("functions") or [] if isinstance(fn, dict) and fn.get("def_line") in lines
-        ]
+        found = [item for line in set(def_lines) for item in by_line.get(line, ())]
+        candidates = [fn for _, fn in sorted(found, key=lambda item: item[0])]
         if len(candidates) > 1:
             exact = [fn for fn in candidates if fn.get("qualname") == qualname]
             short = [fn for fn in candidates if str(fn.get("qualname", "")).rsplit(".", 1)[-1] == name]
             candidates = exact or short or candidates
         return candidates[0] if candidates else None
+
+    def _functions_by_line(self) -> dict[Any, list[tuple[int, dict]]]:
+        """The report's functions (with their position) by ``def_line``, built once."""
+        if self._by_line is None:
+            by_line: dict[Any, list[tuple[int, dict]]] = {}
+            for position, fn in enumerate((self.report or {}).get("functions") or []):
+                if isinstance(fn, dict):
+                    try:
+                        by_line.setdefault(fn.get("def_line"), []).append((position, fn))
+                    except TypeError:  # an unhashable def_line matches no definition
+                        continue
+            self._by_line = by_line
+        return self._by_line
 
     def phase_names(self) -> dict[str, str]:
         """Function qualname -> phase name, from the report's tests."""
@@ -317,7 +336,8 @@ def build_plan(
     A cache entry (see ``step_cache``) holds, per function: its qualname, def
     lines, class and ``global`` names, the report's step ranges it was
     compiled for, and per step ``(code, super_arg, start, end)`` (or why the
-    steps cannot compile). The file's hash is in the cache's header.
+    steps cannot compile); ranges and steps are None while only the place of
+    the definition is known. The file's hash is in the cache's header.
     """
     code = func.__code__
     if code.co_flags & _CO_GENERATOR_LIKE:
@@ -337,6 +357,10 @@ def build_plan(
         if info is None:
             return unstepped_plan(func, "definition not found in source")
         def_lines, class_name = info.lines, info.class_name
+        if cache is not None:
+            # Where it is defined, so the next run need not parse the file to
+            # learn that a function has no steps; compiling fills in the rest.
+            cache.put(key, (func.__qualname__, def_lines, class_name, (), None, None, None))
     entry = source.report_function(code.co_name, def_lines, func.__qualname__)
     if entry is None:
         return unstepped_plan(func, "not in the instrumenter report")
@@ -383,15 +407,15 @@ def build_plan(
         if node is None:  # pragma: no cover - defs and take_def parse the same text
             return unstepped_plan(func, "definition not found in source")
         try:
-            groups = _assign_statements(node.body, raw_steps)
-            facts = [compiler.scan_scope(group) for group in groups]
             global_names: list[str] = []
-            for fact in facts:
-                global_names.extend(n for n in fact.globals if n not in global_names)
+            groups = [compiler.fix_scope(g, global_names) for g in _assign_statements(node.body, raw_steps)]
+            # Zero-argument super() makes __class__ a free variable: only then look for it.
+            may_super = has_positional and "__class__" in code.co_freevars
+            supers = [may_super and compiler.uses_super(group) for group in groups]
             comp = make_compiler(global_names)
-            codes = comp.compile_steps(groups, super_allowed=has_positional, facts=facts)
+            codes = comp.compile_steps(groups, supers=supers)
             compiled = []
-            for raw, stmts, (step_code, super_arg) in zip(raw_steps, groups, codes):
+            for raw, stmts, step_code, super_arg in zip(raw_steps, groups, codes, supers):
                 start = int(raw.get("start_line", stmts[0].lineno if stmts else 0))
                 end = int(raw.get("end_line", start))
                 compiled.append((step_code, super_arg, start, end))
@@ -442,6 +466,8 @@ def sha256(text: str) -> str:
 
 
 def same_file(a: str, b: str) -> bool:
+    if a == b:
+        return True
     try:
         return os.path.samefile(a, b)
     except OSError:

@@ -324,6 +324,19 @@ def _step_ranges(steps: list[dict]) -> tuple:
     return tuple((s.get("start_line"), s.get("end_line")) for s in steps)
 
 
+def _valid_entry(entry: tuple, qualname: str) -> bool:
+    """Whether a cache entry has the layout ``build_plan`` writes (and is this function's)."""
+    if len(entry) != 7 or entry[0] != qualname or type(entry[1]) is not tuple or type(entry[3]) is not tuple:
+        return False
+    steps = entry[5]
+    if steps is None:
+        return entry[6] is None or type(entry[6]) is str
+    return type(steps) is tuple and all(
+        type(s) is tuple and len(s) == 4 and type(s[0]) is types.CodeType and type(s[2]) is int and type(s[3]) is int
+        for s in steps
+    )
+
+
 def build_plan(
     func: types.FunctionType,
     source: SourceFile | None,
@@ -348,7 +361,7 @@ def build_plan(
         return unstepped_plan(func, "source unavailable")
     key = (code.co_name, code.co_firstlineno)
     cached = cache.get(key) if cache is not None else None
-    if cached is not None and (len(cached) != 7 or cached[0] != func.__qualname__):
+    if cached is not None and not _valid_entry(cached, func.__qualname__):
         cached = None
     if cached is not None:
         def_lines, class_name = cached[1], cached[2]

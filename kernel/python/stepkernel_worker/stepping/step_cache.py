@@ -107,7 +107,7 @@ class StepCache:
         try:
             with open(self.path, "rb") as fh:
                 data = marshal.load(fh)
-        except (OSError, EOFError, ValueError, TypeError):
+        except Exception:  # noqa: BLE001 - any unreadable cache is just a miss
             return
         if (
             type(data) is tuple

@@ -16,6 +16,8 @@ const FLAGS = [
   '--disable-background-networking',
   '--disable-component-update',
   '--disable-sync',
+  // Containers often have a tiny /dev/shm.
+  '--disable-dev-shm-usage',
 ];
 
 async function main() {

@@ -29,15 +29,9 @@ pub struct InstallArgs {
     pub python: Option<PathBuf>,
 }
 
+/// Jupyter's per-user data dir, by jupyter_core's rules (shared with `stepkernel run`).
 fn user_data_dir() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("JUPYTER_DATA_DIR").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir));
-    }
-    if let Some(dir) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
-        return Ok(PathBuf::from(dir).join("jupyter"));
-    }
-    let home = std::env::var_os("HOME").context("HOME is not set; use --prefix DIR")?;
-    Ok(PathBuf::from(home).join(".local/share/jupyter"))
+    Ok(session::attach::jupyter_data_dir())
 }
 
 /// The kernels directory the flags select.

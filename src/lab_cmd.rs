@@ -105,28 +105,6 @@ fn bin_dir_of(python: &Path) -> Option<PathBuf> {
     path.parent().map(Path::to_path_buf)
 }
 
-/// The interpreter a live session's worker runs (argv[0] of its Python child), from /proc.
-fn worker_python(pid: u32) -> Option<PathBuf> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    for task in tasks.flatten() {
-        let Ok(children) = std::fs::read_to_string(task.path().join("children")) else {
-            continue;
-        };
-        for child in children.split_whitespace() {
-            let Ok(cmdline) = std::fs::read(format!("/proc/{child}/cmdline")) else {
-                continue;
-            };
-            let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
-            let argv0 = PathBuf::from(String::from_utf8_lossy(argv0).to_string());
-            let base = argv0.file_name().unwrap_or_default().to_string_lossy();
-            if base.starts_with("python") {
-                return Some(argv0);
-            }
-        }
-    }
-    None
-}
-
 /// How to start JupyterLab, and the interpreter it runs on.
 struct Lab {
     program: PathBuf,
@@ -263,7 +241,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let root = meta.map_or(cwd.clone(), |m| PathBuf::from(&m.rootdir));
     let mut pythons = Vec::new();
     pythons.extend(args.python.clone());
-    pythons.extend(meta.and_then(|m| worker_python(m.pid)));
+    pythons.extend(meta.and_then(|m| m.python.clone()).map(PathBuf::from));
     pythons.push(crate::python::resolve(None, &root));
     let Some(lab) = find_lab(&pythons) else {
         let python = pythons.first().cloned().unwrap_or_else(|| "python3".into());

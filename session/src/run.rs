@@ -230,7 +230,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             format!("stepkernel console {id}      (the same, shorter)"),
             format!("stepkernel lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
         ];
-        if opts.ip != "127.0.0.1" && opts.ip != "localhost" && opts.ip != "::1" {
+        if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
             attach_lines.push(format!(
                 "remote: copy {} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
                 connection_file.display()
@@ -245,6 +245,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             patch_root: patch_root.display().to_string(),
             base_revision: base_revision.clone(),
             args: opts.targets.clone(),
+            python: Some(opts.python.display().to_string()),
             connection_file: connection_file.display().to_string(),
             connection_copies: copies.iter().map(|p| p.display().to_string()).collect(),
             started: patchgen::now_rfc3339(),
@@ -273,7 +274,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 connection_file.display()
             ));
         }
-        if opts.ip == "0.0.0.0" || opts.ip == "::" || (opts.ip != "127.0.0.1" && opts.ip != "localhost") {
+        if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
             hooks.say("stepkernel: WARNING: the kernel's ZeroMQ ports are reachable from the network. \
                        Messages are signed with the session key but NOT encrypted: prefer an SSH tunnel \
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");

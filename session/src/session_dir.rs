@@ -25,6 +25,9 @@ pub struct SessionMeta {
     pub base_revision: Option<String>,
     /// The test selection.
     pub args: Vec<String>,
+    /// The interpreter the tests run in.
+    #[serde(default)]
+    pub python: Option<String>,
     /// Connection file in the session directory.
     pub connection_file: String,
     /// Copies of the connection file elsewhere (runtime dir, external kernels).

@@ -5,17 +5,19 @@ from the real file, so line numbers are real). It is compiled as::
 
     class <EnclosingClass>:                 # only for name mangling
         def __stepkernel_factory__(<every local, cell and free name of f>):
-            def __stepkernel_step__([__stepkernel_self__]):
+            def __stepkernel_step_0__([__stepkernel_self__]):
                 global <f's global names>
                 nonlocal <every name of f>
                 <statements>
                 return "<continue marker>"
-            return __stepkernel_step__
+            def __stepkernel_step_1__(): ...   # every step of f, one module
 
-and the code object of ``__stepkernel_step__`` is taken out of the factory's
-constants; the engine builds the function with ``types.FunctionType`` over the
-module globals and the shared cells, so every step, lambda and comprehension
-reads and writes the same variables the original function would.
+and the code objects of the steps are taken out of the factory's constants;
+the engine builds the function with ``types.FunctionType`` over the module
+globals and the shared cells, so every step, lambda and comprehension reads
+and writes the same variables the original function would. A function's steps
+share one module so that assertion rewriting and ``compile()`` run once per
+function (``compile`` still compiles one step alone, for edits and cells).
 """
 
 from __future__ import annotations
@@ -77,15 +79,6 @@ def scope_walk(nodes: Iterable[ast.AST]):
             todo.extend(d for d in node.args.kw_defaults if d is not None)
         else:
             todo.extend(ast.iter_child_nodes(node))
-
-
-def declared_globals(body: list[ast.stmt]) -> list[str]:
-    """Names a function body declares ``global`` (anywhere in its own scope)."""
-    names: list[str] = []
-    for node in scope_walk(body):
-        if isinstance(node, ast.Global):
-            names.extend(n for n in node.names if n not in names)
-    return names
 
 
 def uses_super(stmts: Iterable[ast.AST]) -> bool:

@@ -1,10 +1,12 @@
 //! Throughput of the instrumenter over a directory of Python files.
 //!
 //! `cargo run --release -p instrumenter --example bench -- DIR [--repeat N]
-//! [--files-out FILE]` reads every `*.py` under DIR into memory, instruments
-//! all of them in parallel (and once on one thread), and prints the best
-//! times as `key=value` lines. `--files-out` writes the file list, so another
-//! tool can time itself on exactly the same files.
+//! [--single] [--files-out FILE]` reads every `*.py` under DIR into memory,
+//! instruments all of them in parallel N times (and once on one thread with
+//! `--single`), and prints the best times as `key=value` lines. Reading the
+//! files is not timed. `--files-out` writes the file list, so another tool
+//! can time itself on exactly the same files. `BENCH_PARSE_ONLY=1` also
+//! prints the CPU time of a bare tree-sitter parse of the same files.
 
 use instrumenter::{instrument_source, FileReport, Options};
 use rayon::prelude::*;
@@ -51,14 +53,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut dir = None;
     let mut repeat = 3usize;
     let mut files_out = None;
+    let mut single = false;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--repeat" => repeat = args.next().ok_or("--repeat needs a number")?.parse()?,
             "--files-out" => files_out = Some(args.next().ok_or("--files-out needs a path")?),
+            "--single" => single = true,
             _ => dir = Some(PathBuf::from(arg)),
         }
     }
-    let dir = dir.ok_or("usage: bench DIR [--repeat N] [--files-out FILE]")?;
+    let dir = dir.ok_or("usage: bench DIR [--repeat N] [--single] [--files-out FILE]")?;
 
     let mut paths: Vec<PathBuf> = walkdir::WalkDir::new(&dir)
         .sort_by_file_name()
@@ -108,30 +112,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             eprintln!("parse only, one thread: {:.2} cpu s ({n})", b - a);
         }
     }
-    let cpu_start = thread_cpu_seconds();
-    let start = Instant::now();
-    let single: Vec<FileReport> = files
-        .iter()
-        .map(|(path, source)| instrument_source(path, source, &opts))
-        .collect();
-    let single_seconds = start.elapsed().as_secs_f64();
-    let single_cpu = match (cpu_start, thread_cpu_seconds()) {
-        (Some(a), Some(b)) => b - a,
-        _ => single_seconds,
-    };
     let t = totals(&reports);
-    assert_eq!(
-        totals(&single).steps,
-        t.steps,
-        "one thread and many disagree"
-    );
-
+    if single {
+        let cpu_start = thread_cpu_seconds();
+        let start = Instant::now();
+        let one: Vec<FileReport> = files
+            .iter()
+            .map(|(path, source)| instrument_source(path, source, &opts))
+            .collect();
+        let seconds = start.elapsed().as_secs_f64();
+        let cpu = match (cpu_start, thread_cpu_seconds()) {
+            (Some(a), Some(b)) => b - a,
+            _ => seconds,
+        };
+        assert_eq!(totals(&one).steps, t.steps, "one thread and many disagree");
+        println!("seconds_one_thread={seconds:.6}");
+        println!("cpu_seconds_one_thread={cpu:.2}");
+    }
     println!("files={}", files.len());
     println!("bytes={bytes}");
     println!("threads={}", rayon::current_num_threads());
     println!("seconds={best_parallel:.6}");
-    println!("seconds_one_thread={single_seconds:.6}");
-    println!("cpu_seconds_one_thread={single_cpu:.2}");
     println!("tests={}", t.tests);
     println!("steps={}", t.steps);
     println!("file_errors={}", t.file_errors);

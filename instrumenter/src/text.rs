@@ -92,37 +92,30 @@ pub(crate) fn char_column(src: &str, byte: usize, byte_column: usize) -> usize {
 /// The first line of `text`, whitespace collapsed, cut to about 40 characters.
 pub(crate) fn short_name(text: &str) -> String {
     let first = text.lines().next().unwrap_or("");
-    // Most first lines are short ASCII with single spaces: keep them as they are.
-    let bytes = first.as_bytes();
-    if bytes.len() <= NAME_CHARS
-        && bytes.first().is_some_and(|b| !b.is_ascii_whitespace())
-        && bytes.last().is_some_and(|b| !b.is_ascii_whitespace())
-        && bytes.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
-        && !first.contains("  ")
-    {
-        return first.to_string();
-    }
-    let mut out = String::with_capacity(first.len().min(4 * NAME_CHARS));
+    let mut out = String::with_capacity(NAME_CHARS + 4);
     let mut count = 0;
-    for word in first.split_whitespace() {
-        if count > 0 {
-            out.push(' ');
-            count += 1;
+    // Byte length of `out` when it held `NAME_CHARS - 1` characters.
+    let mut cut = 0;
+    let mut pending_space = false;
+    for c in first.chars() {
+        if c.is_whitespace() {
+            pending_space = count > 0;
+            continue;
         }
-        for c in word.chars() {
+        // A pending space goes in before the character.
+        for c in [' ', c].into_iter().skip(usize::from(!pending_space)) {
+            if count == NAME_CHARS - 1 {
+                cut = out.len();
+            }
+            if count == NAME_CHARS {
+                out.truncate(cut);
+                out.push('…');
+                return out;
+            }
             out.push(c);
             count += 1;
-            if count > NAME_CHARS {
-                break;
-            }
         }
-        if count > NAME_CHARS {
-            break;
-        }
-    }
-    if count > NAME_CHARS {
-        let keep: String = out.chars().take(NAME_CHARS - 1).collect();
-        return keep + "…";
+        pending_space = false;
     }
     out
 }
@@ -181,6 +174,13 @@ mod tests {
         assert_eq!(short_name("x = 1"), "x = 1");
         assert_eq!(short_name(" \tx  =\t1 "), "x = 1");
         assert_eq!(short_name("é = 1"), "é = 1");
+        let forty = "a".repeat(40);
+        assert_eq!(short_name(&forty), forty);
+        let spaced = format!("{} b", "a".repeat(38));
+        assert_eq!(short_name(&spaced), spaced);
+        let over = format!("{} bb", "a".repeat(38));
+        assert_eq!(short_name(&over), format!("{} …", "a".repeat(38)));
+        assert_eq!(short_name(&"é".repeat(50)).chars().count(), 40);
     }
 
     #[test]

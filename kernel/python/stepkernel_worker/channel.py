@@ -24,7 +24,8 @@ class Channel:
     def __init__(self, fd: int):
         self._sock = socket.socket(fileno=fd)
         self._sock.setblocking(True)
-        self._buffer = b""
+        self._buffer = bytearray()
+        self._scanned = 0  # bytes of _buffer known to hold no newline
         self._pending: collections.deque[dict] = collections.deque()
 
     def send(self, message: dict) -> None:
@@ -67,17 +68,22 @@ class Channel:
         return None
 
     def _read_line(self, block: bool):
-        while b"\n" not in self._buffer:
+        while True:
+            end = self._buffer.find(b"\n", self._scanned)
+            if end >= 0:
+                line = bytes(self._buffer[:end])
+                del self._buffer[: end + 1]
+                self._scanned = 0
+                return json.loads(line)
+            self._scanned = len(self._buffer)
             if not block:
                 ready, _, _ = select.select([self._sock], [], [], 0)
                 if not ready:
                     return None
-            chunk = self._sock.recv(1 << 16)
+            chunk = self._sock.recv(1 << 20)
             if not chunk:
                 raise ChannelClosed()
             self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return json.loads(line)
 
 
 def _fallback(value):

@@ -295,8 +295,15 @@ class Worker:
             except Exception:
                 pass
 
-    def send(self, message: dict) -> None:
-        """Send a message to the kernel after all output printed before it."""
+    def send(self, message: dict, ordered: bool = True) -> None:
+        """Send a message to the kernel after all output printed before it.
+
+        ``ordered=False`` (progress events) skips the sync markers: the kernel
+        then handles the message as soon as it arrives.
+        """
+        if not ordered:
+            self.channel.send(message)
+            return
         self._flush_python_streams()
         self._sync += 1
         marker = SYNC_MARKER % self._sync
@@ -312,7 +319,7 @@ class Worker:
     def emit(self, event: dict) -> None:
         """Publish a progress event to the kernel (events.jsonl, iopub, terminal)."""
         event.setdefault("time", time.time())
-        self.send({"type": "event", "event": event})
+        self.send({"type": "event", "event": event}, ordered=False)
 
     def get_steps(self, path: str) -> dict:
         """Ask the kernel's instrumenter for the steps of one file."""

@@ -513,7 +513,16 @@ def main() -> None:
     """Entry point of ``python -m stepkernel_worker``."""
     channel = from_environment()
     worker = Worker(channel)
-    worker.serve_forever()
+    profile_path = os.environ.get("STEPKERNEL_WORKER_PROFILE")
+    if profile_path:
+        # For finding where the worker's time goes (bench/README.md).
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.runcall(worker.serve_forever)
+        profiler.dump_stats(profile_path)
+    else:
+        worker.serve_forever()
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown surprises from user code; the kernel is gone anyway.

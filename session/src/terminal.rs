@@ -12,8 +12,10 @@ pub struct Terminal {
     tty: bool,
     quiet: bool,
     bar: Option<ProgressBar>,
-    /// With a bar on screen, output is printed in whole lines; the rest waits here.
+    /// Output is printed in whole lines; the rest waits here.
     partial: [String; 2],
+    /// Steps finished (not failed) in the current test.
+    steps_done: u64,
 }
 
 impl Terminal {
@@ -24,6 +26,7 @@ impl Terminal {
             quiet,
             bar: None,
             partial: [String::new(), String::new()],
+            steps_done: 0,
         }
     }
 
@@ -52,11 +55,8 @@ impl Terminal {
 
     /// Worker output, passed through.
     pub fn output(&mut self, text: &str, stderr: bool) {
-        if !self.tty {
-            self.print(text, stderr);
-            return;
-        }
-        // A progress bar owns the last line: print only complete lines above it.
+        // A progress bar (or, without a terminal, our own progress lines) must not
+        // split the runner's lines: print only complete lines.
         let slot = usize::from(stderr);
         self.partial[slot].push_str(text);
         if let Some(end) = self.partial[slot].rfind('\n') {
@@ -80,6 +80,9 @@ impl Terminal {
     pub fn event(&mut self, event: &Value) {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         let test = event.get("test").and_then(Value::as_str).unwrap_or("");
+        if kind == "test_start" {
+            self.steps_done = 0;
+        }
         match kind {
             "test_start" if self.tty && !self.quiet => {
                 let total: u64 = event
@@ -106,6 +109,9 @@ impl Terminal {
             "step_finish" => {
                 // Count steps done; a failed step is not done until it passes.
                 let status = event.get("status").and_then(Value::as_str).unwrap_or("");
+                if status != "failed" {
+                    self.steps_done += 1;
+                }
                 if let Some(bar) = &self.bar {
                     if status != "failed" {
                         bar.inc(1);
@@ -127,14 +133,16 @@ impl Terminal {
                     bar.finish_and_clear();
                 }
                 if !self.tty && !self.quiet {
+                    // Plain progress: one whole line per test (runner output is held to whole lines).
                     let outcome = event.get("outcome").and_then(Value::as_str).unwrap_or("?");
                     let secs = event
                         .get("duration_s")
                         .and_then(Value::as_f64)
                         .unwrap_or(0.0);
                     self.line(&format!(
-                        "stepkernel: {} {test} ({secs:.2}s)",
-                        outcome.to_uppercase()
+                        "stepkernel: {} {test} ({} steps, {secs:.2}s)",
+                        outcome.to_uppercase(),
+                        self.steps_done
                     ));
                 }
             }

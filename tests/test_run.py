@@ -346,3 +346,53 @@ def test_worker_that_dies_mid_run_ends_the_session_with_a_report(tmp_path, run_s
     report = json.loads((session.session_dir / "report.json").read_text())
     assert report["exit_code"] == 3
     assert session.meta()["state"] == "finished"
+
+
+def _compare(tmp_path, plain_xml: str, stepped_xml: str) -> str:
+    compare = subprocess.run(
+        [PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), plain_xml, stepped_xml],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert compare.returncode == 0, compare.stdout
+    return compare.stdout
+
+
+def test_engine_hard_cases_match_plain_pytest_through_the_kernel(tmp_path, run_session):
+    """The engine's own hard cases (mock.patch stacks, asyncio, match, nonlocal,
+    teardown and setUpClass errors...) through the whole `stepkernel run` path."""
+    import shutil
+
+    from conftest import ROOT
+
+    for f in (ROOT / "kernel" / "python" / "tests" / "cases").glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", "."],
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    session = run_session(tmp_path, "--on-error", "fail", "--junit-xml", "stepped.xml", ".")
+    session.wait_exit(120)
+    assert ", 0 failed" in _compare(tmp_path, "plain.xml", "stepped.xml")
+
+
+def test_unittest_runner_matches_plain_pytest_on_unittest_cases(tmp_path, run_session):
+    import shutil
+
+    cases = SHARED / "fidelity" / "cases"
+    files = ["test_unittest_features.py", "test_super_and_classes.py", "test_generator_body.py"]
+    for name in files:
+        shutil.copy(cases / name, tmp_path / name)
+    subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", *files],
+        cwd=tmp_path,
+        capture_output=True,
+    )
+    session = run_session(
+        tmp_path, "--runner", "unittest", "--on-error", "fail", "--junit-xml", "stepped.xml", *files
+    )
+    assert session.wait_exit(120) == 1
+    out = _compare(tmp_path, "plain.xml", "stepped.xml")
+    assert ", 0 failed" in out and not out.startswith("0 passed")

@@ -55,11 +55,15 @@ fn def_name(text: &str) -> Option<&str> {
     if !rest.starts_with([' ', '\t']) {
         return None;
     }
-    let rest = rest.trim_start();
-    let end = rest
+    leading_identifier(rest.trim_start())
+}
+
+/// The identifier `text` starts with, if any.
+fn leading_identifier(text: &str) -> Option<&str> {
+    let end = text
         .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    (end > 0).then(|| &rest[..end])
+        .unwrap_or(text.len());
+    (end > 0).then(|| &text[..end])
 }
 
 fn class_name(text: &str) -> Option<&str> {
@@ -67,11 +71,7 @@ fn class_name(text: &str) -> Option<&str> {
     if !rest.starts_with([' ', '\t']) {
         return None;
     }
-    let rest = rest.trim_start();
-    let end = rest
-        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
-        .unwrap_or(rest.len());
-    (end > 0).then(|| &rest[..end])
+    leading_identifier(rest.trim_start())
 }
 
 /// Byte ranges of all `ERROR` nodes, and of the strings that span lines

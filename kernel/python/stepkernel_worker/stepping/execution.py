@@ -224,6 +224,15 @@ class FunctionRun:
         self._finish(i, status, t0, exc)
         return exc
 
+    def _step_failed(self, exc: BaseException, i: int, t0: float):
+        """Report a failed step; return ``(False, error)`` to pause, or raise it on."""
+        new = self._failed(exc, i, t0)
+        if not self.engine.wants_pause(new, self):
+            if new is exc:
+                raise exc
+            raise new from None
+        return False, new
+
     def _exec_sync(self, i: int):
         spec = self.plan.steps[i]
         t0 = self._start(i)
@@ -233,12 +242,7 @@ class FunctionRun:
             else:
                 value = self.call()
         except BaseException as exc:  # noqa: BLE001 - every error of a step is reported
-            new = self._failed(exc, i, t0)
-            if not self.engine.wants_pause(new, self):
-                if new is exc:
-                    raise
-                raise new from None
-            return False, new
+            return self._step_failed(exc, i, t0)
         self._finish(i, "passed", t0)
         return True, value
 
@@ -258,12 +262,7 @@ class FunctionRun:
                 interrupt = KeyboardInterrupt()
                 interrupt.__traceback__ = exc.__traceback__
                 exc = interrupt
-            new = self._failed(exc, i, t0)
-            if not self.engine.wants_pause(new, self):
-                if new is exc:
-                    raise
-                raise new from None
-            return False, new
+            return self._step_failed(exc, i, t0)
         self._finish(i, "passed", t0)
         return True, value
 

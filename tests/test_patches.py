@@ -241,6 +241,32 @@ def test_round_trip_single_edit(tmp_path, run_session):
     assert git(repo, "log", "-1", "--format=%an <%ae>").stdout.strip() == "Ada Tester <ada@example.com>"
 
 
+def test_round_trip_from_cached_steps(tmp_path, run_session):
+    """A second run takes its steps from the step cache (no report from the kernel):
+    the session still shows the failing step and exports the edit as a patch."""
+    project = write_project(tmp_path / "repo", CART, git=True)
+    writes = {**GIT_ENV, "PYTHONDONTWRITEBYTECODE": ""}
+    first = subprocess.run(
+        [stepkernel_bin(), "run", "--on-error", "fail", "--python", PYTHON, "-q", "test_cart.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, **writes}, timeout=120,
+    )
+    assert first.returncode == 1, first.stdout + first.stderr
+    (cache,) = (project / "__pycache__").glob("test_cart.*stepkernel*.steps")
+    written = cache.stat()
+    session = run_session(project, "test_cart.py", env=writes)
+    session.wait_paused()
+    again = cache.stat()
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns), "steps were compiled again"
+    assert "assert total == 5" in session.output(), session.output()
+    client = session.client()
+    edit(client, CART_FIX)
+    patch = patch_now(client)
+    magic(client, "%continue")
+    assert session.wait_exit() == 1
+    repo = round_trip(tmp_path, project, patch)
+    assert (repo / "test_cart.py").read_text().splitlines()[10] == "    assert total == 4, 'fixed total'"
+
+
 def test_round_trip_two_edits_in_one_test(tmp_path, run_session):
     files = {
         "test_two.py": '''

@@ -55,6 +55,28 @@ impl Options {
     }
 }
 
+impl Options {
+    /// Names everything that decides the steps found in a file: this crate's
+    /// sources and the options. Equal fingerprints and equal file contents
+    /// give equal reports, so step data cached under one stays valid.
+    pub fn fingerprint(&self) -> String {
+        let mut hash: u64 = 0xcbf29ce484222325;
+        let parts = [
+            self.step_marker.as_str(),
+            self.end_marker.as_str(),
+            &self.function_prefix,
+            &self.class_prefix,
+        ];
+        for part in parts {
+            for byte in part.bytes().chain([0u8]) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x100000001b3);
+            }
+        }
+        format!("{}-{hash:016x}", env!("INSTRUMENTER_SOURCE_HASH"))
+    }
+}
+
 /// Compiles one of the built-in patterns (constants, checked by a test).
 fn marker(pattern: &str) -> Regex {
     Regex::new(pattern).expect("built-in marker patterns compile")

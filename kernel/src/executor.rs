@@ -155,6 +155,7 @@ impl Executor {
         if let Some(mut run) = self.run.take() {
             run["type"] = json!("run");
             run["id"] = json!(RUN_ID);
+            run["steps_fingerprint"] = json!(self.steps_fingerprint());
             if let Err(err) = self.worker.send(&run).await {
                 log(format!("could not start the run: {err}"));
             }
@@ -178,6 +179,12 @@ impl Executor {
                     if generation == self.worker.generation {
                         self.on_worker_event(event).await;
                     }
+                    if self.events.is_empty() {
+                        // A batch (say, the event ring's) is handled: write it out.
+                        if let Some(hooks) = &self.shared.hooks {
+                            hooks.flush();
+                        }
+                    }
                 }
                 Some(reply) = self.stdin_replies.recv() => self.on_stdin(reply).await,
                 _ = sleep_until(deadline), if deadline.is_some() => {
@@ -194,6 +201,13 @@ impl Executor {
             }
         }
         self.stop_worker().await;
+    }
+
+    fn steps_fingerprint(&self) -> Option<String> {
+        self.shared
+            .hooks
+            .as_ref()
+            .and_then(|h| h.steps_fingerprint())
     }
 
     fn paused(&self) -> bool {
@@ -475,7 +489,8 @@ impl Executor {
             // `%test` is answered when the loaded test pauses (or ends), like a resume.
             Magic::Session { name, args } if name == "test" => Ok((
                 Kind::Resume,
-                json!({"type": "test", "id": id, "args": args, "execution_count": self.count()}),
+                json!({"type": "test", "id": id, "args": args, "execution_count": self.count(),
+                       "steps_fingerprint": self.steps_fingerprint()}),
             )),
             Magic::Session { name, args } => Ok((
                 Kind::SessionMagic,
@@ -667,6 +682,14 @@ impl Executor {
                 let reply =
                     json!({"type": "steps_reply", "id": message.get("id"), "report": report});
                 let _ = self.worker.send(&reply).await;
+            }
+            "steps_loaded" => {
+                // The worker used cached steps: the session still records the
+                // file as loaded (its content is what edits are checked against).
+                let path = message.get("path").and_then(Value::as_str).unwrap_or("");
+                if let Some(hooks) = &self.shared.hooks {
+                    hooks.steps_loaded(path);
+                }
             }
             other => log(format!("unexpected worker message {other:?}")),
         }

@@ -4,10 +4,12 @@
 //! - [`server`]: binding the channels and serving them;
 //! - [`executor`]: running requests against the worker;
 //! - [`worker`]: the Python worker process and its private protocol;
+//! - [`event_ring`]: shared memory carrying the worker's progress events;
 //! - [`assets`]: the embedded Python package.
 
 pub mod assets;
 pub mod connection_file;
+pub mod event_ring;
 pub mod executor;
 pub mod magics;
 pub mod server;

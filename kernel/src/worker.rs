@@ -13,7 +13,8 @@
 //!   `{"type":"is_complete","id","code"}`
 //! - `{"type":"input_reply","value"}` (or `"interrupted": true`) answering an `input_request`
 //! - `{"type":"steps_reply","id","report"}` answering `need_steps` (same `id`)
-//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir"}` runs tests (stepping engine)
+//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir","steps_fingerprint"}` runs tests
+//!   (stepping engine; `steps_fingerprint` names the instrumenter and its options, see `need_steps`)
 //! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`
 //!   (or `"target"`: a function of the code under test), `{"type":"describe","id"}`: commands for a paused test;
 //!   the reply to `resume` comes when the run pauses again or ends
@@ -27,20 +28,25 @@
 //! - `{"type":"reply","id","content"}`: the Jupyter reply content for request `id`
 //! - `{"type":"iopub","id","msg_type","content"}`: publish on iopub with request `id` as parent
 //! - `{"type":"input_request","id","prompt","password"}`
-//! - `{"type":"event","event":{...}}`: stepping progress (events.jsonl)
+//! - `{"type":"event","event":{...}}`: stepping progress (events.jsonl); written to the shared
+//!   [`crate::event_ring`] when the worker has one (`$STEPKERNEL_EVENTS_FD`), else sent here
 //! - `{"type":"paused","info":{...}}`: a test paused and the worker serves requests in its namespace
 //! - `{"type":"need_steps","id","path"}`: asks the kernel's instrumenter for a file's steps
+//! - `{"type":"steps_loaded","path"}`: the worker loaded a file's steps from its cache (no reply)
 //!
 //! Ordering: before sending a message with `"sync": n` the worker writes the
 //! marker `\0\x1eSKSYNC:n\x1e\0` to both pipes ([`crate::stream_splitter`]); the
 //! kernel holds the message until both pipes reached marker `n`, so output
 //! printed before a result or reply is published before it.
 
+use crate::event_ring::{self, EventRing};
 use crate::stream_splitter::{Piece, StreamSplitter};
 use serde_json::Value;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
@@ -139,6 +145,9 @@ impl Worker {
         };
         let (ours, theirs) = socketpair().map_err(spawn_err)?;
         let child_fd = theirs.as_raw_fd();
+        // Without the ring (not Linux, no memory) events use the channel.
+        let ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
+        let ring_fd = ring.as_ref().map_or(-1, EventRing::raw_fd);
         let mut command = tokio::process::Command::new(&config.python);
         command
             .arg("-c")
@@ -150,6 +159,12 @@ impl Worker {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
+        match &ring {
+            Some(ring) => command
+                .env("STEPKERNEL_EVENTS_FD", ring_fd.to_string())
+                .env("STEPKERNEL_EVENTS_SIZE", ring.size().to_string()),
+            None => command.env_remove("STEPKERNEL_EVENTS_FD"),
+        };
         if let Some(cwd) = &config.cwd {
             command.current_dir(cwd);
         }
@@ -157,8 +172,10 @@ impl Worker {
         unsafe {
             command.pre_exec(move || {
                 // Keep the channel open across exec, and die with the kernel.
-                if libc::fcntl(child_fd, libc::F_SETFD, 0) == -1 {
-                    return Err(std::io::Error::last_os_error());
+                for fd in [child_fd, ring_fd] {
+                    if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
@@ -172,18 +189,31 @@ impl Worker {
         let stream = tokio::net::UnixStream::from_std(std_stream).map_err(spawn_err)?;
         let (reader, writer) = stream.into_split();
 
+        let ring = ring.map(|ring| Arc::new(Mutex::new(ring)));
+        let channel_open = Arc::new(AtomicBool::new(true));
         let tx = events.clone();
+        let (reader_ring, reader_open) = (ring.clone(), channel_open.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(value) => {
-                        let _ = tx.send((generation, WorkerEvent::Message(value)));
-                    }
-                    Err(err) => eprintln!("stepkernel: ignoring malformed worker message: {err}"),
-                }
+                // Events the worker put in the ring before this message come first.
+                drain_ring(reader_ring.as_ref(), generation, &tx);
+                forward_line(line.as_bytes(), generation, &tx);
             }
+            drain_ring(reader_ring.as_ref(), generation, &tx);
+            reader_open.store(false, AtomicOrdering::Release);
         });
+        if let Some(ring) = ring {
+            let tx = events.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(RING_POLL);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while channel_open.load(AtomicOrdering::Acquire) && !tx.is_closed() {
+                    tick.tick().await;
+                    drain_ring(Some(&ring), generation, &tx);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
         let out_done = spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone());
@@ -257,6 +287,32 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
         format!("killed by signal {sig} ({name})")
     } else {
         format!("exited with code {}", status.code().unwrap_or(-1))
+    }
+}
+
+/// How often the kernel looks for new events in the ring.
+const RING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+
+fn drain_ring(
+    ring: Option<&Arc<Mutex<EventRing>>>,
+    generation: u64,
+    events: &mpsc::UnboundedSender<TaggedEvent>,
+) {
+    let Some(ring) = ring else {
+        return;
+    };
+    let lines = ring.lock().unwrap_or_else(|e| e.into_inner()).drain();
+    for line in lines {
+        forward_line(&line, generation, events);
+    }
+}
+
+fn forward_line(line: &[u8], generation: u64, events: &mpsc::UnboundedSender<TaggedEvent>) {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(value) => {
+            let _ = events.send((generation, WorkerEvent::Message(value)));
+        }
+        Err(err) => eprintln!("stepkernel: ignoring malformed worker message: {err}"),
     }
 }
 

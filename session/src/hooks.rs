@@ -13,8 +13,11 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+/// How often, at most, session.json is rewritten only to count finished tests.
+const META_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Fixed facts about a session.
 pub struct SessionContext {
@@ -43,7 +46,8 @@ pub struct SessionContext {
 struct Inner {
     terminal: Terminal,
     report: Report,
-    events: Option<std::fs::File>,
+    /// events.jsonl, written out when the kernel's queue drains (see `flush`).
+    events: Option<std::io::BufWriter<std::fs::File>>,
     journal: Option<Journal>,
     /// File contents as first loaded: edits are hashed and checked against these.
     originals: HashMap<PathBuf, String>,
@@ -51,6 +55,8 @@ struct Inner {
     reports: HashMap<PathBuf, Value>,
     last_pause: Option<Value>,
     meta: SessionMeta,
+    /// When session.json was last written for a finished test.
+    meta_saved: Instant,
     applied: bool,
     exit_code: Option<i32>,
 }
@@ -60,6 +66,8 @@ pub struct RunHooks {
     ctx: SessionContext,
     started: Instant,
     inner: Mutex<Inner>,
+    /// Reports instrumented ahead of need (path -> bytes seen, report).
+    prefetched: Mutex<HashMap<PathBuf, (Vec<u8>, Value)>>,
 }
 
 impl RunHooks {
@@ -69,7 +77,8 @@ impl RunHooks {
             .create(true)
             .append(true)
             .open(ctx.dir.join("events.jsonl"))
-            .ok();
+            .ok()
+            .map(|file| std::io::BufWriter::with_capacity(1 << 16, file));
         RunHooks {
             inner: Mutex::new(Inner {
                 terminal: Terminal::new(quiet),
@@ -80,11 +89,71 @@ impl RunHooks {
                 reports: HashMap::new(),
                 last_pause: None,
                 meta,
+                meta_saved: Instant::now(),
                 applied: false,
                 exit_code: None,
             }),
             started: Instant::now(),
+            prefetched: Mutex::new(HashMap::new()),
             ctx,
+        }
+    }
+
+    /// Records `abs` as loaded with content `bytes` (what edits are checked
+    /// against) and returns its report (prefetched when it can be).
+    fn record_file(&self, abs: PathBuf, bytes: Vec<u8>) -> Value {
+        let ready = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&abs)
+            .filter(|(seen, _)| *seen == bytes)
+            .map(|(_, value)| value);
+        let value = ready.unwrap_or_else(|| self.instrument(&abs, &bytes));
+        let mut inner = self.lock();
+        if let Ok(text) = String::from_utf8(bytes) {
+            inner.originals.entry(abs.clone()).or_insert(text);
+        }
+        inner.reports.insert(abs, value.clone());
+        value
+    }
+
+    /// The instrumenter's report of `abs` (holding `bytes`), as JSON.
+    fn instrument(&self, abs: &Path, bytes: &[u8]) -> Value {
+        let shown = abs
+            .strip_prefix(&self.ctx.rootdir)
+            .map(|p| p.to_string_lossy().to_string())
+            .unwrap_or_else(|_| abs.to_string_lossy().to_string());
+        let report = instrumenter::instrument_source(&shown, bytes, &self.ctx.options);
+        serde_json::to_value(&report).unwrap_or(json!({}))
+    }
+
+    /// Instruments the test files `targets` name, in the background, so the
+    /// worker's `need_steps` finds them ready (it asks while running tests;
+    /// this runs while it is still importing pytest).
+    pub fn prefetch(self: &Arc<Self>, targets: &[String]) {
+        let files = prefetch_candidates(&self.ctx.rootdir, targets);
+        if files.is_empty() {
+            return;
+        }
+        let hooks = Arc::clone(self);
+        let spawned = std::thread::Builder::new()
+            .name("stepkernel-prefetch".into())
+            .spawn(move || {
+                for file in files {
+                    let Ok(bytes) = std::fs::read(&file) else {
+                        continue;
+                    };
+                    let value = hooks.instrument(&file, &bytes);
+                    hooks
+                        .prefetched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(file, (bytes, value));
+                }
+            });
+        if let Err(err) = spawned {
+            self.say(&format!("stepkernel: no prefetch thread: {err}"));
         }
     }
 
@@ -285,6 +354,9 @@ impl RunHooks {
 
     fn finish(&self, code: i32) -> i32 {
         let mut inner = self.lock();
+        if let Some(file) = inner.events.as_mut() {
+            let _ = file.flush();
+        }
         let counts = inner.report.counts().clone();
         let failing: u64 = ["failed", "error", "forced"]
             .iter()
@@ -365,32 +437,24 @@ impl SessionHooks for RunHooks {
                 return json!({"path": path, "error": {"message": err.to_string()}, "tests": [], "functions": []})
             }
         };
-        let shown = abs
-            .strip_prefix(&self.ctx.rootdir)
-            .map(|p| p.to_string_lossy().to_string())
-            .unwrap_or_else(|_| path.to_string());
-        let report = instrumenter::instrument_source(&shown, &bytes, &self.ctx.options);
-        let value = serde_json::to_value(&report).unwrap_or(json!({}));
-        let mut inner = self.lock();
-        if let Ok(text) = String::from_utf8(bytes) {
-            inner.originals.entry(abs.clone()).or_insert(text);
+        slim_report(&self.record_file(abs, bytes))
+    }
+
+    fn steps_loaded(&self, path: &str) {
+        let abs = PathBuf::from(path);
+        if let Ok(bytes) = std::fs::read(&abs) {
+            self.record_file(abs, bytes);
         }
-        inner.reports.insert(abs, value.clone());
-        // The worker reads steps from `functions` and only names from `tests`:
-        // leave the steps out of the phases (they can be most of the reply).
-        let mut slim = value;
-        if let Some(tests) = slim.get_mut("tests").and_then(Value::as_array_mut) {
-            for test in tests {
-                if let Some(phases) = test.get_mut("phases").and_then(Value::as_array_mut) {
-                    for phase in phases {
-                        if let Some(phase) = phase.as_object_mut() {
-                            phase.remove("steps");
-                        }
-                    }
-                }
-            }
+    }
+
+    fn flush(&self) {
+        if let Some(file) = self.lock().events.as_mut() {
+            let _ = file.flush();
         }
-        slim
+    }
+
+    fn steps_fingerprint(&self) -> Option<String> {
+        Some(self.ctx.options.fingerprint())
     }
 
     fn on_event(&self, event: &Value) {
@@ -409,7 +473,11 @@ impl SessionHooks for RunHooks {
         match kind {
             "test_finish" => {
                 inner.meta.tests += 1;
-                self.save_meta(&inner);
+                // A count for `stepkernel sessions`: fresh enough twice a second.
+                if inner.meta_saved.elapsed() >= META_INTERVAL {
+                    self.save_meta(&inner);
+                    inner.meta_saved = Instant::now();
+                }
             }
             "resume" => {
                 inner.meta.state = "running".into();
@@ -422,6 +490,10 @@ impl SessionHooks for RunHooks {
 
     fn on_paused(&self, info: &Value) {
         let mut inner = self.lock();
+        // Whoever reads the terminal's pause notice may read events.jsonl next.
+        if let Some(file) = inner.events.as_mut() {
+            let _ = file.flush();
+        }
         inner.last_pause = Some(info.clone());
         inner.report.add_pause_info(info);
         let source = Self::step_source(&inner, info);
@@ -500,4 +572,66 @@ impl SessionHooks for RunHooks {
             self.say(&format!("stepkernel: {text}"));
         }
     }
+}
+
+/// Most files `prefetch` instruments (a run naming a huge tree still starts at once).
+const PREFETCH_LIMIT: usize = 2000;
+
+/// The files pytest would collect for `targets` by default (`test_*.py`,
+/// `*_test.py`; the named file of a node id), in collection order.
+fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
+    let roots: Vec<PathBuf> = if targets.is_empty() {
+        vec![rootdir.to_path_buf()]
+    } else {
+        targets
+            .iter()
+            .map(|t| rootdir.join(t.split("::").next().unwrap_or(t)))
+            .collect()
+    };
+    let mut files = Vec::new();
+    for root in roots {
+        if root.is_file() {
+            files.push(root);
+        } else if root.is_dir() {
+            files.extend(instrumenter::test_files(&root).unwrap_or_default());
+        }
+        if files.len() >= PREFETCH_LIMIT {
+            files.truncate(PREFETCH_LIMIT);
+            break;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    files
+}
+
+/// What the worker reads of a report: function steps without their source
+/// (it slices its own copy of the file) and phase names; the rest can be
+/// most of the reply.
+fn slim_report(report: &Value) -> Value {
+    let mut slim = report.clone();
+    if let Some(tests) = slim.get_mut("tests").and_then(Value::as_array_mut) {
+        for test in tests {
+            if let Some(phases) = test.get_mut("phases").and_then(Value::as_array_mut) {
+                for phase in phases {
+                    if let Some(phase) = phase.as_object_mut() {
+                        phase.retain(|k, _| k == "name" || k == "function");
+                    }
+                }
+            }
+        }
+    }
+    if let Some(functions) = slim.get_mut("functions").and_then(Value::as_array_mut) {
+        for function in functions {
+            if let Some(steps) = function.get_mut("steps").and_then(Value::as_array_mut) {
+                for step in steps {
+                    if let Some(step) = step.as_object_mut() {
+                        step.remove("source");
+                        step.remove("flags");
+                    }
+                }
+            }
+        }
+    }
+    slim
 }

@@ -279,6 +279,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                        Messages are signed with the session key but NOT encrypted: prefer an SSH tunnel \
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
         }
+        hooks.prefetch(&opts.targets);
         bound.set_hooks(hooks.clone());
         bound.serve().await?;
         Ok(hooks.exit_code().unwrap_or(3))

@@ -11,7 +11,9 @@ import collections
 import json
 import os
 import select
+import mmap
 import socket
+import _thread
 
 
 class ChannelClosed(Exception):
@@ -30,7 +32,10 @@ class Channel:
 
     def send(self, message: dict) -> None:
         """Send one message (thread-unsafe by design: the worker is single-threaded)."""
-        data = json.dumps(message, default=_fallback, separators=(",", ":")).encode() + b"\n"
+        self._sock.sendall(_ENCODER.encode(message).encode() + b"\n")
+
+    def send_encoded(self, data: bytes) -> None:
+        """Send a message already encoded as one JSON line (with its newline)."""
         self._sock.sendall(data)
 
     def recv(self) -> dict:
@@ -90,7 +95,110 @@ def _fallback(value):
     return repr(value)
 
 
+# One encoder for every message: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(default=_fallback, separators=(",", ":"))
+
+
+class EventRing:
+    """The worker's side of the shared event ring (layout: ``kernel/src/event_ring.rs``).
+
+    ``append`` copies one JSON line into shared memory and publishes it by
+    advancing the write position; the kernel drains the ring every few
+    milliseconds and before each channel message, so events need no system
+    call. Only the process that created the ring writes to it (a test that
+    forks must not interleave its child's events with ours).
+    """
+
+    DATA_OFFSET = 64
+
+    def __init__(self, fd: int, size: int):
+        self._map = mmap.mmap(fd, size)
+        os.close(fd)  # the mapping keeps the memory; tests see no extra descriptor
+        view = memoryview(self._map)
+        self._positions = view[:16].cast("Q")  # [write_pos, read_pos]
+        self._data = view[self.DATA_OFFSET :]
+        self._capacity = size - self.DATA_OFFSET
+        self._pid = os.getpid()
+        # Released then re-acquired around each publish: a lock's release and
+        # acquire are memory barriers, so on weakly ordered CPUs the line is
+        # visible before the position that publishes it.
+        self._fence = _thread.allocate_lock()
+        self._fence.acquire()
+
+    def append(self, line: bytes) -> bool:
+        """Publish ``line`` (ending in a newline); False when full or in a forked child."""
+        n = len(line)
+        write = self._positions[0]
+        if write + n - self._positions[1] > self._capacity or os.getpid() != self._pid:
+            return False
+        start = write % self._capacity
+        end = start + n
+        if end <= self._capacity:
+            self._data[start:end] = line
+        else:
+            first = self._capacity - start
+            self._data[start:] = line[:first]
+            self._data[: n - first] = line[first:]
+        self._fence.release()
+        self._fence.acquire()
+        self._positions[0] = write + n
+        return True
+
+
+def ring_from_environment() -> EventRing | None:
+    """The event ring the kernel shared with this process, if any."""
+    try:
+        fd = int(os.environ.pop("STEPKERNEL_EVENTS_FD"))
+        size = int(os.environ.pop("STEPKERNEL_EVENTS_SIZE"))
+    except (KeyError, ValueError):
+        return None
+    try:
+        return EventRing(fd, size)
+    except (OSError, ValueError):
+        return None
+
+
 def from_environment() -> Channel:
     """The channel the kernel handed to this process."""
     fd = int(os.environ["STEPKERNEL_CHANNEL_FD"])
     return Channel(fd)
+
+
+_strings: dict[str, str] = {}
+
+
+def _json_string(text: str) -> str:
+    # Test ids, phases and step names repeat for every step: encode each once.
+    encoded = _strings.get(text)
+    if encoded is None:
+        if len(_strings) > 50_000:
+            _strings.clear()
+        encoded = _strings[text] = json.dumps(text)
+    return encoded
+
+
+def encode_flat(obj: dict) -> str:
+    """JSON for a dict of strings, ints, floats, bools and None (others: the full encoder).
+
+    Step events are most of what the worker sends; this is several times
+    cheaper than ``json.dumps`` for them and gives the same JSON.
+    """
+    parts = []
+    for key, value in obj.items():
+        kind = type(value)
+        if kind is str:
+            text = _json_string(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is float and value - value == 0.0:  # finite
+            text = float.__repr__(value)
+        elif value is None:
+            text = "null"
+        elif kind is bool:
+            text = "true" if value else "false"
+        else:
+            return _ENCODER.encode(obj)
+        if type(key) is not str:
+            return _ENCODER.encode(obj)
+        parts.append(f"{_json_string(key)}:{text}")
+    return "{" + ",".join(parts) + "}"

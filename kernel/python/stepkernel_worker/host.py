@@ -77,10 +77,20 @@ class Host(Protocol):
         xpassed, fixed, forced; total, edits, exit_code, aborted, duration_s).
         ``test`` is pytest's node id (``path::Class::name``, relative to the
         rootdir) under both runners.
+
+        A host may also offer ``emit_line(line: str)`` taking the whole
+        worker message ``{"type":"event","event":{...}}`` as one JSON line:
+        the engine then formats step events itself (they are most events).
         """
 
     def get_steps(self, path: str) -> dict:
-        """The instrumenter's report for one file (the ``files[0]`` object of ``stepkernel steps --json``)."""
+        """The instrumenter's report for one file (the ``files[0]`` object of ``stepkernel steps --json``).
+
+        Optional companions: a ``steps_fingerprint`` attribute naming the
+        instrumenter and its options (then steps cached on disk under the same
+        fingerprint are used without asking), and ``steps_loaded(path)``,
+        called once for a file whose steps all came from that cache.
+        """
 
     def pause(self, handler: PausedHandler, info: dict) -> dict:
         """Block serving client requests until a resume command arrives; return it.

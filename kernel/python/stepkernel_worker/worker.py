@@ -18,11 +18,13 @@ import traceback
 from typing import Any
 
 from . import cells, display, introspect
-from .channel import Channel, ChannelClosed, from_environment
+from .channel import Channel, ChannelClosed, EventRing, encode_flat, from_environment, ring_from_environment
 
 # Written to fd 1 and 2 after each request: the kernel forwards everything
 # before it as output of that request, so no output arrives after the reply.
 SYNC_MARKER = b"\x00\x1eSKSYNC:%d\x1e\x00"
+# How often, at most, step boundaries look for %pause and %break requests.
+POLL_INTERVAL_S = 0.005
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -71,8 +73,11 @@ class ExitRequest:
 class Worker:
     """Serves requests; also the ``Host`` the stepping engine runs under."""
 
-    def __init__(self, channel: Channel):
+    def __init__(self, channel: Channel, ring: EventRing | None = None):
         self.channel = channel
+        self.ring = ring  # progress events go here when the kernel shared one
+        #: Names the kernel's instrumenter (from the run request; see step_cache).
+        self.steps_fingerprint: str | None = None
         self.plain = cells.PlainNamespace()
         self.handler = None  # a PausedHandler while a test is paused or loaded
         self.current_id: int | None = None
@@ -87,6 +92,7 @@ class Worker:
         self.last_handler = None  # the last paused namespace, kept after a %test ends
         self._next_rpc = 0
         self._sync = 0
+        self._last_poll = 0.0
         # Private copies of the output pipes: markers must reach the kernel even
         # while pytest's capture has fd 1 and 2 pointing at temporary files.
         self._sync_fds = []
@@ -319,7 +325,17 @@ class Worker:
     def emit(self, event: dict) -> None:
         """Publish a progress event to the kernel (events.jsonl, iopub, terminal)."""
         event.setdefault("time", time.time())
-        self.send({"type": "event", "event": event}, ordered=False)
+        self.emit_line('{"type":"event","event":' + encode_flat(event) + "}\n")
+
+    def emit_line(self, line: str) -> None:
+        """Publish one event message already encoded as a JSON line."""
+        data = line.encode()
+        if self.ring is None or not self.ring.append(data):
+            self.channel.send_encoded(data)
+
+    def steps_loaded(self, path: str) -> None:
+        """Tell the kernel a file's steps came from the step cache (it records the file)."""
+        self.channel.send({"type": "steps_loaded", "path": os.path.abspath(path)})
 
     def get_steps(self, path: str) -> dict:
         """Ask the kernel's instrumenter for the steps of one file."""
@@ -331,7 +347,12 @@ class Worker:
 
     def should_pause_before(self, test_id: str, phase: str, step: int) -> str | None:
         """A reason to pause before this step (breakpoint or ``%pause``), else None."""
-        self.channel.poll()
+        now = time.monotonic()
+        if now - self._last_poll >= POLL_INTERVAL_S:
+            # A select() per step is most of a fast step's cost; a %pause or
+            # %break that arrives takes effect at the first boundary after it.
+            self._last_poll = now
+            self.channel.poll()
         while True:
             message = self.channel.take_pending(lambda m: m.get("type") in ("pause_request", "breakpoints"))
             if message is None:
@@ -444,6 +465,7 @@ class Worker:
             return
         self.handler = self.last_handler = None
         self.pending_resume = message
+        self.steps_fingerprint = message.get("steps_fingerprint")
         self.pause_at_start = True
         self.executing = True
         exit_code = 3
@@ -489,6 +511,7 @@ class Worker:
         from . import stepping
 
         self.current_id = message["id"]
+        self.steps_fingerprint = message.get("steps_fingerprint")
         exit_code = 3
         self.executing = True
         try:
@@ -512,7 +535,7 @@ class Worker:
 def main() -> None:
     """Entry point of ``python -m stepkernel_worker``."""
     channel = from_environment()
-    worker = Worker(channel)
+    worker = Worker(channel, ring_from_environment())
     profile_path = os.environ.get("STEPKERNEL_WORKER_PROFILE")
     if profile_path:
         # For finding where the worker's time goes (bench/README.md).

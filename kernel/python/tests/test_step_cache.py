@@ -219,3 +219,66 @@ def test_package_hash_changes_with_the_engine_source(tmp_path):
     with open(tmp_path / "compiler.py", "a") as fh:
         fh.write("\n# changed\n")
     assert step_cache.source_hash(str(tmp_path)) != step_cache.package_hash()
+
+
+class FingerprintHost(RecordingHost):
+    """A host naming its instrumenter, counting report requests and cache announcements."""
+
+    def __init__(self, fingerprint):
+        super().__init__(get_steps=build_report)
+        self.steps_fingerprint = fingerprint
+        self.asked: list[str] = []
+        self.loaded: list[str] = []
+
+    def get_steps(self, path):
+        self.asked.append(path)
+        return super().get_steps(path)
+
+    def steps_loaded(self, path):
+        self.loaded.append(path)
+
+
+def test_a_known_fingerprint_uses_cached_steps_without_the_report(tmp_path, writable, monkeypatch):
+    mod = load_module(str(tmp_path), "cached_mod_h", SOURCE)
+    cold = Engine(FingerprintHost("instrumenter-1"), on_error="fail")
+    expected = _run_all(cold, mod)
+    assert cold.host.asked == [mod.__file__] and cold.host.loaded == []
+
+    _forbid_compiling(monkeypatch)
+    warm = Engine(FingerprintHost("instrumenter-1"), on_error="fail")
+    assert _run_all(warm, mod) == expected
+    # No report asked for; the session is told the file was loaded, once.
+    assert warm.host.asked == [] and warm.host.loaded == [mod.__file__]
+    assert _step_events(warm) == _step_events(cold)
+    plan = warm.plan_for(mod.counts, mod.__file__)
+    assert [(s.name, s.start_line, s.end_line) for s in plan.steps] == [
+        (s.name, s.start_line, s.end_line) for s in cold.plan_for(mod.counts, mod.__file__).steps
+    ]
+    # The step text (what an edit replaces and a patch diffs) comes back from the file's bytes.
+    assert [s.source for s in plan.steps] == [s.source for s in cold.plan_for(mod.counts, mod.__file__).steps]
+    assert 'label = f"sum={total}"' in plan.steps[2].source
+
+
+def test_another_fingerprint_is_not_trusted(tmp_path, writable, monkeypatch):
+    mod = load_module(str(tmp_path), "cached_mod_i", SOURCE)
+    expected = _run_all(Engine(FingerprintHost("instrumenter-1"), on_error="fail"), mod)
+    compiled = []
+    original = compiler.StepCompiler.compile_steps
+    monkeypatch.setattr(
+        compiler.StepCompiler,
+        "compile_steps",
+        lambda self, groups, **kw: compiled.append(1) or original(self, groups, **kw),
+    )
+    other = Engine(FingerprintHost("instrumenter-2"), on_error="fail")
+    assert _run_all(other, mod) == expected
+    assert other.host.asked == [mod.__file__] and other.host.loaded == []
+    assert len(compiled) == 3
+
+
+def test_without_a_fingerprint_the_report_is_still_asked_for(tmp_path, writable, monkeypatch):
+    mod = load_module(str(tmp_path), "cached_mod_j", SOURCE)
+    _run_all(Engine(FingerprintHost(None), on_error="fail"), mod)
+    _forbid_compiling(monkeypatch)
+    warm = Engine(FingerprintHost(None), on_error="fail")
+    _run_all(warm, mod)
+    assert warm.host.asked == [mod.__file__] and warm.host.loaded == []

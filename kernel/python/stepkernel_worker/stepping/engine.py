@@ -48,6 +48,11 @@ class Engine:
         if on_error not in ("pause", "fail"):
             raise ValueError(f"on_error must be 'pause' or 'fail', not {on_error!r}")
         self.host = host
+        #: The host's ``emit_line(str)`` taking a whole JSON event message, when it
+        #: has one: step events use it to skip building dicts (the hot path).
+        self.emit_line: Callable[[str], None] | None = getattr(host, "emit_line", None)
+        #: Names the kernel's instrumenter and options (see ``step_cache``).
+        self.steps_fingerprint: str | None = getattr(host, "steps_fingerprint", None)
         self.on_error = on_error
         self.rootdir = os.path.abspath(rootdir)
         self.current: TestRecord | None = None
@@ -65,7 +70,9 @@ class Engine:
         self._plans: dict[Any, StepPlan] = {}
         self._reports: dict[str, dict | None] = {}
         #: Whether compiled steps are cached on disk (see ``step_cache``).
-        self.cache_steps = True
+        self.cache_steps = step_cache.enabled()
+        self._relpaths: dict[str, str] = {}
+        self._same_files: dict[tuple[str, str], bool] = {}
         self._last_source: SourceFile | None = None
         self.started = time.time()
 
@@ -80,13 +87,27 @@ class Engine:
             print(f"stepkernel: cannot emit {event}: {exc}", file=sys.stderr)
 
     def relpath(self, path: str | None) -> str | None:
+        """``path`` relative to the rootdir, '/'-separated (unchanged when outside it)."""
         if not path:
             return path
-        try:
-            rel = os.path.relpath(os.path.abspath(path), self.rootdir)
-        except ValueError:
-            return path
-        return path if rel.startswith("..") else rel.replace(os.sep, "/")
+        rel = self._relpaths.get(path)
+        if rel is None:
+            try:
+                rel = os.path.relpath(os.path.abspath(path), self.rootdir)
+            except ValueError:
+                rel = path
+            else:
+                rel = path if rel.startswith("..") else rel.replace(os.sep, "/")
+            self._relpaths[path] = rel
+        return rel
+
+    def _same_file(self, a: str, b: str) -> bool:
+        if a == b:
+            return True
+        same = self._same_files.get((a, b))
+        if same is None:
+            same = self._same_files[(a, b)] = same_file(a, b)
+        return same
 
     def record_edit(self, journal: dict) -> None:
         self.edits.append(journal)
@@ -116,7 +137,9 @@ class Engine:
     def source_file(self, path: str) -> SourceFile | None:
         if path not in self._files:
             try:
-                self._files[path] = SourceFile(path, self._report)
+                self._files[path] = SourceFile(
+                    path, self._report, self.steps_fingerprint, getattr(self.host, "steps_loaded", None)
+                )
             except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
                 self._files[path] = None
         return self._files[path]
@@ -128,7 +151,7 @@ class Engine:
         if plan is not None:
             return plan
         filename = func.__code__.co_filename
-        if test_file is not None and not same_file(filename, test_file):
+        if test_file is not None and not self._same_file(filename, test_file):
             plan = unstepped_plan(func, "defined in another file")
         else:
             source = self.source_file(filename)
@@ -152,7 +175,7 @@ class Engine:
 
     def _step_cache(self, source: SourceFile | None, rewritten: bool):
         """The on-disk cache of ``source``'s compiled steps (None when caching is off)."""
-        if source is None or not self.cache_steps or not step_cache.enabled():
+        if source is None or not self.cache_steps:
             return None
         tag = ""
         if rewritten:
@@ -195,7 +218,13 @@ class Engine:
         }
 
     def phase_name(self, default: str, func: types.FunctionType, test_file: str | None) -> str:
-        source = self.source_file(func.__code__.co_filename) if test_file else None
+        if not test_file:
+            return default
+        plan = self.plan_for(func, test_file)
+        if plan.phase_name is not None or plan.stepped:
+            return plan.phase_name or default
+        # Run as one step (another file, a generator...): that file's report names it.
+        source = self.source_file(func.__code__.co_filename)
         if source is not None and source.report:
             return source.phase_names().get(func.__qualname__, default)
         return default

@@ -9,9 +9,9 @@ async tests step with the same rules on their own event loop.
 from __future__ import annotations
 
 import ast
-import asyncio
-import concurrent.futures
 import contextlib
+import inspect
+import json
 import linecache
 import signal
 import sys
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import compiler
 from .compiler import CONTINUE, DISPLAY
-from .plan import StepPlan, sha256, summary_repr
+from .plan import StepPlan, StepSpec, sha256, summary_repr
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine, TestRecord
@@ -67,6 +67,14 @@ def _skip_exceptions() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
+def _json_name(spec: StepSpec) -> str:
+    """The step's name as a JSON string (computed once per step)."""
+    encoded = spec.name_json
+    if encoded is None:
+        encoded = spec.name_json = json.dumps(spec.name)
+    return encoded
+
+
 class FunctionRun:
     """One call of a function, executed step by step over shared cells."""
 
@@ -107,6 +115,7 @@ class FunctionRun:
         self.reason: str | None = None
         self._cell_counter = 0
         self._unstepped_compiler: compiler.StepCompiler | None = None
+        self._prefix: str | None = None
 
     # ------------------------------------------------------------------ steps
 
@@ -130,7 +139,12 @@ class FunctionRun:
         return cell
 
     def _function(self, code: types.CodeType) -> types.FunctionType:
-        closure = tuple(self._cell(n) for n in code.co_freevars) or None
+        # Every step closes over every name of the function: make this cheap.
+        names = code.co_freevars
+        try:
+            closure = tuple(map(self.cells.__getitem__, names)) if names else None
+        except KeyError:  # a name a user cell created while paused
+            closure = tuple(self._cell(n) for n in names)
         return types.FunctionType(code, self.globals, self.plan.name, None, closure)
 
     def _step_args(self, super_arg: bool) -> tuple:
@@ -147,21 +161,44 @@ class FunctionRun:
         self.status[i] = "running"
         if spec.edited_source is not None and self.record is not None:
             self.record.edited_ran = True
-        self.engine.emit(
-            "step_start",
-            test=self.test_id,
-            phase=self.phase,
-            index=i,
-            name=spec.name,
-            line=spec.start_line,
-        )
+        engine = self.engine
+        if engine.emit_line is not None:
+            # The hot path: one formatted line instead of a dict and json.dumps.
+            engine.emit_line(
+                f'{self._event_prefix()}"event":"step_start","index":{i},"name":{_json_name(spec)},'
+                f'"line":{spec.start_line},"time":{time.time()!r}}}}}\n'
+            )
+        else:
+            engine.emit(
+                "step_start",
+                test=self.test_id,
+                phase=self.phase,
+                index=i,
+                name=spec.name,
+                line=spec.start_line,
+            )
         return time.perf_counter()
+
+    def _event_prefix(self) -> str:
+        """The start of this run's step event lines: message type, test and phase."""
+        prefix = self._prefix
+        if prefix is None:
+            prefix = self._prefix = (
+                f'{{"type":"event","event":{{"test":{json.dumps(self.test_id)},"phase":{json.dumps(self.phase)},'
+            )
+        return prefix
 
     def _finish(self, i: int, status: str, t0: float, exc: BaseException | None = None) -> None:
         spec = self.plan.steps[i]
         duration = time.perf_counter() - t0
         self.status[i] = status
         self.durations[i] = duration
+        if exc is None and self.engine.emit_line is not None:
+            self.engine.emit_line(
+                f'{self._event_prefix()}"event":"step_finish","index":{i},"name":{_json_name(spec)},'
+                f'"status":"{status}","duration_s":{round(duration, 6)!r},"time":{time.time()!r}}}}}\n'
+            )
+            return
         fields: dict[str, Any] = dict(
             test=self.test_id,
             phase=self.phase,
@@ -257,6 +294,8 @@ class FunctionRun:
                 else:
                     value = await self.call()
         except BaseException as exc:  # noqa: BLE001
+            import asyncio  # already loaded: this is an async test
+
             if guard is not None and guard.interrupted and isinstance(exc, asyncio.CancelledError):
                 guard.uncancel()
                 interrupt = KeyboardInterrupt()
@@ -480,6 +519,8 @@ class FunctionRun:
         return self._resumed(i, command)
 
     async def _pause_async(self, i: int, reason: str, exc: BaseException | None) -> str:
+        import asyncio  # already loaded: this is an async test
+
         handler, info = self._decide(i, reason, exc)
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -591,6 +632,8 @@ class _AsyncInterrupts:
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
             return self
+        import asyncio  # already loaded: this is an async test
+
         self.task = asyncio.current_task()
         loop = asyncio.get_running_loop()
 
@@ -689,6 +732,8 @@ class PauseHandler:
     def run_cell(self, source: str) -> tuple[bool, Any]:
         """Run user code; for async tests it runs as a task step on the test's loop."""
         if self.loop is not None and threading.current_thread() is not self.loop_thread:
+            import concurrent.futures  # only when a client runs code during an async pause
+
             future: concurrent.futures.Future = concurrent.futures.Future()
             self.loop.call_soon_threadsafe(self.queue.put_nowait, ("cell", source, future))
             return future.result()
@@ -706,7 +751,7 @@ class PauseHandler:
         self.cell_running = True
         try:
             value = call()
-            if asyncio.iscoroutine(value):
+            if inspect.iscoroutine(value):
                 value = await value
             return self._result(value)
         finally:

@@ -15,6 +15,7 @@ import bisect
 import dataclasses
 import hashlib
 import inspect
+import io
 import os
 import tokenize
 import types
@@ -50,6 +51,8 @@ class StepSpec:
     edited_source: str | None = None
     #: Names created by user cells that this compiled code can see.
     extra_names: tuple = ()
+    #: ``name`` as a JSON string, for step events (filled on first use).
+    name_json: str | None = None
 
 
 @dataclasses.dataclass
@@ -70,6 +73,8 @@ class StepPlan:
     first_param: str | None = None
     compiler: compiler.StepCompiler | None = None
     rewrite: bool = False
+    #: The instrumenter's name for the phase this function is (None: the default).
+    phase_name: str | None = None
 
     @property
     def stepped(self) -> bool:
@@ -155,14 +160,29 @@ def _overlaps(spans: list[tuple[int, int]], first: int, last: int) -> bool:
 class SourceFile:
     """A Python file, parsed when first needed, with its function definitions indexed."""
 
-    def __init__(self, filename: str, get_report: Callable[[str], dict | None]):
+    def __init__(
+        self,
+        filename: str,
+        get_report: Callable[[str], dict | None],
+        fingerprint: str | None = None,
+        on_cached: Callable[[str], None] | None = None,
+    ):
         self.filename = filename
         self._get_report = get_report
+        #: Names the instrumenter and its options (None: unknown). Known, it
+        #: makes cached step data trustworthy without the report.
+        self.fingerprint = fingerprint
+        self._on_cached = on_cached
+        self._announced = False
         self._report: dict | None = None
         self._report_loaded = False
         self._phase_names: dict[str, str] | None = None
-        with tokenize.open(filename) as fh:
-            self.text = fh.read()
+        with open(filename, "rb") as fh:
+            #: The file as on disk: the instrumenter's byte offsets index this.
+            self.raw_bytes = fh.read()
+        # Decoded as tokenize.open() (and so the import system) would.
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(self.raw_bytes).readline)
+        self.text = io.TextIOWrapper(io.BytesIO(self.raw_bytes), encoding).read()
         self.source_bytes = self.text.encode("utf-8")
         self._tree: ast.Module | None = None
         self._defs: dict[tuple[str, int], DefInfo] | None = None
@@ -224,12 +244,29 @@ class SourceFile:
         self._pools.append((nodes, [info.span]))
         return nodes.get(key)
 
+    def byte_slice(self, start: Any, end: Any) -> str | None:
+        """The source between two byte offsets (the instrumenter's), or None."""
+        if type(start) is not int or type(end) is not int or not 0 <= start <= end <= len(self.raw_bytes):
+            return None
+        try:
+            return self.raw_bytes[start:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
     def step_cache(self, tag: str):
         """The on-disk cache of this file's compiled steps for compile mode ``tag``."""
         cache = self._caches.get(tag)
         if cache is None:
-            cache = self._caches[tag] = step_cache.StepCache.for_source(self.filename, self.source_bytes, tag)
+            cache = self._caches[tag] = step_cache.StepCache.for_source(
+                self.filename, self.raw_bytes, tag, self.fingerprint
+            )
         return cache
+
+    def used_cached_steps(self) -> None:
+        """Plans came from the cache, not the report: say so once (the session records the file)."""
+        if not self._announced and not self._report_loaded and self._on_cached is not None:
+            self._announced = True
+            self._on_cached(self.filename)
 
     def save_caches(self) -> None:
         for cache in self._caches.values():
@@ -319,21 +356,45 @@ def _assign_statements(body: list[ast.stmt], steps: list[dict]) -> list[list[ast
     return groups
 
 
-def _step_ranges(steps: list[dict]) -> tuple:
-    """What of the report decides how statements are grouped (part of a cache entry's key)."""
-    return tuple((s.get("start_line"), s.get("end_line")) for s in steps)
+#: What a cache entry keeps of each of the report's steps (plain values marshal can store).
+_STEP_FIELDS = ("index", "name", "start_line", "end_line", "start_byte", "end_byte", "indent", "marker_line")
+
+
+def _steps_record(steps: list[dict]) -> tuple:
+    """The report's steps of one function as a cache entry holds them."""
+    return tuple(tuple(s.get(f) for f in _STEP_FIELDS) for s in steps)
 
 
 def _valid_entry(entry: tuple, qualname: str) -> bool:
     """Whether a cache entry has the layout ``build_plan`` writes (and is this function's)."""
-    if len(entry) != 7 or entry[0] != qualname or type(entry[1]) is not tuple or type(entry[3]) is not tuple:
+    if (
+        len(entry) != 8
+        or entry[0] != qualname
+        or type(entry[1]) is not tuple
+        or type(entry[3]) is not tuple
+        or not (entry[7] is None or type(entry[7]) is str)
+    ):
+        return False
+    record = entry[4]
+    if record is not None and not (
+        type(record) is tuple and all(type(r) is tuple and len(r) == len(_STEP_FIELDS) for r in record)
+    ):
         return False
     steps = entry[5]
     if steps is None:
         return entry[6] is None or type(entry[6]) is str
-    return type(steps) is tuple and all(
-        type(s) is tuple and len(s) == 4 and type(s[0]) is types.CodeType and type(s[2]) is int and type(s[3]) is int
-        for s in steps
+    return (
+        record is not None
+        and len(steps) == len(record)
+        and type(steps) is tuple
+        and all(
+            type(s) is tuple
+            and len(s) == 4
+            and type(s[0]) is types.CodeType
+            and type(s[2]) is int
+            and type(s[3]) is int
+            for s in steps
+        )
     )
 
 
@@ -347,10 +408,12 @@ def build_plan(
     """Build the step plan of ``func``, compiled or from ``cache``; never raises.
 
     A cache entry (see ``step_cache``) holds, per function: its qualname, def
-    lines, class and ``global`` names, the report's step ranges it was
-    compiled for, and per step ``(code, super_arg, start, end)`` (or why the
-    steps cannot compile); ranges and steps are None while only the place of
-    the definition is known. The file's hash is in the cache's header.
+    lines, class and ``global`` names, the report's steps it was compiled for
+    (``_STEP_FIELDS`` of each), per step ``(code, super_arg, start, end)`` (or
+    why the steps cannot compile) and its phase name; steps are None while
+    only the place of the definition is known. The file's hash and the
+    instrumenter's fingerprint are in the cache's header: when the
+    fingerprint is known, a complete entry is used without the report.
     """
     code = func.__code__
     if code.co_flags & _CO_GENERATOR_LIKE:
@@ -373,21 +436,33 @@ def build_plan(
         if cache is not None:
             # Where it is defined, so the next run need not parse the file to
             # learn that a function has no steps; compiling fills in the rest.
-            cache.put(key, (func.__qualname__, def_lines, class_name, (), None, None, None))
-    entry = source.report_function(code.co_name, def_lines, func.__qualname__)
-    if entry is None:
-        return unstepped_plan(func, "not in the instrumenter report")
-    if entry.get("is_generator"):
-        return unstepped_plan(func, "generator")
-    raw_steps = sorted(
-        (s for s in entry.get("steps") or [] if isinstance(s, dict)),
-        key=lambda s: s.get("index", 0),
-    )
-    if not raw_steps:
-        return unstepped_plan(func, "no steps in the report")
-    ranges = _step_ranges(raw_steps)
-    if cached is not None and cached[4] != ranges:
-        cached = None
+            cache.put(key, (func.__qualname__, def_lines, class_name, (), None, None, None, None))
+    if cached is not None and cached[4] is not None and source.fingerprint is not None:
+        # Same file, same instrumenter: the report would say what the entry says.
+        raw_steps = [dict(zip(_STEP_FIELDS, r)) for r in cached[4]]
+        phase_name = cached[7]
+        source.used_cached_steps()
+    else:
+        entry = source.report_function(code.co_name, def_lines, func.__qualname__)
+        reason = None
+        if entry is None:
+            reason = "not in the instrumenter report"
+        elif entry.get("is_generator"):
+            reason = "generator"
+        raw_steps = sorted(
+            (s for s in (entry or {}).get("steps") or [] if isinstance(s, dict)),
+            key=lambda s: s.get("index", 0),
+        )
+        if reason is None and not raw_steps:
+            reason = "no steps in the report"
+        phase_name = source.phase_names().get(func.__qualname__)
+        if reason is not None:
+            entry = (func.__qualname__, def_lines, class_name, (), (), None, reason, phase_name)
+            if cache is not None and source.report is not None and cached != entry:
+                cache.put(key, entry)
+            return unstepped_plan(func, reason)
+        if cached is not None and cached[4] != _steps_record(raw_steps):
+            cached = None
     is_async = bool(code.co_flags & inspect.CO_COROUTINE)
     params = param_names(code)
     names: list[str] = []
@@ -413,9 +488,10 @@ def build_plan(
     if cached is not None:
         global_names, compiled, reason = cached[3], cached[5], cached[6]
         if compiled is None:
-            return unstepped_plan(func, reason)
+            return unstepped_plan(func, reason or "no steps")
         comp = make_compiler(global_names)
     else:
+        record = _steps_record(raw_steps)
         node = source.take_def(key)
         if node is None:  # pragma: no cover - defs and take_def parse the same text
             return unstepped_plan(func, "definition not found in source")
@@ -436,14 +512,19 @@ def build_plan(
         except (SyntaxError, compiler.StepCompileError, ValueError, TypeError) as exc:
             reason = f"cannot compile steps: {exc}"
             if cache is not None:
-                cache.put(key, (func.__qualname__, def_lines, class_name, (), ranges, None, reason))
+                cache.put(key, (func.__qualname__, def_lines, class_name, (), record, None, reason, phase_name))
             return unstepped_plan(func, reason)
         if cache is not None:
-            cache.put(key, (func.__qualname__, def_lines, class_name, tuple(global_names), ranges, compiled, None))
+            cache.put(
+                key,
+                (func.__qualname__, def_lines, class_name, tuple(global_names), record, compiled, None, phase_name),
+            )
     specs: list[StepSpec] = []
     for raw, (step_code, super_arg, start, end) in zip(raw_steps, compiled):
         STEP_ORIGINS[step_code] = code
         text = raw.get("source")
+        if text is None:
+            text = source.byte_slice(raw.get("start_byte"), raw.get("end_byte"))
         if text is None:
             text = "".join(source.lines[start - 1 : end])
         specs.append(
@@ -471,6 +552,7 @@ def build_plan(
         first_param=code.co_varnames[0] if has_positional else None,
         compiler=comp,
         rewrite=rewrite is not None,
+        phase_name=phase_name,
     )
 
 

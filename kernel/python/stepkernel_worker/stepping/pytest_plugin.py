@@ -34,12 +34,19 @@ __unittest = True
 _WRAPPER = {"hookwrapper": True}
 
 
+try:
+    from _pytest.unittest import TestCaseFunction as _TestCaseFunction
+except ImportError:  # pragma: no cover - very old pytest
+    _TestCaseFunction = None
+
+try:
+    from _pytest.skipping import xfailed_key as _xfailed_key
+except ImportError:  # pragma: no cover
+    _xfailed_key = None
+
+
 def _is_unittest_item(item: Any) -> bool:
-    try:
-        from _pytest.unittest import TestCaseFunction
-    except ImportError:  # pragma: no cover - very old pytest
-        return False
-    return isinstance(item, TestCaseFunction)
+    return _TestCaseFunction is not None and isinstance(item, _TestCaseFunction)
 
 
 def _item_file(item: Any) -> str | None:
@@ -52,10 +59,7 @@ _class_function = user_method
 
 def _xfail_predicate(item: Any):
     """Whether an error of this item is an expected failure (then it does not pause)."""
-    try:
-        from _pytest.skipping import xfailed_key
-    except ImportError:  # pragma: no cover
-        xfailed_key = None
+    xfailed_key = _xfailed_key
 
     def expects(exc: BaseException) -> bool:
         if _is_unittest_item(item):

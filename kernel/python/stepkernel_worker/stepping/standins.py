@@ -29,6 +29,7 @@ __tracebackhide__ = True
 __unittest = True
 
 RUN = "__stepkernel_run__"
+STANDIN = "__stepkernel_standin__"
 
 # Globals of every stand-in frame: hidden from pytest and unittest tracebacks.
 _GLOBALS = {
@@ -42,10 +43,33 @@ _code_cache: dict[tuple, types.CodeType] = {}
 
 
 def _standin_code(code: types.CodeType, n_defaults: int, kwdefault_names: frozenset, is_async: bool):
-    key = (code, n_defaults, kwdefault_names, is_async)
-    cached = _code_cache.get(key)
-    if cached is not None:
-        return cached
+    """The stand-in's code for ``code``'s signature, renamed after ``code``.
+
+    Compiled once per signature *shape* (parameter names, kinds, defaults):
+    most tests share one, ``(self)`` or a few fixtures, and ``compile()`` is
+    far dearer than ``CodeType.replace``.
+    """
+    nparams = code.co_argcount + code.co_kwonlyargcount
+    nparams += bool(code.co_flags & inspect.CO_VARARGS) + bool(code.co_flags & inspect.CO_VARKEYWORDS)
+    shape = (
+        code.co_varnames[:nparams],
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+        code.co_flags & (inspect.CO_VARARGS | inspect.CO_VARKEYWORDS),
+        n_defaults,
+        kwdefault_names,
+        is_async,
+    )
+    compiled = _code_cache.get(shape)
+    if compiled is None:
+        compiled = _code_cache[shape] = _compile_standin(code, n_defaults, kwdefault_names, is_async)
+    if sys.version_info >= (3, 11):
+        return compiled.replace(co_name=code.co_name, co_qualname=code.co_qualname)
+    return compiled.replace(co_name=code.co_name)
+
+
+def _compile_standin(code: types.CodeType, n_defaults: int, kwdefault_names: frozenset, is_async: bool):
     names = code.co_varnames
     npos, nposonly, nkw = code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount
     positional = [ast.arg(arg=n) for n in names[:npos]]
@@ -73,7 +97,7 @@ def _standin_code(code: types.CodeType, n_defaults: int, kwdefault_names: frozen
     if is_async:
         call = ast.Await(value=call)
     kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
-    inner = _function_def(kind, code.co_name, args, [ast.Return(value=call)], 1)
+    inner = _function_def(kind, STANDIN, args, [ast.Return(value=call)], 1)
     outer_args = ast.arguments(
         posonlyargs=[],
         args=[ast.arg(arg=RUN)],
@@ -86,11 +110,8 @@ def _standin_code(code: types.CodeType, n_defaults: int, kwdefault_names: frozen
     outer = _function_def(ast.FunctionDef, "__stepkernel_outer__", outer_args, [inner], 1)
     module = ast.Module(body=[outer], type_ignores=[])
     ast.fix_missing_locations(module)
-    compiled = find_code(compile(module, "<stepkernel>", "exec", dont_inherit=True), code.co_name)
+    compiled = find_code(compile(module, "<stepkernel>", "exec", dont_inherit=True), STANDIN)
     assert compiled is not None
-    if sys.version_info >= (3, 11):
-        compiled = compiled.replace(co_qualname=code.co_qualname)
-    _code_cache[key] = compiled
     return compiled
 
 

@@ -7,7 +7,8 @@ objects of each source file are marshalled into
 it (under ``sys.pycache_prefix`` when set, like pytest). A file holds one
 header and the entries of the file's functions; the header names everything
 the code depends on (the source's hash and path, the interpreter, pytest's
-version when asserts are rewritten, and a hash of this package's own source),
+version when asserts are rewritten, a hash of this package's own source and
+the instrumenter's fingerprint),
 so any change invalidates the whole file. Nothing is written under
 ``sys.dont_write_bytecode`` (``PYTHONDONTWRITEBYTECODE``); writes are atomic
 renames; an unreadable or corrupt file is ignored and rewritten.
@@ -28,7 +29,7 @@ __tracebackhide__ = True
 __unittest = True
 
 #: Bumped when the layout of an entry changes.
-FORMAT = 1
+FORMAT = 2
 SUFFIX = ".steps"
 
 
@@ -86,14 +87,19 @@ class StepCache:
         self.loaded = False
 
     @classmethod
-    def for_source(cls, filename: str, source_bytes: bytes, tag: str) -> StepCache:
-        """The cache of ``filename`` whose current content is ``source_bytes``."""
+    def for_source(cls, filename: str, source_bytes: bytes, tag: str, fingerprint: str | None = None) -> StepCache:
+        """The cache of ``filename`` whose current content is ``source_bytes``.
+
+        ``fingerprint`` names the instrumenter that split the file (None:
+        unknown, and then entries are checked against its report).
+        """
         header = (
             FORMAT,
             sys.version,
             importlib.util.MAGIC_NUMBER,
             package_hash(),
             tag,
+            fingerprint,
             filename,
             hashlib.sha256(source_bytes).digest(),
         )

@@ -101,13 +101,35 @@ pub struct Executor {
     progress_shown: Option<String>,
 }
 
+/// The first worker, started before the executor exists (so its interpreter
+/// starts while the session is still being set up).
+pub struct StartedWorker {
+    worker: Worker,
+    events_tx: mpsc::UnboundedSender<TaggedEvent>,
+    events: mpsc::UnboundedReceiver<TaggedEvent>,
+}
+
+impl StartedWorker {
+    /// Starts the first worker; what it says waits until the executor runs.
+    pub fn spawn(config: &WorkerConfig) -> Result<StartedWorker, crate::worker::WorkerError> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let worker = Worker::spawn(config, 1, events_tx.clone())?;
+        Ok(StartedWorker {
+            worker,
+            events_tx,
+            events,
+        })
+    }
+}
+
 impl Executor {
-    /// Starts the first worker (and the session's run, if any).
+    /// Takes over the first worker (and starts the session's run, if any).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         run: Option<Value>,
         shared: Arc<Shared>,
         config: WorkerConfig,
+        started: StartedWorker,
         language: watch::Sender<Option<Value>>,
         shell: zeromq::RouterSendHalf,
         control_send: zeromq::RouterSendHalf,
@@ -115,11 +137,14 @@ impl Executor {
         requests: mpsc::UnboundedReceiver<Request>,
         control: mpsc::UnboundedReceiver<Control>,
         stdin_replies: mpsc::UnboundedReceiver<Message>,
-    ) -> Result<Executor, crate::worker::WorkerError> {
-        let (events_tx, events) = mpsc::unbounded_channel();
-        let worker = Worker::spawn(&config, 1, events_tx.clone())?;
+    ) -> Executor {
+        let StartedWorker {
+            worker,
+            events_tx,
+            events,
+        } = started;
         shared.worker_pid.store(worker.pid, Ordering::SeqCst);
-        Ok(Executor {
+        Executor {
             shared,
             config,
             worker,
@@ -142,7 +167,7 @@ impl Executor {
             deferred: VecDeque::new(),
             finished: false,
             progress_shown: None,
-        })
+        }
     }
 
     fn count(&self) -> u64 {

@@ -5,7 +5,7 @@
 //! requests that need the worker go, in order, to the [`Executor`].
 
 use crate::connection_file::{Channel, ConnectionInfo};
-use crate::executor::{Control, Executor, Request};
+use crate::executor::{Control, Executor, Request, StartedWorker};
 use crate::magics::{self, Magic};
 use crate::session::{RunState, SessionHooks};
 use crate::signing::Signer;
@@ -103,6 +103,8 @@ pub struct BoundKernel {
     worker: WorkerConfig,
     hooks: Option<Arc<dyn SessionHooks>>,
     run: Option<Value>,
+    /// The first worker, started by `bind`.
+    started: StartedWorker,
     shell: zeromq::RouterSocket,
     control: zeromq::RouterSocket,
     stdin: zeromq::RouterSocket,
@@ -133,6 +135,9 @@ async fn bind<S: Socket>(
 impl BoundKernel {
     /// Binds the five channels (ports 0 get free ports).
     pub async fn bind(options: KernelOptions) -> Result<BoundKernel, KernelError> {
+        // The interpreter and its imports take longest: start it first, and
+        // bind (and let the caller set up its session) meanwhile.
+        let started = StartedWorker::spawn(&options.worker)?;
         let mut info = options.connection;
         if info.transport == "ipc" {
             // ipc "ports" are file suffixes; pick distinct ones when unset.
@@ -166,6 +171,7 @@ impl BoundKernel {
             worker: options.worker,
             hooks: options.hooks,
             run: options.run,
+            started,
             shell,
             control,
             stdin,
@@ -225,6 +231,7 @@ impl BoundKernel {
             self.run,
             shared.clone(),
             self.worker,
+            self.started,
             lang_tx,
             shell_send,
             control_send,
@@ -232,7 +239,7 @@ impl BoundKernel {
             request_rx,
             control_rx,
             stdin_rx,
-        )?;
+        );
         executor.run().await;
         for path in self.connection.ipc_paths() {
             let _ = std::fs::remove_file(path);

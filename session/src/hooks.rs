@@ -140,6 +140,7 @@ impl RunHooks {
         let spawned = std::thread::Builder::new()
             .name("stepkernel-prefetch".into())
             .spawn(move || {
+                lower_priority();
                 for file in files {
                     let Ok(bytes) = std::fs::read(&file) else {
                         continue;
@@ -571,6 +572,17 @@ impl SessionHooks for RunHooks {
         } else {
             self.say(&format!("stepkernel: {text}"));
         }
+    }
+}
+
+/// Lets the calling thread run only when a core is idle: the prefetch is
+/// useful on a cold start but must not slow the worker's own start.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: plain syscalls on the calling thread.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
 }
 

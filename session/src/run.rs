@@ -158,9 +158,6 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
         None => Options::default(),
     };
-    for note in unknown_node_ids(&opts.rootdir, &opts.targets, &options) {
-        eprintln!("stepkernel: {note}");
-    }
     let id = session_dir::new_id();
     let dir = opts
         .session_dir
@@ -169,17 +166,6 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
     let dir = dir.canonicalize().map_err(io("session directory"))?;
     reuse_session_dir(&dir)?;
-    let patch_root = patchgen::repo_root(&opts.rootdir).unwrap_or_else(|| opts.rootdir.clone());
-    let base_revision = patchgen::head_revision(&patch_root);
-
-    let runtime_dir = attach::jupyter_runtime_dir();
-    let external_dir = opts
-        .external_dir
-        .clone()
-        .unwrap_or_else(|| runtime_dir.join("external_kernels"));
-    let copy_dirs = vec![runtime_dir.clone(), external_dir.clone()];
-    attach::remove_stale(&copy_dirs);
-
     let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
     if let Some(first) = opts.first_port {
         connection.shell_port = first;
@@ -222,6 +208,21 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             run: Some(run_message),
         };
         let mut bound = BoundKernel::bind(kernel_options).await?;
+        // The worker is starting (bind began it): finish the session's setup
+        // (git, attach files) meanwhile.
+        for note in unknown_node_ids(&opts.rootdir, &opts.targets, &options) {
+            eprintln!("stepkernel: {note}");
+        }
+        let patch_root =
+            patchgen::repo_root(&opts.rootdir).unwrap_or_else(|| opts.rootdir.clone());
+        let base_revision = patchgen::head_revision(&patch_root);
+        let runtime_dir = attach::jupyter_runtime_dir();
+        let external_dir = opts
+            .external_dir
+            .clone()
+            .unwrap_or_else(|| runtime_dir.join("external_kernels"));
+        let copy_dirs = vec![runtime_dir.clone(), external_dir.clone()];
+        attach::remove_stale(&copy_dirs);
         let connection_file = dir.join("connection.json");
         bound.connection.write(&connection_file)?;
         let copies = attach::place_copies(&connection_file, &id, &copy_dirs);

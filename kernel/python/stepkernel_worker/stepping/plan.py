@@ -33,26 +33,80 @@ STEP_ORIGINS: dict[types.CodeType, types.CodeType] = {}
 _CO_GENERATOR_LIKE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR | inspect.CO_ITERABLE_COROUTINE
 
 
-@dataclasses.dataclass
 class StepSpec:
-    """One step of a function."""
+    """One step of a function.
 
-    index: int
-    name: str
-    start_line: int
-    end_line: int
-    #: The step's text as the report gives it (what an edit replaces).
-    source: str
-    report: dict = dataclasses.field(default_factory=dict)
-    stmts: list = dataclasses.field(default_factory=list)
-    code: types.CodeType | None = None
-    super_arg: bool = False
-    #: Source typed by the user with ``%%edit`` (None while unedited).
-    edited_source: str | None = None
-    #: Names created by user cells that this compiled code can see.
-    extra_names: tuple = ()
-    #: ``name`` as a JSON string, for step events (filled on first use).
-    name_json: str | None = None
+    A plain slotted class: a run holds one per step of every test, and fewer,
+    smaller objects keep the garbage collector's work (and so the run's
+    overhead) down.
+    """
+
+    __slots__ = (
+        "index",
+        "name",
+        "start_line",
+        "end_line",
+        "record",
+        "_source",
+        "_file",
+        "stmts",
+        "code",
+        "super_arg",
+        "edited_source",
+        "extra_names",
+        "name_json",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        name: str,
+        start_line: int,
+        end_line: int,
+        source: str | None = None,
+        record: tuple | None = None,
+        code: types.CodeType | None = None,
+        super_arg: bool = False,
+        file: SourceFile | None = None,
+    ) -> None:
+        self.index = index
+        self.name = name
+        self.start_line = start_line
+        self.end_line = end_line
+        #: The instrumenter's data for the step (``_STEP_FIELDS``), None when unknown.
+        self.record = record
+        self._source = source
+        self._file = file
+        self.stmts: list | None = None
+        self.code = code
+        self.super_arg = super_arg
+        #: Source typed by the user with ``%%edit`` (None while unedited).
+        self.edited_source: str | None = None
+        #: Names created by user cells that this compiled code can see.
+        self.extra_names: tuple = ()
+        #: ``name`` as a JSON string, for step events (filled on first use).
+        self.name_json: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The step's text as the report gives it (what an edit replaces), read when first needed."""
+        if self._source is None:
+            text = None
+            if self._file is not None and self.record is not None:
+                text = self._file.byte_slice(self.record[4], self.record[5])
+                if text is None:
+                    text = "".join(self._file.lines[self.start_line - 1 : self.end_line])
+            self._source, self._file = text or "", None
+        return self._source
+
+    def field(self, name: str) -> Any:
+        """One of the instrumenter's ``_STEP_FIELDS`` for this step (None when unknown)."""
+        if self.record is None:
+            return None
+        return self.record[_STEP_FIELDS.index(name)]
+
+    def __repr__(self) -> str:
+        return f"StepSpec({self.index}, {self.name!r}, lines {self.start_line}-{self.end_line})"
 
 
 @dataclasses.dataclass
@@ -439,7 +493,7 @@ def build_plan(
             cache.put(key, (func.__qualname__, def_lines, class_name, (), None, None, None, None))
     if cached is not None and cached[4] is not None and source.fingerprint is not None:
         # Same file, same instrumenter: the report would say what the entry says.
-        raw_steps = [dict(zip(_STEP_FIELDS, r)) for r in cached[4]]
+        records = cached[4]
         phase_name = cached[7]
         source.used_cached_steps()
     else:
@@ -461,7 +515,8 @@ def build_plan(
             if cache is not None and source.report is not None and cached != entry:
                 cache.put(key, entry)
             return unstepped_plan(func, reason)
-        if cached is not None and cached[4] != _steps_record(raw_steps):
+        records = _steps_record(raw_steps)
+        if cached is not None and cached[4] != records:
             cached = None
     is_async = bool(code.co_flags & inspect.CO_COROUTINE)
     params = param_names(code)
@@ -491,7 +546,6 @@ def build_plan(
             return unstepped_plan(func, reason or "no steps")
         comp = make_compiler(global_names)
     else:
-        record = _steps_record(raw_steps)
         node = source.take_def(key)
         if node is None:  # pragma: no cover - defs and take_def parse the same text
             return unstepped_plan(func, "definition not found in source")
@@ -512,31 +566,26 @@ def build_plan(
         except (SyntaxError, compiler.StepCompileError, ValueError, TypeError) as exc:
             reason = f"cannot compile steps: {exc}"
             if cache is not None:
-                cache.put(key, (func.__qualname__, def_lines, class_name, (), record, None, reason, phase_name))
+                cache.put(key, (func.__qualname__, def_lines, class_name, (), records, None, reason, phase_name))
             return unstepped_plan(func, reason)
         if cache is not None:
             cache.put(
                 key,
-                (func.__qualname__, def_lines, class_name, tuple(global_names), record, compiled, None, phase_name),
+                (func.__qualname__, def_lines, class_name, tuple(global_names), records, compiled, None, phase_name),
             )
     specs: list[StepSpec] = []
-    for raw, (step_code, super_arg, start, end) in zip(raw_steps, compiled):
+    for record, (step_code, super_arg, start, end) in zip(records, compiled):
         STEP_ORIGINS[step_code] = code
-        text = raw.get("source")
-        if text is None:
-            text = source.byte_slice(raw.get("start_byte"), raw.get("end_byte"))
-        if text is None:
-            text = "".join(source.lines[start - 1 : end])
         specs.append(
             StepSpec(
-                index=len(specs),
-                name=str(raw.get("name") or f"step {len(specs)}"),
-                start_line=start,
-                end_line=end,
-                source=text,
-                report=raw,
+                len(specs),
+                str(record[1] or f"step {len(specs)}"),
+                start,
+                end,
+                record=record,
                 code=step_code,
                 super_arg=super_arg,
+                file=source,
             )
         )
     return StepPlan(

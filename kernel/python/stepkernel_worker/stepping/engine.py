@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import os
 import sys
@@ -173,15 +174,18 @@ class Engine:
         self._plans[key] = plan
         return plan
 
+    @functools.cached_property
+    def _rewritten_tag(self) -> str:
+        """The step cache's mode for asserts rewritten by this pytest."""
+        import _pytest
+
+        return f"pytest-{getattr(_pytest, '__version__', 'unknown')}"
+
     def _step_cache(self, source: SourceFile | None, rewritten: bool):
         """The on-disk cache of ``source``'s compiled steps (None when caching is off)."""
         if source is None or not self.cache_steps:
             return None
-        tag = ""
-        if rewritten:
-            import _pytest
-
-            tag = f"pytest-{getattr(_pytest, '__version__', 'unknown')}"
+        tag = self._rewritten_tag if rewritten else ""
         if self._last_source is not None and self._last_source is not source:
             # Tests of one file run together: save a file's steps once the run
             # moves on, so an interrupted run still keeps what it compiled.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import bisect
 import dataclasses
+import functools
 import hashlib
 import inspect
 import io
@@ -125,14 +126,23 @@ class StepPlan:
     local_names: tuple = ()
     free_names: tuple = ()
     first_param: str | None = None
-    compiler: compiler.StepCompiler | None = None
+    #: Makes the compiler for edits and cells (only they need one).
+    compiler_factory: Callable[[], compiler.StepCompiler] | None = None
     rewrite: bool = False
     #: The instrumenter's name for the phase this function is (None: the default).
     phase_name: str | None = None
+    _compiler: compiler.StepCompiler | None = dataclasses.field(default=None, repr=False)
 
     @property
     def stepped(self) -> bool:
         return self.unstepped_reason is None
+
+    @property
+    def compiler(self) -> compiler.StepCompiler | None:
+        """Compiles edits and cells in this function's scope (None for an unstepped plan)."""
+        if self._compiler is None and self.compiler_factory is not None:
+            self._compiler = self.compiler_factory()
+        return self._compiler
 
     def edit(self, index: int, source: str, extra_names=()) -> StepSpec:
         """Recompile step ``index`` from ``source`` (raises SyntaxError/StepCompileError)."""
@@ -452,6 +462,24 @@ def _valid_entry(entry: tuple, qualname: str) -> bool:
     )
 
 
+def _make_compiler(func, names, global_names, is_async, class_name, rewrite) -> compiler.StepCompiler:
+    # Module level, not a closure: a closure would turn build_plan's locals into
+    # cells, and build_plan runs once per test.
+    code = func.__code__
+    return compiler.StepCompiler(
+        filename=code.co_filename,
+        first_line=code.co_firstlineno,
+        func_name=func.__name__,
+        func_qualname=func.__qualname__,
+        names=names,
+        global_names=list(global_names),
+        is_async=is_async,
+        class_name=class_name,
+        future_flags=code.co_flags,
+        rewrite=rewrite,
+    )
+
+
 def build_plan(
     func: types.FunctionType,
     source: SourceFile | None,
@@ -520,31 +548,15 @@ def build_plan(
             cached = None
     is_async = bool(code.co_flags & inspect.CO_COROUTINE)
     params = param_names(code)
-    names: list[str] = []
-    for name in (*code.co_varnames, *code.co_cellvars, *code.co_freevars):
-        if name.isidentifier() and name not in names:
-            names.append(name)
+    # Every name of the function once, in order (a dict keeps it linear).
+    names = [n for n in dict.fromkeys((*code.co_varnames, *code.co_cellvars, *code.co_freevars)) if n.isidentifier()]
     has_positional = code.co_argcount > 0
-
-    def make_compiler(global_names) -> compiler.StepCompiler:
-        return compiler.StepCompiler(
-            filename=code.co_filename,
-            first_line=code.co_firstlineno,
-            func_name=func.__name__,
-            func_qualname=func.__qualname__,
-            names=names,
-            global_names=list(global_names),
-            is_async=is_async,
-            class_name=class_name,
-            future_flags=code.co_flags,
-            rewrite=rewrite,
-        )
 
     if cached is not None:
         global_names, compiled, reason = cached[3], cached[5], cached[6]
         if compiled is None:
             return unstepped_plan(func, reason or "no steps")
-        comp = make_compiler(global_names)
+        comp = None
     else:
         node = source.take_def(key)
         if node is None:  # pragma: no cover - defs and take_def parse the same text
@@ -555,7 +567,7 @@ def build_plan(
             # Zero-argument super() makes __class__ a free variable: only then look for it.
             may_super = has_positional and "__class__" in code.co_freevars
             supers = [may_super and compiler.uses_super(group) for group in groups]
-            comp = make_compiler(global_names)
+            comp = _make_compiler(func, names, global_names, is_async, class_name, rewrite)
             codes = comp.compile_steps(groups, supers=supers)
             compiled = []
             for raw, stmts, step_code, super_arg in zip(raw_steps, groups, codes, supers):
@@ -599,9 +611,10 @@ def build_plan(
         local_names=tuple(n for n in names if n not in code.co_freevars),
         free_names=tuple(code.co_freevars),
         first_param=code.co_varnames[0] if has_positional else None,
-        compiler=comp,
+        compiler_factory=functools.partial(_make_compiler, func, names, global_names, is_async, class_name, rewrite),
         rewrite=rewrite is not None,
         phase_name=phase_name,
+        _compiler=comp,
     )
 
 

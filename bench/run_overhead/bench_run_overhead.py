@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -26,6 +27,10 @@ import time
 from pathlib import Path
 
 PYTEST_ARGS = ["-p", "no:cacheprovider"]
+# Rounds per side: at least --rounds, more for short suites (about MIN_TIMED_S
+# of plain pytest per side), at most MAX_ROUNDS.
+MIN_TIMED_S = 6.0
+MAX_ROUNDS = 15
 
 
 def fix_boltons_conftest(root: Path):
@@ -150,14 +155,18 @@ def main():
         root = prepare(workdir, args.python, name, version, tests, own_ini, fixup)
         # One untimed run each so both start from warm .pyc files and page cache.
         warm = out_dir / f"{name}-warmup"
-        timed([args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests], root, env,
-              Path(f"{warm}-plain.log"))
+        warm_s, _ = timed([args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests], root, env,
+                          Path(f"{warm}-plain.log"))
         timed([args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
                "--session-dir", str(out_dir / f"{name}-warmup-session"), tests, "--", *PYTEST_ARGS],
               root, env, Path(f"{warm}-stepped.log"))
+        # Short suites get more rounds (the same for both sides): one slow
+        # round of a 0.4 s suite on a shared machine would otherwise move the
+        # median by 10%.
+        rounds = max(args.rounds, min(MAX_ROUNDS, math.ceil(MIN_TIMED_S / max(warm_s, 0.01))))
         times = {"plain": [], "stepped": []}
         codes = {"plain": [], "stepped": []}
-        for i in range(args.rounds):
+        for i in range(rounds):
             order = ("plain", "stepped") if i % 2 == 0 else ("stepped", "plain")
             for kind in order:
                 stem = out_dir / f"{name}-{kind}-{i}"
@@ -172,7 +181,7 @@ def main():
                 times[kind].append(seconds)
                 codes[kind].append(code)
                 log(f"{name} round {i + 1} {kind:7s} {seconds:7.2f} s  exit {code}")
-        last = args.rounds - 1
+        last = rounds - 1
         plain_xml = out_dir / f"{name}-plain-{last}.xml"
         stepped_xml = out_dir / f"{name}-stepped-{last}.xml"
         same, diff, diffs = compare(Path(args.compare), plain_xml, stepped_xml)

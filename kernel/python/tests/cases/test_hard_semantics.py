@@ -160,3 +160,22 @@ def test_fails_with_local_repr():
 def test_returns_value():
     value = 3
     return value
+
+
+FREED = []
+
+
+class _Tracked:
+    def __del__(self):
+        FREED.append("freed")
+
+
+def test_locals_freed_when_the_test_returns_part1():
+    obj = _Tracked()
+    holder = [obj]
+    assert holder[0] is obj
+
+
+def test_locals_freed_when_the_test_returns_part2():
+    # part1's locals went with its frame, without a gc.collect(), as under pytest.
+    assert FREED == ["freed"]

@@ -193,12 +193,20 @@ impl Worker {
         let channel_open = Arc::new(AtomicBool::new(true));
         let tx = events.clone();
         let (reader_ring, reader_open) = (ring.clone(), channel_open.clone());
-        tokio::spawn(async move {
+        let channel_done = tokio::spawn(async move {
             let mut lines = BufReader::new(reader).lines();
             while let Ok(Some(line)) = lines.next_line().await {
-                // Events the worker put in the ring before this message come first.
-                drain_ring(reader_ring.as_ref(), generation, &tx);
-                forward_line(line.as_bytes(), generation, &tx);
+                // Events the worker put in the ring before this message come
+                // first: drain and forward both under the ring's lock, so the
+                // timer's drain cannot slip its events in after this message.
+                match reader_ring.as_ref() {
+                    Some(ring) => {
+                        let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+                        forward_lines(ring.drain(), generation, &tx);
+                        forward_line(line.as_bytes(), generation, &tx);
+                    }
+                    None => forward_line(line.as_bytes(), generation, &tx),
+                }
             }
             drain_ring(reader_ring.as_ref(), generation, &tx);
             reader_open.store(false, AtomicOrdering::Release);
@@ -223,6 +231,9 @@ impl Worker {
             // Let the pipes drain first so the last output precedes the exit.
             let _ = out_done.await;
             let _ = err_done.await;
+            // And the channel with the ring's last events (bounded: a process
+            // the worker forked may still hold the socket open).
+            let _ = tokio::time::timeout(CHANNEL_GRACE, channel_done).await;
             let how = match status {
                 Ok(status) => describe_exit(status),
                 Err(err) => format!("could not be waited for: {err}"),
@@ -290,6 +301,9 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// How long a dead worker's channel may take to close before its exit is reported.
+const CHANNEL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How often the kernel looks for new events in the ring.
 const RING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -301,7 +315,16 @@ fn drain_ring(
     let Some(ring) = ring else {
         return;
     };
-    let lines = ring.lock().unwrap_or_else(|e| e.into_inner()).drain();
+    // Forwarded under the lock: see the channel reader.
+    let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+    forward_lines(ring.drain(), generation, events);
+}
+
+fn forward_lines(
+    lines: Vec<Vec<u8>>,
+    generation: u64,
+    events: &mpsc::UnboundedSender<TaggedEvent>,
+) {
     for line in lines {
         forward_line(&line, generation, events);
     }

@@ -64,6 +64,10 @@ class Channel:
                 return
             self._pending.append(message)
 
+    def has_pending(self) -> bool:
+        """Whether messages read early wait in the queue."""
+        return bool(self._pending)
+
     def take_pending(self, predicate) -> dict | None:
         """Remove and return the first queued message matching ``predicate``."""
         for index, message in enumerate(self._pending):

@@ -353,8 +353,8 @@ class Worker:
             # %break that arrives takes effect at the first boundary after it.
             self._last_poll = now
             self.channel.poll()
-        while True:
-            message = self.channel.take_pending(lambda m: m.get("type") in ("pause_request", "breakpoints"))
+        while self.channel.has_pending():
+            message = self.channel.take_pending(_is_pause_control)
             if message is None:
                 break
             self.dispatch(message)
@@ -530,6 +530,10 @@ class Worker:
             self.executing = False
         self._answer_pending_resume(None, exit_code)
         self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
+
+
+def _is_pause_control(message: dict) -> bool:
+    return message.get("type") in ("pause_request", "breakpoints")
 
 
 def main() -> None:

@@ -161,3 +161,30 @@ def test_junit_classnames_follow_pytest(hard_cases):
     }
     assert ("test_hard_unittest.SubTests", "test_some_subtests_fail") in names
     assert ("test_hard_unittest.SetUpClassBroken", "test_a") in names
+
+
+NATIVE = '''
+def helper(x):
+    return 1 / x
+
+
+def test_fails():
+    a = 0
+    b = helper(a)
+    assert b
+'''
+
+
+def test_native_tracebacks_show_no_engine_frames(tmp_path):
+    """--tb=native prints raw tracebacks: the test's lines, never the engine's frames."""
+    (tmp_path / "test_native.py").write_text(NATIVE)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    plain = run_plain(str(tmp_path), ["--tb=native", "test_native.py::test_fails"], str(tmp_path / "p.xml"))
+    stepped, _ = run_stepped(str(tmp_path), ["--tb=native", "test_native.py::test_fails"])
+    for proc in (plain, stepped):
+        assert "ZeroDivisionError: division by zero" in proc.stdout, proc.stdout + proc.stderr
+        assert "line 8, in test_fails\n    b = helper(a)" in proc.stdout
+        assert "line 3, in helper\n    return 1 / x" in proc.stdout
+    assert "stepkernel_worker" not in stepped.stdout, stepped.stdout
+    # One frame stands for the test function itself (the stand-in), then its lines.
+    assert stepped.stdout.count('File "<stepkernel>"') == 1, stepped.stdout

@@ -19,6 +19,7 @@ import builtins
 import contextlib
 import functools
 import inspect
+import os
 import sys
 import types
 from typing import Any, Callable, Iterator
@@ -30,13 +31,44 @@ __unittest = True
 
 RUN = "__stepkernel_run__"
 STANDIN = "__stepkernel_standin__"
+CLEAN = "__stepkernel_clean__"
+ERROR = "__stepkernel_error__"
 
 # Globals of every stand-in frame: hidden from pytest and unittest tracebacks.
+_ENGINE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def clean_traceback(tb: types.TracebackType | None) -> types.TracebackType | None:
+    """``tb`` without the engine's own frames (the step and its callees stay).
+
+    A failing test's traceback then reads as under plain pytest in every
+    style (``--tb=native`` and debuggers included): the stand-in's frame,
+    then the test's own lines.
+    """
+    head = None
+    last = None
+    while tb is not None:
+        following = tb.tb_next
+        frame = tb.tb_frame
+        # Stand-in frames go too: re-raising puts the current one back, once.
+        if frame.f_globals is not _GLOBALS and not frame.f_code.co_filename.startswith(_ENGINE_DIR):
+            if last is None:
+                head = tb
+            else:
+                last.tb_next = tb
+            last = tb
+        tb = following
+    if last is not None:
+        last.tb_next = None
+    return head
+
+
 _GLOBALS = {
     "__builtins__": builtins,
     "__name__": __name__,
     "__tracebackhide__": True,
     "__unittest": True,
+    "__stepkernel_clean__": clean_traceback,
 }
 
 _code_cache: dict[tuple, types.CodeType] = {}
@@ -96,8 +128,22 @@ def _compile_standin(code: types.CodeType, n_defaults: int, kwdefault_names: fro
     call: ast.expr = ast.Call(func=ast.Name(id=RUN, ctx=ast.Load()), args=[values], keywords=[])
     if is_async:
         call = ast.Await(value=call)
+    # try: return run(values)
+    # except BaseException as e: raise e.with_traceback(clean(e.__traceback__))
+    error = ast.Name(id=ERROR, ctx=ast.Load())
+    cleaned = ast.Call(
+        func=ast.Name(id=CLEAN, ctx=ast.Load()),
+        args=[ast.Attribute(value=error, attr="__traceback__", ctx=ast.Load())],
+        keywords=[],
+    )
+    reraise = ast.Raise(
+        exc=ast.Call(func=ast.Attribute(value=error, attr="with_traceback", ctx=ast.Load()), args=[cleaned], keywords=[]),
+        cause=None,
+    )
+    handler = ast.ExceptHandler(type=ast.Name(id="BaseException", ctx=ast.Load()), name=ERROR, body=[reraise])
+    body = ast.Try(body=[ast.Return(value=call)], handlers=[handler], orelse=[], finalbody=[])
     kind = ast.AsyncFunctionDef if is_async else ast.FunctionDef
-    inner = _function_def(kind, STANDIN, args, [ast.Return(value=call)], 1)
+    inner = _function_def(kind, STANDIN, args, [body], 1)
     outer_args = ast.arguments(
         posonlyargs=[],
         args=[ast.arg(arg=RUN)],

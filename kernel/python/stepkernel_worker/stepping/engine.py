@@ -7,6 +7,7 @@ hands out stand-ins that run a test's phases step by step.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import dataclasses
 import functools
@@ -158,13 +159,8 @@ class Engine:
             source = self.source_file(filename)
             rewrite = None
             if self.rewriter is not None and source is not None and "@py_builtins" in func.__globals__:
-                rewriter, data = self.rewriter, source.source_bytes
-
-                def rewrite(module, _rewriter=rewriter, _data=data, _path=filename):
-                    _rewriter(module, _data, _path)
-
-                import builtins
-
+                # Only compiling calls it (a warm step cache never does).
+                rewrite = functools.partial(_rewrite_module, self.rewriter, source.source_bytes, filename)
                 func.__globals__.setdefault("@py_builtins", builtins)
                 if "@pytest_ar" not in func.__globals__:
                     import _pytest.assertion.rewrite as pytest_ar
@@ -384,6 +380,11 @@ class Engine:
             obj, make, lambda o: self._fallback(o, phase, is_test_phase), steppable
         ) as callable_:
             yield callable_
+
+
+def _rewrite_module(rewriter, source_bytes: bytes, path: str, module) -> None:
+    """pytest's assertion rewriting of ``module`` (parsed from ``path``)."""
+    rewriter(module, source_bytes, path)
 
 
 UNITTEST_BEFORE = ("setUp", "asyncSetUp")

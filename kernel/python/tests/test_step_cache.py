@@ -282,3 +282,39 @@ def test_without_a_fingerprint_the_report_is_still_asked_for(tmp_path, writable,
     warm = Engine(FingerprintHost(None), on_error="fail")
     _run_all(warm, mod)
     assert warm.host.asked == [mod.__file__] and warm.host.loaded == []
+
+
+def test_steps_are_cut_from_the_tree_pytest_rewrote(tmp_path, monkeypatch):
+    """When pytest rewrote the file on import, its tree is used: no second parse-and-rewrite."""
+    import ast
+    import builtins
+
+    from _pytest.assertion.rewrite import rewrite_asserts
+
+    mod = load_module(str(tmp_path), "rewritten_mod", SOURCE)
+    mod.__dict__["@py_builtins"] = builtins  # as if imported through pytest's hook
+    source = open(mod.__file__, "rb").read()
+    tree = ast.parse(source)
+    rewrite_asserts(tree, source, mod.__file__, None)
+
+    engine = _engine()
+    engine.cache_steps = False
+    calls = []
+    engine.rewriter = lambda *args: calls.append(args)
+    engine.adopt_rewritten_tree(mod.__file__, source, tree)
+    with pytest.raises(AssertionError) as info:
+        call_stepped(engine, mod.failing)
+    # pytest's explanation is there (the steps are rewritten) and our rewriter never ran.
+    assert "where 2 = len([1, 2])" in str(info.value)
+    assert calls == []
+    assert call_stepped(engine, mod.counts, 4)[1] == "sum=6"
+
+    # A file changed since pytest read it: its tree is not used.
+    other = _engine()
+    other.cache_steps = False
+    other.rewriter = lambda module, *rest: (calls.append(rest), rewrite_asserts(module, *rest[:2]))
+    other.adopt_rewritten_tree(mod.__file__, source + b"\n# edited\n", tree)
+    with pytest.raises(AssertionError) as info:
+        call_stepped(other, mod.failing)
+    assert "where 2 = len([1, 2])" in str(info.value)
+    assert len(calls) == 1

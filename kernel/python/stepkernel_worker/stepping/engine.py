@@ -74,6 +74,8 @@ class Engine:
         #: Whether compiled steps are cached on disk (see ``step_cache``).
         self.cache_steps = step_cache.enabled()
         self._relpaths: dict[str, str] = {}
+        #: Trees pytest assertion-rewrote while importing test modules: path -> (bytes, tree).
+        self._rewritten_trees: dict[str, tuple[bytes, Any]] = {}
         self._same_files: dict[tuple[str, str], bool] = {}
         self._last_source: SourceFile | None = None
         self.started = time.time()
@@ -139,12 +141,24 @@ class Engine:
     def source_file(self, path: str) -> SourceFile | None:
         if path not in self._files:
             try:
-                self._files[path] = SourceFile(
-                    path, self._report, self.steps_fingerprint, getattr(self.host, "steps_loaded", None)
-                )
+                source = SourceFile(path, self._report, self.steps_fingerprint, getattr(self.host, "steps_loaded", None))
             except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-                self._files[path] = None
+                source = None
+            captured = self._rewritten_trees.pop(os.path.normcase(os.path.abspath(path)), None)
+            if source is not None and captured is not None and captured[0] == source.raw_bytes:
+                source.adopt_rewritten(captured[1])
+            self._files[path] = source
         return self._files[path]
+
+    def adopt_rewritten_tree(self, path: str, source_bytes: bytes, tree: Any) -> None:
+        """pytest rewrote ``path`` on import: keep its tree for compiling that file's steps."""
+        self._rewritten_trees[os.path.normcase(os.path.abspath(path))] = (source_bytes, tree)
+
+    def keep_rewritten_trees(self, paths: set[str]) -> None:
+        """Collection is over: drop the trees of files with no test to run (conftest, plugins)."""
+        keep = {os.path.normcase(os.path.abspath(p)) for p in paths}
+        for path in [p for p in self._rewritten_trees if p not in keep]:
+            del self._rewritten_trees[path]
 
     def plan_for(self, func: types.FunctionType, test_file: str | None) -> StepPlan:
         """The (cached) plan of ``func``; only functions of the test's file are stepped."""
@@ -184,8 +198,10 @@ class Engine:
         tag = self._rewritten_tag if rewritten else ""
         if self._last_source is not None and self._last_source is not source:
             # Tests of one file run together: save a file's steps once the run
-            # moves on, so an interrupted run still keeps what it compiled.
+            # moves on, so an interrupted run still keeps what it compiled,
+            # and let its trees go.
             self._last_source.save_caches()
+            self._last_source.release_trees()
         self._last_source = source
         return source.step_cache(tag)
 

@@ -215,6 +215,20 @@ def _index_defs(tree: ast.Module) -> list[tuple[tuple[str, int], ast.AST, str | 
     return found
 
 
+def _def_infos(tree: ast.Module) -> tuple[dict[tuple[str, int], DefInfo], dict[tuple[str, int], ast.AST]]:
+    """Where each definition of ``tree`` is, and its node, by (name, first line)."""
+    infos, nodes = {}, {}
+    for key, node, class_name in _index_defs(tree):
+        infos[key] = DefInfo(
+            name=node.name,
+            lines=tuple({node.lineno} | {d.lineno for d in node.decorator_list}),
+            class_name=class_name,
+            span=(key[1], node.end_lineno or node.lineno),
+        )
+        nodes[key] = node
+    return infos, nodes
+
+
 def _overlaps(spans: list[tuple[int, int]], first: int, last: int) -> bool:
     """Whether ``[first, last]`` meets one of ``spans`` (sorted, disjoint line ranges)."""
     i = bisect.bisect_right(spans, (last, float("inf"))) - 1
@@ -253,6 +267,8 @@ class SourceFile:
         self._lines: list[str] | None = None
         #: Parsed trees whose definitions compilers may consume: (nodes by key, spans taken).
         self._pools: list[tuple[dict, list]] = []
+        #: pytest's assertion-rewritten tree of this file, when it rewrote it in this process.
+        self._rewritten_pool: tuple[dict, list] | None = None
         self._caches: dict[str, Any] = {}
         self._by_line: dict[Any, list[tuple[int, dict]]] | None = None
 
@@ -277,17 +293,42 @@ class SourceFile:
                 tree = self.tree
             except (SyntaxError, ValueError):
                 return self._defs
-            nodes = {}
-            for key, node, class_name in _index_defs(tree):
-                self._defs[key] = DefInfo(
-                    name=node.name,
-                    lines=tuple({node.lineno} | {d.lineno for d in node.decorator_list}),
-                    class_name=class_name,
-                    span=(key[1], node.end_lineno or node.lineno),
-                )
-                nodes[key] = node
+            self._defs, nodes = _def_infos(tree)
             self._pools.append((nodes, []))
         return self._defs
+
+    def adopt_rewritten(self, tree: ast.Module) -> None:
+        """Keep the tree pytest parsed and assertion-rewrote on import (same bytes as this file).
+
+        Its definitions' places stand in for a parse of our own; its nodes
+        are handed out by ``take_rewritten_def`` only (``take_def`` must give
+        nodes not rewritten yet).
+        """
+        defs, nodes = _def_infos(tree)
+        if self._defs is None:
+            self._defs = defs
+        self._rewritten_pool = (nodes, [])
+
+    def take_rewritten_def(self, key: tuple[str, int]) -> ast.AST | None:
+        """A definition from pytest's rewritten tree (asserts already rewritten), once; else None."""
+        if self._rewritten_pool is None:
+            return None
+        nodes, taken = self._rewritten_pool
+        node = nodes.get(key)
+        if node is None:
+            return None
+        span = (key[1], node.end_lineno or node.lineno)
+        if _overlaps(taken, *span):
+            return None
+        bisect.insort(taken, span)
+        return node
+
+    def release_trees(self) -> None:
+        """Drop parsed trees (the run moved on to another file; they only cost memory and GC time)."""
+        self._rewritten_pool = None
+        self._pools = []
+        self._tree = None
+        self._defs = None
 
     def take_def(self, key: tuple[str, int]) -> ast.AST | None:
         """A definition node the caller may modify (nobody else gets its nodes).
@@ -558,7 +599,11 @@ def build_plan(
             return unstepped_plan(func, reason or "no steps")
         comp = None
     else:
-        node = source.take_def(key)
+        # pytest's own rewritten tree saves parsing and rewriting it again.
+        node = source.take_rewritten_def(key) if rewrite is not None else None
+        pre_rewritten = node is not None
+        if node is None:
+            node = source.take_def(key)
         if node is None:  # pragma: no cover - defs and take_def parse the same text
             return unstepped_plan(func, "definition not found in source")
         try:
@@ -567,8 +612,10 @@ def build_plan(
             # Zero-argument super() makes __class__ a free variable: only then look for it.
             may_super = has_positional and "__class__" in code.co_freevars
             supers = [may_super and compiler.uses_super(group) for group in groups]
-            comp = _make_compiler(func, names, global_names, is_async, class_name, rewrite)
+            comp = _make_compiler(func, names, global_names, is_async, class_name, None if pre_rewritten else rewrite)
             codes = comp.compile_steps(groups, supers=supers)
+            if pre_rewritten:
+                comp = None  # edits need a compiler that rewrites: made on first use
             compiled = []
             for raw, stmts, step_code, super_arg in zip(raw_steps, groups, codes, supers):
                 start = int(raw.get("start_line", stmts[0].lineno if stmts else 0))

@@ -84,7 +84,8 @@ class SteppingPlugin:
         self.config: Any = None
         self.session: Any = None
         self._reports: dict[str, list] = {}
-        self._records: dict[str, Any] = {}
+        #: Patches to pytest undone at unconfigure.
+        self._undo: list = []
 
     # ----------------------------------------------------------- configuring
 
@@ -102,6 +103,28 @@ class SteppingPlugin:
 
         if config.getoption("assertmode", "rewrite") == "rewrite":
             self.engine.rewriter = rewrite
+            self._capture_rewritten_trees()
+
+    def _capture_rewritten_trees(self) -> None:
+        """Keep the trees pytest rewrites while importing test modules (its .pyc
+        cache is cold): a file's steps are then cut from them, not parsed and
+        rewritten a second time."""
+        import _pytest.assertion.rewrite as rewrite_module
+
+        original = rewrite_module.rewrite_asserts
+        engine = self.engine
+
+        def rewrite_asserts(mod, source, *args, **kwargs):
+            original(mod, source, *args, **kwargs)
+            path = args[0] if args else kwargs.get("module_path")
+            if path is not None and isinstance(source, bytes):
+                engine.adopt_rewritten_tree(str(path), source, mod)
+
+        rewrite_module.rewrite_asserts = rewrite_asserts
+        self._undo.append(lambda: setattr(rewrite_module, "rewrite_asserts", original))
+
+    def pytest_collection_finish(self, session):
+        self.engine.keep_rewritten_trees({str(item.path) for item in session.items if hasattr(item, "path")})
 
     def _patch_getargs(self) -> None:
         """Report a step frame's arguments as the original function's (``self = ...``)."""
@@ -118,12 +141,11 @@ class SteppingPlugin:
             return original(code_self, var)
 
         Code.getargs = getargs
-        self._unpatch = lambda: setattr(Code, "getargs", original)
+        self._undo.append(lambda: setattr(Code, "getargs", original))
 
     def pytest_unconfigure(self, config):
-        unpatch = getattr(self, "_unpatch", None)
-        if unpatch is not None:
-            unpatch()
+        while self._undo:
+            self._undo.pop()()
 
     def pytest_sessionstart(self, session):
         self.session = session

@@ -132,6 +132,8 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--compare", required=True, help="compare_junit.py")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--cold-rounds", type=int, default=3,
+                    help="rounds of the first-run comparison (0 skips it)")
     ap.add_argument("--only", action="append", help="project name (repeatable)")
     args = ap.parse_args()
     # The suites run in their own directories: make the paths independent of that.
@@ -207,6 +209,38 @@ def main():
             "ratio": None, "goal": "0 differ", "matching": same, "differing": diff,
             "differences": diffs,
         }), flush=True)
+        if args.cold_rounds:
+            cold_run(args, name, tests, root, env, out_dir)
+
+
+def drop_caches(root: Path) -> None:
+    """Remove every __pycache__ below root: pytest's .pyc files and the step cache."""
+    for cache in sorted(root.rglob("__pycache__"), reverse=True):
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def cold_run(args, name, tests, root, env, out_dir) -> None:
+    """The first run after a change: no .pyc, no step cache, for both sides."""
+    times = {"plain": [], "stepped": []}
+    for i in range(args.cold_rounds):
+        order = ("plain", "stepped") if i % 2 == 0 else ("stepped", "plain")
+        for kind in order:
+            drop_caches(root)
+            stem = out_dir / f"{name}-cold-{kind}-{i}"
+            if kind == "plain":
+                argv = [args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests]
+            else:
+                argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
+                        "--session-dir", f"{stem}-session", tests, "--", *PYTEST_ARGS]
+            seconds, code = timed(argv, root, env, Path(f"{stem}.log"))
+            times[kind].append(seconds)
+            log(f"{name} cold round {i + 1} {kind:7s} {seconds:7.2f} s  exit {code}")
+    plain_s, stepped_s = statistics.median(times["plain"]), statistics.median(times["stepped"])
+    print("BENCH " + json.dumps({
+        "benchmark": f"first run (no .pyc, no step cache) vs pytest: {name}, median wall (s)",
+        "stepkernel": stepped_s, "peer": plain_s, "peer_name": "pytest",
+        "ratio": stepped_s / plain_s, "goal": "-", "unit": "s", "times": times,
+    }), flush=True)
 
 
 if __name__ == "__main__":

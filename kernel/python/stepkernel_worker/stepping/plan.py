@@ -110,7 +110,7 @@ class StepSpec:
         return f"StepSpec({self.index}, {self.name!r}, lines {self.start_line}-{self.end_line})"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class StepPlan:
     """How to run one function step by step (shared by all its calls)."""
 

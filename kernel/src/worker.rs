@@ -214,11 +214,16 @@ impl Worker {
         if let Some(ring) = ring {
             let tx = events.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(RING_POLL);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // Every 20 ms while events flow; slower while the ring stays
+                // empty (an idle kernel should not wake 50 times a second).
+                let mut wait = RING_POLL;
                 while channel_open.load(AtomicOrdering::Acquire) && !tx.is_closed() {
-                    tick.tick().await;
-                    drain_ring(Some(&ring), generation, &tx);
+                    tokio::time::sleep(wait).await;
+                    wait = if drain_ring(Some(&ring), generation, &tx) {
+                        RING_POLL
+                    } else {
+                        (wait * 2).min(RING_POLL_IDLE)
+                    };
                 }
             });
         }
@@ -304,20 +309,27 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 /// How long a dead worker's channel may take to close before its exit is reported.
 const CHANNEL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// How often the kernel looks for new events in the ring.
+/// How often the kernel looks for new events in the ring while they flow.
 const RING_POLL: std::time::Duration = std::time::Duration::from_millis(20);
+/// ... and at most this rarely once it has been empty a while (any channel
+/// message from the worker still drains it at once).
+const RING_POLL_IDLE: std::time::Duration = std::time::Duration::from_millis(160);
 
+/// Forwards the ring's new events; true when there were any.
 fn drain_ring(
     ring: Option<&Arc<Mutex<EventRing>>>,
     generation: u64,
     events: &mpsc::UnboundedSender<TaggedEvent>,
-) {
+) -> bool {
     let Some(ring) = ring else {
-        return;
+        return false;
     };
     // Forwarded under the lock: see the channel reader.
     let mut ring = ring.lock().unwrap_or_else(|e| e.into_inner());
-    forward_lines(ring.drain(), generation, events);
+    let lines = ring.drain();
+    let any = !lines.is_empty();
+    forward_lines(lines, generation, events);
+    any
 }
 
 fn forward_lines(

@@ -257,8 +257,24 @@ class Worker:
         return reply.get("value", "")
 
     def _install_hooks(self) -> None:
-        builtins.input = lambda prompt="": self._input(prompt)
-        getpass.getpass = lambda prompt="Password: ", stream=None: self._input(prompt, password=True)
+        original_input, original_getpass = builtins.input, getpass.getpass
+
+        # A client's code asks the client (Jupyter's stdin channel); test code
+        # keeps Python's own, so a test that swaps sys.stdin (monkeypatch,
+        # click's CliRunner) or meets pytest's capture sees what it would
+        # under plain pytest.
+        def input(prompt=""):
+            if not self.in_cell:
+                return original_input(prompt)
+            return self._input(prompt)
+
+        def getpass_(prompt="Password: ", stream=None):
+            if not self.in_cell:
+                return original_getpass(prompt, stream)
+            return self._input(prompt, password=True)
+
+        builtins.input = input
+        getpass.getpass = getpass_
         if not hasattr(builtins, "display"):
             builtins.display = self.display
         for name in ("exit", "quit"):

@@ -247,6 +247,22 @@ def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
     assert (session.session_dir / "report.json").exists()
 
 
+def test_a_configuration_pytest_dies_on_exits_as_plain_pytest_does(tmp_path, run_session):
+    """pytest raising out of its own start (here an ini filter naming a missing
+    module) ends `python -m pytest` with status 1 and a traceback: the same here."""
+    project = write_project(tmp_path, {"test_ok.py": "def test_ok():\n    assert True\n"})
+    (project / "pytest.ini").write_text(
+        "[pytest]\nfilterwarnings =\n    error\n    ignore::no_such_module.SomeWarning\n"
+    )
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "."], cwd=project, capture_output=True, text=True
+    )
+    assert plain.returncode == 1 and "no_such_module" in plain.stderr
+    session = run_session(project, "--on-error", "fail", ".")
+    assert session.wait_exit() == 1
+    assert "no_such_module" in session.output()
+
+
 def test_fidelity_corpus_matches_plain_pytest(tmp_path, run_session):
     import shutil
 

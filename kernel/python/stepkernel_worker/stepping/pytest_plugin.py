@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import traceback
 from typing import Any
 
 import pytest
@@ -292,5 +294,16 @@ def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     full = list(args)
     if junit_xml:
         full.append(f"--junitxml={junit_xml}")
-    code = pytest.main(full, plugins=[plugin])
+    try:
+        code = pytest.main(full, plugins=[plugin])
+    except SystemExit as exc:
+        # What `python -m pytest` would exit with.
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(exc.code, file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - e.g. a broken ini filterwarnings entry
+        # `python -m pytest` would die with this traceback and status 1.
+        traceback.print_exc()
+        return 1
     return int(code)

@@ -166,6 +166,14 @@ def patch_now(client, args: str = "") -> pathlib.Path:
     return path
 
 
+def export_and_finish(session: RunSession, client) -> pathlib.Path:
+    """`%patch`, then `%continue` to the end: the fix is only in the patch, so the exit code is 1."""
+    patch = patch_now(client)
+    magic(client, "%continue")
+    assert session.wait_exit() == 1, "a fix not yet in the files keeps the exit code non-zero"
+    return patch
+
+
 def clone(project: pathlib.Path, where: pathlib.Path) -> pathlib.Path:
     """A clone of `project` at its committed state."""
     git(project.parent, "clone", "-q", str(project), str(where))
@@ -260,9 +268,7 @@ def test_round_trip_from_cached_steps(tmp_path, run_session):
     assert "assert total == 5" in session.output(), session.output()
     client = session.client()
     edit(client, CART_FIX)
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     repo = round_trip(tmp_path, project, patch)
     assert (repo / "test_cart.py").read_text().splitlines()[10] == "    assert total == 4, 'fixed total'"
 
@@ -288,9 +294,7 @@ def test_round_trip_two_edits_in_one_test(tmp_path, run_session):
     wait_pause(session, 2, "test_two.py::test_two_failures")
     assert session.meta()["paused_at"].endswith(" step 3")
     edit(client, "assert b == 2\n")
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     assert outcomes(session) == {"test_two.py::test_two_failures": "fixed"}
     repo = round_trip(tmp_path, project, patch)
     assert changed_lines((project / "test_two.py").read_text(), (repo / "test_two.py").read_text()) == [3, 5]
@@ -322,9 +326,7 @@ def test_round_trip_edits_in_two_files(tmp_path, run_session):
     magic(client, "%continue")
     wait_pause(session, 2, "tests/test_beta.py::test_beta")
     edit(client, "assert n * 2 == 6\n")
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     assert set(outcomes(session).values()) == {"fixed"}
     text = patch.read_text()
     assert "Subject: [PATCH] Fix 2 tests in 2 files" in text
@@ -361,9 +363,7 @@ def test_round_trip_edit_changes_line_count(tmp_path, run_session):
     wait_pause(session, 2, "test_lines.py::test_grow")
     # 1 line becomes 4, below a step that shrank.
     edit(client, "if values:\n    assert sum(values) == 3\nelse:\n    raise AssertionError('empty')\n")
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     repo = round_trip(tmp_path, project, patch)
     assert (repo / "test_lines.py").read_text() == (
         "def test_shrink():\n"
@@ -403,9 +403,7 @@ def test_round_trip_tab_indented_file(tmp_path, run_session):
     edit(client, "for v in values:\n    if v:\n        assert v < 4\n")
     magic(client, "%retry")
     assert session.meta()["state"] == "paused"
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     repo = round_trip(tmp_path, project, patch)
     assert (repo / "test_tabs.py").read_text() == (
         "def test_tabs():\n"
@@ -428,9 +426,7 @@ def test_round_trip_crlf_file(tmp_path, run_session):
     session.wait_paused()
     client = session.client()
     edit(client, "assert x == 2\nassert x > 1\n")
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     repo = clone(project, tmp_path / "clone")
     git(repo, "config", "core.autocrlf", "false")
     git_am(repo, patch)
@@ -463,9 +459,7 @@ def test_round_trip_setup_edit(tmp_path, run_session):
     assert "setUp" in meta["paused_at"], meta
     client = session.client()
     edit(client, "self.total = sum(self.items)\n")
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     # The edited setUp serves the second test too: one pause, nothing failed.
     assert len(pauses(session)) == 1
     assert not {"failed", "error", "forced"} & set(outcomes(session).values()), outcomes(session)
@@ -632,9 +626,7 @@ def test_git_am_three_way(tmp_path, run_session):
     session.wait_paused()
     client = session.client()
     edit(client, CART_FIX)
-    patch = patch_now(client)
-    magic(client, "%continue")
-    assert session.wait_exit() == 1
+    patch = export_and_finish(session, client)
     repo = clone(project, tmp_path / "clone")
     # Upstream changed a context line of the patch's hunk (line 8, three lines above the edit).
     path = repo / "test_cart.py"

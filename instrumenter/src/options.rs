@@ -87,6 +87,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn fingerprint_names_the_options() {
+        let default = Options::default().fingerprint();
+        assert_eq!(default, Options::default().fingerprint());
+        let other = Options::with_step_marker(r"^#\s*part:\s*(.*)$").unwrap();
+        assert_ne!(default, other.fingerprint());
+        assert!(default.starts_with(env!("INSTRUMENTER_SOURCE_HASH")));
+    }
+
+    #[test]
     fn default_markers_compile_and_match() {
         let o = Options::default();
         let caps = o

@@ -61,6 +61,15 @@ struct Inner {
     exit_code: Option<i32>,
 }
 
+impl Inner {
+    /// Writes out the buffered lines of events.jsonl.
+    fn flush_events(&mut self) {
+        if let Some(file) = self.events.as_mut() {
+            let _ = file.flush();
+        }
+    }
+}
+
 /// Hooks for one `stepkernel run` session.
 pub struct RunHooks {
     ctx: SessionContext,
@@ -128,11 +137,10 @@ impl RunHooks {
         serde_json::to_value(&report).unwrap_or(json!({}))
     }
 
-    /// Instruments the test files `targets` name, in the background, so the
-    /// worker's `need_steps` finds them ready (it asks while running tests;
-    /// this runs while it is still importing pytest).
-    pub fn prefetch(self: &Arc<Self>, targets: &[String]) {
-        let files = prefetch_candidates(&self.ctx.rootdir, targets);
+    /// Instruments `files` in the background, so the worker's `need_steps`
+    /// finds them ready (it asks while running tests; this runs while it is
+    /// still importing pytest).
+    pub fn prefetch(self: &Arc<Self>, files: Vec<PathBuf>) {
         if files.is_empty() {
             return;
         }
@@ -355,9 +363,7 @@ impl RunHooks {
 
     fn finish(&self, code: i32) -> i32 {
         let mut inner = self.lock();
-        if let Some(file) = inner.events.as_mut() {
-            let _ = file.flush();
-        }
+        inner.flush_events();
         let counts = inner.report.counts().clone();
         let failing: u64 = ["failed", "error", "forced"]
             .iter()
@@ -449,9 +455,7 @@ impl SessionHooks for RunHooks {
     }
 
     fn flush(&self) {
-        if let Some(file) = self.lock().events.as_mut() {
-            let _ = file.flush();
-        }
+        self.lock().flush_events();
     }
 
     fn steps_fingerprint(&self) -> Option<String> {
@@ -492,9 +496,7 @@ impl SessionHooks for RunHooks {
     fn on_paused(&self, info: &Value) {
         let mut inner = self.lock();
         // Whoever reads the terminal's pause notice may read events.jsonl next.
-        if let Some(file) = inner.events.as_mut() {
-            let _ = file.flush();
-        }
+        inner.flush_events();
         inner.last_pause = Some(info.clone());
         inner.report.add_pause_info(info);
         let source = Self::step_source(&inner, info);
@@ -584,37 +586,6 @@ fn lower_priority() {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, 19);
     }
-}
-
-/// Most files `prefetch` instruments (a run naming a huge tree still starts at once).
-const PREFETCH_LIMIT: usize = 2000;
-
-/// The files pytest would collect for `targets` by default (`test_*.py`,
-/// `*_test.py`; the named file of a node id), in collection order.
-fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
-    let roots: Vec<PathBuf> = if targets.is_empty() {
-        vec![rootdir.to_path_buf()]
-    } else {
-        targets
-            .iter()
-            .map(|t| rootdir.join(t.split("::").next().unwrap_or(t)))
-            .collect()
-    };
-    let mut files = Vec::new();
-    for root in roots {
-        if root.is_file() {
-            files.push(root);
-        } else if root.is_dir() {
-            files.extend(instrumenter::test_files(&root).unwrap_or_default());
-        }
-        if files.len() >= PREFETCH_LIMIT {
-            files.truncate(PREFETCH_LIMIT);
-            break;
-        }
-    }
-    let mut seen = std::collections::HashSet::new();
-    files.retain(|f| seen.insert(f.clone()));
-    files
 }
 
 /// What the worker reads of a report: function steps without their source

@@ -74,12 +74,14 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
 }
 
 /// Checks the targets name existing files or directories.
+/// The file or directory part of a target (`path::Class::test`), if it has one.
+fn target_path(target: &str) -> Option<&str> {
+    let file = target.split("::").next().unwrap_or(target);
+    (!file.is_empty() && !file.starts_with('-')).then_some(file)
+}
+
 fn check_targets(rootdir: &Path, targets: &[String]) -> Result<(), RunError> {
-    for target in targets {
-        let file = target.split("::").next().unwrap_or(target);
-        if file.is_empty() || file.starts_with('-') {
-            continue;
-        }
+    for file in targets.iter().filter_map(|t| target_path(t)) {
         let path = rootdir.join(file);
         if !path.exists() {
             return Err(RunError::Usage(format!(
@@ -280,7 +282,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                        Messages are signed with the session key but NOT encrypted: prefer an SSH tunnel \
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
         }
-        hooks.prefetch(&opts.targets);
+        hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets));
         bound.set_hooks(hooks.clone());
         bound.serve().await?;
         Ok(hooks.exit_code().unwrap_or(3))
@@ -323,4 +325,36 @@ pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
         meta,
         true,
     )))
+}
+
+/// Most files `prefetch` instruments (a run naming a huge tree still starts at once).
+const PREFETCH_LIMIT: usize = 2000;
+
+/// The files pytest would collect for `targets` by default (`test_*.py`,
+/// `*_test.py`; the named file of a node id), in collection order.
+fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
+    let roots: Vec<PathBuf> = if targets.is_empty() {
+        vec![rootdir.to_path_buf()]
+    } else {
+        targets
+            .iter()
+            .filter_map(|t| target_path(t))
+            .map(|file| rootdir.join(file))
+            .collect()
+    };
+    let mut files = Vec::new();
+    for root in roots {
+        if root.is_file() {
+            files.push(root);
+        } else if root.is_dir() {
+            files.extend(instrumenter::test_files(&root).unwrap_or_default());
+        }
+        if files.len() >= PREFETCH_LIMIT {
+            files.truncate(PREFETCH_LIMIT);
+            break;
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.clone()));
+    files
 }

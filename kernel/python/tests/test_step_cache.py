@@ -71,6 +71,19 @@ def _cache_files(directory) -> list[str]:
     return sorted(glob.glob(os.path.join(str(directory), "__pycache__", "*.steps")))
 
 
+def _record_compiling(monkeypatch) -> list[str]:
+    """The qualnames of the functions whose steps get compiled from now on."""
+    compiled: list[str] = []
+    original = compiler.StepCompiler.compile_steps
+
+    def recording(self, groups, **kwargs):
+        compiled.append(self.func_qualname)
+        return original(self, groups, **kwargs)
+
+    monkeypatch.setattr(compiler.StepCompiler, "compile_steps", recording)
+    return compiled
+
+
 def _forbid_compiling(monkeypatch) -> None:
     def refuse(self, *args, **kwargs):
         raise AssertionError("steps were compiled although the cache was valid")
@@ -114,14 +127,7 @@ def test_changed_source_is_compiled_again(tmp_path, writable, monkeypatch):
     _run_all(_engine(), mod)
     changed = SOURCE.replace('f"sum={total}"', 'f"SUM={total}"')
     mod = load_module(str(tmp_path), "cached_mod_c", changed)
-    compiled = []
-    original = compiler.StepCompiler.compile_steps
-
-    def counting(self, groups, **kwargs):
-        compiled.append(self.func_qualname)
-        return original(self, groups, **kwargs)
-
-    monkeypatch.setattr(compiler.StepCompiler, "compile_steps", counting)
+    compiled = _record_compiling(monkeypatch)
     assert _run_all(_engine(), mod)[0] == "SUM=6"
     assert compiled == ["counts", "Thing.method", "failing"]
 
@@ -139,13 +145,7 @@ def test_corrupt_or_foreign_cache_files_are_ignored(tmp_path, writable, monkeypa
         assert _run_all(_engine(), mod) == expected
     # A cache written by another version of the engine is not trusted.
     monkeypatch.setattr(step_cache, "package_hash", lambda: "another engine")
-    compiled = []
-    original = compiler.StepCompiler.compile_steps
-    monkeypatch.setattr(
-        compiler.StepCompiler,
-        "compile_steps",
-        lambda self, groups, **kw: compiled.append(1) or original(self, groups, **kw),
-    )
+    compiled = _record_compiling(monkeypatch)
     assert _run_all(_engine(), mod) == expected
     assert len(compiled) == 3
 
@@ -262,13 +262,7 @@ def test_a_known_fingerprint_uses_cached_steps_without_the_report(tmp_path, writ
 def test_another_fingerprint_is_not_trusted(tmp_path, writable, monkeypatch):
     mod = load_module(str(tmp_path), "cached_mod_i", SOURCE)
     expected = _run_all(Engine(FingerprintHost("instrumenter-1"), on_error="fail"), mod)
-    compiled = []
-    original = compiler.StepCompiler.compile_steps
-    monkeypatch.setattr(
-        compiler.StepCompiler,
-        "compile_steps",
-        lambda self, groups, **kw: compiled.append(1) or original(self, groups, **kw),
-    )
+    compiled = _record_compiling(monkeypatch)
     other = Engine(FingerprintHost("instrumenter-2"), on_error="fail")
     assert _run_all(other, mod) == expected
     assert other.host.asked == [mod.__file__] and other.host.loaded == []

@@ -250,7 +250,7 @@ def test_round_trip_single_edit(tmp_path, run_session):
 
 
 def test_round_trip_from_cached_steps(tmp_path, run_session):
-    """A second run takes its steps from the step cache (no report from the kernel):
+    """A second run loads the stepped module from its cached .pyc (no report from the kernel):
     the session still shows the failing step and exports the edit as a patch."""
     project = write_project(tmp_path / "repo", CART, git=True)
     writes = {**GIT_ENV, "PYTHONDONTWRITEBYTECODE": ""}
@@ -259,12 +259,12 @@ def test_round_trip_from_cached_steps(tmp_path, run_session):
         cwd=project, capture_output=True, text=True, env={**os.environ, **writes}, timeout=120,
     )
     assert first.returncode == 1, first.stdout + first.stderr
-    (cache,) = (project / "__pycache__").glob("test_cart.*stepkernel*.steps")
+    (cache,) = (project / "__pycache__").glob("test_cart.*-stepkernel-*.pyc")
     written = cache.stat()
     session = run_session(project, "test_cart.py", env=writes)
     session.wait_paused()
     again = cache.stat()
-    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns), "steps were compiled again"
+    assert (again.st_ino, again.st_mtime_ns) == (written.st_ino, written.st_mtime_ns), "the module was transformed again"
     assert "assert total == 5" in session.output(), session.output()
     client = session.client()
     edit(client, CART_FIX)

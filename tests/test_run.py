@@ -158,6 +158,7 @@ def test_interrupt_long_step_pauses_there(tmp_path, run_session):
         "test_loop.py": '''
             def test_spin():
                 n = 0
+                open("spinning", "w").close()
                 while True:
                     n += 1
             ''',
@@ -165,7 +166,8 @@ def test_interrupt_long_step_pauses_there(tmp_path, run_session):
     project = write_project(tmp_path, files)
     session = run_session(project, "test_loop.py")
     client = session.client()
-    wait_for(lambda: any(e["event"] == "step_start" and e["index"] == 1 for e in session.events()), what="loop step")
+    # Steps report nothing while they pass: the test says itself that it reached the loop.
+    wait_for(lambda: (project / "spinning").exists(), what="loop step")
     client.shell_channel  # noqa: B018 - channels are started
     msg = client.session.msg("interrupt_request", {})
     client.control_channel.send(msg)
@@ -227,7 +229,8 @@ def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
     assert "add" not in failure["globals"], "functions are not variables"
     steps = {t["id"]: t["steps"] for t in report["tests"]}
     assert [s["status"] for s in steps["test_cart.py::test_total"]] == ["passed", "failed"]
-    assert all(isinstance(s["duration_s"], float) for s in steps["test_cart.py::test_total"])
+    # Timings per step come with step events (STEPKERNEL_STEP_EVENTS=1); the failure has its error.
+    assert steps["test_cart.py::test_total"][1]["error"].startswith("AssertionError")
     events = session.events()
     assert {e["session"] for e in events} == {session.meta()["id"]}
     assert all("time" in e and "timestamp" in e for e in events)
@@ -285,9 +288,9 @@ def test_fidelity_corpus_matches_plain_pytest(tmp_path, run_session):
     )
     assert compare.returncode == 0, compare.stdout
     assert ", 0 failed" in compare.stdout
-    steps = [e for e in session.events() if e["event"] == "step_finish"]
-    tests = [e for e in session.events() if e["event"] == "test_finish"]
-    assert len(steps) > len(tests) * 2, "tests must actually run step by step"
+    starts = [e for e in session.events() if e["event"] == "test_start"]
+    stepped = [e for e in starts if any(p["stepped"] and p["steps"] > 1 for p in e["phases"])]
+    assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
 
 
 def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_session):
@@ -300,6 +303,7 @@ def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_sessi
                 marks = []
                 for _ in range(3):
                     marks.append(1)
+                open("running", "w").close()
                 time.sleep(0.5)
                 time.sleep(0.5)
                 time.sleep(0.5)
@@ -312,7 +316,9 @@ def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_sessi
     project = write_project(tmp_path, files)
     session = run_session(project, "test_slow.py")
     client = session.client()
-    wait_for(lambda: any(e["event"] == "step_start" and e["index"] >= 2 for e in session.events()), what="running")
+    # The kernel drains the worker's events every few tens of milliseconds.
+    wait_for(lambda: (project / "running").exists() and any(e["event"] == "test_start" for e in session.events()),
+             what="running")
     # %where is answered by the kernel itself, even while a step runs.
     reply, msgs = execute(client, "%where", timeout=5)
     assert reply["status"] == "ok" and "test_slow_steps" in display_text(msgs)

@@ -11,6 +11,11 @@
 //! Layout (native-endian `u64`s, then the data):
 //! - byte 0: `write_pos`, total bytes ever appended (written by the worker);
 //! - byte 8: `read_pos`, total bytes ever consumed (written by the kernel);
+//! - byte 16: the step flag: non-zero asks running tests to call the engine
+//!   at their next step boundary ([`EventRing::raise_step_flag`]; the worker
+//!   sets and clears it too, `stepkernel_worker/stepping/runtime.py`);
+//! - byte 17: set before a client's interrupt sends SIGINT, so an async
+//!   test's cancellation is known to be that interrupt (and pauses);
 //! - byte [`DATA_OFFSET`]..: the data, `capacity` bytes used as a ring.
 //!
 //! The worker writes a whole line, then publishes it by advancing
@@ -21,7 +26,7 @@
 //! `stepkernel_worker/channel.py` (`EventRing`).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Where the data starts (a cache line after the two positions).
 pub const DATA_OFFSET: usize = 64;
@@ -77,6 +82,23 @@ impl EventRing {
     /// The size of the mapping (the worker maps the same).
     pub fn size(&self) -> usize {
         self.size
+    }
+
+    /// Asks the worker's running test to look at its next step boundary
+    /// (after a `pause_request` or `breakpoints` message was sent).
+    pub fn raise_step_flag(&self) {
+        self.header_byte(16).store(1, Ordering::Release);
+    }
+
+    /// Marks the next SIGINT as a client's interrupt.
+    pub fn raise_interrupt_flag(&self) {
+        self.header_byte(17).store(1, Ordering::Release);
+    }
+
+    fn header_byte(&self, offset: usize) -> &AtomicU8 {
+        assert!(offset < DATA_OFFSET);
+        // SAFETY: the offset lies in the mapped header, below DATA_OFFSET.
+        unsafe { &*(self.base.add(offset) as *const AtomicU8) }
     }
 
     fn capacity(&self) -> u64 {

@@ -272,7 +272,7 @@ impl Executor {
                 true
             }
             Control::Forward(message) => {
-                let _ = self.worker.send(&message).await;
+                let _ = self.worker.send_step_control(&message).await;
                 false
             }
             Control::Shutdown(msg) => self.on_shutdown(msg, true).await,

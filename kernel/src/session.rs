@@ -119,7 +119,10 @@ impl RunState {
                     step.duration = event.get("duration_s").and_then(Value::as_f64);
                 }
             }
-            "pause" => self.state = "paused".into(),
+            "pause" => {
+                self.state = "paused".into();
+                self.mark_paused_step(event);
+            }
             "resume" => {
                 self.state = "running".into();
                 self.paused = None;
@@ -137,6 +140,43 @@ impl RunState {
             "summary" => self.state = "finished".into(),
             _ => {}
         }
+    }
+
+    /// Steps run without events (the default): a pause says where the test
+    /// is, so the steps before it in its phase passed and it failed or waits.
+    fn mark_paused_step(&mut self, event: &Value) {
+        let (Some(phase), Some(index)) = (
+            event.get("phase").and_then(Value::as_str),
+            event.get("index").and_then(Value::as_u64),
+        ) else {
+            return;
+        };
+        let index = index as usize;
+        let reason = event.get("reason").and_then(Value::as_str).unwrap_or("");
+        let name = event
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let status = match reason {
+            "error" | "interrupt" => "failed",
+            "retry" => "passed",
+            _ => "paused",
+        };
+        self.step_mut(phase, index, &name);
+        let Some(at) = self.phases.iter().position(|p| p.name == phase) else {
+            return;
+        };
+        // Phases run in order: everything before the paused step has run.
+        for (k, p) in self.phases.iter_mut().enumerate().take(at + 1) {
+            let before = if k == at { index } else { p.steps.len() };
+            for step in p.steps.iter_mut().take(before) {
+                if step.status == "pending" || step.status == "running" {
+                    step.status = "passed".into();
+                }
+            }
+        }
+        self.phases[at].steps[index].status = status.into();
     }
 
     fn step_mut(&mut self, phase: &str, index: usize, name: &str) -> &mut StepState {
@@ -332,6 +372,33 @@ pub fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pause_without_step_events_marks_the_steps_before_it_passed() {
+        let mut state = RunState::default();
+        state.apply(&json!({"event": "test_start", "test": "t.py::test_a",
+            "phases": [{"name": "setUp", "steps": 1, "step_names": ["x = 0"]},
+                       {"name": "test_a", "steps": 3, "step_names": ["a = 1", "b = 2", "assert a == b"]},
+                       {"name": "tearDown", "steps": 1, "step_names": ["del x"]}]}));
+        state.apply(&json!({"event": "pause", "phase": "test_a", "index": 2,
+            "name": "assert a == b", "reason": "error"}));
+        let statuses: Vec<Vec<&str>> = state
+            .phases
+            .iter()
+            .map(|p| p.steps.iter().map(|s| s.status.as_str()).collect())
+            .collect();
+        assert_eq!(
+            statuses,
+            [
+                vec!["passed"],
+                vec!["passed", "passed", "failed"],
+                vec!["pending"]
+            ]
+        );
+        state.apply(&json!({"event": "resume"}));
+        state.apply(&json!({"event": "pause", "phase": "test_a", "index": 2, "reason": "retry"}));
+        assert_eq!(state.phases[1].steps[2].status, "passed");
+    }
 
     #[test]
     fn tracks_steps_and_pause() {

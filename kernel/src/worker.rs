@@ -119,6 +119,7 @@ pub struct Worker {
     /// Increases with every (re)start; events of older workers are ignored.
     pub generation: u64,
     writer: tokio::net::unix::OwnedWriteHalf,
+    ring: Option<Arc<Mutex<EventRing>>>,
 }
 
 /// Says hello (with the Python version clients need for kernel_info) before
@@ -211,6 +212,7 @@ impl Worker {
             drain_ring(reader_ring.as_ref(), generation, &tx);
             reader_open.store(false, AtomicOrdering::Release);
         });
+        let kept_ring = ring.clone();
         if let Some(ring) = ring {
             let tx = events.clone();
             tokio::spawn(async move {
@@ -249,6 +251,7 @@ impl Worker {
             pid,
             generation,
             writer,
+            ring: kept_ring,
         })
     }
 
@@ -262,8 +265,25 @@ impl Worker {
             .map_err(WorkerError::Channel)
     }
 
+    /// Sends a `pause_request` or `breakpoints` message, then raises the ring's
+    /// step flag so a running test looks at its next step boundary.
+    pub async fn send_step_control(&mut self, message: &Value) -> Result<(), WorkerError> {
+        self.send(message).await?;
+        if let Some(ring) = &self.ring {
+            ring.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .raise_step_flag();
+        }
+        Ok(())
+    }
+
     /// Sends SIGINT to the worker (KeyboardInterrupt in the running code).
     pub fn interrupt(&self) {
+        if let Some(ring) = &self.ring {
+            ring.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .raise_interrupt_flag();
+        }
         signal(self.pid, libc::SIGINT);
     }
 

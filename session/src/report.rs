@@ -15,6 +15,8 @@ pub struct Report {
     last_pause: Option<Value>,
     edits: u64,
     summary: Option<Value>,
+    /// The current test's phases (from `test_start`).
+    phases: Value,
 }
 
 /// Splits "Type: message" into the type and the message's first line.
@@ -41,17 +43,53 @@ fn method_of(test_id: &str) -> String {
 }
 
 impl Report {
+    /// Steps report nothing while they pass (unless step events are on): a
+    /// failed step says the steps before it in its phase, and the phases
+    /// before, passed.
+    fn backfill_passed(&mut self, event: &Value) {
+        let (Some(test), Some(phases)) = (self.current.as_mut(), self.phases.as_array()) else {
+            return;
+        };
+        let phase = event.get("phase").and_then(Value::as_str).unwrap_or("");
+        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let steps = test["steps"].as_array_mut().expect("array");
+        for p in phases {
+            let name = p.get("name").and_then(Value::as_str).unwrap_or("");
+            let names: Vec<&str> = p
+                .get("step_names")
+                .and_then(Value::as_array)
+                .map(|n| n.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let upto = if name == phase { index } else { names.len() };
+            for (i, step_name) in names.iter().enumerate().take(upto) {
+                let known = steps.iter().any(|s| {
+                    s.get("phase").and_then(Value::as_str) == Some(name)
+                        && s.get("index").and_then(Value::as_u64) == Some(i as u64)
+                });
+                if !known {
+                    steps.push(json!({"phase": name, "index": i, "name": step_name,
+                        "status": "passed", "duration_s": null, "error": null}));
+                }
+            }
+            if name == phase {
+                break;
+            }
+        }
+    }
+
     /// Takes one event.
     pub fn add(&mut self, event: &Value) {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         match kind {
             "test_start" => {
+                self.phases = event.get("phases").cloned().unwrap_or(Value::Null);
                 self.current = Some(json!({
                     "id": event.get("test"), "file": event.get("file"),
                     "steps": [], "outcome": null, "duration_s": null,
                 }));
             }
             "step_finish" => {
+                self.backfill_passed(event);
                 if let Some(test) = self.current.as_mut() {
                     let mut step = json!({
                         "phase": event.get("phase"), "index": event.get("index"),
@@ -207,6 +245,42 @@ mod tests {
         assert_eq!(j["failures_by_error"][0]["count"], 2);
         assert_eq!(j["failures_by_error"][0]["message"], "assert 1 == 2");
         assert_eq!(j["tests"].as_array().unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_failed_step_says_the_steps_before_it_passed() {
+        let mut r = Report::default();
+        r.add(
+            &json!({"event": "test_start", "test": "t.py::test_a", "phases": [
+            {"name": "setup_method", "step_names": ["x = 1"]},
+            {"name": "test", "step_names": ["a = 1", "b = 2", "assert a == b"]}]}),
+        );
+        r.add(
+            &json!({"event": "step_finish", "phase": "test", "index": 2, "status": "failed",
+            "error": "AssertionError: assert 1 == 2"}),
+        );
+        r.add(&json!({"event": "test_finish", "test": "t.py::test_a", "outcome": "failed"}));
+        let j = r.to_json("s", Some(1));
+        let steps: Vec<(String, u64, String)> = j["tests"][0]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let text = |k: &str| s[k].as_str().unwrap_or("").to_string();
+                (text("phase"), s["index"].as_u64().unwrap(), text("status"))
+            })
+            .collect();
+        let want = [
+            ("setup_method", 0, "passed"),
+            ("test", 0, "passed"),
+            ("test", 1, "passed"),
+            ("test", 2, "failed"),
+        ];
+        let want: Vec<(String, u64, String)> = want
+            .iter()
+            .map(|(p, i, s)| (p.to_string(), *i, s.to_string()))
+            .collect();
+        assert_eq!(steps, want);
     }
 
     #[test]

@@ -120,6 +120,11 @@ class EventRing:
         os.close(fd)  # the mapping keeps the memory; tests see no extra descriptor
         view = memoryview(self._map)
         self._positions = view[:16].cast("Q")  # [write_pos, read_pos]
+        #: Byte 16: non-zero asks running tests to look at step boundaries. The
+        #: kernel sets it when it sends ``pause_request`` or ``breakpoints``.
+        self.flag = view[16:17]
+        #: Byte 17: the kernel sets it before it sends SIGINT for a client's interrupt.
+        self.interrupted = view[17:18]
         self._data = view[self.DATA_OFFSET :]
         self._capacity = size - self.DATA_OFFSET
         self._pid = os.getpid()
@@ -164,7 +169,9 @@ def ring_from_environment() -> EventRing | None:
 
 def from_environment() -> Channel:
     """The channel the kernel handed to this process."""
-    fd = int(os.environ["STEPKERNEL_CHANNEL_FD"])
+    fd = int(os.environ.pop("STEPKERNEL_CHANNEL_FD"))
+    # Subprocesses of tests inherit neither the descriptor nor the variable.
+    os.set_inheritable(fd, False)
     return Channel(fd)
 
 

@@ -9,6 +9,7 @@ are documented in ``kernel/src/worker.rs``.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import getpass
 import os
 import signal
@@ -23,10 +24,9 @@ from .channel import Channel, ChannelClosed, EventRing, encode_flat, from_enviro
 # Written to fd 1 and 2 after each request: the kernel forwards everything
 # before it as output of that request, so no output arrives after the reply.
 SYNC_MARKER = b"\x00\x1eSKSYNC:%d\x1e\x00"
-# How often, at most, step boundaries look for %pause and %break requests.
-POLL_INTERVAL_S = 0.005
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+_MISSING = object()
 
 
 _SETUP_PHASES = {
@@ -76,7 +76,7 @@ class Worker:
     def __init__(self, channel: Channel, ring: EventRing | None = None):
         self.channel = channel
         self.ring = ring  # progress events go here when the kernel shared one
-        #: Names the kernel's instrumenter (from the run request; see step_cache).
+        #: Names the kernel's instrumenter (from the run request; tags transformed .pyc files).
         self.steps_fingerprint: str | None = None
         self.plain = cells.PlainNamespace()
         self.handler = None  # a PausedHandler while a test is paused or loaded
@@ -92,7 +92,8 @@ class Worker:
         self.last_handler = None  # the last paused namespace, kept after a %test ends
         self._next_rpc = 0
         self._sync = 0
-        self._last_poll = 0.0
+        self.pid = os.getpid()
+        self._flag_shared = False
         # Private copies of the output pipes: markers must reach the kernel even
         # while pytest's capture has fd 1 and 2 pointing at temporary files.
         self._sync_fds = []
@@ -183,7 +184,8 @@ class Worker:
             outer = (self.executing, self.in_cell)
             self.executing = self.in_cell = True
             try:
-                has_value, value = self._run_cell(code, cells.cell_filename(count))
+                with self._cell_scope():
+                    has_value, value = self._run_cell(code, cells.cell_filename(count))
                 if has_value and isinstance(value, ExitRequest):
                     value()  # a bare `exit` means `exit()`, as IPython's autocall does
                     has_value = False
@@ -259,10 +261,10 @@ class Worker:
     def _install_hooks(self) -> None:
         original_input, original_getpass = builtins.input, getpass.getpass
 
-        # A client's code asks the client (Jupyter's stdin channel); test code
-        # keeps Python's own, so a test that swaps sys.stdin (monkeypatch,
-        # click's CliRunner) or meets pytest's capture sees what it would
-        # under plain pytest.
+        # A client's code asks the client (Jupyter's stdin channel); these are
+        # in place only while a client's cell runs, so test code sees Python's
+        # own builtins (a test that swaps sys.stdin, or meets pytest's capture,
+        # sees what it would under plain pytest).
         def input(prompt=""):
             if not self.in_cell:
                 return original_input(prompt)
@@ -273,12 +275,12 @@ class Worker:
                 return original_getpass(prompt, stream)
             return self._input(prompt, password=True)
 
-        builtins.input = input
-        getpass.getpass = getpass_
+        self._cell_builtins = {"input": input}
         if not hasattr(builtins, "display"):
-            builtins.display = self.display
+            self._cell_builtins["display"] = self.display
         for name in ("exit", "quit"):
-            builtins.__dict__[name] = ExitRequest(self, name, getattr(builtins, name, None))
+            self._cell_builtins[name] = ExitRequest(self, name, getattr(builtins, name, None))
+        self._cell_getpass = getpass_
         for stream in (sys.stdout, sys.stderr):
             try:
                 # Whole lines: with PYTHONUNBUFFERED (common in containers and CI)
@@ -288,6 +290,23 @@ class Worker:
             except Exception:
                 pass
         signal.signal(signal.SIGINT, self._on_sigint)
+
+    @contextlib.contextmanager
+    def _cell_scope(self):
+        """A client's cell runs with IPython-like builtins; test code never sees them."""
+        saved = {name: builtins.__dict__.get(name, _MISSING) for name in self._cell_builtins}
+        saved_getpass = getpass.getpass
+        builtins.__dict__.update(self._cell_builtins)
+        getpass.getpass = self._cell_getpass
+        try:
+            yield
+        finally:
+            getpass.getpass = saved_getpass
+            for name, value in saved.items():
+                if value is _MISSING:
+                    builtins.__dict__.pop(name, None)
+                else:
+                    builtins.__dict__[name] = value
 
     def _on_sigint(self, signum, frame):
         # Only user code is interrupted; between requests the signal is dropped.
@@ -323,6 +342,8 @@ class Worker:
         ``ordered=False`` (progress events) skips the sync markers: the kernel
         then handles the message as soon as it arrives.
         """
+        if os.getpid() != self.pid:
+            return  # a test forked: its child's messages are not ours
         if not ordered:
             self.channel.send(message)
             return
@@ -345,6 +366,8 @@ class Worker:
 
     def emit_line(self, line: str) -> None:
         """Publish one event message already encoded as a JSON line."""
+        if os.getpid() != self.pid:
+            return
         data = line.encode()
         if self.ring is None or not self.ring.append(data):
             self.channel.send_encoded(data)
@@ -361,19 +384,22 @@ class Worker:
         reply = self.channel.recv_matching(lambda m: m.get("type") == "steps_reply" and m.get("id") == rpc)
         return reply.get("report") or {}
 
-    def should_pause_before(self, test_id: str, phase: str, step: int) -> str | None:
-        """A reason to pause before this step (breakpoint or ``%pause``), else None."""
-        now = time.monotonic()
-        if now - self._last_poll >= POLL_INTERVAL_S:
-            # A select() per step is most of a fast step's cost; a %pause or
-            # %break that arrives takes effect at the first boundary after it.
-            self._last_poll = now
-            self.channel.poll()
+    def poll_control(self) -> None:
+        """Handle ``%pause`` and ``%break`` requests that arrived while a test runs."""
+        self.channel.poll()
         while self.channel.has_pending():
             message = self.channel.take_pending(_is_pause_control)
             if message is None:
                 break
             self.dispatch(message)
+
+    def wants_step_boundaries(self) -> bool:
+        """Whether a pause may be due at some step boundary (the engine then looks at each)."""
+        return bool(self.breakpoints or self.pause_flag or self.pause_at_start)
+
+    def should_pause_before(self, test_id: str, phase: str, step: int) -> str | None:
+        """A reason to pause before this step (breakpoint or ``%pause``), else None."""
+        self.poll_control()
         if self.pause_flag:
             self.pause_flag = False
             return "pause"
@@ -452,7 +478,7 @@ class Worker:
         except Exception as exc:  # a bug here must not break the pause loop
             return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         # A test that passes after this edit passed only thanks to it: it is *fixed*.
-        record = getattr(getattr(self.handler, "run", None), "record", None)
+        record = getattr(self.handler, "record", None)
         if record is not None and hasattr(record, "edited_ran"):
             record.edited_ran = True
         info = {}
@@ -479,6 +505,7 @@ class Worker:
                                         "evalue": "usage: %test path/to/test_file.py::TestClass::test_name",
                                         "traceback": []})
             return
+        self._share_flag()
         self.handler = self.last_handler = None
         self.pending_resume = message
         self.steps_fingerprint = message.get("steps_fingerprint")
@@ -523,8 +550,18 @@ class Worker:
                     self._iopub(request_id, "display_data", {"data": data, "metadata": metadata, "transient": {}})
         self._reply(request_id, {"status": "ok", "data": {"text/plain": text, "text/html": html}})
 
+    def _share_flag(self) -> None:
+        """Point the engine's step flag into the ring, so the kernel's %pause reaches running tests."""
+        from .stepping import runtime
+
+        if self.ring is not None and not self._flag_shared:
+            runtime.share_flags(self.ring.flag, self.ring.interrupted)
+        self._flag_shared = True
+
     def _run_tests(self, message: dict) -> None:
         from . import stepping
+
+        self._share_flag()
 
         self.current_id = message["id"]
         self.steps_fingerprint = message.get("steps_fingerprint")

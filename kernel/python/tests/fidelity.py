@@ -60,6 +60,7 @@ def run_stepped(
     runner: str = "pytest",
     on_error: str = "fail",
     script: list | None = None,
+    step_events: bool = False,
 ) -> tuple[subprocess.CompletedProcess, list[dict]]:
     events = os.path.join(directory, f"events-{len(os.listdir(directory))}.jsonl")
     cmd = [
@@ -78,6 +79,8 @@ def run_stepped(
     ]
     if xml:
         cmd += ["--junit-xml", xml]
+    if step_events:
+        cmd.append("--step-events")
     extra = ["-p", "no:cacheprovider"] if runner == "pytest" else []
     proc = subprocess.run([*cmd, "--", *extra, *args], cwd=directory, capture_output=True, text=True)
     with open(events) as fh:

@@ -41,6 +41,9 @@ def report_source() -> Callable[[str], dict | None]:
 class RecordingHost:
     """Records events; pauses are answered by ``script`` (a list of commands or a callable)."""
 
+    #: Ask the engine for step events (they show the steps really ran one by one).
+    step_events = True
+
     def __init__(self, script: Any = None, get_steps: Callable[[str], dict | None] | None = None):
         self.events: list[dict] = []
         self.pauses: list[dict] = []
@@ -94,28 +97,54 @@ def copy_cases(src_dir: str, dest: str) -> None:
             shutil.copy(os.path.join(src_dir, name), dest)
 
 
-def load_module(directory: str, name: str, source: str):
-    """Write ``source`` to ``directory/name.py`` and import it under a unique name."""
-    import importlib.util
+def load_module(directory: str, name: str, source: str, get_steps: Callable[[str], dict | None] | None = None):
+    """Write ``source`` to ``directory/name.py`` and import it, stepped, under a unique name.
+
+    The module goes through the engine's import-time transform (as a stepped
+    run imports test modules), by default with the ``stepdata`` report, which
+    steps every function of the file, not only tests.
+    """
+    import ast
     import sys
     import textwrap
+    import types
+
+    from stepkernel_worker.stepping import transform
 
     path = os.path.join(directory, f"{name}.py")
+    text = textwrap.dedent(source)
     with open(path, "w") as fh:
-        fh.write(textwrap.dedent(source))
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+        fh.write(text)
+    tree = ast.parse(text, filename=path)
+    report = (get_steps or build_report)(path)
+    transform.transform_module(tree, report)
+    module = types.ModuleType(name)
+    module.__file__ = path
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    exec(compile(tree, path, "exec", dont_inherit=True), module.__dict__)
     return module
 
 
 def call_stepped(engine, func, *args, test_id: str = "t::test", phase: str = "test", **kwargs):
     """Run ``func`` through the engine as the body of test ``test_id``; returns (record, result)."""
+    import asyncio
     import inspect
 
+    from stepkernel_worker.stepping import runtime
+
     file = inspect.getsourcefile(func)
-    record = engine.begin_test(test_id, file, [engine.phase_entry(phase, func, file)])
-    with engine.stepping(func, phase, file, is_test_phase=True) as callable_:
-        result = callable_(*args, **kwargs)
+    entry, code = engine.resolve_phase(phase, func)
+    record = engine.begin_test(test_id, file, [entry], [code] if code is not None else [])
+    previous, runtime.ENGINE = runtime.ENGINE, engine
+    engine.update_flag()
+    try:
+        if inspect.iscoroutinefunction(func):
+            result = asyncio.run(func(*args, **kwargs))
+        else:
+            result = func(*args, **kwargs)
+        engine.close_open_step()
+        engine.check_forced(record)
+    finally:
+        runtime.ENGINE = previous
+        runtime.FLAG[0] = 0
     return record, result

@@ -3,7 +3,8 @@
     python run_stepped.py [--runner R] [--on-error pause|fail] [--junit-xml F]
                           [--rootdir D] [--events F] [--script JSON] -- ARGS...
 
-Events are written as JSON lines to ``--events``; pauses are answered by the
+Events are written as JSON lines to ``--events`` (step events only with
+``--step-events``: without, a test's steps cost nothing and report nothing); pauses are answered by the
 commands in ``--script`` (a JSON list; missing answers mean "fail").
 """
 
@@ -30,9 +31,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rootdir", default=".")
     parser.add_argument("--events")
     parser.add_argument("--script", default="[]")
+    parser.add_argument("--step-events", action="store_true", help="report every step (a call per step)")
     parser.add_argument("args", nargs="*")
     ns = parser.parse_args(argv)
     host = RecordingHost(json.loads(ns.script))
+    host.step_events = ns.step_events
     code = stepping.run(
         host,
         ns.args,

@@ -32,6 +32,9 @@ def _qualnames(tree: ast.AST):
 
 def _steps(node, lines: list[str]) -> list[dict]:
     body = node.body
+    if len(body) > 1 and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        body = body[1:]  # a docstring is no step (as the instrumenter says)
     first, last = body[0], body[-1]
     start_line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
     # Markers between the def line and the end of the body.

@@ -76,17 +76,27 @@ def engine():
     return Engine(RecordingHost(get_steps=build_report), on_error="fail")
 
 
-def test_steps_keep_the_original_names_lines_and_qualnames(engine, mod):
-    plan = engine.plan_for(mod.outer, mod.__file__)
-    assert [s.code.co_name for s in plan.steps] == ["outer"] * 4
-    assert {s.code.co_firstlineno for s in plan.steps} == {mod.outer.__code__.co_firstlineno}
+def _steps(engine, func):
+    return engine.steps_for(func.__code__, func.__globals__)
+
+
+def test_the_transformed_function_keeps_its_code_shape(engine, mod):
+    """No local, name or line is added: frames, locals() and tracebacks read as the original's."""
+    plain = {}
+    exec(compile(open(mod.__file__).read(), mod.__file__, "exec", dont_inherit=True), plain)
+    for name in ("outer", "scoped"):
+        stepped, original = getattr(mod, name).__code__, plain[name].__code__
+        assert stepped is not original and stepped.co_code != original.co_code
+        for attr in ("co_name", "co_qualname", "co_firstlineno", "co_varnames", "co_cellvars", "co_freevars",
+                     "co_argcount", "co_flags"):
+            assert getattr(stepped, attr, None) == getattr(original, attr, None), attr
     inner, local = call_stepped(engine, mod.outer)[1]
     plain_inner, plain_local = mod.outer()
     assert inner.__qualname__ == plain_inner.__qualname__ == "outer.<locals>.inner"
     assert local.__qualname__ == plain_local.__qualname__ == "outer.<locals>.Local"
-    # The class body is its own scope: its annotation is kept.
     assert local.__annotations__ == plain_local.__annotations__ == {"size": int}
     assert inner() == 1
+    assert len(_steps(engine, mod.outer).steps) == 4
 
 
 def test_scope_statements_nested_in_blocks_are_adapted(engine, mod):
@@ -94,36 +104,19 @@ def test_scope_statements_nested_in_blocks_are_adapted(engine, mod):
     assert stepped == (1, "annotated", True, 10, True, "yes")
     assert mod.scoped(True) == (2, "annotated", True, 10, True, "yes")
     assert call_stepped(engine, mod.scoped, False)[1] == (2, "annotated", True, 10, True, "no")
-    plan = engine.plan_for(mod.scoped, mod.__file__)
-    assert plan.compiler.global_names == ["COUNTER"]
+    assert _steps(engine, mod.scoped).global_names == ["COUNTER"]
 
 
-def test_only_steps_calling_zero_argument_super_take_self(engine, mod):
+def test_only_out_of_band_steps_calling_zero_argument_super_take_self(engine, mod):
     obj = mod.Child()
     assert call_stepped(engine, mod.Child.zero_arg, obj)[1] == "zero+base"
     assert call_stepped(engine, mod.Child.explicit, obj)[1] == "explicit+base"
     assert call_stepped(engine, mod.Child.no_super, obj)[1] == "Child"
-    supers = {
-        name: [s.super_arg for s in engine.plan_for(getattr(mod.Child, name), mod.__file__).steps]
-        for name in ("zero_arg", "explicit", "no_super")
-    }
+    supers = {}
+    for name in ("zero_arg", "explicit", "no_super"):
+        steps = _steps(engine, getattr(mod.Child, name))
+        supers[name] = [steps.compile_step(i, spec.source).super_arg for i, spec in enumerate(steps.steps)]
     assert supers == {"zero_arg": [False, True], "explicit": [False, False], "no_super": [False, False]}
-
-
-def test_definitions_handed_out_once_per_tree(engine, mod):
-    source = engine.source_file(mod.__file__)
-    key = (mod.outer.__name__, mod.outer.__code__.co_firstlineno)
-    first = source.take_def(key)
-    second = source.take_def(key)
-    assert first is not None and second is not None and first is not second
-    assert ast.dump(first) == ast.dump(second)
-    # A definition inside one already taken comes from another parse as well.
-    inner_key = next(k for k in source.defs if k[0] == "who" and k[1] < mod.Base.who.__code__.co_firstlineno)
-    inner = source.take_def(inner_key)
-    assert all(inner is not n for n in ast.walk(first)) and all(inner is not n for n in ast.walk(second))
-    # Another top-level definition can still come from the first tree.
-    scoped = source.take_def((mod.scoped.__name__, mod.scoped.__code__.co_firstlineno))
-    assert any(scoped is n for n in ast.walk(source.tree))
 
 
 def test_fix_scope_rewrites_only_this_scope():

@@ -23,36 +23,28 @@ def steps(n):
 '''
 
 
-class LineHost(RecordingHost):
-    """Takes events both ways, as the worker does: dicts and ready JSON lines."""
-
-    def __init__(self):
-        super().__init__(get_steps=build_report)
-        self.lines: list[str] = []
-
-    def emit_line(self, line: str) -> None:
-        self.lines.append(line)
-        message = json.loads(line)
-        assert line.endswith("\n") and message["type"] == "event"
-        self.events.append(message["event"])
-
-
-def _without_times(events):
-    return [{k: v for k, v in e.items() if k not in ("time", "duration_s")} for e in events]
-
-
-def test_formatted_step_events_equal_the_dict_events(tmp_path):
+def test_step_events_carry_index_status_duration_and_error(tmp_path):
     mod = load_module(str(tmp_path), "events_mod", SOURCE)
-    fast, slow = Engine(LineHost(), on_error="fail"), Engine(RecordingHost(get_steps=build_report), on_error="fail")
-    for engine in (fast, slow):
-        assert call_stepped(engine, mod.steps, 4, test_id='t.py::test_"odd"[é]')[1] == 6
-        with pytest.raises(AssertionError):
-            call_stepped(engine, mod.steps, 20, test_id="t.py::test_fails")
-    assert len(fast.host.lines) >= 10, "step events took the fast path"
-    assert _without_times(fast.host.events) == _without_times(slow.host.events)
-    finished = [e for e in fast.host.events if e["event"] == "step_finish"]
+    engine = Engine(RecordingHost(get_steps=build_report), on_error="fail")
+    assert call_stepped(engine, mod.steps, 4, test_id='t.py::test_"odd"[é]')[1] == 6
+    with pytest.raises(AssertionError):
+        call_stepped(engine, mod.steps, 20, test_id="t.py::test_fails")
+    starts = [(e["test"], e["index"]) for e in engine.host.of("step_start")]
+    assert starts == [('t.py::test_"odd"[é]', i) for i in range(5)] + [("t.py::test_fails", i) for i in range(4)]
+    finished = engine.host.of("step_finish")
     assert all(isinstance(e["duration_s"], float) and e["duration_s"] >= 0 for e in finished)
-    assert finished[-1]["status"] == "failed" and "error" in finished[-1]
+    assert [e["status"] for e in finished] == ["passed"] * 8 + ["failed"]
+    assert finished[-1]["error"].startswith("AssertionError")
+
+
+def test_without_step_events_no_step_is_reported(tmp_path):
+    """The default: passing steps cost a flag test each and send nothing."""
+    mod = load_module(str(tmp_path), "quiet_mod", SOURCE)
+    host = RecordingHost(get_steps=build_report)
+    engine = Engine(host, on_error="fail", step_events=False)
+    assert call_stepped(engine, mod.steps, 4)[1] == 6
+    assert host.of("step_start") == host.of("step_finish") == []
+    assert [p["steps"] for p in host.of("test_start")[0]["phases"]] == [5]
 
 
 @pytest.mark.parametrize(

@@ -118,3 +118,32 @@ def test_a_pause_does_not_trip_a_signal_timeout(project):
     assert "Timeout" not in proc.stdout
     assert outcomes(events) == {"test_paused.py::test_slow_pause": "failed"}
     assert "assert start < 0" in proc.stdout or "assert " in proc.stdout
+
+
+HYPOTHESIS = """
+from hypothesis import given, settings, strategies as st
+
+TRIED = []
+
+
+@settings(database=None, derandomize=True)
+@given(st.integers(min_value=0, max_value=1000))
+def test_property(n):
+    TRIED.append(n)
+    assert n < 10
+"""
+
+
+def test_an_unstepped_test_pauses_once_after_it_failed(tmp_path):
+    """A hypothesis test runs as one step: no pause while it shrinks, one with its variables at the end."""
+    (tmp_path / "test_prop.py").write_text(HYPOTHESIS)
+    script = [{"cells": ["n", "len(TRIED) > 1"], "action": "continue"}]
+    proc, events = run_stepped(str(tmp_path), ["test_prop.py"], on_error="pause", script=script)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    pauses = [e for e in events if e["event"] == "_pause_info"]
+    assert len(pauses) == 1
+    (pause,) = pauses
+    assert pause["stepped"] is False and pause["reason"] == "error" and pause["error"].startswith("AssertionError")
+    assert pause["locals"]["n"] == {"type": "int", "repr": "10"}
+    assert pause["_outputs"] == repr([(True, 10), (True, True)])
+    assert outcomes(events) == {"test_prop.py::test_property": "failed"}

@@ -1,9 +1,12 @@
 """The Python stepping engine: run tests one step at a time with the original semantics.
 
-Entry point: :func:`run`. See ``engine.py`` for the session state,
-``execution.py`` for how one call is stepped and paused, ``compiler.py`` for
-how steps share the test function's cells, and ``pytest_plugin.py`` /
-``unittest_runner.py`` for the two ways tests are collected and reported.
+Entry point: :func:`run`. ``transform.py`` puts step boundaries into test
+functions when their module is imported (``importing.py`` hooks it into
+pytest's assertion rewriter or a finder of our own); ``runtime.py`` is what
+the transformed code calls at a failing or flagged step; ``live_pause.py``
+serves a pause on the test's live frame; ``engine.py`` holds the session
+state; ``pytest_plugin.py`` / ``unittest_runner.py`` are the two ways tests
+are collected and reported.
 """
 
 from __future__ import annotations
@@ -11,12 +14,76 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import signal
 import sys
+import threading
 from typing import Any
 
+from . import runtime
 from .engine import Engine
 
 __all__ = ["Engine", "run"]
+
+
+@contextlib.contextmanager
+def _engine_active(engine: Engine):
+    """Make ``engine`` the one step hooks report to, with Python's own SIGINT handler.
+
+    Tests run as under ``python -m pytest``: asyncio.Runner and trio install
+    their KeyboardInterrupt handling only when SIGINT has the default handler.
+    The host's handler is put back while a test is paused.
+    """
+    previous = runtime.ENGINE
+    runtime.ENGINE = engine
+    main = threading.current_thread() is threading.main_thread()
+    old_sigint = signal.getsignal(signal.SIGINT) if main else None
+    if main and old_sigint is not signal.default_int_handler and callable(old_sigint):
+        engine.host_sigint = old_sigint
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    engine.update_flag()
+    try:
+        yield
+    finally:
+        runtime.ENGINE = previous
+        runtime.FLAG[0] = 0
+        if engine.host_sigint is not None:
+            signal.signal(signal.SIGINT, old_sigint)
+
+
+@contextlib.contextmanager
+def _as_python_m(runner: str, args: list[str]):
+    """The process as ``python -m pytest ARGS`` (or ``-m unittest``) has it, for the run.
+
+    ``sys.argv``, ``__main__`` (the runner's ``__main__`` module, with its
+    ``__file__``) and ``sys.path[0]`` (the working directory, not the ``''``
+    of ``python -c``; the worker's own directory removed) are what tests and
+    the code they run may look at.
+    """
+    import types
+
+    spec = importlib.util.find_spec(f"{runner}.__main__")
+    origin = spec.origin if spec is not None and spec.origin else None
+    saved_argv, saved_main, saved_path = list(sys.argv), sys.modules.get("__main__"), list(sys.path)
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        {"__file__": origin, "__spec__": spec, "__package__": runner, "__builtins__": __builtins__,
+         "__loader__": spec.loader if spec is not None else None}
+    )
+    sys.modules["__main__"] = main
+    if runner == "unittest":
+        sys.argv = ["python -m unittest", *args]
+    else:
+        sys.argv = [origin or runner, *args]
+    worker_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = [os.getcwd() if p == "" else p for p in sys.path if p == "" or os.path.abspath(p) != worker_dir]
+    sys.path[:] = list(dict.fromkeys(paths))
+    try:
+        yield
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
 
 
 @contextlib.contextmanager
@@ -61,7 +128,7 @@ def run(
     engine = Engine(host, on_error=on_error, rootdir=rootdir)
     if junit_xml:
         junit_xml = os.path.abspath(junit_xml)
-    with _in_rootdir(rootdir):
+    with _in_rootdir(rootdir), _as_python_m(runner, args), _engine_active(engine):
         engine.emit(
             "session_start",
             runner=runner,

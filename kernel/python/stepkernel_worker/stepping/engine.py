@@ -1,31 +1,60 @@
-"""Session state shared by the pytest plugin and the unittest runner.
+"""Session state shared by the pytest plugin, the unittest runner and the step hooks.
 
-The engine knows the host, the current test, the step plans (one per
-function, cached), the edits made in this session and the outcome counts; it
-hands out stand-ins that run a test's phases step by step.
+The engine knows the host, the test that is running (and which functions are
+its phases, so only they pause), the stepping requests in force (``%next``,
+``%retry``, breakpoints, edited steps), the edits made in this session and
+the outcome counts. The step hooks themselves are in ``runtime.py``.
 """
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import dataclasses
-import functools
-import inspect
 import os
+import signal
 import sys
 import time
 import types
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from . import standins, step_cache
-from .execution import FunctionRun, _control_exceptions
-from .plan import SourceFile, StepPlan, build_plan, same_file, unstepped_plan
+from . import runtime
+from .function_steps import EditedStep, FunctionSteps, entry_of, innermost_function
 
 __tracebackhide__ = True
 __unittest = True
 
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "fixed", "forced")
+
+# Bound once: test code may mock these module attributes (mock.patch("time.time")).
+_perf_counter = time.perf_counter
+_time = time.time
+_getpid = os.getpid
+
+
+class StepForced(AssertionError):
+    """Raised at the end of a test whose failing step was skipped by hand."""
+
+
+class StepFailedByUser(AssertionError):
+    """Raised when the user chose ``%fail``/``%abort`` while no error was pending."""
+
+
+class StepInterrupted(Exception):
+    """An interrupted step the user chose to fail (KeyboardInterrupt would end the run)."""
+
+
+def control_exceptions() -> tuple[type[BaseException], ...]:
+    """Exceptions that steer the test runner rather than report an error."""
+    import unittest
+
+    kinds: list[type[BaseException]] = [unittest.SkipTest, GeneratorExit]
+    outcomes = sys.modules.get("_pytest.outcomes")
+    if outcomes is not None:
+        kinds.extend(getattr(outcomes, n) for n in ("Skipped", "XFailed", "Exit") if hasattr(outcomes, n))
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None:
+        kinds.append(asyncio.CancelledError)
+    return tuple(kinds)
 
 
 @dataclasses.dataclass
@@ -35,10 +64,14 @@ class TestRecord:
     id: str
     file: str | None
     phases: list = dataclasses.field(default_factory=list)
-    start: float = dataclasses.field(default_factory=time.perf_counter)
+    #: Code objects of the test's phase functions: only their frames pause.
+    pausable: frozenset = frozenset()
+    start: float = dataclasses.field(default_factory=_perf_counter)
     forced: bool = False
     forced_steps: list = dataclasses.field(default_factory=list)
     edited_ran: bool = False
+    #: Whether the test paused (then a failure it ends with needs no second pause).
+    paused: bool = False
     #: Predicate telling whether an error is expected (xfail): then no pause.
     expects_failure: Callable[[BaseException], bool] | None = None
 
@@ -46,14 +79,11 @@ class TestRecord:
 class Engine:
     """The stepping engine of one run."""
 
-    def __init__(self, host: Any, *, on_error: str = "pause", rootdir: str = ".") -> None:
+    def __init__(self, host: Any, *, on_error: str = "pause", rootdir: str = ".", step_events: bool | None = None) -> None:
         if on_error not in ("pause", "fail"):
             raise ValueError(f"on_error must be 'pause' or 'fail', not {on_error!r}")
         self.host = host
-        #: The host's ``emit_line(str)`` taking a whole JSON event message, when it
-        #: has one: step events use it to skip building dicts (the hot path).
-        self.emit_line: Callable[[str], None] | None = getattr(host, "emit_line", None)
-        #: Names the kernel's instrumenter and options (see ``step_cache``).
+        #: Names the kernel's instrumenter and options (part of the ``.pyc`` tag).
         self.steps_fingerprint: str | None = getattr(host, "steps_fingerprint", None)
         self.on_error = on_error
         self.rootdir = os.path.abspath(rootdir)
@@ -61,29 +91,41 @@ class Engine:
         self.counts = {o: 0 for o in OUTCOMES}
         self.edits: list[dict] = []
         self.aborted = False
+        #: Pause before the next step (``%next``).
         self.pause_next = False
-        #: Context manager around host.pause (pytest: suspend output capture).
+        #: ``(frame, index)``: pause once step ``index`` of that frame has run (``%retry``).
+        self.retry_pending: tuple[types.FrameType, int] | None = None
+        #: ``(frame, index)``: the step is being run again after a pause at its error.
+        self.rerun: tuple[types.FrameType, int] | None = None
+        #: The exception a hook asked the frame to raise, and the one it raised (let it pass).
+        self._pending: BaseException | None = None
+        self.passthrough: BaseException | None = None
+        #: Step events (``step_start``/``step_finish``) for every step: costs a call per step.
+        if step_events is None:
+            step_events = bool(getattr(host, "step_events", False)) or os.environ.get("STEPKERNEL_STEP_EVENTS") == "1"
+        self.step_events = step_events
+        self._step_start: float | None = None
+        self._open_step: tuple[FunctionSteps, int] | None = None
         self.pause_context: Callable[[], Any] = contextlib.nullcontext
-        #: pytest's assertion rewriter, ``(module_ast, source_bytes, path) -> None``.
+        #: pytest's assertion rewriter for edited steps, ``(module_ast) -> None`` per file.
         self.rewriter: Callable[[Any, bytes, str], None] | None = None
-        #: Called when the user aborts the run (pytest: ``session.shouldstop``).
         self.on_abort: Callable[[], None] | None = None
-        self._files: dict[str, SourceFile | None] = {}
-        self._plans: dict[Any, StepPlan] = {}
+        self._steps: dict[types.CodeType, FunctionSteps | None] = {}
+        self._extra: dict[tuple, dict[str, types.CellType]] = {}
+        self._edited_functions = 0
         self._reports: dict[str, dict | None] = {}
-        #: Whether compiled steps are cached on disk (see ``step_cache``).
-        self.cache_steps = step_cache.enabled()
         self._relpaths: dict[str, str] = {}
-        #: Trees pytest assertion-rewrote while importing test modules: path -> (bytes, tree).
-        self._rewritten_trees: dict[str, tuple[bytes, Any]] = {}
-        self._same_files: dict[tuple[str, str], bool] = {}
-        self._last_source: SourceFile | None = None
-        self.started = time.time()
+        self._loaded: set[str] = set()
+        self.cell_counter = 0
+        self.pid = _getpid()
+        self.started = _time()
+        #: The host's SIGINT handler, used while paused (tests run with Python's default).
+        self.host_sigint: Any = None
 
     # ----------------------------------------------------------------- events
 
     def emit(self, event: str, **fields: Any) -> None:
-        payload = {"event": event, "time": time.time()}
+        payload = {"event": event, "time": _time()}
         payload.update(fields)
         try:
             self.host.emit(payload)
@@ -105,14 +147,6 @@ class Engine:
             self._relpaths[path] = rel
         return rel
 
-    def _same_file(self, a: str, b: str) -> bool:
-        if a == b:
-            return True
-        same = self._same_files.get((a, b))
-        if same is None:
-            same = self._same_files[(a, b)] = same_file(a, b)
-        return same
-
     def record_edit(self, journal: dict) -> None:
         self.edits.append(journal)
         self.emit(
@@ -126,9 +160,10 @@ class Engine:
             end_line=journal["end_line"],
         )
 
-    # ------------------------------------------------------------------ plans
+    # ------------------------------------------------------------ step data
 
-    def _report(self, path: str) -> dict | None:
+    def report_for(self, path: str) -> dict | None:
+        """The instrumenter's report of ``path`` (asked once per file)."""
         if path not in self._reports:
             try:
                 report = self.host.get_steps(path)
@@ -138,117 +173,92 @@ class Engine:
             self._reports[path] = report if isinstance(report, dict) else None
         return self._reports[path]
 
-    def source_file(self, path: str) -> SourceFile | None:
-        if path not in self._files:
+    def module_loaded(self, path: str, from_cache: bool) -> None:
+        """A stepped module was imported; from its ``.pyc``, the session still needs the file."""
+        if from_cache and path not in self._loaded and path not in self._reports:
+            loaded = getattr(self.host, "steps_loaded", None)
+            if loaded is not None:
+                try:
+                    loaded(path)
+                except Exception:  # noqa: BLE001
+                    pass
+        self._loaded.add(path)
+
+    def steps_for(self, code: types.CodeType, module_globals: dict) -> FunctionSteps | None:
+        """The steps of the function running ``code`` (None when it is not stepped)."""
+        try:
+            return self._steps[code]
+        except KeyError:
+            pass
+        entry = entry_of(code, module_globals)
+        steps = None
+        if entry is not None and entry[5]:
             try:
-                source = SourceFile(path, self._report, self.steps_fingerprint, getattr(self.host, "steps_loaded", None))
-            except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-                source = None
-            captured = self._rewritten_trees.pop(os.path.normcase(os.path.abspath(path)), None)
-            if source is not None and captured is not None and captured[0] == source.raw_bytes:
-                source.adopt_rewritten(captured[1])
-            self._files[path] = source
-        return self._files[path]
+                steps = FunctionSteps(code, entry, self._rewrite_for(code.co_filename, module_globals))
+            except (TypeError, ValueError):  # a table this engine did not write
+                steps = None
+        self._steps[code] = steps
+        return steps
 
-    def adopt_rewritten_tree(self, path: str, source_bytes: bytes, tree: Any) -> None:
-        """pytest rewrote ``path`` on import: keep its tree for compiling that file's steps."""
-        self._rewritten_trees[os.path.normcase(os.path.abspath(path))] = (source_bytes, tree)
-
-    def keep_rewritten_trees(self, paths: set[str]) -> None:
-        """Collection is over: drop the trees of files with no test to run (conftest, plugins)."""
-        keep = {os.path.normcase(os.path.abspath(p)) for p in paths}
-        for path in [p for p in self._rewritten_trees if p not in keep]:
-            del self._rewritten_trees[path]
-
-    def plan_for(self, func: types.FunctionType, test_file: str | None) -> StepPlan:
-        """The (cached) plan of ``func``; only functions of the test's file are stepped."""
-        key = (func.__code__, test_file)
-        plan = self._plans.get(key)
-        if plan is not None:
-            return plan
-        filename = func.__code__.co_filename
-        if test_file is not None and not self._same_file(filename, test_file):
-            plan = unstepped_plan(func, "defined in another file")
-        else:
-            source = self.source_file(filename)
-            rewrite = None
-            if self.rewriter is not None and source is not None and "@py_builtins" in func.__globals__:
-                # Only compiling calls it (a warm step cache never does).
-                rewrite = functools.partial(_rewrite_module, self.rewriter, source.source_bytes, filename)
-                func.__globals__.setdefault("@py_builtins", builtins)
-                if "@pytest_ar" not in func.__globals__:
-                    import _pytest.assertion.rewrite as pytest_ar
-
-                    func.__globals__["@pytest_ar"] = pytest_ar
-            plan = build_plan(func, source, rewrite=rewrite, cache=self._step_cache(source, rewrite is not None))
-        self._plans[key] = plan
-        return plan
-
-    @functools.cached_property
-    def _rewritten_tag(self) -> str:
-        """The step cache's mode for asserts rewritten by this pytest."""
-        import _pytest
-
-        return f"pytest-{getattr(_pytest, '__version__', 'unknown')}"
-
-    def _step_cache(self, source: SourceFile | None, rewritten: bool):
-        """The on-disk cache of ``source``'s compiled steps (None when caching is off)."""
-        if source is None or not self.cache_steps:
+    def _rewrite_for(self, path: str, module_globals: dict):
+        if self.rewriter is None or "@py_builtins" not in module_globals:
             return None
-        tag = self._rewritten_tag if rewritten else ""
-        if self._last_source is not None and self._last_source is not source:
-            # Tests of one file run together: save a file's steps once the run
-            # moves on, so an interrupted run still keeps what it compiled,
-            # and let its trees go.
-            self._last_source.save_caches()
-            self._last_source.release_trees()
-        self._last_source = source
-        return source.step_cache(tag)
+        rewriter = self.rewriter
 
-    def save_step_caches(self) -> None:
-        """Write every changed step cache (the end of the run calls this)."""
-        for source in self._files.values():
-            if source is not None:
-                source.save_caches()
+        def rewrite(module) -> None:
+            try:
+                with open(path, "rb") as fh:
+                    source = fh.read()
+            except OSError:
+                source = b""
+            rewriter(module, source, path)
 
-    def phase_entry(self, name: str, obj: Any, test_file: str | None) -> dict:
-        """A phase as listed in ``test_start``: name, function, step count."""
-        found = None
-        if obj is not None:
-            found = standins.resolve(obj, lambda f: self.plan_for(f, test_file).stepped)
-        func = found[1] if found is not None else None
-        if func is None:
+        return rewrite
+
+    def resolve_phase(self, name: str, obj: Any) -> tuple[dict, types.CodeType | None]:
+        """A phase as ``test_start`` lists it, and the code object that pauses for it."""
+        func = None
+        if obj is not None and not getattr(obj, "is_hypothesis_test", False) and not getattr(obj, "__unittest_skip__", False):
+            func = innermost_function(obj)
+        steps = self.steps_for(func.__code__, func.__globals__) if func is not None else None
+        if steps is None:
+            entry = entry_of(func.__code__, func.__globals__) if func is not None else None
             return {
-                "name": name,
+                "name": (entry[1] if entry is not None else None) or name,
                 "function": getattr(obj, "__qualname__", repr(obj)),
                 "steps": 1,
                 "stepped": False,
-            }
-        plan = self.plan_for(func, test_file)
+            }, None
         return {
-            "name": self.phase_name(name, func, test_file),
-            "function": plan.qualname,
-            "steps": len(plan.steps),
-            "stepped": plan.stepped,
-            "step_names": [s.name for s in plan.steps],
-        }
+            "name": steps.phase_name or name,
+            "function": steps.qualname,
+            "steps": len(steps.steps),
+            "stepped": True,
+            "step_names": [s.name for s in steps.steps],
+        }, steps.code
 
-    def phase_name(self, default: str, func: types.FunctionType, test_file: str | None) -> str:
-        if not test_file:
-            return default
-        plan = self.plan_for(func, test_file)
-        if plan.phase_name is not None or plan.stepped:
-            return plan.phase_name or default
-        # Run as one step (another file, a generator...): that file's report names it.
-        source = self.source_file(func.__code__.co_filename)
-        if source is not None and source.report:
-            return source.phase_names().get(func.__qualname__, default)
-        return default
+    def phase_of(self, steps: FunctionSteps) -> str:
+        return steps.phase_name or "test"
+
+    def pausable_steps(self, frame: types.FrameType) -> FunctionSteps | None:
+        record = self.current
+        if record is None or frame.f_code not in record.pausable or _getpid() != self.pid:
+            return None
+        return self.steps_for(frame.f_code, frame.f_globals)
+
+    def extra_cells(self, steps: FunctionSteps) -> dict[str, types.CellType]:
+        """Cells of names client code created in this test's call of ``steps``."""
+        record = self.current
+        return self._extra.setdefault((record.id if record else "", steps.code), {})
+
+    def note_edited_ran(self, edited: EditedStep | None) -> None:
+        if edited is not None and self.current is not None:
+            self.current.edited_ran = True
 
     # ------------------------------------------------------------------ tests
 
-    def begin_test(self, test_id: str, file: str | None, phases: list[dict]) -> TestRecord:
-        record = TestRecord(id=test_id, file=file, phases=phases)
+    def begin_test(self, test_id: str, file: str | None, phases: list[dict], pausable=()) -> TestRecord:
+        record = TestRecord(id=test_id, file=file, phases=phases, pausable=frozenset(pausable))
         self.current = record
         self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases)
         return record
@@ -263,21 +273,30 @@ class Engine:
             "test_finish",
             test=record.id,
             outcome=outcome,
-            duration_s=round(time.perf_counter() - record.start, 6),
+            duration_s=round(_perf_counter() - record.start, 6),
             longrepr=(longrepr or "")[:2000],
         )
+        self.close_open_step()
         if self.current is record:
             self.current = None
+        self.retry_pending = self.rerun = None
+        self.passthrough = self._pending = None
+        if self._extra:
+            self._extra = {k: v for k, v in self._extra.items() if k[0] != record.id}
         return outcome
 
+    def check_forced(self, record: TestRecord | None) -> None:
+        """A test whose failing step was skipped by hand fails at its end."""
+        if record is not None and record.forced:
+            raise StepForced("test forced: step(s) skipped by hand: " + ", ".join(record.forced_steps))
+
     def summary(self, exit_code: int) -> None:
-        self.save_step_caches()
         fields: dict[str, Any] = dict(self.counts)
         fields["total"] = sum(self.counts.values())
         fields["edits"] = len(self.edits)
         fields["exit_code"] = exit_code
         fields["aborted"] = self.aborted
-        fields["duration_s"] = round(time.time() - self.started, 6)
+        fields["duration_s"] = round(_time() - self.started, 6)
         self.emit("summary", **fields)
 
     def request_abort(self) -> None:
@@ -287,16 +306,10 @@ class Engine:
 
     # ---------------------------------------------------------------- pausing
 
-    def wants_pause(self, exc: BaseException, run: FunctionRun) -> bool:
-        if self.on_error != "pause":
+    def wants_pause(self, exc: BaseException) -> bool:
+        if self.on_error != "pause" or isinstance(exc, control_exceptions()):
             return False
-        if isinstance(exc, _control_exceptions()):
-            return False
-        import asyncio
-
-        if isinstance(exc, asyncio.CancelledError):
-            return False
-        record = run.record
+        record = self.current
         if (
             record is not None
             and record.expects_failure is not None
@@ -306,9 +319,10 @@ class Engine:
             return False
         return True
 
-    def pause_reason_before(self, run: FunctionRun, index: int) -> str | None:
+    def pause_reason_before(self, steps: FunctionSteps, index: int) -> str | None:
+        record = self.current
         try:
-            reason = self.host.should_pause_before(run.test_id, run.phase, index)
+            reason = self.host.should_pause_before(record.id if record else "", self.phase_of(steps), index)
         except Exception as exc:  # noqa: BLE001
             print(f"stepkernel: should_pause_before failed: {exc}", file=sys.stderr)
             reason = None
@@ -318,128 +332,173 @@ class Engine:
             self.pause_next = False
         return reason
 
-    # -------------------------------------------------------------- stand-ins
+    def wants_boundaries(self) -> bool:
+        """Whether transformed code must call ``before`` at each step."""
+        host_wants = getattr(self.host, "wants_step_boundaries", None)
+        return bool(
+            self.step_events
+            or self.pause_next
+            or self.retry_pending is not None
+            or self.rerun is not None
+            or self._edited_functions
+            or (host_wants() if host_wants is not None else getattr(self.host, "breakpoints", None))
+        )
 
-    def _runner(self, func, plan: StepPlan, phase: str, is_test_phase: bool):
-        engine = self
+    def update_flag(self) -> None:
+        """Set the per-step flag from what is in force now (the kernel may set it too)."""
+        self._edited_functions = sum(1 for s in self._steps.values() if s is not None and s.edits)
+        runtime.FLAG[0] = 1 if self.wants_boundaries() else 0
 
-        if plan.is_async:
+    def set_pending(self, exc: BaseException) -> None:
+        self._pending = exc
 
-            async def run_async(values: tuple):
-                __tracebackhide__ = True
-                call = None
-                if not plan.stepped:
+    def take_pending(self) -> BaseException | None:
+        exc, self._pending = self._pending, None
+        if exc is not None and exc.__cause__ is None:
+            exc.__suppress_context__ = True
+        return exc
 
-                    def call():
-                        return standins.call_with_values(func, func.__code__, values)
-
-                fr = FunctionRun(engine, engine.current, plan, phase, func, values, call, is_test_phase)
-                return await fr.run_async()
-
-            return run_async
-
-        def run_sync(values: tuple):
-            __tracebackhide__ = True
-            call = None
-            if not plan.stepped:
-
-                def call():
-                    return standins.call_with_values(func, func.__code__, values)
-
-            fr = FunctionRun(engine, engine.current, plan, phase, func, values, call, is_test_phase)
-            return fr.run_sync()
-
-        return run_sync
-
-    def _fallback(self, obj: Any, phase: str, is_test_phase: bool) -> Callable:
-        """A one-step runner of ``obj`` for callables whose chain cannot be opened."""
-        engine = self
-        plan = unstepped_plan(obj, "wrapper cannot be opened")
-
-        if plan.is_async:
-
-            async def run_async(args: tuple, kwargs: dict):
-                __tracebackhide__ = True
-                fr = FunctionRun(
-                    engine, engine.current, plan, phase, obj, (), lambda: obj(*args, **kwargs), is_test_phase
-                )
-                return await fr.run_async()
-
-            return standins.make_generic_standin(obj, run_async)
-
-        def run_sync(args: tuple, kwargs: dict):
-            __tracebackhide__ = True
-            fr = FunctionRun(
-                engine, engine.current, plan, phase, obj, (), lambda: obj(*args, **kwargs), is_test_phase
+    def user_stop(self, action: str, exc: BaseException | None, steps: FunctionSteps, index: int) -> BaseException:
+        if exc is None:
+            return StepFailedByUser(
+                f"stopped by the user (%{action}) before step {index} ({steps.steps[index].name!r}) of {steps.qualname}"
             )
-            return fr.run_sync()
+        if isinstance(exc, KeyboardInterrupt):
+            new = StepInterrupted(f"interrupted at step {index} of {steps.qualname}")
+            new.__cause__ = exc
+            return new
+        return exc
 
-        return standins.make_generic_standin(obj, run_sync)
+    def mark_forced(self, steps: FunctionSteps, index: int) -> None:
+        record = self.current
+        spec = steps.steps[index]
+        if record is not None:
+            record.forced = True
+            record.forced_steps.append(f"{self.phase_of(steps)}[{index}] {spec.name}")
+        self.emit(
+            "step_finish",
+            test=record.id if record else "",
+            phase=self.phase_of(steps),
+            index=index,
+            name=spec.name,
+            status="skipped",
+            duration_s=0.0,
+            forced=True,
+        )
+
+    def emit_pause(self, steps: FunctionSteps, index: int, info: dict) -> None:
+        self.emit(
+            "pause",
+            test=info["test"],
+            phase=info["phase"],
+            index=index,
+            name=steps.steps[index].name,
+            reason=info["reason"],
+            error=info["error"],
+            file=info["file"],
+            line=info["line"],
+        )
+
+    def resumed(self, steps: FunctionSteps, index: int, command: Any) -> str:
+        action = command.get("action") if isinstance(command, dict) else command
+        action = str(action).lower() if action is not None else "fail"
+        if action not in ("retry", "next", "continue", "skip", "fail", "abort"):
+            action = "fail"
+        record = self.current
+        self.emit("resume", test=record.id if record else "", phase=self.phase_of(steps), index=index, action=action)
+        return action
 
     @contextlib.contextmanager
-    def stepping(self, obj: Any, phase: str, test_file: str | None, *, is_test_phase: bool) -> Iterator[Any]:
-        """For the block, calls of ``obj`` run step by step; yields what to call instead.
+    def host_signals(self):
+        """While paused, SIGINT is the host's (tests run with Python's default handler)."""
+        if self.host_sigint is None or not threading_main():
+            yield
+            return
+        old = signal.signal(signal.SIGINT, self.host_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, old)
 
-        The yielded callable is ``obj`` itself when a wrapper's closure cell
-        was swapped, else a replacement to install where ``obj`` was found.
-        """
+    # ---------------------------------------------------------- step events
 
-        def make(func: types.FunctionType) -> types.FunctionType:
-            plan = self.plan_for(func, test_file)
-            name = self.phase_name(phase, func, test_file)
-            return standins.make_standin(func, self._runner(func, plan, name, is_test_phase))
+    def step_boundary(self, steps: FunctionSteps, index: int, rerun: bool = False) -> None:
+        """Before step ``index`` (or after the last): step events, when asked for."""
+        if not self.step_events:
+            return
+        if not rerun:
+            self.close_open_step()
+        if index < len(steps.steps):
+            self._emit_step("step_start", steps, index, line=steps.steps[index].start_line)
+            self._open_step = (steps, index)
+            self._step_start = _perf_counter()
 
-        def steppable(func: types.FunctionType) -> bool:
-            return self.plan_for(func, test_file).stepped
+    def close_open_step(self) -> None:
+        """The step that ran last passed (a boundary, a ``return`` or the phase's end follows it)."""
+        open_step, self._open_step = self._open_step, None
+        if open_step is not None and self._step_start is not None:
+            duration = round(_perf_counter() - self._step_start, 6)
+            self._emit_step("step_finish", open_step[0], open_step[1], status="passed", duration_s=duration)
+        self._step_start = None
 
-        with standins.installed(
-            obj, make, lambda o: self._fallback(o, phase, is_test_phase), steppable
-        ) as callable_:
-            yield callable_
+    def step_failed(self, steps: FunctionSteps, index: int, exc: BaseException, frame: types.FrameType) -> None:
+        """A step raised: ``step_finish`` with the error and the test's variables (for report.json)."""
+        from .function_steps import summary_repr
+        from .live_pause import error_text
+
+        start, self._step_start = self._step_start, None
+        self._open_step = None
+        status = "skipped" if isinstance(exc, skip_exceptions()) else "failed"
+        fields: dict[str, Any] = {
+            "status": status,
+            "duration_s": round(_perf_counter() - start, 6) if start is not None else None,
+            "error": error_text(exc),
+        }
+        if status == "failed":
+            from . import frame_locals
+
+            def summary(values: dict) -> dict:
+                return {
+                    name: {"type": type(value).__qualname__, "repr": summary_repr(value)}
+                    for name, value in list(values.items())[:50]
+                }
+
+            fields["locals"] = summary(frame_locals.read(frame))
+            fields["globals"] = summary(
+                {
+                    k: v
+                    for k, v in frame.f_globals.items()
+                    if not k.startswith("@")
+                    and not (k.startswith("__") and k.endswith("__"))
+                    and not isinstance(v, (types.ModuleType, type, types.FunctionType, types.BuiltinFunctionType))
+                }
+            )
+        self._emit_step("step_finish", steps, index, **fields)
+
+    def _emit_step(self, event: str, steps: FunctionSteps, index: int, **fields: Any) -> None:
+        record = self.current
+        self.emit(event, test=record.id if record else "", phase=self.phase_of(steps), index=index,
+                  name=steps.steps[index].name, **fields)
 
 
-def _rewrite_module(rewriter, source_bytes: bytes, path: str, module) -> None:
-    """pytest's assertion rewriting of ``module`` (parsed from ``path``)."""
-    rewriter(module, source_bytes, path)
+def skip_exceptions() -> tuple[type[BaseException], ...]:
+    import unittest
+
+    kinds: list[type[BaseException]] = [unittest.SkipTest]
+    outcomes = sys.modules.get("_pytest.outcomes")
+    if outcomes is not None and hasattr(outcomes, "Skipped"):
+        kinds.append(outcomes.Skipped)
+    return tuple(kinds)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 UNITTEST_BEFORE = ("setUp", "asyncSetUp")
 UNITTEST_AFTER = ("asyncTearDown", "tearDown")
-
-
-def install_on_instance(
-    engine: Engine,
-    stack: contextlib.ExitStack,
-    instance: Any,
-    name: str,
-    phase: str,
-    test_file: str | None,
-    *,
-    is_test_phase: bool,
-) -> Any:
-    """Make ``instance.name()`` step until ``stack`` closes.
-
-    Returns the replacement put in the instance's ``__dict__`` (None when a
-    wrapper's closure cell was swapped instead, or nothing was patched).
-    """
-    if not is_test_phase and user_method(type(instance), name) is None:
-        return None
-    bound = getattr(instance, name)
-    replacement = stack.enter_context(engine.stepping(bound, phase, test_file, is_test_phase=is_test_phase))
-    if replacement is bound:
-        return None
-    had = name in instance.__dict__
-    old = instance.__dict__.get(name)
-    instance.__dict__[name] = replacement
-
-    def restore() -> None:
-        if had:
-            instance.__dict__[name] = old
-        else:
-            instance.__dict__.pop(name, None)
-
-    stack.callback(restore)
-    return replacement
 
 
 def user_method(cls: Any, name: str) -> Any:
@@ -456,16 +515,9 @@ def user_method(cls: Any, name: str) -> Any:
     return obj
 
 
-def is_skipped(instance: Any, name: str) -> bool:
-    method = getattr(instance, name, None)
-    return bool(
-        getattr(method, "__unittest_skip__", False) or getattr(type(instance), "__unittest_skip__", False)
-    )
-
-
 def is_user_function(obj: Any) -> bool:
     """Whether ``obj`` (a method or function) is user code rather than unittest's own no-op."""
-    func = standins.innermost_function(obj)
+    func = innermost_function(obj)
     if func is None:
         return False
     module = getattr(func, "__module__", "") or ""
@@ -473,6 +525,8 @@ def is_user_function(obj: Any) -> bool:
 
 
 def expects_failure_of(obj: Any) -> bool:
+    import inspect
+
     return bool(getattr(obj, "__unittest_expecting_failure__", False)) or bool(
         inspect.ismethod(obj) and getattr(obj.__func__, "__unittest_expecting_failure__", False)
     )

@@ -1,13 +1,15 @@
-"""pytest integration: replace only the call of each test's body (and its
-setUp/tearDown/setup_method/teardown_method) with a stepping stand-in.
+"""pytest integration: step boundaries are compiled into test modules as pytest imports them.
 
-Collection, fixtures, markers, capture, reporting and every other plugin stay
-pytest's own. The plugin is an object passed to ``pytest.main(plugins=[...])``.
+pytest's assertion rewriter parses and rewrites each test module; this
+plugin adds the step transform (``transform.py``) to that same tree, so the
+module is parsed and compiled once, and cached with pytest's ``.pyc`` under
+a tag of its own. Collection, fixtures, markers, capture, reporting and
+every other plugin stay pytest's own, and each test runs as the function it
+is. The plugin is an object passed to ``pytest.main(plugins=[...])``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import traceback
@@ -15,26 +17,16 @@ from typing import Any
 
 import pytest
 
-from .engine import (
-    UNITTEST_AFTER,
-    UNITTEST_BEFORE,
-    Engine,
-    expects_failure_of,
-    install_on_instance,
-    is_skipped,
-    user_method,
-)
-from .plan import STEP_ORIGINS
+from . import importing
+from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
 __unittest = True
-
 
 # Old-style wrappers: an exception raised below (pytest's own async_fail, a
 # fixture error) then never passes through this plugin's frames, which would
 # change how pytest filters and prints the traceback.
 _WRAPPER = {"hookwrapper": True}
-
 
 try:
     from _pytest.unittest import TestCaseFunction as _TestCaseFunction
@@ -54,9 +46,6 @@ def _is_unittest_item(item: Any) -> bool:
 def _item_file(item: Any) -> str | None:
     path = getattr(item, "path", None) or getattr(item, "fspath", None)
     return os.fspath(path) if path is not None else None
-
-
-_class_function = user_method
 
 
 def _xfail_predicate(item: Any):
@@ -84,170 +73,123 @@ class SteppingPlugin:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.config: Any = None
-        self.session: Any = None
         self._reports: dict[str, list] = {}
-        #: Patches to pytest undone at unconfigure.
         self._undo: list = []
 
     # ----------------------------------------------------------- configuring
 
     def pytest_configure(self, config):
         self.config = config
-        self._patch_getargs()
         capman = config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             self.engine.pause_context = capman.global_and_fixture_disabled
-
-        from _pytest.assertion.rewrite import rewrite_asserts
-
-        def rewrite(module, source: bytes, path: str) -> None:
-            rewrite_asserts(module, source, path, config)
-
         if config.getoption("assertmode", "rewrite") == "rewrite":
+            from _pytest.assertion.rewrite import rewrite_asserts
+
+            def rewrite(module, source: bytes, path: str) -> None:
+                rewrite_asserts(module, source, path, config)
+
             self.engine.rewriter = rewrite
-            self._capture_rewritten_trees()
-
-    def _capture_rewritten_trees(self) -> None:
-        """Keep the trees pytest rewrites while importing test modules (its .pyc
-        cache is cold): a file's steps are then cut from them, not parsed and
-        rewritten a second time."""
-        import _pytest.assertion.rewrite as rewrite_module
-
-        original = rewrite_module.rewrite_asserts
-        engine = self.engine
-
-        def rewrite_asserts(mod, source, *args, **kwargs):
-            original(mod, source, *args, **kwargs)
-            path = args[0] if args else kwargs.get("module_path")
-            if path is not None and isinstance(source, bytes):
-                engine.adopt_rewritten_tree(str(path), source, mod)
-
-        rewrite_module.rewrite_asserts = rewrite_asserts
-        self._undo.append(lambda: setattr(rewrite_module, "rewrite_asserts", original))
-
-    def pytest_collection_finish(self, session):
-        self.engine.keep_rewritten_trees({str(item.path) for item in session.items if hasattr(item, "path")})
-
-    def _patch_getargs(self) -> None:
-        """Report a step frame's arguments as the original function's (``self = ...``)."""
-        try:
-            from _pytest._code.code import Code
-        except ImportError:  # pragma: no cover
-            return
-        original = Code.getargs
-
-        def getargs(code_self, var: bool = False):
-            origin = STEP_ORIGINS.get(code_self.raw)
-            if origin is not None:
-                return original(Code(origin), var)
-            return original(code_self, var)
-
-        Code.getargs = getargs
-        self._undo.append(lambda: setattr(Code, "getargs", original))
+            self._undo.append(importing.hook_pytest_rewriter(self.engine))
+        else:
+            self._undo.append(importing.install_finder(self.engine, _python_files(config)))
 
     def pytest_unconfigure(self, config):
         while self._undo:
             self._undo.pop()()
 
     def pytest_sessionstart(self, session):
-        self.session = session
-
         def abort() -> None:
             session.shouldstop = "stepkernel: run aborted by the user"
 
         self.engine.on_abort = abort
 
+    def pytest_collection_finish(self, session):
+        seen = set()
+        for item in session.items:
+            module = getattr(getattr(item, "module", None), "__dict__", None)
+            path = getattr(getattr(item, "module", None), "__file__", None)
+            if module is not None and path and path not in seen:
+                seen.add(path)
+                importing.announce(self.engine, path, module)
+
     # ----------------------------------------------------------- per test
 
-    def _phases(self, item) -> list[dict]:
-        engine, file = self.engine, _item_file(item)
-        phases = []
+    def _phases(self, item) -> tuple[list[dict], list]:
+        engine = self.engine
+        phases, codes = [], []
+
+        def add(name: str, obj: Any) -> None:
+            entry, code = engine.resolve_phase(name, obj)
+            phases.append(entry)
+            if code is not None:
+                codes.append(code)
+
         cls = getattr(item, "cls", None)
         if _is_unittest_item(item):
             for name in UNITTEST_BEFORE:
-                obj = _class_function(cls, name)
+                obj = user_method(cls, name)
                 if obj is not None:
-                    phases.append(engine.phase_entry(name, obj, file))
-            phases.append(
-                engine.phase_entry("test", getattr(cls, item.originalname or item.name, None), file)
-            )
+                    add(name, obj)
+            add("test", getattr(cls, item.originalname or item.name, None))
             for name in UNITTEST_AFTER:
-                obj = _class_function(cls, name)
+                obj = user_method(cls, name)
                 if obj is not None:
-                    phases.append(engine.phase_entry(name, obj, file))
-            return phases
-        if _class_function(cls, "setup_method") is not None:
-            phases.append(engine.phase_entry("setup_method", cls.setup_method, file))
+                    add(name, obj)
+            return phases, codes
+        if user_method(cls, "setup_method") is not None:
+            add("setup_method", cls.setup_method)
         obj = getattr(item, "obj", None)
         if obj is not None:
-            phases.append(engine.phase_entry("test", obj, file))
-        if _class_function(cls, "teardown_method") is not None:
-            phases.append(engine.phase_entry("teardown_method", cls.teardown_method, file))
-        return phases
+            add("test", obj)
+        if user_method(cls, "teardown_method") is not None:
+            add("teardown_method", cls.teardown_method)
+        return phases, codes
 
     @pytest.hookimpl(**_WRAPPER)
     def pytest_runtest_protocol(self, item, nextitem):
         engine = self.engine
         try:
-            phases = self._phases(item)
+            phases, codes = self._phases(item)
         except Exception as exc:  # noqa: BLE001 - never fail a test for missing step data
             phases = [{"name": "test", "function": item.name, "steps": 1, "stepped": False, "note": str(exc)}]
-        record = engine.begin_test(item.nodeid, _item_file(item), phases)
+            codes = []
+        record = engine.begin_test(item.nodeid, _item_file(item), phases, codes)
         record.expects_failure = _xfail_predicate(item)
         self._reports[item.nodeid] = []
         try:
-            with contextlib.ExitStack() as stack:
-                if not _is_unittest_item(item) and getattr(item, "cls", None) is not None:
-                    instance = getattr(item, "instance", None)
-                    if instance is not None:
-                        for name in ("setup_method", "teardown_method"):
-                            self._patch_instance(stack, instance, name, item)
-                yield
+            yield
         finally:
             outcome, longrepr = self._outcome(self._reports.pop(item.nodeid, []))
             engine.end_test(record, outcome, longrepr)
 
-    def _patch_instance(self, stack: contextlib.ExitStack, instance: Any, name: str, item: Any) -> None:
-        """Make ``instance.name()`` step for the rest of the test."""
-        install_on_instance(self.engine, stack, instance, name, name, _item_file(item), is_test_phase=False)
-
-    @pytest.hookimpl(**_WRAPPER)
-    def pytest_runtest_call(self, item):
-        if not _is_unittest_item(item):
-            yield
-            return
-        with contextlib.ExitStack() as stack:
-            instance = item.instance
-            for name in (*UNITTEST_BEFORE, *UNITTEST_AFTER):
-                self._patch_instance(stack, instance, name, item)
-            self._install_test(stack, item, instance)
-            yield
-
-    def _install_test(self, stack: contextlib.ExitStack, item: Any, instance: Any) -> None:
-        if is_skipped(instance, item.name):
-            return
-        obj = item.obj
-        replacement = install_on_instance(
-            self.engine, stack, instance, item.name, "test", _item_file(item), is_test_phase=True
-        )
-        if replacement is not None:
-            # pytest re-binds ``instance.<name>`` from ``item.obj`` for sync tests.
-            item.obj = replacement
-            stack.callback(setattr, item, "obj", obj)
-
-    @pytest.hookimpl(**_WRAPPER)
-    def pytest_pyfunc_call(self, pyfuncitem):
-        obj = pyfuncitem.obj
-        with self.engine.stepping(obj, "test", _item_file(pyfuncitem), is_test_phase=True) as replacement:
-            if replacement is not obj:
-                pyfuncitem.obj = replacement
-            try:
-                yield
-            finally:
-                if replacement is not obj:
-                    pyfuncitem.obj = obj
-
     # ----------------------------------------------------------- outcomes
+
+    @pytest.hookimpl(**_WRAPPER)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        if call.when != "call":
+            return
+        self.engine.close_open_step()
+        record = self.engine.current
+        report = outcome.get_result()
+        if record is not None and record.forced and report.passed:
+            # A failing step skipped by hand: the test fails, as the journal says.
+            report.outcome = "failed"
+            report.longrepr = "StepForced: test forced: step(s) skipped by hand: " + ", ".join(record.forced_steps)
+
+    def pytest_exception_interact(self, node, call, report):
+        """A test that runs as one step (hypothesis, a generator) pauses after it failed."""
+        engine = self.engine
+        record = engine.current
+        if engine.on_error != "pause" or call.when != "call" or call.excinfo is None or record is None:
+            return
+        exc = call.excinfo.value
+        if record.paused or record.id != getattr(node, "nodeid", None) or not engine.wants_pause(exc):
+            return
+        from .live_pause import post_mortem
+
+        post_mortem(engine, exc, _item_file(node))
 
     def pytest_runtest_logreport(self, report):
         reports = self._reports.get(report.nodeid)
@@ -274,6 +216,13 @@ class SteppingPlugin:
             elif when == "call" and wasxfail and outcome == "passed":
                 outcome = "xpassed"
         return outcome, text
+
+
+def _python_files(config: Any) -> list[str]:
+    try:
+        return list(config.getini("python_files"))
+    except (ValueError, KeyError):
+        return ["test_*.py", "*_test.py"]
 
 
 def _short(report: Any) -> str:

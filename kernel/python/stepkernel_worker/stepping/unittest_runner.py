@@ -11,7 +11,6 @@ the two runners' reports compare.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import importlib
 import inspect
@@ -22,15 +21,8 @@ import unittest
 from typing import Any
 
 from . import junit
-from .engine import (
-    UNITTEST_AFTER,
-    UNITTEST_BEFORE,
-    Engine,
-    expects_failure_of,
-    install_on_instance,
-    is_skipped,
-    user_method,
-)
+from . import importing
+from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
 __unittest = True
@@ -201,20 +193,31 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
                 return
             file = _test_file(test)
             name = test._testMethodName
-            phases = []
+            phases, codes = [], []
+
+            def add(phase: str, obj: Any) -> None:
+                entry, code = engine.resolve_phase(phase, obj)
+                phases.append(entry)
+                if code is not None:
+                    codes.append(code)
+
             for phase in UNITTEST_BEFORE:
                 if user_method(type(test), phase) is not None:
-                    phases.append(engine.phase_entry(phase, getattr(type(test), phase), file))
-            phases.append(engine.phase_entry("test", getattr(type(test), name, None), file))
+                    add(phase, getattr(type(test), phase))
+            add("test", getattr(type(test), name, None))
             for phase in UNITTEST_AFTER:
                 if user_method(type(test), phase) is not None:
-                    phases.append(engine.phase_entry(phase, getattr(type(test), phase), file))
-            self._record = engine.begin_test(reporter.node_id(test), file, phases)
+                    add(phase, getattr(type(test), phase))
+            self._record = engine.begin_test(reporter.node_id(test), file, phases, codes)
             method = getattr(test, name, None)
             self._record.expects_failure = lambda exc: expects_failure_of(method)
 
         def stopTest(self, test: Any) -> None:  # noqa: N802
             state = self._state
+            record = self._record
+            if state is not None and record is not None and record.forced and state.outcome == "passed":
+                message = "test forced: step(s) skipped by hand: " + ", ".join(record.forced_steps)
+                self._mark("failure", "failed", message, message)
             if state is not None:
                 cases.append(
                     junit.Case(
@@ -299,30 +302,6 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
     return SteppingResult
 
 
-def install_stepping(engine: Engine, test: Any) -> None:
-    """Make ``test.run`` patch the instance's phases for the whole run.
-
-    Patching has to happen before ``TestCase.run`` looks the test method up
-    (Python 3.12 does that before ``startTest``).
-    """
-    if not _is_real_case(test):
-        return
-    cls_run = type(test).run
-
-    def run(*args: Any, **kwargs: Any) -> Any:
-        __tracebackhide__ = True
-        file = _test_file(test)
-        name = test._testMethodName
-        with contextlib.ExitStack() as stack:
-            for phase in (*UNITTEST_BEFORE, *UNITTEST_AFTER):
-                install_on_instance(engine, stack, test, phase, phase, file, is_test_phase=False)
-            if not is_skipped(test, name):
-                install_on_instance(engine, stack, test, name, "test", file, is_test_phase=True)
-            return cls_run(test, *args, **kwargs)
-
-    test.run = run
-
-
 def _class_key(test: Any) -> str:
     return f"{type(test).__module__}.{type(test).__qualname__}"
 
@@ -375,6 +354,14 @@ def run_unittest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
         print(f"stepkernel: {exc}", file=sys.stderr)
         return 2
     started = time.perf_counter()
+    undo = importing.install_finder(engine, [ns.pattern] if getattr(ns, "pattern", None) else ["test*.py"])
+    try:
+        return _run(engine, ns, names, junit_xml, started)
+    finally:
+        undo()
+
+
+def _run(engine: Engine, ns: argparse.Namespace, names: list[str], junit_xml: str | None, started: float) -> int:
     loader = unittest.TestLoader()
     if ns.patterns:
         loader.testNamePatterns = [p if "*" in p else f"*{p}*" for p in ns.patterns]
@@ -384,8 +371,6 @@ def run_unittest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
         print(f"stepkernel: cannot load tests: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     tests = _flatten(suite)
-    for test in tests:
-        install_stepping(engine, test)
     if not tests:
         print("stepkernel: no tests ran", file=sys.stderr)
         if junit_xml:

@@ -44,11 +44,15 @@ def fix_boltons_conftest(root: Path):
 
 
 # name, version, test directory inside the sdist, needs its own pytest.ini
-# (else pytest walks up and picks the enclosing repository's), extra fix-up.
+# (else pytest walks up and picks the enclosing repository's), extra fix-up,
+# PYTHONPATH. jinja2 (many small tests) and docutils (large test files) are the
+# engine issue's additions; their few dependencies are pinned in bench/run.
 PROJECTS = [
-    ("more-itertools", "10.5.0", "tests", True, None),
-    ("boltons", "24.1.0", "tests", False, fix_boltons_conftest),
-    ("toolz", "1.0.0", "toolz/tests", True, None),
+    ("more-itertools", "10.5.0", "tests", True, None, "."),
+    ("boltons", "24.1.0", "tests", False, fix_boltons_conftest, "."),
+    ("toolz", "1.0.0", "toolz/tests", True, None, "."),
+    ("jinja2", "3.1.4", "tests", False, None, "src"),
+    ("docutils", "0.21.2", "test", True, None, "."),
 ]
 
 
@@ -132,8 +136,8 @@ def main():
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--compare", required=True, help="compare_junit.py")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cold-rounds", type=int, default=3,
-                    help="rounds of the first-run comparison (0 skips it)")
+    ap.add_argument("--cold-rounds", type=int, default=5,
+                    help="rounds of the cold comparison (0 skips it)")
     ap.add_argument("--only", action="append", help="project name (repeatable)")
     args = ap.parse_args()
     # The suites run in their own directories: make the paths independent of that.
@@ -151,10 +155,11 @@ def main():
     env["PYTHONPATH"] = "."
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # pytest caches rewritten modules as .pyc
 
-    for name, version, tests, own_ini, fixup in PROJECTS:
+    for name, version, tests, own_ini, fixup, pythonpath in PROJECTS:
         if args.only and name not in args.only:
             continue
         root = prepare(workdir, args.python, name, version, tests, own_ini, fixup)
+        env["PYTHONPATH"] = pythonpath
         # One untimed run each so both start from warm .pyc files and page cache.
         warm = out_dir / f"{name}-warmup"
         warm_s, _ = timed([args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests], root, env,
@@ -200,7 +205,7 @@ def main():
         print("BENCH " + json.dumps({
             "benchmark": f"run --on-error fail vs pytest: {label}, median wall (s)",
             "stepkernel": stepped_s, "peer": plain_s, "peer_name": "pytest",
-            "ratio": stepped_s / plain_s, "goal": "<= 1.10x", "unit": "s",
+            "ratio": stepped_s / plain_s, "goal": "<= 1.05x", "unit": "s",
             "exit_codes": codes, "times": times,
         }), flush=True)
         print("BENCH " + json.dumps({
@@ -214,18 +219,19 @@ def main():
 
 
 def drop_caches(root: Path) -> None:
-    """Remove every __pycache__ below root: pytest's .pyc files and the step cache."""
+    """Remove every __pycache__ below root: pytest's .pyc files, stepped ones too."""
     for cache in sorted(root.rglob("__pycache__"), reverse=True):
         shutil.rmtree(cache, ignore_errors=True)
 
 
 def cold_run(args, name, tests, root, env, out_dir) -> None:
-    """The first run after a change: no .pyc, no step cache, for both sides."""
+    """Cold: PYTHONDONTWRITEBYTECODE=1 (as most container images set it) and no .pyc, both sides."""
     times = {"plain": [], "stepped": []}
+    env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
+    drop_caches(root)
     for i in range(args.cold_rounds):
         order = ("plain", "stepped") if i % 2 == 0 else ("stepped", "plain")
         for kind in order:
-            drop_caches(root)
             stem = out_dir / f"{name}-cold-{kind}-{i}"
             if kind == "plain":
                 argv = [args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests]
@@ -237,9 +243,9 @@ def cold_run(args, name, tests, root, env, out_dir) -> None:
             log(f"{name} cold round {i + 1} {kind:7s} {seconds:7.2f} s  exit {code}")
     plain_s, stepped_s = statistics.median(times["plain"]), statistics.median(times["stepped"])
     print("BENCH " + json.dumps({
-        "benchmark": f"first run (no .pyc, no step cache) vs pytest: {name}, median wall (s)",
+        "benchmark": f"cold (PYTHONDONTWRITEBYTECODE=1, no .pyc) vs pytest: {name}, median wall (s)",
         "stepkernel": stepped_s, "peer": plain_s, "peer_name": "pytest",
-        "ratio": stepped_s / plain_s, "goal": "-", "unit": "s", "times": times,
+        "ratio": stepped_s / plain_s, "goal": "<= 1.10x", "unit": "s", "times": times,
     }), flush=True)
 
 

@@ -112,7 +112,8 @@ class Engine:
         self.on_abort: Callable[[], None] | None = None
         self._steps: dict[types.CodeType, FunctionSteps | None] = {}
         self._extra: dict[tuple, dict[str, types.CellType]] = {}
-        self._edited_functions = 0
+        #: How many functions have edited steps (their later calls run the edits).
+        self.edited_functions = 0
         self._reports: dict[str, dict | None] = {}
         self._relpaths: dict[str, str] = {}
         self._loaded: set[str] = set()
@@ -340,13 +341,12 @@ class Engine:
             or self.pause_next
             or self.retry_pending is not None
             or self.rerun is not None
-            or self._edited_functions
+            or self.edited_functions
             or (host_wants() if host_wants is not None else getattr(self.host, "breakpoints", None))
         )
 
     def update_flag(self) -> None:
         """Set the per-step flag from what is in force now (the kernel may set it too)."""
-        self._edited_functions = sum(1 for s in self._steps.values() if s is not None and s.edits)
         runtime.FLAG[0] = 1 if self.wants_boundaries() else 0
 
     def set_pending(self, exc: BaseException) -> None:

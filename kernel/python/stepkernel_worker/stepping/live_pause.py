@@ -348,6 +348,7 @@ class LiveHandler:
             return {"ok": False, "error": f"no step {index} (steps 0-{len(steps.steps) - 1})"}
         spec = steps.steps[index]
         original = spec.source
+        had_edits = bool(steps.edits)
         try:
             steps.edit(index, source, extra_names=list(self._live.extra))
         except SyntaxError as exc:
@@ -360,6 +361,8 @@ class LiveHandler:
         except compiler.StepCompileError as exc:
             return {"ok": False, "error": str(exc)}
         engine = self.engine
+        if not had_edits:
+            engine.edited_functions += 1
         journal = {
             "file": steps.filename,
             "relpath": engine.relpath(steps.filename),

@@ -117,8 +117,34 @@ def _instantiate(kind: str, is_async: bool, index: int, body: list[ast.stmt], li
     """A fresh copy of a template around ``body``, every synthetic node on ``line``."""
     node = copy.deepcopy(_TEMPLATES[(kind, is_async)])
     _place(node, line, col)
+    # Code that runs while steps pass or errors propagate has no line: a tracer
+    # (coverage, sys.settrace, sys.monitoring) sees the lines it would see in
+    # the original function, and no line is reported that did not run.
+    if kind == "step":
+        _unlocate(node.body[-1])  # the break after the try
+        for handler in node.body[0].handlers:
+            _unlocate(handler, keep=ast.Raise)
+    else:
+        _unlocate(node.test)
+        node.lineno = node.end_lineno = NO_LINE
     _replace(node, index, body)
     return node
+
+
+#: The line of code that has none (CPython's NO_LOCATION for compiled AST).
+NO_LINE = -1
+
+
+def _unlocate(node: ast.AST, keep: type | None = None) -> None:
+    """Give ``node`` and what it holds no line (except ``keep`` nodes: a raise needs one for its traceback)."""
+    todo = [node]
+    while todo:
+        sub = todo.pop()
+        if keep is not None and isinstance(sub, keep):
+            continue
+        if isinstance(sub, _LOCATED):
+            sub.lineno = sub.end_lineno = NO_LINE
+        todo.extend(ast.iter_child_nodes(sub))
 
 
 _LOCATED = (ast.stmt, ast.expr, ast.excepthandler, ast.pattern, ast.alias)
@@ -260,7 +286,8 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
             if not group:
                 continue
             first = group[0]
-            new_body.append(_instantiate("step", is_async, index, group, first.lineno, first.col_offset))
+            line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
+            new_body.append(_instantiate("step", is_async, index, group, line, first.col_offset))
         last = body[-1]
         end_line = last.end_lineno or last.lineno
         new_body.append(_instantiate("end", is_async, len(groups), [], end_line, last.col_offset))

@@ -203,3 +203,22 @@ def test_subprocesses_inherit_no_descriptor_or_variable_of_the_engine():
     assert targets and not [t for t in targets if t.startswith(("socket:", "/memfd:"))]
     kernel_vars = {"STEPKERNEL_CHANNEL_FD", "STEPKERNEL_EVENTS_FD", "STEPKERNEL_EVENTS_SIZE"}
     assert kernel_vars.isdisjoint(os.environ)
+
+
+def test_line_events_of_the_test_frame_are_the_functions_own():
+    here = sys._getframe()
+    first = here.f_code.co_firstlineno
+    seen = []
+    def tracer(frame, event, arg):
+        if frame is here and event == "line":
+            seen.append(frame.f_lineno - first)
+        return tracer
+    here.f_trace = tracer
+    sys.settrace(tracer)
+    total = 0
+    if total == 0:
+        total = 1
+    for i in range(2):
+        total += i
+    sys.settrace(None)
+    assert seen == [10, 11, 12, 13, 14, 13, 14, 13, 15] and total == 2

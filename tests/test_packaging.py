@@ -301,3 +301,62 @@ def test_stepkernel_in_addopts_does_not_recurse_into_the_worker(venv, user_env, 
     assert len(sessions) == 1, sessions
     report = json.loads((sessions[0] / "report.json").read_text())
     assert report, "the stepkernel session wrote its report"
+
+
+def test_python_m_stepkernel_passes_its_interpreter_before_virtual_env(venv, user_env, tmp_path):
+    # $VIRTUAL_ENV names another environment (this test suite's); `python -m stepkernel`
+    # runs the tests on the interpreter that launched it, the bare binary on $VIRTUAL_ENV's.
+    other = pathlib.Path(sys.prefix)
+    project = write(tmp_path / "project", {"test_where.py": """
+        import sys
+
+        def test_where():
+            print("EXECUTABLE=" + sys.executable)
+    """})
+    env = {**user_env, "VIRTUAL_ENV": str(other)}
+    argv = ["run", "--on-error", "fail", "test_where.py", "--", "-s"]
+    launched = run([venv / "bin" / "python", "-m", "stepkernel", *argv], env, cwd=project)
+    assert launched.returncode == 0, launched
+    assert f"EXECUTABLE={venv / 'bin' / 'python'}\n" in launched.stdout, launched.stdout
+    direct = run([venv / "bin" / "stepkernel", *argv], env, cwd=project)
+    assert direct.returncode == 0, direct
+    assert f"EXECUTABLE={other / 'bin' / 'python'}\n" in direct.stdout, direct.stdout
+
+
+def plugin_module():
+    import importlib.util
+
+    path = ROOT / "python" / "stepkernel.data" / "purelib" / "_stepkernel_pytest.py"
+    spec = importlib.util.spec_from_file_location("_stepkernel_pytest_source", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_plugin_passes_pytest_its_own_arguments_only():
+    strip = plugin_module()._pytest_args
+    assert strip(["--stepkernel", "-q", "--stepkernel-on-error", "fail", "tests/", "-k", "cart"]) == \
+        ["-q", "tests/", "-k", "cart"]
+    assert strip(["--stepkernel-on-error=fail", "--stepkernel-quiet", "--junitxml", "out.xml", "--stepkernel"]) == \
+        ["--junitxml", "out.xml"]
+    assert strip(["--stepkernel-ports", "9000-9004", "-x", "--stepkernel-allow-client-shutdown"]) == ["-x"]
+    # After `--` everything is pytest's, even a name that looks like an option of ours.
+    assert strip(["--stepkernel", "--", "--stepkernel-quiet"]) == ["--", "--stepkernel-quiet"]
+
+
+def test_the_sdist_holds_what_a_rust_toolchain_needs_to_build_the_wheel(tmp_path):
+    maturin = shutil.which("maturin", path=str(pathlib.Path(sys.executable).parent))
+    done = subprocess.run([maturin, "sdist", "-o", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (sdist,) = tmp_path.glob(f"stepkernel-{VERSION}.tar.gz")
+    import tarfile
+
+    with tarfile.open(sdist) as tar:
+        names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
+    for needed in ("pyproject.toml", "Cargo.toml", "Cargo.lock", "src/main.rs", "interpreter/src/lib.rs",
+                   "kernel/build.rs", "kernel/python/stepkernel_worker/worker.py", "kernelspec/kernel.json",
+                   "python/stepkernel/__main__.py", "python/stepkernel.data/purelib/_stepkernel_pytest.py",
+                   "python/stepkernel.data/data/share/jupyter/kernels/stepkernel/kernel.json"):
+        assert needed in names, needed
+    assert not any(name.startswith(("target/", ".venv/", "bench/.venv/", "bench/.work/")) for name in names)

@@ -308,10 +308,13 @@ def test_python_m_stepkernel_passes_its_interpreter_before_virtual_env(venv, use
     # runs the tests on the interpreter that launched it, the bare binary on $VIRTUAL_ENV's.
     other = pathlib.Path(sys.prefix)
     project = write(tmp_path / "project", {"test_where.py": """
+        import os
         import sys
 
         def test_where():
             print("EXECUTABLE=" + sys.executable)
+            # What the tests start chooses its own interpreter.
+            assert "STEPKERNEL_PYTHON" not in os.environ
     """})
     env = {**user_env, "VIRTUAL_ENV": str(other)}
     argv = ["run", "--on-error", "fail", "test_where.py", "--", "-s"]

@@ -154,6 +154,9 @@ impl Worker {
             .arg(BOOTSTRAP)
             .arg(&config.package_dir)
             .env("STEPKERNEL_CHANNEL_FD", child_fd.to_string())
+            // Names the interpreter that launched this stepkernel, not one for
+            // what the user's code starts (a `stepkernel run` of another project).
+            .env_remove("STEPKERNEL_PYTHON")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

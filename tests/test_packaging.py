@@ -363,3 +363,16 @@ def test_the_sdist_holds_what_a_rust_toolchain_needs_to_build_the_wheel(tmp_path
                    "python/stepkernel.data/data/share/jupyter/kernels/stepkernel/kernel.json"):
         assert needed in names, needed
     assert not any(name.startswith(("target/", ".venv/", "bench/.venv/", "bench/.work/")) for name in names)
+
+
+def test_python_m_stepkernel_without_its_binary_says_where_it_looked(tmp_path):
+    # The package without the wheel's binary (a broken install): a clear error, not a traceback.
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "STEPKERNEL_PYTHON")}
+    env.update(PYTHONPATH=str(ROOT / "python"), HOME=str(tmp_path / "home"), PATH="/usr/bin:/bin")
+    done = run([bare / "bin" / "python", "-m", "stepkernel", "--version"], env, cwd=tmp_path)
+    assert done.returncode == 2, done
+    assert "could not find the stepkernel binary" in done.stderr, done.stderr
+    assert f"  - {bare / 'bin'}\n" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

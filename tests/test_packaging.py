@@ -209,6 +209,9 @@ def test_pytest_help_lists_the_flags_and_plain_pytest_is_untouched(venv, user_en
     for flag in ("--stepkernel ", "--stepkernel-on-error", "--stepkernel-session-dir", "--stepkernel-quiet"):
         assert flag in helped.stdout, flag
     project = write(tmp_path / "project", {"test_x.py": FAILING})
+    helped = run([venv / "bin" / "pytest", "--stepkernel", "--help"], user_env, cwd=project)
+    assert helped.returncode == 0 and "--stepkernel-on-error" in helped.stdout, helped
+    assert not (project / ".stepkernel").exists()
     plain = run([venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider"], user_env, cwd=project)
     assert plain.returncode == 1, plain.stdout
     assert "1 failed, 1 passed" in plain.stdout

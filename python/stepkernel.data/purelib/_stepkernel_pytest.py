@@ -100,6 +100,8 @@ def _run_command(config: pytest.Config, binary: str) -> list[str]:
 def pytest_cmdline_main(config: pytest.Config) -> int | None:
     if not config.getoption("stepkernel") or _inside_worker():
         return None
+    if config.getoption("help", False) or config.getoption("version", False):
+        return None  # pytest answers those itself
     for dest, flag in (("usepdb", "--pdb"), ("trace", "--trace")):
         if config.getoption(dest, default=False):
             raise pytest.UsageError(

@@ -118,6 +118,9 @@ def test_one_wheel_for_every_python_holding_binary_kernelspec_and_plugin(wheel):
     # Bare `python`: jupyter_client runs the interpreter Jupyter itself runs on.
     assert spec["argv"] == ["python", "-m", "stepkernel", "kernel", "-f", "{connection_file}"]
     assert spec["interrupt_mode"] == "message" and spec["display_name"] == "Python (stepkernel)"
+    # Everything but argv is the template `stepkernel install` writes.
+    template = json.loads((ROOT / "kernelspec" / "kernel.json").read_text())
+    assert {k: v for k, v in spec.items() if k != "argv"} == {k: v for k, v in template.items() if k != "argv"}
     assert "[pytest11]" in entry_points and "stepkernel = _stepkernel_pytest" in entry_points.replace("=", " = ")
 
 

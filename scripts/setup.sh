@@ -53,4 +53,7 @@ else
   echo "setup: npm not found: the browser test will be skipped" >&2
 fi
 
+# Every crate the lockfile names, for every platform (cargo build fetches only this
+# one's): the packaging test's `maturin build --offline` reads them all.
+cargo fetch --locked -q
 cargo build -q

@@ -74,10 +74,7 @@ pub fn materialize(dir: &Path) -> anyhow::Result<bool> {
 /// Runs the demo.
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let mut python = crate::python::resolve(args.run.python.as_deref(), &cwd);
-    if python.is_relative() && python.components().count() > 1 {
-        python = cwd.join(python);
-    }
+    let python = crate::python::resolve(args.run.python.as_deref(), &cwd)?;
     let dir = match args.dir {
         Some(dir) => dir,
         None => std::env::temp_dir().join(format!("stepkernel-demo-{}", std::process::id())),

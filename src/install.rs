@@ -24,8 +24,10 @@ pub struct InstallArgs {
     /// Kernelspec name.
     #[arg(long, default_value = "stepkernel")]
     pub name: String,
-    /// Record this interpreter in the kernelspec (default: resolved when the kernel starts).
-    #[arg(long)]
+    /// The interpreter the kernel runs code in, recorded as an absolute path
+    /// (default: the one `stepkernel run` would choose here, shims resolved);
+    /// `auto` records none, so each kernel start chooses.
+    #[arg(long, value_name = "PATH|auto")]
     pub python: Option<PathBuf>,
 }
 
@@ -73,7 +75,19 @@ pub fn write_kernelspec(dir: &Path, python: Option<&Path>) -> anyhow::Result<()>
 /// Runs the install subcommand.
 pub fn run(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let dir = kernels_dir(&args)?.join(&args.name);
-    write_kernelspec(&dir, args.python.as_deref())?;
+    // As `python -m ipykernel install` does: the kernel runs the interpreter chosen now.
+    let python = match args.python.as_deref() {
+        Some(auto) if auto == Path::new("auto") => None,
+        given => {
+            let cwd = std::env::current_dir().context("cannot read the current directory")?;
+            Some(crate::python::resolve(given, &cwd)?)
+        }
+    };
+    write_kernelspec(&dir, python.as_deref())?;
     println!("Installed kernelspec {} in {}", args.name, dir.display());
+    match &python {
+        Some(python) => println!("The kernel runs {}", python.display()),
+        None => println!("The kernel chooses its interpreter when it starts (--python auto)"),
+    }
     Ok(ExitCode::SUCCESS)
 }

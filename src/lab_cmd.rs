@@ -242,7 +242,7 @@ pub fn run(args: LabArgs) -> anyhow::Result<ExitCode> {
     let mut pythons = Vec::new();
     pythons.extend(args.python.clone());
     pythons.extend(meta.and_then(|m| m.python.clone()).map(PathBuf::from));
-    pythons.push(crate::python::resolve(None, &root));
+    pythons.extend(crate::python::resolve(None, &root).ok());
     let Some(lab) = find_lab(&pythons) else {
         let python = pythons.first().cloned().unwrap_or_else(|| "python3".into());
         eprintln!(

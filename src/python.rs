@@ -1,14 +1,14 @@
-//! Choosing the user's Python interpreter.
+//! Choosing the user's Python interpreter (the order lives in the `interpreter` crate).
 
+use anyhow::Context;
 use std::path::{Path, PathBuf};
 
-/// `--python`, else `$STEPKERNEL_PYTHON`, else `$VIRTUAL_ENV`, `./.venv`, `python3`.
-pub fn resolve(explicit: Option<&Path>, cwd: &Path) -> PathBuf {
-    if let Some(path) = explicit {
-        return path.to_path_buf();
-    }
-    if let Some(path) = std::env::var_os("STEPKERNEL_PYTHON").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
-    }
-    kernel::worker::default_python(cwd)
+/// The interpreter for a command run in `cwd`: `--python`, `$STEPKERNEL_PYTHON`,
+/// `$VIRTUAL_ENV`, the project's `.venv`, the virtualenv stepkernel is installed
+/// in, then `python3`; shims resolved to the real executable.
+pub fn resolve(explicit: Option<&Path>, cwd: &Path) -> anyhow::Result<PathBuf> {
+    let found = interpreter::Discovery::from_env(explicit, cwd)
+        .find()
+        .context("cannot choose a Python interpreter")?;
+    Ok(found.path)
 }

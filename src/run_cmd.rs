@@ -17,7 +17,7 @@ pub struct RunArgs {
     /// Which runner collects and reports tests.
     #[arg(long, default_value = "auto", value_parser = ["auto", "pytest", "unittest"])]
     pub runner: String,
-    /// The Python interpreter (default: $VIRTUAL_ENV, ./.venv, python3).
+    /// The Python interpreter (default: $STEPKERNEL_PYTHON, $VIRTUAL_ENV, the project's .venv, stepkernel's own virtualenv, python3).
     #[arg(long)]
     pub python: Option<PathBuf>,
     /// What a failing step does: pause for a client, or fail like a normal run.
@@ -69,7 +69,7 @@ fn parse_ports(spec: &str) -> anyhow::Result<Option<u16>> {
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rootdir = std::env::current_dir().context("cannot read the current directory")?;
     let first_port = parse_ports(&args.ports)?;
-    let python = crate::python::resolve(args.python.as_deref(), &rootdir);
+    let python = crate::python::resolve(args.python.as_deref(), &rootdir)?;
     let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
     let options = session::run::RunOptions {
         targets: args.targets,

@@ -28,6 +28,7 @@ def png_size(path: pathlib.Path) -> tuple[int, int]:
 
 
 def check_spec_dir(spec_dir: pathlib.Path, python: str | None):
+    """Checks kernel.json and the logos; `python` is the recorded --python (None: none recorded)."""
     spec = json.loads((spec_dir / "kernel.json").read_text())
     assert spec["display_name"] == "Python (stepkernel)"
     assert spec["language"] == "python"
@@ -74,14 +75,57 @@ def test_install_prefix_is_listed_by_jupyter(tmp_path):
 def test_reinstall_overwrites(tmp_path):
     prefix = tmp_path / "prefix"
     assert install_kernelspec(prefix, "--python", PYTHON, env=clean_env()).returncode == 0
-    assert install_kernelspec(prefix, env=clean_env()).returncode == 0
+    done = install_kernelspec(prefix, "--python", "auto", env=clean_env())
+    assert done.returncode == 0, done.stderr
+    assert "chooses its interpreter when it starts" in done.stdout
     check_spec_dir(prefix / "share" / "jupyter" / "kernels" / "stepkernel", None)
+
+
+def real_executable(python: str) -> str:
+    """What `python` reports as sys.executable (a shim reports the interpreter it runs)."""
+    out = subprocess.run([python, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_install_records_the_interpreter_chosen_now(tmp_path):
+    # No virtualenv active and none in the project: python3 on PATH, a shim resolved.
+    real = real_executable(PYTHON)
+    shims = tmp_path / "manager" / "shims"
+    shims.mkdir(parents=True)
+    (shims / "python3").write_text(f'#!/bin/sh\nexec "{real}" "$@"\n')
+    (shims / "python3").chmod(0o755)
+    project = tmp_path / "project"
+    project.mkdir()
+    env = clean_env(PATH=f"{shims}:/usr/bin:/bin", XDG_CACHE_HOME=str(tmp_path / "cache"))
+    env.pop("STEPKERNEL_PYTHON", None)
+    prefix = tmp_path / "prefix"
+    done = subprocess.run([stepkernel_bin(), "install", "--prefix", str(prefix)], cwd=project,
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    check_spec_dir(prefix / "share" / "jupyter" / "kernels" / "stepkernel", real)
+    assert f"The kernel runs {real}" in done.stdout
+
+    # A project .venv comes before python3 on PATH.
+    subprocess.run([real, "-m", "venv", "--without-pip", str(project / ".venv")], check=True, timeout=120)
+    done = subprocess.run([stepkernel_bin(), "install", "--prefix", str(prefix)], cwd=project,
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    check_spec_dir(prefix / "share" / "jupyter" / "kernels" / "stepkernel", str(project / ".venv" / "bin" / "python"))
+
+
+def test_install_with_a_missing_interpreter_fails_and_writes_nothing(tmp_path):
+    prefix = tmp_path / "prefix"
+    done = install_kernelspec(prefix, "--python", str(tmp_path / "no-such-python"), env=clean_env())
+    assert done.returncode == 2
+    assert "--python names" in done.stderr and "no-such-python" in done.stderr, done.stderr
+    assert not prefix.exists()
 
 
 def test_install_user_and_name(tmp_path):
     data = tmp_path / "data"
     done = subprocess.run(
-        [stepkernel_bin(), "install", "--user", "--name", "stepkernel-dev"],
+        [stepkernel_bin(), "install", "--user", "--name", "stepkernel-dev", "--python", "auto"],
         capture_output=True, text=True, env=clean_env(JUPYTER_DATA_DIR=str(data)), timeout=60,
     )
     assert done.returncode == 0, done.stderr
@@ -91,7 +135,7 @@ def test_install_user_and_name(tmp_path):
 def test_install_sys_prefix(tmp_path):
     venv = tmp_path / "venv"
     done = subprocess.run(
-        [stepkernel_bin(), "install", "--sys-prefix"],
+        [stepkernel_bin(), "install", "--sys-prefix", "--python", "auto"],
         capture_output=True, text=True, env=clean_env(VIRTUAL_ENV=str(venv)), timeout=60,
     )
     assert done.returncode == 0, done.stderr

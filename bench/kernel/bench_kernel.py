@@ -1,7 +1,13 @@
 #!/usr/bin/env python3
 """stepkernel's Jupyter kernel against ipykernel, same client, same run.
 
-Usage: bench_kernel.py --stepkernel BIN [--python PY] [--launches N] [--executes N] [--workdir DIR]
+Usage: bench_kernel.py (--stepkernel BIN | --kernelspec NAME) [--python PY] [--launches N] [--executes N]
+                       [--workdir DIR]
+
+--stepkernel BIN starts `BIN kernel -f CONN --python PY`; --kernelspec NAME starts
+stepkernel as Jupyter does, from the installed kernelspec (the wheel's runs
+`python -m stepkernel kernel -f CONN`, with a bare `python` replaced by PY as
+jupyter_client replaces it by the interpreter Jupyter runs on).
 
 Measures, alternating between the two kernels:
   start   time from process launch to the first kernel_info_reply (median of N launches)
@@ -191,16 +197,38 @@ def emit(benchmark, ours, peer, goal, unit):
     return ratio
 
 
+def kernelspec_argv(name, python):
+    """A function of the connection file giving the argv Jupyter would run for kernelspec `name`."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(name)
+    log(f"kernelspec {name} in {spec.resource_dir}: {spec.argv}")
+    # jupyter_client's KernelManager.format_kernel_cmd: these names mean "the Python Jupyter runs on".
+    pythons = ("python", "python3", f"python{sys.version_info[0]}.{sys.version_info[1]}")
+
+    def argv_for(conn):
+        argv = [a.replace("{connection_file}", conn).replace("{resource_dir}", spec.resource_dir)
+                for a in spec.argv]
+        if argv and argv[0] in pythons:
+            argv[0] = python
+        return argv
+
+    return argv_for
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--stepkernel", required=True, help="the stepkernel binary")
+    ours = ap.add_mutually_exclusive_group(required=True)
+    ours.add_argument("--stepkernel", help="the stepkernel binary")
+    ours.add_argument("--kernelspec", metavar="NAME", help="start stepkernel through this installed kernelspec")
     ap.add_argument("--python", default=sys.executable, help="interpreter for both kernels")
     ap.add_argument("--launches", type=int, default=10)
     ap.add_argument("--executes", type=int, default=1000)
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     # The kernels run in a scratch directory: make the paths independent of it.
-    args.stepkernel = os.path.abspath(args.stepkernel)
+    if args.stepkernel:
+        args.stepkernel = os.path.abspath(args.stepkernel)
     if os.sep in args.python:
         args.python = os.path.abspath(args.python)
     if args.workdir:
@@ -224,7 +252,8 @@ def main():
     context.setsockopt(zmq.RECONNECT_IVL, 1)
 
     argv = {
-        OURS: lambda conn: [args.stepkernel, "kernel", "-f", conn, "--python", args.python],
+        OURS: (kernelspec_argv(args.kernelspec, args.python) if args.kernelspec else
+               lambda conn: [args.stepkernel, "kernel", "-f", conn, "--python", args.python]),
         PEER: lambda conn: [args.python, "-m", "ipykernel_launcher", "-f", conn],
     }
 
@@ -285,8 +314,11 @@ def main():
             + " + ".join(f"{proc} {rss / 2**20:.1f}" for proc, rss in rss_parts[name]) + ")")
 
     ms = 1e3
+    start_row = "kernel start to kernel_info_reply, median (ms)"
+    if args.kernelspec:
+        start_row = f"kernel start (kernelspec {args.kernelspec}) to kernel_info_reply, median (ms)"
     rows = [
-        ("kernel start to kernel_info_reply, median (ms)",
+        (start_row,
          statistics.median(starts[OURS]) * ms, statistics.median(starts[PEER]) * ms, "<= 0.10x"),
         ("execute 'pass' to execute_reply, median (ms)",
          statistics.median(reply[OURS]) * ms, statistics.median(reply[PEER]) * ms, "<= 0.20x"),

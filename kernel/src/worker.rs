@@ -43,7 +43,7 @@ use crate::event_ring::{self, EventRing};
 use crate::stream_splitter::{Piece, StreamSplitter};
 use serde_json::Value;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -155,6 +155,9 @@ impl Worker {
             .arg(BOOTSTRAP)
             .arg(&config.package_dir)
             .env("STEPKERNEL_CHANNEL_FD", child_fd.to_string())
+            // Names the interpreter that launched this stepkernel, not one for
+            // what the user's code starts (a `stepkernel run` of another project).
+            .env_remove("STEPKERNEL_PYTHON")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -428,19 +431,4 @@ fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: socketpair just returned these two open descriptors.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Picks the user's interpreter: `$VIRTUAL_ENV`, then `./.venv`, then `python3`.
-pub fn default_python(cwd: &Path) -> PathBuf {
-    if let Some(venv) = std::env::var_os("VIRTUAL_ENV").filter(|v| !v.is_empty()) {
-        let candidate = PathBuf::from(venv).join("bin").join("python");
-        if candidate.exists() {
-            return candidate;
-        }
-    }
-    let local = cwd.join(".venv").join("bin").join("python");
-    if local.exists() {
-        return local;
-    }
-    PathBuf::from("python3")
 }

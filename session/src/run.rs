@@ -1,6 +1,7 @@
 //! `stepkernel run`: start a kernel whose worker runs the tests step by step.
 
 use crate::attach;
+use crate::control::ControlServer;
 use crate::hooks::{RunHooks, SessionContext};
 use crate::session_dir::{self, SessionMeta};
 use instrumenter::Options;
@@ -105,6 +106,7 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
         }
     }
     for name in [
+        crate::control::SOCKET_NAME,
         "events.jsonl",
         "journal.jsonl",
         "report.json",
@@ -283,8 +285,19 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
         }
         hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets));
+        let control = match ControlServer::start(hooks.clone(), bound.steering()) {
+            Ok(control) => Some(control),
+            Err(err) => {
+                hooks.say(&format!("stepkernel: no control socket ({err}); `stepkernel ctl` cannot steer this run"));
+                None
+            }
+        };
         bound.set_hooks(hooks.clone());
-        bound.serve().await?;
+        let served = bound.serve().await;
+        if let Some(control) = control {
+            control.close().await;
+        }
+        served?;
         Ok(hooks.exit_code().unwrap_or(3))
     })
 }

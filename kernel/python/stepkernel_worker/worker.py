@@ -87,6 +87,8 @@ class Worker:
         self.pending_resume: dict | None = None
         self.breakpoints: list[dict] = []
         self.pause_flag = False
+        #: ``set on_error`` from the control socket: test id (None: every test) -> mode.
+        self.on_error: dict[str | None, str] = {}
         self.exit_payload: dict | None = None
         self.pause_at_start = False  # %test: pause before the test body's first step
         self.last_handler = None  # the last paused namespace, kept after a %test ends
@@ -149,6 +151,8 @@ class Worker:
             self.breakpoints = message.get("items", [])
         elif kind == "pause_request":
             self.pause_flag = True
+        elif kind == "on_error":
+            self.on_error[message.get("test")] = message.get("mode", "pause")
         elif kind == "run":
             self._run_tests(message)
         elif kind == "test":
@@ -369,11 +373,7 @@ class Worker:
             # %break that arrives takes effect at the first boundary after it.
             self._last_poll = now
             self.channel.poll()
-        while self.channel.has_pending():
-            message = self.channel.take_pending(_is_pause_control)
-            if message is None:
-                break
-            self.dispatch(message)
+        self._take_pause_controls_pending()
         if self.pause_flag:
             self.pause_flag = False
             return "pause"
@@ -385,8 +385,31 @@ class Worker:
                 return "breakpoint"
         return None
 
+    def _error_mode(self, test_id: str | None) -> str:
+        """The ``on_error`` a client set for ``test_id`` (a node id, or its base without parameters)."""
+        self._take_pause_controls()
+        base = (test_id or "").split("[", 1)[0]
+        for key in (test_id, base, None):
+            if key in self.on_error:
+                return self.on_error[key]
+        return "pause"
+
+    def _take_pause_controls(self) -> None:
+        self.channel.poll()
+        self._take_pause_controls_pending()
+
+    def _take_pause_controls_pending(self) -> None:
+        while self.channel.has_pending():
+            message = self.channel.take_pending(_is_pause_control)
+            if message is None:
+                break
+            self.dispatch(message)
+
     def pause(self, handler, info: dict) -> dict:
         """Serve requests in the paused test's namespace until a resume command."""
+        if info.get("error") is not None and info.get("reason") == "error" and self._error_mode(info.get("test")) == "fail":
+            # `set on_error fail`: the error stands at once, as %fail would make it.
+            return {"action": "fail", "reason": "on_error fail"}
         previous = self.handler
         self.handler = self.last_handler = handler
         outer_executing, self.executing = self.executing, False
@@ -549,7 +572,7 @@ class Worker:
 
 
 def _is_pause_control(message: dict) -> bool:
-    return message.get("type") in ("pause_request", "breakpoints")
+    return message.get("type") in ("pause_request", "breakpoints", "on_error")
 
 
 def main() -> None:

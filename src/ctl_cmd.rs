@@ -23,7 +23,7 @@ const VERB_NAMES: &[&str] = &[
 pub struct CtlArgs {
     /// [SESSION] VERB [ARGS...]: SESSION is an id, id prefix or directory
     /// (default: the latest live session); `ctl help` lists the verbs.
-    #[arg(required = true, num_args = 1.., allow_hyphen_values = true)]
+    #[arg(required = true, num_args = 1..)]
     pub words: Vec<String>,
     /// Print the session's JSON response.
     #[arg(long)]

@@ -117,16 +117,56 @@ pub fn socket_path(dir: &Path) -> PathBuf {
     dir.join(SOCKET_NAME)
 }
 
-/// Removes `path` if it is a socket nobody listens on (a dead session's).
-/// Returns true when one was removed.
+/// Longest socket path the kernel takes (`sun_path` is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Where to bind when `path` is too long for a UNIX socket: a short path in
+/// a private directory of the temp dir (`path` becomes a symlink to it).
+fn short_socket_path(path: &Path) -> std::io::Result<PathBuf> {
+    use std::hash::{Hash, Hasher};
+    // SAFETY: getuid has no failure mode.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("stepkernel-{uid}"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut hasher);
+    Ok(dir.join(format!("{:016x}.sock", hasher.finish())))
+}
+
+/// The path to connect to for `path` (a symlink to a short path when the
+/// session directory is deep).
+pub fn connect_path(path: &Path) -> PathBuf {
+    match std::fs::read_link(path) {
+        Ok(target) => target,
+        Err(_) => path.to_path_buf(),
+    }
+}
+
+/// Removes `path` (and the short socket it links to) if nobody listens on it
+/// (a dead session's). Returns true when one was removed.
 pub fn remove_stale(path: &Path) -> bool {
-    if !path.exists() {
+    if std::fs::symlink_metadata(path).is_err() {
         return false;
     }
-    match std::os::unix::net::UnixStream::connect(path) {
+    let target = connect_path(path);
+    match std::os::unix::net::UnixStream::connect(&target) {
         Ok(_) => false,
-        Err(_) => std::fs::remove_file(path).is_ok(),
+        Err(_) => {
+            if target != path {
+                let _ = std::fs::remove_file(&target);
+            }
+            std::fs::remove_file(path).is_ok()
+        }
     }
+}
+
+fn remove_socket(path: &Path) {
+    let target = connect_path(path);
+    if target != path {
+        let _ = std::fs::remove_file(target);
+    }
+    let _ = std::fs::remove_file(path);
 }
 
 /// A listening control socket; [`ControlServer::close`] removes it.
@@ -146,15 +186,27 @@ impl ControlServer {
     /// Listens on `control.sock` in the hooks' session directory.
     pub fn start(hooks: Arc<RunHooks>, steering: Steering) -> Result<ControlServer, ControlError> {
         let path = socket_path(&hooks.context().dir);
-        if path.exists() && !remove_stale(&path) {
+        if std::fs::symlink_metadata(&path).is_ok() && !remove_stale(&path) {
             return Err(ControlError::InUse(path));
         }
         let bind = |source| ControlError::Bind {
             path: path.clone(),
             source,
         };
-        let listener = UnixListener::bind(&path).map_err(bind)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(bind)?;
+        let listener = if path.as_os_str().len() > MAX_SOCKET_PATH {
+            let short = short_socket_path(&path).map_err(bind)?;
+            let _ = std::fs::remove_file(&short);
+            let listener = UnixListener::bind(&short).map_err(bind)?;
+            std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600))
+                .map_err(bind)?;
+            std::os::unix::fs::symlink(&short, &path).map_err(bind)?;
+            listener
+        } else {
+            let listener = UnixListener::bind(&path).map_err(bind)?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(bind)?;
+            listener
+        };
         let (closing, closing_rx) = watch::channel(false);
         let connections = Arc::new(AtomicUsize::new(0));
         let context = Arc::new(Context {
@@ -196,7 +248,7 @@ impl ControlServer {
     /// Stops listening, lets followers send the last events and the end
     /// line (for at most two seconds), and removes the socket file.
     pub async fn close(self) {
-        let _ = std::fs::remove_file(&self.path);
+        remove_socket(&self.path);
         let _ = self.closing.send(true);
         for _ in 0..200 {
             if self.connections.load(Ordering::SeqCst) == 0 {
@@ -307,12 +359,14 @@ pub fn parse_request(request: &Value) -> Result<Parsed, Refusal> {
     match object.get("v") {
         None => {}
         Some(v) if v.as_u64() == Some(PROTOCOL_VERSION) => {}
-        Some(v) => return Err(refuse(
-            "version",
-            format!(
+        Some(v) => {
+            return Err(refuse(
+                "version",
+                format!(
                 "protocol version {v} is not supported (this session speaks {PROTOCOL_VERSION})"
             ),
-        )),
+            ))
+        }
     }
     let Some(verb) = object.get("verb").and_then(Value::as_str) else {
         return Err(refuse(
@@ -716,5 +770,27 @@ mod tests {
         assert!(path.exists());
         assert!(remove_stale(&path));
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn deep_directories_get_a_short_socket_behind_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("d".repeat(120));
+        std::fs::create_dir_all(&deep).unwrap();
+        let path = socket_path(&deep);
+        let short = short_socket_path(&path).unwrap();
+        assert!(
+            short.as_os_str().len() <= MAX_SOCKET_PATH,
+            "{}",
+            short.display()
+        );
+        let listener = std::os::unix::net::UnixListener::bind(&short).unwrap();
+        std::os::unix::fs::symlink(&short, &path).unwrap();
+        assert_eq!(connect_path(&path), short);
+        std::os::unix::net::UnixStream::connect(connect_path(&path)).unwrap();
+        assert!(!remove_stale(&path));
+        drop(listener);
+        assert!(remove_stale(&path));
+        assert!(!short.exists() && std::fs::symlink_metadata(&path).is_err());
     }
 }

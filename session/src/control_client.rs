@@ -61,7 +61,7 @@ impl Client {
             path: path.clone(),
             source,
         };
-        match UnixStream::connect(&path) {
+        match UnixStream::connect(control::connect_path(&path)) {
             Ok(stream) => {
                 let writer = stream.try_clone().map_err(io)?;
                 Ok(Client {
@@ -70,14 +70,14 @@ impl Client {
                     writer,
                 })
             }
-            Err(_) if path.exists() && !meta.alive() && control::remove_stale(&path) => {
+            Err(_) if exists(&path) && !meta.alive() && control::remove_stale(&path) => {
                 Err(ClientError::Stale {
                     id: meta.id,
                     pid: meta.pid,
                     path,
                 })
             }
-            Err(err) if path.exists() => Err(io(err)),
+            Err(err) if exists(&path) => Err(io(err)),
             Err(_) => Err(ClientError::NotListening {
                 id: meta.id.clone(),
                 state: meta.shown_state(),
@@ -136,4 +136,9 @@ impl Client {
             }
         }
     }
+}
+
+/// Whether `path` exists as a file or a symlink (even one whose target is gone).
+fn exists(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
 }

@@ -35,6 +35,8 @@ pub struct RunOptions {
     pub first_port: Option<u16>,
     /// Custom step marker regex.
     pub step_marker: Option<String>,
+    /// Custom plan id regex.
+    pub plan_id: Option<String>,
     /// Less output.
     pub quiet: bool,
     /// Let a client's shutdown_request end the session.
@@ -161,6 +163,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         Some(pattern) => Options::with_step_marker(pattern)
             .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
         None => Options::default(),
+    };
+    let options = match &opts.plan_id {
+        Some(pattern) => options
+            .with_plan_id(pattern)
+            .map_err(|e| RunError::Usage(format!("--plan-id: {e}")))?,
+        None => options,
     };
     let id = session_dir::new_id();
     let dir = opts

@@ -430,3 +430,32 @@ def test_control_error_is_raised_for_refusals(tmp_path, run_session):
     client.clear()
     client.abort()
     session.wait_exit()
+
+
+def test_breakpoints_between_notebook_tests(kernel):
+    """`%break` goes through the same steering path; between two `%test`s it still applies."""
+    from conftest import execute
+
+    (kernel.tmp / "test_nb.py").write_text("def test_a():\n    a = 1\n    b = a + 1\n    assert b == 2\n")
+    client = kernel.client
+
+    def where() -> str:
+        _, messages = execute(client, "%where")
+        return "".join(c.get("data", {}).get("text/plain", "") for t, c in messages if t == "display_data")
+
+    reply, _ = execute(client, "%test test_nb.py::test_a", timeout=120)
+    assert reply["status"] == "ok" and "Paused (loaded)" in where()
+    reply, _ = execute(client, "%continue", timeout=60)
+    assert reply["status"] == "ok"
+    reply, _ = execute(client, "%break 2")
+    assert reply["status"] == "ok", reply
+    reply, _ = execute(client, "%set on_error fail")
+    assert reply["status"] == "ok", reply
+    execute(client, "%test test_nb.py::test_a", timeout=120)
+    execute(client, "%continue", timeout=60)
+    text = where()
+    assert "Paused (breakpoint)" in text and "step 2" in text, text
+    reply, _ = execute(client, "%clear")
+    assert reply["status"] == "ok"
+    reply, _ = execute(client, "%continue", timeout=60)
+    assert reply["status"] == "ok"

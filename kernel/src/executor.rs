@@ -307,7 +307,10 @@ impl Executor {
     /// the worker as the matching magic would send it.
     async fn steer(&mut self, command: SteerCommand) -> Result<String, SteerError> {
         let state = self.shared.run_state.lock().expect("state").state.clone();
-        if state == "finished" {
+        // Breakpoints and on_error may be set between runs (a notebook's `%test`s).
+        let between_runs =
+            matches!(command, SteerCommand::Resume(_) | SteerCommand::Pause) && state == "finished";
+        if between_runs {
             return Err(SteerError::State("the run has finished".into()));
         }
         let message = match command {

@@ -127,15 +127,16 @@ class Session:
         for meta_file in root.glob("*/session.json"):
             try:
                 meta = json.loads(meta_file.read_text())
-                started = os.stat(meta_file.parent / "connection.json").st_mtime
             except (OSError, ValueError):
-                started = 0.0
-                try:
-                    meta = json.loads(meta_file.read_text())
-                except (OSError, ValueError):
-                    continue
+                continue  # being written, or not a session
+            try:
+                # Ids and start stamps have one-second resolution; the connection
+                # file's mtime orders sessions started in the same second.
+                written = os.stat(meta_file.parent / "connection.json").st_mtime
+            except OSError:
+                written = 0.0
             live = meta.get("state") != _FINISHED and _pid_alive(int(meta.get("pid") or 0))
-            found.append(((str(meta.get("started", "")), started), live, meta_file.parent))
+            found.append(((str(meta.get("started", "")), written), live, meta_file.parent))
         if not found:
             raise SessionNotFound("not_found", f"no stepkernel sessions in {root} (start one with `stepkernel run`)")
         live = [f for f in found if f[1]]

@@ -459,3 +459,16 @@ def test_breakpoints_between_notebook_tests(kernel):
     assert reply["status"] == "ok"
     reply, _ = execute(client, "%continue", timeout=60)
     assert reply["status"] == "ok"
+
+
+def test_job_that_cannot_start_says_why(tmp_path, monkeypatch):
+    project = write_project(tmp_path / "p", GATED)
+    job = Job(tests=["no_such_file.py"], python=PYTHON, cwd=project, stepkernel=stepkernel_bin())
+    with pytest.raises(SessionEnded, match="file or directory not found: no_such_file.py"):
+        job.start()
+    with pytest.raises(ValueError, match="on_error"):
+        Job(tests=["test_g.py"], on_error="sometimes")
+    monkeypatch.delenv("STEPKERNEL_BIN", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="STEPKERNEL_BIN"):
+        Job(tests=["test_g.py"], cwd=project).start()

@@ -459,6 +459,7 @@ class Job:
         """Start the run; return its session once it listens (its output goes to ``run.log`` there)."""
         if self.process is not None:
             raise RuntimeError("this job has already started")
+        self._binary()  # a missing binary is said before anything is made
         if self.session_dir is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             self.session_dir = self.cwd / ".stepkernel" / "sessions" / f"{stamp}-job-{uuid.uuid4().hex[:6]}"

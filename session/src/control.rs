@@ -457,8 +457,7 @@ async fn answer(context: &Context, parsed: &Parsed) -> Result<Value, Refusal> {
         "steps" => {
             arity(parsed, 1, 1, "steps TEST")?;
             let test = find_test(hooks, &parsed.args[0])?;
-            let ran =
-                hooks.with_live(|live| live.steps_run(&parsed.args[0]).map(<[Value]>::to_vec));
+            let ran = hooks.with_live(|live| live.steps_run(&parsed.args[0]));
             Ok(
                 json!({"test": parsed.args[0], "phases": test.get("phases"), "ran": ran.unwrap_or_default()}),
             )

@@ -12,8 +12,17 @@ struct TestEntry {
     id: String,
     status: String,
     duration_s: Option<f64>,
-    /// (phase, index, name, status, duration) of each step run, in order.
-    steps: Vec<Value>,
+    /// Each step run, in order (compact: a suite has many).
+    steps: Vec<StepRun>,
+}
+
+/// One step that ran.
+#[derive(Debug, Clone)]
+struct StepRun {
+    phase: String,
+    index: u64,
+    status: String,
+    duration_s: Option<f64>,
 }
 
 /// The run's state, folded from its events.
@@ -83,13 +92,14 @@ impl LiveStatus {
                 if event.get("status").and_then(Value::as_str) == Some("failed") {
                     self.last_error = text(event, "error");
                 }
-                if let Some(test) = text(event, "test") {
-                    let step = json!({
-                        "phase": event.get("phase"), "index": event.get("index"),
-                        "name": event.get("name"), "status": event.get("status"),
-                        "duration_s": event.get("duration_s"),
-                    });
-                    self.entry(&test, "running").steps.push(step);
+                if let Some(test) = event.get("test").and_then(Value::as_str) {
+                    let step = StepRun {
+                        phase: text(event, "phase").unwrap_or_default(),
+                        index: event.get("index").and_then(Value::as_u64).unwrap_or(0),
+                        status: text(event, "status").unwrap_or_default(),
+                        duration_s: event.get("duration_s").and_then(Value::as_f64),
+                    };
+                    self.entry(test, "running").steps.push(step);
                 }
             }
             "pause" => {
@@ -195,11 +205,15 @@ impl LiveStatus {
         json!({"tests": tests, "total": self.total, "complete": self.total.is_some()})
     }
 
-    /// The steps that ran for `test` (status and duration), oldest first.
-    pub fn steps_run(&self, test: &str) -> Option<&[Value]> {
-        self.index
-            .get(test)
-            .map(|i| self.tests[*i].steps.as_slice())
+    /// The steps that ran for `test` (`phase`, `index`, `status`, `duration_s`), oldest first.
+    pub fn steps_run(&self, test: &str) -> Option<Vec<Value>> {
+        let steps = &self.tests[*self.index.get(test)?].steps;
+        Some(
+            steps
+                .iter()
+                .map(|s| json!({"phase": s.phase, "index": s.index, "status": s.status, "duration_s": s.duration_s}))
+                .collect(),
+        )
     }
 
     /// The `status` answer.

@@ -144,6 +144,10 @@ def test_status_of_running_then_paused_session(tmp_path, run_session):
     assert status["paused"]["line"] == 22 and status["paused"]["file"].endswith("test_g.py")
     assert status["paused"]["error"].startswith("AssertionError")
     assert status["done"] == 1 and status["counts"] == {"passed": 1}
+    text = subprocess.run([stepkernel_bin(), "status", where(project)], capture_output=True, text=True, timeout=60)
+    assert "paused: 1/? tests done (1 passed)" in text.stdout
+    assert "paused (error): test_g.py::test_one step 1 (assert x == 2)" in text.stdout
+    assert "error: AssertionError: assert 1 == 2" in text.stdout
     # fail it: the failure (with pytest's report text) is in the next status
     assert ctl(project, "fail", check=0)[1]["result"]["action"] == "fail"
     wait_for(lambda: ((status_json(project)[0]["paused"] or {}).get("test") == "test_g.py::test_two"),
@@ -341,7 +345,8 @@ def test_session_ends_while_a_client_follows(tmp_path):
         session.abort()
         follower.join(timeout=60)
         assert not follower.is_alive() and followed[-1]["event"] == "summary"
-        assert job.wait(timeout=60).exit_code == 2
+        result = job.wait(timeout=60)
+        assert result.exit_code == 2 and result.failed == ["test_g.py::test_one"], result.outcomes
     finally:
         job.stop()
     with pytest.raises(SessionEnded):

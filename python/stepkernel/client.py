@@ -393,6 +393,11 @@ class JobResult:
         """True when every test passed (exit code 0)."""
         return self.exit_code == 0
 
+    @property
+    def failed(self) -> list[str]:
+        """The tests that failed, errored or were forced (to run again in another Job)."""
+        return [t for t, o in self.outcomes.items() if o in ("failed", "error", "forced")]
+
     def outcome(self, nodeid: str) -> str | None:
         """The outcome of one test (None when it did not run).
 

@@ -243,6 +243,14 @@ def test_bad_input_gets_clear_errors(tmp_path, run_session):
     # queueing needs the pytest plugin: a clear "not supported yet"
     code, answer = ctl(project, "queue", "add", "test_g.py::test_one")
     assert code == 1 and answer["error"]["code"] == "not_supported" and "not supported yet" in answer["error"]["message"]
+    code, answer = ctl(project, "queue", "add")
+    assert code == 2 and answer["error"]["code"] == "bad_args" and "queue add|remove" in answer["error"]["message"]
+    code, answer = ctl(project, "queue", "add", "test_g.py::test_nope")
+    assert code == 2 and answer["error"]["code"] == "unknown_test"
+    code, answer = ctl(project, "rerun", "everything")
+    assert code == 2 and answer["error"]["message"] == "usage: rerun failed"
+    assert ctl(project, "rerun", "failed")[1]["error"]["code"] == "not_supported"
+    assert ctl(project, "status", check=0)[1]["result"]["queue_supported"] is False
     with pytest.raises(NotSupported):
         Session(d).queue(["test_g.py::test_one"])
     with pytest.raises(NotSupported):

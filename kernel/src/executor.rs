@@ -354,6 +354,9 @@ impl Executor {
                 self.breakpoints = items;
                 json!({"type": "breakpoints", "items": self.breakpoints})
             }
+            SteerCommand::Queue { op, nodeids } => {
+                json!({"type": "queue", "op": op, "nodeids": nodeids})
+            }
             SteerCommand::OnError { mode, test } => {
                 if mode == "pause" && self.run_on_error != "pause" {
                     return Err(SteerError::Unsupported(format!(
@@ -373,6 +376,15 @@ impl Executor {
             "resume" => format!("{} sent", message["action"].as_str().unwrap_or("")),
             "pause_request" => "the run will pause before its next step".into(),
             "breakpoints" => format!("{} breakpoint(s) set", self.breakpoints.len()),
+            "queue" => format!(
+                "{} test(s) {}",
+                message["nodeids"].as_array().map_or(0, Vec::len),
+                if message["op"] == "add" {
+                    "queued"
+                } else {
+                    "taken off the queue"
+                }
+            ),
             _ => "on_error set (from the next step on)".into(),
         })
     }

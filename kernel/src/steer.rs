@@ -18,6 +18,14 @@ pub enum SteerCommand {
     AddBreakpoint(Value),
     /// Replace all breakpoints (`%break N...`; empty: `clear`).
     SetBreakpoints(Vec<Value>),
+    /// `queue add|remove NODEID...`: tests to run in this session after the
+    /// selected ones (the pytest plugin takes them with `host.take_queued()`).
+    Queue {
+        /// `add` or `remove`.
+        op: String,
+        /// pytest node ids.
+        nodeids: Vec<String>,
+    },
     /// `on_error` for the rest of the run (`test` None) or for one test.
     OnError {
         /// `pause` or `fail`.

@@ -346,16 +346,38 @@ class Session:
         """``pause`` or ``fail`` on errors, for the rest of the run or one test."""
         return self.request("set", "on_error", mode, *([test] if test else []))
 
-    def queue(self, nodeids: Sequence[str]) -> None:
-        """Run more tests in this session (raises :class:`NotSupported` in this version)."""
+    def queue(self, nodeids: Sequence[str]) -> list[str]:
+        """Run more tests in this session after the selected ones; returns the ids queued.
+
+        Raises :class:`NotSupported` while the run's pytest plugin does not
+        take queued tests (this version's does not yet).
+        """
         if isinstance(nodeids, str):
             nodeids = [nodeids]
-        self.request("queue", "add", *nodeids)
+        return list(self.request("queue", "add", *nodeids)["queued"])
+
+    def unqueue(self, nodeids: Sequence[str]) -> list[str]:
+        """Take tests off the queue (those not started yet)."""
+        if isinstance(nodeids, str):
+            nodeids = [nodeids]
+        return list(self.request("queue", "remove", *nodeids)["queued"])
+
+    def rerun_failed(self) -> list[str]:
+        """Queue the tests that failed so far; returns their ids."""
+        return list(self.request("rerun", "failed")["queued"])
 
     def run_test(self, nodeid: str) -> TestResult:
-        """Queue one test and wait for its outcome (raises :class:`NotSupported` in this version)."""
-        result = self.request("run_test", nodeid)
-        return TestResult(nodeid, result["outcome"], result.get("duration_s"))
+        """Queue one test and wait for its outcome.
+
+        Raises :class:`NotSupported` as :meth:`queue` does, and
+        :class:`SessionEnded` if the session ends before the test finished.
+        """
+        offset = int(self.status().get("event_count") or 0)
+        self.queue([nodeid])
+        for event in self.events(follow=True, offset=offset):
+            if event.get("event") == "test_finish" and event.get("test") == nodeid:
+                return TestResult(nodeid, str(event.get("outcome")), event.get("duration_s"))
+        raise SessionEnded("ended", f"session {self.id} ended before {nodeid} ran")
 
     # ------------------------------------------------------------ waiting
 

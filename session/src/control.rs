@@ -33,8 +33,8 @@ const MAX_REQUEST: u64 = 1 << 20;
 /// Most events one non-follow `events` answer carries (page on with `offset`).
 const EVENTS_PAGE: usize = 10_000;
 
-/// What `queue`, `rerun` and `run_test` answer until the pytest plugin can
-/// run more tests in a session.
+/// What `queue` and `rerun` answer until the run's pytest plugin says (with
+/// a `queue_ready` event) that it runs queued tests.
 pub const NOT_SUPPORTED_QUEUE: &str = "queue add/remove and rerun failed are not supported yet: \
 the pytest plugin cannot add tests to a running session. Run them in a new session \
 (`stepkernel run NODEID...`, or stepkernel.client.Job)";
@@ -517,12 +517,53 @@ async fn answer(context: &Context, parsed: &Parsed) -> Result<Value, Refusal> {
             hooks.note_on_error(test.as_deref(), &mode);
             Ok(json!({"message": message, "on_error": mode, "test": test}))
         }
-        "queue" | "rerun" | "run_test" => Err(refuse("not_supported", NOT_SUPPORTED_QUEUE)),
+        "queue" => {
+            let usage = "usage: queue add|remove NODEID...";
+            let (op, nodeids) = match parsed.args.split_first() {
+                Some((op, ids)) if (op == "add" || op == "remove") && !ids.is_empty() => {
+                    (op.clone(), ids.to_vec())
+                }
+                _ => return Err(refuse("bad_args", usage)),
+            };
+            if op == "add" {
+                for id in &nodeids {
+                    find_test(hooks, id)?;
+                }
+            }
+            queue(context, op, nodeids).await
+        }
+        "rerun" => {
+            if parsed.args != ["failed"] {
+                return Err(refuse("bad_args", "usage: rerun failed"));
+            }
+            let failed = hooks.with_live(|live| live.failed_tests());
+            if failed.is_empty() && hooks.with_live(|live| live.queue_ready()) {
+                return Ok(json!({"message": "no test has failed", "queued": []}));
+            }
+            queue(context, "add".into(), failed).await
+        }
         other => Err(refuse(
             "unknown_verb",
             format!("unknown verb {other:?}; \"help\" lists them"),
         )),
     }
+}
+
+/// Sends a queue change once the run's pytest plugin said it takes queued tests.
+async fn queue(context: &Context, op: String, nodeids: Vec<String>) -> Result<Value, Refusal> {
+    if !context.hooks.with_live(|live| live.queue_ready()) {
+        return Err(refuse("not_supported", NOT_SUPPORTED_QUEUE));
+    }
+    let command = SteerCommand::Queue {
+        op,
+        nodeids: nodeids.clone(),
+    };
+    let message = context
+        .steering
+        .send(command)
+        .await
+        .map_err(steer_refusal)?;
+    Ok(json!({"message": message, "queued": nodeids}))
 }
 
 /// The instrumenter's entry for node id `test` (`path::Class::name[param]`).

@@ -45,6 +45,8 @@ pub struct LiveStatus {
     duration_s: Option<f64>,
     exit_code: Option<i64>,
     events: u64,
+    /// The pytest plugin said it runs queued tests (`queue_ready` event).
+    queue_ready: bool,
 }
 
 fn text(event: &Value, key: &str) -> Option<String> {
@@ -74,6 +76,8 @@ impl LiveStatus {
                     .and_then(Value::as_u64)
                     .or(Some(self.tests.len() as u64));
             }
+            // Emitted by a pytest plugin that drains `host.take_queued()` after the selection.
+            "queue_ready" => self.queue_ready = true,
             "test_start" => {
                 let id = text(event, "test").unwrap_or_default();
                 self.entry(&id, "running").status = "running".into();
@@ -178,6 +182,20 @@ impl LiveStatus {
         self.state == "finished"
     }
 
+    /// Whether this run can take more tests (`queue`, `rerun failed`).
+    pub fn queue_ready(&self) -> bool {
+        self.queue_ready && !self.finished()
+    }
+
+    /// The tests that failed, errored or were forced so far, once each.
+    pub fn failed_tests(&self) -> Vec<String> {
+        self.tests
+            .iter()
+            .filter(|t| matches!(t.status.as_str(), "failed" | "error" | "forced"))
+            .map(|t| t.id.clone())
+            .collect()
+    }
+
     fn entry(&mut self, id: &str, status: &str) -> &mut TestEntry {
         let i = match self.index.get(id) {
             Some(i) => *i,
@@ -245,6 +263,8 @@ impl LiveStatus {
             "edits": meta.edits,
             "exit_code": self.exit_code,
             "connection_file": meta.connection_file,
+            "event_count": self.events,
+            "queue_supported": self.queue_ready,
         })
     }
 }
@@ -427,6 +447,22 @@ mod tests {
             .contains("t.py:5"));
         assert_eq!(status["elapsed_s"], 3.0);
         assert_eq!(live.steps_run("t.py::test_a").unwrap().len(), 1);
+        assert_eq!(live.failed_tests(), ["t.py::test_a"]);
         assert_eq!(live.tests_json()["tests"][0]["status"], "failed");
+    }
+
+    #[test]
+    fn queueing_waits_for_the_plugin() {
+        let mut live = LiveStatus::default();
+        live.apply(&json!({"event": "session_start", "time": 1.0}));
+        assert!(!live.queue_ready());
+        live.apply(&json!({"event": "queue_ready"}));
+        assert!(live.queue_ready());
+        assert_eq!(
+            live.to_json(&meta(), Path::new("d"), 2.0)["queue_supported"],
+            true
+        );
+        live.apply(&json!({"event": "summary", "exit_code": 0}));
+        assert!(!live.queue_ready(), "a finished run takes no more tests");
     }
 }

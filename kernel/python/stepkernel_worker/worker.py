@@ -89,6 +89,8 @@ class Worker:
         self.pause_flag = False
         #: ``set on_error`` from the control socket: test id (None: every test) -> mode.
         self.on_error: dict[str | None, str] = {}
+        #: ``queue add`` from the control socket: node ids for the plugin's ``take_queued()``.
+        self.queued: list[str] = []
         self.exit_payload: dict | None = None
         self.pause_at_start = False  # %test: pause before the test body's first step
         self.last_handler = None  # the last paused namespace, kept after a %test ends
@@ -153,6 +155,12 @@ class Worker:
             self.pause_flag = True
         elif kind == "on_error":
             self.on_error[message.get("test")] = message.get("mode", "pause")
+        elif kind == "queue":
+            ids = [str(i) for i in message.get("nodeids") or []]
+            if message.get("op") == "remove":
+                self.queued = [i for i in self.queued if i not in ids]
+            else:
+                self.queued += [i for i in ids if i not in self.queued]
         elif kind == "run":
             self._run_tests(message)
         elif kind == "test":
@@ -385,6 +393,12 @@ class Worker:
                 return "breakpoint"
         return None
 
+    def take_queued(self) -> list[str]:
+        """Node ids queued by a client since the last call (the plugin runs them after its selection)."""
+        self._take_pause_controls()
+        taken, self.queued = self.queued, []
+        return taken
+
     def _error_mode(self, test_id: str | None) -> str:
         """The ``on_error`` a client set for ``test_id`` (a node id, or its base without parameters)."""
         self._take_pause_controls()
@@ -572,7 +586,7 @@ class Worker:
 
 
 def _is_pause_control(message: dict) -> bool:
-    return message.get("type") in ("pause_request", "breakpoints", "on_error")
+    return message.get("type") in ("pause_request", "breakpoints", "on_error", "queue")
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ fn choose(session: Option<&str>, finished_ok: bool) -> anyhow::Result<(PathBuf, 
     }
     if let Some((_, meta)) = latest(session_dir::list(&root), |_| true) {
         anyhow::bail!(
-            "no live stepkernel session in {}: the latest, {}, is {} — nothing to steer              (`stepkernel status` shows how it ended)",
+            "no live stepkernel session in {}: the latest, {}, is {} — nothing to steer (`stepkernel status` shows how it ended)",
             root.display(),
             meta.id,
             meta.shown_state()

@@ -210,6 +210,7 @@ def test_on_error_pause_refused_in_a_fail_run(tmp_path, run_session):
     project, session = start(run_session, tmp_path, "test_g.py", "--on-error", "fail")
     code, answer = ctl(project, "set", "on_error", "pause")
     assert code == 1 and answer["error"]["code"] == "not_supported" and "--on-error fail" in answer["error"]["message"]
+    assert "  " not in answer["error"]["message"]
     gate(project, "gate1")
     gate(project, "gate2")
     assert session.wait_exit() == 1

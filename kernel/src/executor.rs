@@ -360,7 +360,9 @@ impl Executor {
             SteerCommand::OnError { mode, test } => {
                 if mode == "pause" && self.run_on_error != "pause" {
                     return Err(SteerError::Unsupported(format!(
-                        "this run started with --on-error {}: the stepping engine does not stop on                          errors then, so on_error pause cannot be turned on mid-run (start with                          --on-error pause and `set on_error fail` the tests that should not pause)",
+                        "this run started with --on-error {}: the stepping engine does not stop on \
+                         errors then, so on_error pause cannot be turned on mid-run (start with \
+                         --on-error pause and `set on_error fail` the tests that should not pause)",
                         self.run_on_error
                     )));
                 }

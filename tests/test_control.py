@@ -486,3 +486,77 @@ def test_job_that_cannot_start_says_why(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="STEPKERNEL_BIN"):
         Job(tests=["test_g.py"], cwd=project).start()
+
+
+# What the engine's pytest plugin must do for `queue` (it does not yet): this
+# conftest plugin does it from outside, so the Rust side, the worker's
+# take_queued() and the client are checked end to end now. When the engine's
+# plugin does it, drop the conftest and keep the test.
+QUEUE_CONFTEST = '''
+import gc
+
+import pytest
+
+
+def _host():
+    from stepkernel_worker.worker import Worker
+
+    return next(o for o in gc.get_objects() if isinstance(o, Worker))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtestloop(session):
+    host = _host()
+    host.emit({"event": "queue_ready"})
+    result = yield
+    while not session.shouldstop:
+        ids = host.take_queued()
+        if not ids:
+            break
+        items = session.perform_collect(ids)
+        for i, item in enumerate(items):
+            item.ihook.pytest_runtest_protocol(item=item, nextitem=items[i + 1] if i + 1 < len(items) else None)
+    return result
+'''
+
+
+def test_queue_add_runs_an_extra_test_in_the_same_session(tmp_path, run_session):
+    project = write_project(tmp_path / "p", {**GATED, "conftest.py": QUEUE_CONFTEST, "test_extra.py": '''
+        def test_x():
+            value = 40 + 2
+            assert value == 42
+        '''})
+    session = run_session(project, "test_g.py::test_held")
+    wait_for(lambda: ctl(project, "status")[1].get("result", {}).get("queue_supported"), what="queue_ready")
+    code, answer = ctl(project, "queue", "add", "test_extra.py::test_x", "test_g.py::test_one", check=0)
+    assert answer["result"]["queued"] == ["test_extra.py::test_x", "test_g.py::test_one"]
+    ctl(project, "queue", "remove", "test_g.py::test_one", check=0)
+    gate(project, "gate1")
+    assert session.wait_exit() == 0, session.output()
+    report = json.loads((session.session_dir / "report.json").read_text())
+    assert {t["id"]: t["outcome"] for t in report["tests"]} == {"test_g.py::test_held": "passed",
+                                                                "test_extra.py::test_x": "passed"}
+
+
+def test_rerun_failed_and_queue_from_the_python_client(tmp_path):
+    project = write_project(tmp_path / "p", {**GATED, "conftest.py": QUEUE_CONFTEST, "test_extra.py": '''
+        def test_x():
+            assert True
+        '''})
+    job = Job(tests=["test_g.py::test_one", "test_g.py::test_held"], on_error="fail", python=PYTHON, cwd=project,
+              stepkernel=stepkernel_bin(), env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")})
+    session = job.start()
+    try:
+        wait_for(lambda: session.status()["failures"] and session.status()["queue_supported"], what="test_one failed")
+        assert session.rerun_failed() == ["test_g.py::test_one"]
+        assert session.queue(["test_extra.py::test_x"]) == ["test_extra.py::test_x"]
+        with pytest.raises(ControlError) as refused:
+            session.queue(["test_extra.py::test_nope"])
+        assert refused.value.code == "unknown_test"
+        gate(project, "gate1")
+        result = job.wait(timeout=120)
+    finally:
+        job.stop()
+    ran = [t["id"] for t in result.report["tests"]]
+    assert ran == ["test_g.py::test_one", "test_g.py::test_held", "test_g.py::test_one", "test_extra.py::test_x"]
+    assert result.exit_code == 1 and result.outcome("test_extra.py::test_x") == "passed"

@@ -402,6 +402,9 @@ impl RunHooks {
                 text: crate::status::render(&self.status()),
                 html: None,
             }),
+            "queue" | "rerun" if self.with_live(LiveStatus::queue_ready) => Err(format!(
+                "%{name} is not a magic yet: `stepkernel ctl {name} ...` (or stepkernel.client's Session) does it"
+            )),
             "queue" | "rerun" => Err(crate::control::NOT_SUPPORTED_QUEUE.to_string()),
             other => Err(format!("%{other} is not available in this session")),
         }

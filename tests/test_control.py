@@ -560,3 +560,29 @@ def test_rerun_failed_and_queue_from_the_python_client(tmp_path):
     ran = [t["id"] for t in result.report["tests"]]
     assert ran == ["test_g.py::test_one", "test_g.py::test_held", "test_g.py::test_one", "test_extra.py::test_x"]
     assert result.exit_code == 1 and result.outcome("test_extra.py::test_x") == "passed"
+
+
+def test_run_test_queues_one_test_and_waits_for_it(tmp_path):
+    project = write_project(tmp_path / "p", {**GATED, "conftest.py": QUEUE_CONFTEST, "test_extra.py": '''
+        def test_x():
+            assert 6 * 7 == 41
+        '''})
+    job = Job(tests=["test_g.py::test_held"], on_error="fail", python=PYTHON, cwd=project,
+              stepkernel=stepkernel_bin(), env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")})
+    session = job.start()
+    results = []
+    try:
+        wait_for(lambda: session.status()["queue_supported"], what="queue_ready")
+        waiter = threading.Thread(target=lambda: results.append(session.run_test("test_extra.py::test_x")))
+        waiter.start()
+        # the queueing is in events.jsonl: only then let the selected test end
+        wait_for(lambda: any(e["event"] == "queue" for e in session.events()), what="the queue event")
+        gate(project, "gate1")
+        waiter.join(timeout=120)
+        assert job.wait(timeout=120).exit_code == 1
+    finally:
+        job.stop()
+    [result] = results
+    assert result.nodeid == "test_extra.py::test_x" and result.outcome == "failed" and not result.passed
+    [queued] = [e for e in session.events() if e["event"] == "queue"]
+    assert queued["op"] == "add" and queued["nodeids"] == ["test_extra.py::test_x"]

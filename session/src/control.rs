@@ -555,7 +555,7 @@ async fn queue(context: &Context, op: String, nodeids: Vec<String>) -> Result<Va
         return Err(refuse("not_supported", NOT_SUPPORTED_QUEUE));
     }
     let command = SteerCommand::Queue {
-        op,
+        op: op.clone(),
         nodeids: nodeids.clone(),
     };
     let message = context
@@ -563,6 +563,11 @@ async fn queue(context: &Context, op: String, nodeids: Vec<String>) -> Result<Va
         .send(command)
         .await
         .map_err(steer_refusal)?;
+    // On the record: tools following events.jsonl see what was queued, and when.
+    let event =
+        json!({"event": "queue", "op": op, "nodeids": nodeids, "time": crate::status::now()});
+    kernel::session::SessionHooks::on_event(context.hooks.as_ref(), &event);
+    context.hooks.flush_events();
     Ok(json!({"message": message, "queued": nodeids}))
 }
 

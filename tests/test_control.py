@@ -531,6 +531,10 @@ def test_queue_add_runs_an_extra_test_in_the_same_session(tmp_path, run_session)
     code, answer = ctl(project, "queue", "add", "test_extra.py::test_x", "test_g.py::test_one", check=0)
     assert answer["result"]["queued"] == ["test_extra.py::test_x", "test_g.py::test_one"]
     ctl(project, "queue", "remove", "test_g.py::test_one", check=0)
+    from conftest import execute
+
+    reply, _ = execute(session.client(), "%queue add test_extra.py::test_x")
+    assert reply["status"] == "error" and "stepkernel ctl queue" in reply["evalue"]
     gate(project, "gate1")
     assert session.wait_exit() == 0, session.output()
     report = json.loads((session.session_dir / "report.json").read_text())

@@ -9,8 +9,8 @@
 //! Response: `{"v": 1, "id": ANY, "ok": true, "verb": ..., "result": ...}` or
 //! `{"v": 1, "id": ANY, "ok": false, "error": {"code": ..., "message": ...}}`.
 //!
-//! [`protocol`]: request checking; [`socket`]: where the socket lives;
-//! [`verbs`]: what each verb does.
+//! `protocol`: request checking; `socket`: where the socket lives;
+//! `verbs`: what each verb does.
 
 mod protocol;
 mod socket;

@@ -70,9 +70,13 @@ impl Inner {
     /// Writes out the buffered lines of events.jsonl.
     fn flush_events(&mut self) {
         if let Some(file) = self.events.as_mut() {
-            let _ = file.flush();
+            // Followers are woken only by new lines: each of them flushes too,
+            // and waking the others on an empty flush would keep them spinning.
+            if !file.buffer().is_empty() {
+                let _ = file.flush();
+                self.events_written.notify_waiters();
+            }
         }
-        self.events_written.notify_waiters();
     }
 }
 

@@ -309,6 +309,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn followers_are_woken_by_new_lines_only() {
+        use kernel::session::SessionHooks;
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = crate::hooks::SessionContext {
+            id: "s".into(),
+            dir: dir.path().to_path_buf(),
+            rootdir: dir.path().to_path_buf(),
+            patch_root: dir.path().to_path_buf(),
+            base_revision: None,
+            attach: Vec::new(),
+            allow_client_shutdown: false,
+            notebook: true,
+            options: instrumenter::Options::default(),
+            copies: Vec::new(),
+        };
+        let hooks = RunHooks::new(ctx, Default::default(), true);
+        let notify = hooks.events_written();
+        let mut waiter = std::pin::pin!(notify.notified());
+        waiter.as_mut().enable();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        // An empty flush (another follower's) wakes nobody: followers would spin.
+        hooks.flush_events();
+        assert!(std::future::Future::poll(waiter.as_mut(), &mut cx).is_pending());
+        hooks.on_event(&json!({"event": "step_start"}));
+        hooks.flush_events();
+        assert!(std::future::Future::poll(waiter.as_mut(), &mut cx).is_ready());
+    }
+
+    #[test]
     fn reads_whole_event_lines_from_an_offset() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(

@@ -47,11 +47,11 @@ pub const VERBS: &[(&str, &str)] = &[
     ),
     (
         "queue add|remove NODEID...",
-        "not supported yet (needs the pytest plugin)",
+        "run more tests in this session after the selected ones (not supported yet: needs the pytest plugin)",
     ),
     (
         "rerun failed",
-        "not supported yet (needs the pytest plugin)",
+        "queue the tests that failed so far (not supported yet: needs the pytest plugin)",
     ),
     ("help", "this list"),
 ];

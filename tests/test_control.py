@@ -590,3 +590,23 @@ def test_run_test_queues_one_test_and_waits_for_it(tmp_path):
     assert result.nodeid == "test_extra.py::test_x" and result.outcome == "failed" and not result.passed
     [queued] = [e for e in session.events() if e["event"] == "queue"]
     assert queued["op"] == "add" and queued["nodeids"] == ["test_extra.py::test_x"]
+
+
+def test_steps_cli_reports_plan_ids(tmp_path):
+    (tmp_path / "test_plan.py").write_text(
+        "def test_login():\n    # step: log in [TP-101, TP-102]\n    x = 1\n"
+        "    # step: pay [REQ#7]\n    assert x\n"
+    )
+    out = subprocess.run([stepkernel_bin(), "steps", "test_plan.py", "--json"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60)
+    steps = json.loads(out.stdout)["files"][0]["functions"][0]["steps"]
+    assert [(s["name"], s.get("plan_ids")) for s in steps] == [("log in", ["TP-101", "TP-102"]), ("pay [REQ#7]", None)]
+    out = subprocess.run([stepkernel_bin(), "steps", "test_plan.py", "--plan-id", r"REQ#\d+"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert "pay  plan REQ#7" in out.stdout and "log in [TP-101, TP-102]" in out.stdout
+    bad = subprocess.run([stepkernel_bin(), "steps", "test_plan.py", "--plan-id", "("], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "bad plan id regex" in bad.stderr
+    run = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--plan-id", "x*", "test_plan.py"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--plan-id" in run.stderr and "empty id" in run.stderr

@@ -1,5 +1,6 @@
 //! The `stepkernel` command: argument parsing and wiring of the library crates.
 
+mod ctl_cmd;
 mod demo;
 mod install;
 mod kernel_cmd;
@@ -40,6 +41,10 @@ enum Command {
     Install(install::InstallArgs),
     /// List the tests of a file or directory and their steps.
     Steps(steps::StepsArgs),
+    /// Query or steer a session over its control socket (`stepkernel ctl help`).
+    Ctl(ctl_cmd::CtlArgs),
+    /// A session's state: where it is, tests done, counts, failures (live with --follow).
+    Status(ctl_cmd::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -54,6 +59,8 @@ fn main() -> ExitCode {
         Command::Kernel(args) => kernel_cmd::run(args),
         Command::Install(args) => install::run(args),
         Command::Steps(args) => steps::run(args),
+        Command::Ctl(args) => ctl_cmd::ctl(args),
+        Command::Status(args) => ctl_cmd::status(args),
     };
     match result {
         Ok(code) => code,

@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// Regex for step marker comments, with one capture group for the name.
     #[arg(long, value_name = "REGEX")]
     pub step_marker: Option<String>,
+    /// Regex for one test plan id in `# step: NAME [ID, ID]` (default `[A-Z][A-Z0-9_]*-[0-9]+`).
+    #[arg(long, value_name = "REGEX")]
+    pub plan_id: Option<String>,
     /// Less output.
     #[arg(short, long)]
     pub quiet: bool,
@@ -82,6 +85,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ip: args.ip,
         first_port,
         step_marker: args.step_marker,
+        plan_id: args.plan_id,
         quiet: args.quiet,
         allow_client_shutdown: args.allow_client_shutdown,
         external_dir: args.external_dir,

@@ -42,7 +42,7 @@ pub struct ConsoleArgs {
     pub extra: Vec<String>,
 }
 
-fn root() -> anyhow::Result<PathBuf> {
+pub(crate) fn root() -> anyhow::Result<PathBuf> {
     Ok(session_dir::sessions_root(
         &std::env::current_dir().context("cannot read the current directory")?,
     ))
@@ -53,7 +53,7 @@ fn root() -> anyhow::Result<PathBuf> {
 /// Ids and start stamps have one-second resolution, so two runs started in the
 /// same second would otherwise be ordered by the random part of their ids; the
 /// connection file is written once, at start, with a finer timestamp.
-fn start_key(dir: &Path, meta: &SessionMeta) -> (String, SystemTime) {
+pub(crate) fn start_key(dir: &Path, meta: &SessionMeta) -> (String, SystemTime) {
     let written = std::fs::metadata(dir.join("connection.json"))
         .and_then(|m| m.modified())
         .unwrap_or(SystemTime::UNIX_EPOCH);
@@ -74,7 +74,7 @@ fn find_session(root: &Path, id: Option<&str>) -> anyhow::Result<(PathBuf, Sessi
 }
 
 /// The session started last among those `keep` accepts.
-fn latest(
+pub(crate) fn latest(
     sessions: Vec<(PathBuf, SessionMeta)>,
     keep: impl Fn(&SessionMeta) -> bool,
 ) -> Option<(PathBuf, SessionMeta)> {

@@ -18,14 +18,20 @@ pub struct StepsArgs {
     /// Regex for step marker comments, with one capture group for the name.
     #[arg(long)]
     pub step_marker: Option<String>,
+    /// Regex for one test plan id in `# step: NAME [ID, ID]` (default `[A-Z][A-Z0-9_]*-[0-9]+`).
+    #[arg(long, value_name = "REGEX")]
+    pub plan_id: Option<String>,
 }
 
 /// Runs the `steps` subcommand: exit 1 when any file or test has an error.
 pub fn run(args: StepsArgs) -> anyhow::Result<ExitCode> {
-    let opts = match &args.step_marker {
+    let mut opts = match &args.step_marker {
         Some(pattern) => Options::with_step_marker(pattern)?,
         None => Options::default(),
     };
+    if let Some(pattern) = &args.plan_id {
+        opts = opts.with_plan_id(pattern)?;
+    }
     let (path, name) = split_target(&args.target);
     let mut files = instrumenter::instrument_path(&path, &opts)?;
     if let Some(name) = name {
@@ -157,9 +163,14 @@ fn write_step(out: &mut impl Write, step: &Step) -> std::io::Result<()> {
         let names: Vec<&str> = step.flags.iter().map(|f| f.as_str()).collect();
         format!("  [{}]", names.join(", "))
     };
+    let plan = if step.plan_ids.is_empty() {
+        String::new()
+    } else {
+        format!("  plan {}", step.plan_ids.join(", "))
+    };
     writeln!(
         out,
-        "      {:>3}  L{lines:<8} {}{flags}",
+        "      {:>3}  L{lines:<8} {}{flags}{plan}",
         step.index, step.name
     )
 }

@@ -28,6 +28,14 @@ pub enum InstrumentError {
         /// Why it was rejected.
         reason: String,
     },
+    /// The plan id regex is unusable.
+    #[error("bad plan id regex {pattern:?}: {reason}")]
+    BadPlanId {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it was rejected.
+        reason: String,
+    },
     /// No test matches the requested name.
     #[error("no test matches {name:?}{}", suggestions(closest))]
     NoSuchTest {

@@ -31,7 +31,7 @@ mod text;
 mod walk;
 
 pub use error::InstrumentError;
-pub use options::{Options, DEFAULT_END_MARKER, DEFAULT_STEP_MARKER};
+pub use options::{Options, DEFAULT_END_MARKER, DEFAULT_PLAN_ID, DEFAULT_STEP_MARKER};
 pub use report::{
     FileReport, Flag, FunctionReport, Phase, Report, Role, Scope, SourceError, Step, TestKind,
     TestReport,

@@ -7,6 +7,8 @@ use regex::Regex;
 pub const DEFAULT_STEP_MARKER: &str = r"^#\s*step:\s*(.*?)\s*$";
 /// The default end-of-step marker: `# endstep`.
 pub const DEFAULT_END_MARKER: &str = r"^#\s*endstep\b";
+/// The default test plan id: letters, a dash, digits (`TP-101`, `REQ-7`).
+pub const DEFAULT_PLAN_ID: &str = r"[A-Z][A-Z0-9_]*-[0-9]+";
 
 /// Settings for [`crate::instrument_source`] and [`crate::instrument_path`].
 #[derive(Debug, Clone)]
@@ -21,6 +23,9 @@ pub struct Options {
     pub function_prefix: String,
     /// Prefix of pytest test classes (pytest's `python_classes`).
     pub class_prefix: String,
+    /// What one test plan id looks like; a step name ending in `[ID, ID...]`
+    /// where every item matches it (whole) names those plan items.
+    pub plan_id: Regex,
 }
 
 impl Default for Options {
@@ -30,6 +35,7 @@ impl Default for Options {
             end_marker: marker(DEFAULT_END_MARKER),
             function_prefix: "test".to_string(),
             class_prefix: "Test".to_string(),
+            plan_id: marker(DEFAULT_PLAN_ID),
         }
     }
 }
@@ -56,6 +62,48 @@ impl Options {
 }
 
 impl Options {
+    /// These options with another plan id regex (`--plan-id`), checked to
+    /// compile and not to match an empty id.
+    pub fn with_plan_id(mut self, pattern: &str) -> Result<Options, InstrumentError> {
+        let bad = |reason: String| InstrumentError::BadPlanId {
+            pattern: pattern.to_string(),
+            reason,
+        };
+        let plan_id = Regex::new(pattern).map_err(|e| bad(e.to_string()))?;
+        if plan_id.is_match("") {
+            return Err(bad("it matches an empty id".to_string()));
+        }
+        self.plan_id = plan_id;
+        Ok(self)
+    }
+
+    /// Splits a marker's name into the name and the plan ids of a trailing
+    /// `[ID, ID...]`; brackets holding anything else stay in the name
+    /// (`# step: check items[0]`).
+    pub fn split_plan_ids(&self, raw: &str) -> (String, Vec<String>) {
+        let raw = raw.trim();
+        let whole = (raw.to_string(), Vec::new());
+        let Some(inner) = raw.strip_suffix(']') else {
+            return whole;
+        };
+        let Some(open) = inner.rfind('[') else {
+            return whole;
+        };
+        let ids: Vec<String> = inner[open + 1..]
+            .split(',')
+            .map(|id| id.trim().to_string())
+            .collect();
+        let is_id = |id: &String| {
+            self.plan_id
+                .find(id)
+                .is_some_and(|m| m.start() == 0 && m.end() == id.len())
+        };
+        if ids.is_empty() || !ids.iter().all(is_id) {
+            return whole;
+        }
+        (inner[..open].trim_end().to_string(), ids)
+    }
+
     /// Names everything that decides the steps found in a file: this crate's
     /// sources and the options. Equal fingerprints and equal file contents
     /// give equal reports, so step data cached under one stays valid.
@@ -66,6 +114,7 @@ impl Options {
             self.end_marker.as_str(),
             &self.function_prefix,
             &self.class_prefix,
+            self.plan_id.as_str(),
         ];
         for part in parts {
             for byte in part.bytes().chain([0u8]) {
@@ -106,6 +155,50 @@ mod tests {
         assert!(o.end_marker.is_match("# endstep"));
         assert!(!o.end_marker.is_match("# endsteps"));
         assert!(!o.step_marker.is_match("# steps: x"));
+    }
+
+    #[test]
+    fn plan_ids_are_split_off_step_names() {
+        let o = Options::default();
+        assert_eq!(
+            o.split_plan_ids("log in [TP-101, TP-102]"),
+            (
+                "log in".to_string(),
+                vec!["TP-101".to_string(), "TP-102".to_string()]
+            )
+        );
+        assert_eq!(
+            o.split_plan_ids("[TP-7]"),
+            (String::new(), vec!["TP-7".to_string()])
+        );
+        // Brackets that are not all plan ids belong to the name.
+        for name in [
+            "check items[0]",
+            "mixed [TP-1, later]",
+            "empty []",
+            "log in",
+        ] {
+            assert_eq!(
+                o.split_plan_ids(name),
+                (name.to_string(), Vec::new()),
+                "{name}"
+            );
+        }
+        let custom = Options::default().with_plan_id(r"#\d+").unwrap();
+        assert_eq!(
+            custom.split_plan_ids("pay [#12]").1,
+            vec!["#12".to_string()]
+        );
+        assert!(custom.split_plan_ids("pay [TP-1]").1.is_empty());
+        assert_ne!(custom.fingerprint(), o.fingerprint());
+        assert!(matches!(
+            Options::default().with_plan_id(r"\d*"),
+            Err(InstrumentError::BadPlanId { .. })
+        ));
+        assert!(matches!(
+            Options::default().with_plan_id(r"(x"),
+            Err(InstrumentError::BadPlanId { .. })
+        ));
     }
 
     #[test]

@@ -235,6 +235,9 @@ pub struct Step {
     pub indent: String,
     /// 1-based line of the `# step:` comment that named this step.
     pub marker_line: Option<usize>,
+    /// Test plan items the marker names (`# step: log in [TP-101, TP-102]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plan_ids: Vec<String>,
     /// What the step contains that changes how it is run.
     pub flags: Vec<Flag>,
 }

@@ -26,7 +26,7 @@ pub(crate) struct Split {
 enum Item<'t> {
     Statement(Node<'t>, FlagSet),
     /// A `# step:` comment on its own line, with its name and 1-based line.
-    Marker(Option<String>, usize),
+    Marker(Option<String>, Vec<String>, usize),
     /// An `# endstep` comment on its own line.
     End,
     /// A comment that follows code on its line.
@@ -36,6 +36,7 @@ enum Item<'t> {
 /// Statements being gathered into one step.
 struct Run<'t> {
     name: Option<String>,
+    plan_ids: Vec<String>,
     marker_line: Option<usize>,
     first: Option<Node<'t>>,
     end_byte: usize,
@@ -47,6 +48,7 @@ impl<'t> Run<'t> {
     fn new(name: Option<String>, marker_line: Option<usize>) -> Run<'t> {
         Run {
             name,
+            plan_ids: Vec::new(),
             marker_line,
             first: None,
             end_byte: 0,
@@ -129,14 +131,10 @@ pub(crate) fn split(func: Node<'_>, src: &str, opts: &Options) -> Split {
                 }
                 run.add(node, flags, statement_end(node, src, k));
             }
-            Item::Marker(name, line) if mode == Mode::Markers => {
-                finish(
-                    &mut run,
-                    Run::new(name, Some(line)),
-                    src,
-                    indent,
-                    &mut steps,
-                );
+            Item::Marker(name, plan_ids, line) if mode == Mode::Markers => {
+                let mut next = Run::new(name, Some(line));
+                next.plan_ids = plan_ids;
+                finish(&mut run, next, src, indent, &mut steps);
             }
             Item::End if mode == Mode::Markers => {
                 finish(&mut run, Run::new(None, None), src, indent, &mut steps);
@@ -220,6 +218,7 @@ fn finish<'t>(run: &mut Run<'t>, next: Run<'t>, src: &str, indent: &str, steps: 
         source: source.to_string(),
         indent: indent.to_string(),
         marker_line: done.marker_line,
+        plan_ids: done.plan_ids,
         flags: flag_list(done.flags),
     });
 }
@@ -279,12 +278,9 @@ fn push_comment<'t>(comment: Node<'t>, src: &str, opts: &Options, items: &mut Ve
     if opts.end_marker.is_match(body) {
         items.push(Item::End);
     } else if let Some(caps) = opts.step_marker.captures(body) {
-        let name = caps
-            .get(1)
-            .map(|m| m.as_str().trim())
-            .filter(|name| !name.is_empty())
-            .map(str::to_string);
-        items.push(Item::Marker(name, start.row + 1));
+        let (name, plan_ids) = opts.split_plan_ids(caps.get(1).map_or("", |m| m.as_str()));
+        let name = Some(name).filter(|name| !name.is_empty());
+        items.push(Item::Marker(name, plan_ids, start.row + 1));
     }
 }
 

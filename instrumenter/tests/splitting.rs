@@ -307,3 +307,39 @@ fn comment_lines_after_a_compound_statement_are_not_part_of_it() {
     assert_eq!(steps[0].end_line, 4);
     check_invariants(src.as_bytes(), &f);
 }
+
+#[test]
+fn step_markers_name_plan_items_in_the_json_report() {
+    let src = "def test_login():\n    # step: open the page [TP-101]\n    page = 1\n    # step: log in [TP-101, TP-102]\n    user = page\n    # step: check items[0]\n    assert user\n";
+    let f = report(src);
+    let steps = body(&f, "test_login");
+    assert_eq!(names(steps), ["open the page", "log in", "check items[0]"]);
+    let ids: Vec<Vec<String>> = steps.iter().map(|s| s.plan_ids.clone()).collect();
+    assert_eq!(
+        ids,
+        [
+            vec!["TP-101".to_string()],
+            vec!["TP-101".into(), "TP-102".into()],
+            vec![]
+        ]
+    );
+    let json = serde_json::to_value(&f).unwrap();
+    let step = &json["functions"][0]["steps"][1];
+    assert_eq!(step["plan_ids"], serde_json::json!(["TP-101", "TP-102"]));
+    // No ids: no key, so reports without plans stay as they were.
+    assert!(json["functions"][0]["steps"][2].get("plan_ids").is_none());
+    check_invariants(src.as_bytes(), &f);
+}
+
+#[test]
+fn the_plan_id_pattern_is_configurable() {
+    let src = "def test_a():\n    # step: pay [REQ#12, REQ#13]\n    x = 1\n    # step: refund [TP-1]\n    y = 2\n";
+    let opts = Options::default().with_plan_id(r"REQ#\d+").unwrap();
+    let f = instrument_source("t.py", src.as_bytes(), &opts);
+    let steps = &f.functions[0].steps;
+    assert_eq!(steps[0].name, "pay");
+    assert_eq!(steps[0].plan_ids, ["REQ#12", "REQ#13"]);
+    // TP-1 is not an id under this pattern: the brackets stay in the name.
+    assert_eq!(steps[1].name, "refund [TP-1]");
+    assert!(steps[1].plan_ids.is_empty());
+}

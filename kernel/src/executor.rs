@@ -8,6 +8,7 @@
 
 use crate::magics::{self, Magic};
 use crate::server::{log, send_router, Shared};
+use crate::steer::{self, SteerCommand, SteerError};
 use crate::wire::Message;
 use crate::worker::{StreamName, TaggedEvent, Worker, WorkerConfig, WorkerEvent};
 use serde_json::{json, Value};
@@ -40,8 +41,13 @@ pub enum Control {
     Shutdown(Message),
     /// SIGTERM: leave cleanly.
     Terminate,
-    /// A message to pass to the worker at once (`%pause`, breakpoints).
+    /// A message to pass to the worker at once (`%pause`).
     Forward(Value),
+    /// A steering command (control socket, `%break`, `%set`), answered on the sender.
+    Steer(
+        SteerCommand,
+        tokio::sync::oneshot::Sender<Result<String, SteerError>>,
+    ),
 }
 
 /// What kind of request is in flight.
@@ -99,6 +105,13 @@ pub struct Executor {
     finished: bool,
     /// The display id of the progress display already shown for the running request.
     progress_shown: Option<String>,
+    /// A steering client's resume was sent and the worker has not paused since:
+    /// a second resume would be read at the next pause and skip it.
+    resume_sent: bool,
+    /// The breakpoints the worker has (it takes the whole list each time).
+    breakpoints: Vec<Value>,
+    /// The run's `--on-error` (the engine pauses only when it is `pause`).
+    run_on_error: String,
 }
 
 /// The first worker, started before the executor exists (so its interpreter
@@ -167,6 +180,9 @@ impl Executor {
             deferred: VecDeque::new(),
             finished: false,
             progress_shown: None,
+            resume_sent: false,
+            breakpoints: Vec::new(),
+            run_on_error: "pause".into(),
         }
     }
 
@@ -178,6 +194,9 @@ impl Executor {
     pub async fn run(mut self) {
         self.shared.status(None, "starting");
         if let Some(mut run) = self.run.take() {
+            if let Some(mode) = run.get("on_error").and_then(Value::as_str) {
+                self.run_on_error = mode.to_string();
+            }
             run["type"] = json!("run");
             run["id"] = json!(RUN_ID);
             run["steps_fingerprint"] = json!(self.steps_fingerprint());
@@ -276,7 +295,100 @@ impl Executor {
                 false
             }
             Control::Shutdown(msg) => self.on_shutdown(msg, true).await,
+            Control::Steer(command, reply) => {
+                let answer = self.steer(command).await;
+                let _ = reply.send(answer);
+                false
+            }
         }
+    }
+
+    /// One steering command: checked against the run's state, then sent to
+    /// the worker as the matching magic would send it.
+    async fn steer(&mut self, command: SteerCommand) -> Result<String, SteerError> {
+        let state = self.shared.run_state.lock().expect("state").state.clone();
+        // Breakpoints and on_error may be set between runs (a notebook's `%test`s).
+        let between_runs =
+            matches!(command, SteerCommand::Resume(_) | SteerCommand::Pause) && state == "finished";
+        if between_runs {
+            return Err(SteerError::State("the run has finished".into()));
+        }
+        let message = match command {
+            SteerCommand::Resume(action) => {
+                if !steer::RESUME_ACTIONS.contains(&action.as_str()) {
+                    return Err(SteerError::State(format!(
+                        "{action:?} is not a resume action"
+                    )));
+                }
+                if self.resume_sent || !self.paused() {
+                    let now = self.shared.run_state.lock().expect("state").where_text();
+                    return Err(SteerError::State(format!(
+                        "{action} works while a test is paused; {now}"
+                    )));
+                }
+                if self.inflight.is_some() {
+                    return Err(SteerError::State(format!(
+                        "a client's request is running in the paused test; {action} once it has finished"
+                    )));
+                }
+                self.resume_sent = true;
+                // id 0: the worker's reply (at the next pause or the end) answers nobody.
+                json!({"type": "resume", "id": 0, "action": action, "execution_count": self.count()})
+            }
+            SteerCommand::Pause => {
+                if self.paused() && !self.resume_sent {
+                    return Err(SteerError::State(format!(
+                        "already paused: {}",
+                        self.shared.run_state.lock().expect("state").where_text()
+                    )));
+                }
+                json!({"type": "pause_request"})
+            }
+            SteerCommand::AddBreakpoint(item) => {
+                if !self.breakpoints.contains(&item) {
+                    self.breakpoints.push(item);
+                }
+                json!({"type": "breakpoints", "items": self.breakpoints})
+            }
+            SteerCommand::SetBreakpoints(items) => {
+                self.breakpoints = items;
+                json!({"type": "breakpoints", "items": self.breakpoints})
+            }
+            SteerCommand::Queue { op, nodeids } => {
+                json!({"type": "queue", "op": op, "nodeids": nodeids})
+            }
+            SteerCommand::OnError { mode, test } => {
+                if mode == "pause" && self.run_on_error != "pause" {
+                    return Err(SteerError::Unsupported(format!(
+                        "this run started with --on-error {}: the stepping engine does not stop on \
+                         errors then, so on_error pause cannot be turned on mid-run (start with \
+                         --on-error pause and `set on_error fail` the tests that should not pause)",
+                        self.run_on_error
+                    )));
+                }
+                steer::on_error_message(&mode, test.as_deref())
+            }
+        };
+        let kind = message["type"].as_str().unwrap_or("").to_string();
+        self.worker
+            .send(&message)
+            .await
+            .map_err(|err| SteerError::State(format!("the worker is gone: {err}")))?;
+        Ok(match kind.as_str() {
+            "resume" => format!("{} sent", message["action"].as_str().unwrap_or("")),
+            "pause_request" => "the run will pause before its next step".into(),
+            "breakpoints" => format!("{} breakpoint(s) set", self.breakpoints.len()),
+            "queue" => format!(
+                "{} test(s) {}",
+                message["nodeids"].as_array().map_or(0, Vec::len),
+                if message["op"] == "add" {
+                    "queued"
+                } else {
+                    "taken off the queue"
+                }
+            ),
+            _ => "on_error set (from the next step on)".into(),
+        })
     }
 
     async fn on_shutdown(&mut self, msg: Message, on_control: bool) -> bool {
@@ -472,7 +584,7 @@ impl Executor {
         let paused = self.paused();
         match magic {
             Magic::Resume(action) => {
-                if !paused {
+                if !paused || self.resume_sent {
                     return Err(format!(
                         "%{action} works while a test is paused; {}",
                         self.shared.run_state.lock().expect("state").where_text()
@@ -694,6 +806,7 @@ impl Executor {
                     state.paused = Some(info.clone());
                     state.state = "paused".into();
                 }
+                self.resume_sent = false;
                 if let Some(hooks) = &self.shared.hooks {
                     hooks.on_paused(&info);
                 }

@@ -4,6 +4,7 @@
 //! - [`server`]: binding the channels and serving them;
 //! - [`executor`]: running requests against the worker;
 //! - [`worker`]: the Python worker process and its private protocol;
+//! - [`steer`]: steering a run from outside the Jupyter channels;
 //! - [`event_ring`]: shared memory carrying the worker's progress events;
 //! - [`assets`]: the embedded Python package.
 
@@ -15,6 +16,7 @@ pub mod magics;
 pub mod server;
 pub mod session;
 pub mod signing;
+pub mod steer;
 pub mod stream_splitter;
 pub mod wire;
 pub mod worker;

@@ -30,6 +30,8 @@ pub enum Magic {
     Clear,
     /// `%pause`: pause at the next step boundary.
     Pause,
+    /// `%set on_error pause|fail [TEST]`.
+    Set(String),
     /// `%diff`, `%patch ...`, `%apply`, `%tests PATH`, `%test NODEID`, `%locals`: handled by the session.
     Session {
         /// The magic's name.
@@ -87,6 +89,14 @@ pub const HELP: &[(&str, &str)] = &[
     ("%break N [N ...]", "pause before step N of each test"),
     ("%clear", "remove all breakpoints"),
     ("%pause", "(while running) pause at the next step boundary"),
+    (
+        "%set on_error pause|fail [TEST]",
+        "pause or fail on errors from now on (every test, or one)",
+    ),
+    (
+        "%status",
+        "the run: state, where, tests done, counts, failures so far",
+    ),
     ("%diff", "show the session's edits as a unified diff"),
     (
         "%patch [FILE] [-m MESSAGE]",
@@ -102,7 +112,9 @@ pub const HELP: &[(&str, &str)] = &[
     ("%help [MAGIC]", "this help; `%MAGIC?` works too"),
 ];
 
-const SESSION_MAGICS: &[&str] = &["diff", "patch", "apply", "tests", "test", "locals"];
+const SESSION_MAGICS: &[&str] = &[
+    "diff", "patch", "apply", "tests", "test", "locals", "status", "queue", "rerun",
+];
 
 /// Parses `code` as a magic; None when it is plain Python.
 pub fn parse(code: &str) -> Option<Magic> {
@@ -158,6 +170,7 @@ pub fn parse(code: &str) -> Option<Magic> {
         "abort" => Magic::Resume("abort"),
         "pause" => Magic::Pause,
         "clear" => Magic::Clear,
+        "set" => Magic::Set(args.trim().to_string()),
         "help" => Magic::Help(
             Some(args.trim().trim_start_matches('%').to_string()).filter(|s| !s.is_empty()),
         ),

@@ -9,6 +9,7 @@ use crate::executor::{Control, Executor, Request, StartedWorker};
 use crate::magics::{self, Magic};
 use crate::session::{RunState, SessionHooks};
 use crate::signing::Signer;
+use crate::steer::{SteerCommand, Steering};
 use crate::wire::{new_header, Message};
 use crate::worker::WorkerConfig;
 use bytes::Bytes;
@@ -105,6 +106,9 @@ pub struct BoundKernel {
     run: Option<Value>,
     /// The first worker, started by `bind`.
     started: StartedWorker,
+    /// The executor's control queue (made at bind, so steering handles exist before `serve`).
+    control_tx: mpsc::UnboundedSender<Control>,
+    control_rx: mpsc::UnboundedReceiver<Control>,
     shell: zeromq::RouterSocket,
     control: zeromq::RouterSocket,
     stdin: zeromq::RouterSocket,
@@ -166,7 +170,10 @@ impl BoundKernel {
         bind(&mut stdin, &mut info, Channel::Stdin).await?;
         bind(&mut iopub, &mut info, Channel::IoPub).await?;
         bind(&mut heartbeat, &mut info, Channel::Heartbeat).await?;
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         Ok(BoundKernel {
+            control_tx,
+            control_rx,
             connection: info,
             worker: options.worker,
             hooks: options.hooks,
@@ -178,6 +185,13 @@ impl BoundKernel {
             iopub,
             heartbeat,
         })
+    }
+
+    /// A handle steering this kernel's run from outside the Jupyter channels.
+    pub fn steering(&self) -> Steering {
+        Steering {
+            tx: self.control_tx.clone(),
+        }
     }
 
     /// Sets the session hooks (after binding, once the ports are known).
@@ -208,7 +222,7 @@ impl BoundKernel {
         let (control_send, control_recv) = self.control.split();
         let (stdin_send, stdin_recv) = self.stdin.split();
         let (request_tx, request_rx) = mpsc::unbounded_channel();
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let (control_tx, control_rx) = (self.control_tx, self.control_rx);
         let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
 
         tokio::spawn(shell_task(
@@ -447,19 +461,24 @@ async fn answer_magic_now(
                 .iter()
                 .map(|s| json!({"test": null, "phase": null, "step": s}))
                 .collect();
-            let _ = control.send(Control::Forward(
-                json!({"type": "breakpoints", "items": items}),
-            ));
-            Ok((
-                format!("Breakpoints before step(s) {steps:?} of every test."),
-                None,
-            ))
+            steer_now(control, SteerCommand::SetBreakpoints(items))
+                .await
+                .map(|_| {
+                    (
+                        format!("Breakpoints before step(s) {steps:?} of every test."),
+                        None,
+                    )
+                })
         }
-        Magic::Clear => {
-            let _ = control.send(Control::Forward(
-                json!({"type": "breakpoints", "items": []}),
-            ));
-            Ok(("Breakpoints cleared.".into(), None))
+        Magic::Clear => steer_now(control, SteerCommand::SetBreakpoints(Vec::new()))
+            .await
+            .map(|_| ("Breakpoints cleared.".into(), None)),
+        Magic::Set(args) => {
+            let words: Vec<&str> = args.split_whitespace().collect();
+            match crate::steer::parse_on_error(&words) {
+                Ok(command) => steer_now(control, command).await.map(|text| (text, None)),
+                Err(why) => Err(("UsageError".into(), why)),
+            }
         }
         Magic::Unknown(name) => Err((
             "UnknownMagic".into(),
@@ -537,6 +556,20 @@ async fn answer_magic_now(
     send_router(send, &reply, &shared.signer).await;
     shared.status(Some(msg), "idle");
     true
+}
+
+/// Sends a steering command to the executor and waits for its answer.
+async fn steer_now(
+    control: &mpsc::UnboundedSender<Control>,
+    command: SteerCommand,
+) -> Result<String, (String, String)> {
+    let steering = Steering {
+        tx: control.clone(),
+    };
+    steering
+        .send(command)
+        .await
+        .map_err(|err| ("SteerError".to_string(), err.to_string()))
 }
 
 fn history_reply(shared: &Shared, content: &Value) -> Value {

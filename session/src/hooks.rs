@@ -4,6 +4,7 @@
 use crate::patches;
 use crate::report::Report;
 use crate::session_dir::SessionMeta;
+use crate::status::LiveStatus;
 use crate::terminal::Terminal;
 use instrumenter::Options;
 use kernel::session::{MagicOutput, SessionHooks};
@@ -59,13 +60,22 @@ struct Inner {
     meta_saved: Instant,
     applied: bool,
     exit_code: Option<i32>,
+    /// What the control socket's `status` answers.
+    live: LiveStatus,
+    /// Woken when events.jsonl was written out (control socket followers).
+    events_written: Arc<tokio::sync::Notify>,
 }
 
 impl Inner {
     /// Writes out the buffered lines of events.jsonl.
     fn flush_events(&mut self) {
         if let Some(file) = self.events.as_mut() {
-            let _ = file.flush();
+            // Followers are woken only by new lines: each of them flushes too,
+            // and waking the others on an empty flush would keep them spinning.
+            if !file.buffer().is_empty() {
+                let _ = file.flush();
+                self.events_written.notify_waiters();
+            }
         }
     }
 }
@@ -101,6 +111,8 @@ impl RunHooks {
                 meta_saved: Instant::now(),
                 applied: false,
                 exit_code: None,
+                live: LiveStatus::default(),
+                events_written: Arc::new(tokio::sync::Notify::new()),
             }),
             started: Instant::now(),
             prefetched: Mutex::new(HashMap::new()),
@@ -169,6 +181,39 @@ impl RunHooks {
     /// The exit code once the run ended.
     pub fn exit_code(&self) -> Option<i32> {
         self.lock().exit_code
+    }
+
+    /// The session's fixed facts.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The control socket's `status` answer.
+    pub fn status(&self) -> Value {
+        let inner = self.lock();
+        inner
+            .live
+            .to_json(&inner.meta, &self.ctx.dir, crate::status::now())
+    }
+
+    /// Reads the live run state.
+    pub fn with_live<R>(&self, read: impl FnOnce(&LiveStatus) -> R) -> R {
+        read(&self.lock().live)
+    }
+
+    /// Records a `set on_error` the worker accepted (shown by `status`).
+    pub fn note_on_error(&self, test: Option<&str>, mode: &str) {
+        self.lock().live.set_on_error(test, mode);
+    }
+
+    /// Writes out buffered events now (before events.jsonl is read).
+    pub fn flush_events(&self) {
+        self.lock().flush_events();
+    }
+
+    /// Woken each time events.jsonl has been written out.
+    pub fn events_written(&self) -> Arc<tokio::sync::Notify> {
+        self.lock().events_written.clone()
     }
 
     /// Prints a line on the terminal (not in a notebook kernel: no one reads its stdout).
@@ -357,6 +402,14 @@ impl RunHooks {
                     .map_err(|e| e.to_string())?;
                 Ok(crate::listing::tests_table(&files))
             }
+            "status" => Ok(MagicOutput {
+                text: crate::status::render(&self.status()),
+                html: None,
+            }),
+            "queue" | "rerun" if self.with_live(LiveStatus::queue_ready) => Err(format!(
+                "%{name} is not a magic yet: `stepkernel ctl {name} ...` (or stepkernel.client's Session) does it"
+            )),
+            "queue" | "rerun" => Err(crate::control::NOT_SUPPORTED_QUEUE.to_string()),
             other => Err(format!("%{other} is not available in this session")),
         }
     }
@@ -385,6 +438,7 @@ impl RunHooks {
         inner.meta.state = "finished".into();
         inner.meta.paused_at = None;
         inner.meta.exit_code = Some(final_code);
+        inner.live.finish(final_code);
         self.save_meta(&inner);
         let mut extra = vec![format!(
             "session {} in {}",
@@ -473,6 +527,7 @@ impl SessionHooks for RunHooks {
             let _ = file.write_all(&line);
         }
         inner.report.add(&event);
+        inner.live.apply(&event);
         inner.terminal.event(&event);
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         match kind {
@@ -499,6 +554,7 @@ impl SessionHooks for RunHooks {
         inner.flush_events();
         inner.last_pause = Some(info.clone());
         inner.report.add_pause_info(info);
+        inner.live.set_paused(info);
         let source = Self::step_source(&inner, info);
         if !self.ctx.notebook {
             inner

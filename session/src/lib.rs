@@ -5,13 +5,18 @@
 //! - [`session_dir`]: `.stepkernel/sessions/<id>/` and `session.json`;
 //! - [`report`]: `report.json`; [`terminal`]: progress and pause banners;
 //! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
-//! - [`attach`]: connection file copies where Jupyter clients look.
+//! - [`attach`]: connection file copies where Jupyter clients look;
+//! - [`control`]: the control socket (`control.sock`); [`control_client`]: talking to it;
+//! - [`status`]: what `status` answers, live or from a session's files.
 
 pub mod attach;
+pub mod control;
+pub mod control_client;
 pub mod hooks;
 pub mod listing;
 pub mod patches;
 pub mod report;
 pub mod run;
 pub mod session_dir;
+pub mod status;
 pub mod terminal;

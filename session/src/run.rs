@@ -1,6 +1,7 @@
 //! `stepkernel run`: start a kernel whose worker runs the tests step by step.
 
 use crate::attach;
+use crate::control::ControlServer;
 use crate::hooks::{RunHooks, SessionContext};
 use crate::session_dir::{self, SessionMeta};
 use instrumenter::Options;
@@ -34,6 +35,8 @@ pub struct RunOptions {
     pub first_port: Option<u16>,
     /// Custom step marker regex.
     pub step_marker: Option<String>,
+    /// Custom plan id regex.
+    pub plan_id: Option<String>,
     /// Less output.
     pub quiet: bool,
     /// Let a client's shutdown_request end the session.
@@ -105,6 +108,7 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
         }
     }
     for name in [
+        crate::control::SOCKET_NAME,
         "events.jsonl",
         "journal.jsonl",
         "report.json",
@@ -159,6 +163,12 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         Some(pattern) => Options::with_step_marker(pattern)
             .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
         None => Options::default(),
+    };
+    let options = match &opts.plan_id {
+        Some(pattern) => options
+            .with_plan_id(pattern)
+            .map_err(|e| RunError::Usage(format!("--plan-id: {e}")))?,
+        None => options,
     };
     let id = session_dir::new_id();
     let dir = opts
@@ -283,8 +293,19 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
         }
         hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets));
+        let control = match ControlServer::start(hooks.clone(), bound.steering()) {
+            Ok(control) => Some(control),
+            Err(err) => {
+                hooks.say(&format!("stepkernel: no control socket ({err}); `stepkernel ctl` cannot steer this run"));
+                None
+            }
+        };
         bound.set_hooks(hooks.clone());
-        bound.serve().await?;
+        let served = bound.serve().await;
+        if let Some(control) = control {
+            control.close().await;
+        }
+        served?;
         Ok(hooks.exit_code().unwrap_or(3))
     })
 }

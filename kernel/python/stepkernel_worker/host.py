@@ -119,6 +119,14 @@ class Host(Protocol):
         ``pause`` runs.
         """
 
+    def take_queued(self) -> list[str]:
+        """Optional: node ids a client queued (``queue add``) since the last call, to run
+        in this session after the selected tests. A plugin that drains it emits a
+        ``queue_ready`` event first (before that the control socket refuses ``queue``)
+        and calls it after the last selected item, again after each queued test, until
+        it returns nothing; the queued tests report ``test_start``/``test_finish``
+        like the others."""
+
     def should_pause_before(self, test_id: str, phase: str, step: int) -> str | None:
         """Non-blocking, called before every step: a reason to pause before it
         (``"breakpoint"``, ``"pause"`` after ``%pause``, ``"next"`` after ``%next``),

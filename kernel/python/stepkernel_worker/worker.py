@@ -87,6 +87,10 @@ class Worker:
         self.pending_resume: dict | None = None
         self.breakpoints: list[dict] = []
         self.pause_flag = False
+        #: ``set on_error`` from the control socket: test id (None: every test) -> mode.
+        self.on_error: dict[str | None, str] = {}
+        #: ``queue add`` from the control socket: node ids for the plugin's ``take_queued()``.
+        self.queued: list[str] = []
         self.exit_payload: dict | None = None
         self.pause_at_start = False  # %test: pause before the test body's first step
         self.last_handler = None  # the last paused namespace, kept after a %test ends
@@ -150,6 +154,14 @@ class Worker:
             self.breakpoints = message.get("items", [])
         elif kind == "pause_request":
             self.pause_flag = True
+        elif kind == "on_error":
+            self.on_error[message.get("test")] = message.get("mode", "pause")
+        elif kind == "queue":
+            ids = [str(i) for i in message.get("nodeids") or []]
+            if message.get("op") == "remove":
+                self.queued = [i for i in self.queued if i not in ids]
+            else:
+                self.queued += [i for i in ids if i not in self.queued]
         elif kind == "run":
             self._run_tests(message)
         elif kind == "test":
@@ -385,13 +397,8 @@ class Worker:
         return reply.get("report") or {}
 
     def poll_control(self) -> None:
-        """Handle ``%pause`` and ``%break`` requests that arrived while a test runs."""
-        self.channel.poll()
-        while self.channel.has_pending():
-            message = self.channel.take_pending(_is_pause_control)
-            if message is None:
-                break
-            self.dispatch(message)
+        """Handle ``%pause``, ``%break`` and control-socket requests that arrived while a test runs."""
+        self._take_pause_controls()
 
     def wants_step_boundaries(self) -> bool:
         """Whether a pause may be due at some step boundary (the engine then looks at each)."""
@@ -411,8 +418,37 @@ class Worker:
                 return "breakpoint"
         return None
 
+    def take_queued(self) -> list[str]:
+        """Node ids queued by a client since the last call (the plugin runs them after its selection)."""
+        self._take_pause_controls()
+        taken, self.queued = self.queued, []
+        return taken
+
+    def _error_mode(self, test_id: str | None) -> str:
+        """The ``on_error`` a client set for ``test_id`` (a node id, or its base without parameters)."""
+        self._take_pause_controls()
+        base = (test_id or "").split("[", 1)[0]
+        for key in (test_id, base, None):
+            if key in self.on_error:
+                return self.on_error[key]
+        return "pause"
+
+    def _take_pause_controls(self) -> None:
+        self.channel.poll()
+        self._take_pause_controls_pending()
+
+    def _take_pause_controls_pending(self) -> None:
+        while self.channel.has_pending():
+            message = self.channel.take_pending(_is_pause_control)
+            if message is None:
+                break
+            self.dispatch(message)
+
     def pause(self, handler, info: dict) -> dict:
         """Serve requests in the paused test's namespace until a resume command."""
+        if info.get("error") is not None and info.get("reason") == "error" and self._error_mode(info.get("test")) == "fail":
+            # `set on_error fail`: the error stands at once, as %fail would make it.
+            return {"action": "fail", "reason": "on_error fail"}
         previous = self.handler
         self.handler = self.last_handler = handler
         outer_executing, self.executing = self.executing, False
@@ -586,7 +622,7 @@ class Worker:
 
 
 def _is_pause_control(message: dict) -> bool:
-    return message.get("type") in ("pause_request", "breakpoints")
+    return message.get("type") in ("pause_request", "breakpoints", "on_error", "queue")
 
 
 def main() -> None:

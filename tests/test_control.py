@@ -20,7 +20,7 @@ from conftest import PYTHON, ROOT, stepkernel_bin, wait_for, write_project
 
 sys.path.insert(0, str(ROOT / "python"))
 
-from stepkernel.client import ControlError, Job, NotSupported, Session, SessionEnded  # noqa: E402
+from stepkernel.client import ControlError, Job, Session, SessionEnded  # noqa: E402
 
 GATED = {
     "test_g.py": '''
@@ -130,11 +130,13 @@ def test_status_of_running_then_paused_session(tmp_path, run_session):
     project, session = start(run_session, tmp_path, "test_g.py")
     sock = session.session_dir / "control.sock"
     assert oct(os.stat(sock).st_mode & 0o777) == "0o600"  # (through the symlink of a deep directory)
-    wait_for(lambda: (status_json(project)[0].get("running") or {}).get("index") == 0, what="test_held running")
+    # Passing steps report nothing (they cost nothing): a running test is known, its step is not.
+    wait_for(lambda: (status_json(project)[0].get("running") or {}).get("test") == "test_g.py::test_held",
+             what="test_held running")
     status, _ = status_json(project)
     assert status["state"] == "running"
     assert status["running"]["test"] == "test_g.py::test_held"
-    assert status["running"]["line"] == 14 and status["running"]["file"] == "test_g.py"
+    assert status["running"]["file"] == "test_g.py"
     assert status["done"] == 0 and status["paused"] is None
     gate(project, "gate1")
     session.wait_paused()
@@ -145,7 +147,7 @@ def test_status_of_running_then_paused_session(tmp_path, run_session):
     assert status["paused"]["error"].startswith("AssertionError")
     assert status["done"] == 1 and status["counts"] == {"passed": 1}
     text = subprocess.run([stepkernel_bin(), "status", where(project)], capture_output=True, text=True, timeout=60)
-    assert "paused: 1/? tests done (1 passed)" in text.stdout
+    assert "paused: 1/4 tests done (1 passed)" in text.stdout
     assert "paused (error): test_g.py::test_one step 1 (assert x == 2)" in text.stdout
     assert "error: AssertionError: assert 1 == 2" in text.stdout
     # fail it: the failure (with pytest's report text) is in the next status
@@ -166,7 +168,8 @@ def test_status_of_running_then_paused_session(tmp_path, run_session):
 
 def test_ctl_pause_stops_at_the_next_step(tmp_path, run_session):
     project, session = start(run_session, tmp_path, "test_g.py")
-    wait_for(lambda: (status_json(project)[0].get("running") or {}).get("index") == 0, what="test_held running")
+    wait_for(lambda: (status_json(project)[0].get("running") or {}).get("test") == "test_g.py::test_held",
+             what="test_held running")
     code, answer = ctl(project, "pause", check=0)
     assert "next step" in answer["result"]["message"]
     gate(project, "gate1")
@@ -194,8 +197,8 @@ def test_set_on_error_fail_for_one_test(tmp_path, run_session):
     status, _ = status_json(project)
     assert [f["test"] for f in status["failures"]] == ["test_g.py::test_one"]
     assert status["on_error_overrides"] == {"test_g.py::test_one": "fail"}
-    resumes = [e for e in session.events() if e["event"] == "resume" and e["test"] == "test_g.py::test_one"]
-    assert [r["action"] for r in resumes] == ["fail"]
+    # The engine asks the worker for the test's on_error: no pause, no resume.
+    assert not [e for e in session.events() if e["event"] in ("pause", "resume") and e["test"] == "test_g.py::test_one"]
     # the rest of the run: fail everywhere, so test_two's next error and test_last run on
     ctl(project, "set", "on_error", "fail", check=0)
     ctl(project, "retry", check=0)
@@ -241,21 +244,18 @@ def test_bad_input_gets_clear_errors(tmp_path, run_session):
     # the CLI says the same, with exit code 2 for usage errors
     code, answer = ctl(project, "steps", "test_g.py::test_nope")
     assert code == 2 and answer["error"]["code"] == "unknown_test"
-    # queueing needs the pytest plugin: a clear "not supported yet"
-    code, answer = ctl(project, "queue", "add", "test_g.py::test_one")
-    assert code == 1 and answer["error"]["code"] == "not_supported" and "not supported yet" in answer["error"]["message"]
+    # the pytest plugin runs queued tests: adding and removing one leaves the run as it was
+    wait_for(lambda: ctl(project, "status")[1].get("result", {}).get("queue_supported"), what="queue_ready")
+    code, answer = ctl(project, "queue", "add", "test_g.py::test_one", check=0)
+    assert answer["result"]["queued"] == ["test_g.py::test_one"]
+    ctl(project, "queue", "remove", "test_g.py::test_one", check=0)
     code, answer = ctl(project, "queue", "add")
     assert code == 2 and answer["error"]["code"] == "bad_args" and "queue add|remove" in answer["error"]["message"]
     code, answer = ctl(project, "queue", "add", "test_g.py::test_nope")
     assert code == 2 and answer["error"]["code"] == "unknown_test"
     code, answer = ctl(project, "rerun", "everything")
     assert code == 2 and answer["error"]["message"] == "usage: rerun failed"
-    assert ctl(project, "rerun", "failed")[1]["error"]["code"] == "not_supported"
-    assert ctl(project, "status", check=0)[1]["result"]["queue_supported"] is False
-    with pytest.raises(NotSupported):
-        Session(d).queue(["test_g.py::test_one"])
-    with pytest.raises(NotSupported):
-        Session(d).run_test("test_g.py::test_one")
+    assert ctl(project, "status", check=0)[1]["result"]["queue_supported"] is True
     # clients hanging up mid-response (a big events page, a follow) break nothing
     for request in (b'{"v": 1, "verb": "events"}\n', b'{"v": 1, "verb": "events", "follow": true}\n'):
         with connect(d) as sock:
@@ -420,7 +420,7 @@ def test_status_and_set_magics(tmp_path, run_session):
     reply, _ = execute(client, "%set on_error fail test_g.py::test_two")
     assert reply["status"] == "ok"
     reply, _ = execute(client, "%queue add test_g.py::test_one")
-    assert reply["status"] == "error" and "not supported yet" in reply["evalue"]
+    assert reply["status"] == "error" and "stepkernel ctl queue" in reply["evalue"]
     ctl(project, "fail", check=0)
     gate(project, "gate2")
     assert session.wait_exit() == 1
@@ -492,36 +492,8 @@ def test_job_that_cannot_start_says_why(tmp_path, monkeypatch):
 # conftest plugin does it from outside, so the Rust side, the worker's
 # take_queued() and the client are checked end to end now. When the engine's
 # plugin does it, drop the conftest and keep the test.
-QUEUE_CONFTEST = '''
-import gc
-
-import pytest
-
-
-def _host():
-    from stepkernel_worker.worker import Worker
-
-    return next(o for o in gc.get_objects() if isinstance(o, Worker))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtestloop(session):
-    host = _host()
-    host.emit({"event": "queue_ready"})
-    result = yield
-    while not session.shouldstop:
-        ids = host.take_queued()
-        if not ids:
-            break
-        items = session.perform_collect(ids)
-        for i, item in enumerate(items):
-            item.ihook.pytest_runtest_protocol(item=item, nextitem=items[i + 1] if i + 1 < len(items) else None)
-    return result
-'''
-
-
 def test_queue_add_runs_an_extra_test_in_the_same_session(tmp_path, run_session):
-    project = write_project(tmp_path / "p", {**GATED, "conftest.py": QUEUE_CONFTEST, "test_extra.py": '''
+    project = write_project(tmp_path / "p", {**GATED, "test_extra.py": '''
         def test_x():
             value = 40 + 2
             assert value == 42
@@ -543,7 +515,7 @@ def test_queue_add_runs_an_extra_test_in_the_same_session(tmp_path, run_session)
 
 
 def test_rerun_failed_and_queue_from_the_python_client(tmp_path):
-    project = write_project(tmp_path / "p", {**GATED, "conftest.py": QUEUE_CONFTEST, "test_extra.py": '''
+    project = write_project(tmp_path / "p", {**GATED, "test_extra.py": '''
         def test_x():
             assert True
         '''})
@@ -567,7 +539,7 @@ def test_rerun_failed_and_queue_from_the_python_client(tmp_path):
 
 
 def test_run_test_queues_one_test_and_waits_for_it(tmp_path):
-    project = write_project(tmp_path / "p", {**GATED, "conftest.py": QUEUE_CONFTEST, "test_extra.py": '''
+    project = write_project(tmp_path / "p", {**GATED, "test_extra.py": '''
         def test_x():
             assert 6 * 7 == 41
         '''})

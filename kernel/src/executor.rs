@@ -370,10 +370,13 @@ impl Executor {
             }
         };
         let kind = message["type"].as_str().unwrap_or("").to_string();
-        self.worker
-            .send(&message)
-            .await
-            .map_err(|err| SteerError::State(format!("the worker is gone: {err}")))?;
+        let sent = if matches!(kind.as_str(), "pause_request" | "breakpoints") {
+            // A running test looks at its step boundaries only when asked.
+            self.worker.send_step_control(&message).await
+        } else {
+            self.worker.send(&message).await
+        };
+        sent.map_err(|err| SteerError::State(format!("the worker is gone: {err}")))?;
         Ok(match kind.as_str() {
             "resume" => format!("{} sent", message["action"].as_str().unwrap_or("")),
             "pause_request" => "the run will pause before its next step".into(),

@@ -107,6 +107,7 @@ impl LiveStatus {
                 }
             }
             "pause" => {
+                self.backfill_passed(event);
                 self.state = "paused".into();
                 self.paused = Some(json!({
                     "test": event.get("test"), "phase": event.get("phase"),
@@ -194,6 +195,29 @@ impl LiveStatus {
             .filter(|t| matches!(t.status.as_str(), "failed" | "error" | "forced"))
             .map(|t| t.id.clone())
             .collect()
+    }
+
+    /// Passing steps send no events (unless step events are on): a pause at
+    /// step N of a phase says its steps before N ran and passed.
+    fn backfill_passed(&mut self, event: &Value) {
+        let (Some(test), Some(phase), Some(index)) = (
+            text(event, "test"),
+            text(event, "phase"),
+            event.get("index").and_then(Value::as_u64),
+        ) else {
+            return;
+        };
+        let entry = self.entry(&test, "running");
+        for i in 0..index {
+            if !entry.steps.iter().any(|s| s.phase == phase && s.index == i) {
+                entry.steps.push(StepRun {
+                    phase: phase.clone(),
+                    index: i,
+                    status: "passed".into(),
+                    duration_s: None,
+                });
+            }
+        }
     }
 
     fn entry(&mut self, id: &str, status: &str) -> &mut TestEntry {
@@ -446,7 +470,8 @@ mod tests {
             .unwrap()
             .contains("t.py:5"));
         assert_eq!(status["elapsed_s"], 3.0);
-        assert_eq!(live.steps_run("t.py::test_a").unwrap().len(), 1);
+        // step 0 passed (said by the pause at step 1), step 1 failed
+        assert_eq!(live.steps_run("t.py::test_a").unwrap().len(), 2);
         assert_eq!(live.failed_tests(), ["t.py::test_a"]);
         assert_eq!(live.tests_json()["tests"][0]["status"], "failed");
     }

@@ -424,14 +424,16 @@ class Worker:
         taken, self.queued = self.queued, []
         return taken
 
-    def _error_mode(self, test_id: str | None) -> str:
+    def error_mode(self, test_id: str | None, default: str = "pause") -> str:
         """The ``on_error`` a client set for ``test_id`` (a node id, or its base without parameters)."""
         self._take_pause_controls()
         base = (test_id or "").split("[", 1)[0]
         for key in (test_id, base, None):
             if key in self.on_error:
                 return self.on_error[key]
-        return "pause"
+        return default
+
+    _error_mode = error_mode
 
     def _take_pause_controls(self) -> None:
         self.channel.poll()

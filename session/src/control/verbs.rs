@@ -12,9 +12,10 @@ const EVENTS_PAGE: usize = 10_000;
 
 /// What `queue` and `rerun` answer until the run's pytest plugin says (with
 /// a `queue_ready` event) that it runs queued tests.
-pub const NOT_SUPPORTED_QUEUE: &str = "queue add/remove and rerun failed are not supported yet: \
-the pytest plugin cannot add tests to a running session. Run them in a new session \
-(`stepkernel run NODEID...`, or stepkernel.client.Job)";
+pub const NOT_SUPPORTED_QUEUE: &str =
+    "queue add/remove and rerun failed need a session that takes \
+queued tests (the pytest runner, once its tests are collected; not --runner unittest). Run them in \
+a new session (`stepkernel run NODEID...`, or stepkernel.client.Job)";
 
 /// Every verb, with its arguments, as `help` lists them.
 pub const VERBS: &[(&str, &str)] = &[
@@ -47,11 +48,11 @@ pub const VERBS: &[(&str, &str)] = &[
     ),
     (
         "queue add|remove NODEID...",
-        "run more tests in this session after the selected ones (not supported yet: needs the pytest plugin)",
+        "run more tests in this session after the selected ones (pytest runner)",
     ),
     (
         "rerun failed",
-        "queue the tests that failed so far (not supported yet: needs the pytest plugin)",
+        "queue the tests that failed so far (pytest runner)",
     ),
     ("help", "this list"),
 ];

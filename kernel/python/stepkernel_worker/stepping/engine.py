@@ -308,9 +308,14 @@ class Engine:
     # ---------------------------------------------------------------- pausing
 
     def wants_pause(self, exc: BaseException) -> bool:
-        if self.on_error != "pause" or isinstance(exc, control_exceptions()):
+        if isinstance(exc, control_exceptions()):
             return False
         record = self.current
+        if self.on_error != "pause":
+            return False
+        mode = getattr(self.host, "error_mode", None)
+        if mode is not None and record is not None and mode(record.id, self.on_error) != "pause":
+            return False
         if (
             record is not None
             and record.expects_failure is not None
@@ -346,8 +351,22 @@ class Engine:
         )
 
     def update_flag(self) -> None:
-        """Set the per-step flag from what is in force now (the kernel may set it too)."""
-        runtime.FLAG[0] = 1 if self.wants_boundaries() else 0
+        """Set the per-step flag from what is in force now.
+
+        The kernel sets the flag after it sent a request: before leaving it
+        clear, clear it, then read the requests (one that arrives later sets
+        it again), so none is missed.
+        """
+        flag = runtime.FLAG
+        if self.wants_boundaries():
+            flag[0] = 1
+        elif flag[0]:
+            flag[0] = 0
+            poll = getattr(self.host, "poll_control", None)
+            if poll is not None:
+                poll()
+                if self.wants_boundaries():
+                    flag[0] = 1
 
     def set_pending(self, exc: BaseException) -> None:
         self._pending = exc

@@ -104,7 +104,29 @@ class SteppingPlugin:
 
         self.engine.on_abort = abort
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session):
+        """After the selected tests, the ones a client queued (``stepkernel ctl queue add``)."""
+        take = getattr(self.engine.host, "take_queued", None)
+        if take is None:
+            return (yield)
+        self.engine.emit("queue_ready")
+        result = yield
+        while not session.shouldstop:
+            ids = take()
+            if not ids:
+                break
+            try:
+                items = session.perform_collect(ids)
+            except Exception as exc:  # noqa: BLE001 - a bad queued id must not end the session
+                print(f"stepkernel: cannot collect queued tests {ids}: {exc}", file=sys.stderr)
+                continue
+            for i, item in enumerate(items):
+                item.ihook.pytest_runtest_protocol(item=item, nextitem=items[i + 1] if i + 1 < len(items) else None)
+        return result
+
     def pytest_collection_finish(self, session):
+        self.engine.emit("collected", count=len(session.items), tests=[item.nodeid for item in session.items])
         seen = set()
         for item in session.items:
             module = getattr(getattr(item, "module", None), "__dict__", None)

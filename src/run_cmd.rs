@@ -65,10 +65,31 @@ fn parse_ports(spec: &str) -> anyhow::Result<Option<u16>> {
     Ok(Some(first))
 }
 
-/// Runs the subcommand.
+/// pytest's exit code for a usage error (bad option, missing file, unknown node id).
+pub const USAGE_ERROR: u8 = 4;
+/// pytest's exit code for an internal error.
+pub const INTERNAL_ERROR: u8 = 3;
+
+/// Runs the subcommand; exit codes follow pytest's table.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let first_port = match parse_ports(&args.ports) {
+        Ok(port) => port,
+        Err(err) => {
+            eprintln!("stepkernel: error: {err:#}");
+            return Ok(ExitCode::from(USAGE_ERROR));
+        }
+    };
+    match start(args, first_port) {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            eprintln!("stepkernel: error: {err:#}");
+            Ok(ExitCode::from(INTERNAL_ERROR))
+        }
+    }
+}
+
+fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
     let rootdir = std::env::current_dir().context("cannot read the current directory")?;
-    let first_port = parse_ports(&args.ports)?;
     let python = crate::python::resolve(args.python.as_deref(), &rootdir);
     let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
     let options = session::run::RunOptions {
@@ -95,7 +116,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(session::run::RunError::Usage(message)) => {
             eprintln!("stepkernel: error: {message}");
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(USAGE_ERROR))
         }
         Err(err) => Err(err.into()),
     }

@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 
+import pytest
+
 from conftest import PYTHON, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
 
 CART = {
@@ -237,7 +239,7 @@ def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "not found" in bad.stderr
+    assert bad.returncode == 4 and "not found" in bad.stderr, "pytest's usage error"
     # Ctrl-C at the terminal while paused ends the run cleanly with a report.
     session = run_session(project, "test_cart.py")
     session.wait_paused()
@@ -328,6 +330,43 @@ def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_sessi
     assert session.wait_exit() == 0
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["test_cart.py::test_passes"],  # 0: all passed
+        ["test_cart.py"],  # 1: a test failed
+        ["test_cart.py::test_nope"],  # 4: a node id that does not exist
+        ["no_such_file.py"],  # 4: a file that does not exist
+        ["test_cart.py", "--", "--no-such-option"],  # 4: an option pytest does not know
+        ["test_cart.py", "--", "-k", "nothing_matches"],  # 5: no tests collected
+    ],
+    ids=["passed", "failed", "unknown-node-id", "missing-file", "bad-option", "none-collected"],
+)
+def test_exit_codes_follow_pytests_table(tmp_path, args):
+    project = write_project(tmp_path, CART)
+    pytest_args = [a for a in args if a != "--"]
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+        cwd=project, capture_output=True, text=True,
+    )
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", *args],
+        cwd=project, capture_output=True, text=True,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert stepped.returncode == plain.returncode, (plain.returncode, stepped.stdout + stepped.stderr)
+
+
+def test_a_stepkernel_option_it_does_not_know_is_a_usage_error(tmp_path):
+    bad = subprocess.run([stepkernel_bin(), "run", "--no-such-option"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 4, bad.stderr
+    assert "--no-such-option" in bad.stderr
+    bad = subprocess.run([stepkernel_bin(), "run", "--ports", "9000"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 4 and "--ports" in bad.stderr, bad.stderr
+    ok = subprocess.run([stepkernel_bin(), "run", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--on-error" in ok.stdout
+
+
 def test_bad_node_id_is_a_usage_error_with_suggestions(tmp_path):
     project = write_project(tmp_path, CART)
     done = subprocess.run(
@@ -337,7 +376,7 @@ def test_bad_node_id_is_a_usage_error_with_suggestions(tmp_path):
         text=True,
         env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
     )
-    assert done.returncode == 2
+    assert done.returncode == 4, "pytest's usage error"
     assert "no test test_cart.py::test_totl" in done.stderr
     assert "closest: test_cart.py::test_total" in done.stderr
 

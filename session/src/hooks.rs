@@ -370,10 +370,9 @@ impl RunHooks {
             .filter_map(|k| counts.get(*k))
             .sum();
         let fixed = counts.get("fixed").copied().unwrap_or(0);
+        // pytest's own codes pass through (4 usage error, 5 no tests collected).
         let final_code = if code == 1 && failing == 0 && fixed > 0 && inner.applied {
             0
-        } else if code == 4 {
-            2 // pytest's usage error
         } else {
             code
         };

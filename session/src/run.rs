@@ -49,7 +49,7 @@ pub struct RunOptions {
 /// Errors that prevent a session from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Bad arguments (exit code 2).
+    /// Bad arguments (exit code 4, pytest's usage error).
     #[error("{0}")]
     Usage(String),
     /// Session directory or connection file problems.

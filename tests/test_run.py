@@ -451,3 +451,45 @@ def test_unittest_runner_matches_plain_pytest_on_unittest_cases(tmp_path, run_se
     assert session.wait_exit(120) == 1
     out = _compare(tmp_path, "plain.xml", "stepped.xml")
     assert ", 0 failed" in out and not out.startswith("0 passed")
+
+
+MANY = {
+    "test_many.py": """
+        import pytest
+
+
+        @pytest.mark.parametrize("n", range(20))
+        def test_square(n):
+            square = n * n
+            assert square >= n
+
+
+        def test_one_step_fails():
+            assert 1 + 1 == 3
+        """,
+}
+
+
+def test_output_without_a_terminal_reads_like_pytests(tmp_path):
+    project = write_project(tmp_path, MANY)
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "test_many.py"],
+        cwd=project, capture_output=True, text=True,
+    )
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_many.py"],
+        cwd=project, capture_output=True, text=True,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert stepped.returncode == plain.returncode == 1
+    out = stepped.stdout + stepped.stderr
+    ours = [line for line in out.splitlines() if line.startswith("stepkernel:")]
+    # The session line, the summary, where the session lives: not one line per test.
+    assert len(ours) <= 3, ours
+    assert "PASSED" not in out and " steps," not in out and "1 steps" not in out, out
+    # pytest's own report is all there, failure and all.
+    assert "test_many.py ....................F" in out, out
+    assert "FAILED test_many.py::test_one_step_fails" in out, out
+    assert "stepkernel: 1 failed, 20 passed" in out, out
+    plain_lines = len((plain.stdout + plain.stderr).splitlines())
+    assert len(out.splitlines()) <= plain_lines + 3, (plain.stdout, out)

@@ -7,6 +7,21 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::io::{IsTerminal, Write};
 
+/// A line for a test whose outcome the runner cannot report: passed only
+/// after edits (`fixed`), or a failing step skipped by hand (`forced`).
+fn outcome_note(event: &Value) -> Option<String> {
+    let test = event.get("test").and_then(Value::as_str).unwrap_or("");
+    match event.get("outcome").and_then(Value::as_str)? {
+        "fixed" => Some(format!(
+            "FIXED {test}: passed after edits made in this session (%apply writes them, %patch exports them)"
+        )),
+        "forced" => Some(format!(
+            "FORCED {test}: a failing step was skipped by hand (counted as failed)"
+        )),
+        _ => None,
+    }
+}
+
 /// The terminal display of a run.
 pub struct Terminal {
     tty: bool,
@@ -14,8 +29,8 @@ pub struct Terminal {
     bar: Option<ProgressBar>,
     /// Output is printed in whole lines; the rest waits here.
     partial: [String; 2],
-    /// Steps finished (not failed) in the current test.
-    steps_done: u64,
+    /// Outcomes the runner cannot report (fixed, forced), shown with the summary.
+    notes: Vec<String>,
 }
 
 impl Terminal {
@@ -26,7 +41,7 @@ impl Terminal {
             quiet,
             bar: None,
             partial: [String::new(), String::new()],
-            steps_done: 0,
+            notes: Vec::new(),
         }
     }
 
@@ -80,9 +95,6 @@ impl Terminal {
     pub fn event(&mut self, event: &Value) {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         let test = event.get("test").and_then(Value::as_str).unwrap_or("");
-        if kind == "test_start" {
-            self.steps_done = 0;
-        }
         match kind {
             "test_start" if self.tty && !self.quiet => {
                 let total: u64 = event
@@ -109,9 +121,6 @@ impl Terminal {
             "step_finish" => {
                 // Count steps done; a failed step is not done until it passes.
                 let status = event.get("status").and_then(Value::as_str).unwrap_or("");
-                if status != "failed" {
-                    self.steps_done += 1;
-                }
                 if let Some(bar) = &self.bar {
                     if status != "failed" {
                         bar.inc(1);
@@ -132,18 +141,10 @@ impl Terminal {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                if !self.tty && !self.quiet {
-                    // Plain progress: one whole line per test (runner output is held to whole lines).
-                    let outcome = event.get("outcome").and_then(Value::as_str).unwrap_or("?");
-                    let secs = event
-                        .get("duration_s")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0);
-                    self.line(&format!(
-                        "stepkernel: {} {test} ({} steps, {secs:.2}s)",
-                        outcome.to_uppercase(),
-                        self.steps_done
-                    ));
+                // The runner's own report (dots, failures) passes through: only what
+                // it cannot know is added, at the end (a line here would split its dots).
+                if let Some(note) = outcome_note(event) {
+                    self.notes.push(note);
                 }
             }
             _ => {}
@@ -235,6 +236,9 @@ impl Terminal {
         }
         if parts.is_empty() {
             parts.push("no tests ran".into());
+        }
+        for note in std::mem::take(&mut self.notes) {
+            self.line(&format!("stepkernel: {note}"));
         }
         self.line(&format!(
             "stepkernel: {} in {seconds:.2}s",

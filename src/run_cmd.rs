@@ -44,6 +44,10 @@ pub struct RunArgs {
     /// Let an attached client's shutdown request end the session.
     #[arg(long)]
     pub allow_client_shutdown: bool,
+    /// Once the run is over, stay up at most SECONDS for attached clients
+    /// (default: until they detach or send %end; 0: end at once).
+    #[arg(long, value_name = "SECONDS")]
+    pub linger: Option<u64>,
     /// jupyter_server's external kernels directory.
     #[arg(long, value_name = "DIR")]
     pub external_dir: Option<PathBuf>,
@@ -105,6 +109,7 @@ fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
         step_marker: args.step_marker,
         quiet: args.quiet,
         allow_client_shutdown: args.allow_client_shutdown,
+        linger: args.linger.map(std::time::Duration::from_secs),
         external_dir: args.external_dir,
         package_dir,
         rootdir,

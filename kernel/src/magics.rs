@@ -30,6 +30,10 @@ pub enum Magic {
     Clear,
     /// `%pause`: pause at the next step boundary.
     Pause,
+    /// `%status`: the session's state, test counts and where it is.
+    Status,
+    /// `%end`: end a finished session that stays up for its clients.
+    End,
     /// `%diff`, `%patch ...`, `%apply`, `%tests PATH`, `%test NODEID`, `%locals`: handled by the session.
     Session {
         /// The magic's name.
@@ -99,6 +103,14 @@ pub const HELP: &[(&str, &str)] = &[
         "load one test and pause before its first step",
     ),
     ("%locals", "show the paused test's variables"),
+    (
+        "%status",
+        "the session's state (running, paused, finished), test counts, where",
+    ),
+    (
+        "%end",
+        "end a finished session (it stays up while a client is attached)",
+    ),
     ("%help [MAGIC]", "this help; `%MAGIC?` works too"),
 ];
 
@@ -157,6 +169,8 @@ pub fn parse(code: &str) -> Option<Magic> {
         "fail" => Magic::Resume("fail"),
         "abort" => Magic::Resume("abort"),
         "pause" => Magic::Pause,
+        "status" => Magic::Status,
+        "end" => Magic::End,
         "clear" => Magic::Clear,
         "help" => Magic::Help(
             Some(args.trim().trim_start_matches('%').to_string()).filter(|s| !s.is_empty()),
@@ -251,6 +265,8 @@ mod tests {
             })
         );
         assert_eq!(parse("%retry?"), Some(Magic::Help(Some("retry".into()))));
+        assert_eq!(parse("%status"), Some(Magic::Status));
+        assert_eq!(parse("%end"), Some(Magic::End));
         assert_eq!(
             parse("%frobnicate"),
             Some(Magic::Unknown("%frobnicate".into()))

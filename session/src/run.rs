@@ -6,6 +6,7 @@ use crate::session_dir::{self, SessionMeta};
 use instrumenter::Options;
 use kernel::connection_file::ConnectionInfo;
 use kernel::server::{BoundKernel, KernelOptions};
+use kernel::session::AfterRun;
 use kernel::worker::WorkerConfig;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -38,6 +39,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Let a client's shutdown_request end the session.
     pub allow_client_shutdown: bool,
+    /// The longest a finished run stays up for its clients (None: until
+    /// they detach or `%end`; zero: end at once).
+    pub linger: Option<std::time::Duration>,
     /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
     pub external_dir: Option<PathBuf>,
     /// The unpacked worker package.
@@ -267,6 +271,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 notebook: false,
                 options,
                 copies,
+                after_run: after_run(&opts),
             },
             meta,
             opts.quiet,
@@ -287,6 +292,16 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         bound.serve().await?;
         Ok(hooks.exit_code().unwrap_or(3))
     })
+}
+
+/// A run with `--on-error fail` (nothing pauses, no one is waited for) or
+/// `--linger 0` ends with its last test; others stay up for their clients.
+fn after_run(opts: &RunOptions) -> AfterRun {
+    if opts.on_error == "fail" || opts.linger == Some(std::time::Duration::ZERO) {
+        AfterRun::Stop
+    } else {
+        AfterRun::Linger { limit: opts.linger }
+    }
 }
 
 /// Hooks for a notebook kernel (`stepkernel kernel`): `%test`, `%tests`,
@@ -321,6 +336,7 @@ pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
             notebook: true,
             options: Options::default(),
             copies: Vec::new(),
+            after_run: AfterRun::Serve,
         },
         meta,
         true,

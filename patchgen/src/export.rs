@@ -10,7 +10,7 @@ use crate::edit::{effective_edits, Edit};
 use crate::error::PatchError;
 use crate::render::render_file;
 use crate::repo::prefix_in_repo;
-use crate::worktree::{by_file, plan, read_text, FileChange};
+use crate::worktree::{by_file, plan, read_text, render_rebased, FileChange};
 
 /// Author used when git config names nobody.
 pub const FALLBACK_NAME: &str = "stepkernel";
@@ -99,11 +99,12 @@ pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, P
     for (file, file_edits) in by_file(edits) {
         let path = format!("{prefix}{file}");
         let disk = read_text(root, &file)?;
-        // The working tree must hold the originals (or the applied edits) either way.
-        let disk_after = render_file(&disk, &file_edits)?;
         let base = base_tree
             .as_ref()
             .and_then(|tree| blob_text(&repo, tree, &path));
+        // The working tree must hold the originals (or the applied edits), or
+        // merge with them: a change on disk at the edited lines is refused.
+        let disk_after = render_rebased(&disk, &file_edits, base.as_deref())?;
         let from_base = base
             .as_ref()
             .and_then(|b| render_file(b, &file_edits).ok().map(|a| (b.clone(), a)));

@@ -7,7 +7,9 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::edit::Edit;
 use crate::error::PatchError;
+use crate::merge::merge3;
 use crate::render::render_file;
+use crate::repo::committed_text;
 
 /// One file's content before and after the session's edits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,44 @@ pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
     fs::read_to_string(&path).map_err(|source| PatchError::Read { path, source })
 }
 
+/// `disk` with `edits` applied. When the file changed on disk since the session
+/// loaded it, the edits are rebased onto its new text by a three-way merge from
+/// `base` (the file as the session loaded it, when it can be found): the merge
+/// fails, and [`PatchError::Conflict`] names the edit, only when the outside
+/// change touches the edited lines.
+pub(crate) fn render_rebased(
+    disk: &str,
+    edits: &[Edit],
+    base: Option<&str>,
+) -> Result<String, PatchError> {
+    let err = match render_file(disk, edits) {
+        Err(err @ PatchError::Conflict { .. }) => err,
+        other => return other,
+    };
+    let Some(base) = base else {
+        return Err(err);
+    };
+    // The base must be what the session loaded: it holds every step's original.
+    let Ok(theirs) = render_file(base, edits) else {
+        return Err(err);
+    };
+    merge3(base, disk, &theirs).map_err(|(first, last)| {
+        let edit = edits
+            .iter()
+            .rev()
+            .find(|e| e.start_line <= last && first <= e.end_line)
+            .or(edits.last());
+        match edit {
+            Some(e) => PatchError::Conflict {
+                file: e.file.clone(),
+                start_line: e.start_line,
+                end_line: e.end_line,
+            },
+            None => err,
+        }
+    })
+}
+
 /// The pending change of every edited file under `root` (last edit per step wins).
 ///
 /// `edits` is the session's whole journal, in the order written (see
@@ -61,12 +101,15 @@ pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
 /// [`apply`] wrote an earlier edit of a step, the change shows that edit being
 /// replaced by the last one: what a further [`apply`] would write. Nothing is written. Every file is checked before anything is returned, so one
 /// conflict fails the whole plan. Files whose edits are already applied, or whose
-/// edits change nothing, are left out.
+/// edits change nothing, are left out. A file changed on disk elsewhere than at
+/// its edited lines gets the edits rebased onto it (see [`crate::merge3`]; the
+/// file as loaded is taken from HEAD).
 pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> {
     let mut changes = Vec::new();
     for (file, file_edits) in by_file(edits) {
         let before = read_text(root, &file)?;
-        let after = render_file(&before, &file_edits)?;
+        let base = committed_text(root, &file, None);
+        let after = render_rebased(&before, &file_edits, base.as_deref())?;
         if after != before {
             changes.push(FileChange {
                 file,

@@ -31,6 +31,15 @@ const FILES: &[(&str, &str)] = &[
         "tests/test_cart_unittest.py",
         include_str!("../examples/shop/tests/test_cart_unittest.py"),
     ),
+    // The notebooks run from the project's directory, where Jupyter starts their kernel.
+    (
+        "walkthrough.ipynb",
+        include_str!("../examples/shop/walkthrough.ipynb"),
+    ),
+    (
+        "progress.ipynb",
+        include_str!("../examples/shop/progress.ipynb"),
+    ),
 ];
 
 /// The example's pytest.ini: only for an interpreter with pytest-asyncio (see the file).
@@ -84,7 +93,10 @@ pub fn materialize(dir: &Path, pytest_ini: bool) -> anyhow::Result<bool> {
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    std::fs::write(dir.join(".gitignore"), ".stepkernel/\n__pycache__/\n")?;
+    std::fs::write(
+        dir.join(".gitignore"),
+        ".stepkernel/\n__pycache__/\n.ipynb_checkpoints/\nfix.patch\n",
+    )?;
     Ok(git(dir, &["init", "-q"])
         && git(dir, &["add", "-A"])
         && git(dir, &["commit", "-qm", "The shop example"]))

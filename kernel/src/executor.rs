@@ -912,6 +912,13 @@ impl Executor {
     async fn on_reply(&mut self, inflight: Inflight, content: Value) {
         match inflight.kind.clone() {
             Kind::Resume => {
+                if content.get("status").and_then(Value::as_str) == Some("error") {
+                    // `%test` that could not load anything (say, no pytest): the worker says why.
+                    let text = |k: &str| content.get(k).and_then(Value::as_str).unwrap_or("");
+                    let (ename, evalue) = (text("ename").to_string(), text("evalue").to_string());
+                    self.error_reply(inflight, &ename, &evalue).await;
+                    return;
+                }
                 let finished = content.get("exit_code").is_some();
                 let text = if let Some(code) = content.get("exit_code") {
                     let state = self.shared.run_state.lock().expect("state");

@@ -408,6 +408,7 @@ impl RunHooks {
         let final_code = Self::final_code(&inner, code);
         self.write_outcome(&mut inner, final_code);
         let counts = inner.report.counts().clone();
+        let subtests = inner.report.subtests().clone();
         let mut extra = vec![format!(
             "session {} in {}",
             self.ctx.id,
@@ -419,7 +420,7 @@ impl RunHooks {
             );
         }
         let seconds = self.started.elapsed().as_secs_f64();
-        inner.terminal.summary(&counts, seconds, &extra);
+        inner.terminal.summary(&counts, &subtests, seconds, &extra);
         inner.exit_code = Some(final_code);
     }
 

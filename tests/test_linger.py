@@ -4,6 +4,7 @@ terminal says how to end it, and the clients hear when it finishes and ends."""
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import signal
@@ -204,3 +205,24 @@ def test_the_readme_tail_in_jupyter_console(tmp_path, run_session):
     finally:
         child.close(force=True)
     assert session.wait_exit(end=False) == 1
+
+
+def test_a_lingering_session_is_listed_live_so_a_second_client_can_find_it(tmp_path, run_session):
+    project = write_project(tmp_path, CART, git=True)
+    real = project / ".stepkernel" / "sessions" / "linger"
+    real.mkdir(parents=True)
+    (project / ".stepkernel" / "session").symlink_to(real, target_is_directory=True)
+    session = run_session(project, "test_cart.py", env=GIT_ENV)
+    client = session.client()
+    fix_and_continue(session, client)
+    wait_for(lambda: session.meta().get("lingering"), what="session.json to say it lingers")
+    listed = subprocess.run([stepkernel_bin(), "sessions", "--live", "--json"], cwd=project,
+                            capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr
+    (entry,) = json.loads(listed.stdout)
+    assert entry["state"] == "finished" and entry["lingering"] is True, entry
+    assert session.wait_exit() == 1
+    assert session.meta()["lingering"] is False
+    listed = subprocess.run([stepkernel_bin(), "sessions", "--live", "--json"], cwd=project,
+                            capture_output=True, text=True)
+    assert json.loads(listed.stdout) == []

@@ -434,8 +434,9 @@ impl RunHooks {
         let mut inner = self.lock();
         let code = inner.run_code.unwrap_or(3);
         let final_code = Self::final_code(&inner, code);
-        if Some(final_code) != inner.meta.exit_code {
-            // `%apply` while the session lingered: a fixed run now passes.
+        let lingered = std::mem::take(&mut inner.meta.lingering);
+        if Some(final_code) != inner.meta.exit_code || lingered {
+            // `%apply` while the session lingered may have made a fixed run pass.
             self.write_outcome(&mut inner, final_code);
         }
         let mut lines = Vec::new();
@@ -627,7 +628,9 @@ impl SessionHooks for RunHooks {
     }
 
     fn on_linger(&self, clients: usize) {
-        let inner = self.lock();
+        let mut inner = self.lock();
+        inner.meta.lingering = true;
+        self.save_meta(&inner);
         let why = match (clients, Self::unexported_edits(&inner)) {
             (0, _) => format!(
                 "{} edit(s) not exported yet: attach (stepkernel console {}) and %patch or %apply them",

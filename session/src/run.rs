@@ -99,7 +99,7 @@ fn check_targets(rootdir: &Path, targets: &[String]) -> Result<(), RunError> {
 /// A `--session-dir` used before: refuse a live session's, else start afresh.
 fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     if let Some(old) = SessionMeta::load(dir) {
-        if old.alive() && old.state != "finished" && old.pid != std::process::id() {
+        if old.attachable() && old.pid != std::process::id() {
             return Err(RunError::Usage(format!(
                 "{} belongs to a live session (pid {}, {}); choose another --session-dir",
                 dir.display(),

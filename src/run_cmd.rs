@@ -95,6 +95,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
     let rootdir = std::env::current_dir().context("cannot read the current directory")?;
     let python = crate::python::resolve(args.python.as_deref(), &rootdir);
+    if python.components().count() > 1 && !python.exists() {
+        eprintln!(
+            "stepkernel: error: the Python interpreter {} does not exist; choose one with --python PATH \
+             (default: $VIRTUAL_ENV, then ./.venv, then python3)",
+            python.display()
+        );
+        return Ok(ExitCode::from(USAGE_ERROR));
+    }
     let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
     let options = session::run::RunOptions {
         targets: args.targets,

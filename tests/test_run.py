@@ -364,6 +364,9 @@ def test_a_stepkernel_option_it_does_not_know_is_a_usage_error(tmp_path):
     assert "--no-such-option" in bad.stderr
     bad = subprocess.run([stepkernel_bin(), "run", "--ports", "9000"], cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 4 and "--ports" in bad.stderr, bad.stderr
+    bad = subprocess.run([stepkernel_bin(), "run", "--python", str(tmp_path / "no" / "python")], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert bad.returncode == 4 and "does not exist; choose one with --python PATH" in bad.stderr, bad.stderr
     ok = subprocess.run([stepkernel_bin(), "run", "--help"], capture_output=True, text=True)
     assert ok.returncode == 0 and "--on-error" in ok.stdout
 

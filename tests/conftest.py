@@ -252,12 +252,12 @@ class RunSession:
     def wait_exit(self, timeout: float = 60, end: bool = True) -> int:
         """The run's exit code. A finished run stays up while a client is
         attached: with ``end``, one of this session's clients sends ``%end``
-        once session.json says finished, as a user ends it."""
+        once session.json says it lingers, as a user ends it."""
         deadline = time.monotonic() + timeout
         live = [c for c in self.clients if c.channels_running]
         if end and live:
             def over():
-                return self.proc.poll() is not None or self.meta().get("state") == "finished"
+                return self.proc.poll() is not None or self.meta().get("lingering")
 
             wait_for(over, timeout=timeout, what="the run to finish")
             if self.proc.poll() is None:

@@ -110,3 +110,21 @@ def test_a_change_of_the_edited_line_is_refused_with_what_to_do(tmp_path, run_se
     assert text.startswith("# checked by hand\n") and "assert total == 4, 'fixed total'" in text, text
     cell(client, "%continue")
     assert session.wait_exit() == 0, session.output()
+
+
+def test_an_outside_change_committed_meanwhile_still_merges(tmp_path, run_session):
+    """Merges start from the commit the session started from, not HEAD."""
+    project = write_project(tmp_path / "repo", CART, git=True)
+    session = run_session(project, "test_cart.py", env=GIT_ENV)
+    session.wait_paused()
+    client = session.client()
+    cell(client, "%%edit\n" + FIX)
+    path = project / "test_cart.py"
+    path.write_text("# checked by hand\n" + path.read_text())
+    git(project, "commit", "-qam", "A note at the top")
+    assert "+    assert total == 4, 'fixed total'" in cell(client, "%diff")
+    assert "Wrote the edits into: test_cart.py" in cell(client, "%apply")
+    text = path.read_text()
+    assert text.startswith("# checked by hand\n") and "assert total == 4, 'fixed total'" in text, text
+    cell(client, "%continue")
+    assert session.wait_exit() == 0, session.output()

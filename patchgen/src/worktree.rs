@@ -103,12 +103,22 @@ pub(crate) fn render_rebased(
 /// conflict fails the whole plan. Files whose edits are already applied, or whose
 /// edits change nothing, are left out. A file changed on disk elsewhere than at
 /// its edited lines gets the edits rebased onto it (see [`crate::merge3`]; the
-/// file as loaded is taken from HEAD).
+/// file as loaded is taken from HEAD; [`plan_from`] names the commit).
 pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> {
+    plan_from(root, edits, None)
+}
+
+/// [`plan`], merging changes on disk from the file at `base_revision` (the
+/// commit the session started from; None: HEAD).
+pub fn plan_from(
+    root: &Path,
+    edits: &[Edit],
+    base_revision: Option<&str>,
+) -> Result<Vec<FileChange>, PatchError> {
     let mut changes = Vec::new();
     for (file, file_edits) in by_file(edits) {
         let before = read_text(root, &file)?;
-        let base = committed_text(root, &file, None);
+        let base = committed_text(root, &file, base_revision);
         let after = render_rebased(&before, &file_edits, base.as_deref())?;
         if after != before {
             changes.push(FileChange {
@@ -129,7 +139,16 @@ pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> 
 /// Each file is replaced through a synced temporary file and a rename, keeping
 /// its permissions, so a crash never leaves a half-written source file.
 pub fn apply(root: &Path, edits: &[Edit]) -> Result<Vec<String>, PatchError> {
-    let changes = plan(root, edits)?;
+    apply_from(root, edits, None)
+}
+
+/// [`apply`], merging changes on disk from the file at `base_revision` (see [`plan_from`]).
+pub fn apply_from(
+    root: &Path,
+    edits: &[Edit],
+    base_revision: Option<&str>,
+) -> Result<Vec<String>, PatchError> {
+    let changes = plan_from(root, edits, base_revision)?;
     let mut written = Vec::with_capacity(changes.len());
     for change in changes {
         let path = resolve(root, &change.file)?;

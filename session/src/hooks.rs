@@ -303,8 +303,13 @@ impl RunHooks {
         match name {
             "diff" => {
                 let edits = self.edits()?;
-                let text =
-                    patches::diff(&self.ctx.patch_root, &edits, true).map_err(|e| e.to_string())?;
+                let text = patches::diff(
+                    &self.ctx.patch_root,
+                    &edits,
+                    self.ctx.base_revision.as_deref(),
+                    true,
+                )
+                .map_err(|e| e.to_string())?;
                 Ok(MagicOutput { text, html: None })
             }
             "patch" => {
@@ -343,8 +348,12 @@ impl RunHooks {
                 if edits.is_empty() {
                     return Err("this session has no edits yet".into());
                 }
-                let written =
-                    patchgen::apply(&self.ctx.patch_root, &edits).map_err(|e| e.to_string())?;
+                let written = patchgen::apply_from(
+                    &self.ctx.patch_root,
+                    &edits,
+                    self.ctx.base_revision.as_deref(),
+                )
+                .map_err(|e| e.to_string())?;
                 self.lock().applied = true;
                 let text = if written.is_empty() {
                     "The edits are already in the working tree.".to_string()

@@ -44,13 +44,19 @@ pub fn read_edits(session_dir: &Path) -> Result<(Vec<Edit>, Option<String>), Pat
     Ok((contents.edits, note))
 }
 
-/// `%diff`: the pending edits as a unified diff.
-pub fn diff(root: &Path, edits: &[Edit], color: bool) -> Result<String, PatchCmdError> {
+/// `%diff`: the pending edits as a unified diff (changes on disk elsewhere in
+/// a file are merged from its copy at `base_revision`, the session's commit).
+pub fn diff(
+    root: &Path,
+    edits: &[Edit],
+    base_revision: Option<&str>,
+    color: bool,
+) -> Result<String, PatchCmdError> {
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
     // The whole journal: patchgen needs each step's history (edits already applied).
-    let changes = patchgen::plan(root, edits)?;
+    let changes = patchgen::plan_from(root, edits, base_revision)?;
     if changes.is_empty() {
         return Ok(ALREADY_APPLIED.to_string());
     }
@@ -224,16 +230,19 @@ mod tests {
         std::fs::write(dir.path().join("test_t.py"), content).unwrap();
         let edits = vec![edit_of_line_two(content)];
         assert!(matches!(
-            diff(dir.path(), &[], false),
+            diff(dir.path(), &[], None, false),
             Err(PatchCmdError::NoEdits)
         ));
-        let shown = diff(dir.path(), &edits, false).unwrap();
+        let shown = diff(dir.path(), &edits, None, false).unwrap();
         assert!(
             shown.contains("-    assert 1 == 2\n+    assert 1 == 1\n"),
             "{shown}"
         );
         patchgen::apply(dir.path(), &edits).unwrap();
-        assert_eq!(diff(dir.path(), &edits, false).unwrap(), ALREADY_APPLIED);
+        assert_eq!(
+            diff(dir.path(), &edits, None, false).unwrap(),
+            ALREADY_APPLIED
+        );
     }
 
     #[test]

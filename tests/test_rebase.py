@@ -128,3 +128,22 @@ def test_an_outside_change_committed_meanwhile_still_merges(tmp_path, run_sessio
     assert text.startswith("# checked by hand\n") and "assert total == 4, 'fixed total'" in text, text
     cell(client, "%continue")
     assert session.wait_exit() == 0, session.output()
+
+
+def test_outside_git_the_copy_the_session_kept_is_the_merge_base(tmp_path, run_session):
+    project = write_project(tmp_path / "plain", CART)  # no git: no commit to merge from
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    cell(client, "%%edit\n" + FIX)
+    assert (session.session_dir / "loaded" / "test_cart.py").read_text() == (project / "test_cart.py").read_text()
+    path = project / "test_cart.py"
+    path.write_text("# checked by hand\n" + path.read_text())
+    assert "+    assert total == 4, 'fixed total'" in cell(client, "%diff")
+    patch = cell(client, "%patch")
+    assert "Wrote " in patch, patch
+    assert "Wrote the edits into: test_cart.py" in cell(client, "%apply")
+    text = path.read_text()
+    assert text.startswith("# checked by hand\n") and "assert total == 4, 'fixed total'" in text, text
+    cell(client, "%continue")
+    assert session.wait_exit() == 0, session.output()

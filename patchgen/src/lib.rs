@@ -40,4 +40,4 @@ pub use journal::{Journal, JournalContents};
 pub use merge::merge3;
 pub use render::{reindent, render_file};
 pub use repo::{head_revision, repo_root};
-pub use worktree::{apply, apply_from, plan, plan_from, FileChange};
+pub use worktree::{apply, apply_from, plan, plan_from, Bases, FileChange};

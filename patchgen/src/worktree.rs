@@ -56,6 +56,26 @@ pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
     fs::read_to_string(&path).map_err(|source| PatchError::Read { path, source })
 }
 
+/// Where a file's text as the session loaded it is found, to merge the
+/// changes made on disk since then with the session's edits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bases<'a> {
+    /// A directory of copies the session saved, by the files' relative paths (tried first).
+    pub loaded: Option<&'a Path>,
+    /// The commit the session started from (None: HEAD).
+    pub revision: Option<&'a str>,
+}
+
+impl Bases<'_> {
+    /// `file` as the session loaded it, if a copy or the commit has it.
+    pub(crate) fn text(&self, root: &Path, file: &str) -> Option<String> {
+        self.loaded
+            .and_then(|dir| resolve(dir, file).ok())
+            .and_then(|path| fs::read_to_string(path).ok())
+            .or_else(|| committed_text(root, file, self.revision))
+    }
+}
+
 /// `disk` with `edits` applied. When the file changed on disk since the session
 /// loaded it, the edits are rebased onto its new text by a three-way merge from
 /// `base` (the file as the session loaded it, when it can be found): the merge
@@ -105,20 +125,19 @@ pub(crate) fn render_rebased(
 /// its edited lines gets the edits rebased onto it (see [`crate::merge3`]; the
 /// file as loaded is taken from HEAD; [`plan_from`] names the commit).
 pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> {
-    plan_from(root, edits, None)
+    plan_from(root, edits, Bases::default())
 }
 
-/// [`plan`], merging changes on disk from the file at `base_revision` (the
-/// commit the session started from; None: HEAD).
+/// [`plan`], merging changes on disk from the files as `bases` finds them.
 pub fn plan_from(
     root: &Path,
     edits: &[Edit],
-    base_revision: Option<&str>,
+    bases: Bases<'_>,
 ) -> Result<Vec<FileChange>, PatchError> {
     let mut changes = Vec::new();
     for (file, file_edits) in by_file(edits) {
         let before = read_text(root, &file)?;
-        let base = committed_text(root, &file, base_revision);
+        let base = bases.text(root, &file);
         let after = render_rebased(&before, &file_edits, base.as_deref())?;
         if after != before {
             changes.push(FileChange {
@@ -139,16 +158,16 @@ pub fn plan_from(
 /// Each file is replaced through a synced temporary file and a rename, keeping
 /// its permissions, so a crash never leaves a half-written source file.
 pub fn apply(root: &Path, edits: &[Edit]) -> Result<Vec<String>, PatchError> {
-    apply_from(root, edits, None)
+    apply_from(root, edits, Bases::default())
 }
 
-/// [`apply`], merging changes on disk from the file at `base_revision` (see [`plan_from`]).
+/// [`apply`], merging changes on disk from the files as `bases` finds them (see [`plan_from`]).
 pub fn apply_from(
     root: &Path,
     edits: &[Edit],
-    base_revision: Option<&str>,
+    bases: Bases<'_>,
 ) -> Result<Vec<String>, PatchError> {
-    let changes = plan_from(root, edits, base_revision)?;
+    let changes = plan_from(root, edits, bases)?;
     let mut written = Vec::with_capacity(changes.len());
     for change in changes {
         let path = resolve(root, &change.file)?;

@@ -165,3 +165,36 @@ fn a_change_of_the_edited_line_is_still_refused_and_says_what_to_do() {
     assert!(apply(&root, &edits).is_err());
     assert_eq!(read(&root, "test_b.py"), changed);
 }
+
+#[test]
+fn outside_git_a_saved_copy_of_the_file_as_loaded_is_the_merge_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, loaded) = (dir.path().join("project"), dir.path().join("loaded"));
+    write(&loaded, "test_b.py", B);
+    write(&root, "test_b.py", B_ELSEWHERE);
+    let edits = [edit(
+        B,
+        "test_b.py",
+        (3, 3),
+        "    ",
+        "assert y == 1",
+        "test_b.py::test_b",
+        2,
+    )];
+    // Without the copy there is nothing to merge from.
+    assert!(plan(&root, &edits).is_err());
+    let bases = patchgen::Bases {
+        loaded: Some(&loaded),
+        revision: None,
+    };
+    let changes = patchgen::plan_from(&root, &edits, bases).unwrap();
+    assert_eq!(
+        changes[0].after,
+        B_ELSEWHERE.replace("assert y == 3", "assert y == 1")
+    );
+    patchgen::apply_from(&root, &edits, bases).unwrap();
+    assert_eq!(
+        read(&root, "test_b.py"),
+        B_ELSEWHERE.replace("assert y == 3", "assert y == 1")
+    );
+}

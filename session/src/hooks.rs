@@ -83,6 +83,8 @@ pub struct RunHooks {
     inner: Mutex<Inner>,
     /// Reports instrumented ahead of need (path -> bytes seen, report).
     prefetched: Mutex<HashMap<PathBuf, (Vec<u8>, Value)>>,
+    /// Copies of edited files as loaded (see `patches::loaded_dir`).
+    loaded_dir: PathBuf,
 }
 
 impl RunHooks {
@@ -112,6 +114,7 @@ impl RunHooks {
             }),
             started: Instant::now(),
             prefetched: Mutex::new(HashMap::new()),
+            loaded_dir: crate::patches::loaded_dir(&ctx.dir),
             ctx,
         }
     }
@@ -291,6 +294,30 @@ impl RunHooks {
         })
     }
 
+    /// Where the files as this session loaded them are found (changes on disk are merged from them).
+    fn bases(&self) -> patchgen::Bases<'_> {
+        patchgen::Bases {
+            loaded: Some(&self.loaded_dir),
+            revision: self.ctx.base_revision.as_deref(),
+        }
+    }
+
+    /// Keeps a copy of `edit`'s file as the session loaded it (once), so a
+    /// change made on disk later can be merged with the edits even outside git.
+    fn keep_loaded_copy(&self, inner: &Inner, edit: &Edit) {
+        let copy = self.loaded_dir.join(&edit.file);
+        if copy.exists() {
+            return;
+        }
+        let Some(content) = inner.originals.get(&self.ctx.patch_root.join(&edit.file)) else {
+            return;
+        };
+        if let Some(parent) = copy.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::write(&copy, content);
+    }
+
     fn edits(&self) -> Result<Vec<Edit>, String> {
         let (edits, note) = patches::read_edits(&self.ctx.dir).map_err(|e| e.to_string())?;
         if let Some(note) = note {
@@ -303,13 +330,8 @@ impl RunHooks {
         match name {
             "diff" => {
                 let edits = self.edits()?;
-                let text = patches::diff(
-                    &self.ctx.patch_root,
-                    &edits,
-                    self.ctx.base_revision.as_deref(),
-                    true,
-                )
-                .map_err(|e| e.to_string())?;
+                let text = patches::diff(&self.ctx.patch_root, &edits, self.bases(), true)
+                    .map_err(|e| e.to_string())?;
                 Ok(MagicOutput { text, html: None })
             }
             "patch" => {
@@ -348,12 +370,8 @@ impl RunHooks {
                 if edits.is_empty() {
                     return Err("this session has no edits yet".into());
                 }
-                let written = patchgen::apply_from(
-                    &self.ctx.patch_root,
-                    &edits,
-                    self.ctx.base_revision.as_deref(),
-                )
-                .map_err(|e| e.to_string())?;
+                let written = patchgen::apply_from(&self.ctx.patch_root, &edits, self.bases())
+                    .map_err(|e| e.to_string())?;
                 self.lock().applied = true;
                 let text = if written.is_empty() {
                     "The edits are already in the working tree.".to_string()
@@ -599,6 +617,7 @@ impl SessionHooks for RunHooks {
     fn record_edit(&self, edit: &Value) -> Result<String, String> {
         let mut inner = self.lock();
         let edit = self.build_edit(&mut inner, edit)?;
+        self.keep_loaded_copy(&inner, &edit);
         if inner.journal.is_none() {
             let journal =
                 Journal::open(&self.ctx.dir.join("journal.jsonl")).map_err(|e| e.to_string())?;

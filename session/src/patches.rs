@@ -44,19 +44,24 @@ pub fn read_edits(session_dir: &Path) -> Result<(Vec<Edit>, Option<String>), Pat
     Ok((contents.edits, note))
 }
 
+/// Where a session keeps copies of the files it edits as it loaded them.
+pub fn loaded_dir(session_dir: &Path) -> PathBuf {
+    session_dir.join("loaded")
+}
+
 /// `%diff`: the pending edits as a unified diff (changes on disk elsewhere in
-/// a file are merged from its copy at `base_revision`, the session's commit).
+/// a file are merged, see [`patchgen::Bases`]).
 pub fn diff(
     root: &Path,
     edits: &[Edit],
-    base_revision: Option<&str>,
+    bases: patchgen::Bases<'_>,
     color: bool,
 ) -> Result<String, PatchCmdError> {
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
     // The whole journal: patchgen needs each step's history (edits already applied).
-    let changes = patchgen::plan_from(root, edits, base_revision)?;
+    let changes = patchgen::plan_from(root, edits, bases)?;
     if changes.is_empty() {
         return Ok(ALREADY_APPLIED.to_string());
     }
@@ -89,9 +94,11 @@ pub fn write_patch(
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
+    let loaded = loaded_dir(session_dir);
     let meta = PatchMeta {
         subject,
         base_revision,
+        loaded: loaded.is_dir().then_some(loaded),
     };
     let export = patchgen::export(root, edits, &meta)?;
     let mut notes = Vec::new();
@@ -230,17 +237,17 @@ mod tests {
         std::fs::write(dir.path().join("test_t.py"), content).unwrap();
         let edits = vec![edit_of_line_two(content)];
         assert!(matches!(
-            diff(dir.path(), &[], None, false),
+            diff(dir.path(), &[], Default::default(), false),
             Err(PatchCmdError::NoEdits)
         ));
-        let shown = diff(dir.path(), &edits, None, false).unwrap();
+        let shown = diff(dir.path(), &edits, Default::default(), false).unwrap();
         assert!(
             shown.contains("-    assert 1 == 2\n+    assert 1 == 1\n"),
             "{shown}"
         );
         patchgen::apply(dir.path(), &edits).unwrap();
         assert_eq!(
-            diff(dir.path(), &edits, None, false).unwrap(),
+            diff(dir.path(), &edits, Default::default(), false).unwrap(),
             ALREADY_APPLIED
         );
     }

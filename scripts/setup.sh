@@ -71,6 +71,6 @@ if [ -x "${CARGO_TARGET_DIR:-target}/debug/stepkernel" ]; then
   cargo build -q
 else
   # The first build compiles every dependency: show cargo's progress.
-  echo "setup: building stepkernel with cargo (the first build takes a few minutes, about 5 on 2 cores; later ones seconds)"
+  echo "setup: building stepkernel with cargo (the first build compiles every dependency: a few minutes; later ones take seconds)"
   cargo build
 fi

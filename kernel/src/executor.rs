@@ -638,6 +638,9 @@ impl Executor {
                     if self.shared.hooks.is_some() {
                         self.run_ended(3).await;
                     }
+                } else if self.ending.is_some() && !self.ended {
+                    // It died between the last test and the run's end: end the run here.
+                    self.run_ended(3).await;
                 }
             }
         }

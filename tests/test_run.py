@@ -572,3 +572,33 @@ def test_subtests_are_labelled_in_the_summary(tmp_path):
     line = summary_line(stepped.stdout + stepped.stderr)
     # pytest: "5 failed, 2 passed, 5 subtests passed" counts 2 + 2 failed subtests, 1 failing test, 2 passing.
     assert line.startswith("stepkernel: 2 tests failed, 1 test passed; 4 subtests failed, 5 subtests passed in "), line
+
+
+def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_path):
+    project = write_project(tmp_path, {
+        "test_mod.py": """
+            import unittest
+
+
+            def tearDownModule():
+                raise RuntimeError("cleanup failed")
+
+
+            class TestA(unittest.TestCase):
+                def test_one(self):
+                    pass
+
+                def test_two(self):
+                    pass
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "unittest", "test_mod"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 1 and "errors=1" in plain.stderr
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--runner", "unittest", "--on-error", "fail", "test_mod.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = stepped.stdout + stepped.stderr
+    assert stepped.returncode == 1, out
+    assert "stepkernel: 2 passed in " in out
+    assert "the runner reported an error outside the tests" in out and "tearDownModule" in out, out

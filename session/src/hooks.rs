@@ -446,6 +446,18 @@ impl RunHooks {
                 "pytest stopped on a usage error (exit code 4): see its message above".into(),
             );
         }
+        let not_passing: u64 = ["failed", "error", "forced", "fixed"]
+            .iter()
+            .filter_map(|k| counts.get(*k))
+            .sum();
+        if code == 1 && not_passing == 0 {
+            // unittest counts a failing module or class fixture as an error of its own.
+            extra.push(
+                "the runner reported an error outside the tests (a module or class fixture such as \
+                 tearDownModule: see its report above), so the exit code is 1"
+                    .into(),
+            );
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         inner.terminal.summary(&counts, &subtests, seconds, &extra);
         inner.exit_code = Some(final_code);

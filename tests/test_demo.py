@@ -56,6 +56,8 @@ def test_demo_output_has_no_pytest_asyncio_deprecation_warning(tmp_path):
     assert "collected 6 items" in out, out
     # The README's sample starts with pytest's header, not a warning.
     assert "PytestDeprecationWarning" not in out, out
+    # The notebooks come along, in the project's directory where Jupyter starts their kernel.
+    assert (target / "walkthrough.ipynb").is_file() and (target / "progress.ipynb").is_file()
 
 
 def test_first_demo_run_says_it_is_building_and_installs_only_what_the_demo_needs(tmp_path):

@@ -13,6 +13,7 @@ import sys
 
 import pexpect
 
+from browser.jupyter_web import JupyterServer
 from conftest import PYTHON, execute, stepkernel_bin, stream_text, wait_for, write_project
 
 GIT_ENV = {
@@ -226,3 +227,41 @@ def test_a_lingering_session_is_listed_live_so_a_second_client_can_find_it(tmp_p
     listed = subprocess.run([stepkernel_bin(), "sessions", "--live", "--json"], cwd=project,
                             capture_output=True, text=True)
     assert json.loads(listed.stdout) == []
+
+
+def test_jupyterlab_stays_connected_to_the_finished_session_until_end(tmp_path, run_session):
+    """Through jupyter_server's external kernels (what JupyterLab uses): after the
+    last test the kernel keeps answering; `%end` ends it and says so."""
+    project = write_project(tmp_path / "project", CART, git=True)
+    session = run_session(project, "test_cart.py", env=GIT_ENV)
+    session.wait_paused()
+    server = JupyterServer.start(tmp_path, project / ".jupyter-runtime" / "external_kernels", project)
+    try:
+        kernel = server.stepkernel_kernel()
+        notebook = server.create_session(kernel["id"], "attach.ipynb")
+        sock = server.channels(kernel["id"], notebook["id"])
+        try:
+            reply, text = sock.execute("%%edit\n" + FIX)
+            assert reply["status"] == "ok", (reply, text)
+            reply, text = sock.execute("%continue")
+            assert reply["status"] == "ok" and "The session stays up while a client is attached" in text, text
+            reply, text = sock.execute("%status")
+            assert "state: finished" in text and "1 fixed, 1 passed" in text, text
+            reply, text = sock.execute('%patch -m "Fix the expected total"')
+            assert reply["status"] == "ok" and "Wrote " in text, text
+            end_id = sock.send("shell", "execute_request", {
+                "code": "%end", "silent": False, "store_history": True, "user_expressions": {},
+                "allow_stdin": False, "stop_on_error": True,
+            })
+            reply, iopub = sock.collect(end_id)
+            assert reply["content"]["status"] == "ok"
+            while True:
+                message = sock.next_for(end_id, timeout=30)
+                if message["msg_type"] == "stream" and "the session has ended" in message["content"]["text"]:
+                    break
+        finally:
+            sock.close()
+    finally:
+        server.stop()
+    assert session.wait_exit(end=False) == 1
+    assert "session ended: %end from a client" in session.output()

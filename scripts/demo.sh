@@ -4,5 +4,5 @@
 # test pauses and the attach command is printed; Ctrl-C ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
-exec target/debug/stepkernel demo --python "$PWD/.venv/bin/python" "$@"
+scripts/setup.sh --demo
+exec "${CARGO_TARGET_DIR:-target}/debug/stepkernel" demo --python "$PWD/.venv/bin/python" "$@"

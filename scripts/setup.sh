@@ -2,15 +2,27 @@
 # Installs what stepkernel's tests and examples need, idempotently:
 # Debian packages (when missing), the Python virtualenv .venv with pinned
 # packages (reused when its requirements have not changed), and a debug build.
+# `--demo`: only what scripts/demo.sh needs (no browser, tmux or netns tools
+# for the end-to-end tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+demo_only=false
+for arg in "$@"; do
+  case "$arg" in
+    --demo) demo_only=true ;;
+    *) echo "setup: unknown option $arg (usage: scripts/setup.sh [--demo])" >&2; exit 4 ;;
+  esac
+done
+
 need_apt=()
 command -v git >/dev/null || need_apt+=(git)
-command -v tmux >/dev/null || need_apt+=(tmux)
-command -v ip >/dev/null || need_apt+=(iproute2)
-# The browser test drives JupyterLab in Debian's Chromium (never a downloaded browser).
-command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
+if ! $demo_only; then
+  command -v tmux >/dev/null || need_apt+=(tmux)
+  command -v ip >/dev/null || need_apt+=(iproute2)
+  # The browser test drives JupyterLab in Debian's Chromium (never a downloaded browser).
+  command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need_apt[*]}"
   sudo_cmd=()
@@ -29,7 +41,7 @@ PYTHON=${PYTHON:-python3}
 stamp=.venv/.stepkernel-requirements
 want=$(sha256sum tests/requirements.txt | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "setup: creating the test virtualenv .venv"
+  echo "setup: creating the Python virtualenv .venv (pip installs the pinned packages of tests/requirements.txt: a minute or two)"
   [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -r tests/requirements.txt
@@ -37,8 +49,10 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
 fi
 
 # playwright-core (pinned in tests/browser/package.json, no dependencies) drives
-# that Chromium; it downloads no browser of its own.
-if command -v npm >/dev/null; then
+# that Chromium; it downloads no browser of its own. The demo does not need it.
+if $demo_only; then
+  :
+elif command -v npm >/dev/null; then
   js_stamp=tests/browser/node_modules/.stepkernel-package
   js_want=$(sha256sum tests/browser/package.json | cut -d' ' -f1)
   if [ "$(cat "$js_stamp" 2>/dev/null)" != "$js_want" ]; then
@@ -56,4 +70,10 @@ fi
 # Every crate the lockfile names, for every platform (cargo build fetches only this
 # one's): the packaging test's `maturin build --offline` reads them all.
 cargo fetch --locked -q
-cargo build -q
+if [ -x "${CARGO_TARGET_DIR:-target}/debug/stepkernel" ]; then
+  cargo build -q
+else
+  # The first build compiles every dependency: show cargo's progress.
+  echo "setup: building stepkernel with cargo (the first build compiles every dependency: a few minutes; later ones take seconds)"
+  cargo build
+fi

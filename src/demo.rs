@@ -31,7 +31,32 @@ const FILES: &[(&str, &str)] = &[
         "tests/test_cart_unittest.py",
         include_str!("../examples/shop/tests/test_cart_unittest.py"),
     ),
+    // The notebooks run from the project's directory, where Jupyter starts their kernel.
+    (
+        "walkthrough.ipynb",
+        include_str!("../examples/shop/walkthrough.ipynb"),
+    ),
+    (
+        "progress.ipynb",
+        include_str!("../examples/shop/progress.ipynb"),
+    ),
 ];
+
+/// The example's pytest.ini: only for an interpreter with pytest-asyncio (see the file).
+const PYTEST_INI: &str = include_str!("../examples/shop/pytest.ini");
+
+/// Whether `python` can import `module` (false when it cannot be run).
+fn has_module(python: &Path, module: &str) -> bool {
+    std::process::Command::new(python)
+        .args([
+            "-c",
+            &format!("import importlib.util, sys; sys.exit(importlib.util.find_spec({module:?}) is None)"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
 
 /// Arguments of `stepkernel demo`.
 #[derive(Args)]
@@ -58,14 +83,20 @@ fn git(dir: &Path, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// Copies the example into `dir` and commits it (when git is there).
-pub fn materialize(dir: &Path) -> anyhow::Result<bool> {
-    for (rel, text) in FILES {
+/// Copies the example into `dir` (with its pytest.ini when `pytest_ini`) and
+/// commits it (when git is there).
+pub fn materialize(dir: &Path, pytest_ini: bool) -> anyhow::Result<bool> {
+    let ini = [("pytest.ini", PYTEST_INI)];
+    let extra: &[(&str, &str)] = if pytest_ini { &ini } else { &[] };
+    for (rel, text) in FILES.iter().chain(extra) {
         let path = dir.join(rel);
         std::fs::create_dir_all(path.parent().expect("has parent"))?;
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     }
-    std::fs::write(dir.join(".gitignore"), ".stepkernel/\n__pycache__/\n")?;
+    std::fs::write(
+        dir.join(".gitignore"),
+        ".stepkernel/\n__pycache__/\n.ipynb_checkpoints/\nfix.patch\n",
+    )?;
     Ok(git(dir, &["init", "-q"])
         && git(dir, &["add", "-A"])
         && git(dir, &["commit", "-qm", "The shop example"]))
@@ -81,7 +112,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let committed = materialize(&dir)?;
+    let committed = materialize(&dir, has_module(&python, "pytest_asyncio"))?;
     println!(
         "stepkernel demo: copied the shop example to {}{}",
         dir.display(),

@@ -48,7 +48,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if !err.use_stderr() => err.exit(), // --help, --version
+        Err(err) => {
+            // pytest's exit code for a usage error (clap's own is 2: "interrupted" to pytest).
+            let _ = err.print();
+            return ExitCode::from(run_cmd::USAGE_ERROR);
+        }
+    };
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args),
         Command::Demo(args) => demo::run(args),

@@ -47,6 +47,10 @@ pub struct RunArgs {
     /// Let an attached client's shutdown request end the session.
     #[arg(long)]
     pub allow_client_shutdown: bool,
+    /// Once the run is over, stay up at most SECONDS for attached clients
+    /// (default: until they detach or send %end; 0: end at once).
+    #[arg(long, value_name = "SECONDS")]
+    pub linger: Option<u64>,
     /// jupyter_server's external kernels directory.
     #[arg(long, value_name = "DIR")]
     pub external_dir: Option<PathBuf>,
@@ -68,11 +72,39 @@ fn parse_ports(spec: &str) -> anyhow::Result<Option<u16>> {
     Ok(Some(first))
 }
 
-/// Runs the subcommand.
+/// pytest's exit code for a usage error (bad option, missing file, unknown node id).
+pub const USAGE_ERROR: u8 = 4;
+/// pytest's exit code for an internal error.
+pub const INTERNAL_ERROR: u8 = 3;
+
+/// Runs the subcommand; exit codes follow pytest's table.
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let first_port = match parse_ports(&args.ports) {
+        Ok(port) => port,
+        Err(err) => {
+            eprintln!("stepkernel: error: {err:#}");
+            return Ok(ExitCode::from(USAGE_ERROR));
+        }
+    };
+    match start(args, first_port) {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            eprintln!("stepkernel: error: {err:#}");
+            Ok(ExitCode::from(INTERNAL_ERROR))
+        }
+    }
+}
+
+fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
     let rootdir = std::env::current_dir().context("cannot read the current directory")?;
-    let first_port = parse_ports(&args.ports)?;
-    let python = crate::python::resolve(args.python.as_deref(), &rootdir)?;
+    let python = match crate::python::resolve(args.python.as_deref(), &rootdir) {
+        Ok(python) => python,
+        Err(err) => {
+            // A --python that names nothing is a usage error, as pytest counts them.
+            eprintln!("stepkernel: error: {err:#}");
+            return Ok(ExitCode::from(USAGE_ERROR));
+        }
+    };
     let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
     let options = session::run::RunOptions {
         targets: args.targets,
@@ -88,6 +120,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         plan_id: args.plan_id,
         quiet: args.quiet,
         allow_client_shutdown: args.allow_client_shutdown,
+        linger: args.linger.map(std::time::Duration::from_secs),
         external_dir: args.external_dir,
         package_dir,
         rootdir,
@@ -99,7 +132,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(session::run::RunError::Usage(message)) => {
             eprintln!("stepkernel: error: {message}");
-            Ok(ExitCode::from(2))
+            Ok(ExitCode::from(USAGE_ERROR))
         }
         Err(err) => Err(err.into()),
     }

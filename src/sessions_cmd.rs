@@ -88,7 +88,7 @@ pub(crate) fn latest(
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let mut all: Vec<_> = session_dir::list(&root()?)
         .into_iter()
-        .filter(|(_, m)| !args.live || (m.alive() && m.state != "finished"))
+        .filter(|(_, m)| !args.live || m.attachable())
         .collect();
     all.sort_by_cached_key(|(dir, m)| start_key(dir, m));
     if args.json {
@@ -139,12 +139,10 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let root = root()?;
     let (_, meta) = match args.session.as_deref() {
         Some(id) => session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg)?,
-        None => latest(session_dir::list(&root), |m| {
-            m.alive() && m.state != "finished"
-        })
-        .context("no live session here (start one with `stepkernel run`)")?,
+        None => latest(session_dir::list(&root), SessionMeta::attachable)
+            .context("no live session here (start one with `stepkernel run`)")?,
     };
-    if !meta.alive() || meta.state == "finished" {
+    if !meta.attachable() {
         bail!(
             "session {} is not running ({})",
             meta.id,

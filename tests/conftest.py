@@ -249,9 +249,22 @@ class RunSession:
             return []
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-    def wait_exit(self, timeout: float = 60) -> int:
+    def wait_exit(self, timeout: float = 60, end: bool = True) -> int:
+        """The run's exit code. A finished run stays up while a client is
+        attached: with ``end``, one of this session's clients sends ``%end``
+        once session.json says it lingers, as a user ends it."""
+        deadline = time.monotonic() + timeout
+        live = [c for c in self.clients if c.channels_running]
+        if end and live:
+            def over():
+                return self.proc.poll() is not None or self.meta().get("lingering")
+
+            wait_for(over, timeout=timeout, what="the run to finish")
+            if self.proc.poll() is None:
+                reply = live[0].execute_interactive("%end", timeout=30)
+                assert reply["content"]["status"] == "ok", reply["content"]
         try:
-            return self.proc.wait(timeout=timeout)
+            return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             raise AssertionError(f"run did not end:\n{self.output()}")
 

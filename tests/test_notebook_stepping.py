@@ -26,7 +26,7 @@ def shop(tmp_path, monkeypatch):
     """A git repo holding the example project, and the kernelspec on JUPYTER_PATH."""
     repo = tmp_path / "shop"
     shutil.copytree(ROOT / "examples" / "shop", repo, ignore=shutil.ignore_patterns("__pycache__", ".stepkernel"))
-    (repo / ".gitignore").write_text(".stepkernel/\n__pycache__/\n*.ipynb\nfix.patch\n")
+    (repo / ".gitignore").write_text(".stepkernel/\n__pycache__/\nfix.patch\n")
     env = {**os.environ, **GIT_ENV}
     for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "shop"]):
         subprocess.run(cmd, cwd=repo, check=True, env=env)
@@ -41,7 +41,8 @@ def shop(tmp_path, monkeypatch):
 
 
 def execute(name: str, cwd) -> nbformat.NotebookNode:
-    nb = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    """Runs the notebook that lives in the project `cwd`, from there (as Jupyter does)."""
+    nb = nbformat.read(cwd / name, as_version=4)
     NotebookClient(
         nb, kernel_name="stepkernel", timeout=90, startup_timeout=60, resources={"metadata": {"path": str(cwd)}}
     ).execute()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
+import subprocess
 
 import nbformat
 import pytest
@@ -76,3 +78,45 @@ def test_notebook_runs_in_its_directory(kernelspec, tmp_path):
     nb = new_notebook(cells=[new_code_cell("open('data.txt').read()")])
     run(nb, kernelspec, tmp_path)
     assert outputs_of(nb)[0][0].data["text/plain"] == "'from a file next to the notebook'"
+
+
+def bundled_notebooks() -> list[pathlib.Path]:
+    listed = subprocess.run(["git", "ls-files", "*.ipynb"], cwd=ROOT, capture_output=True, text=True, check=True)
+    return [ROOT / line for line in listed.stdout.split()]
+
+
+def test_the_bundled_notebooks_are_found():
+    names = {p.relative_to(ROOT).as_posix() for p in bundled_notebooks()}
+    assert {"notebooks/hello.ipynb", "examples/shop/walkthrough.ipynb", "examples/shop/progress.ipynb"} <= names
+
+
+@pytest.mark.parametrize("notebook", bundled_notebooks(), ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_every_bundled_notebook_runs_from_its_own_directory(kernelspec, tmp_path, notebook):
+    """JupyterLab starts a notebook's kernel in the notebook's directory: so does this."""
+    home = tmp_path / "copy"
+    shutil.copytree(notebook.parent, home, ignore=shutil.ignore_patterns("__pycache__", ".stepkernel", "fix.patch"))
+    nb = nbformat.read(home / notebook.name, as_version=4)
+    run(nb, kernelspec, home)  # raises CellExecutionError on any failing cell
+    errors = [o for outs in outputs_of(nb) for o in outs if o.output_type == "error"]
+    assert not errors, errors
+
+
+def test_a_kernel_whose_python_lacks_pytest_says_so_and_how_to_choose_another(tmp_path, monkeypatch):
+    bare = tmp_path / "bare"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = bare / "bin" / "python"
+    assert subprocess.run([python, "-c", "import pytest"], capture_output=True).returncode != 0
+    prefix = tmp_path / "prefix"
+    done = install_kernelspec(prefix, "--python", str(python))
+    assert done.returncode == 0, done.stderr
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
+    home = tmp_path / "shop"
+    shutil.copytree(ROOT / "examples" / "shop", home, ignore=shutil.ignore_patterns("__pycache__", ".stepkernel"))
+    nb = new_notebook(cells=[new_code_cell("%test tests/test_checkout.py::test_single_items")])
+    run(nb, "stepkernel", home, allow_errors=True)
+    (error,) = [o for o in outputs_of(nb)[0] if o.output_type == "error"]
+    assert error.ename == "NoPytest"
+    assert f"{python} has no pytest" in error.evalue, error.evalue
+    assert f"{python} -m pip install pytest" in error.evalue
+    assert "stepkernel install --python PATH" in error.evalue

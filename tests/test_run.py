@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
+
+import pytest
 
 from conftest import PYTHON, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
 
@@ -240,7 +243,7 @@ def test_fail_mode_exit_codes_and_ctrl_c(tmp_path, run_session):
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 2 and "not found" in bad.stderr
+    assert bad.returncode == 4 and "not found" in bad.stderr, "pytest's usage error"
     # Ctrl-C at the terminal while paused ends the run cleanly with a report.
     session = run_session(project, "test_cart.py")
     session.wait_paused()
@@ -334,6 +337,46 @@ def test_pause_magic_while_running_and_where_answers_at_once(tmp_path, run_sessi
     assert session.wait_exit() == 0
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["test_cart.py::test_passes"],  # 0: all passed
+        ["test_cart.py"],  # 1: a test failed
+        ["test_cart.py::test_nope"],  # 4: a node id that does not exist
+        ["no_such_file.py"],  # 4: a file that does not exist
+        ["test_cart.py", "--", "--no-such-option"],  # 4: an option pytest does not know
+        ["test_cart.py", "--", "-k", "nothing_matches"],  # 5: no tests collected
+    ],
+    ids=["passed", "failed", "unknown-node-id", "missing-file", "bad-option", "none-collected"],
+)
+def test_exit_codes_follow_pytests_table(tmp_path, args):
+    project = write_project(tmp_path, CART)
+    pytest_args = [a for a in args if a != "--"]
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", *pytest_args],
+        cwd=project, capture_output=True, text=True,
+    )
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", *args],
+        cwd=project, capture_output=True, text=True,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert stepped.returncode == plain.returncode, (plain.returncode, stepped.stdout + stepped.stderr)
+
+
+def test_a_stepkernel_option_it_does_not_know_is_a_usage_error(tmp_path):
+    bad = subprocess.run([stepkernel_bin(), "run", "--no-such-option"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 4, bad.stderr
+    assert "--no-such-option" in bad.stderr
+    bad = subprocess.run([stepkernel_bin(), "run", "--ports", "9000"], cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 4 and "--ports" in bad.stderr, bad.stderr
+    bad = subprocess.run([stepkernel_bin(), "run", "--python", str(tmp_path / "no" / "python")], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert bad.returncode == 4 and "does not exist; choose one with --python PATH" in bad.stderr, bad.stderr
+    ok = subprocess.run([stepkernel_bin(), "run", "--help"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "--on-error" in ok.stdout
+
+
 def test_bad_node_id_is_a_usage_error_with_suggestions(tmp_path):
     project = write_project(tmp_path, CART)
     done = subprocess.run(
@@ -343,7 +386,7 @@ def test_bad_node_id_is_a_usage_error_with_suggestions(tmp_path):
         text=True,
         env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
     )
-    assert done.returncode == 2
+    assert done.returncode == 4, "pytest's usage error"
     assert "no test test_cart.py::test_totl" in done.stderr
     assert "closest: test_cart.py::test_total" in done.stderr
 
@@ -418,3 +461,150 @@ def test_unittest_runner_matches_plain_pytest_on_unittest_cases(tmp_path, run_se
     assert session.wait_exit(120) == 1
     out = _compare(tmp_path, "plain.xml", "stepped.xml")
     assert ", 0 failed" in out and not out.startswith("0 passed")
+
+
+MANY = {
+    "test_many.py": """
+        import pytest
+
+
+        @pytest.mark.parametrize("n", range(20))
+        def test_square(n):
+            square = n * n
+            assert square >= n
+
+
+        def test_one_step_fails():
+            assert 1 + 1 == 3
+        """,
+}
+
+
+def test_output_without_a_terminal_reads_like_pytests(tmp_path):
+    project = write_project(tmp_path, MANY)
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-p", "no:cacheprovider", "test_many.py"],
+        cwd=project, capture_output=True, text=True,
+    )
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_many.py"],
+        cwd=project, capture_output=True, text=True,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert stepped.returncode == plain.returncode == 1
+    out = stepped.stdout + stepped.stderr
+    ours = [line for line in out.splitlines() if line.startswith("stepkernel:")]
+    # The session line, the summary, where the session lives: not one line per test.
+    assert len(ours) <= 3, ours
+    assert "PASSED" not in out and " steps," not in out and "1 steps" not in out, out
+    # pytest's own report is all there, failure and all.
+    assert "test_many.py ....................F" in out, out
+    assert "FAILED test_many.py::test_one_step_fails" in out, out
+    assert "stepkernel: 1 failed, 20 passed" in out, out
+    plain_lines = len((plain.stdout + plain.stderr).splitlines())
+    assert len(out.splitlines()) <= plain_lines + 3, (plain.stdout, out)
+
+
+def summary_line(out: str) -> str:
+    """stepkernel's closing counts line ("stepkernel: 1 failed, 5 passed in 0.31s")."""
+    return next(line for line in out.splitlines() if re.fullmatch(r"stepkernel: .+ in \d+\.\d+s", line))
+
+
+def test_summary_words_its_counts_as_pytest_does(tmp_path):
+    project = write_project(tmp_path, {
+        "conftest.py": """
+            import pytest
+
+
+            @pytest.fixture
+            def db():
+                raise RuntimeError("no database")
+            """,
+        "test_db.py": """
+            def test_a(db):
+                pass
+
+
+            def test_b(db):
+                pass
+
+
+            def test_c():
+                assert 1 == 2
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                           capture_output=True, text=True)
+    assert "1 failed, 2 errors" in plain.stdout, plain.stdout
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_db.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert summary_line(stepped.stdout + stepped.stderr).startswith("stepkernel: 1 failed, 2 errors in "), stepped.stdout
+
+
+SUBTESTS = {
+    "test_sub.py": """
+        import unittest
+
+
+        class TestSub(unittest.TestCase):
+            def test_many(self):
+                for i in range(5):
+                    with self.subTest(i=i):
+                        self.assertLess(i, 3)
+
+
+        def test_pytest_subtests(subtests):
+            for i in range(4):
+                with subtests.test(i=i):
+                    assert i % 2 == 0
+
+
+        def test_plain():
+            assert True
+        """,
+}
+
+
+@pytest.mark.xfail(strict=True, reason="the engine must send `subtests` (outcome -> count) in test_finish; "
+                   "the terminal and report.json label them (session/src/terminal.rs summary_text)")
+def test_subtests_are_labelled_in_the_summary(tmp_path):
+    project = write_project(tmp_path, SUBTESTS)
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_sub.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    line = summary_line(stepped.stdout + stepped.stderr)
+    # pytest: "5 failed, 2 passed, 5 subtests passed" counts 2 + 2 failed subtests, 1 failing test, 2 passing.
+    assert line.startswith("stepkernel: 2 tests failed, 1 test passed; 4 subtests failed, 5 subtests passed in "), line
+
+
+def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_path):
+    project = write_project(tmp_path, {
+        "test_mod.py": """
+            import unittest
+
+
+            def tearDownModule():
+                raise RuntimeError("cleanup failed")
+
+
+            class TestA(unittest.TestCase):
+                def test_one(self):
+                    pass
+
+                def test_two(self):
+                    pass
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "unittest", "test_mod"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 1 and "errors=1" in plain.stderr
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--runner", "unittest", "--on-error", "fail", "test_mod.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = stepped.stdout + stepped.stderr
+    assert stepped.returncode == 1, out
+    assert "stepkernel: 2 passed in " in out
+    assert "the runner reported an error outside the tests" in out and "tearDownModule" in out, out

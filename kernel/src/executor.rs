@@ -8,6 +8,7 @@
 
 use crate::magics::{self, Magic};
 use crate::server::{log, send_router, Shared};
+use crate::session::AfterRun;
 use crate::steer::{self, SteerCommand, SteerError};
 use crate::wire::Message;
 use crate::worker::{StreamName, TaggedEvent, Worker, WorkerConfig, WorkerEvent};
@@ -48,6 +49,8 @@ pub enum Control {
         SteerCommand,
         tokio::sync::oneshot::Sender<Result<String, SteerError>>,
     ),
+    /// `%end` from a client (already answered): end a lingering session.
+    EndSession(Message),
 }
 
 /// What kind of request is in flight.
@@ -112,6 +115,18 @@ pub struct Executor {
     breakpoints: Vec<Value>,
     /// The run's `--on-error` (the engine pauses only when it is `pause`).
     run_on_error: String,
+    /// This kernel started a session's run (`stepkernel run`), whose end ends the session.
+    session_run: bool,
+    /// The resume that ran the last test, answered once the run's end is known.
+    ending: Option<(Inflight, String)>,
+    /// The run is over and the session stays up for its clients: until when (None: no limit).
+    lingering: Option<Option<Instant>>,
+    /// The session's end has been handled.
+    ended: bool,
+    /// `%end` came before the run's end was handled.
+    end_requested: Option<Message>,
+    /// Clients attached (iopub subscribers).
+    clients: watch::Receiver<usize>,
 }
 
 /// The first worker, started before the executor exists (so its interpreter
@@ -157,7 +172,14 @@ impl Executor {
             events,
         } = started;
         shared.worker_pid.store(worker.pid, Ordering::SeqCst);
+        let clients = shared.clients.clone();
         Executor {
+            session_run: run.is_some(),
+            ending: None,
+            lingering: None,
+            ended: false,
+            end_requested: None,
+            clients,
             shared,
             config,
             worker,
@@ -212,11 +234,12 @@ impl Executor {
                 }
             }
             let deadline = self.held.front().map(|(t, _)| *t + SYNC_GRACE);
+            let linger_deadline = self.lingering.flatten();
             tokio::select! {
                 biased;
                 Some(control) = self.control.recv() => {
                     if self.on_control(control).await {
-                        return;
+                        break;
                     }
                 }
                 Some((generation, event)) = self.events.recv() => {
@@ -231,6 +254,16 @@ impl Executor {
                     }
                 }
                 Some(reply) = self.stdin_replies.recv() => self.on_stdin(reply).await,
+                Ok(()) = self.clients.changed(), if self.lingering.is_some() => {
+                    let attached = *self.clients.borrow_and_update();
+                    let holds = self.shared.hooks.as_ref().is_some_and(|h| h.holds_session());
+                    if attached == 0 && !holds {
+                        self.end_session("the last client detached").await;
+                    }
+                }
+                _ = sleep_until(linger_deadline), if linger_deadline.is_some() => {
+                    self.end_session("the --linger time is up").await;
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     // Output never arrived (fd closed?): release in order anyway.
                     if let Some((_, message)) = self.held.pop_front() {
@@ -243,6 +276,10 @@ impl Executor {
                     }
                 }
             }
+        }
+        if self.lingering.is_some() {
+            // Stopped from outside (SIGTERM, a client's allowed shutdown): still close the session.
+            self.end_session("the kernel was stopped").await;
         }
         self.stop_worker().await;
     }
@@ -273,6 +310,9 @@ impl Executor {
                         .worker
                         .send(&json!({"type": "input_reply", "interrupted": true}))
                         .await;
+                } else if from_terminal && self.lingering.is_some() && self.inflight.is_none() {
+                    self.end_session("Ctrl-C at the terminal").await;
+                    return true;
                 } else if self.paused() && self.inflight.is_none() {
                     if from_terminal {
                         self.notice("Ctrl-C while paused: ending the run (tearDown runs, the report is written).");
@@ -287,7 +327,20 @@ impl Executor {
                 false
             }
             Control::Terminate => {
+                if self.lingering.is_some() {
+                    self.end_session("SIGTERM").await;
+                }
                 self.stop_worker().await;
+                true
+            }
+            Control::EndSession(msg) => {
+                if self.lingering.is_none() {
+                    // The run's end is still on its way: end the session then.
+                    self.end_requested = Some(msg);
+                    return false;
+                }
+                self.parent = Some(msg);
+                self.end_session("%end from a client").await;
                 true
             }
             Control::Forward(message) => {
@@ -697,11 +750,12 @@ impl Executor {
                         state.paused = None;
                         state.state = "finished".into();
                     }
-                    if let Some(hooks) = &self.shared.hooks {
-                        if hooks.on_run_finished(3) {
-                            self.finished = true;
-                        }
+                    if self.shared.hooks.is_some() {
+                        self.run_ended(3).await;
                     }
+                } else if self.ending.is_some() && !self.ended {
+                    // It died between the last test and the run's end: end the run here.
+                    self.run_ended(3).await;
                 }
             }
         }
@@ -758,7 +812,7 @@ impl Executor {
                 let id = message.get("id").and_then(Value::as_u64);
                 let content = message.get("content").cloned().unwrap_or(json!({}));
                 if id == Some(RUN_ID) {
-                    self.on_run_finished(&content);
+                    self.on_run_finished(&content).await;
                     return;
                 }
                 match self.inflight.take() {
@@ -873,7 +927,7 @@ impl Executor {
         self.shared.publish(Some(&request), msg_type, content);
     }
 
-    fn on_run_finished(&mut self, content: &Value) {
+    async fn on_run_finished(&mut self, content: &Value) {
         let code = content
             .get("exit_code")
             .and_then(Value::as_i64)
@@ -883,20 +937,114 @@ impl Executor {
             state.paused = None;
             state.state = "finished".into();
         }
-        if let Some(hooks) = &self.shared.hooks {
-            if hooks.on_run_finished(code) {
-                self.finished = true;
-            }
+        if self.shared.hooks.is_some() {
+            self.run_ended(code).await;
         }
+    }
+
+    /// The session's run is over: end the session, or keep it up (finished)
+    /// while a client is attached or the session holds unexported edits.
+    async fn run_ended(&mut self, code: i32) {
+        let Some(hooks) = self.shared.hooks.clone() else {
+            return;
+        };
+        let after = hooks.on_run_finished(code);
+        let attached = *self.clients.borrow_and_update();
+        let linger = match after {
+            AfterRun::Serve => {
+                if let Some((inflight, text)) = self.ending.take() {
+                    self.answer_resume(inflight, text).await;
+                }
+                return;
+            }
+            AfterRun::Stop => None,
+            AfterRun::Linger { limit } => (attached > 0 || hooks.holds_session()).then_some(limit),
+        };
+        let note = match linger {
+            Some(_) => format!(
+                "The run is over (exit code {code}). The session stays up while a client is attached: \
+                 %status %steps %diff %patch %apply work; %end ends it."
+            ),
+            None => format!("The run is over (exit code {code}); the session ends."),
+        };
+        match self.ending.take() {
+            Some((inflight, text)) => {
+                self.answer_resume(inflight, format!("{text}\n{note}"))
+                    .await
+            }
+            None => self.shared.publish(
+                self.parent.as_ref(),
+                "stream",
+                json!({"name": "stdout", "text": format!("stepkernel: {note}\n")}),
+            ),
+        }
+        match (linger, self.end_requested.take()) {
+            (Some(_), Some(msg)) => {
+                self.lingering = Some(None);
+                self.parent = Some(msg);
+                self.end_session("%end from a client").await;
+            }
+            (Some(limit), None) => {
+                self.lingering = Some(limit.map(|d| Instant::now() + d));
+                self.shared.lingering.store(true, Ordering::SeqCst);
+                hooks.on_linger(attached);
+            }
+            (None, _) => self.end_session("the run is over").await,
+        }
+    }
+
+    /// Ends the session: the hooks' last words, a notice to the clients, then the kernel stops.
+    async fn end_session(&mut self, reason: &str) {
+        self.finished = true;
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        let lingered = self.lingering.take().is_some();
+        self.shared.lingering.store(false, Ordering::SeqCst);
+        if let Some(hooks) = &self.shared.hooks {
+            hooks.on_session_end(reason);
+        }
+        if lingered {
+            self.shared.publish(
+                self.parent.as_ref(),
+                "stream",
+                json!({"name": "stdout", "text": format!("stepkernel: the session has ended ({reason}); this kernel stops now.\n")}),
+            );
+            // Let iopub send it before the process leaves.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Answers a `%continue` (or friends) with `text` on stdout.
+    async fn answer_resume(&mut self, inflight: Inflight, text: String) {
+        self.shared.publish(
+            Some(&inflight.request),
+            "stream",
+            json!({"name": "stdout", "text": text + "\n"}),
+        );
+        let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {}});
+        self.finish(inflight, ok).await;
     }
 
     /// Turns a worker reply into the Jupyter reply for the request's kind.
     async fn on_reply(&mut self, inflight: Inflight, content: Value) {
         match inflight.kind.clone() {
             Kind::Resume => {
+                if content.get("status").and_then(Value::as_str) == Some("error") {
+                    // `%test` that could not load anything (say, no pytest): the worker says why.
+                    let text = |k: &str| content.get(k).and_then(Value::as_str).unwrap_or("");
+                    let (ename, evalue) = (text("ename").to_string(), text("evalue").to_string());
+                    self.error_reply(inflight, &ename, &evalue).await;
+                    return;
+                }
+                let finished = content.get("exit_code").is_some();
                 let text = if let Some(code) = content.get("exit_code") {
                     let state = self.shared.run_state.lock().expect("state");
                     match (&state.test, &state.last_outcome) {
+                        (Some(test), Some(outcome)) if self.session_run => {
+                            format!("{test}: {outcome}")
+                        }
                         (Some(test), Some(outcome)) => format!(
                             "{test}: {outcome} (the namespace stays inspectable until the next %test)"
                         ),
@@ -905,13 +1053,12 @@ impl Executor {
                 } else {
                     self.shared.run_state.lock().expect("state").where_text()
                 };
-                self.shared.publish(
-                    Some(&inflight.request),
-                    "stream",
-                    json!({"name": "stdout", "text": text + "\n"}),
-                );
-                let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {}});
-                self.finish(inflight, ok).await;
+                if finished && self.session_run {
+                    // The run's own end follows at once: answer with what happens next.
+                    self.ending = Some((inflight, text));
+                    return;
+                }
+                self.answer_resume(inflight, text).await;
             }
             Kind::Edit => {
                 let result = content.get("result").cloned().unwrap_or(json!({}));

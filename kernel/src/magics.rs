@@ -32,6 +32,10 @@ pub enum Magic {
     Pause,
     /// `%set on_error pause|fail [TEST]`.
     Set(String),
+    /// `%status`: the session's state, test counts and where it is.
+    Status,
+    /// `%end`: end a finished session that stays up for its clients.
+    End,
     /// `%diff`, `%patch ...`, `%apply`, `%tests PATH`, `%test NODEID`, `%locals`: handled by the session.
     Session {
         /// The magic's name.
@@ -109,6 +113,14 @@ pub const HELP: &[(&str, &str)] = &[
         "load one test and pause before its first step",
     ),
     ("%locals", "show the paused test's variables"),
+    (
+        "%status",
+        "the session's state (running, paused, finished), test counts, where",
+    ),
+    (
+        "%end",
+        "end a finished session (it stays up while a client is attached)",
+    ),
     ("%help [MAGIC]", "this help; `%MAGIC?` works too"),
 ];
 
@@ -169,6 +181,8 @@ pub fn parse(code: &str) -> Option<Magic> {
         "fail" => Magic::Resume("fail"),
         "abort" => Magic::Resume("abort"),
         "pause" => Magic::Pause,
+        "status" => Magic::Status,
+        "end" => Magic::End,
         "clear" => Magic::Clear,
         "set" => Magic::Set(args.trim().to_string()),
         "help" => Magic::Help(
@@ -264,6 +278,8 @@ mod tests {
             })
         );
         assert_eq!(parse("%retry?"), Some(Magic::Help(Some("retry".into()))));
+        assert_eq!(parse("%status"), Some(Magic::Status));
+        assert_eq!(parse("%end"), Some(Magic::End));
         assert_eq!(
             parse("%frobnicate"),
             Some(Magic::Unknown("%frobnicate".into()))

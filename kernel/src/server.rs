@@ -56,6 +56,12 @@ pub struct Shared {
     pub run_state: Mutex<RunState>,
     /// The session's services (None for a bare kernel).
     pub hooks: Option<Arc<dyn SessionHooks>>,
+    /// How many clients are connected to iopub (every Jupyter client subscribes there).
+    pub clients: watch::Receiver<usize>,
+    /// The run has finished and the session stays up for its clients (`%end` ends it).
+    pub lingering: std::sync::atomic::AtomicBool,
+    /// The kernel runs a session's tests (`stepkernel run`), whose end ends the kernel.
+    pub session_run: bool,
 }
 
 impl Shared {
@@ -113,6 +119,8 @@ pub struct BoundKernel {
     control: zeromq::RouterSocket,
     stdin: zeromq::RouterSocket,
     iopub: zeromq::PubSocket,
+    /// iopub's connects and disconnects: who is attached.
+    iopub_monitor: futures::channel::mpsc::Receiver<zeromq::SocketEvent>,
     heartbeat: zeromq::RepSocket,
 }
 
@@ -164,6 +172,8 @@ impl BoundKernel {
         let mut control = zeromq::RouterSocket::new();
         let mut stdin = zeromq::RouterSocket::new();
         let mut iopub = zeromq::PubSocket::new();
+        // Before binding, so no client's connect is missed.
+        let iopub_monitor = iopub.monitor();
         let mut heartbeat = zeromq::RepSocket::new();
         bind(&mut shell, &mut info, Channel::Shell).await?;
         bind(&mut control, &mut info, Channel::Control).await?;
@@ -183,6 +193,7 @@ impl BoundKernel {
             control,
             stdin,
             iopub,
+            iopub_monitor,
             heartbeat,
         })
     }
@@ -204,6 +215,7 @@ impl BoundKernel {
         let signer = Signer::new(&self.connection.key);
         let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
         let (lang_tx, lang_rx) = watch::channel(None);
+        let (clients_tx, clients_rx) = watch::channel(0usize);
         let shared = Arc::new(Shared {
             session: uuid::Uuid::new_v4().to_string(),
             signer: signer.clone(),
@@ -214,8 +226,12 @@ impl BoundKernel {
             execution_count: std::sync::atomic::AtomicU64::new(0),
             run_state: Mutex::new(RunState::default()),
             hooks: self.hooks,
+            clients: clients_rx,
+            lingering: std::sync::atomic::AtomicBool::new(false),
+            session_run: self.run.is_some(),
         });
         tokio::spawn(heartbeat_task(self.heartbeat));
+        tokio::spawn(clients_task(self.iopub_monitor, clients_tx));
         tokio::spawn(iopub_task(self.iopub, iopub_rx, signer.clone()));
 
         let (shell_send, shell_recv) = self.shell.split();
@@ -279,6 +295,25 @@ async fn heartbeat_task(mut socket: zeromq::RepSocket) {
                 log(format!("heartbeat receive failed: {err}"));
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+        }
+    }
+}
+
+/// Counts the clients connected to iopub from the socket's monitor events.
+async fn clients_task(
+    mut events: futures::channel::mpsc::Receiver<zeromq::SocketEvent>,
+    count: watch::Sender<usize>,
+) {
+    use futures::StreamExt;
+    let mut peers = std::collections::HashSet::new();
+    while let Some(event) = events.next().await {
+        let changed = match event {
+            zeromq::SocketEvent::Accepted(_, peer) => peers.insert(peer),
+            zeromq::SocketEvent::Disconnected(peer) => peers.remove(&peer),
+            _ => false,
+        };
+        if changed {
+            let _ = count.send(peers.len());
         }
     }
 }
@@ -445,6 +480,7 @@ async fn answer_magic_now(
     magic: Magic,
     control: &mpsc::UnboundedSender<Control>,
 ) -> bool {
+    let ending = magic == Magic::End;
     let output: Result<(String, Option<String>), (String, String)> = match magic {
         Magic::Where => Ok((shared.run_state.lock().expect("state").where_text(), None)),
         Magic::Steps => {
@@ -452,6 +488,41 @@ async fn answer_magic_now(
             Ok((text, Some(html)))
         }
         Magic::Help(which) => Ok((magics::help(which.as_deref()), None)),
+        Magic::Status => {
+            let mut text = shared.run_state.lock().expect("state").status_text();
+            if shared.lingering.load(std::sync::atomic::Ordering::SeqCst) {
+                text.push_str(
+                    "\nthe run is over; the session stays up for its clients: %end ends it",
+                );
+            }
+            for line in shared.hooks.iter().flat_map(|h| h.status_lines()) {
+                text.push('\n');
+                text.push_str(&line);
+            }
+            // A run session adds its full status (what `stepkernel status` prints).
+            if let Some(Ok(session)) = shared.hooks.as_ref().and_then(|h| h.magic("status", "")) {
+                text.push_str("\n\n");
+                text.push_str(&session.text);
+            }
+            Ok((text, None))
+        }
+        Magic::End => {
+            let state = shared.run_state.lock().expect("state").state.clone();
+            // "finished" may show a moment before the executor starts lingering: it then ends at once.
+            if shared.lingering.load(std::sync::atomic::Ordering::SeqCst)
+                || (shared.session_run && state == "finished")
+            {
+                Ok(("The session ends now.".into(), None))
+            } else {
+                Err((
+                    "UsageError".into(),
+                    format!(
+                        "%end ends a finished session; this one is {}: %abort stops a paused run",
+                        if state.is_empty() { "idle" } else { &state }
+                    ),
+                ))
+            }
+        }
         Magic::Pause => {
             let _ = control.send(Control::Forward(json!({"type": "pause_request"})));
             Ok(("The run will pause before its next step.".into(), None))
@@ -552,9 +623,13 @@ async fn answer_magic_now(
                    "traceback": traceback, "user_expressions": {}})
         }
     };
+    let ending = ending && content["status"] == "ok";
     let reply = msg.child("execute_reply", content, &shared.session);
     send_router(send, &reply, &shared.signer).await;
     shared.status(Some(msg), "idle");
+    if ending {
+        let _ = control.send(Control::EndSession(msg.clone()));
+    }
     true
 }
 

@@ -13,6 +13,21 @@ pub struct MagicOutput {
     pub html: Option<String>,
 }
 
+/// What the kernel does once a session's test run has ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterRun {
+    /// End the session now.
+    Stop,
+    /// Keep serving as a plain kernel (a notebook kernel outlives each run).
+    Serve,
+    /// Stay up in the `finished` state while a client is attached or
+    /// [`SessionHooks::holds_session`] says so, for at most `limit`.
+    Linger {
+        /// The longest the finished session stays up (None: no limit).
+        limit: Option<std::time::Duration>,
+    },
+}
+
 /// Services the session (the `stepkernel` binary) gives the kernel.
 pub trait SessionHooks: Send + Sync {
     /// The instrumenter's report for one file (`files[0]` of `stepkernel steps --json`).
@@ -38,8 +53,21 @@ pub trait SessionHooks: Send + Sync {
     fn record_edit(&self, edit: &Value) -> Result<String, String>;
     /// Session magics (`%diff`, `%patch`, `%apply`, `%tests`, `%locals`): None if unknown.
     fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>>;
-    /// The test run ended with `exit_code`; return true to stop the kernel.
-    fn on_run_finished(&self, exit_code: i32) -> bool;
+    /// The test run ended with `exit_code`: what the kernel does next.
+    fn on_run_finished(&self, exit_code: i32) -> AfterRun;
+    /// While a finished session lingers: whether it must stay up with no
+    /// client attached (edits not yet exported).
+    fn holds_session(&self) -> bool {
+        false
+    }
+    /// The finished session stays up: `clients` are attached (tell the terminal how to end it).
+    fn on_linger(&self, _clients: usize) {}
+    /// The session ends now (after the run, or after lingering): final words and cleanup.
+    fn on_session_end(&self, _reason: &str) {}
+    /// Lines `%status` adds after the run's state (session id, directory, edits).
+    fn status_lines(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// A client asked to shut down; return true to allow it (else the client is detached).
     fn allow_client_shutdown(&self) -> bool;
     /// Something the kernel wants the person at the terminal to know.
@@ -237,6 +265,30 @@ impl RunState {
             (None, Some(test)) => format!("{} {test}", self.state_label()),
             (None, None) => format!("{}: no test has started", self.state_label()),
         }
+    }
+
+    /// `%status`: the run's state, tests finished by outcome, and where it is.
+    pub fn status_text(&self) -> String {
+        let counts: Vec<String> = self
+            .counts
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{n} {k}"))
+            .collect();
+        let tests = if counts.is_empty() {
+            "none finished yet".to_string()
+        } else {
+            counts.join(", ")
+        };
+        let place = match (&self.paused, &self.test) {
+            (Some(_), _) => self.where_text().replace('\n', "\n  "),
+            (None, Some(test)) => format!("last test {test}"),
+            (None, None) => "no test has started".to_string(),
+        };
+        format!(
+            "state: {}\ntests: {tests}\nwhere: {place}",
+            self.state_label()
+        )
     }
 
     fn state_label(&self) -> &str {

@@ -89,12 +89,12 @@ pub type TaggedEvent = (u64, WorkerEvent);
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     /// The interpreter could not be started.
-    #[error("cannot start Python worker with {python}: {source}")]
+    #[error("cannot start Python worker with {python}: {error}")]
     Spawn {
         /// The interpreter path.
         python: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (in the message, not a `source`: it would be printed twice).
+        error: std::io::Error,
     },
     /// The channel is gone (the worker died).
     #[error("the worker's channel is closed: {0}")]
@@ -140,9 +140,9 @@ impl Worker {
         events: mpsc::UnboundedSender<TaggedEvent>,
     ) -> Result<Worker, WorkerError> {
         let python = config.python.display().to_string();
-        let spawn_err = |source| WorkerError::Spawn {
+        let spawn_err = |error| WorkerError::Spawn {
             python: python.clone(),
-            source,
+            error,
         };
         let (ours, theirs) = socketpair().map_err(spawn_err)?;
         let child_fd = theirs.as_raw_fd();

@@ -6,10 +6,14 @@ use std::path::PathBuf;
 /// Everything that can go wrong while journaling, applying or exporting edits.
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
-    /// The file no longer holds the text the session loaded at that range.
+    /// The file no longer holds the text the session loaded at that range, and
+    /// the change on disk cannot be merged with the edits (it touches the same lines,
+    /// or there is no committed copy to merge from).
     #[error(
-        "conflict in {file} {}: the file changed on disk since the session loaded it; nothing \
-         was written (reload the test, or undo the outside change)",
+        "conflict in {file} {}: the file changed on disk at the lines this session edits since \
+         it loaded them; nothing was written. Undo or stash the outside change to those \
+         lines (`git diff {file}` shows it, `git stash` keeps it) and run the command again: \
+         the edits stay journaled meanwhile",
         lines(*start_line, *end_line)
     )]
     Conflict {

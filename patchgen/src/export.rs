@@ -10,7 +10,7 @@ use crate::edit::{effective_edits, Edit};
 use crate::error::PatchError;
 use crate::render::render_file;
 use crate::repo::prefix_in_repo;
-use crate::worktree::{by_file, plan, read_text, FileChange};
+use crate::worktree::{by_file, read_text, render_rebased, FileChange};
 
 /// Author used when git config names nobody.
 pub const FALLBACK_NAME: &str = "stepkernel";
@@ -24,6 +24,9 @@ pub struct PatchMeta {
     pub subject: Option<String>,
     /// The commit the session started from; `None` uses HEAD.
     pub base_revision: Option<String>,
+    /// Copies of the files as the session loaded them (see [`crate::Bases`]),
+    /// to merge changes made on disk since.
+    pub loaded: Option<std::path::PathBuf>,
 }
 
 /// The exported patch.
@@ -73,7 +76,11 @@ pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, P
         .ok()
         .filter(|r| r.workdir().is_some());
     let Some(repo) = repo else {
-        let changes = plan(root, edits)?;
+        let bases = crate::worktree::Bases {
+            loaded: meta.loaded.as_deref(),
+            revision: None,
+        };
+        let changes = crate::worktree::plan_from(root, edits, bases)?;
         if changes.is_empty() {
             return Err(PatchError::NothingToExport);
         }
@@ -99,11 +106,17 @@ pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, P
     for (file, file_edits) in by_file(edits) {
         let path = format!("{prefix}{file}");
         let disk = read_text(root, &file)?;
-        // The working tree must hold the originals (or the applied edits) either way.
-        let disk_after = render_file(&disk, &file_edits)?;
         let base = base_tree
             .as_ref()
             .and_then(|tree| blob_text(&repo, tree, &path));
+        // The working tree must hold the originals (or the applied edits), or
+        // merge with them: a change on disk at the edited lines is refused.
+        let loaded = meta
+            .loaded
+            .as_deref()
+            .and_then(|dir| crate::worktree::resolve(dir, &file).ok())
+            .and_then(|path| std::fs::read_to_string(path).ok());
+        let disk_after = render_rebased(&disk, &file_edits, loaded.as_deref().or(base.as_deref()))?;
         let from_base = base
             .as_ref()
             .and_then(|b| render_file(b, &file_edits).ok().map(|a| (b.clone(), a)));

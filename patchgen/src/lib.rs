@@ -11,6 +11,10 @@
 //! An edit names its step by the 1-based line range of the file as the session
 //! loaded it and the SHA-256 of that range's text ([`original_text`] defines the
 //! exact bytes: the lines with their own terminators, minus the last line's).
+//! A file changed on disk elsewhere than at its edited lines gets the edits
+//! rebased onto its new text ([`merge3`], from the committed copy the session
+//! started from); only a change of the edited lines themselves is a conflict.
+//!
 //! Computing `original_sha256` with [`original_text`] and [`sha256_hex`] is what
 //! makes [`render_file`]'s check agree.
 
@@ -19,6 +23,7 @@ mod edit;
 mod error;
 mod export;
 mod journal;
+mod merge;
 mod mime;
 mod render;
 mod repo;
@@ -32,6 +37,7 @@ pub use export::{
     FALLBACK_NAME,
 };
 pub use journal::{Journal, JournalContents};
+pub use merge::merge3;
 pub use render::{reindent, render_file};
 pub use repo::{head_revision, repo_root};
-pub use worktree::{apply, plan, FileChange};
+pub use worktree::{apply, apply_from, plan, plan_from, Bases, FileChange};

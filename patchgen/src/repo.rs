@@ -17,6 +17,19 @@ pub fn head_revision(root: &Path) -> Option<String> {
     Some(commit.id().to_string())
 }
 
+/// The text of `file` (relative to `root`) at `rev` (None: HEAD), if it is committed there.
+pub(crate) fn committed_text(root: &Path, file: &str, rev: Option<&str>) -> Option<String> {
+    let repo = Repository::discover(root).ok()?;
+    let commit = match rev {
+        Some(rev) => repo.revparse_single(rev).ok()?.peel_to_commit().ok()?,
+        None => repo.head().ok()?.peel_to_commit().ok()?,
+    };
+    let path = format!("{}{file}", prefix_in_repo(&repo, root));
+    let entry = commit.tree().ok()?.get_path(Path::new(&path)).ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    String::from_utf8(blob.content().to_vec()).ok()
+}
+
 /// `root`'s path inside the repository's workdir, '/'-separated with a trailing '/',
 /// or "" when `root` is the workdir itself.
 pub(crate) fn prefix_in_repo(repo: &Repository, root: &Path) -> String {

@@ -7,7 +7,9 @@ use std::path::{Component, Path, PathBuf};
 
 use crate::edit::Edit;
 use crate::error::PatchError;
+use crate::merge::merge3;
 use crate::render::render_file;
+use crate::repo::committed_text;
 
 /// One file's content before and after the session's edits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -54,6 +56,64 @@ pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
     fs::read_to_string(&path).map_err(|source| PatchError::Read { path, source })
 }
 
+/// Where a file's text as the session loaded it is found, to merge the
+/// changes made on disk since then with the session's edits.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Bases<'a> {
+    /// A directory of copies the session saved, by the files' relative paths (tried first).
+    pub loaded: Option<&'a Path>,
+    /// The commit the session started from (None: HEAD).
+    pub revision: Option<&'a str>,
+}
+
+impl Bases<'_> {
+    /// `file` as the session loaded it, if a copy or the commit has it.
+    pub(crate) fn text(&self, root: &Path, file: &str) -> Option<String> {
+        self.loaded
+            .and_then(|dir| resolve(dir, file).ok())
+            .and_then(|path| fs::read_to_string(path).ok())
+            .or_else(|| committed_text(root, file, self.revision))
+    }
+}
+
+/// `disk` with `edits` applied. When the file changed on disk since the session
+/// loaded it, the edits are rebased onto its new text by a three-way merge from
+/// `base` (the file as the session loaded it, when it can be found): the merge
+/// fails, and [`PatchError::Conflict`] names the edit, only when the outside
+/// change touches the edited lines.
+pub(crate) fn render_rebased(
+    disk: &str,
+    edits: &[Edit],
+    base: Option<&str>,
+) -> Result<String, PatchError> {
+    let err = match render_file(disk, edits) {
+        Err(err @ PatchError::Conflict { .. }) => err,
+        other => return other,
+    };
+    let Some(base) = base else {
+        return Err(err);
+    };
+    // The base must be what the session loaded: it holds every step's original.
+    let Ok(theirs) = render_file(base, edits) else {
+        return Err(err);
+    };
+    merge3(base, disk, &theirs).map_err(|(first, last)| {
+        let edit = edits
+            .iter()
+            .rev()
+            .find(|e| e.start_line <= last && first <= e.end_line)
+            .or(edits.last());
+        match edit {
+            Some(e) => PatchError::Conflict {
+                file: e.file.clone(),
+                start_line: e.start_line,
+                end_line: e.end_line,
+            },
+            None => err,
+        }
+    })
+}
+
 /// The pending change of every edited file under `root` (last edit per step wins).
 ///
 /// `edits` is the session's whole journal, in the order written (see
@@ -61,12 +121,24 @@ pub(crate) fn read_text(root: &Path, file: &str) -> Result<String, PatchError> {
 /// [`apply`] wrote an earlier edit of a step, the change shows that edit being
 /// replaced by the last one: what a further [`apply`] would write. Nothing is written. Every file is checked before anything is returned, so one
 /// conflict fails the whole plan. Files whose edits are already applied, or whose
-/// edits change nothing, are left out.
+/// edits change nothing, are left out. A file changed on disk elsewhere than at
+/// its edited lines gets the edits rebased onto it (see [`crate::merge3`]; the
+/// file as loaded is taken from HEAD; [`plan_from`] names the commit).
 pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> {
+    plan_from(root, edits, Bases::default())
+}
+
+/// [`plan`], merging changes on disk from the files as `bases` finds them.
+pub fn plan_from(
+    root: &Path,
+    edits: &[Edit],
+    bases: Bases<'_>,
+) -> Result<Vec<FileChange>, PatchError> {
     let mut changes = Vec::new();
     for (file, file_edits) in by_file(edits) {
         let before = read_text(root, &file)?;
-        let after = render_file(&before, &file_edits)?;
+        let base = bases.text(root, &file);
+        let after = render_rebased(&before, &file_edits, base.as_deref())?;
         if after != before {
             changes.push(FileChange {
                 file,
@@ -86,7 +158,16 @@ pub fn plan(root: &Path, edits: &[Edit]) -> Result<Vec<FileChange>, PatchError> 
 /// Each file is replaced through a synced temporary file and a rename, keeping
 /// its permissions, so a crash never leaves a half-written source file.
 pub fn apply(root: &Path, edits: &[Edit]) -> Result<Vec<String>, PatchError> {
-    let changes = plan(root, edits)?;
+    apply_from(root, edits, Bases::default())
+}
+
+/// [`apply`], merging changes on disk from the files as `bases` finds them (see [`plan_from`]).
+pub fn apply_from(
+    root: &Path,
+    edits: &[Edit],
+    bases: Bases<'_>,
+) -> Result<Vec<String>, PatchError> {
+    let changes = plan_from(root, edits, bases)?;
     let mut written = Vec::with_capacity(changes.len());
     for change in changes {
         let path = resolve(root, &change.file)?;

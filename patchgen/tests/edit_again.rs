@@ -98,6 +98,7 @@ fn export_after_apply_goes_from_the_base_to_the_last_edit() {
     let meta = PatchMeta {
         subject: None,
         base_revision: Some(base),
+        ..Default::default()
     };
 
     let exported = export(&root, &journal, &meta).unwrap();

@@ -376,6 +376,7 @@ fn message_and_base_revision_are_honoured() {
     let meta = PatchMeta {
         subject: Some("Correct the cart total\n\nThe fixture holds two items.".to_string()),
         base_revision: Some(base.clone()),
+        ..Default::default()
     };
     let export = export(&sandbox.repo(), &[fix], &meta).expect("export");
     let clone = sandbox.clone_repo("at-base");
@@ -393,6 +394,7 @@ fn message_and_base_revision_are_honoured() {
     let bad = PatchMeta {
         subject: None,
         base_revision: Some("no-such-revision".to_string()),
+        ..Default::default()
     };
     let fix = edit(
         CART,

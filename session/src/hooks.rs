@@ -7,7 +7,7 @@ use crate::session_dir::SessionMeta;
 use crate::status::LiveStatus;
 use crate::terminal::Terminal;
 use instrumenter::Options;
-use kernel::session::{MagicOutput, SessionHooks};
+use kernel::session::{AfterRun, MagicOutput, SessionHooks};
 use kernel::worker::StreamName;
 use patchgen::{Edit, Journal};
 use serde_json::{json, Value};
@@ -42,6 +42,8 @@ pub struct SessionContext {
     pub options: Options,
     /// Connection file copies to remove at the end.
     pub copies: Vec<PathBuf>,
+    /// What the kernel does when the run is over (`--on-error fail`, `--linger`).
+    pub after_run: AfterRun,
 }
 
 struct Inner {
@@ -59,6 +61,10 @@ struct Inner {
     /// When session.json was last written for a finished test.
     meta_saved: Instant,
     applied: bool,
+    /// The patch `%patch` last wrote, if no edit came after it.
+    exported: Option<PathBuf>,
+    /// The runner's exit code once the run is over.
+    run_code: Option<i32>,
     exit_code: Option<i32>,
     /// What the control socket's `status` answers.
     live: LiveStatus,
@@ -87,6 +93,8 @@ pub struct RunHooks {
     inner: Mutex<Inner>,
     /// Reports instrumented ahead of need (path -> bytes seen, report).
     prefetched: Mutex<HashMap<PathBuf, (Vec<u8>, Value)>>,
+    /// Copies of edited files as loaded (see `patches::loaded_dir`).
+    loaded_dir: PathBuf,
 }
 
 impl RunHooks {
@@ -110,12 +118,15 @@ impl RunHooks {
                 meta,
                 meta_saved: Instant::now(),
                 applied: false,
+                exported: None,
+                run_code: None,
                 exit_code: None,
                 live: LiveStatus::default(),
                 events_written: Arc::new(tokio::sync::Notify::new()),
             }),
             started: Instant::now(),
             prefetched: Mutex::new(HashMap::new()),
+            loaded_dir: crate::patches::loaded_dir(&ctx.dir),
             ctx,
         }
     }
@@ -328,6 +339,30 @@ impl RunHooks {
         })
     }
 
+    /// Where the files as this session loaded them are found (changes on disk are merged from them).
+    fn bases(&self) -> patchgen::Bases<'_> {
+        patchgen::Bases {
+            loaded: Some(&self.loaded_dir),
+            revision: self.ctx.base_revision.as_deref(),
+        }
+    }
+
+    /// Keeps a copy of `edit`'s file as the session loaded it (once), so a
+    /// change made on disk later can be merged with the edits even outside git.
+    fn keep_loaded_copy(&self, inner: &Inner, edit: &Edit) {
+        let copy = self.loaded_dir.join(&edit.file);
+        if copy.exists() {
+            return;
+        }
+        let Some(content) = inner.originals.get(&self.ctx.patch_root.join(&edit.file)) else {
+            return;
+        };
+        if let Some(parent) = copy.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::write(&copy, content);
+    }
+
     fn edits(&self) -> Result<Vec<Edit>, String> {
         let (edits, note) = patches::read_edits(&self.ctx.dir).map_err(|e| e.to_string())?;
         if let Some(note) = note {
@@ -340,8 +375,8 @@ impl RunHooks {
         match name {
             "diff" => {
                 let edits = self.edits()?;
-                let text =
-                    patches::diff(&self.ctx.patch_root, &edits, true).map_err(|e| e.to_string())?;
+                let text = patches::diff(&self.ctx.patch_root, &edits, self.bases(), true)
+                    .map_err(|e| e.to_string())?;
                 Ok(MagicOutput { text, html: None })
             }
             "patch" => {
@@ -372,6 +407,7 @@ impl RunHooks {
                     "stepkernel: patch written to {}",
                     written.path.display()
                 ));
+                self.lock().exported = Some(written.path.clone());
                 Ok(MagicOutput { text, html: None })
             }
             "apply" => {
@@ -379,8 +415,8 @@ impl RunHooks {
                 if edits.is_empty() {
                     return Err("this session has no edits yet".into());
                 }
-                let written =
-                    patchgen::apply(&self.ctx.patch_root, &edits).map_err(|e| e.to_string())?;
+                let written = patchgen::apply_from(&self.ctx.patch_root, &edits, self.bases())
+                    .map_err(|e| e.to_string())?;
                 self.lock().applied = true;
                 let text = if written.is_empty() {
                     "The edits are already in the working tree.".to_string()
@@ -414,41 +450,98 @@ impl RunHooks {
         }
     }
 
-    fn finish(&self, code: i32) -> i32 {
-        let mut inner = self.lock();
-        inner.flush_events();
-        let counts = inner.report.counts().clone();
+    /// The exit code of the session: the runner's, except a run fixed only
+    /// by edits that are now in the working tree passes.
+    fn final_code(inner: &Inner, code: i32) -> i32 {
+        let counts = inner.report.counts();
         let failing: u64 = ["failed", "error", "forced"]
             .iter()
             .filter_map(|k| counts.get(*k))
             .sum();
         let fixed = counts.get("fixed").copied().unwrap_or(0);
-        let final_code = if code == 1 && failing == 0 && fixed > 0 && inner.applied {
+        // pytest's own codes pass through (4 usage error, 5 no tests collected).
+        if code == 1 && failing == 0 && fixed > 0 && inner.applied {
             0
-        } else if code == 4 {
-            2 // pytest's usage error
         } else {
             code
-        };
-        let report = inner.report.to_json(&self.ctx.id, Some(final_code));
+        }
+    }
+
+    /// Writes report.json and session.json with the exit code as it stands.
+    fn write_outcome(&self, inner: &mut Inner, code: i32) {
+        let report = inner.report.to_json(&self.ctx.id, Some(code));
         let _ = std::fs::write(
             self.ctx.dir.join("report.json"),
             serde_json::to_vec_pretty(&report).expect("serializes"),
         );
         inner.meta.state = "finished".into();
         inner.meta.paused_at = None;
-        inner.meta.exit_code = Some(final_code);
-        inner.live.finish(final_code);
-        self.save_meta(&inner);
+        inner.meta.exit_code = Some(code);
+        inner.live.finish(code);
+        self.save_meta(inner);
+    }
+
+    /// The run is over: report, summary line.
+    fn run_finished(&self, code: i32) {
+        let mut inner = self.lock();
+        inner.flush_events();
+        inner.run_code = Some(code);
+        let final_code = Self::final_code(&inner, code);
+        self.write_outcome(&mut inner, final_code);
+        let counts = inner.report.counts().clone();
+        let subtests = inner.report.subtests().clone();
         let mut extra = vec![format!(
             "session {} in {}",
             self.ctx.id,
             self.ctx.dir.display()
         )];
+        if code == 4 {
+            extra.push(
+                "pytest stopped on a usage error (exit code 4): see its message above".into(),
+            );
+        }
+        let not_passing: u64 = ["failed", "error", "forced", "fixed"]
+            .iter()
+            .filter_map(|k| counts.get(*k))
+            .sum();
+        if code == 1 && not_passing == 0 {
+            // unittest counts a failing module or class fixture as an error of its own.
+            extra.push(
+                "the runner reported an error outside the tests (a module or class fixture such as \
+                 tearDownModule: see its report above), so the exit code is 1"
+                    .into(),
+            );
+        }
+        let seconds = self.started.elapsed().as_secs_f64();
+        inner.terminal.summary(&counts, &subtests, seconds, &extra);
+        inner.exit_code = Some(final_code);
+    }
+
+    /// Edits neither exported by `%patch` nor written by `%apply`.
+    fn unexported_edits(inner: &Inner) -> bool {
+        inner.meta.edits > 0 && !inner.applied && inner.exported.is_none()
+    }
+
+    /// The session ends: unexported edits go to a patch, the attach files go.
+    fn end(&self, reason: &str) {
+        let mut inner = self.lock();
+        let code = inner.run_code.unwrap_or(3);
+        let final_code = Self::final_code(&inner, code);
+        let lingered = std::mem::take(&mut inner.meta.lingering);
+        if Some(final_code) != inner.meta.exit_code || lingered {
+            // `%apply` while the session lingered may have made a fixed run pass.
+            self.write_outcome(&mut inner, final_code);
+        }
+        let mut lines = Vec::new();
         let edits = inner.meta.edits;
         if edits > 0 {
             if inner.applied {
-                extra.push(format!("{edits} edit(s) written to the working tree"));
+                lines.push(format!("{edits} edit(s) written to the working tree"));
+            } else if let Some(path) = &inner.exported {
+                lines.push(format!(
+                    "{edits} edit(s) not yet in your files; exported to {} (git am applies it)",
+                    path.display()
+                ));
             } else {
                 // The edits leave with the session: write the patch on the way out.
                 let written = patches::read_edits(&self.ctx.dir)
@@ -466,26 +559,30 @@ impl RunHooks {
                     });
                 match written {
                     Some(written) => {
-                        extra.push(format!(
+                        lines.push(format!(
                             "{edits} edit(s) not yet in your files; patch written to {}",
                             written.path.display()
                         ));
-                        extra.extend(written.notes);
+                        lines.extend(written.notes);
                     }
-                    None => extra.push(format!(
+                    None => lines.push(format!(
                         "{edits} edit(s) not yet in your files: `stepkernel patch {}` exports them",
                         self.ctx.id
                     )),
                 }
             }
         }
-        let seconds = self.started.elapsed().as_secs_f64();
-        inner.terminal.summary(&counts, seconds, &extra);
+        if inner.run_code.is_some() && reason != "the run is over" {
+            lines.push(format!("session ended: {reason}"));
+        }
+        inner.terminal.flush_partial();
+        for line in lines {
+            inner.terminal.line(&format!("stepkernel: {line}"));
+        }
         inner.exit_code = Some(final_code);
         for copy in &self.ctx.copies {
             let _ = std::fs::remove_file(copy);
         }
-        final_code
     }
 }
 
@@ -588,6 +685,7 @@ impl SessionHooks for RunHooks {
     fn record_edit(&self, edit: &Value) -> Result<String, String> {
         let mut inner = self.lock();
         let edit = self.build_edit(&mut inner, edit)?;
+        self.keep_loaded_copy(&inner, &edit);
         if inner.journal.is_none() {
             let journal =
                 Journal::open(&self.ctx.dir.join("journal.jsonl")).map_err(|e| e.to_string())?;
@@ -601,6 +699,7 @@ impl SessionHooks for RunHooks {
             .map_err(|e| format!("the edit could not be journaled: {e}"))?;
         inner.meta.edits += 1;
         inner.applied = false;
+        inner.exported = None;
         self.save_meta(&inner);
         Ok(format!(
             "journaled for {} lines {}-{}",
@@ -612,12 +711,63 @@ impl SessionHooks for RunHooks {
         Some(self.magic_result(name, args))
     }
 
-    fn on_run_finished(&self, exit_code: i32) -> bool {
+    fn on_run_finished(&self, exit_code: i32) -> AfterRun {
         if self.ctx.notebook {
-            return false;
+            return AfterRun::Serve;
         }
-        self.finish(exit_code);
-        true
+        self.run_finished(exit_code);
+        self.ctx.after_run
+    }
+
+    fn holds_session(&self) -> bool {
+        Self::unexported_edits(&self.lock())
+    }
+
+    fn on_linger(&self, clients: usize) {
+        let mut inner = self.lock();
+        inner.meta.lingering = true;
+        self.save_meta(&inner);
+        let why = match (clients, Self::unexported_edits(&inner)) {
+            (0, _) => format!(
+                "{} edit(s) not exported yet: attach (stepkernel console {}) and %patch or %apply them",
+                inner.meta.edits, self.ctx.id
+            ),
+            (n, false) => format!("{n} client(s) attached"),
+            (n, true) => format!(
+                "{n} client(s) attached, {} edit(s) not exported yet",
+                inner.meta.edits
+            ),
+        };
+        inner.terminal.line(&format!(
+            "stepkernel: the run is over; the session stays up ({why}): %status %steps %diff %patch %apply work in a client."
+        ));
+        inner.terminal.line(
+            "stepkernel: end it with Ctrl-C here or %end from a client (it also ends when the last client detaches with nothing left to export; --linger SECONDS limits the wait)",
+        );
+    }
+
+    fn on_session_end(&self, reason: &str) {
+        if !self.ctx.notebook {
+            self.end(reason);
+        }
+    }
+
+    fn status_lines(&self) -> Vec<String> {
+        let inner = self.lock();
+        let edits = inner.meta.edits;
+        let state = if edits == 0 {
+            String::new()
+        } else if inner.applied {
+            " (written to the working tree)".into()
+        } else if let Some(path) = &inner.exported {
+            format!(" (exported to {})", path.display())
+        } else {
+            " (not exported yet: %patch or %apply)".into()
+        };
+        vec![
+            format!("session: {} in {}", self.ctx.id, self.ctx.dir.display()),
+            format!("edits: {edits}{state}"),
+        ]
     }
 
     fn allow_client_shutdown(&self) -> bool {

@@ -44,13 +44,24 @@ pub fn read_edits(session_dir: &Path) -> Result<(Vec<Edit>, Option<String>), Pat
     Ok((contents.edits, note))
 }
 
-/// `%diff`: the pending edits as a unified diff.
-pub fn diff(root: &Path, edits: &[Edit], color: bool) -> Result<String, PatchCmdError> {
+/// Where a session keeps copies of the files it edits as it loaded them.
+pub fn loaded_dir(session_dir: &Path) -> PathBuf {
+    session_dir.join("loaded")
+}
+
+/// `%diff`: the pending edits as a unified diff (changes on disk elsewhere in
+/// a file are merged, see [`patchgen::Bases`]).
+pub fn diff(
+    root: &Path,
+    edits: &[Edit],
+    bases: patchgen::Bases<'_>,
+    color: bool,
+) -> Result<String, PatchCmdError> {
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
     // The whole journal: patchgen needs each step's history (edits already applied).
-    let changes = patchgen::plan(root, edits)?;
+    let changes = patchgen::plan_from(root, edits, bases)?;
     if changes.is_empty() {
         return Ok(ALREADY_APPLIED.to_string());
     }
@@ -83,9 +94,11 @@ pub fn write_patch(
     if edits.is_empty() {
         return Err(PatchCmdError::NoEdits);
     }
+    let loaded = loaded_dir(session_dir);
     let meta = PatchMeta {
         subject,
         base_revision,
+        loaded: loaded.is_dir().then_some(loaded),
     };
     let export = patchgen::export(root, edits, &meta)?;
     let mut notes = Vec::new();
@@ -224,16 +237,19 @@ mod tests {
         std::fs::write(dir.path().join("test_t.py"), content).unwrap();
         let edits = vec![edit_of_line_two(content)];
         assert!(matches!(
-            diff(dir.path(), &[], false),
+            diff(dir.path(), &[], Default::default(), false),
             Err(PatchCmdError::NoEdits)
         ));
-        let shown = diff(dir.path(), &edits, false).unwrap();
+        let shown = diff(dir.path(), &edits, Default::default(), false).unwrap();
         assert!(
             shown.contains("-    assert 1 == 2\n+    assert 1 == 1\n"),
             "{shown}"
         );
         patchgen::apply(dir.path(), &edits).unwrap();
-        assert_eq!(diff(dir.path(), &edits, false).unwrap(), ALREADY_APPLIED);
+        assert_eq!(
+            diff(dir.path(), &edits, Default::default(), false).unwrap(),
+            ALREADY_APPLIED
+        );
     }
 
     #[test]

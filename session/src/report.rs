@@ -9,6 +9,8 @@ pub struct Report {
     tests: Vec<Value>,
     current: Option<Value>,
     counts: BTreeMap<String, u64>,
+    /// Subtests by outcome, from `test_finish` events that carry `subtests`.
+    subtests: BTreeMap<String, u64>,
     by_method: BTreeMap<String, u64>,
     by_error: BTreeMap<(String, String), (u64, Vec<String>)>,
     failures: Vec<Value>,
@@ -118,12 +120,19 @@ impl Report {
                     .unwrap_or("unknown")
                     .to_string();
                 *self.counts.entry(outcome.clone()).or_default() += 1;
+                let subtests = event.get("subtests").and_then(Value::as_object);
+                for (kind, n) in subtests.into_iter().flatten() {
+                    *self.subtests.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
+                }
                 let mut test = self
                     .current
                     .take()
                     .unwrap_or_else(|| json!({"id": id, "steps": []}));
                 test["outcome"] = json!(outcome);
                 test["duration_s"] = event.get("duration_s").cloned().unwrap_or(Value::Null);
+                if let Some(subtests) = event.get("subtests") {
+                    test["subtests"] = subtests.clone();
+                }
                 if matches!(outcome.as_str(), "failed" | "error" | "forced") {
                     self.record_failure(&id, &outcome, &test, event);
                 }
@@ -189,6 +198,11 @@ impl Report {
         &self.counts
     }
 
+    /// Subtests per outcome so far (empty when the runner reported none).
+    pub fn subtests(&self) -> &BTreeMap<String, u64> {
+        &self.subtests
+    }
+
     /// The report as JSON.
     pub fn to_json(&self, session_id: &str, exit_code: Option<i32>) -> Value {
         let by_method: Map<String, Value> = self
@@ -209,6 +223,7 @@ impl Report {
             "exit_code": exit_code,
             "outcomes": self.counts,
             "total": self.counts.values().sum::<u64>(),
+            "subtests": self.subtests,
             "edits": self.edits,
             "tests": self.tests,
             "failures": self.failures,

@@ -7,6 +7,7 @@ use crate::session_dir::{self, SessionMeta};
 use instrumenter::Options;
 use kernel::connection_file::ConnectionInfo;
 use kernel::server::{BoundKernel, KernelOptions};
+use kernel::session::AfterRun;
 use kernel::worker::WorkerConfig;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,9 @@ pub struct RunOptions {
     pub quiet: bool,
     /// Let a client's shutdown_request end the session.
     pub allow_client_shutdown: bool,
+    /// The longest a finished run stays up for its clients (None: until
+    /// they detach or `%end`; zero: end at once).
+    pub linger: Option<std::time::Duration>,
     /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
     pub external_dir: Option<PathBuf>,
     /// The unpacked worker package.
@@ -52,7 +56,7 @@ pub struct RunOptions {
 /// Errors that prevent a session from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    /// Bad arguments (exit code 2).
+    /// Bad arguments (exit code 4, pytest's usage error).
     #[error("{0}")]
     Usage(String),
     /// Session directory or connection file problems.
@@ -98,7 +102,7 @@ fn check_targets(rootdir: &Path, targets: &[String]) -> Result<(), RunError> {
 /// A `--session-dir` used before: refuse a live session's, else start afresh.
 fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     if let Some(old) = SessionMeta::load(dir) {
-        if old.alive() && old.state != "finished" && old.pid != std::process::id() {
+        if old.attachable() && old.pid != std::process::id() {
             return Err(RunError::Usage(format!(
                 "{} belongs to a live session (pid {}, {}); choose another --session-dir",
                 dir.display(),
@@ -277,6 +281,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 notebook: false,
                 options,
                 copies,
+                after_run: after_run(&opts),
             },
             meta,
             opts.quiet,
@@ -308,6 +313,16 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         served?;
         Ok(hooks.exit_code().unwrap_or(3))
     })
+}
+
+/// A run with `--on-error fail` (nothing pauses, no one is waited for) or
+/// `--linger 0` ends with its last test; others stay up for their clients.
+fn after_run(opts: &RunOptions) -> AfterRun {
+    if opts.on_error == "fail" || opts.linger == Some(std::time::Duration::ZERO) {
+        AfterRun::Stop
+    } else {
+        AfterRun::Linger { limit: opts.linger }
+    }
 }
 
 /// Hooks for a notebook kernel (`stepkernel kernel`): `%test`, `%tests`,
@@ -342,6 +357,7 @@ pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
             notebook: true,
             options: Options::default(),
             copies: Vec::new(),
+            after_run: AfterRun::Serve,
         },
         meta,
         true,

@@ -44,6 +44,9 @@ pub struct SessionMeta {
     /// Exit code once finished.
     #[serde(default)]
     pub exit_code: Option<i32>,
+    /// The run is finished and the session stays up for its clients (`%end` ends it).
+    #[serde(default)]
+    pub lingering: bool,
 }
 
 /// The default parent of session directories for a project.
@@ -82,6 +85,12 @@ impl SessionMeta {
         pid_alive(self.pid)
     }
 
+    /// A client can attach: the process is alive and its run goes on, or it
+    /// is finished but lingering for its clients.
+    pub fn attachable(&self) -> bool {
+        self.alive() && (self.state != "finished" || self.lingering)
+    }
+
     /// The state to show: a dead process cannot be running or paused.
     pub fn shown_state(&self) -> String {
         if self.state != "finished" && !self.alive() {
@@ -98,6 +107,7 @@ impl SessionMeta {
             "paused_at": self.paused_at, "tests": self.tests, "edits": self.edits,
             "connection_file": self.connection_file, "dir": dir.display().to_string(),
             "started": self.started, "exit_code": self.exit_code,
+            "lingering": self.lingering && self.alive(),
         })
     }
 }

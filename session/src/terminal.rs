@@ -5,7 +5,23 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+
+/// A line for a test whose outcome the runner cannot report: passed only
+/// after edits (`fixed`), or a failing step skipped by hand (`forced`).
+fn outcome_note(event: &Value) -> Option<String> {
+    let test = event.get("test").and_then(Value::as_str).unwrap_or("");
+    match event.get("outcome").and_then(Value::as_str)? {
+        "fixed" => Some(format!(
+            "FIXED {test}: passed after edits made in this session (%apply writes them, %patch exports them)"
+        )),
+        "forced" => Some(format!(
+            "FORCED {test}: a failing step was skipped by hand (counted as failed)"
+        )),
+        _ => None,
+    }
+}
 
 /// The terminal display of a run.
 pub struct Terminal {
@@ -14,8 +30,8 @@ pub struct Terminal {
     bar: Option<ProgressBar>,
     /// Output is printed in whole lines; the rest waits here.
     partial: [String; 2],
-    /// Steps finished (not failed) in the current test.
-    steps_done: u64,
+    /// Outcomes the runner cannot report (fixed, forced), shown with the summary.
+    notes: Vec<String>,
 }
 
 impl Terminal {
@@ -26,7 +42,7 @@ impl Terminal {
             quiet,
             bar: None,
             partial: [String::new(), String::new()],
-            steps_done: 0,
+            notes: Vec::new(),
         }
     }
 
@@ -80,9 +96,6 @@ impl Terminal {
     pub fn event(&mut self, event: &Value) {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         let test = event.get("test").and_then(Value::as_str).unwrap_or("");
-        if kind == "test_start" {
-            self.steps_done = 0;
-        }
         match kind {
             "test_start" if self.tty && !self.quiet => {
                 let total: u64 = event
@@ -109,9 +122,6 @@ impl Terminal {
             "step_finish" => {
                 // Count steps done; a failed step is not done until it passes.
                 let status = event.get("status").and_then(Value::as_str).unwrap_or("");
-                if status != "failed" {
-                    self.steps_done += 1;
-                }
                 if let Some(bar) = &self.bar {
                     if status != "failed" {
                         bar.inc(1);
@@ -132,18 +142,10 @@ impl Terminal {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                if !self.tty && !self.quiet {
-                    // Plain progress: one whole line per test (runner output is held to whole lines).
-                    let outcome = event.get("outcome").and_then(Value::as_str).unwrap_or("?");
-                    let secs = event
-                        .get("duration_s")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0);
-                    self.line(&format!(
-                        "stepkernel: {} {test} ({} steps, {secs:.2}s)",
-                        outcome.to_uppercase(),
-                        self.steps_done
-                    ));
+                // The runner's own report (dots, failures) passes through: only what
+                // it cannot know is added, at the end (a line here would split its dots).
+                if let Some(note) = outcome_note(event) {
+                    self.notes.push(note);
                 }
             }
             _ => {}
@@ -205,10 +207,13 @@ impl Terminal {
         self.print(&text, false);
     }
 
-    /// The closing summary, like pytest's last line.
+    /// The closing summary, like pytest's last line. `subtests` (outcome →
+    /// count, from `test_finish` events that carry them) adds labelled units,
+    /// so the counts read like the runner's report printed above them.
     pub fn summary(
         &mut self,
-        counts: &std::collections::BTreeMap<String, u64>,
+        counts: &BTreeMap<String, u64>,
+        subtests: &BTreeMap<String, u64>,
         seconds: f64,
         extra: &[String],
     ) {
@@ -216,32 +221,110 @@ impl Terminal {
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }
-        let order = [
-            "failed", "error", "forced", "fixed", "passed", "skipped", "xfailed", "xpassed",
-        ];
-        let mut parts: Vec<String> = order
-            .iter()
-            .filter_map(|k| {
-                counts
-                    .get(*k)
-                    .filter(|n| **n > 0)
-                    .map(|n| format!("{n} {k}"))
-            })
-            .collect();
-        for (k, n) in counts {
-            if !order.contains(&k.as_str()) && *n > 0 {
-                parts.push(format!("{n} {k}"));
-            }
-        }
-        if parts.is_empty() {
-            parts.push("no tests ran".into());
+        for note in std::mem::take(&mut self.notes) {
+            self.line(&format!("stepkernel: {note}"));
         }
         self.line(&format!(
             "stepkernel: {} in {seconds:.2}s",
-            parts.join(", ")
+            summary_text(counts, subtests)
         ));
         for e in extra {
             self.line(&format!("stepkernel: {e}"));
         }
+    }
+}
+
+/// Outcomes in pytest's order, then stepkernel's own (fixed, forced) and any other.
+const ORDER: [&str; 8] = [
+    "failed", "error", "forced", "fixed", "passed", "skipped", "xfailed", "xpassed",
+];
+
+/// "2 failed, 1 error" as pytest words it (`error` takes a plural); `unit`
+/// ("test", "subtest") is named after each count when given.
+fn counted(counts: &BTreeMap<String, u64>, unit: Option<&str>) -> Vec<String> {
+    let mut keys: Vec<&str> = ORDER
+        .iter()
+        .copied()
+        .filter(|k| counts.contains_key(*k))
+        .collect();
+    keys.extend(
+        counts
+            .keys()
+            .map(String::as_str)
+            .filter(|k| !ORDER.contains(k)),
+    );
+    keys.into_iter()
+        .filter_map(|k| {
+            let n = *counts.get(k)?;
+            (n > 0).then(|| match unit {
+                Some(unit) if k == "error" => format!("{n} {unit}{} errored", plural(n)),
+                Some(unit) => format!("{n} {unit}{} {k}", plural(n)),
+                None if k == "error" => format!("{n} error{}", plural(n)),
+                None => format!("{n} {k}"),
+            })
+        })
+        .collect()
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// The summary's counts: tests as pytest words them; with subtests, both labelled.
+pub fn summary_text(counts: &BTreeMap<String, u64>, subtests: &BTreeMap<String, u64>) -> String {
+    let with_subtests = subtests.values().any(|n| *n > 0);
+    let tests = counted(counts, with_subtests.then_some("test"));
+    let mut text = if tests.is_empty() {
+        "no tests ran".to_string()
+    } else {
+        tests.join(", ")
+    };
+    if with_subtests {
+        text.push_str(&format!(
+            "; {}",
+            counted(subtests, Some("subtest")).join(", ")
+        ));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::summary_text;
+    use std::collections::BTreeMap;
+
+    fn map(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+        pairs.iter().map(|(k, n)| (k.to_string(), *n)).collect()
+    }
+
+    #[test]
+    fn words_counts_as_pytest_does() {
+        let none = BTreeMap::new();
+        assert_eq!(
+            summary_text(&map(&[("passed", 5), ("failed", 1)]), &none),
+            "1 failed, 5 passed"
+        );
+        assert_eq!(summary_text(&map(&[("error", 3)]), &none), "3 errors");
+        assert_eq!(summary_text(&map(&[("error", 1)]), &none), "1 error");
+        assert_eq!(summary_text(&none, &none), "no tests ran");
+    }
+
+    #[test]
+    fn subtests_label_the_units() {
+        assert_eq!(
+            summary_text(
+                &map(&[("failed", 6), ("passed", 46)]),
+                &map(&[("failed", 17), ("passed", 4)])
+            ),
+            "6 tests failed, 46 tests passed; 17 subtests failed, 4 subtests passed"
+        );
+        assert_eq!(
+            summary_text(&map(&[("passed", 1)]), &map(&[("passed", 1)])),
+            "1 test passed; 1 subtest passed"
+        );
     }
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import getpass
+import importlib.util
 import os
 import signal
 import sys
@@ -94,6 +95,7 @@ class Worker:
         self.exit_payload: dict | None = None
         self.pause_at_start = False  # %test: pause before the test body's first step
         self.last_handler = None  # the last paused namespace, kept after a %test ends
+        self.last_summary: dict | None = None  # the last run's summary event
         self._next_rpc = 0
         self._sync = 0
         self.pid = os.getpid()
@@ -374,6 +376,8 @@ class Worker:
     def emit(self, event: dict) -> None:
         """Publish a progress event to the kernel (events.jsonl, iopub, terminal)."""
         event.setdefault("time", time.time())
+        if event.get("event") == "summary":
+            self.last_summary = event
         self.emit_line('{"type":"event","event":' + encode_flat(event) + "}\n")
 
     def emit_line(self, line: str) -> None:
@@ -474,6 +478,19 @@ class Worker:
             self.handler = previous
             self.executing = outer_executing
 
+    def _no_pytest_note(self, what: str, how: str) -> str | None:
+        """Why nothing ran when this interpreter lacks pytest (``auto`` fell back
+        to unittest, which cannot load pytest tests); None otherwise."""
+        if importlib.util.find_spec("pytest") is not None:
+            return None
+        summary = self.last_summary or {}
+        if summary.get("total"):
+            return None
+        python = sys.executable
+        return (f"{python} has no pytest, so {what} ran under unittest, which ran no test. "
+                f"Install pytest there ({python} -m pip install pytest) or choose an interpreter "
+                f"that has it: {how}")
+
     def _answer_pending_resume(self, info: dict | None, exit_code: int | None = None) -> None:
         if self.pending_resume is None:
             return
@@ -550,6 +567,7 @@ class Worker:
         self.pause_at_start = True
         self.executing = True
         exit_code = 3
+        self.last_summary = None
         try:
             exit_code = stepping.run(self, [node_id, "-q", "-p", "no:cacheprovider"], runner="auto",
                                      on_error="pause", junit_xml=None, rootdir=os.getcwd())
@@ -560,6 +578,15 @@ class Worker:
             self.executing = False
             self.pause_at_start = False
         self.handler = self.last_handler
+        note = self._no_pytest_note(
+            f"%test {node_id}",
+            "`stepkernel install --python PATH` (the kernelspec then starts that interpreter), or "
+            "STEPKERNEL_PYTHON=PATH, $VIRTUAL_ENV or a ./.venv where Jupyter starts the kernel",
+        ) if exit_code != 0 else None
+        if note is not None and self.pending_resume is not None:
+            command, self.pending_resume = self.pending_resume, None
+            self._reply(command["id"], {"status": "error", "ename": "NoPytest", "evalue": note, "traceback": []})
+            return
         self._answer_pending_resume(None, exit_code)
 
     def _locals(self, message: dict) -> None:
@@ -605,6 +632,7 @@ class Worker:
         self.steps_fingerprint = message.get("steps_fingerprint")
         exit_code = 3
         self.executing = True
+        self.last_summary = None
         try:
             exit_code = stepping.run(
                 self,
@@ -619,6 +647,12 @@ class Worker:
             self.emit({"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
         finally:
             self.executing = False
+        if exit_code != 0 and message.get("runner", "auto") == "auto":
+            note = self._no_pytest_note(
+                "the run", "`stepkernel run --python PATH` (default: $VIRTUAL_ENV, then ./.venv, then python3)"
+            )
+            if note is not None:
+                print(f"stepkernel: {note}", file=sys.stderr, flush=True)
         self._answer_pending_resume(None, exit_code)
         self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
 

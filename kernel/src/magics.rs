@@ -24,6 +24,8 @@ pub enum Magic {
         /// The new definition.
         source: String,
     },
+    /// `%edit NAME`: show a function's source and offer `%%edit NAME` with it as the next cell.
+    ShowFunction(String),
     /// `%break N [N...]`.
     Break(Vec<usize>),
     /// `%clear`: remove breakpoints.
@@ -81,8 +83,16 @@ pub const HELP: &[(&str, &str)] = &[
         "replace the source of step N (default: current) with the cell's body",
     ),
     (
+        "%%edit NAME",
+        "replace function or method NAME of the code under test (Cart.subtotal, path.py::func)",
+    ),
+    (
         "%edit [N]",
         "show step N's source and offer it as the next cell",
+    ),
+    (
+        "%edit NAME",
+        "show function NAME's source and offer it as the next cell",
     ),
     ("%break N [N ...]", "pause before step N of each test"),
     ("%clear", "remove all breakpoints"),
@@ -115,10 +125,11 @@ pub fn parse(code: &str) -> Option<Magic> {
         let (name, args) = split_name(cell);
         if name == "edit" {
             let target = args.trim();
-            if !target.is_empty()
-                && target.parse::<usize>().is_err()
-                && !target.contains(char::is_whitespace)
-            {
+            if rest.trim().is_empty() {
+                return Some(Magic::Invalid(empty_edit_message(target)));
+            }
+            let rest = &without_trailing_blank_lines(rest);
+            if is_function_target(target) {
                 return Some(Magic::EditFunction {
                     target: target.to_string(),
                     source: rest.to_string(),
@@ -161,6 +172,7 @@ pub fn parse(code: &str) -> Option<Magic> {
         "help" => Magic::Help(
             Some(args.trim().trim_start_matches('%').to_string()).filter(|s| !s.is_empty()),
         ),
+        "edit" if is_function_target(args.trim()) => Magic::ShowFunction(args.trim().to_string()),
         "edit" => match parse_steps(args).as_deref() {
             Ok([]) => Magic::Edit {
                 step: None,
@@ -184,6 +196,41 @@ pub fn parse(code: &str) -> Option<Magic> {
         },
         other => Magic::Unknown(format!("%{other}")),
     })
+}
+
+/// A `%%edit`/`%edit` argument naming a function (`Cart.subtotal`, `path.py::f`), not a step number.
+fn is_function_target(target: &str) -> bool {
+    !target.is_empty() && target.parse::<usize>().is_err() && !target.contains(char::is_whitespace)
+}
+
+/// Why a `%%edit` without a body is refused: an empty body would delete the step.
+fn empty_edit_message(target: &str) -> String {
+    let shown = if target.is_empty() {
+        String::new()
+    } else {
+        format!(" {target}")
+    };
+    let show = if is_function_target(target) {
+        format!("%edit {target} shows the function's source")
+    } else {
+        format!("%edit{shown} shows the step's source")
+    };
+    format!(
+        "%%edit{shown} needs the new source on the lines below it (the cell's body is empty);          {show} to start from. To delete a step, say so: %%edit N with `pass` as the body."
+    )
+}
+
+/// The cell body without the blank lines that end a cell typed in a console.
+fn without_trailing_blank_lines(body: &str) -> String {
+    let mut lines: Vec<&str> = body.lines().collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+    let mut out = lines.join("\n");
+    if body.ends_with('\n') || body.len() > out.len() {
+        out.push('\n');
+    }
+    out
 }
 
 fn split_name(line: &str) -> (&str, &str) {
@@ -287,6 +334,43 @@ mod tests {
                 source: None
             })
         );
+    }
+
+    #[test]
+    fn an_empty_edit_body_is_refused_not_a_deletion() {
+        for cell in [
+            "%%edit",
+            "%%edit\n",
+            "%%edit 2\n   \n\t\n",
+            "%%edit Cart.total\n\n",
+        ] {
+            match parse(cell) {
+                Some(Magic::Invalid(why)) => {
+                    assert!(
+                        why.contains("body is empty") && why.contains("pass"),
+                        "{why}"
+                    )
+                }
+                other => panic!("{cell:?}: {other:?}"),
+            }
+        }
+        // The blank lines that end a console cell are not part of the body.
+        assert_eq!(
+            parse("%%edit 1\nx = 1\n    \n"),
+            Some(Magic::Edit {
+                step: Some(1),
+                source: Some("x = 1\n".into())
+            })
+        );
+    }
+
+    #[test]
+    fn edit_name_shows_a_function() {
+        assert_eq!(
+            parse("%edit base.Version.next_minor"),
+            Some(Magic::ShowFunction("base.Version.next_minor".into()))
+        );
+        assert!(help(None).contains("%%edit NAME") && help(None).contains("%edit NAME"));
     }
 
     #[test]

@@ -280,6 +280,7 @@ impl RunHooks {
             step_name: text("name"),
             error,
             time: patchgen::now_rfc3339(),
+            function: edit.get("target").and_then(Value::as_str).map(String::from),
         })
     }
 

@@ -5,9 +5,11 @@
 //! - [`session_dir`]: `.stepkernel/sessions/<id>/` and `session.json`;
 //! - [`report`]: `report.json`; [`terminal`]: progress and pause banners;
 //! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
-//! - [`attach`]: connection file copies where Jupyter clients look.
+//! - [`attach`]: connection file copies where Jupyter clients look;
+//! - [`discovery`]: finding sessions from any directory.
 
 pub mod attach;
+pub mod discovery;
 pub mod hooks;
 pub mod listing;
 pub mod patches;

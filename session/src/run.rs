@@ -182,6 +182,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     connection
         .extra
         .insert("stepkernel_session".into(), json!(id));
+    // Lets `stepkernel console`/`sessions`/`patch` find the session from any directory.
+    connection.extra.insert(
+        crate::discovery::SESSION_DIR_KEY.into(),
+        json!(dir.display().to_string()),
+    );
 
     let mut args = opts.targets.clone();
     args.extend(opts.pytest_args.iter().cloned());

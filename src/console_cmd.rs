@@ -98,6 +98,9 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         .arg(LAUNCHER)
         .arg("--existing")
         .arg(&meta.connection_file)
+        // The paused test's worker answers is_complete_request; the default 1 s
+        // is short on a busy machine, and one miss turns multi-line cells off.
+        .arg("--ZMQTerminalInteractiveShell.kernel_is_complete_timeout=10")
         .args(&args.extra)
         .exec();
     Err(err).with_context(|| format!("cannot run jupyter console with {}", python.display()))

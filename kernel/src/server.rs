@@ -432,7 +432,13 @@ async fn answer_magic_now(
     control: &mpsc::UnboundedSender<Control>,
 ) -> bool {
     let output: Result<(String, Option<String>), (String, String)> = match magic {
-        Magic::Where => Ok((shared.run_state.lock().expect("state").where_text(), None)),
+        Magic::Where => {
+            let mut text = shared.run_state.lock().expect("state").where_text();
+            if let Some(identity) = shared.hooks.as_ref().and_then(|h| h.identity()) {
+                text.push_str(&format!("\n  {identity}"));
+            }
+            Ok((text, None))
+        }
         Magic::Steps => {
             let (text, html) = shared.run_state.lock().expect("state").steps_table();
             Ok((text, Some(html)))

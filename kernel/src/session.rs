@@ -44,6 +44,10 @@ pub trait SessionHooks: Send + Sync {
     fn allow_client_shutdown(&self) -> bool;
     /// Something the kernel wants the person at the terminal to know.
     fn notice(&self, text: &str);
+    /// The session's id and directory, for `%where`.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One step's state as the kernel knows it.

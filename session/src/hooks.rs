@@ -569,6 +569,14 @@ impl SessionHooks for RunHooks {
         self.ctx.allow_client_shutdown
     }
 
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "session {} ({})",
+            self.ctx.id,
+            self.ctx.dir.display()
+        ))
+    }
+
     fn notice(&self, text: &str) {
         if self.ctx.notebook {
             eprintln!("[stepkernel] {text}");

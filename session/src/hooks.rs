@@ -41,6 +41,8 @@ pub struct SessionContext {
     pub options: Options,
     /// Connection file copies to remove at the end.
     pub copies: Vec<PathBuf>,
+    /// The copy jupyter_server lists: its `kernel_name` tells what the session runs (see kernel_label).
+    pub listed_copy: Option<PathBuf>,
 }
 
 struct Inner {
@@ -229,6 +231,14 @@ impl RunHooks {
             }
         };
         Some(rel.to_string_lossy().replace('\\', "/"))
+    }
+
+    /// Names the listed connection file copy by what runs (a test, when known).
+    fn relabel(&self, test: Option<&str>, state: &str) {
+        let (Some(copy), Some(test)) = (&self.ctx.listed_copy, test) else {
+            return;
+        };
+        let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(test, state));
     }
 
     fn build_edit(&self, inner: &mut Inner, edit: &Value) -> Result<Edit, String> {
@@ -489,6 +499,8 @@ impl SessionHooks for RunHooks {
                 inner.meta.state = "running".into();
                 inner.meta.paused_at = None;
                 self.save_meta(&inner);
+                let test = event.get("test").and_then(Value::as_str).map(String::from);
+                self.relabel(test.as_deref(), "running");
             }
             _ => {}
         }
@@ -512,6 +524,7 @@ impl SessionHooks for RunHooks {
                 .unwrap_or("")
                 .to_string()
         };
+        self.relabel(info.get("test").and_then(Value::as_str), "paused");
         inner.meta.state = "paused".into();
         inner.meta.paused_at = Some(format!(
             "{}::{} step {}",

@@ -6,11 +6,13 @@
 //! - [`report`]: `report.json`; [`terminal`]: progress and pause banners;
 //! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
 //! - [`attach`]: connection file copies where Jupyter clients look;
-//! - [`discovery`]: finding sessions from any directory.
+//! - [`discovery`]: finding sessions from any directory;
+//! - [`kernel_label`]: the session's name in Jupyter's kernel lists.
 
 pub mod attach;
 pub mod discovery;
 pub mod hooks;
+pub mod kernel_label;
 pub mod listing;
 pub mod patches;
 pub mod report;

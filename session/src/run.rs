@@ -233,6 +233,14 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let connection_file = dir.join("connection.json");
         bound.connection.write(&connection_file)?;
         let copies = attach::place_copies(&connection_file, &id, &copy_dirs);
+        let listed_copy = copies
+            .iter()
+            .find(|p| p.parent() == Some(external_dir.as_path()))
+            .cloned();
+        if let Some(copy) = &listed_copy {
+            let what = crate::kernel_label::targets_label(&opts.targets, &opts.rootdir);
+            let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
+        }
         let mut attach_lines = vec![
             format!("jupyter console --existing {}", connection_file.display()),
             format!("stepkernel console {id}      (the same, shorter)"),
@@ -272,6 +280,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 notebook: false,
                 options,
                 copies,
+                listed_copy,
             },
             meta,
             opts.quiet,
@@ -326,6 +335,7 @@ pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
             notebook: true,
             options: Options::default(),
             copies: Vec::new(),
+            listed_copy: None,
         },
         meta,
         true,

@@ -100,8 +100,8 @@ class PausedRun:
 class Console:
     """`stepkernel console` in a pty: the full prompt_toolkit console (no --simple-prompt)."""
 
-    def __init__(self, cwd: pathlib.Path, env: dict, *args: str):
-        self.child = pexpect.spawn(stepkernel_bin(), ["console", *args], cwd=str(cwd), env=env,
+    def __init__(self, cwd: pathlib.Path, env: dict, *args: str, program: str | None = None):
+        self.child = pexpect.spawn(program or stepkernel_bin(), ["console", *args], cwd=str(cwd), env=env,
                                    encoding="utf-8", timeout=60, dimensions=(50, 250))
         self.banner = self.prompt()
         # prompt_toolkit may drop keys typed while it sets the terminal up:
@@ -243,7 +243,12 @@ def test_console_attaches_from_another_directory_with_the_sessions_jupyter(pause
     env = {**env, "PATH": os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
                                           if not (pathlib.Path(p) / "jupyter-console").exists())}
     assert shutil.which("jupyter-console", path=env["PATH"]) is None
-    console = Console(elsewhere, env)
+    # The second terminal types what the run printed (stepkernel itself is not on PATH here).
+    assert shutil.which("stepkernel", path=env["PATH"]) is None
+    printed = re.search(rf"^\s+(\S+) console ({meta['id']}) ", run.out.read_text(), re.M)
+    assert printed, run.out.read_text()
+    assert pathlib.Path(printed.group(1)).samefile(stepkernel_bin())
+    console = Console(elsewhere, env, printed.group(2), program=printed.group(1))
     try:
         assert f"attaching to session {meta['id']}" in console.banner, console.banner
         assert "test_checkout_with_discount" in console.banner

@@ -241,10 +241,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             let what = crate::kernel_label::targets_label(&opts.targets, &opts.rootdir);
             let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
         }
+        let me = self_command();
         let mut attach_lines = vec![
             format!("jupyter console --existing {}", connection_file.display()),
-            format!("stepkernel console {id}      (the same, shorter)"),
-            format!("stepkernel lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
+            format!("{me} console {id}      (the same, shorter; from any directory)"),
+            format!("{me} lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
         ];
         if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
             attach_lines.push(format!(
@@ -301,6 +302,28 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         bound.serve().await?;
         Ok(hooks.exit_code().unwrap_or(3))
     })
+}
+
+/// How a second terminal runs this binary: `stepkernel` when that is what
+/// PATH finds, else its full path (as after `scripts/demo.sh`, which runs it
+/// from the build directory).
+fn self_command() -> String {
+    let Ok(me) = std::env::current_exe() else {
+        return "stepkernel".into();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("stepkernel"))
+            .find(|p| p.is_file())
+    });
+    let same = on_path
+        .and_then(|p| p.canonicalize().ok())
+        .is_some_and(|p| me.canonicalize().is_ok_and(|m| m == p));
+    if same {
+        "stepkernel".into()
+    } else {
+        me.display().to_string()
+    }
 }
 
 /// Hooks for a notebook kernel (`stepkernel kernel`): `%test`, `%tests`,

@@ -188,3 +188,24 @@ def test_sessions_and_patch_from_another_directory_pick_the_session_with_edits(t
     assert written.returncode == 0, written.stderr
     assert f"stepkernel: session {meta['id']} (1 edit(s)" in written.stderr, written.stderr
     assert "self.minor + 1" in (tmp_path / "fix.patch").read_text()
+
+
+def test_is_complete_for_magics_is_answered_while_tests_run(tmp_path, run_session):
+    """A console attached before the pause asks about `%where` while the worker
+    is busy in a test: the kernel answers (a missing answer makes
+    jupyter_console stop asking, and `%%edit` cells would end at the first Enter)."""
+    project = write_project(tmp_path / "slow", {"test_slow.py": '''
+        import time
+
+
+        def test_slow():
+            time.sleep(120)
+            assert False
+        '''})
+    session = run_session(project, "test_slow.py")
+    client = session.client()
+    wait_for(lambda: any(e["event"] == "step_start" for e in session.events()), what="the slow step")
+    for code, status in (("%where", "complete"), ("%%edit 1", "incomplete"), ("%%edit 1\nassert True\n", "complete")):
+        reply, _ = request(client, "is_complete_request", {"code": code}, timeout=60)
+        assert reply["content"]["status"] == status, (code, reply["content"])
+    assert session.meta()["state"] == "running"

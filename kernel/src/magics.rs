@@ -245,6 +245,40 @@ fn parse_steps(args: &str) -> Result<Vec<usize>, std::num::ParseIntError> {
     args.split_whitespace().map(str::parse).collect()
 }
 
+/// `is_complete_request` for a magic cell, as IPython answers it: a line magic
+/// is complete; a `%%` cell is incomplete (indent hint: its last line's
+/// indentation) until a blank line ends it. None for code that is not a magic.
+///
+/// Answered by the kernel itself, so a console typing `%where` while the
+/// worker runs tests gets its answer at once (a late one makes jupyter_console
+/// stop asking, and multi-line cells then end at the first Enter).
+pub fn is_complete(code: &str) -> Option<(&'static str, String)> {
+    let trimmed = code.trim_start();
+    if trimmed.starts_with("%%") {
+        let lines: Vec<&str> = code.split('\n').collect();
+        let last = lines.last().copied().unwrap_or("");
+        if lines.len() > 1 && last.trim().is_empty() {
+            return Some(("complete", String::new()));
+        }
+        let indent: String = last
+            .chars()
+            .take_while(|c| c.is_whitespace())
+            .map(|c| {
+                if c == '\t' {
+                    "    ".to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        return Some(("incomplete", indent));
+    }
+    if trimmed.starts_with('%') && !code.trim().contains('\n') {
+        return Some(("complete", String::new()));
+    }
+    None
+}
+
 /// The help text for one magic or all.
 pub fn help(which: Option<&str>) -> String {
     let wanted = which.map(|w| w.trim_start_matches('%'));
@@ -362,6 +396,29 @@ mod tests {
                 source: Some("x = 1\n".into())
             })
         );
+    }
+
+    #[test]
+    fn cell_magics_complete_on_a_blank_line() {
+        let status = is_complete;
+        assert_eq!(
+            status("%%edit Cart.subtotal"),
+            Some(("incomplete", String::new()))
+        );
+        assert_eq!(
+            status("%%edit 2\nif x:\n    y = 1"),
+            Some(("incomplete", "    ".into()))
+        );
+        assert_eq!(
+            status("%%edit 2\nx = 1\n"),
+            Some(("complete", String::new()))
+        );
+        assert_eq!(
+            status("%%edit 2\nx = 1\n  "),
+            Some(("complete", String::new()))
+        );
+        assert_eq!(status("%where"), Some(("complete", String::new())));
+        assert_eq!(status("x = 1"), None);
     }
 
     #[test]

@@ -396,6 +396,15 @@ async fn shell_task(
             "kernel_info_request" => Some(("kernel_info_reply", kernel_info(&shared).await)),
             "comm_info_request" => Some(("comm_info_reply", json!({"status": "ok", "comms": {}}))),
             "history_request" => Some(("history_reply", history_reply(&shared, &msg.content))),
+            "is_complete_request" => {
+                magics::is_complete(msg.text("code")).map(|(status, indent)| {
+                    let mut content = json!({"status": status});
+                    if status == "incomplete" {
+                        content["indent"] = json!(indent);
+                    }
+                    ("is_complete_reply", content)
+                })
+            }
             "execute_request" => {
                 if let Some(magic) = magics::parse(msg.text("code")) {
                     if answer_magic_now(&shared, &mut send, &msg, magic, &control).await {

@@ -258,3 +258,36 @@ def test_console_attaches_from_another_directory_with_the_sessions_jupyter(pause
         assert "Paused (error) in tests/test_checkout.py::test_checkout_with_discount" in where
     finally:
         console.close()
+
+
+def test_console_errors_say_what_is_missing_and_what_to_do(tmp_path):
+    # A live session (this test's own pid) whose Python has no jupyter_console.
+    venv = tmp_path / "bare-venv"
+    subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
+    bare = str(venv / "bin" / "python")
+    project = tmp_path / "project"
+    session_dir = project / ".stepkernel" / "sessions" / "20260101-000000-abcdef"
+    session_dir.mkdir(parents=True)
+    (session_dir / "session.json").write_text(json.dumps({
+        "id": "20260101-000000-abcdef", "pid": os.getpid(), "state": "paused", "rootdir": str(project),
+        "patch_root": str(project), "args": [], "python": bare,
+        "connection_file": str(session_dir / "connection.json"), "started": "2026-01-01T00:00:00Z"}))
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)
+                           if not (pathlib.Path(p) / "jupyter-console").exists())
+    env = user_env(tmp_path, path=path)
+
+    def console(*args, cwd=project):
+        return subprocess.run([stepkernel_bin(), "console", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=60)
+
+    missing = console()
+    assert missing.returncode == 2
+    assert f"jupyter_console is not installed in the session's environment ({bare})" in missing.stderr
+    assert f"{bare} -m pip install jupyter_console" in missing.stderr
+    unknown = console("nosuch")
+    assert unknown.returncode == 2 and 'no session "nosuch"' in unknown.stderr, unknown.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = console(cwd=empty)
+    assert nothing.returncode == 2
+    assert "no live stepkernel session here or in Jupyter's runtime directory" in nothing.stderr, nothing.stderr

@@ -812,12 +812,15 @@ impl Executor {
             let same_test = state.test.as_deref() == Some(test.as_str());
             if same_test && *action != "skip" {
                 if let Some((name, status)) = state.step(phase, *index) {
-                    let again = now.as_ref() == Some(&(test.clone(), phase.clone(), *index));
-                    let status = match status {
-                        "failed" if again => "failed again",
-                        "running" | "pending" if again => "failed again",
-                        other => other,
-                    };
+                    let on_error = state
+                        .paused
+                        .as_ref()
+                        .and_then(|p| p.get("reason"))
+                        .and_then(Value::as_str)
+                        == Some("error");
+                    let again =
+                        on_error && now.as_ref() == Some(&(test.clone(), phase.clone(), *index));
+                    let status = if again { "failed again" } else { status };
                     lines.push(format!("Step {index} ({name}): {status}."));
                 }
             }

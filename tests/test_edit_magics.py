@@ -88,6 +88,11 @@ def test_an_empty_edit_is_refused_and_deletes_nothing(versions):
     reply, msgs = execute(client, "%retry")
     assert reply["status"] == "ok"
     assert "Step 2 (assert (n.major, n.minor) == (1, 3)): failed again." in texts(msgs), texts(msgs)
+    # Deleting is said explicitly.
+    reply, msgs = execute(client, "%%edit 2 --delete")
+    assert reply["status"] == "ok" and "journaled" in stream_text(msgs), (reply, msgs)
+    reply, msgs = execute(client, "%diff")
+    assert "-    assert (n.major, n.minor) == (1, 3)" in texts(msgs), texts(msgs)
 
 
 def test_function_edits_are_named_as_given_journaled_reported_and_patched(versions, tmp_path):

@@ -79,8 +79,8 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("%abort", "stop the run after tearing down the current test"),
     (
-        "%%edit [N]",
-        "replace the source of step N (default: current) with the cell's body",
+        "%%edit [N] [--delete]",
+        "replace the source of step N (default: current) with the cell's body; --delete removes it",
     ),
     (
         "%%edit NAME",
@@ -125,6 +125,9 @@ pub fn parse(code: &str) -> Option<Magic> {
         let (name, args) = split_name(cell);
         if name == "edit" {
             let target = args.trim();
+            if target.split_whitespace().any(|w| w == "--delete") {
+                return Some(delete_step(target, rest));
+            }
             if rest.trim().is_empty() {
                 return Some(Magic::Invalid(empty_edit_message(target)));
             }
@@ -216,8 +219,36 @@ fn empty_edit_message(target: &str) -> String {
         format!("%edit{shown} shows the step's source")
     };
     format!(
-        "%%edit{shown} needs the new source on the lines below it (the cell's body is empty);          {show} to start from. To delete a step, say so: %%edit N with `pass` as the body."
+        "%%edit{shown} needs the new source on the lines below it (the cell's body is empty);          {show} to start from. To delete a step, say so: %%edit N --delete (or `pass` as the body)."
     )
+}
+
+/// `%%edit [N] --delete`: the explicit way to remove a step (an empty body says so).
+fn delete_step(args: &str, body: &str) -> Magic {
+    if !body.trim().is_empty() {
+        return Magic::Invalid(
+            "%%edit --delete removes the step: leave the cell's body empty (or drop --delete)"
+                .into(),
+        );
+    }
+    let rest: Vec<&str> = args
+        .split_whitespace()
+        .filter(|w| *w != "--delete")
+        .collect();
+    match parse_steps(&rest.join(" ")).as_deref() {
+        Ok([]) => Magic::Edit {
+            step: None,
+            source: Some(String::new()),
+        },
+        Ok([n]) => Magic::Edit {
+            step: Some(*n),
+            source: Some(String::new()),
+        },
+        _ => Magic::Invalid(format!(
+            "%%edit --delete takes one step number (functions cannot be deleted), got {:?}",
+            rest.join(" ")
+        )),
+    }
 }
 
 /// The cell body without the blank lines that end a cell typed in a console.
@@ -388,6 +419,21 @@ mod tests {
                 other => panic!("{cell:?}: {other:?}"),
             }
         }
+        assert_eq!(
+            parse("%%edit 2 --delete"),
+            Some(Magic::Edit {
+                step: Some(2),
+                source: Some(String::new())
+            })
+        );
+        assert!(matches!(
+            parse("%%edit 2 --delete\nx = 1"),
+            Some(Magic::Invalid(_))
+        ));
+        assert!(matches!(
+            parse("%%edit Cart.total --delete"),
+            Some(Magic::Invalid(_))
+        ));
         // The blank lines that end a console cell are not part of the body.
         assert_eq!(
             parse("%%edit 1\nx = 1\n    \n"),

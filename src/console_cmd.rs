@@ -75,7 +75,19 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
             meta.shown_state()
         );
     }
-    let mut candidates: Vec<PathBuf> = meta.python.iter().map(PathBuf::from).collect();
+    // A relative `--python .venv/bin/python` is relative to where the run started.
+    let mut candidates: Vec<PathBuf> = meta
+        .python
+        .iter()
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_relative() && p.components().count() > 1 {
+                Path::new(&meta.rootdir).join(p)
+            } else {
+                p
+            }
+        })
+        .collect();
     candidates.extend(path_console_python());
     let Some(python) = candidates.iter().find(|p| has_jupyter_console(p)) else {
         let python = meta.python.as_deref().unwrap_or("python3");

@@ -200,10 +200,7 @@ def is_complete(code: str) -> dict:
     """An ``is_complete_reply`` content: complete, incomplete (with indent) or invalid."""
     if not code.strip():
         return {"status": "complete"}
-    if code.lstrip().startswith("%%"):
-        return _cell_magic_is_complete(code)
-    if code.lstrip().startswith("%") and "\n" not in code.strip():
-        return {"status": "complete"}  # a line magic: the kernel runs it as typed
+    # Magic cells (`%where`, `%%edit`) are answered by the kernel itself (magics.rs).
     if _HELP_QUERY.match(code):
         return {"status": "complete"}  # `name?`, `name??`, `?name`: help, as in IPython
     lines = code.splitlines()
@@ -224,17 +221,3 @@ def is_complete(code: str) -> dict:
         return {"status": "incomplete", "indent": indent}
     return {"status": "complete"}
 
-
-def _cell_magic_is_complete(code: str) -> dict:
-    """IPython's rule for ``%%`` cells: incomplete until a blank line ends the body.
-
-    The indent hint is the last line's own indentation (IPython's
-    ``find_last_indent``), so a body typed line by line keeps its indentation
-    and nothing is added after a ``def ...:`` line.
-    """
-    lines = code.split("\n")
-    last = lines[-1]
-    if len(lines) > 1 and not last.strip():
-        return {"status": "complete"}
-    indent = last[: len(last) - len(last.lstrip())].replace("\t", "    ")
-    return {"status": "incomplete", "indent": indent}

@@ -1,12 +1,13 @@
 //! `stepkernel ctl` and `stepkernel status`: query and steer a session over
 //! its control socket (a finished session answers from its files).
 
-use crate::sessions_cmd::{latest, root};
+use crate::sessions_cmd::root;
 use anyhow::Context;
 use clap::Args;
 use serde_json::{json, Value};
 use session::control::VERBS;
 use session::control_client::{Client, ClientError};
+use session::discovery::latest;
 use session::session_dir::{self, SessionMeta};
 use session::status;
 use std::path::PathBuf;

@@ -49,7 +49,7 @@ fn choose_session(id: Option<&str>) -> anyhow::Result<Option<(PathBuf, SessionMe
     let live = |m: &SessionMeta| m.alive() && m.state != "finished";
     match id {
         Some(id) => {
-            let (dir, meta) = session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg)?;
+            let (dir, meta) = session::discovery::find(&root, id).map_err(anyhow::Error::msg)?;
             if !live(&meta) {
                 bail!(
                     "session {} is not running ({})",
@@ -59,10 +59,7 @@ fn choose_session(id: Option<&str>) -> anyhow::Result<Option<(PathBuf, SessionMe
             }
             Ok(Some((dir, meta)))
         }
-        None => Ok(session_dir::list(&root)
-            .into_iter()
-            .filter(|(_, m)| live(m))
-            .max_by(|a, b| a.1.started.cmp(&b.1.started).then(a.1.id.cmp(&b.1.id)))),
+        None => Ok(session::discovery::preferred(&root, live)),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `stepkernel` command: argument parsing and wiring of the library crates.
 
+mod console_cmd;
 mod ctl_cmd;
 mod demo;
 mod install;
@@ -32,7 +33,7 @@ enum Command {
     /// List stepping sessions in this project.
     Sessions(sessions_cmd::SessionsArgs),
     /// Attach `jupyter console` to a session.
-    Console(sessions_cmd::ConsoleArgs),
+    Console(console_cmd::ConsoleArgs),
     /// Start JupyterLab with a session's kernel listed (external kernels).
     Lab(lab_cmd::LabArgs),
     /// Serve a Jupyter kernel (started by Jupyter through the kernelspec).
@@ -62,7 +63,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Patch(args) => sessions_cmd::patch(args),
         Command::Sessions(args) => sessions_cmd::sessions(args),
-        Command::Console(args) => sessions_cmd::console(args),
+        Command::Console(args) => console_cmd::console(args),
         Command::Lab(args) => lab_cmd::run(args),
         Command::Kernel(args) => kernel_cmd::run(args),
         Command::Install(args) => install::run(args),

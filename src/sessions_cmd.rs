@@ -2,11 +2,11 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use session::discovery;
 use session::session_dir;
 use session::session_dir::SessionMeta;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 /// Arguments of `stepkernel sessions`.
 #[derive(Args)]
@@ -32,65 +32,40 @@ pub struct PatchArgs {
     pub message: Option<String>,
 }
 
-/// Arguments of `stepkernel console`.
-#[derive(Args)]
-pub struct ConsoleArgs {
-    /// Session id (or prefix); default: the latest live one.
-    pub session: Option<String>,
-    /// Extra arguments for jupyter console.
-    #[arg(last = true)]
-    pub extra: Vec<String>,
-}
-
-pub(crate) fn root() -> anyhow::Result<PathBuf> {
+/// This project's sessions root (from the current directory).
+pub fn root() -> anyhow::Result<PathBuf> {
     Ok(session_dir::sessions_root(
         &std::env::current_dir().context("cannot read the current directory")?,
     ))
 }
 
-/// When a session started: its start stamp, then its connection file's mtime.
-///
-/// Ids and start stamps have one-second resolution, so two runs started in the
-/// same second would otherwise be ordered by the random part of their ids; the
-/// connection file is written once, at start, with a finer timestamp.
-pub(crate) fn start_key(dir: &Path, meta: &SessionMeta) -> (String, SystemTime) {
-    let written = std::fs::metadata(dir.join("connection.json"))
-        .and_then(|m| m.modified())
-        .unwrap_or(SystemTime::UNIX_EPOCH);
-    (meta.started.clone(), written)
-}
-
-/// The session named by `id` (id, id prefix or directory), else the one started last.
+/// The session named by `id` (id, id prefix or directory), else the latest one with edits.
 fn find_session(root: &Path, id: Option<&str>) -> anyhow::Result<(PathBuf, SessionMeta)> {
-    if id.is_some() {
-        return session_dir::find(root, id).map_err(anyhow::Error::msg);
+    if let Some(id) = id {
+        return discovery::find(root, id).map_err(anyhow::Error::msg);
     }
-    latest(session_dir::list(root), |_| true).ok_or_else(|| {
-        anyhow::anyhow!(
+    if let Some(found) = discovery::preferred(root, |m| m.edits > 0) {
+        return Ok(found);
+    }
+    match discovery::preferred(root, |_| true) {
+        None => bail!(
             "no stepkernel sessions in {} (start one with `stepkernel run`)",
             root.display()
-        )
-    })
-}
-
-/// The session started last among those `keep` accepts.
-pub(crate) fn latest(
-    sessions: Vec<(PathBuf, SessionMeta)>,
-    keep: impl Fn(&SessionMeta) -> bool,
-) -> Option<(PathBuf, SessionMeta)> {
-    sessions
-        .into_iter()
-        .filter(|(_, m)| keep(m))
-        .max_by_key(|(dir, m)| start_key(dir, m))
+        ),
+        Some((_, newest)) => bail!(
+            "no session has edits yet (the latest, {}, has none): %%edit a step or a function first",
+            newest.id
+        ),
+    }
 }
 
 /// Lists sessions.
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let mut all: Vec<_> = session_dir::list(&root()?)
+    let mut all: Vec<_> = discovery::all_sessions(&root()?)
         .into_iter()
-        .filter(|(_, m)| !args.live || m.attachable())
+        .filter(|(_, m)| !args.live || (m.alive() && m.state != "finished"))
         .collect();
-    all.sort_by_cached_key(|(dir, m)| start_key(dir, m));
+    all.sort_by_cached_key(|(dir, m)| discovery::start_key(dir, m));
     if args.json {
         let list: Vec<_> = all.iter().map(|(d, m)| m.summary(d)).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
@@ -115,6 +90,15 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
 /// Exports a session's edits.
 pub fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
     let (dir, meta) = find_session(&root()?, args.session.as_deref())?;
+    if args.session.is_none() {
+        eprintln!(
+            "stepkernel: session {} ({} edit(s), {}; started {})",
+            meta.id,
+            meta.edits,
+            meta.shown_state(),
+            meta.started
+        );
+    }
     let (edits, note) = session::patches::read_edits(&dir)?;
     if let Some(note) = note {
         eprintln!("stepkernel: {note}");
@@ -132,29 +116,4 @@ pub fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
         eprintln!("stepkernel: {note}");
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `jupyter console --existing` on a session.
-pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
-    let root = root()?;
-    let (_, meta) = match args.session.as_deref() {
-        Some(id) => session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg)?,
-        None => latest(session_dir::list(&root), SessionMeta::attachable)
-            .context("no live session here (start one with `stepkernel run`)")?,
-    };
-    if !meta.attachable() {
-        bail!(
-            "session {} is not running ({})",
-            meta.id,
-            meta.shown_state()
-        );
-    }
-    let status = std::process::Command::new("jupyter")
-        .arg("console")
-        .arg("--existing")
-        .arg(&meta.connection_file)
-        .args(&args.extra)
-        .status()
-        .context("cannot run `jupyter console` (install it with: pip install jupyter_console)")?;
-    Ok(ExitCode::from(status.code().unwrap_or(1) as u8))
 }

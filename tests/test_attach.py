@@ -122,7 +122,13 @@ def test_copies_are_private_live_where_jupyter_looks_and_go_at_the_end(how, tmp_
     original = pathlib.Path(session.connection_file).read_bytes()
     for path in copies + [pathlib.Path(session.connection_file)]:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-        assert path.read_bytes() == original
+        if path.parent.name == "external_kernels":
+            # The copy jupyter_server lists names the session by what it runs.
+            listed = json.loads(path.read_bytes())
+            assert listed.pop("kernel_name") == "stepkernel: test_attach_me.py::test_attach_me — paused"
+            assert listed == {k: v for k, v in json.loads(original).items() if k != "kernel_name"}
+        else:
+            assert path.read_bytes() == original
     assert sorted(meta["connection_copies"]) == sorted(map(str, copies))
     info = json.loads(original)
     assert info["kernel_name"] == "stepkernel" and len(info["key"]) >= 64
@@ -205,6 +211,8 @@ def check_lab_on_paused_run(project: pathlib.Path, tmp_path: pathlib.Path, run: 
         assert b"--no-browser" in lab_args and b"--ServerApp.ip=127.0.0.1" in lab_args
         assert server.token.encode() not in b" ".join(lab_args), "the token stays off the command line"
         kernel = server.stepkernel_kernel()
+        # JupyterLab lists the kernel under this name: what the session runs, not "stepkernel (id)".
+        assert kernel["name"] == "stepkernel: test_attach_me.py::test_attach_me — paused", kernel
         sock = server.channels(kernel["id"])
         try:
             reply, text = sock.execute("print(secret, sum(numbers))")
@@ -238,10 +246,11 @@ def test_jupyter_server_binds_a_notebook_to_the_paused_session(tmp_path, run_ses
     server = JupyterServer.start(tmp_path, project / ".jupyter-runtime" / "external_kernels", project)
     try:
         kernel = server.stepkernel_kernel()
-        assert kernel["name"] == "stepkernel"
+        listed = "stepkernel: test_attach_me.py::test_attach_me — paused"
+        assert kernel["name"] == listed
         nb_session = server.create_session(kernel["id"], "attach.ipynb")
         assert nb_session["kernel"]["id"] == kernel["id"]
-        assert nb_session["kernel"]["name"] == "stepkernel"
+        assert nb_session["kernel"]["name"] == listed
         assert [s["kernel"]["id"] for s in server.get("/api/sessions")] == [kernel["id"]]
         sock = server.channels(kernel["id"], nb_session["id"])
         try:

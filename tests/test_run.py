@@ -106,7 +106,10 @@ def test_syntax_error_in_edit_keeps_old_source(tmp_path, run_session):
     client = session.client()
     reply, msgs = execute(client, "%%edit\nassert total ==\n")
     assert reply["status"] == "error"
-    assert "SyntaxError" in reply["evalue"] and "line 1" in reply["evalue"]
+    assert reply["ename"] == "SyntaxError" and "line 1" in reply["evalue"]
+    # Named once, as Python names it: "SyntaxError: invalid syntax (line 1, ...)".
+    assert reply["traceback"] == [f"SyntaxError: {reply['evalue']}"]
+    assert "SyntaxError" not in reply["evalue"]
     assert not (session.session_dir / "journal.jsonl").exists()
     reply, msgs = execute(client, "%edit")
     assert reply["status"] == "ok"

@@ -127,6 +127,14 @@ pub struct Executor {
     end_requested: Option<Message>,
     /// Clients attached (iopub subscribers).
     clients: watch::Receiver<usize>,
+    /// What a running `%retry`/`%continue`... started from: its outcome is told at the reply.
+    resume_from: Option<ResumeStart>,
+}
+
+/// Where a resume command started: (action, test, phase, step).
+struct ResumeStart {
+    action: &'static str,
+    paused: Option<(String, String, usize)>,
 }
 
 /// The first worker, started before the executor exists (so its interpreter
@@ -205,6 +213,7 @@ impl Executor {
             resume_sent: false,
             breakpoints: Vec::new(),
             run_on_error: "pause".into(),
+            resume_from: None,
         }
     }
 
@@ -556,6 +565,13 @@ impl Executor {
         let (kind, payload) = match msg.msg_type() {
             "execute_request" => {
                 let magic = magics::parse(msg.text("code"));
+                self.resume_from = match &magic {
+                    Some(Magic::Resume(action)) => Some(ResumeStart {
+                        action,
+                        paused: self.shared.run_state.lock().expect("state").paused_step(),
+                    }),
+                    _ => None,
+                };
                 let count = self.begin_execute(&msg);
                 match magic {
                     Some(magic) => match self.magic_payload(id, magic) {
@@ -678,6 +694,15 @@ impl Executor {
                     return Err("%edit works while a test is paused".into());
                 }
                 Ok((Kind::ShowStep(step), json!({"type": "describe", "id": id})))
+            }
+            Magic::ShowFunction(target) => {
+                if !paused {
+                    return Err(format!("%edit {target} works while a test is paused"));
+                }
+                Ok((
+                    Kind::ShowStep(None),
+                    json!({"type": "show_function", "id": id, "target": target}),
+                ))
             }
             // `%test` is answered when the loaded test pauses (or ends), like a resume.
             Magic::Session { name, args } if name == "test" => Ok((
@@ -858,11 +883,11 @@ impl Executor {
             }
             "paused" => {
                 let info = message.get("info").cloned().unwrap_or(json!({}));
-                {
-                    let mut state = self.shared.run_state.lock().expect("state");
-                    state.paused = Some(info.clone());
-                    state.state = "paused".into();
-                }
+                self.shared
+                    .run_state
+                    .lock()
+                    .expect("state")
+                    .on_paused(&info);
                 self.resume_sent = false;
                 if let Some(hooks) = &self.shared.hooks {
                     hooks.on_paused(&info);
@@ -915,16 +940,74 @@ impl Executor {
                 .and_then(Value::as_str)
                 .unwrap_or("")
         );
-        let (text, html) = self.shared.run_state.lock().expect("state").steps_table();
+        self.publish_progress(&request, display_id);
+    }
+
+    /// Shows (or updates in place) the steps table of a running resume. A
+    /// client that cannot update displays in place (`jupyter console`) keeps
+    /// the first one, so its text is one line saying what runs, not a table
+    /// that is stale by the time it is read.
+    fn publish_progress(&mut self, request: &Message, display_id: String) {
+        let state = self.shared.run_state.lock().expect("state");
+        let (table, html) = state.steps_table();
+        let first = self.progress_shown.as_deref() != Some(display_id.as_str());
+        let text = if first {
+            format!("running {} …", state.test.as_deref().unwrap_or("the tests"))
+        } else {
+            table
+        };
+        drop(state);
         let content = json!({"data": {"text/plain": text, "text/html": html}, "metadata": {},
                              "transient": {"display_id": display_id}});
-        let msg_type = if self.progress_shown.as_deref() == Some(display_id.as_str()) {
-            "update_display_data"
-        } else {
+        let msg_type = if first {
             self.progress_shown = Some(display_id);
             "display_data"
+        } else {
+            "update_display_data"
         };
-        self.shared.publish(Some(&request), msg_type, content);
+        self.shared.publish(Some(request), msg_type, content);
+    }
+
+    /// What a resume command did, for its reply: the outcome of the step it
+    /// ran (or of the test it finished), then where the run is now.
+    fn resume_outcome(&self) -> String {
+        let state = self.shared.run_state.lock().expect("state");
+        let mut lines = Vec::new();
+        if let Some(ResumeStart {
+            action,
+            paused: Some((test, phase, index)),
+        }) = &self.resume_from
+        {
+            let now = state.paused_step();
+            let same_test = state.test.as_deref() == Some(test.as_str());
+            if same_test && *action != "skip" {
+                if let Some((name, status)) = state.step(phase, *index) {
+                    let on_error = state
+                        .paused
+                        .as_ref()
+                        .and_then(|p| p.get("reason"))
+                        .and_then(Value::as_str)
+                        == Some("error");
+                    let again =
+                        on_error && now.as_ref() == Some(&(test.clone(), phase.clone(), *index));
+                    let status = if again { "failed again" } else { status };
+                    lines.push(format!("Step {index} ({name}): {status}."));
+                }
+            }
+            if !same_test || now.as_ref().map(|p| &p.0) != Some(test) {
+                if let Some(outcome) = state.outcomes.get(test) {
+                    lines.push(format!("{test}: {outcome}."));
+                }
+            }
+        }
+        lines.push(state.where_text());
+        if state.paused.is_some() && state.step_count() > 0 {
+            lines.push(format!(
+                "(%steps shows the test's {} steps)",
+                state.step_count()
+            ));
+        }
+        lines.join("\n")
     }
 
     async fn on_run_finished(&mut self, content: &Value) {
@@ -1051,8 +1134,21 @@ impl Executor {
                         _ => format!("The run finished (exit code {code})."),
                     }
                 } else {
-                    self.shared.run_state.lock().expect("state").where_text()
+                    self.resume_outcome()
                 };
+                if let Some(display_id) = self.progress_shown.clone() {
+                    // The last word on the table, after the pause settled its rows.
+                    if display_id.ends_with(
+                        inflight
+                            .request
+                            .header
+                            .get("msg_id")
+                            .and_then(Value::as_str)
+                            .unwrap_or("-"),
+                    ) {
+                        self.publish_progress(&inflight.request.clone(), display_id);
+                    }
+                }
                 if finished && self.session_run {
                     // The run's own end follows at once: answer with what happens next.
                     self.ending = Some((inflight, text));
@@ -1068,13 +1164,14 @@ impl Executor {
                         .and_then(Value::as_str)
                         .unwrap_or("the edit was refused")
                         .to_string();
-                    let ename = why.split(':').next().unwrap_or("EditError").to_string();
-                    let ename = if ename.contains(' ') {
-                        "EditError".to_string()
-                    } else {
-                        ename
+                    // "SyntaxError: ..." names its own type: show it once, as Python does.
+                    let (ename, evalue) = match why.split_once(": ") {
+                        Some((name, rest)) if !name.contains(' ') && !name.is_empty() => {
+                            (name.to_string(), rest.to_string())
+                        }
+                        _ => ("EditError".to_string(), why.clone()),
                     };
-                    self.error_reply(inflight, &ename, &why).await;
+                    self.error_reply(inflight, &ename, &evalue).await;
                     return;
                 }
                 let edit = result.get("edit").cloned().unwrap_or(json!({}));
@@ -1109,6 +1206,10 @@ impl Executor {
             }
             Kind::ShowStep(step) => {
                 let result = content.get("result").cloned().unwrap_or(json!({}));
+                if let Some(target) = result.get("target").and_then(Value::as_str) {
+                    self.show_function(inflight, target, &result).await;
+                    return;
+                }
                 let index = step
                     .map(|s| s as u64)
                     .or_else(|| result.get("step").and_then(Value::as_u64))
@@ -1169,6 +1270,29 @@ impl Executor {
             }
             _ => self.finish(inflight, content).await,
         }
+    }
+
+    /// `%edit NAME`: print the function's source and offer `%%edit NAME` with it.
+    async fn show_function(&mut self, inflight: Inflight, target: &str, result: &Value) {
+        let source = result.get("source").and_then(Value::as_str);
+        let Some(source) = source.filter(|_| result.get("ok") == Some(&json!(true))) else {
+            let why = result
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("the source is not available");
+            self.error_reply(inflight, "EditError", why).await;
+            return;
+        };
+        let source = source.trim_end();
+        self.shared.publish(
+            Some(&inflight.request),
+            "stream",
+            json!({"name": "stdout", "text": format!("{source}\n")}),
+        );
+        let next = format!("%%edit {target}\n{source}\n");
+        let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {},
+            "payload": [{"source": "set_next_input", "text": next, "replace": false}]});
+        self.finish(inflight, ok).await;
     }
 
     async fn on_stdin(&mut self, reply: Message) {

@@ -24,6 +24,8 @@ pub enum Magic {
         /// The new definition.
         source: String,
     },
+    /// `%edit NAME`: show a function's source and offer `%%edit NAME` with it as the next cell.
+    ShowFunction(String),
     /// `%break N [N...]`.
     Break(Vec<usize>),
     /// `%clear`: remove breakpoints.
@@ -83,12 +85,20 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("%abort", "stop the run after tearing down the current test"),
     (
-        "%%edit [N]",
-        "replace the source of step N (default: current) with the cell's body",
+        "%%edit [N] [--delete]",
+        "replace the source of step N (default: current) with the cell's body; --delete removes it",
+    ),
+    (
+        "%%edit NAME",
+        "replace function or method NAME of the code under test (Cart.subtotal, path.py::func)",
     ),
     (
         "%edit [N]",
         "show step N's source and offer it as the next cell",
+    ),
+    (
+        "%edit NAME",
+        "show function NAME's source and offer it as the next cell",
     ),
     ("%break N [N ...]", "pause before step N of each test"),
     ("%clear", "remove all breakpoints"),
@@ -139,10 +149,14 @@ pub fn parse(code: &str) -> Option<Magic> {
         let (name, args) = split_name(cell);
         if name == "edit" {
             let target = args.trim();
-            if !target.is_empty()
-                && target.parse::<usize>().is_err()
-                && !target.contains(char::is_whitespace)
-            {
+            if target.split_whitespace().any(|w| w == "--delete") {
+                return Some(delete_step(target, rest));
+            }
+            if rest.trim().is_empty() {
+                return Some(Magic::Invalid(empty_edit_message(target)));
+            }
+            let rest = &without_trailing_blank_lines(rest);
+            if is_function_target(target) {
                 return Some(Magic::EditFunction {
                     target: target.to_string(),
                     source: rest.to_string(),
@@ -188,6 +202,7 @@ pub fn parse(code: &str) -> Option<Magic> {
         "help" => Magic::Help(
             Some(args.trim().trim_start_matches('%').to_string()).filter(|s| !s.is_empty()),
         ),
+        "edit" if is_function_target(args.trim()) => Magic::ShowFunction(args.trim().to_string()),
         "edit" => match parse_steps(args).as_deref() {
             Ok([]) => Magic::Edit {
                 step: None,
@@ -213,6 +228,69 @@ pub fn parse(code: &str) -> Option<Magic> {
     })
 }
 
+/// A `%%edit`/`%edit` argument naming a function (`Cart.subtotal`, `path.py::f`), not a step number.
+fn is_function_target(target: &str) -> bool {
+    !target.is_empty() && target.parse::<usize>().is_err() && !target.contains(char::is_whitespace)
+}
+
+/// Why a `%%edit` without a body is refused: an empty body would delete the step.
+fn empty_edit_message(target: &str) -> String {
+    let shown = if target.is_empty() {
+        String::new()
+    } else {
+        format!(" {target}")
+    };
+    let show = if is_function_target(target) {
+        format!("%edit {target} shows the function's source")
+    } else {
+        format!("%edit{shown} shows the step's source")
+    };
+    format!(
+        "%%edit{shown} needs the new source on the lines below it (the cell's body is empty);          {show} to start from. To delete a step, say so: %%edit N --delete (or `pass` as the body)."
+    )
+}
+
+/// `%%edit [N] --delete`: the explicit way to remove a step (an empty body says so).
+fn delete_step(args: &str, body: &str) -> Magic {
+    if !body.trim().is_empty() {
+        return Magic::Invalid(
+            "%%edit --delete removes the step: leave the cell's body empty (or drop --delete)"
+                .into(),
+        );
+    }
+    let rest: Vec<&str> = args
+        .split_whitespace()
+        .filter(|w| *w != "--delete")
+        .collect();
+    match parse_steps(&rest.join(" ")).as_deref() {
+        Ok([]) => Magic::Edit {
+            step: None,
+            source: Some(String::new()),
+        },
+        Ok([n]) => Magic::Edit {
+            step: Some(*n),
+            source: Some(String::new()),
+        },
+        _ => Magic::Invalid(format!(
+            "%%edit --delete takes one step number (functions cannot be deleted), got {:?}",
+            rest.join(" ")
+        )),
+    }
+}
+
+/// The cell body without the blank lines that end a cell typed in a console.
+fn without_trailing_blank_lines(body: &str) -> String {
+    let mut lines: Vec<&str> = body.lines().collect();
+    while lines.last().is_some_and(|l| l.trim().is_empty()) {
+        lines.pop();
+    }
+    let mut out = lines.join("\n");
+    if body.ends_with('\n') || body.len() > out.len() {
+        out.push('\n');
+    }
+    out
+}
+
 fn split_name(line: &str) -> (&str, &str) {
     let line = line.trim();
     match line.find(char::is_whitespace) {
@@ -223,6 +301,40 @@ fn split_name(line: &str) -> (&str, &str) {
 
 fn parse_steps(args: &str) -> Result<Vec<usize>, std::num::ParseIntError> {
     args.split_whitespace().map(str::parse).collect()
+}
+
+/// `is_complete_request` for a magic cell, as IPython answers it: a line magic
+/// is complete; a `%%` cell is incomplete (indent hint: its last line's
+/// indentation) until a blank line ends it. None for code that is not a magic.
+///
+/// Answered by the kernel itself, so a console typing `%where` while the
+/// worker runs tests gets its answer at once (a late one makes jupyter_console
+/// stop asking, and multi-line cells then end at the first Enter).
+pub fn is_complete(code: &str) -> Option<(&'static str, String)> {
+    let trimmed = code.trim_start();
+    if trimmed.starts_with("%%") {
+        let lines: Vec<&str> = code.split('\n').collect();
+        let last = lines.last().copied().unwrap_or("");
+        if lines.len() > 1 && last.trim().is_empty() {
+            return Some(("complete", String::new()));
+        }
+        let indent: String = last
+            .chars()
+            .take_while(|c| c.is_whitespace())
+            .map(|c| {
+                if c == '\t' {
+                    "    ".to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect();
+        return Some(("incomplete", indent));
+    }
+    if trimmed.starts_with('%') && !code.trim().contains('\n') {
+        return Some(("complete", String::new()));
+    }
+    None
 }
 
 /// The help text for one magic or all.
@@ -316,6 +428,81 @@ mod tests {
                 source: None
             })
         );
+    }
+
+    #[test]
+    fn an_empty_edit_body_is_refused_not_a_deletion() {
+        for cell in [
+            "%%edit",
+            "%%edit\n",
+            "%%edit 2\n   \n\t\n",
+            "%%edit Cart.total\n\n",
+        ] {
+            match parse(cell) {
+                Some(Magic::Invalid(why)) => {
+                    assert!(
+                        why.contains("body is empty") && why.contains("pass"),
+                        "{why}"
+                    )
+                }
+                other => panic!("{cell:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            parse("%%edit 2 --delete"),
+            Some(Magic::Edit {
+                step: Some(2),
+                source: Some(String::new())
+            })
+        );
+        assert!(matches!(
+            parse("%%edit 2 --delete\nx = 1"),
+            Some(Magic::Invalid(_))
+        ));
+        assert!(matches!(
+            parse("%%edit Cart.total --delete"),
+            Some(Magic::Invalid(_))
+        ));
+        // The blank lines that end a console cell are not part of the body.
+        assert_eq!(
+            parse("%%edit 1\nx = 1\n    \n"),
+            Some(Magic::Edit {
+                step: Some(1),
+                source: Some("x = 1\n".into())
+            })
+        );
+    }
+
+    #[test]
+    fn cell_magics_complete_on_a_blank_line() {
+        let status = is_complete;
+        assert_eq!(
+            status("%%edit Cart.subtotal"),
+            Some(("incomplete", String::new()))
+        );
+        assert_eq!(
+            status("%%edit 2\nif x:\n    y = 1"),
+            Some(("incomplete", "    ".into()))
+        );
+        assert_eq!(
+            status("%%edit 2\nx = 1\n"),
+            Some(("complete", String::new()))
+        );
+        assert_eq!(
+            status("%%edit 2\nx = 1\n  "),
+            Some(("complete", String::new()))
+        );
+        assert_eq!(status("%where"), Some(("complete", String::new())));
+        assert_eq!(status("x = 1"), None);
+    }
+
+    #[test]
+    fn edit_name_shows_a_function() {
+        assert_eq!(
+            parse("%edit base.Version.next_minor"),
+            Some(Magic::ShowFunction("base.Version.next_minor".into()))
+        );
+        assert!(help(None).contains("%%edit NAME") && help(None).contains("%edit NAME"));
     }
 
     #[test]

@@ -445,6 +445,15 @@ async fn shell_task(
             "kernel_info_request" => Some(("kernel_info_reply", kernel_info(&shared).await)),
             "comm_info_request" => Some(("comm_info_reply", json!({"status": "ok", "comms": {}}))),
             "history_request" => Some(("history_reply", history_reply(&shared, &msg.content))),
+            "is_complete_request" => {
+                magics::is_complete(msg.text("code")).map(|(status, indent)| {
+                    let mut content = json!({"status": status});
+                    if status == "incomplete" {
+                        content["indent"] = json!(indent);
+                    }
+                    ("is_complete_reply", content)
+                })
+            }
             "execute_request" => {
                 if let Some(magic) = magics::parse(msg.text("code")) {
                     if answer_magic_now(&shared, &mut send, &msg, magic, &control).await {
@@ -482,7 +491,13 @@ async fn answer_magic_now(
 ) -> bool {
     let ending = magic == Magic::End;
     let output: Result<(String, Option<String>), (String, String)> = match magic {
-        Magic::Where => Ok((shared.run_state.lock().expect("state").where_text(), None)),
+        Magic::Where => {
+            let mut text = shared.run_state.lock().expect("state").where_text();
+            if let Some(identity) = shared.hooks.as_ref().and_then(|h| h.identity()) {
+                text.push_str(&format!("\n  {identity}"));
+            }
+            Ok((text, None))
+        }
         Magic::Steps => {
             let (text, html) = shared.run_state.lock().expect("state").steps_table();
             Ok((text, Some(html)))

@@ -72,6 +72,10 @@ pub trait SessionHooks: Send + Sync {
     fn allow_client_shutdown(&self) -> bool;
     /// Something the kernel wants the person at the terminal to know.
     fn notice(&self, text: &str);
+    /// The session's id and directory, for `%where`.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// One step's state as the kernel knows it.
@@ -113,6 +117,8 @@ pub struct RunState {
     pub last_outcome: Option<String>,
     /// Tests finished so far, by outcome.
     pub counts: std::collections::BTreeMap<String, u64>,
+    /// The outcome of each finished test, by node id.
+    pub outcomes: std::collections::HashMap<String, String>,
 }
 
 impl RunState {
@@ -163,6 +169,9 @@ impl RunState {
                     .unwrap_or("unknown")
                     .to_string();
                 *self.counts.entry(outcome.clone()).or_default() += 1;
+                if let Some(test) = event.get("test").and_then(Value::as_str) {
+                    self.outcomes.insert(test.to_string(), outcome.clone());
+                }
                 self.last_outcome = Some(outcome);
             }
             "summary" => self.state = "finished".into(),
@@ -231,6 +240,57 @@ impl RunState {
             steps[index].name = name.to_string();
         }
         &mut steps[index]
+    }
+
+    /// Records a pause: steps still shown running are settled by what the
+    /// pause says (the paused step failed on an error; steps before it ran,
+    /// steps from it on wait), as progress events may trail the pause.
+    pub fn on_paused(&mut self, info: &Value) {
+        let phase = info.get("phase").and_then(Value::as_str).unwrap_or("");
+        let at = info
+            .get("step")
+            .and_then(Value::as_u64)
+            .map_or(usize::MAX, |s| s as usize);
+        let failed = info.get("reason").and_then(Value::as_str) == Some("error");
+        for p in &mut self.phases {
+            for step in p.steps.iter_mut().filter(|s| s.status == "running") {
+                step.status = if p.name != phase || step.index < at {
+                    "passed"
+                } else if step.index == at && failed {
+                    "failed"
+                } else {
+                    "pending"
+                }
+                .into();
+            }
+        }
+        self.paused = Some(info.clone());
+        self.state = "paused".into();
+    }
+
+    /// The paused step as (test, phase, index).
+    pub fn paused_step(&self) -> Option<(String, String, usize)> {
+        let info = self.paused.as_ref()?;
+        let text = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let step = info.get("step").and_then(Value::as_u64)? as usize;
+        Some((text("test"), text("phase"), step))
+    }
+
+    /// A step's (name, status) in the current test.
+    pub fn step(&self, phase: &str, index: usize) -> Option<(&str, &str)> {
+        let p = self.phases.iter().find(|p| p.name == phase)?;
+        let step = p.steps.get(index)?;
+        Some((step.name.as_str(), step.status.as_str()))
+    }
+
+    /// How many steps the current test has, over all phases.
+    pub fn step_count(&self) -> usize {
+        self.phases.iter().map(|p| p.steps.len()).sum()
     }
 
     /// `%where` as text.

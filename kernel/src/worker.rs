@@ -16,7 +16,8 @@
 //! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir","steps_fingerprint"}` runs tests
 //!   (stepping engine; `steps_fingerprint` names the instrumenter and its options, see `need_steps`)
 //! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`
-//!   (or `"target"`: a function of the code under test), `{"type":"describe","id"}`: commands for a paused test;
+//!   (or `"target"`: a function of the code under test), `{"type":"describe","id"}`,
+//!   `{"type":"show_function","id","target"}` (`%edit NAME`): commands for a paused test;
 //!   the reply to `resume` comes when the run pauses again or ends
 //! - `{"type":"test","id","args"}` (`%test NODEID`, answered at the first pause), `{"type":"locals","id"}`
 //! - `{"type":"breakpoints","items":[{"test","phase","step"}]}`, `{"type":"pause_request"}`

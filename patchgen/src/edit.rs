@@ -32,6 +32,10 @@ pub struct Edit {
     pub error: Option<String>,
     /// When the edit was made, RFC 3339 UTC (see [`now_rfc3339`]).
     pub time: String,
+    /// For `%%edit NAME`: the function or method replaced, as the user named it
+    /// (`Cart.subtotal`); None for a step edit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<String>,
 }
 
 /// Hex SHA-256 of `text`'s UTF-8 bytes.

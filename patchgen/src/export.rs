@@ -235,12 +235,25 @@ fn body(intro: &str, edits: &[Edit]) -> String {
         body.push_str(intro);
         body.push_str("\n\n");
     }
-    body.push_str("Steps edited with stepkernel:\n");
+    let functions = edits.iter().any(|e| e.function.is_some());
+    let steps = edits.iter().any(|e| e.function.is_none());
+    body.push_str(match (steps, functions) {
+        (true, true) => "Steps and functions edited with stepkernel:\n",
+        (false, true) => "Functions edited with stepkernel:\n",
+        _ => "Steps edited with stepkernel:\n",
+    });
     for edit in edits {
-        let name = first_line(&edit.step_name);
-        body.push_str(&format!("\n- {}, step {}", edit.test_id, edit.step_index));
-        if !name.is_empty() {
-            body.push_str(&format!(" ({name})"));
+        if let Some(function) = &edit.function {
+            body.push_str(&format!("\n- {function}"));
+            if !edit.test_id.is_empty() {
+                body.push_str(&format!(" (while {} was paused)", edit.test_id));
+            }
+        } else {
+            let name = first_line(&edit.step_name);
+            body.push_str(&format!("\n- {}, step {}", edit.test_id, edit.step_index));
+            if !name.is_empty() {
+                body.push_str(&format!(" ({name})"));
+            }
         }
         if edit.start_line == edit.end_line {
             body.push_str(&format!("\n  {} line {}", edit.file, edit.start_line));

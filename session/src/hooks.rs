@@ -44,6 +44,8 @@ pub struct SessionContext {
     pub copies: Vec<PathBuf>,
     /// What the kernel does when the run is over (`--on-error fail`, `--linger`).
     pub after_run: AfterRun,
+    /// The copy jupyter_server lists: its `kernel_name` tells what the session runs (see kernel_label).
+    pub listed_copy: Option<PathBuf>,
 }
 
 struct Inner {
@@ -287,6 +289,14 @@ impl RunHooks {
         Some(rel.to_string_lossy().replace('\\', "/"))
     }
 
+    /// Names the listed connection file copy by what runs (a test, when known).
+    fn relabel(&self, test: Option<&str>, state: &str) {
+        let (Some(copy), Some(test)) = (&self.ctx.listed_copy, test) else {
+            return;
+        };
+        let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(test, state));
+    }
+
     fn build_edit(&self, inner: &mut Inner, edit: &Value) -> Result<Edit, String> {
         let text = |k: &str| {
             edit.get(k)
@@ -336,6 +346,7 @@ impl RunHooks {
             step_name: text("name"),
             error,
             time: patchgen::now_rfc3339(),
+            function: edit.get("target").and_then(Value::as_str).map(String::from),
         })
     }
 
@@ -640,6 +651,8 @@ impl SessionHooks for RunHooks {
                 inner.meta.state = "running".into();
                 inner.meta.paused_at = None;
                 self.save_meta(&inner);
+                let test = event.get("test").and_then(Value::as_str).map(String::from);
+                self.relabel(test.as_deref(), "running");
             }
             _ => {}
         }
@@ -664,6 +677,7 @@ impl SessionHooks for RunHooks {
                 .unwrap_or("")
                 .to_string()
         };
+        self.relabel(info.get("test").and_then(Value::as_str), "paused");
         inner.meta.state = "paused".into();
         inner.meta.paused_at = Some(format!(
             "{}::{} step {}",
@@ -772,6 +786,14 @@ impl SessionHooks for RunHooks {
 
     fn allow_client_shutdown(&self) -> bool {
         self.ctx.allow_client_shutdown
+    }
+
+    fn identity(&self) -> Option<String> {
+        Some(format!(
+            "session {} ({})",
+            self.ctx.id,
+            self.ctx.dir.display()
+        ))
     }
 
     fn notice(&self, text: &str) {

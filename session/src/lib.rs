@@ -7,12 +7,16 @@
 //! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
 //! - [`attach`]: connection file copies where Jupyter clients look;
 //! - [`control`]: the control socket (`control.sock`); [`control_client`]: talking to it;
-//! - [`status`]: what `status` answers, live or from a session's files.
+//! - [`status`]: what `status` answers, live or from a session's files;
+//! - [`discovery`]: finding sessions from any directory;
+//! - [`kernel_label`]: the session's name in Jupyter's kernel lists.
 
 pub mod attach;
 pub mod control;
 pub mod control_client;
+pub mod discovery;
 pub mod hooks;
+pub mod kernel_label;
 pub mod listing;
 pub mod patches;
 pub mod report;

@@ -227,6 +227,7 @@ mod tests {
             step_name: "assert 1 == 2".into(),
             error: Some("AssertionError".into()),
             time: patchgen::now_rfc3339(),
+            function: None,
         }
     }
 

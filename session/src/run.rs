@@ -196,6 +196,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     connection
         .extra
         .insert("stepkernel_session".into(), json!(id));
+    // Lets `stepkernel console`/`sessions`/`patch` find the session from any directory.
+    connection.extra.insert(
+        crate::discovery::SESSION_DIR_KEY.into(),
+        json!(dir.display().to_string()),
+    );
 
     let mut args = opts.targets.clone();
     args.extend(opts.pytest_args.iter().cloned());
@@ -242,10 +247,19 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let connection_file = dir.join("connection.json");
         bound.connection.write(&connection_file)?;
         let copies = attach::place_copies(&connection_file, &id, &copy_dirs);
+        let listed_copy = copies
+            .iter()
+            .find(|p| p.parent() == Some(external_dir.as_path()))
+            .cloned();
+        if let Some(copy) = &listed_copy {
+            let what = crate::kernel_label::targets_label(&opts.targets, &opts.rootdir);
+            let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
+        }
+        let me = self_command();
         let mut attach_lines = vec![
             format!("jupyter console --existing {}", connection_file.display()),
-            format!("stepkernel console {id}      (the same, shorter)"),
-            format!("stepkernel lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
+            format!("{me} console {id}      (the same, shorter; from any directory)"),
+            format!("{me} lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
         ];
         if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
             attach_lines.push(format!(
@@ -282,6 +296,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 options,
                 copies,
                 after_run: after_run(&opts),
+                listed_copy,
             },
             meta,
             opts.quiet,
@@ -325,6 +340,28 @@ fn after_run(opts: &RunOptions) -> AfterRun {
     }
 }
 
+/// How a second terminal runs this binary: `stepkernel` when that is what
+/// PATH finds, else its full path (as after `scripts/demo.sh`, which runs it
+/// from the build directory).
+fn self_command() -> String {
+    let Ok(me) = std::env::current_exe() else {
+        return "stepkernel".into();
+    };
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("stepkernel"))
+            .find(|p| p.is_file())
+    });
+    let same = on_path
+        .and_then(|p| p.canonicalize().ok())
+        .is_some_and(|p| me.canonicalize().is_ok_and(|m| m == p));
+    if same {
+        "stepkernel".into()
+    } else {
+        me.display().to_string()
+    }
+}
+
 /// Hooks for a notebook kernel (`stepkernel kernel`): `%test`, `%tests`,
 /// `%%edit`, `%diff`, `%patch`, `%apply`, with a session directory under
 /// `rootdir/.stepkernel/sessions/`.
@@ -358,6 +395,7 @@ pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
             options: Options::default(),
             copies: Vec::new(),
             after_run: AfterRun::Serve,
+            listed_copy: None,
         },
         meta,
         true,

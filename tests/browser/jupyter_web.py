@@ -110,7 +110,7 @@ class JupyterServer:
         """The (single) external stepkernel kernel the server lists."""
         deadline = time.monotonic() + timeout
         while True:
-            found = [k for k in self.kernels() if k["name"] == "stepkernel"]
+            found = [k for k in self.kernels() if k["name"].startswith("stepkernel")]
             if len(found) == 1:
                 return found[0]
             if time.monotonic() > deadline:

@@ -61,6 +61,18 @@ def resolve(target: str, namespace: dict[str, Any]) -> types.FunctionType:
     return value
 
 
+def current_source(func: types.FunctionType) -> str:
+    """The definition ``%%edit NAME`` last put in place, else the file's, dedented."""
+    edited = getattr(func, "__stepkernel_source__", None)
+    if edited is not None:
+        return edited
+    try:
+        lines, _ = inspect.getsourcelines(func)
+    except (OSError, TypeError) as exc:
+        raise CodeEditError(f"the source of {func.__qualname__} is not available: {exc}") from None
+    return textwrap.dedent("".join(lines))
+
+
 def _inner_code(code: types.CodeType, name: str) -> types.CodeType | None:
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
@@ -130,6 +142,7 @@ def replace(func: types.FunctionType, source: str) -> dict:
             "such a change needs a restart"
         )
     func.__code__ = code
+    func.__stepkernel_source__ = text  # what `%edit NAME` shows from now on
     return {
         "file": os.path.abspath(filename),
         "function": func.__qualname__,

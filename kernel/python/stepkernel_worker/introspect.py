@@ -17,6 +17,7 @@ import warnings
 from typing import Any
 
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.]*$")
+_HELP_QUERY = re.compile(r"^\s*(\?{1,2}[A-Za-z_][\w.]*|[A-Za-z_][\w.]*\?{1,2})\s*$")
 _IMPORT_LINE = re.compile(r"^\s*(?:from\s+([\w.]*)\s+import\s+([\w, ]*)|(?:import|from)\s+([\w., ]*))$")
 
 
@@ -178,6 +179,15 @@ def inspect_value(code: str, cursor_pos: int, detail_level: int, namespace: dict
     return {"status": "ok", "found": True, "data": {"text/plain": text}, "metadata": {}}
 
 
+def help_query(code: str) -> tuple[str, int] | None:
+    """``(name, detail_level)`` for IPython's ``name?`` / ``name??`` / ``?name``, else None."""
+    if not _HELP_QUERY.match(code):
+        return None
+    text = code.strip()
+    marks = len(text) - len(text.strip("?"))
+    return text.strip("?"), 1 if marks >= 2 else 0
+
+
 def _short_repr(value: Any, limit: int = 200) -> str:
     try:
         text = repr(value)
@@ -190,6 +200,9 @@ def is_complete(code: str) -> dict:
     """An ``is_complete_reply`` content: complete, incomplete (with indent) or invalid."""
     if not code.strip():
         return {"status": "complete"}
+    # Magic cells (`%where`, `%%edit`) are answered by the kernel itself (magics.rs).
+    if _HELP_QUERY.match(code):
+        return {"status": "complete"}  # `name?`, `name??`, `?name`: help, as in IPython
     lines = code.splitlines()
     last = lines[-1] if lines else ""
     indent = last[: len(last) - len(last.lstrip())]
@@ -207,3 +220,4 @@ def is_complete(code: str) -> dict:
     if len(lines) > 1 and lines[-1].strip() and (lines[-1].startswith((" ", "\t"))):
         return {"status": "incomplete", "indent": indent}
     return {"status": "complete"}
+

@@ -170,7 +170,7 @@ class Worker:
             self._load_test(message)
         elif kind == "locals":
             self._locals(message)
-        elif kind in ("resume", "edit", "describe"):
+        elif kind in ("resume", "edit", "describe", "show_function"):
             return self._paused_command(message)
         else:
             self._reply(request_id, {"status": "error", "ename": "UnknownRequest", "evalue": str(kind), "traceback": []})
@@ -194,6 +194,10 @@ class Worker:
         silent = bool(message.get("silent", False))
         content: dict[str, Any] = {"status": "ok", "execution_count": count, "user_expressions": {}}
         self.exit_payload = None
+        query = introspect.help_query(code)
+        if query is not None:
+            self._reply(request_id, self._help_reply(request_id, query, content, silent))
+            return
         try:
             outer = (self.executing, self.in_cell)
             self.executing = self.in_cell = True
@@ -224,6 +228,17 @@ class Worker:
         if self.exit_payload is not None and content["status"] == "ok":
             content["payload"] = [self.exit_payload]
         self._reply(request_id, content)
+
+    def _help_reply(self, request_id, query: tuple[str, int], content: dict, silent: bool) -> dict:
+        """``name?`` as IPython answers it: a ``page`` payload with the signature and docstring."""
+        name, detail = query
+        found = introspect.inspect_value(name, len(name), detail, self._namespace())
+        if not found.get("found"):
+            if not silent:
+                self._iopub(request_id, "stream", {"name": "stdout", "text": f"Object `{name}` not found.\n"})
+            return content
+        content["payload"] = [{"source": "page", "data": found["data"], "start": 0}]
+        return content
 
     def _run_cell(self, code: str, filename: str):
         if self.handler is not None:
@@ -511,7 +526,9 @@ class Worker:
         if kind == "resume":
             self.current_id = request_id
             return message
-        if kind == "edit" and message.get("target"):
+        if kind == "show_function":
+            self._reply(request_id, {"status": "ok", "result": self._show_function(message["target"])})
+        elif kind == "edit" and message.get("target"):
             self._reply(request_id, {"status": "ok", "result": self._edit_function(message)})
         elif kind == "edit":
             result = self.handler.edit(message.get("step"), message.get("source", ""))
@@ -542,8 +559,23 @@ class Worker:
         except Exception:
             pass
         edit.update({"test": info.get("test"), "phase": info.get("phase"), "step": 0,
-                     "name": f"def {edit['function']}"})
-        return {"ok": True, "what": f"{edit['function']} (in {os.path.basename(edit['file'])})", "edit": edit}
+                     "name": f"def {edit['function']}", "target": target})
+        self.emit({"event": "edit", "kind": "function", "target": target, "function": edit["function"],
+                   "test": info.get("test"), "phase": info.get("phase"), "file": edit["file"],
+                   "start_line": edit["start_line"], "end_line": edit["end_line"]})
+        return {"ok": True, "what": f"{target} (in {os.path.basename(edit['file'])})", "edit": edit}
+
+    def _show_function(self, target: str) -> dict:
+        """``%edit NAME``: the source of a function of the code under test, as ``%%edit NAME`` takes it."""
+        from . import code_edits
+
+        try:
+            func = code_edits.resolve(target, self.handler.namespace())
+            return {"ok": True, "target": target, "source": code_edits.current_source(func)}
+        except code_edits.CodeEditError as exc:
+            return {"ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug here must not break the pause loop
+            return {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
     def _load_test(self, message: dict) -> None:
         """``%test NODEID``: run one test, paused before its body's first step.

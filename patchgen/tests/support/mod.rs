@@ -129,5 +129,6 @@ pub fn edit(
         step_name: original.trim().lines().next().unwrap_or("").to_string(),
         error: Some("AssertionError: assert 3 == 4".to_string()),
         time: patchgen::now_rfc3339(),
+        function: None,
     }
 }

@@ -323,6 +323,8 @@ mod tests {
             notebook: true,
             options: instrumenter::Options::default(),
             copies: Vec::new(),
+            after_run: kernel::session::AfterRun::Serve,
+            listed_copy: None,
         };
         let hooks = RunHooks::new(ctx, Default::default(), true);
         let notify = hooks.events_written();

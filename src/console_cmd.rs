@@ -1,0 +1,119 @@
+//! `stepkernel console [SESSION]`: `jupyter console --existing` on a session,
+//! from any directory, with the Jupyter client of the session's environment.
+//!
+//! The console replaces this process (exec), so the terminal belongs to it
+//! and nothing is left behind; it runs under a small launcher whose Ctrl-C
+//! sends `interrupt_request` (jupyter_console alone refuses to interrupt a
+//! kernel it did not start).
+
+use crate::sessions_cmd::root;
+use anyhow::{bail, Context};
+use clap::Args;
+use session::discovery;
+use session::session_dir::SessionMeta;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// The launcher run with `python -c` (see its docstring).
+const LAUNCHER: &str = include_str!("console_launcher.py");
+
+/// Arguments of `stepkernel console`.
+#[derive(Args)]
+pub struct ConsoleArgs {
+    /// Session id (or prefix, or directory); default: the latest live one.
+    pub session: Option<String>,
+    /// Extra arguments for jupyter console.
+    #[arg(last = true)]
+    pub extra: Vec<String>,
+}
+
+fn live(meta: &SessionMeta) -> bool {
+    meta.alive() && meta.state != "finished"
+}
+
+/// Whether `python` runs and can import jupyter_console.
+fn has_jupyter_console(python: &Path) -> bool {
+    std::process::Command::new(python)
+        .args([
+            "-c",
+            "import importlib.util, sys; sys.exit(importlib.util.find_spec('jupyter_console') is None)",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The interpreter of the `jupyter-console` script on PATH (its `#!` line).
+fn path_console_python() -> Option<PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    let script = std::env::split_paths(&paths)
+        .map(|dir| dir.join("jupyter-console"))
+        .find(|p| p.is_file())?;
+    let text = std::fs::read(&script).ok()?;
+    let first = text.split(|b| *b == b'\n').next()?;
+    let line = std::str::from_utf8(first).ok()?.strip_prefix("#!")?.trim();
+    let program = line.split_whitespace().next()?;
+    (Path::new(program).is_absolute() && !program.ends_with("/env")).then(|| PathBuf::from(program))
+}
+
+/// Runs `jupyter console --existing` on a session; returns only on failure.
+pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
+    let root = root()?;
+    let (dir, meta) = match args.session.as_deref() {
+        Some(id) => discovery::find(&root, id).map_err(anyhow::Error::msg)?,
+        None => discovery::preferred(&root, live).context(
+            "no live stepkernel session here or in Jupyter's runtime directory \
+             (start one with `stepkernel run`)",
+        )?,
+    };
+    if !live(&meta) {
+        bail!(
+            "session {} is not running ({})",
+            meta.id,
+            meta.shown_state()
+        );
+    }
+    // A relative `--python .venv/bin/python` is relative to where the run started.
+    let mut candidates: Vec<PathBuf> = meta
+        .python
+        .iter()
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_relative() && p.components().count() > 1 {
+                Path::new(&meta.rootdir).join(p)
+            } else {
+                p
+            }
+        })
+        .collect();
+    candidates.extend(path_console_python());
+    let Some(python) = candidates.iter().find(|p| has_jupyter_console(p)) else {
+        let python = meta.python.as_deref().unwrap_or("python3");
+        bail!(
+            "jupyter_console is not installed in the session's environment ({python}) nor on PATH; \
+             install it with: {python} -m pip install jupyter_console"
+        );
+    };
+    let state = match &meta.paused_at {
+        Some(at) if meta.state == "paused" => format!("paused at {at}"),
+        _ => meta.shown_state(),
+    };
+    eprintln!(
+        "stepkernel: attaching to session {} ({state}; {})",
+        meta.id,
+        dir.display()
+    );
+    let err = std::process::Command::new(python)
+        .arg("-c")
+        .arg(LAUNCHER)
+        .arg("--existing")
+        .arg(&meta.connection_file)
+        // The paused test's worker answers is_complete_request; the default 1 s
+        // is short on a busy machine, and one miss turns multi-line cells off.
+        .arg("--ZMQTerminalInteractiveShell.kernel_is_complete_timeout=10")
+        .args(&args.extra)
+        .exec();
+    Err(err).with_context(|| format!("cannot run jupyter console with {}", python.display()))
+}

@@ -29,7 +29,8 @@ pub struct ConsoleArgs {
 }
 
 fn live(meta: &SessionMeta) -> bool {
-    meta.alive() && meta.state != "finished"
+    // A finished run that stays up for its clients can still be attached to.
+    meta.attachable()
 }
 
 /// Whether `python` runs and can import jupyter_console.

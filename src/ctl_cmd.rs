@@ -51,7 +51,7 @@ fn choose(session: Option<&str>, finished_ok: bool) -> anyhow::Result<(PathBuf, 
         return session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg);
     }
     let all = session_dir::list(&root);
-    if let Some((dir, meta)) = latest(all.clone(), |m| m.alive() && m.state != "finished") {
+    if let Some((dir, meta)) = latest(all.clone(), SessionMeta::attachable) {
         eprintln!("stepkernel: session {} (the latest live one)", meta.id);
         return Ok((dir, meta));
     }

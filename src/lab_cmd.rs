@@ -46,7 +46,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 fn choose_session(id: Option<&str>) -> anyhow::Result<Option<(PathBuf, SessionMeta)>> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let root = session_dir::sessions_root(&cwd);
-    let live = |m: &SessionMeta| m.alive() && m.state != "finished";
+    let live = |m: &SessionMeta| m.attachable();
     match id {
         Some(id) => {
             let (dir, meta) = session::discovery::find(&root, id).map_err(anyhow::Error::msg)?;

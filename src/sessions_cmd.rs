@@ -63,7 +63,7 @@ fn find_session(root: &Path, id: Option<&str>) -> anyhow::Result<(PathBuf, Sessi
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     let mut all: Vec<_> = discovery::all_sessions(&root()?)
         .into_iter()
-        .filter(|(_, m)| !args.live || (m.alive() && m.state != "finished"))
+        .filter(|(_, m)| !args.live || m.attachable())
         .collect();
     all.sort_by_cached_key(|(dir, m)| discovery::start_key(dir, m));
     if args.json {

@@ -139,8 +139,6 @@ def paused_shop(shop, tmp_path):
     run.close()
 
 
-@pytest.mark.xfail(strict=True, reason="needs issue 12 item 3: after the last %continue the run ends and takes "
-                                       "the kernel with it, so the README's `%patch` has no session to answer")
 def test_the_readme_console_session_replays_as_written(paused_shop):
     run, env = paused_shop
     run.wait_paused()

@@ -581,4 +581,4 @@ def test_steps_cli_reports_plan_ids(tmp_path):
     assert bad.returncode == 2 and "bad plan id regex" in bad.stderr
     run = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--plan-id", "x*", "test_plan.py"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert run.returncode == 2 and "--plan-id" in run.stderr and "empty id" in run.stderr
+    assert run.returncode == 4 and "--plan-id" in run.stderr and "empty id" in run.stderr

@@ -209,7 +209,7 @@ def test_is_complete_for_magics_is_answered_while_tests_run(tmp_path, run_sessio
         '''})
     session = run_session(project, "test_slow.py")
     client = session.client()
-    wait_for(lambda: any(e["event"] == "step_start" for e in session.events()), what="the slow step")
+    wait_for(lambda: any(e["event"] == "test_start" for e in session.events()), what="the slow step")
     for code, status in (("%where", "complete"), ("%%edit 1", "incomplete"), ("%%edit 1\nassert True\n", "complete")):
         reply, _ = request(client, "is_complete_request", {"code": code}, timeout=60)
         assert reply["content"]["status"] == status, (code, reply["content"])

@@ -272,6 +272,8 @@ def test_pytest_stepkernel_pauses_on_failure_and_a_client_attaches(venv, user_en
         assert stream_text(messages).split() == ["4", str(venv / "bin" / "python")]
         reply, _ = execute(client, "%fail")
         assert reply["status"] == "ok", reply
+        # The finished run stays up while a client is attached: end it from the client.
+        execute(client, "%end")
         # pytest's status is stepkernel run's: one test failed.
         assert proc.wait(timeout=120) == 1, out_path.read_text()
     finally:

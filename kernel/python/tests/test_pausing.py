@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 
 import pytest
 from hosts import RecordingHost, call_stepped, load_module
@@ -273,6 +274,8 @@ def test_async_pause_runs_cells_on_the_test_loop(mod):
     "name", ["test_async_interrupted_while_awaiting", "test_async_interrupted_while_running"]
 )
 def test_keyboard_interrupt_in_an_async_step_pauses_there(mod, name):
+    if "awaiting" in name and sys.version_info < (3, 11):
+        pytest.skip("before 3.11 asyncio.run lets SIGINT out of the loop's select(), never into the task")
     host, engine = make(["skip"])
     func = getattr(mod, name)
 

@@ -117,8 +117,9 @@ def run(
     ``runner`` is ``"pytest"``, ``"unittest"`` or ``"auto"`` (pytest when it
     can be imported). ``on_error`` is ``"pause"`` (a failing step calls
     ``host.pause``) or ``"fail"`` (errors propagate exactly as under plain
-    pytest). Exit codes: 0 all passed, 1 some failed (or were forced, or
-    passed only after edits), 2 interrupted/aborted/usage error, 5 no tests.
+    pytest). Exit codes as pytest's: 0 all passed, 1 some failed (or were
+    forced, or passed only after edits), 2 interrupted/aborted, 4 usage
+    error, 5 no tests.
     """
     rootdir = os.path.abspath(rootdir)
     if runner == "auto":
@@ -142,8 +143,13 @@ def run(
             try:
                 from .pytest_plugin import run_pytest
             except ImportError as exc:
-                print(f"stepkernel: --runner pytest needs pytest: {exc}", file=sys.stderr)
-                code = 2
+                print(
+                    f"stepkernel: --runner pytest needs pytest, which {sys.executable} cannot import ({exc}): "
+                    f"install it ({sys.executable} -m pip install pytest) or choose another interpreter "
+                    "with --python PATH",
+                    file=sys.stderr,
+                )
+                code = 4
             else:
                 code = run_pytest(engine, list(args), junit_xml)
         else:

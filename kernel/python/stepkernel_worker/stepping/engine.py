@@ -264,18 +264,22 @@ class Engine:
         self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases)
         return record
 
-    def end_test(self, record: TestRecord, outcome: str, longrepr: str = "") -> str:
+    def end_test(self, record: TestRecord, outcome: str, longrepr: str = "", subtests: dict | None = None) -> str:
         if record.forced:
             outcome = "forced"
         elif outcome == "passed" and record.edited_ran:
             outcome = "fixed"
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        fields: dict[str, Any] = {}
+        if subtests:
+            fields["subtests"] = subtests
         self.emit(
             "test_finish",
             test=record.id,
             outcome=outcome,
             duration_s=round(_perf_counter() - record.start, 6),
             longrepr=(longrepr or "")[:2000],
+            **fields,
         )
         self.close_open_step()
         if self.current is record:

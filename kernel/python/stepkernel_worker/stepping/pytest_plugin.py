@@ -182,8 +182,9 @@ class SteppingPlugin:
         try:
             yield
         finally:
-            outcome, longrepr = self._outcome(self._reports.pop(item.nodeid, []))
-            engine.end_test(record, outcome, longrepr)
+            reports = self._reports.pop(item.nodeid, [])
+            outcome, longrepr = self._outcome(reports)
+            engine.end_test(record, outcome, longrepr, subtests=_subtest_counts(reports))
 
     # ----------------------------------------------------------- outcomes
 
@@ -238,6 +239,15 @@ class SteppingPlugin:
             elif when == "call" and wasxfail and outcome == "passed":
                 outcome = "xpassed"
         return outcome, text
+
+
+def _subtest_counts(reports: list) -> dict[str, int] | None:
+    """Subtests (unittest's subTest, pytest's ``subtests`` fixture) by outcome, as pytest counts them."""
+    counts: dict[str, int] = {}
+    for report in reports:
+        if getattr(report, "context", None) is not None and report.when == "call":
+            counts[report.outcome] = counts.get(report.outcome, 0) + 1
+    return counts or None
 
 
 def _python_files(config: Any) -> list[str]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
@@ -107,7 +108,10 @@ def _check_unittest_target(module: Any, rest: str, name: str) -> None:
             break
     if isinstance(obj, type) and issubclass(obj, unittest.TestCase):
         return
-    raise UsageError(f"{name} is not a unittest.TestCase test (use --runner pytest)")
+    hint = "use --runner pytest" if importlib.util.find_spec("pytest") is not None else (
+        f"pytest tests need pytest, which {sys.executable} lacks: install it or choose another --python"
+    )
+    raise UsageError(f"{name} is not a unittest.TestCase test ({hint})")
 
 
 def _flatten(suite: Any) -> list[Any]:
@@ -140,6 +144,7 @@ class _State:
     message: str = ""
     text: str = ""
     skip_type: str = "pytest.skip"
+    subtests: dict = dataclasses.field(default_factory=dict)
 
 
 class Reporter:
@@ -231,7 +236,7 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
                     )
                 )
                 if self._record is not None:
-                    engine.end_test(self._record, state.outcome, state.message)
+                    engine.end_test(self._record, state.outcome, state.message, subtests=state.subtests or None)
             self._state = self._record = None
             super().stopTest(test)
 
@@ -271,6 +276,9 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
 
         def addSubTest(self, test: Any, subtest: Any, err: Any) -> None:  # noqa: N802
             super().addSubTest(test, subtest, err)
+            if self._state is not None:
+                kind = "passed" if err is None else ("failed" if issubclass(err[0], test.failureException) else "error")
+                self._state.subtests[kind] = self._state.subtests.get(kind, 0) + 1
             if err is not None:
                 self._failure(test, err)
 

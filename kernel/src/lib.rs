@@ -1,6 +1,6 @@
 //! A Jupyter kernel that runs Python in a worker process.
 //!
-//! - [`connection_file`], [`signing`], [`wire`]: the Jupyter wire protocol;
+//! - [`connection_file`], [`signing`], [`replay`], [`wire`]: the Jupyter wire protocol;
 //! - [`server`]: binding the channels and serving them;
 //! - [`executor`]: running requests against the worker;
 //! - [`worker`]: the Python worker process and its private protocol;
@@ -12,6 +12,7 @@ pub mod connection_file;
 pub mod event_ring;
 pub mod executor;
 pub mod magics;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod signing;

@@ -7,6 +7,7 @@
 use crate::connection_file::{Channel, ConnectionInfo};
 use crate::executor::{Control, Executor, Request, StartedWorker};
 use crate::magics::{self, Magic};
+use crate::replay::DigestHistory;
 use crate::session::{RunState, SessionHooks};
 use crate::signing::Signer;
 use crate::wire::{new_header, Message};
@@ -41,6 +42,8 @@ pub struct Shared {
     pub session: String,
     /// Signs outgoing and checks incoming messages.
     pub signer: Signer,
+    /// Signatures accepted so far, on every channel (replays are dropped).
+    pub digests: Mutex<DigestHistory>,
     /// Messages to publish on iopub.
     pub iopub: mpsc::UnboundedSender<Message>,
     /// The worker's Python `language_info` once it said hello.
@@ -58,6 +61,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Decodes an incoming message: signed with the key and not seen before.
+    pub fn accept(&self, frames: ZmqMessage) -> Result<Message, crate::wire::WireError> {
+        Message::parse_fresh(frames.into_vec(), &self.signer, &self.digests)
+    }
+
     /// Publishes `msg_type` with `parent` as parent header.
     pub fn publish(&self, parent: Option<&Message>, msg_type: &str, content: Value) {
         let msg = match parent {
@@ -193,6 +201,7 @@ impl BoundKernel {
         let shared = Arc::new(Shared {
             session: uuid::Uuid::new_v4().to_string(),
             signer: signer.clone(),
+            digests: Mutex::new(DigestHistory::default()),
             iopub: iopub_tx,
             language: lang_rx,
             history: Mutex::new(Vec::new()),
@@ -224,7 +233,7 @@ impl BoundKernel {
             shared.clone(),
             control_tx.clone(),
         ));
-        tokio::spawn(receive_task(stdin_recv, signer.clone(), stdin_tx, "stdin"));
+        tokio::spawn(receive_task(stdin_recv, shared.clone(), stdin_tx, "stdin"));
         tokio::spawn(signal_task(shared.clone(), control_tx));
 
         let executor = Executor::start(
@@ -299,13 +308,13 @@ pub async fn send_router(socket: &mut zeromq::RouterSendHalf, msg: &Message, sig
 
 async fn receive_task(
     mut socket: zeromq::RouterRecvHalf,
-    signer: Signer,
+    shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Message>,
     name: &'static str,
 ) {
     loop {
         match socket.recv().await {
-            Ok(frames) => match Message::parse(frames.into_vec(), &signer) {
+            Ok(frames) => match shared.accept(frames) {
                 Ok(msg) => {
                     if tx.send(msg).is_err() {
                         return;
@@ -385,7 +394,7 @@ async fn shell_task(
                 continue;
             }
         };
-        let msg = match Message::parse(frames.into_vec(), &shared.signer) {
+        let msg = match shared.accept(frames) {
             Ok(msg) => msg,
             Err(err) => {
                 log(format!("dropped a message on shell: {err}"));
@@ -621,7 +630,7 @@ async fn control_task(
                 continue;
             }
         };
-        let msg = match Message::parse(frames.into_vec(), &shared.signer) {
+        let msg = match shared.accept(frames) {
             Ok(msg) => msg,
             Err(err) => {
                 log(format!("dropped a message on control: {err}"));

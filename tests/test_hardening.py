@@ -123,3 +123,140 @@ def test_upper_case_signature_is_rejected(kernel, zmq_context, tmp_path):
     round_trip(sock, session)
     assert not marker.exists()
     assert "bad or missing HMAC signature" in kernel.log()
+
+
+# ------------------------------------------------ 3, 4: private session files
+
+CART = {
+    "test_cart.py": '''
+        def test_total():
+            items = [("apple", 3), ("pear", 1)]
+            total = sum(q for _, q in items)
+            assert total == 5
+        ''',
+}
+
+
+def mode_of(path: pathlib.Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def test_every_session_file_is_private(tmp_path, run_session):
+    project = write_project(tmp_path, CART, git=True)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    reply, _ = execute(client, "%%edit\ntotal = sum(q for _, q in items)\nassert total == 4\n")
+    assert reply["status"] == "ok"
+    execute(client, "%continue")
+    assert session.wait_exit() == 1
+    names = sorted(p.name for p in session.session_dir.iterdir())
+    for required in ("session.json", "events.jsonl", "journal.jsonl", "report.json", "connection.json"):
+        assert required in names, names
+    assert any(n.endswith(".patch") for n in names), names
+    assert mode_of(session.session_dir) == 0o700
+    assert mode_of(project / ".stepkernel") == 0o700
+    loose = {n: oct(mode_of(session.session_dir / n)) for n in names if mode_of(session.session_dir / n) != 0o600}
+    assert loose == {}, loose
+
+
+def test_planted_symlinks_are_replaced_not_followed(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    victims = tmp_path / "victims"
+    victims.mkdir()
+    session_dir = project / ".stepkernel" / "session"
+    session_dir.mkdir(parents=True, mode=0o700)
+    names = ("session.json", "report.json", "journal.jsonl", "events.jsonl", "connection.json")
+    for name in names:
+        (victims / name).write_text("precious")
+        os.symlink(victims / name, session_dir / name)
+    session = run_session(project, "test_cart.py", "--on-error", "fail")
+    assert session.wait_exit() == 1
+    for name in names:
+        assert (victims / name).read_text() == "precious", name
+    for name in ("session.json", "report.json", "events.jsonl", "connection.json"):
+        assert stat.S_ISREG(os.lstat(session_dir / name).st_mode), name
+
+
+def as_nobody(*cmd: str) -> list[str]:
+    return ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="another local user is simulated with setpriv as nobody, which needs root",
+)
+
+
+def shared_project(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A project in a directory every local user can write to (like one under /tmp)."""
+    os.chmod(tmp_path, 0o755)
+    for parent in list(tmp_path.parents)[:3]:
+        # pytest's base temp is 0700: let nobody reach the shared directory.
+        if stat.S_IMODE(os.stat(parent).st_mode) & 0o001 == 0 and str(parent).startswith("/tmp/"):
+            os.chmod(parent, stat.S_IMODE(os.stat(parent).st_mode) | 0o711)
+    # Tests run from the shared directory itself (sticky, like /tmp).
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    write_project(shared, CART)
+    os.chmod(shared, 0o1777)
+    return shared
+
+
+@needs_root
+def test_a_session_dir_pre_created_by_another_user_is_refused(tmp_path):
+    project = shared_project(tmp_path)
+    # The other user prepares the session directory, and a connection file for the key.
+    subprocess.run(as_nobody("mkdir", "-p", "-m", "0755", str(project / ".stepkernel" / "sessions")), check=True)
+    for args, planted in (
+        ([], project / ".stepkernel" / "sessions"),
+        (["--session-dir", str(project / "mine")], project / "mine"),
+    ):
+        if args:
+            subprocess.run(as_nobody("mkdir", "-m", "0700", str(planted)), check=True)
+            subprocess.run(as_nobody("sh", "-c", f"echo '{{}}' > {planted}/connection.json; chmod 666 {planted}/connection.json"), check=True)
+        out = subprocess.run(
+            [stepkernel_bin(), "run", "--python", PYTHON, *args, "test_cart.py"],
+            cwd=project, capture_output=True, text=True, timeout=60,
+            env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
+        )
+        assert out.returncode != 0, out
+        assert "unsafe session directory" in out.stderr and "owned by uid 65534" in out.stderr, out.stderr
+        assert str(planted if args else project / ".stepkernel") in out.stderr
+        if args:
+            assert (planted / "connection.json").read_text().strip() == "{}", "the planted file is not used"
+        else:
+            assert not list(planted.rglob("connection.json"))
+
+
+@needs_root
+def test_a_cache_dir_owned_by_another_user_is_refused(tmp_path):
+    project = shared_project(tmp_path)
+    cache = project / "cache"
+    subprocess.run(as_nobody("mkdir", "-m", "0755", str(cache)), check=True)
+    out = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "test_cart.py"],
+        cwd=project, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "STEPKERNEL_CACHE_DIR": str(cache), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    assert out.returncode != 0
+    assert "unsafe cache directory" in out.stderr and str(cache) in out.stderr, out.stderr
+    assert os.listdir(cache) == []
+
+
+def test_a_world_writable_cache_dir_is_refused_and_a_tampered_worker_is_replaced(tmp_path):
+    project = write_project(tmp_path / "proj", CART)
+    cache = tmp_path / "cache"
+    cache.mkdir(mode=0o777)
+    os.chmod(cache, 0o777)
+    env = {**os.environ, "STEPKERNEL_CACHE_DIR": str(cache), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    cmd = [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_cart.py"]
+    out = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=60, env=env)
+    assert out.returncode != 0 and "writable by everyone" in out.stderr, out.stderr
+    os.chmod(cache, 0o700)
+    assert subprocess.run(cmd, cwd=project, capture_output=True, timeout=120, env=env).returncode == 1
+    (worker_dir,) = [p for p in cache.iterdir() if p.name.startswith("worker-")]
+    (worker_dir / "pytest.py").write_text("raise SystemExit('shadowed pytest')\n")
+    out = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 1 and "shadowed" not in out.stdout + out.stderr, out.stdout + out.stderr
+    assert not (worker_dir / "pytest.py").exists()

@@ -12,6 +12,7 @@ pub mod connection_file;
 pub mod event_ring;
 pub mod executor;
 pub mod magics;
+pub mod private_files;
 pub mod replay;
 pub mod server;
 pub mod session;

@@ -82,10 +82,7 @@ pub struct RunHooks {
 impl RunHooks {
     /// Sets up the hooks; `meta` is the session.json to keep up to date.
     pub fn new(ctx: SessionContext, meta: SessionMeta, quiet: bool) -> RunHooks {
-        let events = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(ctx.dir.join("events.jsonl"))
+        let events = kernel::private_files::open_append(&ctx.dir.join("events.jsonl"))
             .ok()
             .map(|file| std::io::BufWriter::with_capacity(1 << 16, file));
         RunHooks {
@@ -378,9 +375,10 @@ impl RunHooks {
             code
         };
         let report = inner.report.to_json(&self.ctx.id, Some(final_code));
-        let _ = std::fs::write(
-            self.ctx.dir.join("report.json"),
-            serde_json::to_vec_pretty(&report).expect("serializes"),
+        let _ = kernel::private_files::write_atomic(
+            &self.ctx.dir.join("report.json"),
+            &serde_json::to_vec_pretty(&report).expect("serializes"),
+            false,
         );
         inner.meta.state = "finished".into();
         inner.meta.paused_at = None;

@@ -66,6 +66,9 @@ pub enum RunError {
     /// Connection file problems.
     #[error(transparent)]
     Connection(#[from] kernel::connection_file::ConnectionFileError),
+    /// The session directory is not private to this user.
+    #[error("unsafe session directory (another user could take the session over)")]
+    Unsafe(#[from] kernel::private_files::PrivateError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -165,8 +168,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .session_dir
         .clone()
         .unwrap_or_else(|| session_dir::sessions_root(&opts.rootdir).join(&id));
-    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let dir = dir.canonicalize().map_err(io("session directory"))?;
+    let dir = kernel::private_files::ensure_private_dir(&dir)?;
     reuse_session_dir(&dir)?;
     let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
     if let Some(first) = opts.first_port {
@@ -294,8 +296,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
 /// `rootdir/.stepkernel/sessions/`.
 pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
     let id = session_dir::new_id();
-    let dir = session_dir::sessions_root(rootdir).join(&id);
-    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    let dir =
+        kernel::private_files::ensure_private_dir(&session_dir::sessions_root(rootdir).join(&id))?;
     let patch_root = patchgen::repo_root(rootdir).unwrap_or_else(|| rootdir.to_path_buf());
     let base_revision = patchgen::head_revision(&patch_root);
     let meta = SessionMeta {

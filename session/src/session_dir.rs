@@ -64,11 +64,10 @@ pub fn new_id() -> String {
 }
 
 impl SessionMeta {
-    /// Writes `session.json` atomically.
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join("session.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializes"))?;
-        std::fs::rename(tmp, dir.join("session.json"))
+    /// Writes `session.json` atomically, mode 0600.
+    pub fn save(&self, dir: &Path) -> Result<(), kernel::private_files::PrivateError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
+        kernel::private_files::write_atomic(&dir.join("session.json"), &bytes, false)
     }
 
     /// Reads `dir/session.json`.

@@ -260,3 +260,52 @@ def test_a_world_writable_cache_dir_is_refused_and_a_tampered_worker_is_replaced
     out = subprocess.run(cmd, cwd=project, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 1 and "shadowed" not in out.stdout + out.stderr, out.stdout + out.stderr
     assert not (worker_dir / "pytest.py").exists()
+
+
+# ----------------------------------------------------- 5: malformed requests
+
+MALFORMED = [
+    ("execute_request", {"code": "x = 1", "user_expressions": []}, "user_expressions must be an object"),
+    ("execute_request", {"code": "x = 1", "user_expressions": {"a": 5}}, 'user_expressions["a"] must be a string'),
+    ("execute_request", {"code": 17}, "code must be a string"),
+    ("execute_request", {"code": "1", "silent": "no"}, "silent must be true or false"),
+    ("execute_request", {}, "code is missing"),
+    ("complete_request", {"code": "ite", "cursor_pos": 10**30}, "cursor_pos must be an integer from 0 to 3"),
+    ("complete_request", {"code": "ite", "cursor_pos": "3"}, "cursor_pos must be"),
+    ("complete_request", {"code": "ite", "cursor_pos": 1.5}, "cursor_pos must be"),
+    ("inspect_request", {"code": "items", "cursor_pos": 10**30}, "cursor_pos must be"),
+    ("inspect_request", {"code": "items", "cursor_pos": 2, "detail_level": "x"}, "detail_level must be 0 or 1"),
+    ("is_complete_request", {"code": ["x"]}, "code must be a string"),
+    ("history_request", {"hist_access_type": "everything"}, "hist_access_type must be"),
+    ("history_request", {"hist_access_type": "tail", "n": "many"}, "n must be an integer"),
+    ("comm_info_request", {"target_name": 3}, "target_name must be a string"),
+    ("shutdown_request", {"restart": "yes"}, "restart must be true or false"),
+]
+
+
+def test_malformed_requests_get_error_replies_and_the_paused_test_survives(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    pid_before = client.session.session
+    for msg_type, content, want in MALFORMED:
+        channel = "control" if msg_type == "shutdown_request" else "shell"
+        reply, iopub = request(client, msg_type, content, channel=channel)
+        assert reply["msg_type"] == msg_type.replace("_request", "_reply"), reply
+        assert reply["content"]["status"] == "error", (msg_type, content, reply["content"])
+        assert reply["content"]["ename"] == "InvalidRequest"
+        assert want in reply["content"]["evalue"], (want, reply["content"]["evalue"])
+        assert [m["content"]["execution_state"] for m in iopub if m["msg_type"] == "status"] == ["busy", "idle"]
+    # The paused test's namespace is still there, in the same worker.
+    reply, msgs = execute(client, "total, len(items)")
+    assert reply["status"] == "ok", msgs
+    assert any("(4, 2)" in c.get("data", {}).get("text/plain", "") for t, c in msgs if t == "execute_result"), msgs
+    assert session.meta()["state"] == "paused"
+    # Well-formed requests of the same types still work (cursor_pos may be left out).
+    reply, _ = request(client, "complete_request", {"code": "ite"})
+    assert "items" in reply["content"]["matches"], reply["content"]
+    assert client.session.session == pid_before
+    execute(client, "%fail")
+    assert session.wait_exit() == 1
+    assert "Its state is lost" not in session.output()

@@ -428,13 +428,13 @@ impl Executor {
             "complete_request" => {
                 self.shared.status(Some(&msg), "busy");
                 let payload = json!({"type": "complete", "id": id, "code": msg.text("code"),
-                    "cursor_pos": msg.content.get("cursor_pos").cloned().unwrap_or(json!(0))});
+                    "cursor_pos": crate::validate::cursor_pos(&msg.content)});
                 (Kind::Complete, payload)
             }
             "inspect_request" => {
                 self.shared.status(Some(&msg), "busy");
                 let payload = json!({"type": "inspect", "id": id, "code": msg.text("code"),
-                    "cursor_pos": msg.content.get("cursor_pos").cloned().unwrap_or(json!(0)),
+                    "cursor_pos": crate::validate::cursor_pos(&msg.content),
                     "detail_level": msg.content.get("detail_level").cloned().unwrap_or(json!(0))});
                 (Kind::Inspect, payload)
             }

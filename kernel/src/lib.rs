@@ -18,5 +18,6 @@ pub mod server;
 pub mod session;
 pub mod signing;
 pub mod stream_splitter;
+pub mod validate;
 pub mod wire;
 pub mod worker;

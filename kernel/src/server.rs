@@ -401,6 +401,9 @@ async fn shell_task(
                 continue;
             }
         };
+        if refuse_invalid(&shared, &mut send, &msg).await {
+            continue;
+        }
         let reply = match msg.msg_type() {
             "kernel_info_request" => Some(("kernel_info_reply", kernel_info(&shared).await)),
             "comm_info_request" => Some(("comm_info_reply", json!({"status": "ok", "comms": {}}))),
@@ -429,6 +432,37 @@ async fn shell_task(
             }
         }
     }
+}
+
+/// Answers a request whose content breaks the messaging spec with an error
+/// reply (it never reaches the worker); true when it did.
+async fn refuse_invalid(shared: &Shared, send: &mut zeromq::RouterSendHalf, msg: &Message) -> bool {
+    let Err(why) = crate::validate::check(msg.msg_type(), &msg.content) else {
+        return false;
+    };
+    log(format!("refused a malformed request: {why}"));
+    let Some(base) = msg.msg_type().strip_suffix("_request") else {
+        return true;
+    };
+    let ename = crate::validate::ENAME;
+    shared.status(Some(msg), "busy");
+    let mut content = json!({"status": "error", "ename": ename, "evalue": why,
+                             "traceback": [format!("{ename}: {why}")]});
+    if base == "execute" {
+        content["execution_count"] = json!(shared
+            .execution_count
+            .load(std::sync::atomic::Ordering::SeqCst));
+        content["user_expressions"] = json!({});
+        shared.publish(
+            Some(msg),
+            "error",
+            json!({"ename": ename, "evalue": why, "traceback": content["traceback"]}),
+        );
+    }
+    let reply = msg.child(&format!("{base}_reply"), content, &shared.session);
+    send_router(send, &reply, &shared.signer).await;
+    shared.status(Some(msg), "idle");
+    true
 }
 
 /// Magics that only read session state (or only write to it) are answered here
@@ -637,6 +671,9 @@ async fn control_task(
                 continue;
             }
         };
+        if refuse_invalid(&shared, &mut send, &msg).await {
+            continue;
+        }
         match msg.msg_type() {
             "kernel_info_request" => {
                 shared.status(Some(&msg), "busy");

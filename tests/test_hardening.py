@@ -309,3 +309,103 @@ def test_malformed_requests_get_error_replies_and_the_paused_test_survives(tmp_p
     execute(client, "%fail")
     assert session.wait_exit() == 1
     assert "Its state is lost" not in session.output()
+
+
+# ------------------------------------------- 7: an interpreter that cannot start
+
+
+def broken_python(tmp_path: pathlib.Path) -> pathlib.Path:
+    script = tmp_path / "bin" / "python"
+    script.parent.mkdir()
+    script.write_text("#!/bin/sh\necho \"Fatal Python error: no module named 'encodings'\" >&2\nexit 1\n")
+    script.chmod(0o755)
+    return script
+
+
+@pytest.mark.parametrize("kind", ["false", "broken-venv"])
+def test_a_python_that_exits_at_start_gives_up_with_a_clear_error(tmp_path, kind):
+    project = write_project(tmp_path / "proj", CART)
+    python = "/bin/false" if kind == "false" else str(broken_python(tmp_path))
+    proc = subprocess.run(
+        [stepkernel_bin(), "run", "--python", python, "test_cart.py"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert f"the Python interpreter {python} exited with code 1 before the worker started, 3 times in a row" in out, out
+    assert out.count("trying again") == 2, out
+    if kind == "broken-venv":
+        assert "no module named 'encodings'" in out
+    sessions = list((project / ".stepkernel" / "sessions").iterdir())
+    assert json.loads((sessions[0] / "session.json").read_text())["state"] == "finished"
+    assert list((tmp_path / "rt").glob("kernel-stepkernel-*.json")) == []
+
+
+def test_a_bare_kernel_with_a_python_that_exits_at_start_exits_non_zero(tmp_path):
+    from jupyter_client.connect import write_connection_file
+
+    cf, _ = write_connection_file(str(tmp_path / "k.json"), key=b"k" * 16)
+    proc = subprocess.run(
+        [stepkernel_bin(), "kernel", "-f", cf, "--python", "/bin/false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "/bin/false exited with code 1 before the worker started, 3 times in a row" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------- 11: a worker crash
+
+CRASH = {
+    "test_crash.py": '''
+        import os, signal
+
+
+        def test_ok():
+            assert True
+
+
+        def test_dies():
+            x = 1
+            os.kill(os.getpid(), signal.SIGSEGV)
+            assert x
+
+
+        def test_after():
+            assert True
+        ''',
+}
+
+
+def test_a_crashed_test_is_reported_as_an_error_with_the_signal(tmp_path, run_session):
+    project = write_project(tmp_path, CRASH)
+    session = run_session(project, "test_crash.py", "--on-error", "fail")
+    assert session.wait_exit() == 3
+    out = session.output()
+    assert "killed by signal 11 (SIGSEGV)" in out, out
+    assert "starting a new one" not in out, out
+    report = json.loads((session.session_dir / "report.json").read_text())
+    outcomes = {t["id"]: t["outcome"] for t in report["tests"]}
+    assert outcomes["test_crash.py::test_dies"] == "error", report
+    assert report["outcomes"].get("error") == 1
+    errors = [e for e in report["failures_by_error"] if "SIGSEGV" in e["message"]]
+    assert errors and errors[0]["tests"] == ["test_crash.py::test_dies"], report["failures_by_error"]
+    finishes = [e for e in session.events() if e["event"] == "test_finish" and e["test"].endswith("test_dies")]
+    assert finishes and finishes[0]["outcome"] == "error"
+    assert "1 error" in out
+    assert session.meta()["state"] == "finished"
+
+
+def test_a_worker_crash_while_paused_ends_the_run_and_reports_it(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    reply, _ = execute(client, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+    assert reply["status"] == "error" and "the run ends" in reply["evalue"], reply
+    assert session.wait_exit() == 3
+    out = session.output()
+    assert "starting a new one" not in out, out
+    report = json.loads((session.session_dir / "report.json").read_text())
+    assert [t["outcome"] for t in report["tests"]] == ["error"], report["tests"]
+    assert session.meta()["state"] == "finished"

@@ -22,6 +22,10 @@ use tokio::time::Instant;
 const SYNC_GRACE: Duration = Duration::from_millis(500);
 /// Request id of the test run a session starts with.
 const RUN_ID: u64 = 1 << 40;
+/// Workers in a row that may exit before they are ready before the kernel gives up.
+const MAX_START_FAILURES: u32 = 3;
+/// How much of a failing interpreter's output is kept for the error message.
+const STARTUP_OUTPUT_LIMIT: usize = 8 * 1024;
 
 /// A request for the executor from the shell task.
 pub enum Request {
@@ -99,6 +103,16 @@ pub struct Executor {
     finished: bool,
     /// The display id of the progress display already shown for the running request.
     progress_shown: Option<String>,
+    /// The session's `run` message, sent again if the first worker never got going.
+    run_message: Option<Value>,
+    /// The current worker said its full hello (it imported and serves).
+    ready: bool,
+    /// Workers in a row that exited before they were ready.
+    start_failures: u32,
+    /// What the current worker printed before it was ready.
+    startup_output: String,
+    /// Why the kernel gave up (no interpreter that starts).
+    gave_up: Option<String>,
 }
 
 /// The first worker, started before the executor exists (so its interpreter
@@ -167,6 +181,11 @@ impl Executor {
             deferred: VecDeque::new(),
             finished: false,
             progress_shown: None,
+            run_message: None,
+            ready: false,
+            start_failures: 0,
+            startup_output: String::new(),
+            gave_up: None,
         }
     }
 
@@ -174,16 +193,16 @@ impl Executor {
         self.shared.execution_count.load(Ordering::SeqCst)
     }
 
-    /// Serves until shutdown (or, in a session, until the run ends).
-    pub async fn run(mut self) {
+    /// Serves until shutdown (or, in a session, until the run ends); `Err`
+    /// says why it gave up (the interpreter never started).
+    pub async fn run(mut self) -> Result<(), String> {
         self.shared.status(None, "starting");
         if let Some(mut run) = self.run.take() {
             run["type"] = json!("run");
             run["id"] = json!(RUN_ID);
             run["steps_fingerprint"] = json!(self.steps_fingerprint());
-            if let Err(err) = self.worker.send(&run).await {
-                log(format!("could not start the run: {err}"));
-            }
+            self.run_message = Some(run);
+            self.send_run().await;
         }
         while !self.finished {
             if self.inflight.is_none() {
@@ -197,7 +216,7 @@ impl Executor {
                 biased;
                 Some(control) = self.control.recv() => {
                     if self.on_control(control).await {
-                        return;
+                        return Ok(());
                     }
                 }
                 Some((generation, event)) = self.events.recv() => {
@@ -226,6 +245,17 @@ impl Executor {
             }
         }
         self.stop_worker().await;
+        match self.gave_up.take() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    async fn send_run(&mut self) {
+        if let Some(run) = &self.run_message {
+            // A worker that is gone already is reported by its exit.
+            let _ = self.worker.send(run).await;
+        }
     }
 
     fn steps_fingerprint(&self) -> Option<String> {
@@ -348,6 +378,8 @@ impl Executor {
         self.synced = [0, 0];
         self.held.clear();
         self.awaiting_input = false;
+        self.ready = false;
+        self.startup_output.clear();
         self.worker = Worker::spawn(&self.config, generation, self.events_tx.clone())?;
         self.shared
             .worker_pid
@@ -528,6 +560,9 @@ impl Executor {
     async fn on_worker_event(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Output(stream, text) => {
+                if !self.ready && self.startup_output.len() < STARTUP_OUTPUT_LIMIT {
+                    self.startup_output.push_str(&text);
+                }
                 let resuming = matches!(
                     self.inflight.as_ref().map(|i| &i.kind),
                     None | Some(Kind::Resume)
@@ -563,20 +598,28 @@ impl Executor {
                 while let Some((_, message)) = self.held.pop_front() {
                     self.on_worker_message(message).await;
                 }
-                self.notice(&format!("the Python worker {how}; starting a new one"));
-                self.fail_inflight(&format!(
-                    "The Python worker {how} while running this request. \
-                     Its state is lost; a fresh worker has been started."
-                ))
-                .await;
+                if !self.ready {
+                    self.on_start_failure(&how).await;
+                    return;
+                }
                 let in_session = self.shared.hooks.is_some()
                     && self.shared.run_state.lock().expect("state").state == "running"
                     || self.paused();
-                if let Err(err) = self.respawn() {
-                    log(format!("could not restart the worker: {err}"));
-                }
-                if in_session && self.shared.run_state.lock().expect("state").state != "finished" {
-                    // The run cannot go on without its process: end the session.
+                let ends_run = in_session
+                    && self.run_message.is_some()
+                    && self.shared.run_state.lock().expect("state").state != "finished";
+                if ends_run {
+                    // The run cannot go on without its process: the test it
+                    // was in errors, and the session ends (no new worker).
+                    self.notice(&format!(
+                        "the Python worker {how}; the run ends (the test's state is lost)"
+                    ));
+                    self.fail_inflight(&format!(
+                        "The Python worker {how} while running this request. \
+                         Its state is lost and the run ends."
+                    ))
+                    .await;
+                    self.report_crashed_test(&how);
                     {
                         let mut state = self.shared.run_state.lock().expect("state");
                         state.paused = None;
@@ -585,9 +628,116 @@ impl Executor {
                     if let Some(hooks) = &self.shared.hooks {
                         if hooks.on_run_finished(3) {
                             self.finished = true;
+                            return;
                         }
                     }
                 }
+                self.notice(&format!("the Python worker {how}; starting a new one"));
+                self.fail_inflight(&format!(
+                    "The Python worker {how} while running this request. \
+                     Its state is lost; a fresh worker has been started."
+                ))
+                .await;
+                if in_session && !ends_run {
+                    self.report_crashed_test(&how);
+                    let mut state = self.shared.run_state.lock().expect("state");
+                    state.paused = None;
+                    state.state = "idle".into();
+                }
+                if let Err(err) = self.respawn() {
+                    log(format!("could not restart the worker: {err}"));
+                }
+            }
+        }
+    }
+
+    /// A worker exited before it was ready: try again after a pause, and give
+    /// up after a few in a row (a `--python` that cannot run the worker).
+    async fn on_start_failure(&mut self, how: &str) {
+        self.start_failures += 1;
+        let python = self.config.python.display().to_string();
+        let output = self.startup_output.trim_end().to_string();
+        if self.start_failures >= MAX_START_FAILURES {
+            let shown = if output.is_empty() {
+                "(it printed nothing)".to_string()
+            } else {
+                format!("its output:\n{output}")
+            };
+            let why = format!(
+                "the Python interpreter {python} {how} before the worker started, {} times in a row; \
+                 giving up (check --python or the virtualenv). Last attempt, {shown}",
+                self.start_failures
+            );
+            self.fail_inflight(&why).await;
+            self.finished = true;
+            match (&self.shared.hooks, &self.run_message) {
+                (Some(hooks), Some(_)) => {
+                    // A session ends through its hooks (report, copies removed),
+                    // with pytest's usage-error code (reported as 2).
+                    hooks.notice(&why);
+                    hooks.on_run_finished(4);
+                }
+                // A bare or notebook kernel exits with the error.
+                _ => self.gave_up = Some(why),
+            }
+            return;
+        }
+        let wait = Duration::from_millis(200 << (self.start_failures - 1));
+        self.notice(&format!(
+            "the Python interpreter {python} {how} before the worker started; trying again in {} ms",
+            wait.as_millis()
+        ));
+        tokio::time::sleep(wait).await;
+        if let Err(err) = self.respawn() {
+            let why = format!("could not restart the worker: {err}");
+            self.notice(&why);
+            self.gave_up = Some(why);
+            self.finished = true;
+            return;
+        }
+        self.send_run().await;
+    }
+
+    /// The test a dead worker was in is reported as an error naming how it died.
+    fn report_crashed_test(&mut self, how: &str) {
+        let (test, step) = {
+            let state = self.shared.run_state.lock().expect("state");
+            if state.last_outcome.is_some() {
+                (None, None)
+            } else {
+                let step = state.phases.iter().find_map(|p| {
+                    p.steps
+                        .iter()
+                        .find(|s| s.status == "running" || s.status == "failed")
+                        .map(|s| (p.name.clone(), s.index, s.name.clone()))
+                });
+                (state.test.clone(), step)
+            }
+        };
+        let Some(test) = test else {
+            return;
+        };
+        let error = match &step {
+            Some((phase, index, _)) => {
+                format!("WorkerCrash: the Python worker {how} in {phase} step {index}")
+            }
+            None => format!("WorkerCrash: the Python worker {how}"),
+        };
+        let mut events = Vec::new();
+        if let Some((phase, index, name)) = step {
+            events.push(
+                json!({"event": "step_finish", "test": test, "phase": phase, "index": index,
+                               "name": name, "status": "failed", "error": error}),
+            );
+        }
+        events.push(
+            json!({"event": "test_finish", "test": test, "outcome": "error",
+                           "longrepr": error, "time": epoch_seconds()}),
+        );
+        for event in events {
+            self.shared.run_state.lock().expect("state").apply(&event);
+            if let Some(hooks) = &self.shared.hooks {
+                hooks.on_event(&event);
             }
         }
     }
@@ -638,6 +788,11 @@ impl Executor {
             "hello" => {
                 let python = message.get("python").cloned().unwrap_or(json!({}));
                 let _ = self.language.send(Some(python));
+                if message.get("early").and_then(Value::as_bool) != Some(true) {
+                    self.ready = true;
+                    self.start_failures = 0;
+                    self.startup_output.clear();
+                }
             }
             "reply" => {
                 let id = message.get("id").and_then(Value::as_u64);
@@ -972,6 +1127,13 @@ impl Executor {
         }
         aborted
     }
+}
+
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

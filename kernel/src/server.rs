@@ -34,6 +34,9 @@ pub enum KernelError {
     /// The worker could not be started.
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
+    /// The interpreter kept exiting before the worker started.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// State shared by the socket tasks and the executor.
@@ -249,11 +252,11 @@ impl BoundKernel {
             control_rx,
             stdin_rx,
         );
-        executor.run().await;
+        let result = executor.run().await;
         for path in self.connection.ipc_paths() {
             let _ = std::fs::remove_file(path);
         }
-        Ok(())
+        result.map_err(KernelError::GaveUp)
     }
 }
 

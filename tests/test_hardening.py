@@ -409,3 +409,47 @@ def test_a_worker_crash_while_paused_ends_the_run_and_reports_it(tmp_path, run_s
     report = json.loads((session.session_dir / "report.json").read_text())
     assert [t["outcome"] for t in report["tests"]] == ["error"], report["tests"]
     assert session.meta()["state"] == "finished"
+
+
+# ------------------------------------------------ 10: SIGTERM / SIGHUP while paused
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_or_sighup_while_paused_ends_the_run_like_ctrl_c(tmp_path, run_session, signum):
+    project = write_project(tmp_path, CART, git=True)
+    runtime = tmp_path / "runtime"
+    session = run_session(project, "test_cart.py", env={"JUPYTER_RUNTIME_DIR": str(runtime)})
+    session.wait_paused()
+    copies = session.meta()["connection_copies"]
+    assert copies and all(os.path.exists(c) for c in copies)
+    client = session.client()
+    reply, _ = execute(client, "%%edit\ntotal = sum(q for _, q in items)\nassert total == 4\n")
+    assert reply["status"] == "ok"
+    session.proc.send_signal(signum)
+    code = session.wait_exit()
+    assert code not in (0, 3) and code > 0, (code, session.output())
+    meta = session.meta()
+    assert meta["state"] == "finished" and meta["exit_code"] == code
+    report = json.loads((session.session_dir / "report.json").read_text())
+    assert report["tests"], report
+    assert list(session.session_dir.glob("*.patch")), "the unexported edit is written as a patch"
+    assert [c for c in copies if os.path.exists(c)] == []
+    assert signal.Signals(signum).name in session.output()
+
+
+def test_sigterm_while_a_client_runs_code_in_the_paused_test(tmp_path, run_session):
+    project = write_project(tmp_path, CART)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    msg_id = client.execute("import time\nwhile True: time.sleep(0.05)")
+    wait_for(lambda: any(
+        m["msg_type"] == "status" and m["content"]["execution_state"] == "busy"
+        and m["parent_header"].get("msg_id") == msg_id
+        for m in [client.get_iopub_msg(timeout=30)]
+    ), what="the client's code to start")
+    session.proc.send_signal(signal.SIGTERM)
+    code = session.wait_exit()
+    assert code not in (0, 3), session.output()
+    assert session.meta()["state"] == "finished"
+    assert (session.session_dir / "report.json").exists()

@@ -24,6 +24,8 @@ const SYNC_GRACE: Duration = Duration::from_millis(500);
 const RUN_ID: u64 = 1 << 40;
 /// Workers in a row that may exit before they are ready before the kernel gives up.
 const MAX_START_FAILURES: u32 = 3;
+/// How long a run ended by SIGTERM/SIGHUP may take to tear down before the worker is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 /// How much of a failing interpreter's output is kept for the error message.
 const STARTUP_OUTPUT_LIMIT: usize = 8 * 1024;
 
@@ -42,8 +44,8 @@ pub enum Control {
     },
     /// A `shutdown_request` (from control or shell).
     Shutdown(Message),
-    /// SIGTERM: leave cleanly.
-    Terminate,
+    /// SIGTERM or SIGHUP (named): leave cleanly; a session's run ends as on Ctrl-C.
+    Terminate(&'static str),
     /// A message to pass to the worker at once (`%pause`, breakpoints).
     Forward(Value),
 }
@@ -113,6 +115,10 @@ pub struct Executor {
     startup_output: String,
     /// Why the kernel gave up (no interpreter that starts).
     gave_up: Option<String>,
+    /// After SIGTERM/SIGHUP in a session: the run is being ended, by this time at the latest.
+    terminating: Option<Instant>,
+    /// The abort that ends a terminated run was sent.
+    abort_sent: bool,
 }
 
 /// The first worker, started before the executor exists (so its interpreter
@@ -186,6 +192,8 @@ impl Executor {
             start_failures: 0,
             startup_output: String::new(),
             gave_up: None,
+            terminating: None,
+            abort_sent: false,
         }
     }
 
@@ -231,6 +239,11 @@ impl Executor {
                     }
                 }
                 Some(reply) = self.stdin_replies.recv() => self.on_stdin(reply).await,
+                _ = sleep_until(self.terminating), if self.terminating.is_some() => {
+                    self.notice("the run did not end in time after the signal: stopping the worker");
+                    self.hard_stop("was stopped after a signal").await;
+                    return Ok(());
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     // Output never arrived (fd closed?): release in order anyway.
                     if let Some((_, message)) = self.held.pop_front() {
@@ -297,8 +310,30 @@ impl Executor {
                 }
                 false
             }
-            Control::Terminate => {
-                self.stop_worker().await;
+            Control::Terminate(name) => {
+                let ending_run = self.run_message.is_some()
+                    && self.shared.hooks.is_some()
+                    && self.shared.run_state.lock().expect("state").state != "finished";
+                if ending_run && self.terminating.is_none() {
+                    // Like Ctrl-C while paused: tearDown runs, the report and
+                    // the patch are written, the connection copies removed.
+                    self.notice(&format!(
+                        "{name}: ending the run (tearDown runs, the report is written; send it again to stop at once)."
+                    ));
+                    self.terminating = Some(Instant::now() + TERMINATE_GRACE);
+                    if self.awaiting_input {
+                        self.awaiting_input = false;
+                        let _ = self
+                            .worker
+                            .send(&json!({"type": "input_reply", "interrupted": true}))
+                            .await;
+                    } else if !self.paused() || self.inflight.is_some() {
+                        self.worker.interrupt();
+                    }
+                    self.abort_if_terminating().await;
+                    return false;
+                }
+                self.hard_stop(&format!("was stopped by {name}")).await;
                 true
             }
             Control::Forward(message) => {
@@ -350,6 +385,36 @@ impl Executor {
             return true;
         }
         false
+    }
+
+    /// After SIGTERM/SIGHUP: once the test is paused and nothing runs, abort the run.
+    async fn abort_if_terminating(&mut self) {
+        if self.terminating.is_some()
+            && !self.abort_sent
+            && self.paused()
+            && self.inflight.is_none()
+        {
+            self.abort_sent = true;
+            let _ = self
+                .worker
+                .send(&json!({"type": "resume", "id": 0, "action": "abort"}))
+                .await;
+        }
+    }
+
+    /// Stops the worker now; a session's run still ends with its report.
+    async fn hard_stop(&mut self, how: &str) {
+        self.stop_worker().await;
+        let running = self.run_message.is_some()
+            && self.shared.run_state.lock().expect("state").state != "finished";
+        if running {
+            self.report_crashed_test(how);
+            self.shared.run_state.lock().expect("state").state = "finished".into();
+            if let Some(hooks) = &self.shared.hooks {
+                // pytest's code for an interrupted run.
+                hooks.on_run_finished(2);
+            }
+        }
     }
 
     fn notice(&self, text: &str) {
@@ -852,6 +917,7 @@ impl Executor {
                 if let Some(hooks) = &self.shared.hooks {
                     hooks.on_paused(&info);
                 }
+                self.abort_if_terminating().await;
             }
             "need_steps" => {
                 let path = message.get("path").and_then(Value::as_str).unwrap_or("");
@@ -1113,6 +1179,7 @@ impl Executor {
             send_router(&mut self.shell, &reply, &self.shared.signer).await;
             self.shared.status(Some(&msg), "idle");
         }
+        self.abort_if_terminating().await;
     }
 
     /// After an error with `stop_on_error`: the queued executes (others stay queued, in order).

@@ -713,16 +713,18 @@ async fn control_task(
 
 async fn signal_task(_shared: Arc<Shared>, control: mpsc::UnboundedSender<Control>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         return;
     };
     loop {
         tokio::select! {
             _ = int.recv() => { let _ = control.send(Control::Interrupt { from_terminal: true }); }
-            _ = term.recv() => { let _ = control.send(Control::Terminate); }
+            _ = term.recv() => { let _ = control.send(Control::Terminate("SIGTERM")); }
+            _ = hup.recv() => { let _ = control.send(Control::Terminate("SIGHUP")); }
         }
     }
 }

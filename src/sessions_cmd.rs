@@ -86,7 +86,9 @@ fn latest(
 
 /// Lists sessions.
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let mut all: Vec<_> = session_dir::list(&root()?)
+    let listed = session_dir::list(&root()?);
+    session_dir::remove_dead_copies(&listed);
+    let mut all: Vec<_> = listed
         .into_iter()
         .filter(|(_, m)| !args.live || (m.alive() && m.state != "finished"))
         .collect();
@@ -101,7 +103,7 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     }
     for (_, m) in &all {
         let state = match &m.paused_at {
-            Some(at) if m.state == "paused" => format!("paused at {at}"),
+            Some(at) if m.state == "paused" && !m.dead() => format!("paused at {at}"),
             _ => m.shown_state(),
         };
         println!(
@@ -137,6 +139,7 @@ pub fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
 /// Runs `jupyter console --existing` on a session.
 pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let root = root()?;
+    session_dir::remove_dead_copies(&session_dir::list(&root));
     let (_, meta) = match args.session.as_deref() {
         Some(id) => session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg)?,
         None => latest(session_dir::list(&root), |m| {

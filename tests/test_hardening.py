@@ -453,3 +453,69 @@ def test_sigterm_while_a_client_runs_code_in_the_paused_test(tmp_path, run_sessi
     assert code not in (0, 3), session.output()
     assert session.meta()["state"] == "finished"
     assert (session.session_dir / "report.json").exists()
+
+
+# ------------------------- 2 (second half), 11: the kernel process dies
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+def pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    # A zombie counts as gone (its parent is dead and init reaps it soon).
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z")
+    except OSError:
+        return True
+
+
+def test_a_killed_kernel_takes_its_worker_along_and_is_listed_as_dead(tmp_path):
+    project = write_project(tmp_path / "proj", CART)
+    runtime = tmp_path / "runtime"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(runtime)}
+    proc = subprocess.Popen(
+        [stepkernel_bin(), "run", "--python", PYTHON, "test_cart.py"],
+        cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        root = project / ".stepkernel" / "sessions"
+
+        def paused():
+            metas = [json.loads(p.read_text()) for p in root.glob("*/session.json")] if root.exists() else []
+            return metas[0] if metas and metas[0]["state"] == "paused" else None
+
+        meta = wait_for(paused, timeout=60, what="the run to pause")
+        workers = children_of(proc.pid)
+        assert workers, "the worker is a child of the kernel"
+        copies = meta["connection_copies"]
+        assert copies and all(os.path.exists(c) for c in copies)
+        proc.kill()
+        proc.wait()
+        for worker in workers:
+            wait_for(lambda: pid_gone(worker), timeout=20, what=f"worker {worker} to die with the kernel")
+        assert all(os.path.exists(c) for c in copies), "nothing cleaned up yet"
+        listing = subprocess.run([stepkernel_bin(), "sessions"], cwd=project, capture_output=True, text=True, env=env)
+        assert "died (paused)" in listing.stdout and "paused at" not in listing.stdout, listing.stdout
+        assert [c for c in copies if os.path.exists(c)] == [], "stale copies are removed"
+        as_json = json.loads(subprocess.run(
+            [stepkernel_bin(), "sessions", "--json"], cwd=project, capture_output=True, text=True, env=env,
+        ).stdout)
+        assert as_json[0]["state"] == "died (paused)"
+        console = subprocess.run(
+            [stepkernel_bin(), "console", meta["id"]], cwd=project, capture_output=True, text=True, env=env, timeout=30,
+        )
+        assert console.returncode != 0 and "is not running (died (paused))" in console.stderr, console.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()

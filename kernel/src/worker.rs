@@ -168,16 +168,23 @@ impl Worker {
         if let Some(cwd) = &config.cwd {
             command.current_dir(cwd);
         }
+        let kernel_pid = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // Keep the channel open across exec, and die with the kernel.
+                // Keep the channel open across exec, and die with the kernel
+                // (the signal follows the thread that forked: the kernel's
+                // main thread, which lives as long as the process).
                 for fd in [child_fd, ring_fd] {
                     if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != kernel_pid {
+                    // The kernel died before the signal was armed.
+                    libc::_exit(1);
+                }
                 Ok(())
             });
         }

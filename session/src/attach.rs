@@ -222,7 +222,7 @@ pub fn place_copies(source: &Path, session_id: &str, dirs: &[PathBuf]) -> Vec<Pa
 }
 
 /// Whether `pid` is a live stepkernel process (a reused pid of another program is not).
-fn stepkernel_alive(pid: u32) -> bool {
+pub fn stepkernel_alive(pid: u32) -> bool {
     if !crate::session_dir::pid_alive(pid) {
         return false;
     }

@@ -519,3 +519,119 @@ def test_a_killed_kernel_takes_its_worker_along_and_is_listed_as_dead(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# ------------------------------------------- 2: ZMTP frames with a huge length
+
+GREETING = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + b"\x00" * 31
+SOCKET_TYPE = {"shell": b"DEALER", "control": b"DEALER", "stdin": b"DEALER", "iopub": b"SUB", "hb": b"REQ"}
+
+
+def ready_command(socket_type: bytes) -> bytes:
+    prop = b"\x0bSocket-Type" + struct.pack(">I", len(socket_type)) + socket_type
+    body = b"\x05READY" + prop
+    return bytes([0x04, len(body)]) + body
+
+
+def raw_zmtp(kp, channel: str, handshake: bool) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", kp.info[f"{channel}_port"]), timeout=20)
+    sock.sendall(GREETING)
+    if handshake:
+        sock.sendall(ready_command(SOCKET_TYPE[channel]))
+    return sock
+
+
+def closed_by_peer(sock: socket.socket) -> bool:
+    """True once the kernel closes the connection (reads until EOF)."""
+    sock.settimeout(20)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    return True
+
+
+@pytest.mark.parametrize("channel", ["shell", "control", "stdin", "iopub", "hb"])
+@pytest.mark.parametrize("when", ["before-ready", "after-ready"])
+def test_a_frame_announcing_a_huge_length_drops_only_that_connection(kernel, zmq_context, channel, when):
+    session = session_for(kernel)
+    good = dealer(zmq_context, kernel)
+    round_trip(good, session)
+    for length in (1 << 62, 1 << 40, (1 << 63) - 1, 300 << 20):
+        sock = raw_zmtp(kernel, channel, handshake=(when == "after-ready"))
+        # A long frame (command frame before READY, message frame after it).
+        flags = 0x06 if when == "before-ready" else 0x03
+        sock.sendall(bytes([flags]) + struct.pack(">Q", length) + b"x" * 64)
+        assert closed_by_peer(sock)
+        sock.close()
+        assert kernel.proc.poll() is None, f"kernel died ({kernel.proc.returncode}):\n{kernel.log()}"
+    # The connection that was there before is still served, and new clients too.
+    round_trip(good, session)
+    fresh = kernel.new_client()
+    reply, _ = execute(fresh, "print(40 + 2)")
+    assert reply["status"] == "ok"
+    fresh.stop_channels()
+
+
+def test_the_message_size_limit_is_configurable_and_counts_the_whole_message(tmp_path, zmq_context, monkeypatch):
+    monkeypatch.setenv("STEPKERNEL_MAX_MESSAGE_SIZE", str(1 << 20))
+    kp = KernelProcess(tmp_path)
+    try:
+        session = session_for(kp)
+        big = dealer(zmq_context, kp)
+        # Many frames each under the limit, over it together.
+        msg = session.msg("execute_request", {"code": "1"})
+        session.send(big, msg, buffers=[b"x" * (300 << 10)] * 4)
+        assert replies_to(big, session, msg["header"]["msg_id"], 2000) == []
+        assert kp.proc.poll() is None
+        small = dealer(zmq_context, kp)
+        reply = round_trip(small, session, "execute_request", {"code": "'y' * 1000"})
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kp.close()
+
+
+# ------------------------------------------ 6: a subscriber that never reads
+
+
+def rss_kib(pid: int) -> int:
+    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_memory_stays_bounded_with_a_stalled_iopub_subscriber(kernel, zmq_context):
+    stalled = zmq_context.socket(zmq.SUB)
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.connect(endpoint(kernel.info, "iopub"))
+    session = session_for(kernel)
+    shell = dealer(zmq_context, kernel)
+    code = "'x' * 400"
+
+    def executes(n: int, batch: int = 200):
+        done = 0
+        while done < n:
+            ids = set()
+            for _ in range(min(batch, n - done)):
+                msg = session.msg("execute_request", {"code": code, "silent": False})
+                session.send(shell, msg)
+                ids.add(msg["header"]["msg_id"])
+            while ids:
+                assert shell.poll(60_000), "no execute_reply"
+                _, parts = session.feed_identities(shell.recv_multipart())
+                reply = session.deserialize(parts, content=False)
+                ids.discard(reply["parent_header"].get("msg_id"))
+            done += batch
+
+    executes(2000)  # warm up: queues at their high-water marks, allocator settled
+    before = rss_kib(kernel.proc.pid)
+    executes(20_000)
+    after = rss_kib(kernel.proc.pid)
+    growth_mib = (after - before) / 1024
+    print(f"kernel RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB over 20,000 executes")
+    assert growth_mib < 20, f"RSS grew by {growth_mib:.1f} MiB with a stalled subscriber"
+    stalled.close()

@@ -11,6 +11,7 @@ pub mod assets;
 pub mod connection_file;
 pub mod event_ring;
 pub mod executor;
+pub mod limits;
 pub mod magics;
 pub mod private_files;
 pub mod replay;

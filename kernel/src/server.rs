@@ -167,11 +167,14 @@ impl BoundKernel {
                 }
             }
         }
-        let mut shell = zeromq::RouterSocket::new();
-        let mut control = zeromq::RouterSocket::new();
-        let mut stdin = zeromq::RouterSocket::new();
-        let mut iopub = zeromq::PubSocket::new();
-        let mut heartbeat = zeromq::RepSocket::new();
+        // Every socket refuses oversized messages (dropping only that peer);
+        // iopub keeps at most the high-water mark per subscriber.
+        let limits = crate::limits::WireLimits::from_env();
+        let mut shell = zeromq::RouterSocket::with_options(limits.socket_options());
+        let mut control = zeromq::RouterSocket::with_options(limits.socket_options());
+        let mut stdin = zeromq::RouterSocket::with_options(limits.socket_options());
+        let mut iopub = zeromq::PubSocket::with_options(limits.socket_options());
+        let mut heartbeat = zeromq::RepSocket::with_options(limits.socket_options());
         bind(&mut shell, &mut info, Channel::Shell).await?;
         bind(&mut control, &mut info, Channel::Control).await?;
         bind(&mut stdin, &mut info, Channel::Stdin).await?;

@@ -635,3 +635,32 @@ def test_memory_stays_bounded_with_a_stalled_iopub_subscriber(kernel, zmq_contex
     print(f"kernel RSS {before / 1024:.1f} MiB -> {after / 1024:.1f} MiB over 20,000 executes")
     assert growth_mib < 20, f"RSS grew by {growth_mib:.1f} MiB with a stalled subscriber"
     stalled.close()
+
+
+# ------------------------------------------------ 8: names that are not UTF-8
+
+NON_UTF8_TEST = "def test_ok():\n    x = 1\n    assert x == 1\n\n\ndef test_bad():\n    y = 2\n    assert y == 3\n"
+
+
+@pytest.mark.parametrize("where", ["file", "project-dir"])
+def test_non_utf8_names_run_stepped_and_end(tmp_path, where):
+    base = os.fsencode(tmp_path)
+    project = base + (b"/proj-\xff" if where == "project-dir" else b"/proj")
+    os.makedirs(project)
+    name = b"test_\xfe.py" if where == "file" else b"test_names.py"
+    with open(project + b"/" + name, "w") as f:
+        f.write(NON_UTF8_TEST)
+    proc = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail"],
+        cwd=project, capture_output=True, timeout=120,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = (proc.stdout + proc.stderr).decode(errors="replace")
+    assert proc.returncode == 1, out
+    (session,) = (pathlib.Path(os.fsdecode(project)) / ".stepkernel" / "sessions").iterdir()
+    report = json.loads((session / "report.json").read_text())
+    assert sorted(t["outcome"] for t in report["tests"]) == ["failed", "passed"], report["tests"]
+    # Stepped: the instrumenter's steps reached the worker (two statements each).
+    steps = {t["id"].split("::")[-1]: len(t["steps"]) for t in report["tests"]}
+    assert steps == {"test_ok": 2, "test_bad": 2}, steps
+    assert "ignoring malformed worker message" not in out

@@ -920,9 +920,10 @@ impl Executor {
                 self.abort_if_terminating().await;
             }
             "need_steps" => {
-                let path = message.get("path").and_then(Value::as_str).unwrap_or("");
+                // Always answered (the worker waits for it), also for a path it could not name.
+                let path = crate::worker::message_path(&message, "path").unwrap_or_default();
                 let report = match &self.shared.hooks {
-                    Some(hooks) => hooks.steps_for(path),
+                    Some(hooks) => hooks.steps_for(&path),
                     None => json!({}),
                 };
                 let reply =
@@ -932,9 +933,9 @@ impl Executor {
             "steps_loaded" => {
                 // The worker used cached steps: the session still records the
                 // file as loaded (its content is what edits are checked against).
-                let path = message.get("path").and_then(Value::as_str).unwrap_or("");
+                let path = crate::worker::message_path(&message, "path").unwrap_or_default();
                 if let Some(hooks) = &self.shared.hooks {
-                    hooks.steps_loaded(path);
+                    hooks.steps_loaded(&path);
                 }
             }
             other => log(format!("unexpected worker message {other:?}")),

@@ -434,19 +434,19 @@ impl RunHooks {
 }
 
 impl SessionHooks for RunHooks {
-    fn steps_for(&self, path: &str) -> Value {
-        let abs = PathBuf::from(path);
+    fn steps_for(&self, path: &Path) -> Value {
+        let abs = path.to_path_buf();
         let bytes = match std::fs::read(&abs) {
             Ok(bytes) => bytes,
             Err(err) => {
-                return json!({"path": path, "error": {"message": err.to_string()}, "tests": [], "functions": []})
+                return json!({"path": path.to_string_lossy(), "error": {"message": err.to_string()}, "tests": [], "functions": []})
             }
         };
         slim_report(&self.record_file(abs, bytes))
     }
 
-    fn steps_loaded(&self, path: &str) {
-        let abs = PathBuf::from(path);
+    fn steps_loaded(&self, path: &Path) {
+        let abs = path.to_path_buf();
         if let Ok(bytes) = std::fs::read(&abs) {
             self.record_file(abs, bytes);
         }

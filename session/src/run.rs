@@ -187,13 +187,17 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
 
     let mut args = opts.targets.clone();
     args.extend(opts.pytest_args.iter().cloned());
-    let run_message = json!({
+    let mut run_message = json!({
         "args": args,
         "runner": opts.runner,
         "on_error": opts.on_error,
         "junit_xml": opts.junit_xml.as_ref().map(|p| opts.rootdir.join(p).display().to_string()),
-        "rootdir": opts.rootdir.display().to_string(),
     });
+    // A project directory whose name is not UTF-8 goes as bytes too (lossless).
+    run_message
+        .as_object_mut()
+        .expect("an object")
+        .extend(kernel::worker::path_fields(&opts.rootdir, "rootdir"));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

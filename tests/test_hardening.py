@@ -216,7 +216,7 @@ def test_a_session_dir_pre_created_by_another_user_is_refused(tmp_path):
             subprocess.run(as_nobody("mkdir", "-m", "0700", str(planted)), check=True)
             subprocess.run(as_nobody("sh", "-c", f"echo '{{}}' > {planted}/connection.json; chmod 666 {planted}/connection.json"), check=True)
         out = subprocess.run(
-            [stepkernel_bin(), "run", "--python", PYTHON, *args, "test_cart.py"],
+            [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", *args, "test_cart.py"],
             cwd=project, capture_output=True, text=True, timeout=60,
             env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
         )
@@ -227,6 +227,23 @@ def test_a_session_dir_pre_created_by_another_user_is_refused(tmp_path):
             assert (planted / "connection.json").read_text().strip() == "{}", "the planted file is not used"
         else:
             assert not list(planted.rglob("connection.json"))
+
+
+@needs_root
+def test_a_project_owned_by_another_user_but_not_writable_by_others_works(tmp_path):
+    """A tree another user owns (a bind mount in a container) is fine: only
+    directories stepkernel keeps its files in must be the user's own."""
+    shared_project(tmp_path)
+    project = tmp_path / "shared" / "theirs"
+    subprocess.run(as_nobody("mkdir", "-m", "0755", str(project)), check=True)
+    shutil.copy(tmp_path / "shared" / "test_cart.py", project / "test_cart.py")
+    out = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_cart.py"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")},
+    )
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert mode_of(project / ".stepkernel") == 0o700
 
 
 @needs_root

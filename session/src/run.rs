@@ -119,6 +119,14 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// `.stepkernel/` and `.stepkernel/sessions/` are the user's own and private:
+/// another user's could swap the session directory inside them.
+fn ensure_sessions_root(rootdir: &Path) -> Result<(), RunError> {
+    kernel::private_files::ensure_private_dir(&rootdir.join(".stepkernel"))?;
+    kernel::private_files::ensure_private_dir(&session_dir::sessions_root(rootdir))?;
+    Ok(())
+}
+
 /// Node ids the instrumenter cannot find: suggestions for the user (pytest
 /// still decides, since it may collect tests the instrumenter cannot see).
 fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Vec<String> {
@@ -168,6 +176,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .session_dir
         .clone()
         .unwrap_or_else(|| session_dir::sessions_root(&opts.rootdir).join(&id));
+    if opts.session_dir.is_none() {
+        ensure_sessions_root(&opts.rootdir)?;
+    }
     let dir = kernel::private_files::ensure_private_dir(&dir)?;
     reuse_session_dir(&dir)?;
     let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
@@ -300,6 +311,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
 /// `rootdir/.stepkernel/sessions/`.
 pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
     let id = session_dir::new_id();
+    ensure_sessions_root(rootdir)?;
     let dir =
         kernel::private_files::ensure_private_dir(&session_dir::sessions_root(rootdir).join(&id))?;
     let patch_root = patchgen::repo_root(rootdir).unwrap_or_else(|| rootdir.to_path_buf());

@@ -681,3 +681,27 @@ def test_non_utf8_names_run_stepped_and_end(tmp_path, where):
     steps = {t["id"].split("::")[-1]: len(t["steps"]) for t in report["tests"]}
     assert steps == {"test_ok": 2, "test_bad": 2}, steps
     assert "ignoring malformed worker message" not in out
+
+
+def test_a_replayed_edit_is_journaled_once(tmp_path, run_session, zmq_context):
+    project = write_project(tmp_path, CART, git=True)
+    session = run_session(project, "test_cart.py")
+    session.wait_paused()
+    client = session.client()
+    info = json.loads(pathlib.Path(session.connection_file).read_text())
+    raw_session = Session(key=info["key"].encode(), username="replay")
+    sock = zmq_context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(endpoint(info, "shell"))
+    msg = raw_session.msg("execute_request", {"code": "%%edit\ntotal = sum(q for _, q in items)\nassert total == 4\n"})
+    frames = raw_session.serialize(msg)
+    for _ in range(3):
+        sock.send_multipart(frames)
+    first = replies_to(sock, raw_session, msg["header"]["msg_id"], 5000)
+    reply, _ = execute(client, "%where")  # everything sent before has been handled
+    assert reply["status"] == "ok"
+    assert [r["content"]["status"] for r in first] == ["ok"]
+    journal = (session.session_dir / "journal.jsonl").read_text().splitlines()
+    assert len(journal) == 1, journal
+    execute(client, "%fail")
+    session.wait_exit()

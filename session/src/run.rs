@@ -244,7 +244,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         attach::remove_stale(&copy_dirs);
         let connection_file = dir.join("connection.json");
         bound.connection.write(&connection_file)?;
-        let copies = attach::place_copies(&connection_file, &id, &copy_dirs);
+        let (copies, skipped) = attach::place_copies(&connection_file, &id, &copy_dirs);
+        for note in skipped {
+            eprintln!("stepkernel: {note}");
+        }
         let mut attach_lines = vec![
             format!("jupyter console --existing {}", connection_file.display()),
             format!("stepkernel console {id}      (the same, shorter)"),

@@ -705,3 +705,16 @@ def test_a_replayed_edit_is_journaled_once(tmp_path, run_session, zmq_context):
     assert len(journal) == 1, journal
     execute(client, "%fail")
     session.wait_exit()
+
+
+def test_a_malformed_input_reply_is_read_as_an_empty_line(kernel):
+    client = kernel.client
+    msg_id = client.execute("answer = input('? ')\nprint(repr(answer))", allow_stdin=True)
+    request_msg = client.get_stdin_msg(timeout=30)
+    assert request_msg["msg_type"] == "input_request"
+    client.stdin_channel.send(client.session.msg("input_reply", {"value": 5}))
+    reply = get_reply(client, msg_id)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    out = "".join(m["content"].get("text", "") for m in iopub_until_idle(client, msg_id) if m["msg_type"] == "stream")
+    assert out == "''\n"
+    assert "malformed input_reply read as an empty line: input_reply: value must be a string" in kernel.log()

@@ -408,7 +408,7 @@ impl Executor {
         let running = self.run_message.is_some()
             && self.shared.run_state.lock().expect("state").state != "finished";
         if running {
-            self.report_crashed_test(how);
+            self.report_crashed_test("Interrupted", how);
             self.shared.run_state.lock().expect("state").state = "finished".into();
             if let Some(hooks) = &self.shared.hooks {
                 // pytest's code for an interrupted run.
@@ -684,7 +684,7 @@ impl Executor {
                          Its state is lost and the run ends."
                     ))
                     .await;
-                    self.report_crashed_test(&how);
+                    self.report_crashed_test("WorkerCrash", &how);
                     {
                         let mut state = self.shared.run_state.lock().expect("state");
                         state.paused = None;
@@ -704,7 +704,7 @@ impl Executor {
                 ))
                 .await;
                 if in_session && !ends_run {
-                    self.report_crashed_test(&how);
+                    self.report_crashed_test("WorkerCrash", &how);
                     let mut state = self.shared.run_state.lock().expect("state");
                     state.paused = None;
                     state.state = "idle".into();
@@ -763,8 +763,8 @@ impl Executor {
         self.send_run().await;
     }
 
-    /// The test a dead worker was in is reported as an error naming how it died.
-    fn report_crashed_test(&mut self, how: &str) {
+    /// The test a dead worker was in is reported as an error (`ename`) naming how it died.
+    fn report_crashed_test(&mut self, ename: &str, how: &str) {
         let (test, step) = {
             let state = self.shared.run_state.lock().expect("state");
             if state.last_outcome.is_some() {
@@ -784,9 +784,9 @@ impl Executor {
         };
         let error = match &step {
             Some((phase, index, _)) => {
-                format!("WorkerCrash: the Python worker {how} in {phase} step {index}")
+                format!("{ename}: the Python worker {how} in {phase} step {index}")
             }
-            None => format!("WorkerCrash: the Python worker {how}"),
+            None => format!("{ename}: the Python worker {how}"),
         };
         let mut events = Vec::new();
         if let Some((phase, index, name)) = step {
@@ -1136,6 +1136,12 @@ impl Executor {
             return;
         }
         self.awaiting_input = false;
+        if let Err(why) = crate::validate::check("input_reply", &reply.content) {
+            // Still answered (the test waits in input()): with an empty line.
+            log(format!(
+                "malformed input_reply read as an empty line: {why}"
+            ));
+        }
         let value = reply.text("value").to_string();
         let _ = self
             .worker

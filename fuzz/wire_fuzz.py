@@ -4,7 +4,10 @@ malformed (signed and unsigned) Jupyter messages on every channel.
 
 A bounded benchmark-style job, not a CI test:
 
-    nice -n 10 .venv/bin/python fuzz/wire_fuzz.py --seconds 180 [--binary target/debug/stepkernel]
+    nice -n 10 .venv/bin/python fuzz/wire_fuzz.py --seconds 180 [--binary target/debug/stepkernel] [--session]
+
+With ``--session`` the target is a paused ``stepkernel run`` instead of a bare
+kernel: it must stay paused (its worker alive) through all of it.
 
 Every few hundred inputs the kernel must answer a fresh, well-signed
 kernel_info_request; a kernel that died is counted, its exit status kept, and
@@ -102,23 +105,52 @@ def random_frame(rng: random.Random) -> bytes:
     return bytes([flags, rng.choice([len(body), rng.randrange(256)])]) + body
 
 
+PAUSING_TEST = "def test_paused():\n    x = 1\n    assert x == 2\n"
+
+
 class Kernel:
-    def __init__(self, binary: str, tmp: pathlib.Path):
-        self.binary, self.tmp = binary, tmp
+    def __init__(self, binary: str, tmp: pathlib.Path, paused_session: bool = False):
+        self.binary, self.tmp, self.paused_session = binary, tmp, paused_session
         self.deaths: list[int] = []
         self.log_paths: list[pathlib.Path] = []
         self.start()
 
     def start(self):
-        self.key = uuid.uuid4().hex.encode()
-        cf, self.info = write_connection_file(str(self.tmp / f"k{len(self.log_paths)}.json"), key=self.key)
-        log = self.tmp / f"kernel{len(self.log_paths)}.log"
+        n = len(self.log_paths)
+        log = self.tmp / f"kernel{n}.log"
         self.log_paths.append(log)
-        self.proc = subprocess.Popen(
-            [self.binary, "kernel", "-f", cf, "--python", sys.executable],
-            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd=self.tmp,
-        )
+        if self.paused_session:
+            project = self.tmp / f"project{n}"
+            project.mkdir()
+            (project / "test_paused.py").write_text(PAUSING_TEST)
+            self.session_dir = project / ".stepkernel" / "session"
+            self.proc = subprocess.Popen(
+                [self.binary, "run", "--python", sys.executable, "--session-dir", str(self.session_dir),
+                 "test_paused.py"],
+                stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=project,
+                env={**os.environ, "JUPYTER_RUNTIME_DIR": str(self.tmp / "runtime")},
+            )
+            deadline = time.monotonic() + 60
+            while not self.is_paused():
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise SystemExit(f"the session did not pause; see {log}")
+                time.sleep(0.05)
+            self.info = json.loads((self.session_dir / "connection.json").read_text())
+            self.key = self.info["key"].encode()
+        else:
+            self.key = uuid.uuid4().hex.encode()
+            cf, self.info = write_connection_file(str(self.tmp / f"k{n}.json"), key=self.key)
+            self.proc = subprocess.Popen(
+                [self.binary, "kernel", "-f", cf, "--python", sys.executable],
+                stdout=subprocess.DEVNULL, stderr=open(log, "wb"), cwd=self.tmp,
+            )
         self.session = Session(key=self.key)
+
+    def is_paused(self) -> bool:
+        try:
+            return json.loads((self.session_dir / "session.json").read_text()).get("state") == "paused"
+        except (OSError, ValueError):
+            return False
 
     def port(self, channel: str) -> int:
         return self.info[f"{channel}_port"]
@@ -219,12 +251,13 @@ def main() -> int:
     parser.add_argument("--binary", default=os.environ.get("STEPKERNEL_BIN", str(ROOT / "target" / "debug" / "stepkernel")))
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--check-every", type=int, default=200)
+    parser.add_argument("--session", action="store_true", help="fuzz a paused `stepkernel run` session")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(2**32)
     rng = random.Random(seed)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="stepkernel-fuzz-"))
     ctx = zmq.Context()
-    kernel = Kernel(args.binary, tmp)
+    kernel = Kernel(args.binary, tmp, paused_session=args.session)
     if not kernel.healthy(ctx, 60_000):
         print("the kernel did not start", file=sys.stderr)
         return 2
@@ -253,6 +286,9 @@ def main() -> int:
             counts["jupyter_messages"] += jupyter_case(rng, kernel, sockets)
         if i % args.check_every == 0 or kernel.proc.poll() is not None:
             alive = kernel.proc.poll() is None and kernel.healthy(ctx)
+            if alive and args.session and not kernel.is_paused():
+                counts["session_lost_pause"] = counts.get("session_lost_pause", 0) + 1
+                alive = False
             if not alive:
                 if kernel.proc.poll() is None:
                     counts["unresponsive"] += 1
@@ -266,9 +302,12 @@ def main() -> int:
                 kernel.healthy(ctx, 60_000)
                 sockets = open_sockets()
     alive_at_end = kernel.proc.poll() is None and kernel.healthy(ctx)
+    if args.session:
+        alive_at_end = alive_at_end and kernel.is_paused()
     kernel.stop()
     panics = kernel.panics()
     result = {
+        "target": "paused stepkernel run" if args.session else "stepkernel kernel",
         "seed": seed, "seconds": args.seconds, **counts, "inputs": counts["zmtp_connections"] + counts["jupyter_messages"],
         "death_exit_codes": death_codes, "panics": panics, "alive_at_end": alive_at_end, "logs": str(tmp),
     }

@@ -718,3 +718,13 @@ def test_a_malformed_input_reply_is_read_as_an_empty_line(kernel):
     out = "".join(m["content"].get("text", "") for m in iopub_until_idle(client, msg_id) if m["msg_type"] == "stream")
     assert out == "''\n"
     assert "malformed input_reply read as an empty line: input_reply: value must be a string" in kernel.log()
+
+
+def test_a_flood_of_bad_messages_is_logged_in_bounded_lines(kernel, zmq_context):
+    sock = dealer(zmq_context, kernel)
+    for i in range(500):
+        sock.send_multipart([DELIMITER, b"0" * 64, b"{}", b"{}", b"{}", b"{}"])
+    session = session_for(kernel)
+    round_trip(sock, session)
+    lines = [line for line in kernel.log().splitlines() if "dropped a message" in line]
+    assert 1 <= len(lines) <= 20, len(lines)

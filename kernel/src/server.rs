@@ -268,6 +268,34 @@ pub fn log(message: impl AsRef<str>) {
     eprintln!("[stepkernel] {}", message.as_ref());
 }
 
+/// At most this many lines about bad input from peers per [`PEER_LOG_WINDOW`].
+const PEER_LOG_LIMIT: u32 = 20;
+/// See [`PEER_LOG_LIMIT`].
+const PEER_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs a message dropped or refused because of what a peer sent, rate
+/// limited: a flood of bad messages must not flood the terminal or the log.
+pub fn log_peer_error(message: String) {
+    static STATE: Mutex<Option<(std::time::Instant, u32, u64)>> = Mutex::new(None);
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let (start, shown, hidden) = state.get_or_insert((now, 0, 0));
+    if now.duration_since(*start) >= PEER_LOG_WINDOW {
+        if *hidden > 0 {
+            log(format!(
+                "{hidden} more dropped or refused messages were not logged"
+            ));
+        }
+        (*start, *shown, *hidden) = (now, 0, 0);
+    }
+    if *shown < PEER_LOG_LIMIT {
+        *shown += 1;
+        log(message);
+    } else {
+        *hidden += 1;
+    }
+}
+
 async fn heartbeat_task(mut socket: zeromq::RepSocket) {
     loop {
         match socket.recv().await {
@@ -276,10 +304,13 @@ async fn heartbeat_task(mut socket: zeromq::RepSocket) {
                     log(format!("heartbeat send failed: {err}"));
                 }
             }
-            Err(err) => {
+            // The socket itself failed: wait a little before trying again.
+            Err(err @ zeromq::ZmqError::NoMessage) => {
                 log(format!("heartbeat receive failed: {err}"));
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            // One peer sent something undecodable (it is dropped): serve on at once.
+            Err(err) => log_peer_error(format!("heartbeat: dropped a peer: {err}")),
         }
     }
 }
@@ -326,7 +357,7 @@ async fn receive_task(
                         return;
                     }
                 }
-                Err(err) => log(format!("dropped a message on {name}: {err}")),
+                Err(err) => log_peer_error(format!("dropped a message on {name}: {err}")),
             },
             Err(err) => {
                 log(format!("{name} receive failed: {err}"));
@@ -403,7 +434,7 @@ async fn shell_task(
         let msg = match shared.accept(frames) {
             Ok(msg) => msg,
             Err(err) => {
-                log(format!("dropped a message on shell: {err}"));
+                log_peer_error(format!("dropped a message on shell: {err}"));
                 continue;
             }
         };
@@ -446,7 +477,7 @@ async fn refuse_invalid(shared: &Shared, send: &mut zeromq::RouterSendHalf, msg:
     let Err(why) = crate::validate::check(msg.msg_type(), &msg.content) else {
         return false;
     };
-    log(format!("refused a malformed request: {why}"));
+    log_peer_error(format!("refused a malformed request: {why}"));
     let Some(base) = msg.msg_type().strip_suffix("_request") else {
         return true;
     };
@@ -673,7 +704,7 @@ async fn control_task(
         let msg = match shared.accept(frames) {
             Ok(msg) => msg,
             Err(err) => {
-                log(format!("dropped a message on control: {err}"));
+                log_peer_error(format!("dropped a message on control: {err}"));
                 continue;
             }
         };

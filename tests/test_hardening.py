@@ -728,3 +728,18 @@ def test_a_flood_of_bad_messages_is_logged_in_bounded_lines(kernel, zmq_context)
     round_trip(sock, session)
     lines = [line for line in kernel.log().splitlines() if "dropped a message" in line]
     assert 1 <= len(lines) <= 20, len(lines)
+
+
+def test_a_worker_that_dies_before_the_first_test_ends_the_run(tmp_path):
+    project = write_project(tmp_path / "proj", {
+        **CART,
+        "conftest.py": "import os\n\ndef pytest_sessionstart(session):\n    os._exit(7)\n",
+    })
+    proc = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "test_cart.py"],
+        cwd=project, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 3, out
+    assert "exited with code 7; the run ends" in out and "starting a new one" not in out, out

@@ -670,8 +670,10 @@ impl Executor {
                 let in_session = self.shared.hooks.is_some()
                     && self.shared.run_state.lock().expect("state").state == "running"
                     || self.paused();
-                let ends_run = in_session
-                    && self.run_message.is_some()
+                // `stepkernel run`: the worker held the run, whatever it was doing
+                // (even before its first event); a new worker would sit idle.
+                let ends_run = self.run_message.is_some()
+                    && self.shared.hooks.is_some()
                     && self.shared.run_state.lock().expect("state").state != "finished";
                 if ends_run {
                     // The run cannot go on without its process: the test it

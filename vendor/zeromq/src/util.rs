@@ -187,11 +187,20 @@ pub(crate) async fn ready_exchange(
     }
 }
 
+/// stepkernel: how long an accepted peer may take to greet and say READY
+/// (libzmq's `ZMQ_HANDSHAKE_IVL` default); one that stays silent is dropped
+/// instead of holding its connection forever.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub(crate) async fn peer_connected(
     mut raw_socket: FramedIo,
     backend: Arc<dyn MultiPeerBackend>,
 ) -> ZmqResult<PeerIdentity> {
-    let peer_id = peer_handshake(&mut raw_socket, backend.clone()).await?;
+    let peer_id = run_with_timeout(
+        Some(HANDSHAKE_TIMEOUT),
+        peer_handshake(&mut raw_socket, backend.clone()),
+    )
+    .await?;
     backend.peer_connected(&peer_id, raw_socket).await;
     Ok(peer_id)
 }

@@ -417,6 +417,14 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until exec, a child's /proc cmdline is this test binary's: wait for both execs.
+        for child in [&stepkernel, &other_program] {
+            while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+                .is_ok_and(|c| c.starts_with(b"stepkernel\0") || c.starts_with(b"sleep\0"))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let files = [
             ("kernel-stepkernel-dead.json", 999_999_999),
             ("kernel-stepkernel-alive.json", stepkernel.id()),

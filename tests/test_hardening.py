@@ -743,3 +743,28 @@ def test_a_worker_that_dies_before_the_first_test_ends_the_run(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 3, out
     assert "exited with code 7; the run ends" in out and "starting a new one" not in out, out
+
+
+def test_a_shell_client_that_never_reads_replies_blocks_no_one(kernel, zmq_context, tmp_path):
+    session = session_for(kernel)
+    marker = tmp_path / "after-the-flood.txt"
+    stalled = zmq_context.socket(zmq.DEALER)
+    stalled.linger = 0
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.connect(endpoint(kernel.info, "shell"))
+    other = dealer(zmq_context, kernel)
+    round_trip(other, session)
+    # Thirty times the high-water mark of replies it never reads (more than the TCP buffers hold): beyond the
+    # mark they are dropped for this client (waiting for it blocked everyone).
+    stalled.setsockopt(zmq.SNDHWM, 0)
+    for _ in range(30_000):
+        session.send(stalled, session.msg("kernel_info_request", {}))
+    # Its requests are answered in order: this runs only once all 5000 replies went out or were dropped.
+    session.send(stalled, session.msg("execute_request", {"code": f"open({str(marker)!r}, 'w').close()"}))
+    wait_for(marker.exists, timeout=120, what="the stalled client's last request to run")
+    for _ in range(3):
+        assert round_trip(other, session)["msg_type"] == "kernel_info_reply"
+    reply = round_trip(other, session, "execute_request", {"code": "1 + 1"})
+    assert reply["content"]["status"] == "ok"
+    stalled.close()

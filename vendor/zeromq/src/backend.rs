@@ -163,6 +163,13 @@ impl GenericSocketBackend {
         };
 
         let send_result = match self.peers.get_async(peer_id).await {
+            Some(mut peer) if self.socket_type == SocketType::ROUTER => {
+                // stepkernel: drop at the high-water mark (see finish_cached_send).
+                match peer.send_queue.try_send(message) {
+                    Err(error) if !error.is_full() => Err(error.into_send_error()),
+                    _ => Ok(()),
+                }
+            }
             Some(mut peer) => send_to_peer_queue(&mut peer.send_queue, message).await,
             None => return Err(ZmqError::Other("Destination client not found by identity")),
         };
@@ -212,6 +219,12 @@ impl GenericSocketBackend {
     async fn finish_cached_send(&self, cached_send: CachedSend) -> ZmqResult<SendResolution> {
         match cached_send {
             CachedSend::Sent => Ok(SendResolution::Sent),
+            // stepkernel: ROUTER drops for a peer at its high-water mark, as
+            // libzmq does (waiting blocked every other peer; and a fresh clone
+            // of the sender always had room, so the queue had no bound).
+            CachedSend::Full { .. } if self.socket_type == SocketType::ROUTER => {
+                Ok(SendResolution::Sent)
+            }
             CachedSend::Full {
                 peer_id,
                 mut send_queue,
@@ -287,7 +300,12 @@ impl SocketBackend for GenericSocketBackend {
 impl MultiPeerBackend for GenericSocketBackend {
     async fn peer_connected(self: Arc<Self>, peer_id: &PeerIdentity, io: FramedIo) {
         let (recv_queue, send_queue) = io.into_parts();
-        let (queue_sender, queue_receiver) = mpsc::channel(PEER_SEND_QUEUE_CAPACITY);
+        // stepkernel: ROUTER peers get the high-water mark (the channel holds one more per sender).
+        let capacity = match self.socket_type {
+            SocketType::ROUTER => self.socket_options.send_high_water_mark.saturating_sub(1),
+            _ => PEER_SEND_QUEUE_CAPACITY,
+        };
+        let (queue_sender, queue_receiver) = mpsc::channel(capacity);
         self.peers
             .upsert_async(
                 peer_id.clone(),

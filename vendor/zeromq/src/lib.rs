@@ -452,9 +452,10 @@ impl SocketOptions {
         self
     }
 
-    /// How many messages may wait for one subscriber of a PUB socket, like
-    /// libzmq's `ZMQ_SNDHWM` (at least 1); beyond it PUB drops messages for
-    /// that subscriber only. Other socket types keep their fixed queues.
+    /// How many messages may wait for one peer of a PUB or ROUTER socket,
+    /// like libzmq's `ZMQ_SNDHWM` (at least 1); beyond it messages for that
+    /// peer are dropped, as libzmq does. Other socket types keep their fixed
+    /// queues.
     pub fn send_high_water_mark(&mut self, messages: usize) -> &mut Self {
         self.send_high_water_mark = messages.max(1);
         self

@@ -11,7 +11,8 @@ pub const DEFAULT_IOPUB_HWM: usize = 1000;
 pub struct WireLimits {
     /// Bytes; a peer sending more is disconnected (other peers are served on).
     pub max_message_size: usize,
-    /// Messages; beyond it a slow subscriber misses iopub messages instead of growing memory.
+    /// Messages queued per iopub subscriber (and per shell, control and stdin
+    /// client); beyond it a slow client misses messages instead of growing memory.
     pub iopub_hwm: usize,
 }
 

@@ -184,7 +184,8 @@ impl RunHooks {
     }
 
     fn step_source(inner: &Inner, info: &Value) -> Option<String> {
-        let file = PathBuf::from(info.get("file")?.as_str()?);
+        // Exact bytes when the worker sent them (`file_bytes`: a name that is not UTF-8).
+        let file = kernel::worker::message_path(info, "file")?;
         let function = info.get("function")?.as_str()?;
         let step = info.get("step")?.as_u64()?;
         let report = inner.reports.get(&file)?;
@@ -236,7 +237,10 @@ impl RunHooks {
                 .to_string()
         };
         let number = |k: &str| edit.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-        let file = self.ctx.rootdir.join(text("file"));
+        let file = self
+            .ctx
+            .rootdir
+            .join(kernel::worker::message_path(edit, "file").unwrap_or_default());
         let relative = self.relative(&file).ok_or_else(|| {
             format!(
                 "{} is outside {}: edits there cannot be exported as a patch",

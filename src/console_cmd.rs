@@ -62,6 +62,7 @@ fn path_console_python() -> Option<PathBuf> {
 /// Runs `jupyter console --existing` on a session; returns only on failure.
 pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let root = root()?;
+    session::session_dir::remove_dead_copies(&session::session_dir::list(&root));
     let (dir, meta) = match args.session.as_deref() {
         Some(id) => discovery::find(&root, id).map_err(anyhow::Error::msg)?,
         None => discovery::preferred(&root, live).context(

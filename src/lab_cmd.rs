@@ -46,6 +46,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(120);
 fn choose_session(id: Option<&str>) -> anyhow::Result<Option<(PathBuf, SessionMeta)>> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let root = session_dir::sessions_root(&cwd);
+    session_dir::remove_dead_copies(&session_dir::list(&root));
     let live = |m: &SessionMeta| m.attachable();
     match id {
         Some(id) => {

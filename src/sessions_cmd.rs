@@ -61,7 +61,9 @@ fn find_session(root: &Path, id: Option<&str>) -> anyhow::Result<(PathBuf, Sessi
 
 /// Lists sessions.
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
-    let mut all: Vec<_> = discovery::all_sessions(&root()?)
+    let root = root()?;
+    session_dir::remove_dead_copies(&session_dir::list(&root));
+    let mut all: Vec<_> = discovery::all_sessions(&root)
         .into_iter()
         .filter(|(_, m)| !args.live || m.attachable())
         .collect();
@@ -76,7 +78,7 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     }
     for (_, m) in &all {
         let state = match &m.paused_at {
-            Some(at) if m.state == "paused" => format!("paused at {at}"),
+            Some(at) if m.state == "paused" && !m.dead() => format!("paused at {at}"),
             _ => m.shown_state(),
         };
         println!(

@@ -1,7 +1,6 @@
 //! Jupyter connection files: reading them leniently, writing them safely.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 /// The contents of a Jupyter connection file.
@@ -200,27 +199,18 @@ impl ConnectionInfo {
         .collect()
     }
 
-    /// Writes the file with mode 0600 (it holds the key).
+    /// Writes the file with mode 0600 (it holds the key), through a fresh
+    /// temporary file renamed into place: a file or symlink someone put at
+    /// `path` is replaced, never written through.
     pub fn write(&self, path: &Path) -> Result<(), ConnectionFileError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let name = path.display().to_string();
-        let io = |source| ConnectionFileError::Io {
-            path: name.clone(),
-            source,
-        };
         let text = serde_json::to_string_pretty(self).expect("connection info serializes");
-        let tmp = path.with_extension("json.tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io)?;
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)?;
-        Ok(())
+        crate::private_files::write_atomic(path, text.as_bytes(), true).map_err(|err| {
+            ConnectionFileError::Io {
+                path: name,
+                source: std::io::Error::other(err.to_string()),
+            }
+        })
     }
 }
 

@@ -24,6 +24,12 @@ use tokio::time::Instant;
 const SYNC_GRACE: Duration = Duration::from_millis(500);
 /// Request id of the test run a session starts with.
 const RUN_ID: u64 = 1 << 40;
+/// Workers in a row that may exit before they are ready before the kernel gives up.
+const MAX_START_FAILURES: u32 = 3;
+/// How long a run ended by SIGTERM/SIGHUP may take to tear down before the worker is killed.
+const TERMINATE_GRACE: Duration = Duration::from_secs(10);
+/// How much of a failing interpreter's output is kept for the error message.
+const STARTUP_OUTPUT_LIMIT: usize = 8 * 1024;
 
 /// A request for the executor from the shell task.
 pub enum Request {
@@ -40,9 +46,9 @@ pub enum Control {
     },
     /// A `shutdown_request` (from control or shell).
     Shutdown(Message),
-    /// SIGTERM: leave cleanly.
-    Terminate,
-    /// A message to pass to the worker at once (`%pause`).
+    /// SIGTERM or SIGHUP (named): leave cleanly; a session's run ends as on Ctrl-C.
+    Terminate(&'static str),
+    /// A message to pass to the worker at once (`%pause`, breakpoints).
     Forward(Value),
     /// A steering command (control socket, `%break`, `%set`), answered on the sender.
     Steer(
@@ -127,6 +133,20 @@ pub struct Executor {
     end_requested: Option<Message>,
     /// Clients attached (iopub subscribers).
     clients: watch::Receiver<usize>,
+    /// The session's `run` message, sent again if the first worker never got going.
+    run_message: Option<Value>,
+    /// The current worker said its full hello (it imported and serves).
+    ready: bool,
+    /// Workers in a row that exited before they were ready.
+    start_failures: u32,
+    /// What the current worker printed before it was ready.
+    startup_output: String,
+    /// Why the kernel gave up (no interpreter that starts).
+    gave_up: Option<String>,
+    /// After SIGTERM/SIGHUP in a session: the run is being ended, by this time at the latest.
+    terminating: Option<Instant>,
+    /// The abort that ends a terminated run was sent.
+    abort_sent: bool,
     /// What a running `%retry`/`%continue`... started from: its outcome is told at the reply.
     resume_from: Option<ResumeStart>,
 }
@@ -214,6 +234,13 @@ impl Executor {
             breakpoints: Vec::new(),
             run_on_error: "pause".into(),
             resume_from: None,
+            run_message: None,
+            ready: false,
+            start_failures: 0,
+            startup_output: String::new(),
+            gave_up: None,
+            terminating: None,
+            abort_sent: false,
         }
     }
 
@@ -221,8 +248,9 @@ impl Executor {
         self.shared.execution_count.load(Ordering::SeqCst)
     }
 
-    /// Serves until shutdown (or, in a session, until the run ends).
-    pub async fn run(mut self) {
+    /// Serves until shutdown (or, in a session, until the run ends); `Err`
+    /// says why it gave up (the interpreter never started).
+    pub async fn run(mut self) -> Result<(), String> {
         self.shared.status(None, "starting");
         if let Some(mut run) = self.run.take() {
             if let Some(mode) = run.get("on_error").and_then(Value::as_str) {
@@ -231,9 +259,8 @@ impl Executor {
             run["type"] = json!("run");
             run["id"] = json!(RUN_ID);
             run["steps_fingerprint"] = json!(self.steps_fingerprint());
-            if let Err(err) = self.worker.send(&run).await {
-                log(format!("could not start the run: {err}"));
-            }
+            self.run_message = Some(run);
+            self.send_run().await;
         }
         while !self.finished {
             if self.inflight.is_none() {
@@ -248,7 +275,7 @@ impl Executor {
                 biased;
                 Some(control) = self.control.recv() => {
                     if self.on_control(control).await {
-                        break;
+                        return Ok(());
                     }
                 }
                 Some((generation, event)) = self.events.recv() => {
@@ -273,6 +300,11 @@ impl Executor {
                 _ = sleep_until(linger_deadline), if linger_deadline.is_some() => {
                     self.end_session("the --linger time is up").await;
                 }
+                _ = sleep_until(self.terminating), if self.terminating.is_some() => {
+                    self.notice("the run did not end in time after the signal: stopping the worker");
+                    self.hard_stop("was stopped after a signal").await;
+                    return Ok(());
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     // Output never arrived (fd closed?): release in order anyway.
                     if let Some((_, message)) = self.held.pop_front() {
@@ -291,6 +323,17 @@ impl Executor {
             self.end_session("the kernel was stopped").await;
         }
         self.stop_worker().await;
+        match self.gave_up.take() {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
+    async fn send_run(&mut self) {
+        if let Some(run) = &self.run_message {
+            // A worker that is gone already is reported by its exit.
+            let _ = self.worker.send(run).await;
+        }
     }
 
     fn steps_fingerprint(&self) -> Option<String> {
@@ -335,11 +378,36 @@ impl Executor {
                 }
                 false
             }
-            Control::Terminate => {
+            Control::Terminate(name) => {
                 if self.lingering.is_some() {
-                    self.end_session("SIGTERM").await;
+                    // The run is over already: the session ends now.
+                    self.end_session(name).await;
+                    self.stop_worker().await;
+                    return true;
                 }
-                self.stop_worker().await;
+                let ending_run = self.run_message.is_some()
+                    && self.shared.hooks.is_some()
+                    && self.shared.run_state.lock().expect("state").state != "finished";
+                if ending_run && self.terminating.is_none() {
+                    // Like Ctrl-C while paused: tearDown runs, the report and
+                    // the patch are written, the connection copies removed.
+                    self.notice(&format!(
+                        "{name}: ending the run (tearDown runs, the report is written; send it again to stop at once)."
+                    ));
+                    self.terminating = Some(Instant::now() + TERMINATE_GRACE);
+                    if self.awaiting_input {
+                        self.awaiting_input = false;
+                        let _ = self
+                            .worker
+                            .send(&json!({"type": "input_reply", "interrupted": true}))
+                            .await;
+                    } else if !self.paused() || self.inflight.is_some() {
+                        self.worker.interrupt();
+                    }
+                    self.abort_if_terminating().await;
+                    return false;
+                }
+                self.hard_stop(&format!("was stopped by {name}")).await;
                 true
             }
             Control::EndSession(msg) => {
@@ -499,6 +567,37 @@ impl Executor {
         false
     }
 
+    /// After SIGTERM/SIGHUP: once the test is paused and nothing runs, abort the run.
+    async fn abort_if_terminating(&mut self) {
+        if self.terminating.is_some()
+            && !self.abort_sent
+            && self.paused()
+            && self.inflight.is_none()
+        {
+            self.abort_sent = true;
+            let _ = self
+                .worker
+                .send(&json!({"type": "resume", "id": 0, "action": "abort"}))
+                .await;
+        }
+    }
+
+    /// Stops the worker now; a session's run still ends with its report.
+    async fn hard_stop(&mut self, how: &str) {
+        self.stop_worker().await;
+        let running = self.run_message.is_some()
+            && self.shared.run_state.lock().expect("state").state != "finished";
+        if running {
+            self.report_crashed_test("Interrupted", how);
+            self.shared.run_state.lock().expect("state").state = "finished".into();
+            if let Some(hooks) = self.shared.hooks.clone() {
+                // pytest's code for an interrupted run.
+                let _ = hooks.on_run_finished(2);
+                self.end_session(how).await;
+            }
+        }
+    }
+
     fn notice(&self, text: &str) {
         match &self.shared.hooks {
             Some(hooks) => hooks.notice(text),
@@ -525,6 +624,8 @@ impl Executor {
         self.synced = [0, 0];
         self.held.clear();
         self.awaiting_input = false;
+        self.ready = false;
+        self.startup_output.clear();
         self.worker = Worker::spawn(&self.config, generation, self.events_tx.clone())?;
         self.shared
             .worker_pid
@@ -612,13 +713,13 @@ impl Executor {
             "complete_request" => {
                 self.shared.status(Some(&msg), "busy");
                 let payload = json!({"type": "complete", "id": id, "code": msg.text("code"),
-                    "cursor_pos": msg.content.get("cursor_pos").cloned().unwrap_or(json!(0))});
+                    "cursor_pos": crate::validate::cursor_pos(&msg.content)});
                 (Kind::Complete, payload)
             }
             "inspect_request" => {
                 self.shared.status(Some(&msg), "busy");
                 let payload = json!({"type": "inspect", "id": id, "code": msg.text("code"),
-                    "cursor_pos": msg.content.get("cursor_pos").cloned().unwrap_or(json!(0)),
+                    "cursor_pos": crate::validate::cursor_pos(&msg.content),
                     "detail_level": msg.content.get("detail_level").cloned().unwrap_or(json!(0))});
                 (Kind::Inspect, payload)
             }
@@ -721,6 +822,9 @@ impl Executor {
     async fn on_worker_event(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Output(stream, text) => {
+                if !self.ready && self.startup_output.len() < STARTUP_OUTPUT_LIMIT {
+                    self.startup_output.push_str(&text);
+                }
                 let resuming = matches!(
                     self.inflight.as_ref().map(|i| &i.kind),
                     None | Some(Kind::Resume)
@@ -756,20 +860,30 @@ impl Executor {
                 while let Some((_, message)) = self.held.pop_front() {
                     self.on_worker_message(message).await;
                 }
-                self.notice(&format!("the Python worker {how}; starting a new one"));
-                self.fail_inflight(&format!(
-                    "The Python worker {how} while running this request. \
-                     Its state is lost; a fresh worker has been started."
-                ))
-                .await;
+                if !self.ready {
+                    self.on_start_failure(&how).await;
+                    return;
+                }
                 let in_session = self.shared.hooks.is_some()
                     && self.shared.run_state.lock().expect("state").state == "running"
                     || self.paused();
-                if let Err(err) = self.respawn() {
-                    log(format!("could not restart the worker: {err}"));
-                }
-                if in_session && self.shared.run_state.lock().expect("state").state != "finished" {
-                    // The run cannot go on without its process: end the session.
+                // `stepkernel run`: the worker held the run, whatever it was doing
+                // (even before its first event); a new worker would sit idle.
+                let ends_run = self.run_message.is_some()
+                    && self.shared.hooks.is_some()
+                    && self.shared.run_state.lock().expect("state").state != "finished";
+                if ends_run {
+                    // The run cannot go on without its process: the test it
+                    // was in errors, and the session ends (no new worker).
+                    self.notice(&format!(
+                        "the Python worker {how}; the run ends (the test's state is lost)"
+                    ));
+                    self.fail_inflight(&format!(
+                        "The Python worker {how} while running this request. \
+                         Its state is lost and the run ends."
+                    ))
+                    .await;
+                    self.report_crashed_test("WorkerCrash", &how);
                     {
                         let mut state = self.shared.run_state.lock().expect("state");
                         state.paused = None;
@@ -777,11 +891,118 @@ impl Executor {
                     }
                     if self.shared.hooks.is_some() {
                         self.run_ended(3).await;
+                        return;
                     }
                 } else if self.ending.is_some() && !self.ended {
                     // It died between the last test and the run's end: end the run here.
                     self.run_ended(3).await;
                 }
+                self.notice(&format!("the Python worker {how}; starting a new one"));
+                self.fail_inflight(&format!(
+                    "The Python worker {how} while running this request. \
+                     Its state is lost; a fresh worker has been started."
+                ))
+                .await;
+                if in_session && !ends_run {
+                    self.report_crashed_test("WorkerCrash", &how);
+                    let mut state = self.shared.run_state.lock().expect("state");
+                    state.paused = None;
+                    state.state = "idle".into();
+                }
+                if let Err(err) = self.respawn() {
+                    log(format!("could not restart the worker: {err}"));
+                }
+            }
+        }
+    }
+
+    /// A worker exited before it was ready: try again after a pause, and give
+    /// up after a few in a row (a `--python` that cannot run the worker).
+    async fn on_start_failure(&mut self, how: &str) {
+        self.start_failures += 1;
+        let python = self.config.python.display().to_string();
+        let output = self.startup_output.trim_end().to_string();
+        if self.start_failures >= MAX_START_FAILURES {
+            let shown = if output.is_empty() {
+                "(it printed nothing)".to_string()
+            } else {
+                format!("its output:\n{output}")
+            };
+            let why = format!(
+                "the Python interpreter {python} {how} before the worker started, {} times in a row; \
+                 giving up (check --python or the virtualenv). Last attempt, {shown}",
+                self.start_failures
+            );
+            self.fail_inflight(&why).await;
+            self.finished = true;
+            match (&self.shared.hooks, &self.run_message) {
+                (Some(hooks), Some(_)) => {
+                    // A session ends through its hooks (report, copies removed),
+                    // with pytest's usage-error code (reported as 2).
+                    hooks.notice(&why);
+                    hooks.on_run_finished(4);
+                }
+                // A bare or notebook kernel exits with the error.
+                _ => self.gave_up = Some(why),
+            }
+            return;
+        }
+        let wait = Duration::from_millis(200 << (self.start_failures - 1));
+        self.notice(&format!(
+            "the Python interpreter {python} {how} before the worker started; trying again in {} ms",
+            wait.as_millis()
+        ));
+        tokio::time::sleep(wait).await;
+        if let Err(err) = self.respawn() {
+            let why = format!("could not restart the worker: {err}");
+            self.notice(&why);
+            self.gave_up = Some(why);
+            self.finished = true;
+            return;
+        }
+        self.send_run().await;
+    }
+
+    /// The test a dead worker was in is reported as an error (`ename`) naming how it died.
+    fn report_crashed_test(&mut self, ename: &str, how: &str) {
+        let (test, step) = {
+            let state = self.shared.run_state.lock().expect("state");
+            if state.last_outcome.is_some() {
+                (None, None)
+            } else {
+                let step = state.phases.iter().find_map(|p| {
+                    p.steps
+                        .iter()
+                        .find(|s| s.status == "running" || s.status == "failed")
+                        .map(|s| (p.name.clone(), s.index, s.name.clone()))
+                });
+                (state.test.clone(), step)
+            }
+        };
+        let Some(test) = test else {
+            return;
+        };
+        let error = match &step {
+            Some((phase, index, _)) => {
+                format!("{ename}: the Python worker {how} in {phase} step {index}")
+            }
+            None => format!("{ename}: the Python worker {how}"),
+        };
+        let mut events = Vec::new();
+        if let Some((phase, index, name)) = step {
+            events.push(
+                json!({"event": "step_finish", "test": test, "phase": phase, "index": index,
+                               "name": name, "status": "failed", "error": error}),
+            );
+        }
+        events.push(
+            json!({"event": "test_finish", "test": test, "outcome": "error",
+                           "longrepr": error, "time": epoch_seconds()}),
+        );
+        for event in events {
+            self.shared.run_state.lock().expect("state").apply(&event);
+            if let Some(hooks) = &self.shared.hooks {
+                hooks.on_event(&event);
             }
         }
     }
@@ -832,6 +1053,11 @@ impl Executor {
             "hello" => {
                 let python = message.get("python").cloned().unwrap_or(json!({}));
                 let _ = self.language.send(Some(python));
+                if message.get("early").and_then(Value::as_bool) != Some(true) {
+                    self.ready = true;
+                    self.start_failures = 0;
+                    self.startup_output.clear();
+                }
             }
             "reply" => {
                 let id = message.get("id").and_then(Value::as_u64);
@@ -892,11 +1118,13 @@ impl Executor {
                 if let Some(hooks) = &self.shared.hooks {
                     hooks.on_paused(&info);
                 }
+                self.abort_if_terminating().await;
             }
             "need_steps" => {
-                let path = message.get("path").and_then(Value::as_str).unwrap_or("");
+                // Always answered (the worker waits for it), also for a path it could not name.
+                let path = crate::worker::message_path(&message, "path").unwrap_or_default();
                 let report = match &self.shared.hooks {
-                    Some(hooks) => hooks.steps_for(path),
+                    Some(hooks) => hooks.steps_for(&path),
                     None => json!({}),
                 };
                 let reply =
@@ -906,9 +1134,9 @@ impl Executor {
             "steps_loaded" => {
                 // The worker used cached steps: the session still records the
                 // file as loaded (its content is what edits are checked against).
-                let path = message.get("path").and_then(Value::as_str).unwrap_or("");
+                let path = crate::worker::message_path(&message, "path").unwrap_or_default();
                 if let Some(hooks) = &self.shared.hooks {
-                    hooks.steps_loaded(path);
+                    hooks.steps_loaded(&path);
                 }
             }
             other => log(format!("unexpected worker message {other:?}")),
@@ -1041,6 +1269,8 @@ impl Executor {
                 return;
             }
             AfterRun::Stop => None,
+            // A run ended by SIGTERM/SIGHUP does not wait for its clients.
+            AfterRun::Linger { .. } if self.terminating.is_some() => None,
             AfterRun::Linger { limit } => (attached > 0 || hooks.holds_session()).then_some(limit),
         };
         let note = match linger {
@@ -1301,6 +1531,12 @@ impl Executor {
             return;
         }
         self.awaiting_input = false;
+        if let Err(why) = crate::validate::check("input_reply", &reply.content) {
+            // Still answered (the test waits in input()): with an empty line.
+            log(format!(
+                "malformed input_reply read as an empty line: {why}"
+            ));
+        }
         let value = reply.text("value").to_string();
         let _ = self
             .worker
@@ -1345,6 +1581,7 @@ impl Executor {
             send_router(&mut self.shell, &reply, &self.shared.signer).await;
             self.shared.status(Some(&msg), "idle");
         }
+        self.abort_if_terminating().await;
     }
 
     /// After an error with `stop_on_error`: the queued executes (others stay queued, in order).
@@ -1359,6 +1596,13 @@ impl Executor {
         }
         aborted
     }
+}
+
+fn epoch_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -1,6 +1,6 @@
 //! A Jupyter kernel that runs Python in a worker process.
 //!
-//! - [`connection_file`], [`signing`], [`wire`]: the Jupyter wire protocol;
+//! - [`connection_file`], [`signing`], [`replay`], [`wire`]: the Jupyter wire protocol;
 //! - [`server`]: binding the channels and serving them;
 //! - [`executor`]: running requests against the worker;
 //! - [`worker`]: the Python worker process and its private protocol;
@@ -12,11 +12,15 @@ pub mod assets;
 pub mod connection_file;
 pub mod event_ring;
 pub mod executor;
+pub mod limits;
 pub mod magics;
+pub mod private_files;
+pub mod replay;
 pub mod server;
 pub mod session;
 pub mod signing;
 pub mod steer;
 pub mod stream_splitter;
+pub mod validate;
 pub mod wire;
 pub mod worker;

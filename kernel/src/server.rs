@@ -7,6 +7,7 @@
 use crate::connection_file::{Channel, ConnectionInfo};
 use crate::executor::{Control, Executor, Request, StartedWorker};
 use crate::magics::{self, Magic};
+use crate::replay::DigestHistory;
 use crate::session::{RunState, SessionHooks};
 use crate::signing::Signer;
 use crate::steer::{SteerCommand, Steering};
@@ -34,6 +35,9 @@ pub enum KernelError {
     /// The worker could not be started.
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
+    /// The interpreter kept exiting before the worker started.
+    #[error("{0}")]
+    GaveUp(String),
 }
 
 /// State shared by the socket tasks and the executor.
@@ -42,6 +46,8 @@ pub struct Shared {
     pub session: String,
     /// Signs outgoing and checks incoming messages.
     pub signer: Signer,
+    /// Signatures accepted so far, on every channel (replays are dropped).
+    pub digests: Mutex<DigestHistory>,
     /// Messages to publish on iopub.
     pub iopub: mpsc::UnboundedSender<Message>,
     /// The worker's Python `language_info` once it said hello.
@@ -65,6 +71,11 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Decodes an incoming message: signed with the key and not seen before.
+    pub fn accept(&self, frames: ZmqMessage) -> Result<Message, crate::wire::WireError> {
+        Message::parse_fresh(frames.into_vec(), &self.signer, &self.digests)
+    }
+
     /// Publishes `msg_type` with `parent` as parent header.
     pub fn publish(&self, parent: Option<&Message>, msg_type: &str, content: Value) {
         let msg = match parent {
@@ -168,13 +179,16 @@ impl BoundKernel {
                 }
             }
         }
-        let mut shell = zeromq::RouterSocket::new();
-        let mut control = zeromq::RouterSocket::new();
-        let mut stdin = zeromq::RouterSocket::new();
-        let mut iopub = zeromq::PubSocket::new();
+        // Every socket refuses oversized messages (dropping only that peer);
+        // iopub keeps at most the high-water mark per subscriber.
+        let limits = crate::limits::WireLimits::from_env();
+        let mut shell = zeromq::RouterSocket::with_options(limits.socket_options());
+        let mut control = zeromq::RouterSocket::with_options(limits.socket_options());
+        let mut stdin = zeromq::RouterSocket::with_options(limits.socket_options());
+        let mut iopub = zeromq::PubSocket::with_options(limits.socket_options());
         // Before binding, so no client's connect is missed.
         let iopub_monitor = iopub.monitor();
-        let mut heartbeat = zeromq::RepSocket::new();
+        let mut heartbeat = zeromq::RepSocket::with_options(limits.socket_options());
         bind(&mut shell, &mut info, Channel::Shell).await?;
         bind(&mut control, &mut info, Channel::Control).await?;
         bind(&mut stdin, &mut info, Channel::Stdin).await?;
@@ -219,6 +233,7 @@ impl BoundKernel {
         let shared = Arc::new(Shared {
             session: uuid::Uuid::new_v4().to_string(),
             signer: signer.clone(),
+            digests: Mutex::new(DigestHistory::default()),
             iopub: iopub_tx,
             language: lang_rx,
             history: Mutex::new(Vec::new()),
@@ -254,7 +269,7 @@ impl BoundKernel {
             shared.clone(),
             control_tx.clone(),
         ));
-        tokio::spawn(receive_task(stdin_recv, signer.clone(), stdin_tx, "stdin"));
+        tokio::spawn(receive_task(stdin_recv, shared.clone(), stdin_tx, "stdin"));
         tokio::spawn(signal_task(shared.clone(), control_tx));
 
         let executor = Executor::start(
@@ -270,17 +285,45 @@ impl BoundKernel {
             control_rx,
             stdin_rx,
         );
-        executor.run().await;
+        let result = executor.run().await;
         for path in self.connection.ipc_paths() {
             let _ = std::fs::remove_file(path);
         }
-        Ok(())
+        result.map_err(KernelError::GaveUp)
     }
 }
 
 /// Logs to the kernel's stderr (never the key).
 pub fn log(message: impl AsRef<str>) {
     eprintln!("[stepkernel] {}", message.as_ref());
+}
+
+/// At most this many lines about bad input from peers per [`PEER_LOG_WINDOW`].
+const PEER_LOG_LIMIT: u32 = 20;
+/// See [`PEER_LOG_LIMIT`].
+const PEER_LOG_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Logs a message dropped or refused because of what a peer sent, rate
+/// limited: a flood of bad messages must not flood the terminal or the log.
+pub fn log_peer_error(message: String) {
+    static STATE: Mutex<Option<(std::time::Instant, u32, u64)>> = Mutex::new(None);
+    let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let (start, shown, hidden) = state.get_or_insert((now, 0, 0));
+    if now.duration_since(*start) >= PEER_LOG_WINDOW {
+        if *hidden > 0 {
+            log(format!(
+                "{hidden} more dropped or refused messages were not logged"
+            ));
+        }
+        (*start, *shown, *hidden) = (now, 0, 0);
+    }
+    if *shown < PEER_LOG_LIMIT {
+        *shown += 1;
+        log(message);
+    } else {
+        *hidden += 1;
+    }
 }
 
 async fn heartbeat_task(mut socket: zeromq::RepSocket) {
@@ -291,10 +334,13 @@ async fn heartbeat_task(mut socket: zeromq::RepSocket) {
                     log(format!("heartbeat send failed: {err}"));
                 }
             }
-            Err(err) => {
+            // The socket itself failed: wait a little before trying again.
+            Err(err @ zeromq::ZmqError::NoMessage) => {
                 log(format!("heartbeat receive failed: {err}"));
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
+            // One peer sent something undecodable (it is dropped): serve on at once.
+            Err(err) => log_peer_error(format!("heartbeat: dropped a peer: {err}")),
         }
     }
 }
@@ -348,19 +394,19 @@ pub async fn send_router(socket: &mut zeromq::RouterSendHalf, msg: &Message, sig
 
 async fn receive_task(
     mut socket: zeromq::RouterRecvHalf,
-    signer: Signer,
+    shared: Arc<Shared>,
     tx: mpsc::UnboundedSender<Message>,
     name: &'static str,
 ) {
     loop {
         match socket.recv().await {
-            Ok(frames) => match Message::parse(frames.into_vec(), &signer) {
+            Ok(frames) => match shared.accept(frames) {
                 Ok(msg) => {
                     if tx.send(msg).is_err() {
                         return;
                     }
                 }
-                Err(err) => log(format!("dropped a message on {name}: {err}")),
+                Err(err) => log_peer_error(format!("dropped a message on {name}: {err}")),
             },
             Err(err) => {
                 log(format!("{name} receive failed: {err}"));
@@ -434,13 +480,16 @@ async fn shell_task(
                 continue;
             }
         };
-        let msg = match Message::parse(frames.into_vec(), &shared.signer) {
+        let msg = match shared.accept(frames) {
             Ok(msg) => msg,
             Err(err) => {
-                log(format!("dropped a message on shell: {err}"));
+                log_peer_error(format!("dropped a message on shell: {err}"));
                 continue;
             }
         };
+        if refuse_invalid(&shared, &mut send, &msg).await {
+            continue;
+        }
         let reply = match msg.msg_type() {
             "kernel_info_request" => Some(("kernel_info_reply", kernel_info(&shared).await)),
             "comm_info_request" => Some(("comm_info_reply", json!({"status": "ok", "comms": {}}))),
@@ -478,6 +527,37 @@ async fn shell_task(
             }
         }
     }
+}
+
+/// Answers a request whose content breaks the messaging spec with an error
+/// reply (it never reaches the worker); true when it did.
+async fn refuse_invalid(shared: &Shared, send: &mut zeromq::RouterSendHalf, msg: &Message) -> bool {
+    let Err(why) = crate::validate::check(msg.msg_type(), &msg.content) else {
+        return false;
+    };
+    log_peer_error(format!("refused a malformed request: {why}"));
+    let Some(base) = msg.msg_type().strip_suffix("_request") else {
+        return true;
+    };
+    let ename = crate::validate::ENAME;
+    shared.status(Some(msg), "busy");
+    let mut content = json!({"status": "error", "ename": ename, "evalue": why,
+                             "traceback": [format!("{ename}: {why}")]});
+    if base == "execute" {
+        content["execution_count"] = json!(shared
+            .execution_count
+            .load(std::sync::atomic::Ordering::SeqCst));
+        content["user_expressions"] = json!({});
+        shared.publish(
+            Some(msg),
+            "error",
+            json!({"ename": ename, "evalue": why, "traceback": content["traceback"]}),
+        );
+    }
+    let reply = msg.child(&format!("{base}_reply"), content, &shared.session);
+    send_router(send, &reply, &shared.signer).await;
+    shared.status(Some(msg), "idle");
+    true
 }
 
 /// Magics that only read session state (or only write to it) are answered here
@@ -744,13 +824,16 @@ async fn control_task(
                 continue;
             }
         };
-        let msg = match Message::parse(frames.into_vec(), &shared.signer) {
+        let msg = match shared.accept(frames) {
             Ok(msg) => msg,
             Err(err) => {
-                log(format!("dropped a message on control: {err}"));
+                log_peer_error(format!("dropped a message on control: {err}"));
                 continue;
             }
         };
+        if refuse_invalid(&shared, &mut send, &msg).await {
+            continue;
+        }
         match msg.msg_type() {
             "kernel_info_request" => {
                 shared.status(Some(&msg), "busy");
@@ -787,16 +870,18 @@ async fn control_task(
 
 async fn signal_task(_shared: Arc<Shared>, control: mpsc::UnboundedSender<Control>) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
+    let (Ok(mut int), Ok(mut term), Ok(mut hup)) = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
     ) else {
         return;
     };
     loop {
         tokio::select! {
             _ = int.recv() => { let _ = control.send(Control::Interrupt { from_terminal: true }); }
-            _ = term.recv() => { let _ = control.send(Control::Terminate); }
+            _ = term.recv() => { let _ = control.send(Control::Terminate("SIGTERM")); }
+            _ = hup.recv() => { let _ = control.send(Control::Terminate("SIGHUP")); }
         }
     }
 }

@@ -31,14 +31,14 @@ pub enum AfterRun {
 /// Services the session (the `stepkernel` binary) gives the kernel.
 pub trait SessionHooks: Send + Sync {
     /// The instrumenter's report for one file (`files[0]` of `stepkernel steps --json`).
-    fn steps_for(&self, path: &str) -> Value;
+    fn steps_for(&self, path: &std::path::Path) -> Value;
     /// Names the instrumenter and its options: the worker trusts step data
     /// it cached under the same fingerprint without asking for the report.
     fn steps_fingerprint(&self) -> Option<String> {
         None
     }
     /// The worker loaded `path`'s steps from its cache (no report needed): record the file.
-    fn steps_loaded(&self, path: &str) {
+    fn steps_loaded(&self, path: &std::path::Path) {
         self.steps_for(path);
     }
     /// The worker has nothing more queued for now: write out what is buffered.

@@ -75,8 +75,9 @@ fn unhex(text: &[u8]) -> Option<Vec<u8>> {
     }
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
+        // Lowercase only, as jupyter_client compares `hexdigest()`: one valid
+        // encoding per message, so the replay check cannot be sidestepped.
         b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
         _ => None,
     };
     text.chunks(2)
@@ -108,6 +109,15 @@ mod tests {
         assert!(!signer.verify(b"zz", &[b"a", b"b"]));
         let other = Signer::new("other").sign(&[b"a", b"b"]);
         assert!(!signer.verify(other.as_bytes(), &[b"a", b"b"]));
+    }
+
+    #[test]
+    fn upper_case_hex_is_rejected() {
+        let signer = Signer::new("secret");
+        let sig = signer.sign(&[b"a"]);
+        assert!(sig.bytes().any(|c| c.is_ascii_lowercase()), "{sig}");
+        assert!(!signer.verify(sig.to_ascii_uppercase().as_bytes(), &[b"a"]));
+        assert!(signer.verify(sig.as_bytes(), &[b"a"]));
     }
 
     #[test]

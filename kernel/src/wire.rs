@@ -1,5 +1,6 @@
 //! Jupyter messages on the wire: identities, `<IDS|MSG>`, signature, four JSON frames, buffers.
 
+use crate::replay::DigestHistory;
 use crate::signing::Signer;
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -49,6 +50,9 @@ pub enum WireError {
     /// The header has no string `msg_type`.
     #[error("header has no msg_type")]
     NoMsgType,
+    /// A validly signed message whose signature was already accepted once.
+    #[error("replayed message (its signature was already seen in this session)")]
+    Replayed,
 }
 
 impl Message {
@@ -86,6 +90,28 @@ impl Message {
             content: parse("content", &rest[4])?,
             buffers: rest[5..].to_vec(),
         })
+    }
+
+    /// Like [`Message::parse`], and refuses a signature already in `history`
+    /// (a replayed message). Without a key there is nothing to remember, as in
+    /// jupyter_client.
+    pub fn parse_fresh(
+        frames: Vec<Bytes>,
+        signer: &Signer,
+        history: &std::sync::Mutex<DigestHistory>,
+    ) -> Result<Message, WireError> {
+        let signature = frames
+            .iter()
+            .position(|f| f.as_ref() == DELIMITER)
+            .and_then(|split| frames.get(split + 1).cloned());
+        let msg = Message::parse(frames, signer)?;
+        if let (true, Some(signature)) = (signer.enabled(), signature) {
+            let mut history = history.lock().unwrap_or_else(|e| e.into_inner());
+            if !history.insert(&signature) {
+                return Err(WireError::Replayed);
+            }
+        }
+        Ok(msg)
     }
 
     /// Encodes this message as frames, signing with `signer`.
@@ -223,6 +249,23 @@ mod tests {
             Message::parse(frames, &signer).unwrap_err(),
             WireError::BadSignature
         );
+    }
+
+    #[test]
+    fn replayed_message_is_refused() {
+        let signer = Signer::new("key");
+        let history = std::sync::Mutex::new(DigestHistory::default());
+        let frames = sample(&signer);
+        assert!(Message::parse_fresh(frames.clone(), &signer, &history).is_ok());
+        assert_eq!(
+            Message::parse_fresh(frames, &signer, &history).unwrap_err(),
+            WireError::Replayed
+        );
+        // A new message (new msg_id) is fine; a bad signature is not remembered.
+        assert!(Message::parse_fresh(sample(&signer), &signer, &history).is_ok());
+        let forged = sample(&Signer::new("other"));
+        let _ = Message::parse_fresh(forged.clone(), &signer, &history);
+        assert_eq!(history.lock().unwrap().len(), 2);
     }
 
     #[test]

@@ -44,7 +44,7 @@ use crate::event_ring::{self, EventRing};
 use crate::stream_splitter::{Piece, StreamSplitter};
 use serde_json::Value;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
@@ -173,16 +173,23 @@ impl Worker {
         if let Some(cwd) = &config.cwd {
             command.current_dir(cwd);
         }
+        let kernel_pid = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe libc calls between fork and exec.
         unsafe {
             command.pre_exec(move || {
-                // Keep the channel open across exec, and die with the kernel.
+                // Keep the channel open across exec, and die with the kernel
+                // (the signal follows the thread that forked: the kernel's
+                // main thread, which lives as long as the process).
                 for fd in [child_fd, ring_fd] {
                     if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != kernel_pid {
+                    // The kernel died before the signal was armed.
+                    libc::_exit(1);
+                }
                 Ok(())
             });
         }
@@ -367,12 +374,73 @@ fn forward_lines(
 }
 
 fn forward_line(line: &[u8], generation: u64, events: &mpsc::UnboundedSender<TaggedEvent>) {
-    match serde_json::from_slice::<Value>(line) {
+    match parse_line(line) {
         Ok(value) => {
             let _ = events.send((generation, WorkerEvent::Message(value)));
         }
         Err(err) => eprintln!("stepkernel: ignoring malformed worker message: {err}"),
     }
+}
+
+/// Parses one worker message. Python strings may hold lone surrogates (a
+/// file name that is not UTF-8, decoded with `surrogateescape`), which
+/// `json.dumps` writes as `\udcXX` escapes serde rejects; rather than drop the
+/// message (and leave the worker waiting for its answer), such escapes are
+/// read as U+FFFD. Names that must stay exact travel as bytes beside the text
+/// (`path_bytes`, `rootdir_bytes`).
+pub fn parse_line(line: &[u8]) -> Result<Value, serde_json::Error> {
+    match serde_json::from_slice::<Value>(line) {
+        Ok(value) => Ok(value),
+        Err(err) => match repair_surrogates(line) {
+            Some(repaired) => serde_json::from_str(&repaired),
+            None => Err(err),
+        },
+    }
+}
+
+/// `line` with each lone `\uD800`-`\uDFFF` escape (and any invalid UTF-8)
+/// replaced by U+FFFD; None when there was nothing to repair.
+fn repair_surrogates(line: &[u8]) -> Option<String> {
+    let text = String::from_utf8_lossy(line);
+    let chars: Vec<char> = text.chars().collect();
+    let hex4 = |at: usize| -> Option<u32> {
+        let digits: String = chars.get(at..at + 4)?.iter().collect();
+        u32::from_str_radix(&digits, 16).ok()
+    };
+    let escape_at = |at: usize| -> Option<u32> {
+        (chars.get(at) == Some(&'\\') && chars.get(at + 1) == Some(&'u'))
+            .then(|| hex4(at + 2))
+            .flatten()
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut changed = matches!(text, std::borrow::Cow::Owned(_));
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '\\' {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        match escape_at(i) {
+            Some(0xD800..=0xDBFF)
+                if escape_at(i + 6).is_some_and(|low| (0xDC00..=0xDFFF).contains(&low)) =>
+            {
+                out.extend(&chars[i..i + 12]);
+                i += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                out.push_str("\\ufffd");
+                changed = true;
+                i += 6;
+            }
+            _ => {
+                // Any other escape: copy it whole (so `\\` is never misread).
+                out.extend(chars.get(i..i + 2).unwrap_or(&chars[i..]));
+                i += 2;
+            }
+        }
+    }
+    changed.then_some(out)
 }
 
 fn spawn_pipe_reader<R>(
@@ -432,4 +500,75 @@ fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
     // SAFETY: socketpair just returned these two open descriptors.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// A path sent by the worker: its exact bytes (`<key>_bytes`, a list of
+/// integers) when it had to send them, else the text of `key`.
+pub fn message_path(message: &Value, key: &str) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStringExt;
+    if let Some(bytes) = message
+        .get(format!("{key}_bytes"))
+        .and_then(Value::as_array)
+        .and_then(|list| {
+            list.iter()
+                .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+                .collect::<Option<Vec<u8>>>()
+        })
+    {
+        return Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)));
+    }
+    message.get(key).and_then(Value::as_str).map(PathBuf::from)
+}
+
+/// The JSON fields naming `path` for the worker: its text, plus its exact
+/// bytes when it is not valid UTF-8 (see [`message_path`]).
+pub fn path_fields(path: &Path, key: &str) -> serde_json::Map<String, Value> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut fields = serde_json::Map::new();
+    fields.insert(key.into(), Value::from(path.to_string_lossy().to_string()));
+    if path.to_str().is_none() {
+        let bytes: Vec<Value> = path
+            .as_os_str()
+            .as_bytes()
+            .iter()
+            .map(|b| Value::from(*b))
+            .collect();
+        fields.insert(format!("{key}_bytes"), Value::Array(bytes));
+    }
+    fields
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lone_surrogates_are_repaired_and_pairs_kept() {
+        let line = br#"{"type":"need_steps","id":3,"path":"/p/test_\udcff.py","ok":"\ud83d\ude00","bs":"\\udcff"}"#;
+        assert!(serde_json::from_slice::<Value>(line).is_err());
+        let value = parse_line(line).unwrap();
+        assert_eq!(value["id"], 3);
+        assert_eq!(value["path"], "/p/test_\u{fffd}.py");
+        assert_eq!(value["ok"], "\u{1f600}");
+        assert_eq!(
+            value["bs"], "\\udcff",
+            "an escaped backslash is not an escape"
+        );
+        assert!(parse_line(b"{not json").is_err());
+    }
+
+    #[test]
+    fn paths_round_trip_as_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let path = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/proj-\xff/test_\xfe.py"));
+        let fields = Value::Object(path_fields(path, "path"));
+        assert!(fields.get("path_bytes").is_some());
+        assert_eq!(message_path(&fields, "path").unwrap(), path);
+        let plain = Value::Object(path_fields(Path::new("/tmp/ok.py"), "path"));
+        assert!(plain.get("path_bytes").is_none());
+        assert_eq!(
+            message_path(&plain, "path").unwrap(),
+            Path::new("/tmp/ok.py")
+        );
+    }
 }

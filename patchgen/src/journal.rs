@@ -2,6 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::edit::Edit;
@@ -41,12 +42,19 @@ impl Journal {
             fs::create_dir_all(dir).map_err(err)?;
         }
         let existed = path.exists();
+        // 0600 and never through a symlink: the journal holds the test's code.
         let mut file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(path)
             .map_err(err)?;
+        if existed && file.metadata().map_err(err)?.permissions().mode() & 0o077 != 0 {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(err)?;
+        }
         if existed {
             let len = file.metadata().map_err(err)?.len();
             if len > 0 {

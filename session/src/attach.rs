@@ -175,15 +175,6 @@ pub fn copy_name(session_id: &str) -> String {
     format!("kernel-stepkernel-{session_id}.json")
 }
 
-/// Creates `dir` (and missing parents) private to the user, as Jupyter creates its runtime dir.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
 /// Writes `bytes` to a new file `target` created with mode 0600 (never readable by others, even briefly).
 fn write_private(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -200,14 +191,25 @@ fn write_private(target: &Path, bytes: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// Writes copies of `source` (mode 0600) into `dirs`; returns the paths written.
-pub fn place_copies(source: &Path, session_id: &str, dirs: &[PathBuf]) -> Vec<PathBuf> {
+/// Writes copies of `source` (mode 0600) into `dirs`; returns the paths
+/// written and, for each directory skipped, why: a directory that is not the
+/// user's own or is writable by others would hand the key to someone else.
+pub fn place_copies(
+    source: &Path,
+    session_id: &str,
+    dirs: &[PathBuf],
+) -> (Vec<PathBuf>, Vec<String>) {
     let Ok(bytes) = std::fs::read(source) else {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     };
     let mut written = Vec::new();
+    let mut skipped = Vec::new();
     for dir in dirs {
-        if create_private_dir(dir).is_err() {
+        if let Err(err) = kernel::private_files::ensure_private_dir(dir) {
+            skipped.push(format!(
+                "no connection file copy in {}: {err}",
+                dir.display()
+            ));
             continue;
         }
         let target = dir.join(copy_name(session_id));
@@ -218,11 +220,11 @@ pub fn place_copies(source: &Path, session_id: &str, dirs: &[PathBuf]) -> Vec<Pa
             written.push(target);
         }
     }
-    written
+    (written, skipped)
 }
 
 /// Whether `pid` is a live stepkernel process (a reused pid of another program is not).
-fn stepkernel_alive(pid: u32) -> bool {
+pub fn stepkernel_alive(pid: u32) -> bool {
     if !crate::session_dir::pid_alive(pid) {
         return false;
     }
@@ -378,13 +380,28 @@ mod tests {
         let old = external.join(copy_name("s1"));
         std::fs::write(&old, "old").unwrap();
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let written = place_copies(&source, "s1", &[runtime.clone(), external.clone()]);
+        let (written, skipped) = place_copies(&source, "s1", &[runtime.clone(), external.clone()]);
+        assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(written, vec![runtime.join(copy_name("s1")), old.clone()]);
         for path in &written {
             let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", path.display());
             assert_eq!(std::fs::read(path).unwrap(), br#"{"key": "k"}"#);
         }
+    }
+
+    #[test]
+    fn no_copy_goes_into_a_directory_others_can_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("connection.json");
+        std::fs::write(&source, br#"{"key": "k"}"#).unwrap();
+        let shared = dir.path().join("shared-runtime");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let (written, skipped) = place_copies(&source, "s2", std::slice::from_ref(&shared));
+        assert!(written.is_empty());
+        assert!(skipped[0].contains("writable by everyone"), "{skipped:?}");
+        assert!(!shared.join(copy_name("s2")).exists());
     }
 
     #[test]
@@ -400,6 +417,14 @@ mod tests {
             .arg("30")
             .spawn()
             .unwrap();
+        // Until exec, a child's /proc cmdline is this test binary's: wait for both execs.
+        for child in [&stepkernel, &other_program] {
+            while !std::fs::read(format!("/proc/{}/cmdline", child.id()))
+                .is_ok_and(|c| c.starts_with(b"stepkernel\0") || c.starts_with(b"sleep\0"))
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let files = [
             ("kernel-stepkernel-dead.json", 999_999_999),
             ("kernel-stepkernel-alive.json", stepkernel.id()),

@@ -102,10 +102,7 @@ pub struct RunHooks {
 impl RunHooks {
     /// Sets up the hooks; `meta` is the session.json to keep up to date.
     pub fn new(ctx: SessionContext, meta: SessionMeta, quiet: bool) -> RunHooks {
-        let events = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(ctx.dir.join("events.jsonl"))
+        let events = kernel::private_files::open_append(&ctx.dir.join("events.jsonl"))
             .ok()
             .map(|file| std::io::BufWriter::with_capacity(1 << 16, file));
         RunHooks {
@@ -245,7 +242,8 @@ impl RunHooks {
     }
 
     fn step_source(inner: &Inner, info: &Value) -> Option<String> {
-        let file = PathBuf::from(info.get("file")?.as_str()?);
+        // Exact bytes when the worker sent them (`file_bytes`: a name that is not UTF-8).
+        let file = kernel::worker::message_path(info, "file")?;
         let function = info.get("function")?.as_str()?;
         let step = info.get("step")?.as_u64()?;
         let report = inner.reports.get(&file)?;
@@ -305,7 +303,10 @@ impl RunHooks {
                 .to_string()
         };
         let number = |k: &str| edit.get(k).and_then(Value::as_u64).unwrap_or(0) as usize;
-        let file = self.ctx.rootdir.join(text("file"));
+        let file = self
+            .ctx
+            .rootdir
+            .join(kernel::worker::message_path(edit, "file").unwrap_or_default());
         let relative = self.relative(&file).ok_or_else(|| {
             format!(
                 "{} is outside {}: edits there cannot be exported as a patch",
@@ -481,9 +482,10 @@ impl RunHooks {
     /// Writes report.json and session.json with the exit code as it stands.
     fn write_outcome(&self, inner: &mut Inner, code: i32) {
         let report = inner.report.to_json(&self.ctx.id, Some(code));
-        let _ = std::fs::write(
-            self.ctx.dir.join("report.json"),
-            serde_json::to_vec_pretty(&report).expect("serializes"),
+        let _ = kernel::private_files::write_atomic(
+            &self.ctx.dir.join("report.json"),
+            &serde_json::to_vec_pretty(&report).expect("serializes"),
+            false,
         );
         inner.meta.state = "finished".into();
         inner.meta.paused_at = None;
@@ -598,19 +600,19 @@ impl RunHooks {
 }
 
 impl SessionHooks for RunHooks {
-    fn steps_for(&self, path: &str) -> Value {
-        let abs = PathBuf::from(path);
+    fn steps_for(&self, path: &Path) -> Value {
+        let abs = path.to_path_buf();
         let bytes = match std::fs::read(&abs) {
             Ok(bytes) => bytes,
             Err(err) => {
-                return json!({"path": path, "error": {"message": err.to_string()}, "tests": [], "functions": []})
+                return json!({"path": path.to_string_lossy(), "error": {"message": err.to_string()}, "tests": [], "functions": []})
             }
         };
         slim_report(&self.record_file(abs, bytes))
     }
 
-    fn steps_loaded(&self, path: &str) {
-        let abs = PathBuf::from(path);
+    fn steps_loaded(&self, path: &Path) {
+        let abs = path.to_path_buf();
         if let Ok(bytes) = std::fs::read(&abs) {
             self.record_file(abs, bytes);
         }

@@ -117,7 +117,15 @@ pub fn write_patch(
         Some(path) => path.to_path_buf(),
         None => session_dir.join(default_name),
     };
-    std::fs::write(&path, bytes).map_err(|source| PatchCmdError::Write {
+    // In the session directory the patch is private like the rest (it holds
+    // the test's code); a file the user named is written like any other.
+    let written = if path.parent() == Some(session_dir) {
+        kernel::private_files::write_atomic(&path, &bytes, false)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    } else {
+        std::fs::write(&path, bytes)
+    };
+    written.map_err(|source| PatchCmdError::Write {
         path: path.display().to_string(),
         source,
     })?;

@@ -73,6 +73,9 @@ pub enum RunError {
     /// Connection file problems.
     #[error(transparent)]
     Connection(#[from] kernel::connection_file::ConnectionFileError),
+    /// The session directory is not private to this user.
+    #[error("unsafe session directory (another user could take the session over)")]
+    Unsafe(#[from] kernel::private_files::PrivateError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -121,6 +124,14 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     ] {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    Ok(())
+}
+
+/// `.stepkernel/` and `.stepkernel/sessions/` are the user's own and private:
+/// another user's could swap the session directory inside them.
+fn ensure_sessions_root(rootdir: &Path) -> Result<(), RunError> {
+    kernel::private_files::ensure_private_dir(&rootdir.join(".stepkernel"))?;
+    kernel::private_files::ensure_private_dir(&session_dir::sessions_root(rootdir))?;
     Ok(())
 }
 
@@ -179,8 +190,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         .session_dir
         .clone()
         .unwrap_or_else(|| session_dir::sessions_root(&opts.rootdir).join(&id));
-    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
-    let dir = dir.canonicalize().map_err(io("session directory"))?;
+    if opts.session_dir.is_none() {
+        ensure_sessions_root(&opts.rootdir)?;
+    }
+    let dir = kernel::private_files::ensure_private_dir(&dir)?;
     reuse_session_dir(&dir)?;
     let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
     if let Some(first) = opts.first_port {
@@ -204,13 +217,17 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
 
     let mut args = opts.targets.clone();
     args.extend(opts.pytest_args.iter().cloned());
-    let run_message = json!({
+    let mut run_message = json!({
         "args": args,
         "runner": opts.runner,
         "on_error": opts.on_error,
         "junit_xml": opts.junit_xml.as_ref().map(|p| opts.rootdir.join(p).display().to_string()),
-        "rootdir": opts.rootdir.display().to_string(),
     });
+    // A project directory whose name is not UTF-8 goes as bytes too (lossless).
+    run_message
+        .as_object_mut()
+        .expect("an object")
+        .extend(kernel::worker::path_fields(&opts.rootdir, "rootdir"));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -246,7 +263,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         attach::remove_stale(&copy_dirs);
         let connection_file = dir.join("connection.json");
         bound.connection.write(&connection_file)?;
-        let copies = attach::place_copies(&connection_file, &id, &copy_dirs);
+        let (copies, skipped) = attach::place_copies(&connection_file, &id, &copy_dirs);
+        for note in skipped {
+            eprintln!("stepkernel: {note}");
+        }
         let listed_copy = copies
             .iter()
             .find(|p| p.parent() == Some(external_dir.as_path()))
@@ -367,8 +387,9 @@ fn self_command() -> String {
 /// `rootdir/.stepkernel/sessions/`.
 pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
     let id = session_dir::new_id();
-    let dir = session_dir::sessions_root(rootdir).join(&id);
-    std::fs::create_dir_all(&dir).map_err(io(format!("cannot create {}", dir.display())))?;
+    ensure_sessions_root(rootdir)?;
+    let dir =
+        kernel::private_files::ensure_private_dir(&session_dir::sessions_root(rootdir).join(&id))?;
     let patch_root = patchgen::repo_root(rootdir).unwrap_or_else(|| rootdir.to_path_buf());
     let base_revision = patchgen::head_revision(&patch_root);
     let meta = SessionMeta {

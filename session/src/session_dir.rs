@@ -67,11 +67,10 @@ pub fn new_id() -> String {
 }
 
 impl SessionMeta {
-    /// Writes `session.json` atomically.
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        let tmp = dir.join("session.json.tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("serializes"))?;
-        std::fs::rename(tmp, dir.join("session.json"))
+    /// Writes `session.json` atomically, mode 0600.
+    pub fn save(&self, dir: &Path) -> Result<(), kernel::private_files::PrivateError> {
+        let bytes = serde_json::to_vec_pretty(self).expect("serializes");
+        kernel::private_files::write_atomic(&dir.join("session.json"), &bytes, false)
     }
 
     /// Reads `dir/session.json`.
@@ -80,9 +79,15 @@ impl SessionMeta {
         serde_json::from_slice(&text).ok()
     }
 
-    /// True when the session's process is still alive.
+    /// True when the session's process is still alive (a pid reused by
+    /// another program does not count).
     pub fn alive(&self) -> bool {
-        pid_alive(self.pid)
+        crate::attach::stepkernel_alive(self.pid)
+    }
+
+    /// True when the session's process died before it finished (killed, crashed).
+    pub fn dead(&self) -> bool {
+        self.state != "finished" && !self.alive()
     }
 
     /// A client can attach: the process is alive and its run goes on, or it
@@ -116,6 +121,27 @@ impl SessionMeta {
 pub fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks existence and permission.
     pid > 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+}
+
+/// Removes the connection-file copies (Jupyter's runtime and external kernels
+/// directories) of sessions whose process died, so clients stop listing a
+/// kernel that is gone. Only a copy that still names its session is removed.
+pub fn remove_dead_copies(sessions: &[(PathBuf, SessionMeta)]) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    for (_, meta) in sessions.iter().filter(|(_, m)| m.dead()) {
+        for copy in &meta.connection_copies {
+            let names_it = std::fs::read(copy)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| {
+                    v.get("stepkernel_session").and_then(Value::as_str) == Some(&meta.id)
+                });
+            if names_it && std::fs::remove_file(copy).is_ok() {
+                removed.push(PathBuf::from(copy));
+            }
+        }
+    }
+    removed
 }
 
 /// All sessions under `root`, oldest first.
@@ -199,7 +225,31 @@ mod tests {
         );
         assert!(find(root, Some("2026")).unwrap_err().contains("2 sessions"));
         assert!(find(root, Some("x")).is_err());
+        assert!(!find(root, None).unwrap().1.dead(), "finished is not dead");
         let id = new_id();
         assert_eq!(id.len(), 8 + 1 + 6 + 1 + 6, "{id}");
+    }
+
+    #[test]
+    fn copies_of_dead_sessions_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("kernel-stepkernel-a.json");
+        let other = dir.path().join("kernel-stepkernel-b.json");
+        std::fs::write(&copy, r#"{"stepkernel_session": "a"}"#).unwrap();
+        std::fs::write(&other, r#"{"stepkernel_session": "someone-else"}"#).unwrap();
+        let meta = |state: &str| SessionMeta {
+            id: "a".into(),
+            pid: 999_999_999,
+            state: state.into(),
+            connection_copies: vec![copy.display().to_string(), other.display().to_string()],
+            ..Default::default()
+        };
+        let finished = vec![(dir.path().to_path_buf(), meta("finished"))];
+        assert!(remove_dead_copies(&finished).is_empty());
+        let dead = vec![(dir.path().to_path_buf(), meta("paused"))];
+        assert!(dead[0].1.dead());
+        assert_eq!(dead[0].1.shown_state(), "died (paused)");
+        assert_eq!(remove_dead_copies(&dead), vec![copy.clone()]);
+        assert!(!copy.exists() && other.exists());
     }
 }

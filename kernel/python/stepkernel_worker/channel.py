@@ -13,6 +13,7 @@ import os
 import select
 import mmap
 import socket
+import time
 import _thread
 
 
@@ -44,17 +45,37 @@ class Channel:
             return self._pending.popleft()
         return self._read_line(block=True)
 
-    def recv_matching(self, predicate) -> dict:
-        """Block until a message satisfying ``predicate``; others are queued in order."""
+    def recv_matching(self, predicate, timeout: float | None = None) -> dict | None:
+        """Block until a message satisfying ``predicate``; others are queued in order.
+
+        With ``timeout`` (seconds), None when no such message came in time.
+        """
         for index, message in enumerate(self._pending):
             if predicate(message):
                 del self._pending[index]
                 return message
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
+            if deadline is not None and not self._wait_readable(deadline):
+                return None
             message = self._read_line(block=True)
             if predicate(message):
                 return message
             self._pending.append(message)
+
+    def _wait_readable(self, deadline: float) -> bool:
+        """Whether a whole line is buffered or more bytes arrive before ``deadline``."""
+        if self._buffer.find(b"\n", self._scanned) >= 0:
+            return True
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            try:
+                ready, _, _ = select.select([self._sock], [], [], remaining)
+            except InterruptedError:
+                continue
+            return bool(ready)
 
     def poll(self) -> None:
         """Read whatever is available without blocking into the queue."""
@@ -93,6 +114,26 @@ class Channel:
             if not chunk:
                 raise ChannelClosed()
             self._buffer += chunk
+
+
+def path_fields(path: str, key: str = "path") -> dict:
+    """``{key: path}``, plus ``{key}_bytes`` with its exact bytes when the
+    name is not valid UTF-8 (``surrogateescape``): the kernel reads the bytes,
+    the text is for display. See ``message_path`` in ``kernel/src/worker.rs``."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", "replace")
+        return {key: shown, f"{key}_bytes": list(os.fsencode(path))}
+    return {key: path}
+
+
+def message_path(message: dict, key: str) -> str | None:
+    """The path the kernel sent as ``key`` (exact when it sent ``{key}_bytes``)."""
+    raw = message.get(f"{key}_bytes")
+    if isinstance(raw, list):
+        return os.fsdecode(bytes(raw))
+    return message.get(key)
 
 
 def _fallback(value):

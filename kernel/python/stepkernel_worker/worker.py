@@ -20,11 +20,22 @@ import traceback
 from typing import Any
 
 from . import cells, display, introspect
-from .channel import Channel, ChannelClosed, EventRing, encode_flat, from_environment, ring_from_environment
+from .channel import (
+    Channel,
+    ChannelClosed,
+    EventRing,
+    encode_flat,
+    from_environment,
+    message_path,
+    path_fields,
+    ring_from_environment,
+)
 
 # Written to fd 1 and 2 after each request: the kernel forwards everything
 # before it as output of that request, so no output arrives after the reply.
 SYNC_MARKER = b"\x00\x1eSKSYNC:%d\x1e\x00"
+# How long a file's steps may take to come back from the kernel's instrumenter.
+STEPS_TIMEOUT_S = 300.0
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _MISSING = object()
@@ -405,14 +416,23 @@ class Worker:
 
     def steps_loaded(self, path: str) -> None:
         """Tell the kernel a file's steps came from the step cache (it records the file)."""
-        self.channel.send({"type": "steps_loaded", "path": os.path.abspath(path)})
+        self.channel.send({"type": "steps_loaded", **path_fields(os.path.abspath(path))})
 
     def get_steps(self, path: str) -> dict:
-        """Ask the kernel's instrumenter for the steps of one file."""
+        """Ask the kernel's instrumenter for the steps of one file.
+
+        Never waits forever: without an answer in STEPS_TIMEOUT_S the file's
+        tests run as one step each (and a warning says so).
+        """
         self._next_rpc += 1
         rpc = self._next_rpc
-        self.channel.send({"type": "need_steps", "id": rpc, "path": os.path.abspath(path)})
-        reply = self.channel.recv_matching(lambda m: m.get("type") == "steps_reply" and m.get("id") == rpc)
+        self.channel.send({"type": "need_steps", "id": rpc, **path_fields(os.path.abspath(path))})
+        reply = self.channel.recv_matching(
+            lambda m: m.get("type") == "steps_reply" and m.get("id") == rpc, timeout=STEPS_TIMEOUT_S
+        )
+        if reply is None:
+            sys.stderr.write(f"stepkernel: no steps for {path!r} from the kernel; its tests run unstepped\n")
+            return {}
         return reply.get("report") or {}
 
     def poll_control(self) -> None:
@@ -672,7 +692,7 @@ class Worker:
                 runner=message.get("runner", "auto"),
                 on_error=message.get("on_error", "pause"),
                 junit_xml=message.get("junit_xml"),
-                rootdir=message.get("rootdir") or os.getcwd(),
+                rootdir=message_path(message, "rootdir") or os.getcwd(),
             )
         except BaseException as exc:  # report, don't die: the kernel decides what next
             traceback.print_exc()

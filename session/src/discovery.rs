@@ -124,9 +124,21 @@ mod tests {
             .path()
             .join("other/.stepkernel/sessions/20260101-000000-aaaaaa");
         std::fs::create_dir_all(&elsewhere).unwrap();
+        // A live stepkernel process (liveness checks the program, not only the pid).
+        use std::os::unix::process::CommandExt;
+        let mut live = std::process::Command::new("sleep")
+            .arg0("stepkernel")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        while !std::fs::read(format!("/proc/{}/cmdline", live.id()))
+            .is_ok_and(|c| c.starts_with(b"stepkernel\0"))
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         SessionMeta {
             id: "20260101-000000-aaaaaa".into(),
-            pid: std::process::id(),
+            pid: live.id(),
             state: "paused".into(),
             ..Default::default()
         }
@@ -144,5 +156,7 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].0, elsewhere);
         assert_eq!(found[0].1.state, "paused");
+        let _ = live.kill();
+        let _ = live.wait();
     }
 }

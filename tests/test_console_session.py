@@ -258,8 +258,11 @@ def test_console_attaches_from_another_directory_with_the_sessions_jupyter(pause
         console.close()
 
 
-def test_console_errors_say_what_is_missing_and_what_to_do(tmp_path):
-    # A live session (this test's own pid) whose Python has no jupyter_console.
+def test_console_errors_say_what_is_missing_and_what_to_do(tmp_path, request):
+    # A live session (a process named stepkernel: liveness checks the program) whose Python has no
+    # jupyter_console.
+    holder = subprocess.Popen(["stepkernel", "60"], executable="sleep")
+    request.addfinalizer(holder.kill)
     venv = tmp_path / "bare-venv"
     subprocess.run([PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True)
     bare = str(venv / "bin" / "python")
@@ -267,7 +270,7 @@ def test_console_errors_say_what_is_missing_and_what_to_do(tmp_path):
     session_dir = project / ".stepkernel" / "sessions" / "20260101-000000-abcdef"
     session_dir.mkdir(parents=True)
     (session_dir / "session.json").write_text(json.dumps({
-        "id": "20260101-000000-abcdef", "pid": os.getpid(), "state": "paused", "rootdir": str(project),
+        "id": "20260101-000000-abcdef", "pid": holder.pid, "state": "paused", "rootdir": str(project),
         "patch_root": str(project), "args": [], "python": bare,
         "connection_file": str(session_dir / "connection.json"), "started": "2026-01-01T00:00:00Z"}))
     path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep)

@@ -156,8 +156,14 @@ def test_every_session_file_is_private(tmp_path, run_session):
     assert any(n.endswith(".patch") for n in names), names
     assert mode_of(session.session_dir) == 0o700
     assert mode_of(project / ".stepkernel") == 0o700
-    loose = {n: oct(mode_of(session.session_dir / n)) for n in names if mode_of(session.session_dir / n) != 0o600}
+    # Files 0600, directories (the loaded/ copies of edited files) 0700, all the way down.
+    loose = {
+        str(p.relative_to(session.session_dir)): oct(mode_of(p))
+        for p in session.session_dir.rglob("*")
+        if not p.is_symlink() and mode_of(p) != (0o700 if p.is_dir() else 0o600)
+    }
     assert loose == {}, loose
+    assert (session.session_dir / "loaded").is_dir(), "the edited file's copy is kept (and private)"
 
 
 def test_planted_symlinks_are_replaced_not_followed(tmp_path, run_session):
@@ -349,7 +355,7 @@ def test_a_python_that_exits_at_start_gives_up_with_a_clear_error(tmp_path, kind
         env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
     )
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 2, out
+    assert proc.returncode == 4, out  # a usage error: the interpreter cannot run
     assert f"the Python interpreter {python} exited with code 1 before the worker started, 3 times in a row" in out, out
     assert out.count("trying again") == 2, out
     if kind == "broken-venv":

@@ -935,12 +935,14 @@ impl Executor {
             );
             self.fail_inflight(&why).await;
             self.finished = true;
-            match (&self.shared.hooks, &self.run_message) {
-                (Some(hooks), Some(_)) => {
+            match (self.shared.hooks.clone(), self.run_message.is_some()) {
+                (Some(hooks), true) => {
                     // A session ends through its hooks (report, copies removed),
-                    // with pytest's usage-error code (reported as 2).
+                    // with pytest's usage-error code: the interpreter cannot run.
                     hooks.notice(&why);
-                    hooks.on_run_finished(4);
+                    let _ = hooks.on_run_finished(4);
+                    self.end_session("the Python interpreter does not start")
+                        .await;
                 }
                 // A bare or notebook kernel exits with the error.
                 _ => self.gave_up = Some(why),

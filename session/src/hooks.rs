@@ -370,9 +370,14 @@ impl RunHooks {
             return;
         };
         if let Some(parent) = copy.parent() {
-            let _ = std::fs::create_dir_all(parent);
+            // Private like every session file: it holds the project's code.
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent);
         }
-        let _ = std::fs::write(&copy, content);
+        let _ = kernel::private_files::write_atomic(&copy, content.as_bytes(), false);
     }
 
     fn edits(&self) -> Result<Vec<Edit>, String> {

@@ -52,7 +52,11 @@ impl Report {
         let (Some(test), Some(phases)) = (self.current.as_mut(), self.phases.as_array()) else {
             return;
         };
-        let phase = event.get("phase").and_then(Value::as_str).unwrap_or("");
+        // No phase: every step of every phase.
+        let phase = event
+            .get("phase")
+            .and_then(Value::as_str)
+            .unwrap_or("\u{0}");
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
         let steps = test["steps"].as_array_mut().expect("array");
         for p in phases {
@@ -120,6 +124,10 @@ impl Report {
                     .unwrap_or("unknown")
                     .to_string();
                 *self.counts.entry(outcome.clone()).or_default() += 1;
+                if matches!(outcome.as_str(), "passed" | "fixed" | "xpassed") {
+                    // Every step of a test that passed ran and passed.
+                    self.backfill_passed(&json!({"phase": null, "index": 0}));
+                }
                 let subtests = event.get("subtests").and_then(Value::as_object);
                 for (kind, n) in subtests.into_iter().flatten() {
                     *self.subtests.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
@@ -296,6 +304,23 @@ mod tests {
             .map(|(p, i, s)| (p.to_string(), *i, s.to_string()))
             .collect();
         assert_eq!(steps, want);
+        r.add(
+            &json!({"event": "test_start", "test": "t.py::test_b", "phases": [
+            {"name": "test", "step_names": ["a = 1", "assert a"]}]}),
+        );
+        r.add(&json!({"event": "test_finish", "test": "t.py::test_b", "outcome": "passed"}));
+        let j = r.to_json("s", Some(1));
+        let statuses: Vec<&str> = j["tests"][1]["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["passed", "passed"],
+            "a passed test's steps all passed"
+        );
     }
 
     #[test]

@@ -97,6 +97,8 @@ class Engine:
         self.retry_pending: tuple[types.FrameType, int] | None = None
         #: ``(frame, index)``: the step is being run again after a pause at its error.
         self.rerun: tuple[types.FrameType, int] | None = None
+        #: ``(frame, index, code)``: what a pause at that step's error decided, for ``before`` to answer.
+        self.deferred: tuple[types.FrameType, int, int] | None = None
         #: The exception a hook asked the frame to raise, and the one it raised (let it pass).
         self._pending: BaseException | None = None
         self.passthrough: BaseException | None = None
@@ -284,7 +286,7 @@ class Engine:
         self.close_open_step()
         if self.current is record:
             self.current = None
-        self.retry_pending = self.rerun = None
+        self.retry_pending = self.rerun = self.deferred = None
         self.passthrough = self._pending = None
         if self._extra:
             self._extra = {k: v for k, v in self._extra.items() if k[0] != record.id}
@@ -350,6 +352,7 @@ class Engine:
             or self.pause_next
             or self.retry_pending is not None
             or self.rerun is not None
+            or self.deferred is not None
             or self.edited_functions
             or (host_wants() if host_wants is not None else getattr(self.host, "breakpoints", None))
         )

@@ -81,7 +81,7 @@ class FunctionSteps:
         self.phase_name: str | None = phase_name
         self.is_async = bool(is_async)
         self.class_name: str | None = class_name
-        self.global_names = list(global_names)
+        self._global_names = list(global_names)
         self.steps = [StepSpec(record, self.filename) for record in steps]
         #: Every name of the function once, in order.
         self.names = [
@@ -91,6 +91,13 @@ class FunctionSteps:
         self.edits: dict[int, EditedStep] = {}
         self._rewrite = rewrite
         self._compiler: compiler.StepCompiler | None = None
+
+    @property
+    def global_names(self) -> list[str]:
+        """Names the function declares ``global`` and assigns: what edits must not make local."""
+        if not self._global_names:
+            self._global_names = _assigned_globals(self.code)
+        return self._global_names
 
     @property
     def compiler(self) -> compiler.StepCompiler:
@@ -132,6 +139,16 @@ class FunctionSteps:
             if spec.start_line <= line <= spec.end_line:
                 return spec.index
         return None
+
+
+def _assigned_globals(code: types.CodeType) -> list[str]:
+    import dis
+
+    found: list[str] = []
+    for ins in dis.get_instructions(code):
+        if ins.opname in ("STORE_GLOBAL", "DELETE_GLOBAL") and ins.argval not in found:
+            found.append(ins.argval)
+    return found
 
 
 def entry_of(code: types.CodeType, module_globals: dict) -> tuple | None:

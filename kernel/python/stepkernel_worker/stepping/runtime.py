@@ -7,9 +7,12 @@ Transformed functions (see ``transform.py``) reach this module as ``@sk``:
   (a breakpoint, ``%pause``, ``%next``, an edited step, step events);
 - ``pending()`` for the exception a hook wants raised in the test's frame.
 
-They answer with a code the test's frame acts on: 0 go on (run the step, or
-re-raise the error), 1 run the step again, 2 the step is done (skipped, or
-its edited code ran), 3 return from the test, 4 raise ``pending()``.
+``before`` answers with a code the test's frame acts on: 0 run the step, 2
+the step is done (skipped, or its edited code ran), 3 return from the test,
+4 raise ``pending()``. ``error`` answers True (go round the step's loop
+again: the step runs again, or, when the pause decided 2, 3 or 4, ``before``
+answers that at once) or False (the error propagates unchanged). Keeping
+the rare outcomes on ``before``'s path keeps the code around each step small.
 
 The rules are generators yielding requests — ``("pause", ...)`` and
 ``("run", ...)`` (run a step's code out of band, against the live frame) —
@@ -67,12 +70,20 @@ def before(index: int) -> int:
     return _drive_sync(engine, frame, _before(engine, frame, index))
 
 
-def error(index: int) -> int:
+def error(index: int) -> bool:
     engine = ENGINE
     if engine is None:
-        return 0
+        return False
     frame = sys._getframe(1)
-    return _drive_sync(engine, frame, _error(engine, frame, index, sys.exc_info()[1]))
+    return _again(engine, frame, index, _drive_sync(engine, frame, _error(engine, frame, index, sys.exc_info()[1])))
+
+
+def _again(engine: Engine, frame: types.FrameType, index: int, code: int) -> bool:
+    """``error``'s answer: run the loop again for codes 1-4 (2-4 answered by ``before``)."""
+    if code in (2, 3, 4):
+        engine.deferred = (frame, index, code)
+        engine.update_flag()
+    return code != 0
 
 
 async def abefore(index: int) -> int:
@@ -83,15 +94,15 @@ async def abefore(index: int) -> int:
     return await _drive_async(engine, frame, _before(engine, frame, index))
 
 
-async def aerror(index: int) -> int:
+async def aerror(index: int) -> bool:
     engine = ENGINE
     if engine is None:
-        return 0
+        return False
     frame = sys._getframe(1)
     exc = sys.exc_info()[1]
     if INTERRUPTED[0] and _cancelled(exc):
         exc = _as_interrupt(exc)
-    return await _drive_async(engine, frame, _error(engine, frame, index, exc))
+    return _again(engine, frame, index, await _drive_async(engine, frame, _error(engine, frame, index, exc)))
 
 
 def _cancelled(exc: BaseException | None) -> bool:
@@ -186,6 +197,10 @@ def _error(engine: Engine, frame: types.FrameType, index: int, exc: BaseExceptio
 
 
 def _before(engine: Engine, frame: types.FrameType, index: int) -> Generator[Request, Any, int]:
+    deferred = engine.deferred
+    if deferred is not None and deferred[0] is frame and deferred[1] == index:
+        engine.deferred = None
+        return deferred[2]
     steps = engine.pausable_steps(frame)
     if steps is None:
         return 0

@@ -34,11 +34,10 @@ module loaded from its cached ``.pyc`` needs no instrumenter round trip.
 from __future__ import annotations
 
 import ast
-import copy
 import hashlib
 from typing import Any
 
-from .compiler import contains_yield, scope_walk
+from .compiler import contains_yield
 
 __tracebackhide__ = True
 __unittest = True
@@ -60,119 +59,87 @@ def _version() -> str:
 
 VERSION = _version()
 
-_SYNC = """
-while True:
-    try:
-        if FLAG[0]:
-            match HOOK.before(INDEX):
-                case 2:
-                    break
-                case 3:
-                    return
-                case 4:
-                    raise HOOK.pending()
-        BODY
-    except BaseException:
-        match HOOK.error(INDEX):
-            case 1:
-                continue
-            case 2:
-                pass
-            case 3:
-                return
-            case 4:
-                raise HOOK.pending()
-            case _:
-                raise
-    break
-"""
-
-_END = """
-if FLAG[0]:
-    match HOOK.before(INDEX):
-        case 4:
-            raise HOOK.pending()
-"""
-
-
-def _template(source: str, is_async: bool) -> ast.stmt:
-    node = ast.parse(source).body[0]
-    for sub in ast.walk(node):
-        if isinstance(sub, ast.Name) and sub.id in ("FLAG", "HOOK"):
-            sub.id = FLAG if sub.id == "FLAG" else HOOK
-        if is_async and isinstance(sub, ast.Match):
-            call = sub.subject
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
-                call.func.attr = "a" + call.func.attr  # abefore / aerror
-                sub.subject = ast.Await(value=call)
-    return node
-
-
-_TEMPLATES = {
-    (kind, is_async): _template(src, is_async) for kind, src in (("step", _SYNC), ("end", _END)) for is_async in (False, True)
-}
-
-
-def _instantiate(kind: str, is_async: bool, index: int, body: list[ast.stmt], line: int, col: int) -> ast.stmt:
-    """A fresh copy of a template around ``body``, every synthetic node on ``line``."""
-    node = copy.deepcopy(_TEMPLATES[(kind, is_async)])
-    _place(node, line, col)
-    # Code that runs while steps pass or errors propagate has no line: a tracer
-    # (coverage, sys.settrace, sys.monitoring) sees the lines it would see in
-    # the original function, and no line is reported that did not run.
-    if kind == "step":
-        _unlocate(node.body[-1])  # the break after the try
-        for handler in node.body[0].handlers:
-            _unlocate(handler, keep=ast.Raise)
-    else:
-        _unlocate(node.test)
-        node.lineno = node.end_lineno = NO_LINE
-    _replace(node, index, body)
-    return node
-
-
 #: The line of code that has none (CPython's NO_LOCATION for compiled AST).
 NO_LINE = -1
 
 
-def _unlocate(node: ast.AST, keep: type | None = None) -> None:
-    """Give ``node`` and what it holds no line (except ``keep`` nodes: a raise needs one for its traceback)."""
-    todo = [node]
-    while todo:
-        sub = todo.pop()
-        if keep is not None and isinstance(sub, keep):
-            continue
-        if isinstance(sub, _LOCATED):
-            sub.lineno = sub.end_lineno = NO_LINE
-        todo.extend(ast.iter_child_nodes(sub))
+class _Maker:
+    """Builds synthetic nodes, each located as it is made (no walk over the tree afterwards)."""
+
+    __slots__ = ("line", "col")
+
+    def __init__(self, line: int, col: int) -> None:
+        self.line, self.col = line, col
+
+    def __call__(self, cls: type, **fields: Any) -> Any:
+        return cls(**fields, lineno=self.line, end_lineno=self.line, col_offset=self.col, end_col_offset=self.col)
+
+    def name(self, ident: str) -> ast.Name:
+        return self(ast.Name, id=ident, ctx=ast.Load())
+
+    def hook(self, method: str, index: int, is_async: bool) -> ast.expr:
+        """``@sk.method(index)``, awaited (``@sk.amethod``) in an async function."""
+        attr = "a" + method if is_async else method
+        func = self(ast.Attribute, value=self.name(HOOK), attr=attr, ctx=ast.Load())
+        call = self(ast.Call, func=func, args=[self(ast.Constant, value=index)], keywords=[])
+        return self(ast.Await, value=call) if is_async else call
+
+    def case(self, value: int | None, body: list[ast.stmt]) -> ast.match_case:
+        if value is None:
+            pattern = self(ast.MatchAs, pattern=None, name=None)
+        else:
+            pattern = self(ast.MatchValue, value=self(ast.Constant, value=value))
+        return ast.match_case(pattern=pattern, guard=None, body=body)
+
+    def flag_set(self) -> ast.expr:
+        return self(ast.Subscript, value=self.name(FLAG), slice=self(ast.Constant, value=0), ctx=ast.Load())
+
+
+def _raise_pending(at: _Maker) -> ast.stmt:
+    func = at(ast.Attribute, value=at.name(HOOK), attr="pending", ctx=ast.Load())
+    return at(ast.Raise, exc=at(ast.Call, func=func, args=[], keywords=[]), cause=None)
 
 
 _LOCATED = (ast.stmt, ast.expr, ast.excepthandler, ast.pattern, ast.alias)
 
 
 def _place(node: ast.AST, line: int, col: int) -> None:
-    """Put every synthetic node of ``node`` at one position (before real statements are added)."""
-    for sub in ast.walk(node):
+    """Put every node of a synthetic subtree at one position."""
+    todo = [node]
+    while todo:
+        sub = todo.pop()
         if isinstance(sub, _LOCATED):
             sub.lineno = sub.end_lineno = line
             sub.col_offset = sub.end_col_offset = col
+        todo.extend(ast.iter_child_nodes(sub))
 
 
-def _replace(node: ast.AST, index: int, body: list[ast.stmt]) -> None:
-    """Put ``body`` where the template says ``BODY`` and ``index`` where it says ``INDEX``."""
-    for parent in list(ast.walk(node)):
-        if isinstance(parent, ast.Call):
-            parent.args = [
-                ast.copy_location(ast.Constant(index), a) if isinstance(a, ast.Name) and a.id == "INDEX" else a
-                for a in parent.args
-            ]
-        for _, value in ast.iter_fields(parent):
-            if type(value) is list and any(_is_body(item) for item in value):
-                value[:] = [s for item in value for s in (body if _is_body(item) else [item])]
+def _step(index: int, body: list[ast.stmt], is_async: bool, line: int, col: int) -> ast.stmt:
+    """The loop around one step's statements (see the module docstring).
+
+    Code that runs while steps pass or errors propagate has no line
+    (``NO_LINE``): a tracer (coverage, sys.settrace, sys.monitoring) sees the
+    lines it would see in the original function, and no line is reported
+    that did not run.
+    """
+    at, none = _Maker(line, col), _Maker(NO_LINE, col)
+    before = at(ast.If, test=at.flag_set(), body=[at(ast.Match, subject=at.hook("before", index, is_async), cases=[
+        at.case(2, [at(ast.Break)]), at.case(3, [at(ast.Return, value=None)]), at.case(4, [_raise_pending(at)])])],
+        orelse=[])
+    # True: run the loop again (the step again, or what the error's pause
+    # decided, which ``before`` then answers); False: the error propagates.
+    handler = none(ast.ExceptHandler, type=none.name("BaseException"), name=None, body=[
+        none(ast.If, test=none.hook("error", index, is_async), body=[none(ast.Continue)], orelse=[]),
+        none(ast.Raise, exc=None, cause=None)])
+    attempt = at(ast.Try, body=[before, *body], handlers=[handler], orelse=[], finalbody=[])
+    return at(ast.While, test=at(ast.Constant, value=True), body=[attempt, none(ast.Break)], orelse=[])
 
 
-def _is_body(item: Any) -> bool:
-    return isinstance(item, ast.Expr) and isinstance(item.value, ast.Name) and item.value.id == "BODY"
+def _end(index: int, is_async: bool, line: int, col: int) -> ast.stmt:
+    """After the last step: where a retried last step pauses again, and step events end."""
+    at, none = _Maker(line, col), _Maker(NO_LINE, col)
+    match = at(ast.Match, subject=at.hook("before", index, is_async), cases=[at.case(4, [_raise_pending(at)])])
+    return none(ast.If, test=none.flag_set(), body=[match], orelse=[])
 
 
 def _defs(tree: ast.Module):
@@ -219,14 +186,6 @@ def _group(body: list[ast.stmt], steps: list[dict]) -> list[list[ast.stmt]]:
     return groups
 
 
-def _global_names(body: list[ast.stmt]) -> tuple[str, ...]:
-    names: list[str] = []
-    for node in scope_walk(body):
-        if isinstance(node, ast.Global):
-            names.extend(n for n in node.names if n not in names)
-    return tuple(names)
-
-
 def _report_index(report: dict) -> tuple[dict, dict]:
     """The report's functions by ``def_line`` and phase names by function qualname."""
     by_line: dict[Any, list[dict]] = {}
@@ -252,7 +211,7 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
     """Wrap the steps of every test function of ``tree`` (in place); returns the step table.
 
     The table maps ``(name, first line)`` to ``(qualname, phase name,
-    is_async, class name, global names, steps)``, each step a tuple of
+    is_async, class name, (), steps)``, each step a tuple of
     ``STEP_FIELDS`` (none for a function that runs as one step, a
     generator). A module with no function of the report is left untouched.
     """
@@ -271,7 +230,9 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         fn = candidates[0]
         qualname = str(fn.get("qualname") or node.name)
         steps = sorted((s for s in fn.get("steps") or [] if isinstance(s, dict)), key=lambda s: s.get("index", 0))
-        if not steps or fn.get("is_generator") or contains_yield(node.body):
+        # The instrumenter says which functions are generators (it parsed the same text).
+        generator = fn.get("is_generator") if "is_generator" in fn else contains_yield(node.body)
+        if not steps or generator:
             # Runs as one step; the table still names its phase.
             table[def_key(node)] = (qualname, phase_names.get(qualname), False, class_name, (), ())
             continue
@@ -287,17 +248,17 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
                 continue
             first = group[0]
             line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
-            new_body.append(_instantiate("step", is_async, index, group, line, first.col_offset))
+            new_body.append(_step(index, group, is_async, line, first.col_offset))
         last = body[-1]
         end_line = last.end_lineno or last.lineno
-        new_body.append(_instantiate("end", is_async, len(groups), [], end_line, last.col_offset))
+        new_body.append(_end(len(groups), is_async, end_line, last.col_offset))
         node.body = new_body
         table[def_key(node)] = (
             qualname,
             phase_names.get(qualname),
             is_async,
             class_name,
-            _global_names(body),
+            (),
             tuple(tuple(s.get(f) for f in STEP_FIELDS) for s in steps),
         )
     if table:

@@ -707,6 +707,24 @@ class Worker:
                 print(f"stepkernel: {note}", file=sys.stderr, flush=True)
         self._answer_pending_resume(None, exit_code)
         self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
+        _compile_own_package()
+
+
+def _compile_own_package() -> None:
+    """Write this package's bytecode once, as pip does when it installs a package.
+
+    With PYTHONDONTWRITEBYTECODE (most container images) Python would compile
+    the worker from source at every start; the files are read when present.
+    Done after a run has been answered, so no one waits for it.
+    """
+    if not sys.dont_write_bytecode:
+        return  # Python writes them itself on import
+    try:
+        import compileall
+
+        compileall.compile_dir(_PACKAGE_DIR, quiet=2, force=False)
+    except Exception:  # noqa: BLE001 - an optimisation only (a read-only cache, say)
+        pass
 
 
 def _is_pause_control(message: dict) -> bool:

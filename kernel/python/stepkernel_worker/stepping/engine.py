@@ -99,6 +99,10 @@ class Engine:
         self.rerun: tuple[types.FrameType, int] | None = None
         #: ``(frame, index, code)``: what a pause at that step's error decided, for ``before`` to answer.
         self.deferred: tuple[types.FrameType, int, int] | None = None
+        #: ``(frame, index)``: going round the function's loop again resumes at that step.
+        self.resume: tuple[types.FrameType, int] | None = None
+        #: The frame whose edited step returned: its remaining steps are skipped.
+        self.returned: types.FrameType | None = None
         #: The exception a hook asked the frame to raise, and the one it raised (let it pass).
         self._pending: BaseException | None = None
         self.passthrough: BaseException | None = None
@@ -286,7 +290,7 @@ class Engine:
         self.close_open_step()
         if self.current is record:
             self.current = None
-        self.retry_pending = self.rerun = self.deferred = None
+        self.retry_pending = self.rerun = self.deferred = self.returned = self.resume = None
         self.passthrough = self._pending = None
         if self._extra:
             self._extra = {k: v for k, v in self._extra.items() if k[0] != record.id}
@@ -353,6 +357,8 @@ class Engine:
             or self.retry_pending is not None
             or self.rerun is not None
             or self.deferred is not None
+            or self.returned is not None
+            or self.resume is not None
             or self.edited_functions
             or (host_wants() if host_wants is not None else getattr(self.host, "breakpoints", None))
         )

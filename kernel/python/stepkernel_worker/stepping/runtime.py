@@ -2,17 +2,21 @@
 
 Transformed functions (see ``transform.py``) reach this module as ``@sk``:
 
-- ``error(i)`` / ``aerror(i)`` from the ``except`` around step ``i``;
+- ``error()`` / ``aerror()`` from the ``except`` around the function's steps
+  (the failing step is the one holding the line the error left the frame at);
 - ``before(i)`` / ``abefore(i)`` before step ``i`` while ``FLAG[0]`` is set
   (a breakpoint, ``%pause``, ``%next``, an edited step, step events);
 - ``pending()`` for the exception a hook wants raised in the test's frame.
 
-``before`` answers with a code the test's frame acts on: 0 run the step, 2
-the step is done (skipped, or its edited code ran), 3 return from the test,
-4 raise ``pending()``. ``error`` answers True (go round the step's loop
-again: the step runs again, or, when the pause decided 2, 3 or 4, ``before``
-answers that at once) or False (the error propagates unchanged). Keeping
-the rare outcomes on ``before``'s path keeps the code around each step small.
+``before`` answers True when the step is done (it ran before an error and
+the test goes round again, it was skipped, its edited code ran, or an edited
+step returned: then every later step is done too), False to run it; a stop
+the user chose is raised from it. ``error`` answers True (go round the
+loop again, resuming at the step the pause chose) or False (the error
+propagates unchanged).
+Inside, the rules speak in codes (0 run or propagate, 1 run again, 2 done,
+3 returned, 4 raise); keeping the rare outcomes on ``before``'s path keeps
+the code around each step small.
 
 The rules are generators yielding requests — ``("pause", ...)`` and
 ``("run", ...)`` (run a step's code out of band, against the live frame) —
@@ -62,39 +66,78 @@ def share_flags(flag: memoryview, interrupted: memoryview) -> None:
 # ------------------------------------------------------------------- the hooks
 
 
-def before(index: int) -> int:
-    engine = ENGINE
-    if engine is None:
-        return 0
-    frame = sys._getframe(1)
-    return _drive_sync(engine, frame, _before(engine, frame, index))
-
-
-def error(index: int) -> bool:
+def before(index: int) -> bool:
     engine = ENGINE
     if engine is None:
         return False
     frame = sys._getframe(1)
-    return _again(engine, frame, index, _drive_sync(engine, frame, _error(engine, frame, index, sys.exc_info()[1])))
+    return _done(engine, frame, _drive_sync(engine, frame, _before(engine, frame, index)))
+
+
+def _done(engine: Engine, frame: types.FrameType, code: int) -> bool:
+    """``before``'s answer: True when the step is done (skipped, its edit ran, or the test returned)."""
+    if code == 4:
+        raise pending()
+    if code == 3:
+        # An edited step returned: the test's remaining steps are done too.
+        engine.returned = frame
+        engine.update_flag()
+    return code in (2, 3)
+
+
+def error() -> bool:
+    engine = ENGINE
+    if engine is None:
+        return False
+    frame = sys._getframe(1)
+    exc = sys.exc_info()[1]
+    index = _failing_step(engine, frame, exc)
+    if index is None:
+        return False
+    return _again(engine, frame, index, _drive_sync(engine, frame, _error(engine, frame, index, exc)))
+
+
+def _failing_step(engine: Engine, frame: types.FrameType, exc: BaseException | None) -> int | None:
+    """The step whose line the error left ``frame`` at (None: let it propagate)."""
+    if exc is None or exc is engine.passthrough:
+        engine.passthrough = None
+        return None
+    steps = engine.pausable_steps(frame)
+    if steps is None:
+        return None
+    line = None
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame is frame:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return steps.step_at_line(line)
 
 
 def _again(engine: Engine, frame: types.FrameType, index: int, code: int) -> bool:
-    """``error``'s answer: run the loop again for codes 1-4 (2-4 answered by ``before``)."""
-    if code in (2, 3, 4):
-        engine.deferred = (frame, index, code)
-        engine.update_flag()
-    return code != 0
+    """``error``'s answer: True to go round the loop, resuming at the step the pause chose."""
+    if code == 0:
+        return False
+    if code == 3:
+        engine.returned = frame
+    else:
+        # 1: run the failing step again; 2: it is done, go on; 4: raise what the user chose there.
+        engine.resume = (frame, index + 1 if code == 2 else index)
+        if code == 4:
+            engine.deferred = (frame, index, 4)
+    engine.update_flag()
+    return True
 
 
-async def abefore(index: int) -> int:
+async def abefore(index: int) -> bool:
     engine = ENGINE
     if engine is None:
-        return 0
+        return False
     frame = sys._getframe(1)
-    return await _drive_async(engine, frame, _before(engine, frame, index))
+    return _done(engine, frame, await _drive_async(engine, frame, _before(engine, frame, index)))
 
 
-async def aerror(index: int) -> bool:
+async def aerror() -> bool:
     engine = ENGINE
     if engine is None:
         return False
@@ -102,6 +145,9 @@ async def aerror(index: int) -> bool:
     exc = sys.exc_info()[1]
     if INTERRUPTED[0] and _cancelled(exc):
         exc = _as_interrupt(exc)
+    index = _failing_step(engine, frame, exc)
+    if index is None:
+        return False
     return _again(engine, frame, index, await _drive_async(engine, frame, _error(engine, frame, index, exc)))
 
 
@@ -125,7 +171,7 @@ def _as_interrupt(exc: BaseException) -> BaseException:
 
 
 def pending() -> BaseException:
-    """The exception a hook asked the test's frame to raise (then re-raised as is)."""
+    """The exception a hook raises for the test (then let through by ``error``, unchanged)."""
     engine = ENGINE
     exc = engine.take_pending() if engine is not None else None
     if exc is None:  # pragma: no cover - a hook answered 4 without one
@@ -181,12 +227,9 @@ def _reason(exc: BaseException) -> str:
     return "interrupt" if isinstance(exc, KeyboardInterrupt) else "error"
 
 
-def _error(engine: Engine, frame: types.FrameType, index: int, exc: BaseException | None) -> Generator[Request, Any, int]:
-    if exc is None or exc is engine.passthrough:
-        engine.passthrough = None
-        return 0
+def _error(engine: Engine, frame: types.FrameType, index: int, exc: BaseException) -> Generator[Request, Any, int]:
     steps = engine.pausable_steps(frame)
-    if steps is None:
+    if steps is None:  # pragma: no cover - _failing_step checked it
         return 0
     engine.step_failed(steps, index, exc, frame)
     if not engine.wants_pause(exc):
@@ -197,6 +240,13 @@ def _error(engine: Engine, frame: types.FrameType, index: int, exc: BaseExceptio
 
 
 def _before(engine: Engine, frame: types.FrameType, index: int) -> Generator[Request, Any, int]:
+    if engine.returned is frame:
+        return 2
+    resume = engine.resume
+    if resume is not None and resume[0] is frame:
+        if index < resume[1]:
+            return 2  # ran before the error: going round again skips it
+        engine.resume = None
     deferred = engine.deferred
     if deferred is not None and deferred[0] is frame and deferred[1] == index:
         engine.deferred = None

@@ -6,26 +6,32 @@ describes gets each of its steps wrapped like this::
 
     while True:
         try:
-            if @skf[0]:                    # one byte: something wants step boundaries
-                match @sk.before(INDEX):   # may pause; 2: step done elsewhere, 3: return
-                    case 2: break
-                    case 3: return
-                    case 4: raise @sk.pending()
-            <the step's own statements>
+            if @skf[0] and @sk.before(0):    # one byte: something wants step boundaries;
+                pass                         # before may pause; True: the step is done
+            else:
+                <step 0's own statements>
+            if @skf[0] and @sk.before(1):
+                pass
+            else:
+                <step 1's own statements>
+            ...
+            if @skf[0]:
+                @sk.before(N)                # after the last step
         except BaseException:
-            match @sk.error(INDEX):        # 0: propagate, 1: run the step again
-                case 1: continue
-                case 2: pass
-                case 3: return
-                case 4: raise @sk.pending()
-                case _: raise
+            if @sk.error():                  # may pause; True: go round again, resuming
+                continue                     # at the step the pause chose
+            raise                            # the error, unchanged
         break
 
+The failing step is the one holding the line the error left the test's frame
+at (its traceback entry); going round again, ``before`` says the steps before
+it are done, so the test resumes at that step in the same frame.
 The test still runs in its own frame, with its own function object, fast
 locals and traceback; an error passes through ``@sk.error`` (which pauses
 while the frame is alive) and is re-raised unchanged by a bare ``raise``.
 Nothing of the engine runs while steps pass and no client asked for step
-boundaries: the happy path costs a flag test per step. ``@sk`` and ``@skf``
+boundaries: the happy path costs a flag test per step, and one ``try`` per
+function keeps compiling cheap. ``@sk`` and ``@skf``
 are module globals no Python code can name (pytest's rewriter uses
 ``@py_builtins`` the same way); ``@skt`` holds the file's step table, so a
 module loaded from its cached ``.pyc`` needs no instrumenter round trip.
@@ -77,27 +83,16 @@ class _Maker:
     def name(self, ident: str) -> ast.Name:
         return self(ast.Name, id=ident, ctx=ast.Load())
 
-    def hook(self, method: str, index: int, is_async: bool) -> ast.expr:
+    def hook(self, method: str, index: int | None, is_async: bool) -> ast.expr:
         """``@sk.method(index)``, awaited (``@sk.amethod``) in an async function."""
         attr = "a" + method if is_async else method
         func = self(ast.Attribute, value=self.name(HOOK), attr=attr, ctx=ast.Load())
-        call = self(ast.Call, func=func, args=[self(ast.Constant, value=index)], keywords=[])
+        args = [] if index is None else [self(ast.Constant, value=index)]
+        call = self(ast.Call, func=func, args=args, keywords=[])
         return self(ast.Await, value=call) if is_async else call
-
-    def case(self, value: int | None, body: list[ast.stmt]) -> ast.match_case:
-        if value is None:
-            pattern = self(ast.MatchAs, pattern=None, name=None)
-        else:
-            pattern = self(ast.MatchValue, value=self(ast.Constant, value=value))
-        return ast.match_case(pattern=pattern, guard=None, body=body)
 
     def flag_set(self) -> ast.expr:
         return self(ast.Subscript, value=self.name(FLAG), slice=self(ast.Constant, value=0), ctx=ast.Load())
-
-
-def _raise_pending(at: _Maker) -> ast.stmt:
-    func = at(ast.Attribute, value=at.name(HOOK), attr="pending", ctx=ast.Load())
-    return at(ast.Raise, exc=at(ast.Call, func=func, args=[], keywords=[]), cause=None)
 
 
 _LOCATED = (ast.stmt, ast.expr, ast.excepthandler, ast.pattern, ast.alias)
@@ -115,31 +110,35 @@ def _place(node: ast.AST, line: int, col: int) -> None:
 
 
 def _step(index: int, body: list[ast.stmt], is_async: bool, line: int, col: int) -> ast.stmt:
-    """The loop around one step's statements (see the module docstring).
+    """One step: its statements under the flag test (on the step's first line,
+    where the statement's own line event fires anyway)."""
+    at = _Maker(line, col)
+    check = at(ast.BoolOp, op=ast.And(), values=[at.flag_set(), at.hook("before", index, is_async)])
+    return at(ast.If, test=check, body=[at(ast.Pass)], orelse=body)
 
-    Code that runs while steps pass or errors propagate has no line
-    (``NO_LINE``): a tracer (coverage, sys.settrace, sys.monitoring) sees the
-    lines it would see in the original function, and no line is reported
-    that did not run.
+
+def _function_body(
+    steps: list[ast.stmt], is_async: bool, end: tuple[int, int, int], start: tuple[int, int]
+) -> ast.stmt:
+    """The loop and the one ``try`` around a function's steps (see the module docstring).
+
+    Code that runs after the last step, while an error propagates, and the
+    jump out of the loop, has no line (``NO_LINE``): a tracer (coverage,
+    sys.settrace, sys.monitoring) sees the lines it would see in the original
+    function, and no line is reported that did not run.
     """
-    at, none = _Maker(line, col), _Maker(NO_LINE, col)
-    before = at(ast.If, test=at.flag_set(), body=[at(ast.Match, subject=at.hook("before", index, is_async), cases=[
-        at.case(2, [at(ast.Break)]), at.case(3, [at(ast.Return, value=None)]), at.case(4, [_raise_pending(at)])])],
-        orelse=[])
-    # True: run the loop again (the step again, or what the error's pause
-    # decided, which ``before`` then answers); False: the error propagates.
+    index, end_line, end_col = end
+    # The loop's entry is on the first step's line (Python 3.12 would report
+    # the def line for an entry without one).
+    first, col = _Maker(*start), start[1]
+    at, none = _Maker(end_line, end_col), _Maker(NO_LINE, col)
+    last = none(ast.If, test=none.flag_set(), body=[at(ast.Expr, value=at.hook("before", index, is_async))],
+                orelse=[])
     handler = none(ast.ExceptHandler, type=none.name("BaseException"), name=None, body=[
-        none(ast.If, test=none.hook("error", index, is_async), body=[none(ast.Continue)], orelse=[]),
+        none(ast.If, test=none.hook("error", None, is_async), body=[none(ast.Continue)], orelse=[]),
         none(ast.Raise, exc=None, cause=None)])
-    attempt = at(ast.Try, body=[before, *body], handlers=[handler], orelse=[], finalbody=[])
-    return at(ast.While, test=at(ast.Constant, value=True), body=[attempt, none(ast.Break)], orelse=[])
-
-
-def _end(index: int, is_async: bool, line: int, col: int) -> ast.stmt:
-    """After the last step: where a retried last step pauses again, and step events end."""
-    at, none = _Maker(line, col), _Maker(NO_LINE, col)
-    match = at(ast.Match, subject=at.hook("before", index, is_async), cases=[at.case(4, [_raise_pending(at)])])
-    return none(ast.If, test=none.flag_set(), body=[match], orelse=[])
+    attempt = first(ast.Try, body=[*steps, last], handlers=[handler], orelse=[], finalbody=[])
+    return first(ast.While, test=first(ast.Constant, value=True), body=[attempt, none(ast.Break)], orelse=[])
 
 
 def _defs(tree: ast.Module):
@@ -242,17 +241,16 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
             continue
         is_async = isinstance(node, ast.AsyncFunctionDef)
         groups = _group(body, steps)
-        new_body: list[ast.stmt] = list(doc)
+        wrapped: list[ast.stmt] = []
         for index, group in enumerate(groups):
             if not group:
                 continue
             first = group[0]
             line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
-            new_body.append(_step(index, group, is_async, line, first.col_offset))
+            wrapped.append(_step(index, group, is_async, line, first.col_offset))
         last = body[-1]
-        end_line = last.end_lineno or last.lineno
-        new_body.append(_end(len(groups), is_async, end_line, last.col_offset))
-        node.body = new_body
+        end = (len(groups), last.end_lineno or last.lineno, last.col_offset)
+        node.body = [*doc, _function_body(wrapped, is_async, end, (wrapped[0].lineno, wrapped[0].col_offset))]
         table[def_key(node)] = (
             qualname,
             phase_names.get(qualname),

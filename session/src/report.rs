@@ -59,6 +59,21 @@ impl Report {
             .unwrap_or("\u{0}");
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
         let steps = test["steps"].as_array_mut().expect("array");
+        // Known (phase, index) pairs once: a test may have tens of thousands of steps.
+        let mut known: std::collections::HashSet<(String, u64)> = steps
+            .iter()
+            .map(|s| {
+                let phase = s
+                    .get("phase")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                (
+                    phase,
+                    s.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX),
+                )
+            })
+            .collect();
         for p in phases {
             let name = p.get("name").and_then(Value::as_str).unwrap_or("");
             let names: Vec<&str> = p
@@ -68,11 +83,7 @@ impl Report {
                 .unwrap_or_default();
             let upto = if name == phase { index } else { names.len() };
             for (i, step_name) in names.iter().enumerate().take(upto) {
-                let known = steps.iter().any(|s| {
-                    s.get("phase").and_then(Value::as_str) == Some(name)
-                        && s.get("index").and_then(Value::as_u64) == Some(i as u64)
-                });
-                if !known {
+                if known.insert((name.to_string(), i as u64)) {
                     steps.push(json!({"phase": name, "index": i, "name": step_name,
                         "status": "passed", "duration_s": null, "error": null}));
                 }

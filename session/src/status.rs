@@ -208,8 +208,14 @@ impl LiveStatus {
             return;
         };
         let entry = self.entry(&test, "running");
+        let known: std::collections::HashSet<u64> = entry
+            .steps
+            .iter()
+            .filter(|s| s.phase == phase)
+            .map(|s| s.index)
+            .collect();
         for i in 0..index {
-            if !entry.steps.iter().any(|s| s.phase == phase && s.index == i) {
+            if !known.contains(&i) {
                 entry.steps.push(StepRun {
                     phase: phase.clone(),
                     index: i,

@@ -40,6 +40,7 @@ module loaded from its cached ``.pyc`` needs no instrumenter round trip.
 from __future__ import annotations
 
 import ast
+import bisect
 import hashlib
 from typing import Any
 
@@ -168,19 +169,13 @@ def def_key(node: ast.AST) -> tuple[str, int]:
 
 
 def _group(body: list[ast.stmt], steps: list[dict]) -> list[list[ast.stmt]]:
-    """Distribute the body's statements over the report's steps by line."""
+    """Distribute the body's statements over the report's steps by line (steps are in line order)."""
     groups: list[list[ast.stmt]] = [[] for _ in steps]
-    ranges = [(int(s.get("start_line") or 0), int(s.get("end_line") or 0)) for s in steps]
+    starts = [int(s.get("start_line") or 0) for s in steps]
     for stmt in body:
         first = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
-        index = None
-        for i, (start, end) in enumerate(ranges):
-            if start <= first <= end:
-                index = i
-                break
-        if index is None:
-            before = [i for i, (start, _) in enumerate(ranges) if start <= first]
-            index = before[-1] if before else 0
+        # The last step starting at or before the statement holds it (else the first).
+        index = max(bisect.bisect_right(starts, first) - 1, 0)
         groups[index].append(stmt)
     return groups
 

@@ -774,3 +774,4 @@ def test_a_shell_client_that_never_reads_replies_blocks_no_one(kernel, zmq_conte
     reply = round_trip(other, session, "execute_request", {"code": "1 + 1"})
     assert reply["content"]["status"] == "ok"
     stalled.close()
+

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import compiler, frame_locals
 from .compiler import CONTINUE, DISPLAY
+from ..channel import path_fields
 from .function_steps import EditedStep, FunctionSteps, sha256, summary_repr
 from .runtime import step_result
 
@@ -364,7 +365,8 @@ class LiveHandler:
         if not had_edits:
             engine.edited_functions += 1
         journal = {
-            "file": steps.filename,
+            # Exact bytes too when the file's name is not UTF-8 (the kernel journals those).
+            **path_fields(steps.filename, "file"),
             "relpath": engine.relpath(steps.filename),
             "function": steps.qualname,
             "test": self.record.id if self.record is not None else "",
@@ -442,7 +444,7 @@ class LiveHandler:
             "name": spec.name,
             "steps": len(steps.steps),
             "function": steps.qualname,
-            "file": steps.filename,
+            **path_fields(steps.filename, "file"),
             "line": spec.start_line,
             "reason": self.reason,
             "error": None,

@@ -128,7 +128,10 @@ class Host(Protocol):
         like the others."""
 
     def should_pause_before(self, test_id: str, phase: str, step: int) -> str | None:
-        """Non-blocking, called before every step: a reason to pause before it
+        """Non-blocking, called at a step boundary while the engine's step flag is set
+        (breakpoints, ``%pause``, ``%next``, edits: see ``wants_step_boundaries``,
+        and ``poll_control``, which reads requests that arrived while a test ran):
+        a reason to pause before it
         (``"breakpoint"``, ``"pause"`` after ``%pause``, ``"next"`` after ``%next``),
         else None. When it returns a reason the engine calls ``pause`` with
         ``info["reason"]`` set to it and no error. The engine itself pauses

@@ -105,19 +105,20 @@ class LiveFrame:
         frame_locals.write(self.frame, changed, tuple(deleted))
 
 
-def _step_code(steps: FunctionSteps, index: int, edited: EditedStep | None) -> EditedStep:
-    if edited is not None:
-        return edited
-    return steps.compile_step(index, steps.steps[index].source)
+def _out_of_band(engine: Engine, frame: types.FrameType, steps: FunctionSteps, index: int,
+                 edited: EditedStep | None):
+    """Step ``index``'s code (edited, or its original text) as a function over the frame's variables."""
+    live = LiveFrame(engine, frame, steps)
+    step = edited if edited is not None else steps.compile_step(index, steps.steps[index].source)
+    function, args, state = live.prepare(step.code, step.super_arg)
+    engine.note_edited_ran(edited)
+    return live, function, args, state
 
 
 def run_sync(engine: Engine, frame: types.FrameType, steps: FunctionSteps, index: int, edited: EditedStep | None):
-    """Run step ``index`` (edited, or its original text) out of band: ``(ok, result or error)``."""
-    live = LiveFrame(engine, frame, steps)
+    """Run step ``index`` out of band: ``(True, result)`` or ``(False, error)``."""
     try:
-        step = _step_code(steps, index, edited)
-        function, args, state = live.prepare(step.code, step.super_arg)
-        engine.note_edited_ran(edited)
+        live, function, args, state = _out_of_band(engine, frame, steps, index, edited)
         try:
             value = function(*args)
         finally:
@@ -128,11 +129,9 @@ def run_sync(engine: Engine, frame: types.FrameType, steps: FunctionSteps, index
 
 
 async def run_async(engine: Engine, frame: types.FrameType, steps: FunctionSteps, index: int, edited: EditedStep | None):
-    live = LiveFrame(engine, frame, steps)
+    """``run_sync`` for an async test: the step is awaited on the test's loop."""
     try:
-        step = _step_code(steps, index, edited)
-        function, args, state = live.prepare(step.code, step.super_arg)
-        engine.note_edited_ran(edited)
+        live, function, args, state = _out_of_band(engine, frame, steps, index, edited)
         try:
             value = function(*args)
             if inspect.iscoroutine(value):

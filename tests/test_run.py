@@ -609,3 +609,27 @@ def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_p
     assert stepped.returncode == 1, out
     assert "stepkernel: 2 passed in " in out
     assert "the runner reported an error outside the tests" in out and "tearDownModule" in out, out
+
+
+def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):
+    """Steps report nothing while they pass: the bar counts the run's tests."""
+    import pexpect
+
+    project = write_project(tmp_path, {"test_two.py": """
+        import time
+
+
+        def test_a():
+            time.sleep(0.3)
+
+
+        def test_b():
+            time.sleep(0.3)
+        """})
+    child = pexpect.spawn(stepkernel_bin(), ["run", "--on-error", "fail", "--python", PYTHON, "test_two.py"],
+                          cwd=str(project), encoding="utf-8", timeout=60,
+                          env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")})
+    child.expect(r"test_two\.py::test_\w+\s+\[[ =>]*\] [01]/2 tests")
+    child.expect(pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 0

@@ -1,12 +1,33 @@
 //! What the person who typed `stepkernel run` sees: progress, pauses, a summary.
 //!
-//! On a terminal a progress bar (indicatif) shows the running test's steps;
+//! On a terminal a progress bar (indicatif) shows the tests done and the running one;
 //! otherwise plain lines. Worker output (pytest's own report) passes through.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
+
+/// The run's progress bar: tests done of `count` (a spinner and a count when unknown).
+fn run_bar(count: Option<u64>) -> ProgressBar {
+    let (bar, template) = match count {
+        Some(n) => (
+            ProgressBar::with_draw_target(Some(n), ProgressDrawTarget::stderr()),
+            "{spinner} {wide_msg} [{bar:20}] {pos}/{len} tests",
+        ),
+        None => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            "{spinner} {wide_msg} {pos} tests",
+        ),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
 
 /// A line for a test whose outcome the runner cannot report: passed only
 /// after edits (`fixed`), or a failing step skipped by hand (`forced`).
@@ -97,36 +118,15 @@ impl Terminal {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
         let test = event.get("test").and_then(Value::as_str).unwrap_or("");
         match kind {
-            "test_start" if self.tty && !self.quiet => {
-                let total: u64 = event
-                    .get("phases")
-                    .and_then(Value::as_array)
-                    .map(|p| {
-                        p.iter()
-                            .filter_map(|x| x.get("steps").and_then(Value::as_u64))
-                            .sum()
-                    })
-                    .unwrap_or(0);
-                let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{spinner} {wide_msg} [{bar:20}] {pos}/{len} steps",
-                    )
-                    .expect("valid template")
-                    .progress_chars("=> "),
-                );
-                bar.set_message(test.to_string());
-                bar.enable_steady_tick(std::time::Duration::from_millis(120));
-                self.bar = Some(bar);
+            // One bar for the run: tests done of those collected (steps report
+            // nothing while they pass, so a test's own steps cannot be counted).
+            "collected" if self.tty && !self.quiet => {
+                let count = event.get("count").and_then(Value::as_u64);
+                self.bar = Some(run_bar(count));
             }
-            "step_finish" => {
-                // Count steps done; a failed step is not done until it passes.
-                let status = event.get("status").and_then(Value::as_str).unwrap_or("");
-                if let Some(bar) = &self.bar {
-                    if status != "failed" {
-                        bar.inc(1);
-                    }
-                }
+            "test_start" if self.tty && !self.quiet => {
+                let bar = self.bar.get_or_insert_with(|| run_bar(None));
+                bar.set_message(test.to_string());
             }
             "pause" => {
                 if let Some(bar) = &self.bar {
@@ -139,8 +139,8 @@ impl Terminal {
                 }
             }
             "test_finish" => {
-                if let Some(bar) = self.bar.take() {
-                    bar.finish_and_clear();
+                if let Some(bar) = &self.bar {
+                    bar.inc(1);
                 }
                 // The runner's own report (dots, failures) passes through: only what
                 // it cannot know is added, at the end (a line here would split its dots).

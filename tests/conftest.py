@@ -20,6 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
 PYTHON = sys.executable
 
+#: The git identity of every commit the tests make (and of the patches stepkernel writes).
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Ada Tester",
+    "GIT_AUTHOR_EMAIL": "ada@example.com",
+    "GIT_COMMITTER_NAME": "Ada Tester",
+    "GIT_COMMITTER_EMAIL": "ada@example.com",
+}
+
 
 def stepkernel_bin() -> str:
     """The binary under test (built by scripts/setup.sh)."""
@@ -302,8 +310,7 @@ def write_project(root: pathlib.Path, files: dict[str, str], git: bool = False) 
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text).lstrip("\n"))
     if git:
-        env = {**os.environ, "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
-               "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"}
+        env = {**os.environ, **GIT_ENV}
         for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-qm", "initial"]):
             subprocess.run(cmd, cwd=root, check=True, env=env)
         (root / ".gitignore").write_text(".stepkernel/\n.jupyter-runtime/\nrun.out\n__pycache__/\n")

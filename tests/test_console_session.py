@@ -14,15 +14,13 @@ import subprocess
 import pexpect
 import pytest
 
-from conftest import PYTHON, ROOT, stepkernel_bin, wait_for
+from conftest import GIT_ENV, PYTHON, ROOT, stepkernel_bin, wait_for
 
 SESSION_ID = r"\d{8}-\d{6}-[0-9a-f]{6}"
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PROMPT = r"In \[(\d+)\]: "
 # An error a client's cell raised, as the console prints it (not the paused test's own, indented).
 ERROR = re.compile(r"(?m)^[A-Z]\w*(?:Error|Exception|Interrupt)\b")
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 
 def readme_session() -> list[tuple[list[str], list[str]]]:

@@ -11,10 +11,8 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, execute, request, stepkernel_bin, stream_text, wait_for, write_project
+from conftest import GIT_ENV, PYTHON, execute, request, stepkernel_bin, stream_text, wait_for, write_project
 
-GIT_ENV = {"GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "t@example.com"}
 
 # The code under test lives in a package module the test reaches as `base`.
 VERSIONS = {

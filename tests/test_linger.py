@@ -14,14 +14,8 @@ import sys
 import pexpect
 
 from browser.jupyter_web import JupyterServer
-from conftest import PYTHON, execute, stepkernel_bin, stream_text, wait_for, write_project
+from conftest import GIT_ENV, PYTHON, execute, stepkernel_bin, stream_text, wait_for, write_project
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Ada Tester",
-    "GIT_AUTHOR_EMAIL": "ada@example.com",
-    "GIT_COMMITTER_NAME": "Ada Tester",
-    "GIT_COMMITTER_EMAIL": "ada@example.com",
-}
 
 CART = {
     "test_cart.py": '''

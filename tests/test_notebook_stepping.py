@@ -11,14 +11,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from conftest import PYTHON, ROOT, install_kernelspec
+from conftest import GIT_ENV, PYTHON, ROOT, install_kernelspec
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Nb Test",
-    "GIT_AUTHOR_EMAIL": "nb@example.com",
-    "GIT_COMMITTER_NAME": "Nb Test",
-    "GIT_COMMITTER_EMAIL": "nb@example.com",
-}
 
 
 @pytest.fixture

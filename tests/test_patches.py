@@ -16,14 +16,8 @@ import subprocess
 
 import pytest
 
-from conftest import PYTHON, RunSession, execute, stepkernel_bin, stream_text, wait_for, write_project
+from conftest import GIT_ENV, PYTHON, RunSession, execute, stepkernel_bin, stream_text, wait_for, write_project
 
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Ada Tester",
-    "GIT_AUTHOR_EMAIL": "ada@example.com",
-    "GIT_COMMITTER_NAME": "Ada Tester",
-    "GIT_COMMITTER_EMAIL": "ada@example.com",
-}
 
 # Line 11 (`assert total == 5, ...`) fails: the items add up to 4.
 CART = {

@@ -1465,15 +1465,7 @@ impl Executor {
                     .await;
                     return;
                 };
-                self.shared.publish(
-                    Some(&inflight.request),
-                    "stream",
-                    json!({"name": "stdout", "text": format!("{source}\n")}),
-                );
-                let next = format!("%%edit {index}\n{source}\n");
-                let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {},
-                    "payload": [{"source": "set_next_input", "text": next, "replace": false}]});
-                self.finish(inflight, ok).await;
+                self.offer_edit(inflight, &index.to_string(), &source).await;
             }
             Kind::SessionMagic => {
                 if content.get("status").and_then(Value::as_str) == Some("error") {
@@ -1515,13 +1507,17 @@ impl Executor {
             self.error_reply(inflight, "EditError", why).await;
             return;
         };
-        let source = source.trim_end();
+        self.offer_edit(inflight, target, source.trim_end()).await;
+    }
+
+    /// `%edit`: print the source, and offer `%%edit WHAT` with it as the next cell.
+    async fn offer_edit(&mut self, inflight: Inflight, what: &str, source: &str) {
         self.shared.publish(
             Some(&inflight.request),
             "stream",
             json!({"name": "stdout", "text": format!("{source}\n")}),
         );
-        let next = format!("%%edit {target}\n{source}\n");
+        let next = format!("%%edit {what}\n{source}\n");
         let ok = json!({"status": "ok", "execution_count": self.count(), "user_expressions": {},
             "payload": [{"source": "set_next_input", "text": next, "replace": false}]});
         self.finish(inflight, ok).await;

@@ -284,7 +284,7 @@ impl RunHooks {
                 path.strip_prefix(root).ok()?.to_path_buf()
             }
         };
-        Some(rel.to_string_lossy().replace('\\', "/"))
+        Some(patchgen::path_text(rel.as_os_str()))
     }
 
     /// Names the listed connection file copy by what runs (a test, when known).

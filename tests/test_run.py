@@ -611,6 +611,45 @@ def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_p
     assert "the runner reported an error outside the tests" in out and "tearDownModule" in out, out
 
 
+def test_a_failing_setupmodule_says_which_unit_the_errors_count(tmp_path):
+    """unittest counts one error for the module fixture; stepkernel counts each
+    test it kept from running, as pytest does, and says so."""
+    project = write_project(tmp_path, {
+        "test_mod.py": """
+            import unittest
+
+
+            def setUpModule():
+                raise RuntimeError("no database")
+
+
+            class TestA(unittest.TestCase):
+                def test_one(self):
+                    pass
+
+                def test_two(self):
+                    pass
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "unittest", "test_mod"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 1 and "errors=1" in plain.stderr
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--runner", "unittest", "--on-error", "fail", "test_mod.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = stepped.stdout + stepped.stderr
+    assert stepped.returncode == 1, out
+    assert "stepkernel: 2 errors in " in out, out
+    assert ("2 errors are tests a failing fixture kept from running (setUpModule (test_mod): 2); "
+            "they count per test as in pytest (python -m unittest counts 1 error)") in out, out
+    (session,) = (project / ".stepkernel" / "sessions").iterdir()
+    report = json.loads((session / "report.json").read_text())
+    assert {t["id"]: t.get("fixture") for t in report["tests"]} == {
+        "test_mod.py::TestA::test_one": "setUpModule (test_mod)",
+        "test_mod.py::TestA::test_two": "setUpModule (test_mod)",
+    }
+
+
 def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):
     """Steps report nothing while they pass: the bar counts the run's tests."""
     import pexpect

@@ -11,7 +11,7 @@ use kernel::session::{AfterRun, MagicOutput, SessionHooks};
 use kernel::worker::StreamName;
 use patchgen::{Edit, Journal};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -530,6 +530,9 @@ impl RunHooks {
                     .into(),
             );
         }
+        if let Some(note) = fixture_note(inner.report.fixture_errors()) {
+            extra.insert(0, note);
+        }
         let seconds = self.started.elapsed().as_secs_f64();
         inner.terminal.summary(&counts, &subtests, seconds, &extra);
         inner.exit_code = Some(final_code);
@@ -852,4 +855,27 @@ fn slim_report(report: &Value) -> Value {
         }
     }
     slim
+}
+
+/// Says which unit the error count counts when failing class or module
+/// fixtures errored their tests: stepkernel counts each test, as pytest does,
+/// where `python -m unittest` counts one error per fixture.
+fn fixture_note(by_fixture: &BTreeMap<String, u64>) -> Option<String> {
+    let tests: u64 = by_fixture.values().sum();
+    if tests == 0 {
+        return None;
+    }
+    let each: Vec<String> = by_fixture
+        .iter()
+        .map(|(fixture, n)| format!("{fixture}: {n}"))
+        .collect();
+    let fixtures = by_fixture.len();
+    Some(format!(
+        "{tests} error{} {} a failing fixture kept from running ({}); they count \
+         per test as in pytest (python -m unittest counts {fixtures} error{})",
+        if tests == 1 { "" } else { "s" },
+        if tests == 1 { "is a test" } else { "are tests" },
+        each.join(", "),
+        if fixtures == 1 { "" } else { "s" }
+    ))
 }

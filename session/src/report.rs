@@ -11,6 +11,9 @@ pub struct Report {
     counts: BTreeMap<String, u64>,
     /// Subtests by outcome, from `test_finish` events that carry `subtests`.
     subtests: BTreeMap<String, u64>,
+    /// Tests that a failing class or module fixture errored, by fixture
+    /// (`setUpModule (test_db)`), from `test_finish` events that carry `fixture`.
+    fixture_errors: BTreeMap<String, u64>,
     by_method: BTreeMap<String, u64>,
     by_error: BTreeMap<(String, String), (u64, Vec<String>)>,
     failures: Vec<Value>,
@@ -152,6 +155,10 @@ impl Report {
                 if let Some(subtests) = event.get("subtests") {
                     test["subtests"] = subtests.clone();
                 }
+                if let Some(fixture) = event.get("fixture").and_then(Value::as_str) {
+                    *self.fixture_errors.entry(fixture.to_string()).or_default() += 1;
+                    test["fixture"] = json!(fixture);
+                }
                 if matches!(outcome.as_str(), "failed" | "error" | "forced") {
                     self.record_failure(&id, &outcome, &test, event);
                 }
@@ -220,6 +227,11 @@ impl Report {
     /// Subtests per outcome so far (empty when the runner reported none).
     pub fn subtests(&self) -> &BTreeMap<String, u64> {
         &self.subtests
+    }
+
+    /// Tests errored by a failing class or module fixture, by fixture.
+    pub fn fixture_errors(&self) -> &BTreeMap<String, u64> {
+        &self.fixture_errors
     }
 
     /// The report as JSON.

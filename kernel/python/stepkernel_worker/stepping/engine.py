@@ -270,7 +270,14 @@ class Engine:
         self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases)
         return record
 
-    def end_test(self, record: TestRecord, outcome: str, longrepr: str = "", subtests: dict | None = None) -> str:
+    def end_test(
+        self,
+        record: TestRecord,
+        outcome: str,
+        longrepr: str = "",
+        subtests: dict | None = None,
+        fixture: str | None = None,
+    ) -> str:
         if record.forced:
             outcome = "forced"
         elif outcome == "passed" and record.edited_ran:
@@ -279,6 +286,9 @@ class Engine:
         fields: dict[str, Any] = {}
         if subtests:
             fields["subtests"] = subtests
+        if fixture:
+            # A class or module fixture errored this test (it never ran).
+            fields["fixture"] = fixture
         self.emit(
             "test_finish",
             test=record.id,

@@ -350,7 +350,7 @@ def _fixture_cases(
             extra.append(case)
             if kind.startswith("setUp"):
                 record = engine.begin_test(reporter.node_id(test), _test_file(test), [])
-                engine.end_test(record, "error", message)
+                engine.end_test(record, "error", message, fixture=f"{kind} ({target})")
     return extra
 
 

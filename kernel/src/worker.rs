@@ -111,7 +111,13 @@ pub struct WorkerConfig {
     pub package_dir: PathBuf,
     /// Working directory of the worker (None: inherit).
     pub cwd: Option<PathBuf>,
+    /// The interpreter's version when known before it starts (`python -m
+    /// stepkernel` says it), so `kernel_info` need not wait for the worker.
+    pub version: Option<String>,
 }
+
+/// Set by `python -m stepkernel` beside `$STEPKERNEL_PYTHON`: that interpreter's version.
+pub const LAUNCHER_VERSION_ENV: &str = "STEPKERNEL_PYTHON_VERSION";
 
 /// A running worker process.
 pub struct Worker {
@@ -159,6 +165,7 @@ impl Worker {
             // Names the interpreter that launched this stepkernel, not one for
             // what the user's code starts (a `stepkernel run` of another project).
             .env_remove("STEPKERNEL_PYTHON")
+            .env_remove(LAUNCHER_VERSION_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

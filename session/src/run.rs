@@ -238,6 +238,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let kernel_options = KernelOptions {
             connection,
             worker: WorkerConfig {
+                version: None,
                 python: opts.python.clone(),
                 package_dir: opts.package_dir.clone(),
                 cwd: Some(opts.rootdir.clone()),

@@ -70,6 +70,18 @@ SUITES = {
     ),
     "python-dotenv": ("python-dotenv==1.0.1", "python_dotenv-*", ["tests"], ["sh"], []),
     "natsort": ("natsort==8.4.0", "natsort-*", ["tests"], ["hypothesis", "pytest-mock"], []),
+    "jinja2": ("jinja2==3.1.4", "jinja2-*", ["tests"], ["trio"], []),
+    "wrapt": ("wrapt==1.17.2", "wrapt-*", ["tests"], [], []),
+    "networkx": ("networkx==3.4.2", "networkx-*", ["networkx"], [], []),
+    "boltons": ("boltons==24.1.0", "boltons-*", ["tests"], [], []),
+    "docutils": ("docutils==0.21.2", "docutils-*", ["test"], [], []),
+    "trio": (
+        "trio==0.27.0",
+        "trio-*",
+        ["src/trio/_tests"],
+        ["trustme", "pyOpenSSL", "cryptography", "astor"],
+        ["-p", "trio._tests.pytest_plugin", "--skip-optional-imports"],
+    ),
 }
 
 

@@ -366,7 +366,7 @@ def test_the_sdist_holds_what_a_rust_toolchain_needs_to_build_the_wheel(tmp_path
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for needed in ("pyproject.toml", "Cargo.toml", "Cargo.lock", "src/main.rs", "interpreter/src/lib.rs",
-                   "kernel/build.rs", "kernel/python/stepkernel_worker/worker.py", "kernelspec/kernel.json",
+                   "kernel/build.rs", "worker/stepkernel_worker/worker.py", "kernelspec/kernel.json",
                    "python/stepkernel/__main__.py", "python/stepkernel.data/purelib/_stepkernel_pytest.py",
                    "python/stepkernel.data/data/share/jupyter/kernels/stepkernel/kernel.json"):
         assert needed in names, needed

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from stepdata import build_report
 
-REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BINARY = os.path.join(REPO, "target", "debug", "stepkernel")
 
 

@@ -2,7 +2,7 @@
 
 Not part of the default test run. Usage::
 
-    python kernel/python/tests/real_suites.py --workdir /tmp/real [--install] [--stepkernel BIN] [SUITE...]
+    python worker/tests/real_suites.py --workdir /tmp/real [--install] [--stepkernel BIN] [SUITE...]
 
 With ``--stepkernel target/release/stepkernel`` the stepped side is the whole
 ``stepkernel run --on-error fail`` path, run twice (cold, then warm step
@@ -71,16 +71,16 @@ SUITES = {
     "python-dotenv": ("python-dotenv==1.0.1", "python_dotenv-*", ["tests"], ["sh"], []),
     "natsort": ("natsort==8.4.0", "natsort-*", ["tests"], ["hypothesis", "pytest-mock"], []),
     "jinja2": ("jinja2==3.1.4", "jinja2-*", ["tests"], ["trio"], []),
-    "wrapt": ("wrapt==1.17.2", "wrapt-*", ["tests"], [], []),
+    "wrapt": ("wrapt==2.0.1", "wrapt-*", ["tests"], [], []),
     "networkx": ("networkx==3.4.2", "networkx-*", ["networkx"], [], []),
-    "boltons": ("boltons==24.1.0", "boltons-*", ["tests"], [], []),
     "docutils": ("docutils==0.21.2", "docutils-*", ["test"], [], []),
     "trio": (
         "trio==0.27.0",
         "trio-*",
-        ["src/trio/_tests"],
+        [],
         ["trustme", "pyOpenSSL", "cryptography", "astor"],
-        ["-p", "trio._tests.pytest_plugin", "--skip-optional-imports"],
+        # The tests live in the installed package (the sdist's copy is another module).
+        ["-p", "trio._tests.pytest_plugin", "--skip-optional-imports", "--pyargs", "trio._tests"],
     ),
 }
 

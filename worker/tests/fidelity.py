@@ -13,7 +13,7 @@ import xml.etree.ElementTree as ET
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUN_STEPPED = os.path.join(HERE, "run_stepped.py")
 CASES = os.path.join(HERE, "cases")
-REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 
 
 def shared_fidelity_dir() -> str | None:

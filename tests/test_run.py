@@ -434,7 +434,7 @@ def test_engine_hard_cases_match_plain_pytest_through_the_kernel(tmp_path, run_s
 
     from conftest import ROOT
 
-    for f in (ROOT / "kernel" / "python" / "tests" / "cases").glob("*.py"):
+    for f in (ROOT / "worker" / "tests" / "cases").glob("*.py"):
         shutil.copy(f, tmp_path / f.name)
     subprocess.run(
         [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", "."],

@@ -39,6 +39,13 @@ class StepSpec:
         return self.record[STEP_FIELDS.index(name)]
 
     @property
+    def plan_ids(self) -> tuple:
+        """Test plan ids the step marker names (``# step: log in [TP-101]``)."""
+        i = STEP_FIELDS.index("plan_ids")
+        ids = self.record[i] if len(self.record) > i else None
+        return ids if type(ids) is tuple else ()
+
+    @property
     def source(self) -> str:
         """The step's text in the file (what an edit replaces), read when first needed."""
         if self._source is None:

@@ -78,6 +78,8 @@ class TestRecord:
     item: Any = None
     #: Test plan ids of the whole test (``@pytest.mark.plan``).
     plan_ids: tuple = ()
+    #: A step hook said "fail": the error it ends with needs no pause after the test either.
+    settled: bool = False
 
 
 class Engine:

@@ -226,7 +226,7 @@ class SteppingPlugin:
         if call.when != "call" or call.excinfo is None or record is None:
             return
         exc = call.excinfo.value
-        if record.paused or record.id != getattr(node, "nodeid", None) or not engine.wants_pause(exc):
+        if record.paused or record.settled or record.id != getattr(node, "nodeid", None) or not engine.wants_pause(exc):
             return
         from .live_pause import post_mortem
 

@@ -240,7 +240,11 @@ def _error(engine: Engine, frame: types.FrameType, index: int, exc: BaseExceptio
     if decision == "skip":
         engine.mark_forced(steps, index)
         return 2
-    if decision == "fail" or (decision is None and not engine.wants_pause(exc)):
+    if decision == "fail":
+        if engine.current is not None:
+            engine.current.settled = True
+        return 0
+    if decision is None and not engine.wants_pause(exc):
         return 0
     if isinstance(exc, KeyboardInterrupt):
         INTERRUPTED[0] = 0

@@ -110,10 +110,15 @@ class StepHooks:
             text = error = message or ""
         where = f" at step {step.index} ({step.name})" if step is not None else ""
         test = record.id if record is not None else ""
-        sys.stderr.write(f"stepkernel: hook {name} failed in {test}{where}; the run goes on:\n{text}")
-        if not text.endswith("\n"):
-            sys.stderr.write("\n")
-        sys.stderr.flush()
+        # To the terminal, past pytest's output capture.
+        try:
+            with self.engine.pause_context():
+                sys.stderr.write(f"stepkernel: hook {name} failed in {test}{where}; the run goes on:\n{text}")
+                if not text.endswith("\n"):
+                    sys.stderr.write("\n")
+                sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - the event below still says it
+            pass
         self.engine.emit("hook_error", hook=name, test=test, index=step.index if step else None,
                          name=step.name if step else None, error=error, traceback=text)
 

@@ -52,6 +52,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option, action="store_true", default=False, help=help_text)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered with or without --stepkernel, so `--strict-markers` runs alike under plain pytest and stepkernel.
+    config.addinivalue_line("markers", "plan(*ids): test plan items the test covers (stepkernel reports by them)")
+
+
 def _inside_worker() -> bool:
     """True in stepkernel's worker (and processes it starts): never hand over again."""
     return "stepkernel_worker" in sys.modules or _WORKER_ENV in os.environ

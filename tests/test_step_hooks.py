@@ -290,3 +290,26 @@ def test_a_hooks_module_that_cannot_be_used_is_a_usage_error(tmp_path, module, s
     assert says in output
     assert not of(events, "test_start")
     assert not (project / "service.calls").exists()
+
+
+def test_a_misnamed_hook_or_argument_is_reported_not_ignored(tmp_path):
+    project = write_project(tmp_path / "p", {
+        "conftest.py": '''
+            def stepkernel_step_eror(item, step, excinfo):
+                return "retry"
+            ''',
+        "sub/conftest.py": '''
+            def stepkernel_step_error(item, stp, excinfo):
+                return "retry"
+            ''',
+        "sub/test_s.py": '''
+            def test_s():
+                assert 1 == 2
+            ''',
+    })
+    code, output, events = run(project, "sub/test_s.py", "--on-error", "fail")
+    assert code == 1, output
+    assert "no step hook is named stepkernel_step_eror" in output and "it is never called" in output
+    assert "sub/conftest.py: its step hooks are not used" in output and "stp" in output
+    assert len(of(events, "hook_error")) == 2
+    assert not of(events, "hook_decision")

@@ -25,6 +25,10 @@ _RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
      {"metavar": "auto|FIRST-LAST", "help": "kernel ports: auto or a range of five, e.g. 9000-9004"}),
     ("--stepkernel-step-marker", "--step-marker",
      {"metavar": "REGEX", "help": "regex for step marker comments, one capture group for the name"}),
+    ("--stepkernel-plan-id", "--plan-id",
+     {"metavar": "REGEX", "help": "regex for one test plan id in `# step: NAME [ID, ID]`"}),
+    ("--stepkernel-hooks", "--hooks",
+     {"metavar": "MODULE", "help": "a module of step hooks (stepkernel_step_error, ...) as plain functions"}),
     ("--stepkernel-external-dir", "--external-dir",
      {"metavar": "DIR", "help": "jupyter_server's external kernels directory"}),
 ]

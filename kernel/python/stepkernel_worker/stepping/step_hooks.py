@@ -85,6 +85,10 @@ class StepHooks:
         self._make_excinfo = make_excinfo or (lambda exc: ExcInfo(type(exc), exc, exc.__traceback__))
         #: Whether start/finish hooks exist (then the engine stops at every step boundary).
         self.on_steps = False
+        #: The hook names some plugin implements (the others are not even prepared for).
+        self.implemented: set[str] = set(HOOK_NAMES)
+        #: A context in which output reaches the terminal (past pytest's capture).
+        self.terminal: Callable[[], Any] = lambda: engine.pause_context()
         self._attempts: dict[tuple, int] = {}
 
     # ------------------------------------------------------------- the calls
@@ -110,10 +114,14 @@ class StepHooks:
             text = error = message or ""
         where = f" at step {step.index} ({step.name})" if step is not None else ""
         test = record.id if record is not None else ""
+        if test:
+            headline = f"stepkernel: hook {name} failed in {test}{where}; the run goes on:\n{text}"
+        else:
+            headline = f"stepkernel: hook {name}: {text}"
         # To the terminal, past pytest's output capture.
         try:
-            with self.engine.pause_context():
-                sys.stderr.write(f"stepkernel: hook {name} failed in {test}{where}; the run goes on:\n{text}")
+            with self.terminal():
+                sys.stderr.write(headline)
                 if not text.endswith("\n"):
                     sys.stderr.write("\n")
                 sys.stderr.flush()
@@ -140,6 +148,8 @@ class StepHooks:
 
     def error(self, steps: FunctionSteps, index: int, key: Any, exc: BaseException) -> str | None:
         """The error hook's answer for a failing step (None: the pause policy decides)."""
+        if "stepkernel_step_error" not in self.implemented:
+            return None
         record = self.engine.current
         step = self.step(steps, index, key)
         try:
@@ -161,6 +171,8 @@ class StepHooks:
         return answer
 
     def pause(self, steps: FunctionSteps | None, index: int, info: dict) -> None:
+        if "stepkernel_pause" not in self.implemented:
+            return
         record = self.engine.current
         step = self.step(steps, index) if steps is not None and index < len(steps.steps) else None
         full = dict(info)
@@ -249,21 +261,42 @@ def pytest_hooks(engine: Engine) -> tuple[StepHooks, Callable[..., None]]:
         return pytest.ExceptionInfo.from_exc_info((type(exc), exc, exc.__traceback__))
 
     hooks = StepHooks(engine, callers, make_excinfo=make_excinfo)
+    hooks.implemented = set()
+    seen: dict[str, Any] = {}
+
+    def terminal():
+        import contextlib
+
+        capman = seen["pm"].getplugin("capturemanager") if seen.get("pm") is not None else None
+        return capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext()
+
+    hooks.terminal = terminal
 
     def register(plugin: Any, pytest_manager: Any = None) -> None:
+        if pytest_manager is not None:
+            seen["pm"] = pytest_manager
         if plugin is None or manager.is_registered(plugin):
             return
         try:
-            if not any(callable(getattr(plugin, n, None)) for n in HOOK_NAMES):
-                return
+            names = [n for n in dir(plugin) if n.startswith("stepkernel_") and callable(getattr(plugin, n, None))]
         except Exception:  # noqa: BLE001 - an object whose attributes raise is no hook plugin
+            return
+        if not names:
+            return
+        label = getattr(plugin, "__file__", None) or repr(plugin)
+        for unknown in sorted(set(names) - set(HOOK_NAMES)):
+            hooks.report(unknown, None, None, None, f"{label}: no step hook is named {unknown} "
+                         f"(the hooks: {', '.join(HOOK_NAMES)}); it is never called")
+        if not set(names) & set(HOOK_NAMES):
             return
         name = pytest_manager.get_name(plugin) if pytest_manager is not None else None
         try:
             manager.register(plugin, name=name)
         except Exception as exc:  # noqa: BLE001 - e.g. a hook with an argument no spec has
-            hooks.report("registering", None, None, exc)
+            hooks.report("registering", None, None, None,
+                         f"{label}: its step hooks are not used: {type(exc).__name__}: {exc}")
             return
+        hooks.implemented = {n for n in HOOK_NAMES if getattr(manager.hook, n).get_hookimpls()}
         path = getattr(plugin, "__file__", None)
         if path and os.path.basename(path) == "conftest.py":
             conftests[id(plugin)] = (plugin, os.path.dirname(os.path.abspath(path)))

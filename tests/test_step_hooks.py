@@ -313,3 +313,46 @@ def test_a_misnamed_hook_or_argument_is_reported_not_ignored(tmp_path):
     assert "sub/conftest.py: its step hooks are not used" in output and "stp" in output
     assert len(of(events, "hook_error")) == 2
     assert not of(events, "hook_decision")
+
+
+def test_unittest_runner_takes_hooks_from_the_entry_point_group(tmp_path):
+    """An installed package's `stepkernel.hooks` entry point (a real .dist-info that importlib.metadata reads)."""
+    project = example(tmp_path)
+    site = tmp_path / "site"
+    info = site / "acme_hooks-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-hooks\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[stepkernel.hooks]\nretry = retry_hooks\nbroken = acme_missing_module\n")
+    code, output, events = run(project, "--runner", "unittest", "tests/test_service_unittest.py",
+                               env={**FAST, "PYTHONPATH": str(site)})
+    assert code == 0, output
+    assert [d["attempt"] for d in of(events, "hook_decision")] == [1, 2]
+    # The entry point that cannot load is reported, and the run goes on without it.
+    assert "entry point broken (acme_missing_module) is not used" in output
+    [error] = of(events, "hook_error")
+    assert error["hook"] == "stepkernel.hooks" and "acme_missing_module" in error["error"]
+
+
+def test_pytest_outcomes_raised_by_a_hook_act_on_the_test(tmp_path):
+    project = write_project(tmp_path / "p", {
+        "conftest.py": '''
+            import pytest
+
+
+            def stepkernel_step_start(item, step):
+                if step.name == "needs network":
+                    pytest.skip("no network here")
+            ''',
+        "test_n.py": '''
+            def test_n():
+                # step: prepare
+                x = 1
+                # step: needs network
+                assert x == 2
+            ''',
+    })
+    code, output, events = run(project, "--", "-rs")
+    assert code == 0, output
+    assert "SKIPPED [1] conftest.py:6: no network here" in output
+    assert [e["outcome"] for e in of(events, "test_finish")] == ["skipped"]
+    assert not of(events, "hook_error")

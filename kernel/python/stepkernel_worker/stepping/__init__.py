@@ -173,10 +173,9 @@ def run(
         else:
             from .unittest_runner import run_unittest
 
-            if getattr(host, "hooks_module", None):
-                from .step_hooks import module_hooks
+            from .step_hooks import module_hooks
 
-                engine.step_hooks = module_hooks(engine, host.hooks_module)
+            engine.step_hooks = module_hooks(engine, getattr(host, "hooks_module", None))
             code = run_unittest(engine, list(args), junit_xml)
         if code == 0 and engine.counts.get("fixed"):
             code = 1

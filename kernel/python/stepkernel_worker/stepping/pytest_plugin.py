@@ -87,6 +87,7 @@ class SteppingPlugin:
 
     def pytest_configure(self, config):
         self.config = config
+        # (Installed packages register hooks as pytest11 plugins: pytest loads them.)
         module = getattr(self.engine.host, "hooks_module", None)
         if module:
             from .step_hooks import import_hooks_module

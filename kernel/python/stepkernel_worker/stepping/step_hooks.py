@@ -330,10 +330,32 @@ def import_hooks_module(module_name: str) -> Any:
     return module
 
 
-def module_hooks(engine: Engine, module_name: str) -> StepHooks:
-    """Step hooks from the plain functions of ``module_name`` (``--hooks``)."""
-    module = import_hooks_module(module_name)
-    found = {name: getattr(module, name) for name in HOOK_NAMES if callable(getattr(module, name, None))}
+#: Installed packages offer hooks modules under this entry point group (``[project.entry-points."stepkernel.hooks"]``).
+ENTRY_POINT_GROUP = "stepkernel.hooks"
+
+
+def entry_point_plugins(report: Callable[[str, str], None]) -> list[Any]:
+    """The objects of the ``stepkernel.hooks`` entry points (one that fails to load is reported and left out)."""
+    from importlib.metadata import entry_points
+
+    try:
+        found = list(entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as exc:  # noqa: BLE001 - broken package metadata
+        report(ENTRY_POINT_GROUP, f"cannot read the entry points: {type(exc).__name__}: {exc}")
+        return []
+    plugins = []
+    for entry in sorted(found, key=lambda e: e.name):
+        try:
+            plugins.append(entry.load())
+        except Exception as exc:  # noqa: BLE001 - a broken plugin never breaks the run
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            report(ENTRY_POINT_GROUP, f"entry point {entry.name} ({entry.value}) is not used: cannot load it:\n{text}")
+    return plugins
+
+
+def module_hooks(engine: Engine, module_name: str | None) -> StepHooks | None:
+    """Step hooks from the plain functions of ``module_name`` (``--hooks``), then of the
+    ``stepkernel.hooks`` entry points (None: there are none)."""
     import inspect
 
     def wrap(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -347,7 +369,38 @@ def module_hooks(engine: Engine, module_name: str) -> StepHooks:
         # Like pluggy: a hook takes the arguments it names.
         return lambda **kwargs: function(**{k: v for k, v in kwargs.items() if k in names})
 
-    wrapped = {name: wrap(function) for name, function in found.items()}
-    hooks = StepHooks(engine, lambda item, name: wrapped.get(name))
-    hooks.on_steps = "stepkernel_step_start" in wrapped or "stepkernel_step_finish" in wrapped
+    pending: list[tuple[str, str]] = []
+    modules = [import_hooks_module(module_name)] if module_name else []
+    modules += entry_point_plugins(lambda name, message: pending.append((name, message)))
+    impls: dict[str, list[Callable[..., Any]]] = {}
+    for module in modules:
+        for name in HOOK_NAMES:
+            function = getattr(module, name, None)
+            if callable(function):
+                impls.setdefault(name, []).append(wrap(function))
+    if not impls and not pending:
+        return None
+
+    def call_all(name: str, functions: list[Callable[..., Any]]) -> Callable[..., Any]:
+        first = name == "stepkernel_step_error"
+
+        def call(**kwargs: Any) -> Any:
+            for function in functions:
+                try:
+                    answer = function(**kwargs)
+                except Exception as exc:  # noqa: BLE001 - reported; the others still run
+                    hooks.report(name, engine.current, kwargs.get("step"), exc)
+                    continue
+                if first and answer is not None:
+                    return answer
+            return None
+
+        return call
+
+    callers = {name: call_all(name, functions) for name, functions in impls.items()}
+    hooks = StepHooks(engine, lambda item, name: callers.get(name))
+    hooks.implemented = set(callers)
+    hooks.on_steps = "stepkernel_step_start" in callers or "stepkernel_step_finish" in callers
+    for name, message in pending:
+        hooks.report(name, None, None, None, message)
     return hooks

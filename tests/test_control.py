@@ -138,6 +138,8 @@ def test_status_of_running_then_paused_session(tmp_path, run_session):
     assert status["running"]["test"] == "test_g.py::test_held"
     assert status["running"]["file"] == "test_g.py"
     assert status["done"] == 0 and status["paused"] is None
+    text = subprocess.run([stepkernel_bin(), "status", where(project)], capture_output=True, text=True, timeout=60)
+    assert "running: test_g.py::test_held in test_g.py (the step is shown with step events on" in text.stdout
     gate(project, "gate1")
     session.wait_paused()
     status, _ = status_json(project)
@@ -238,6 +240,8 @@ def test_status_shows_the_running_step_with_step_events(tmp_path, run_session):
     running = status_json(project)[0]["running"]
     assert running["test"] == "test_g.py::test_held"
     assert running["index"] == 0 and running["name"] == 'wait_gate("gate1")' and running["line"] == 14
+    text = subprocess.run([stepkernel_bin(), "status", where(project)], capture_output=True, text=True, timeout=60)
+    assert 'running: test_g.py::test_held step 0 (wait_gate("gate1")) at test_g.py:14' in text.stdout
     gate(project, "gate1")
     assert session.wait_exit() == 0
 

@@ -556,7 +556,8 @@ class Engine:
     def step_error_decision(self, steps: FunctionSteps, index: int, exc: BaseException, frame: Any) -> str | None:
         """What a ``stepkernel_step_error`` hook answers for this error (None: no hook, or no answer)."""
         hooks = self.step_hooks
-        if hooks is None or isinstance(exc, control_exceptions()):
+        # Not about the user's Ctrl-C: a blanket "retry" would make it unstoppable.
+        if hooks is None or isinstance(exc, (KeyboardInterrupt, *control_exceptions())):
             return None
         return hooks.error(steps, index, frame, exc)
 

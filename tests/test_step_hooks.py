@@ -356,3 +356,22 @@ def test_pytest_outcomes_raised_by_a_hook_act_on_the_test(tmp_path):
     assert "SKIPPED [1] conftest.py:6: no network here" in output
     assert [e["outcome"] for e in of(events, "test_finish")] == ["skipped"]
     assert not of(events, "hook_error")
+
+
+def test_a_hook_that_always_retries_cannot_hang_the_run(tmp_path):
+    project = write_project(tmp_path / "p", {
+        "conftest.py": '''
+            def stepkernel_step_error(item, step, excinfo):
+                return "retry"
+            ''',
+        "test_x.py": '''
+            def test_x():
+                assert 1 == 2
+            ''',
+    })
+    code, output, events = run(project, "--on-error", "fail")
+    assert code == 1
+    assert len(of(events, "hook_decision")) == 100
+    [error] = of(events, "hook_error")
+    assert "asked for a retry 100 times in a row; the pause policy decides now" in error["error"]
+    assert [e["outcome"] for e in of(events, "test_finish")] == ["failed"]

@@ -12,7 +12,8 @@ pub struct Report {
     /// Subtests by outcome, from `test_finish` events that carry `subtests`.
     subtests: BTreeMap<String, u64>,
     by_method: BTreeMap<String, u64>,
-    by_error: BTreeMap<(String, String), (u64, Vec<String>)>,
+    /// (type, first line) -> count, tests, and the plan ids those tests trace to.
+    by_error: BTreeMap<(String, String), (u64, Vec<String>, Vec<Value>)>,
     failures: Vec<Value>,
     last_pause: Option<Value>,
     edits: u64,
@@ -256,6 +257,8 @@ impl Report {
         let entry = self.by_error.entry((kind, message)).or_default();
         entry.0 += 1;
         entry.1.push(id.to_string());
+        let plan_ids = plan_ids_of(test);
+        entry.2 = merged(std::mem::take(&mut entry.2), &plan_ids);
         let pause = self
             .last_pause
             .take()
@@ -276,6 +279,7 @@ impl Report {
             "locals": pick("locals"),
             "globals": pick("globals"),
             "longrepr": event.get("longrepr"),
+            "plan_ids": plan_ids,
         }));
     }
 
@@ -299,8 +303,9 @@ impl Report {
         let mut by_error: Vec<Value> = self
             .by_error
             .iter()
-            .map(|((kind, message), (count, tests))| {
-                json!({"type": kind, "message": message, "count": count, "tests": tests})
+            .map(|((kind, message), (count, tests, plan_ids))| {
+                json!({"type": kind, "message": message, "count": count, "tests": tests,
+                       "plan_ids": plan_ids})
             })
             .collect();
         by_error.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));

@@ -192,7 +192,7 @@ pub fn render(report: &Value, by: By) -> String {
                 .collect(),
         ),
         By::Error => columns(
-            &["count", "error", "tests"],
+            &["count", "error", "plan", "tests"],
             rows.iter()
                 .map(|e| {
                     let kind = e["type"].as_str().unwrap_or("");
@@ -204,6 +204,7 @@ pub fn render(report: &Value, by: By) -> String {
                         } else {
                             format!("{kind}: {message}")
                         },
+                        ids(&e["plan_ids"]),
                         ids(&e["tests"]),
                     ]
                 })
@@ -261,8 +262,13 @@ mod tests {
         );
         let errors = render(&report, By::Error);
         assert!(
-            errors.contains("AssertionError: assert 1 == 2  t.py::test_b"),
+            errors.contains("AssertionError: assert 1 == 2  TP-101  t.py::test_b"),
             "{errors}"
+        );
+        assert_eq!(report["failures"][0]["plan_ids"], json!(["TP-101"]));
+        assert_eq!(
+            report["failures_by_error"][0]["plan_ids"],
+            json!(["TP-101"])
         );
     }
 

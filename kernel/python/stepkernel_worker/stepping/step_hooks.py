@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
 __tracebackhide__ = True
 __unittest = True
 
+#: Retries of one step in one call that a hook may ask for; then the pause policy decides (no endless loop).
+MAX_RETRIES = 100
 HOOK_NAMES = ("stepkernel_step_start", "stepkernel_step_finish", "stepkernel_step_error", "stepkernel_pause")
 ERROR_ANSWERS = ("pause", "retry", "fail", "skip")
 
@@ -165,6 +167,10 @@ class StepHooks:
             return None
         if answer == "retry":
             attempt_key = (id(key), steps.code, index)
+            if self._attempts.get(attempt_key, 0) >= MAX_RETRIES:
+                self.report("stepkernel_step_error", record, step, None,
+                            f"asked for a retry {MAX_RETRIES} times in a row; the pause policy decides now")
+                return None
             self._attempts[attempt_key] = self._attempts.get(attempt_key, 0) + 1
         self.engine.emit("hook_decision", test=step.test, phase=step.phase, index=index, name=step.name,
                          decision=answer, attempt=step.attempt, error=_error_text(exc))

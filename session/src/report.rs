@@ -12,8 +12,8 @@ pub struct Report {
     /// Subtests by outcome, from `test_finish` events that carry `subtests`.
     subtests: BTreeMap<String, u64>,
     by_method: BTreeMap<String, u64>,
-    /// (type, first line) -> count, tests, and the plan ids those tests trace to.
-    by_error: BTreeMap<(String, String), (u64, Vec<String>, Vec<Value>)>,
+    /// Failures by (type, first line of the message).
+    by_error: BTreeMap<(String, String), ErrorGroup>,
     failures: Vec<Value>,
     last_pause: Option<Value>,
     edits: u64,
@@ -22,6 +22,14 @@ pub struct Report {
     phases: Value,
     /// The current test's own plan ids (`@pytest.mark.plan`, from `test_start`).
     test_plan_ids: Vec<Value>,
+}
+
+/// The failures of one (type, first line): how many, of which tests, tracing to which plan ids.
+#[derive(Default)]
+struct ErrorGroup {
+    count: u64,
+    tests: Vec<String>,
+    plan_ids: Vec<Value>,
 }
 
 /// Plan ids of an event or entry (`plan_ids`), empty when it has none.
@@ -255,10 +263,10 @@ impl Report {
         let (kind, message) = split_error(&error);
         *self.by_method.entry(method_of(id)).or_default() += 1;
         let entry = self.by_error.entry((kind, message)).or_default();
-        entry.0 += 1;
-        entry.1.push(id.to_string());
+        entry.count += 1;
+        entry.tests.push(id.to_string());
         let plan_ids = plan_ids_of(test);
-        entry.2 = merged(std::mem::take(&mut entry.2), &plan_ids);
+        entry.plan_ids = merged(std::mem::take(&mut entry.plan_ids), &plan_ids);
         let pause = self
             .last_pause
             .take()
@@ -303,9 +311,9 @@ impl Report {
         let mut by_error: Vec<Value> = self
             .by_error
             .iter()
-            .map(|((kind, message), (count, tests, plan_ids))| {
-                json!({"type": kind, "message": message, "count": count, "tests": tests,
-                       "plan_ids": plan_ids})
+            .map(|((kind, message), group)| {
+                json!({"type": kind, "message": message, "count": group.count,
+                       "tests": group.tests, "plan_ids": group.plan_ids})
             })
             .collect();
         by_error.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));

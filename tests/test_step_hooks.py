@@ -375,3 +375,50 @@ def test_a_hook_that_always_retries_cannot_hang_the_run(tmp_path):
     [error] = of(events, "hook_error")
     assert "asked for a retry 100 times in a row; the pause policy decides now" in error["error"]
     assert [e["outcome"] for e in of(events, "test_finish")] == ["failed"]
+
+
+def test_retry_in_an_async_test_with_step_events_on(tmp_path):
+    project = write_project(tmp_path / "p", {
+        "conftest.py": '''
+            def stepkernel_step_error(item, step, excinfo):
+                if isinstance(excinfo.value, ConnectionError) and step.attempt < 3:
+                    return "retry"
+            ''',
+        "test_async.py": '''
+            import asyncio
+
+            import pytest
+
+            CALLS = [0]
+
+
+            async def fetch():
+                await asyncio.sleep(0)
+                CALLS[0] += 1
+                if CALLS[0] < 3:
+                    raise ConnectionError(f"down ({CALLS[0]})")
+                return "ok"
+
+
+            @pytest.mark.asyncio
+            async def test_fetch():
+                # step: fetch [TP-9]
+                answer = await fetch()
+                # step: check
+                assert answer == "ok"
+            ''',
+    })
+    code, output, events = run(project, env={"STEPKERNEL_STEP_EVENTS": "1"})
+    assert code == 0, output
+    steps = [(e["event"], e["index"], e.get("status")) for e in events if e["event"] in ("step_start", "step_finish")]
+    assert steps == [
+        ("step_start", 0, None), ("step_finish", 0, "failed"),
+        ("step_start", 0, None), ("step_finish", 0, "failed"),
+        ("step_start", 0, None), ("step_finish", 0, "passed"),
+        ("step_start", 1, None), ("step_finish", 1, "passed"),
+    ]
+    assert all(e["plan_ids"] == ["TP-9"] for e in events if e["event"] == "step_start" and e["index"] == 0)
+    report = json.loads((project / ".stepkernel" / "one" / "report.json").read_text())
+    fetch_step = report["tests"][0]["steps"][0]
+    assert fetch_step["status"] == "passed" and fetch_step["failed_attempts"] == 2
+    assert fetch_step["duration_s"] is not None and fetch_step["error"] == "ConnectionError: down (2)"  # the last error before it passed

@@ -421,4 +421,5 @@ def test_retry_in_an_async_test_with_step_events_on(tmp_path):
     report = json.loads((project / ".stepkernel" / "one" / "report.json").read_text())
     fetch_step = report["tests"][0]["steps"][0]
     assert fetch_step["status"] == "passed" and fetch_step["failed_attempts"] == 2
-    assert fetch_step["duration_s"] is not None and fetch_step["error"] == "ConnectionError: down (2)"  # the last error before it passed
+    # The last error before it passed.
+    assert fetch_step["duration_s"] is not None and fetch_step["error"] == "ConnectionError: down (2)"

@@ -87,7 +87,8 @@ def main() -> None:
         projects[name] = root
     steps_run = count * 31
     times: dict[str, list[float]] = {name: [] for name in projects}
-    argv = [os.path.abspath(args.stepkernel), "run", "--python", os.path.abspath(args.python), "--on-error", "fail", "--quiet", "--linger", "0"]
+    argv = [os.path.abspath(args.stepkernel), "run", "--python", os.path.abspath(args.python),
+            "--on-error", "fail", "--quiet", "--linger", "0"]
     for name, root in projects.items():  # warm: .pyc files of both pytest and the stepped modules
         timed(argv, root)
     for _ in range(args.rounds):

@@ -139,3 +139,27 @@ def test_unittest_junit_carries_step_marker_plan_ids(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert junit_plans(project / "out.xml") == {"test_a": ["TP-1", "TP-2"]}
     assert report(project, session, "plan")["rows"][0]["plan_id"] == "TP-1"
+
+
+def test_class_and_module_marks_tag_their_tests(tmp_path):
+    project = write_project(tmp_path / "p", {
+        "pytest.ini": PLANNED["pytest.ini"],
+        "test_c.py": '''
+            import pytest
+
+            pytestmark = pytest.mark.plan("TP-1")
+
+
+            @pytest.mark.plan("TP-2", "TP-3")
+            class TestC:
+                @pytest.mark.plan("TP-4")
+                def test_m(self):
+                    # step: go [TP-5]
+                    assert True
+            ''',
+    })
+    out, session, events = run(project, "test_c.py")
+    assert out.returncode == 0, out.stdout + out.stderr
+    [finish] = [e for e in events if e["event"] == "test_finish"]
+    assert finish["plan_ids"] == ["TP-4", "TP-2", "TP-3", "TP-1", "TP-5"]
+    assert junit_plans(project / "out.xml") == {"test_m": ["TP-4", "TP-2", "TP-3", "TP-1", "TP-5"]}

@@ -423,3 +423,12 @@ def test_retry_in_an_async_test_with_step_events_on(tmp_path):
     assert fetch_step["status"] == "passed" and fetch_step["failed_attempts"] == 2
     # The last error before it passed.
     assert fetch_step["duration_s"] is not None and fetch_step["error"] == "ConnectionError: down (2)"
+
+
+def test_hooks_module_under_pytest_is_one_more_plugin(tmp_path):
+    project = example(tmp_path)
+    (project / "conftest.py").unlink()
+    code, output, events = run(project, "--hooks", "retry_hooks", "tests/test_service.py::test_service_status",
+                               env=FAST)
+    assert code == 0, output
+    assert [d["attempt"] for d in of(events, "hook_decision")] == [1, 2]

@@ -163,3 +163,20 @@ def test_class_and_module_marks_tag_their_tests(tmp_path):
     [finish] = [e for e in events if e["event"] == "test_finish"]
     assert finish["plan_ids"] == ["TP-4", "TP-2", "TP-3", "TP-1", "TP-5"]
     assert junit_plans(project / "out.xml") == {"test_m": ["TP-4", "TP-2", "TP-3", "TP-1", "TP-5"]}
+
+
+def test_a_job_result_traces_outcomes_to_the_plan(tmp_path):
+    import sys
+
+    from conftest import ROOT
+
+    sys.path.insert(0, str(ROOT / "python"))
+    from stepkernel.client import Job
+
+    project = write_project(tmp_path / "p", PLANNED)
+    result = Job(tests=["test_login.py"], on_error="fail", python=PYTHON, cwd=project,
+                 stepkernel=stepkernel_bin()).run(timeout=90)
+    assert result.exit_code == 1
+    verdicts = {row["plan_id"]: row["outcomes"] for row in result.report["by_plan"]}
+    assert verdicts == {"TP-7": {"passed": 1}, "TP-101": {"passed": 1}, "TP-102": {"failed": 1, "passed": 1},
+                        "TP-103": {"failed": 1}}

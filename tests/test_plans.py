@@ -180,3 +180,30 @@ def test_a_job_result_traces_outcomes_to_the_plan(tmp_path):
     verdicts = {row["plan_id"]: row["outcomes"] for row in result.report["by_plan"]}
     assert verdicts == {"TP-7": {"passed": 1}, "TP-101": {"passed": 1}, "TP-102": {"failed": 1, "passed": 1},
                         "TP-103": {"failed": 1}}
+
+
+def test_report_magic_in_a_paused_session(tmp_path, run_session):
+    from conftest import execute
+
+    project = write_project(tmp_path / "p", PLANNED)
+    session = run_session(project, "test_login.py")
+    session.wait_paused()
+    client = session.client()
+
+    def shown(code):
+        reply, messages = execute(client, code)
+        text = "".join(c.get("data", {}).get("text/plain", "") for t, c in messages
+                       if t in ("display_data", "execute_result"))
+        return reply, text
+
+    # Paused in test_logout: test_login passed, its plan ids are counted already.
+    reply, text = shown("%report plan")
+    assert reply["status"] == "ok", reply
+    assert text.splitlines()[0].split()[0] == "plan"
+    assert any(line.startswith("TP-7 ") and "1 passed" in line for line in text.splitlines()), text
+    reply, text = shown("%report --by test")
+    assert "test_login.py::test_login" in text and "passed" in text
+    reply, _ = shown("%report owner")
+    assert reply["status"] == "error" and "usage: %report [test|step|plan|error]" in reply["evalue"]
+    execute(client, "%fail")
+    assert session.wait_exit() == 1

@@ -432,3 +432,15 @@ def test_hooks_module_under_pytest_is_one_more_plugin(tmp_path):
                                env=FAST)
     assert code == 0, output
     assert [d["attempt"] for d in of(events, "hook_decision")] == [1, 2]
+
+
+def test_pytest_stepkernel_passes_hooks_and_plan_id_to_the_run():
+    import importlib.util
+
+    path = ROOT / "python" / "stepkernel.data" / "purelib" / "_stepkernel_pytest.py"
+    spec = importlib.util.spec_from_file_location("_stepkernel_pytest_hooks_test", path)
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    mapped = {option: run_option for option, run_option, _ in plugin._RUN_OPTIONS}
+    assert mapped["--stepkernel-hooks"] == "--hooks" and mapped["--stepkernel-plan-id"] == "--plan-id"
+    assert plugin._pytest_args(["--stepkernel-hooks", "my_hooks", "-x", "--stepkernel-plan-id=REQ-[0-9]+"]) == ["-x"]

@@ -7,6 +7,7 @@ mod install;
 mod kernel_cmd;
 mod lab_cmd;
 mod python;
+mod report_cmd;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
@@ -46,6 +47,8 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// A session's state: where it is, tests done, counts, failures (live with --follow).
     Status(ctl_cmd::StatusArgs),
+    /// A session's results as a table by test, step, test plan id or error.
+    Report(report_cmd::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Steps(args) => steps::run(args),
         Command::Ctl(args) => ctl_cmd::ctl(args),
         Command::Status(args) => ctl_cmd::status(args),
+        Command::Report(args) => report_cmd::report(args),
     };
     match result {
         Ok(code) => code,

@@ -13,7 +13,8 @@
 //!   `{"type":"is_complete","id","code"}`
 //! - `{"type":"input_reply","value"}` (or `"interrupted": true`) answering an `input_request`
 //! - `{"type":"steps_reply","id","report"}` answering `need_steps` (same `id`)
-//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir","steps_fingerprint"}` runs tests
+//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir","steps_fingerprint","hooks","session"}` runs tests
+//!   (`hooks`: a `--hooks` module name; `session`: `{id, dir, connection_file}` for pause hooks)
 //!   (stepping engine; `steps_fingerprint` names the instrumenter and its options, see `need_steps`)
 //! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`
 //!   (or `"target"`: a function of the code under test), `{"type":"describe","id"}`,

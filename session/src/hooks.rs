@@ -459,6 +459,18 @@ impl RunHooks {
                 text: crate::status::render(&self.status()),
                 html: None,
             }),
+            "report" => {
+                let word = args.trim().trim_start_matches("--by").trim();
+                let word = if word.is_empty() { "test" } else { word };
+                let by = crate::report_table::By::parse(word).ok_or_else(|| {
+                    format!("usage: %report [test|step|plan|error] (not {word:?})")
+                })?;
+                let report = self.lock().report.to_json(&self.ctx.id, None);
+                Ok(MagicOutput {
+                    text: crate::report_table::render(&report, by),
+                    html: None,
+                })
+            }
             "queue" | "rerun" if self.with_live(LiveStatus::queue_ready) => Err(format!(
                 "%{name} is not a magic yet: `stepkernel ctl {name} ...` (or stepkernel.client's Session) does it"
             )),

@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub step_marker: Option<String>,
     /// Custom plan id regex.
     pub plan_id: Option<String>,
+    /// `--hooks MODULE`: step hooks as plain functions of an importable module.
+    pub hooks: Option<String>,
     /// Less output.
     pub quiet: bool,
     /// Let a client's shutdown_request end the session.
@@ -222,6 +224,13 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         "runner": opts.runner,
         "on_error": opts.on_error,
         "junit_xml": opts.junit_xml.as_ref().map(|p| opts.rootdir.join(p).display().to_string()),
+        "hooks": opts.hooks,
+        // What a `stepkernel_pause` hook tells about attaching.
+        "session": {
+            "id": id,
+            "dir": dir.display().to_string(),
+            "connection_file": dir.join("connection.json").display().to_string(),
+        },
     });
     // A project directory whose name is not UTF-8 goes as bytes too (lossless).
     run_message

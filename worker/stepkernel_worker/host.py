@@ -60,7 +60,12 @@ class PausedHandler(Protocol):
 
 
 class Host(Protocol):
-    """Services the worker gives the engine."""
+    """Services the worker gives the engine.
+
+    Optional attributes: ``hooks_module`` (``--hooks MODULE``: step hooks as
+    plain functions) and ``session_info`` (``{id, dir, connection_file}``,
+    what ``stepkernel_pause`` hooks are told about attaching).
+    """
 
     def emit(self, event: dict) -> None:
         """Publish a progress event; every event is flat JSON with ``event`` and ``time``.
@@ -74,7 +79,11 @@ class Host(Protocol):
         ``edit`` (test, phase, index, name, file, start_line, end_line),
         ``test_finish`` (test, outcome, duration_s, longrepr) and ``summary``
         (one count per outcome: passed, failed, error, skipped, xfailed,
-        xpassed, fixed, forced; total, edits, exit_code, aborted, duration_s).
+        xpassed, fixed, forced; total, edits, exit_code, aborted, duration_s);
+        step hooks add ``hook_decision`` (test, phase, index, name, decision,
+        attempt, error) and ``hook_error`` (hook, test, index, name, error,
+        traceback). ``test_start``, ``test_finish`` and step events carry
+        ``plan_ids`` when the test or step has any.
         ``test`` is pytest's node id (``path::Class::name``, relative to the
         rootdir) under both runners.
 

@@ -682,6 +682,9 @@ class Worker:
 
         self.current_id = message["id"]
         self.steps_fingerprint = message.get("steps_fingerprint")
+        #: ``--hooks MODULE`` and the session's attach details (for ``stepkernel_pause`` hooks).
+        self.hooks_module = message.get("hooks")
+        self.session_info = message.get("session") or {}
         exit_code = 3
         self.executing = True
         self.last_summary = None

@@ -104,6 +104,20 @@ def _in_rootdir(rootdir: str):
                 sys.path.remove(added)
 
 
+def _check_hooks_module(host: Any) -> str | None:
+    """Why the ``--hooks`` module cannot be used (None: it can, or there is none)."""
+    module = getattr(host, "hooks_module", None)
+    if not module:
+        return None
+    from .step_hooks import HooksModuleError, import_hooks_module
+
+    try:
+        import_hooks_module(module)
+    except HooksModuleError as exc:
+        return str(exc)
+    return None
+
+
 def run(
     host: Any,
     args: list[str],
@@ -139,7 +153,11 @@ def run(
             python=sys.version.split()[0],
             pid=os.getpid(),
         )
-        if runner == "pytest":
+        hooks_error = _check_hooks_module(host)
+        if hooks_error is not None:
+            print(f"stepkernel: error: {hooks_error}", file=sys.stderr)
+            code = 4
+        elif runner == "pytest":
             try:
                 from .pytest_plugin import run_pytest
             except ImportError as exc:
@@ -155,6 +173,9 @@ def run(
         else:
             from .unittest_runner import run_unittest
 
+            from .step_hooks import module_hooks
+
+            engine.step_hooks = module_hooks(engine, getattr(host, "hooks_module", None))
             code = run_unittest(engine, list(args), junit_xml)
         if code == 0 and engine.counts.get("fixed"):
             code = 1

@@ -74,6 +74,12 @@ class TestRecord:
     paused: bool = False
     #: Predicate telling whether an error is expected (xfail): then no pause.
     expects_failure: Callable[[BaseException], bool] | None = None
+    #: What step hooks get as ``item`` (pytest's item, the unittest TestCase).
+    item: Any = None
+    #: Test plan ids of the whole test (``@pytest.mark.plan``).
+    plan_ids: tuple = ()
+    #: A step hook said "fail": the error it ends with needs no pause after the test either.
+    settled: bool = False
 
 
 class Engine:
@@ -112,6 +118,9 @@ class Engine:
         self.step_events = step_events
         self._step_start: float | None = None
         self._open_step: tuple[FunctionSteps, int] | None = None
+        #: Step hooks of plugins and conftest.py (``step_hooks.StepHooks``; None: none).
+        self.step_hooks: Any = None
+        self._open_frame: Any = None
         self.pause_context: Callable[[], Any] = contextlib.nullcontext
         #: pytest's assertion rewriter for edited steps, ``(module_ast) -> None`` per file.
         self.rewriter: Callable[[Any, bytes, str], None] | None = None
@@ -236,13 +245,16 @@ class Engine:
                 "steps": 1,
                 "stepped": False,
             }, None
-        return {
+        phase = {
             "name": steps.phase_name or name,
             "function": steps.qualname,
             "steps": len(steps.steps),
             "stepped": True,
             "step_names": [s.name for s in steps.steps],
-        }, steps.code
+        }
+        if any(s.plan_ids for s in steps.steps):
+            phase["step_plan_ids"] = [list(s.plan_ids) for s in steps.steps]
+        return phase, steps.code
 
     def phase_of(self, steps: FunctionSteps) -> str:
         return steps.phase_name or "test"
@@ -264,11 +276,22 @@ class Engine:
 
     # ------------------------------------------------------------------ tests
 
-    def begin_test(self, test_id: str, file: str | None, phases: list[dict], pausable=()) -> TestRecord:
-        record = TestRecord(id=test_id, file=file, phases=phases, pausable=frozenset(pausable))
+    def begin_test(self, test_id: str, file: str | None, phases: list[dict], pausable=(), item: Any = None,
+                   plan_ids: tuple = ()) -> TestRecord:
+        record = TestRecord(id=test_id, file=file, phases=phases, pausable=frozenset(pausable), item=item,
+                            plan_ids=tuple(plan_ids))
         self.current = record
-        self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases)
+        fields: dict[str, Any] = {"plan_ids": list(plan_ids)} if plan_ids else {}
+        self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases, **fields)
         return record
+
+    def test_plan_ids(self, record: TestRecord) -> list[str]:
+        """The test's own plan ids, then those of its steps' markers, once each."""
+        ids = dict.fromkeys(record.plan_ids)
+        for phase in record.phases:
+            for step_ids in phase.get("step_plan_ids") or ():
+                ids.update(dict.fromkeys(step_ids))
+        return list(ids)
 
     def end_test(
         self,
@@ -289,6 +312,9 @@ class Engine:
         if fixture:
             # A class or module fixture errored this test (it never ran).
             fields["fixture"] = fixture
+        plan_ids = self.test_plan_ids(record)
+        if plan_ids:
+            fields["plan_ids"] = plan_ids
         self.emit(
             "test_finish",
             test=record.id,
@@ -302,6 +328,8 @@ class Engine:
             self.current = None
         self.retry_pending = self.rerun = self.deferred = self.returned = self.resume = None
         self.passthrough = self._pending = None
+        if self.step_hooks is not None:
+            self.step_hooks.end_test()
         if self._extra:
             self._extra = {k: v for k, v in self._extra.items() if k[0] != record.id}
         return outcome
@@ -331,10 +359,7 @@ class Engine:
         if isinstance(exc, control_exceptions()):
             return False
         record = self.current
-        if self.on_error != "pause":
-            return False
-        mode = getattr(self.host, "error_mode", None)
-        if mode is not None and record is not None and mode(record.id, self.on_error) != "pause":
+        if self.error_mode(record) != "pause":
             return False
         if (
             record is not None
@@ -344,6 +369,13 @@ class Engine:
         ):
             return False
         return True
+
+    def error_mode(self, record: TestRecord | None) -> str:
+        """``pause`` or ``fail`` for errors of ``record``: the run's mode, or what a client set for it."""
+        mode = getattr(self.host, "error_mode", None)
+        if mode is None or record is None:
+            return self.on_error
+        return mode(record.id, self.on_error)
 
     def pause_reason_before(self, steps: FunctionSteps, index: int) -> str | None:
         record = self.current
@@ -363,6 +395,7 @@ class Engine:
         host_wants = getattr(self.host, "wants_step_boundaries", None)
         return bool(
             self.step_events
+            or (self.step_hooks is not None and self.step_hooks.on_steps)
             or self.pause_next
             or self.retry_pending is not None
             or self.rerun is not None
@@ -428,7 +461,7 @@ class Engine:
             forced=True,
         )
 
-    def emit_pause(self, steps: FunctionSteps, index: int, info: dict) -> None:
+    def emit_pause(self, steps: FunctionSteps | None, index: int, info: dict) -> None:
         self.emit(
             "pause",
             test=info["test"],
@@ -440,6 +473,8 @@ class Engine:
             file=info["file"],
             line=info["line"],
         )
+        if self.step_hooks is not None:
+            self.step_hooks.pause(steps, index, info)
 
     def resumed(self, steps: FunctionSteps, index: int, command: Any) -> str:
         action = command.get("action") if isinstance(command, dict) else command
@@ -464,23 +499,32 @@ class Engine:
 
     # ---------------------------------------------------------- step events
 
-    def step_boundary(self, steps: FunctionSteps, index: int, rerun: bool = False) -> None:
-        """Before step ``index`` (or after the last): step events, when asked for."""
-        if not self.step_events:
+    def step_boundary(self, steps: FunctionSteps, index: int, rerun: bool = False, frame: Any = None) -> None:
+        """Before step ``index`` (or after the last): step events and step hooks, when asked for."""
+        hooks = self.step_hooks if self.step_hooks is not None and self.step_hooks.on_steps else None
+        if not self.step_events and hooks is None:
             return
         if not rerun:
             self.close_open_step()
         if index < len(steps.steps):
-            self._emit_step("step_start", steps, index, line=steps.steps[index].start_line)
+            if self.step_events:
+                self._emit_step("step_start", steps, index, line=steps.steps[index].start_line)
             self._open_step = (steps, index)
+            self._open_frame = frame
+            if hooks is not None:
+                hooks.start(steps, index, frame)
             self._step_start = _perf_counter()
 
     def close_open_step(self) -> None:
         """The step that ran last passed (a boundary, a ``return`` or the phase's end follows it)."""
         open_step, self._open_step = self._open_step, None
+        frame, self._open_frame = self._open_frame, None
         if open_step is not None and self._step_start is not None:
             duration = round(_perf_counter() - self._step_start, 6)
-            self._emit_step("step_finish", open_step[0], open_step[1], status="passed", duration_s=duration)
+            if self.step_events:
+                self._emit_step("step_finish", open_step[0], open_step[1], status="passed", duration_s=duration)
+            if self.step_hooks is not None and self.step_hooks.on_steps:
+                self.step_hooks.finish(open_step[0], open_step[1], frame, "passed", duration)
         self._step_start = None
 
     def step_failed(self, steps: FunctionSteps, index: int, exc: BaseException, frame: types.FrameType) -> None:
@@ -489,7 +533,7 @@ class Engine:
         from .live_pause import error_text
 
         start, self._step_start = self._step_start, None
-        self._open_step = None
+        self._open_step = self._open_frame = None
         status = "skipped" if isinstance(exc, skip_exceptions()) else "failed"
         fields: dict[str, Any] = {
             "status": status,
@@ -516,9 +560,24 @@ class Engine:
                 }
             )
         self._emit_step("step_finish", steps, index, **fields)
+        if self.step_hooks is not None and self.step_hooks.on_steps:
+            self.step_hooks.finish(steps, index, frame, status, fields["duration_s"])
+
+    def step_error_decision(self, steps: FunctionSteps, index: int, exc: BaseException, frame: Any) -> str | None:
+        """What a ``stepkernel_step_error`` hook answers for this error (None: no hook, or no answer)."""
+        hooks = self.step_hooks
+        # Not about the user's Ctrl-C: a blanket "retry" would make it unstoppable.
+        if hooks is None or isinstance(exc, (KeyboardInterrupt, *control_exceptions())):
+            return None
+        return hooks.error(steps, index, frame, exc)
 
     def _emit_step(self, event: str, steps: FunctionSteps, index: int, **fields: Any) -> None:
         record = self.current
+        plan_ids = steps.steps[index].plan_ids
+        if record is not None and record.plan_ids:
+            plan_ids = plan_ids + tuple(p for p in record.plan_ids if p not in plan_ids)
+        if plan_ids:
+            fields["plan_ids"] = list(plan_ids)
         self.emit(event, test=record.id if record else "", phase=self.phase_of(steps), index=index,
                   name=steps.steps[index].name, **fields)
 

@@ -24,7 +24,7 @@ __unittest = True
 class StepSpec:
     """One step: where it is and what it says."""
 
-    __slots__ = ("index", "name", "start_line", "end_line", "record", "_source", "_filename")
+    __slots__ = ("index", "name", "start_line", "end_line", "record", "plan_ids", "_source", "_filename")
 
     def __init__(self, record: tuple, filename: str) -> None:
         self.record = record
@@ -32,11 +32,14 @@ class StepSpec:
         self.name = str(record[1] or f"step {self.index}")
         self.start_line = int(record[2] or 0)
         self.end_line = int(record[3] or self.start_line)
+        #: Test plan ids the step marker names (``# step: log in [TP-101]``).
+        self.plan_ids: tuple = _plan_ids(record)
         self._source: str | None = None
         self._filename = filename
 
     def field(self, name: str) -> Any:
         return self.record[STEP_FIELDS.index(name)]
+
 
     @property
     def source(self) -> str:
@@ -56,6 +59,14 @@ class StepSpec:
                 text = ""
             self._source = text
         return self._source
+
+
+_PLAN_IDS = STEP_FIELDS.index("plan_ids")
+
+
+def _plan_ids(record: tuple) -> tuple:
+    ids = record[_PLAN_IDS] if len(record) > _PLAN_IDS else None
+    return ids if type(ids) is tuple else ()
 
 
 class EditedStep:

@@ -35,6 +35,8 @@ class Case:
     message: str = ""
     text: str = ""
     skip_type: str = "pytest.skip"
+    #: ``<properties>`` of the case, as pytest's ``record_property`` writes them (plan ids).
+    properties: list = dataclasses.field(default_factory=list)
 
 
 def write(path: str, cases: list[Case], duration: float) -> None:
@@ -60,6 +62,10 @@ def write(path: str, cases: list[Case], duration: float) -> None:
         element = ET.SubElement(
             suite, "testcase", classname=case.classname, name=case.name, time=f"{case.time:.3f}"
         )
+        if case.properties:
+            props = ET.SubElement(element, "properties")
+            for name, value in case.properties:
+                ET.SubElement(props, "property", name=_clean(str(name)), value=_clean(str(value)))
         if case.kind is None:
             continue
         attrs = {"message": _clean(case.message)}

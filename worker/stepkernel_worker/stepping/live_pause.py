@@ -573,6 +573,8 @@ def post_mortem(engine: Engine, exc: BaseException, test_file: str | None) -> No
     info = handler.info()
     engine.emit("pause", test=info["test"], phase="test", index=0, name=info["name"], reason="error",
                 error=info["error"], file=info["file"], line=info["line"])
+    if engine.step_hooks is not None:
+        engine.step_hooks.pause(None, 0, info)
     with engine.pause_context(), alarm_suspended(), engine.host_signals():
         command = engine.host.pause(handler, info)
     handler.closed = True

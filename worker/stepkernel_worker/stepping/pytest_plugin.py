@@ -75,11 +75,24 @@ class SteppingPlugin:
         self.config: Any = None
         self._reports: dict[str, list] = {}
         self._undo: list = []
+        from .step_hooks import pytest_hooks
+
+        engine.step_hooks, self._register_hooks = pytest_hooks(engine)
+
+    def pytest_plugin_registered(self, plugin, manager):
+        """Every plugin pytest registers (conftest.py files too) may implement step hooks."""
+        self._register_hooks(plugin, manager)
 
     # ----------------------------------------------------------- configuring
 
     def pytest_configure(self, config):
         self.config = config
+        # (Installed packages register hooks as pytest11 plugins: pytest loads them.)
+        module = getattr(self.engine.host, "hooks_module", None)
+        if module:
+            from .step_hooks import import_hooks_module
+
+            self._register_hooks(import_hooks_module(module))
         capman = config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             self.engine.pause_context = capman.global_and_fixture_disabled
@@ -176,7 +189,7 @@ class SteppingPlugin:
         except Exception as exc:  # noqa: BLE001 - never fail a test for missing step data
             phases = [{"name": "test", "function": item.name, "steps": 1, "stepped": False, "note": str(exc)}]
             codes = []
-        record = engine.begin_test(item.nodeid, _item_file(item), phases, codes)
+        record = engine.begin_test(item.nodeid, _item_file(item), phases, codes, item=item, plan_ids=_plan_marks(item))
         record.expects_failure = _xfail_predicate(item)
         self._reports[item.nodeid] = []
         try:
@@ -191,6 +204,12 @@ class SteppingPlugin:
     @pytest.hookimpl(**_WRAPPER)
     def pytest_runtest_makereport(self, item, call):
         outcome = yield
+        if call.when == "teardown":
+            record = self.engine.current
+            if record is not None and record.id == item.nodeid:
+                # junitxml writes the teardown report's properties.
+                report = outcome.get_result()
+                report.user_properties.extend(("plan", p) for p in self.engine.test_plan_ids(record))
         if call.when != "call":
             return
         self.engine.close_open_step()
@@ -205,10 +224,10 @@ class SteppingPlugin:
         """A test that runs as one step (hypothesis, a generator) pauses after it failed."""
         engine = self.engine
         record = engine.current
-        if engine.on_error != "pause" or call.when != "call" or call.excinfo is None or record is None:
+        if call.when != "call" or call.excinfo is None or record is None:
             return
         exc = call.excinfo.value
-        if record.paused or record.id != getattr(node, "nodeid", None) or not engine.wants_pause(exc):
+        if record.paused or record.settled or record.id != getattr(node, "nodeid", None) or not engine.wants_pause(exc):
             return
         from .live_pause import post_mortem
 
@@ -239,6 +258,19 @@ class SteppingPlugin:
             elif when == "call" and wasxfail and outcome == "passed":
                 outcome = "xpassed"
         return outcome, text
+
+
+def _plan_marks(item: Any) -> tuple:
+    """The ids of the item's ``@pytest.mark.plan("TP-7", ...)`` marks, once each, in order."""
+    ids: dict[str, None] = {}
+    try:
+        for mark in item.iter_markers("plan"):
+            for arg in mark.args:
+                for value in arg if isinstance(arg, (list, tuple)) else (arg,):
+                    ids[str(value)] = None
+    except Exception:  # noqa: BLE001 - a node without markers
+        return ()
+    return tuple(ids)
 
 
 def _subtest_counts(reports: list) -> dict[str, int] | None:

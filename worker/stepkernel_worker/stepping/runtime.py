@@ -232,7 +232,19 @@ def _error(engine: Engine, frame: types.FrameType, index: int, exc: BaseExceptio
     if steps is None:  # pragma: no cover - _failing_step checked it
         return 0
     engine.step_failed(steps, index, exc, frame)
-    if not engine.wants_pause(exc):
+    decision = engine.step_error_decision(steps, index, exc, frame) if engine.step_hooks is not None else None
+    if decision == "retry":
+        # Run the statement again in the frame, with no pause before it.
+        engine.rerun = (frame, index)
+        return 1
+    if decision == "skip":
+        engine.mark_forced(steps, index)
+        return 2
+    if decision == "fail":
+        if engine.current is not None:
+            engine.current.settled = True
+        return 0
+    if decision is None and not engine.wants_pause(exc):
         return 0
     if isinstance(exc, KeyboardInterrupt):
         INTERRUPTED[0] = 0
@@ -258,9 +270,9 @@ def _before(engine: Engine, frame: types.FrameType, index: int) -> Generator[Req
     if rerun is not None and rerun[0] is frame and rerun[1] == index:
         # The step runs again after a pause at its error: no second pause before it.
         engine.rerun = None
-        engine.step_boundary(steps, index, rerun=True)
+        engine.step_boundary(steps, index, rerun=True, frame=frame)
         return 0
-    engine.step_boundary(steps, index)
+    engine.step_boundary(steps, index, frame=frame)
     retried = engine.retry_pending
     if retried is not None and retried[0] is frame:
         engine.retry_pending = None

@@ -55,7 +55,7 @@ TABLE = "@skt"
 RUNTIME_MODULE = "stepkernel_worker.stepping.runtime"
 
 #: What the table keeps of each step (from the instrumenter's report).
-STEP_FIELDS = ("index", "name", "start_line", "end_line", "start_byte", "end_byte", "indent", "marker_line")
+STEP_FIELDS = ("index", "name", "start_line", "end_line", "start_byte", "end_byte", "indent", "marker_line", "plan_ids")
 
 
 def _version() -> str:
@@ -252,11 +252,19 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
             is_async,
             class_name,
             (),
-            tuple(tuple(s.get(f) for f in STEP_FIELDS) for s in steps),
+            tuple(tuple(_field(s, f) for f in STEP_FIELDS) for s in steps),
         )
     if table:
         _add_prelude(tree, table)
     return table
+
+
+def _field(step: dict, name: str) -> Any:
+    """A step's field as a constant the table can hold (plan ids: a tuple of strings)."""
+    value = step.get(name)
+    if name == "plan_ids":
+        return tuple(str(v) for v in value) if isinstance(value, list) else ()
+    return value
 
 
 def _add_prelude(tree: ast.Module, table: dict) -> None:

@@ -213,7 +213,7 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
             for phase in UNITTEST_AFTER:
                 if user_method(type(test), phase) is not None:
                     add(phase, getattr(type(test), phase))
-            self._record = engine.begin_test(reporter.node_id(test), file, phases, codes)
+            self._record = engine.begin_test(reporter.node_id(test), file, phases, codes, item=test)
             method = getattr(test, name, None)
             self._record.expects_failure = lambda exc: expects_failure_of(method)
 
@@ -233,6 +233,7 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
                         message=state.message,
                         text=state.text,
                         skip_type=state.skip_type,
+                        properties=[("plan", p) for p in engine.test_plan_ids(record)] if record is not None else [],
                     )
                 )
                 if self._record is not None:

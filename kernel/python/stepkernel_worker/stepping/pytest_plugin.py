@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from . import importing
+from .dynamic_steps import dynamic_phases
 from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
@@ -164,6 +165,7 @@ class SteppingPlugin:
         obj = getattr(item, "obj", None)
         if obj is not None:
             add("test", obj)
+        phases.extend(dynamic_phases(item))
         if user_method(cls, "teardown_method") is not None:
             add("teardown_method", cls.teardown_method)
         return phases, codes

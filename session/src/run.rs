@@ -159,7 +159,7 @@ fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Ve
         let known = rel
             .iter()
             .any(|id| id == base || id.starts_with(&format!("{base}::")));
-        if !known {
+        if !known && !assigned_at_top_level(&rootdir.join(file), base) {
             let ids: Vec<String> = rel.iter().map(|r| format!("{file}::{r}")).collect();
             let close = instrumenter::closest(base, &ids);
             notes.push(format!(
@@ -169,6 +169,21 @@ fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Ve
         }
     }
     notes
+}
+
+/// Whether `name = ...` is a top-level statement of the file: a test made by a
+/// call (`test_x = walks([...])`), which pytest collects and the instrumenter cannot see.
+fn assigned_at_top_level(file: &Path, name: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return false;
+    };
+    text.lines().any(|line| {
+        line.strip_prefix(name).is_some_and(|rest| {
+            let rest = rest.trim_start();
+            rest.starts_with('=') && !rest.starts_with("==")
+                || rest.starts_with(':') && rest.contains('=')
+        })
+    })
 }
 
 /// Runs a session to its end; returns the process exit code.

@@ -1,0 +1,218 @@
+"""stepkernel.walks end to end: walks as pytest items under plain pytest and under `stepkernel run`,
+a failing action paused and fixed through a real jupyter_client, `stepkernel replay`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from conftest import GIT_ENV, PYTHON, ROOT, execute, stepkernel_bin, stream_text, wait_for, write_project
+
+#: How a project finds stepkernel.walks from this checkout (pip-installed, the wheel has it: test_packaging.py).
+ENV = {"PYTHONPATH": str(ROOT / "python")}
+
+CART = {
+    "cart.py": '''
+        class Cart:
+            def __init__(self):
+                self.quantity = 0
+                self.discount = 0
+
+            def add(self, name, quantity):
+                self.quantity += quantity
+
+            def total(self):
+                return self.quantity * 2 * (100 - self.discount) / 100
+        ''',
+    "test_cart_walks.py": '''
+        from stepkernel.walks import Action, CancelWalk, walks
+
+        from cart import Cart
+
+
+        class Add(Action):
+            OPTIONS = [1, 2]
+
+            def run(self, param, state):
+                state["cart"].add("apple", param)
+
+
+        class Discount(Action):
+            OPTIONS = [0, 10]
+
+            def run(self, param, state):
+                state["cart"].discount = param
+
+
+        class Check(Action):
+            OPTIONS = ["total"]
+
+            def run(self, param, state):
+                cart = state["cart"]
+                expected = cart.quantity * 2 - cart.discount
+                assert cart.total() == expected
+
+
+        test_cart = walks([Add, Discount, Check], state=lambda: {"cart": Cart()})
+
+
+        class Pay(Action):
+            OPTIONS = ["card", "cash", "iou"]
+
+            def run(self, param, state):
+                if param == "iou":
+                    raise CancelWalk("no credit")
+                state.append(param)
+
+
+        class Tip(Action):
+            OPTIONS = [0, 5]
+
+            def run(self, param, state):
+                state.append(param)
+
+
+        @walks([Pay, Tip])
+        def test_pay(walk, tmp_path):
+            paid = walk.run([])
+            (tmp_path / "paid").write_text(repr(paid))
+            assert paid == [a.param for a in walk.actions]
+        ''',
+}
+
+CART_IDS = ["test_cart[Add:1-Discount:0-Check:total]", "test_cart[Add:1-Discount:10-Check:total]",
+            "test_cart[Add:2-Discount:0-Check:total]", "test_cart[Add:2-Discount:10-Check:total]"]
+FIXED_CHECK = ("def run(self, param, state):\n    cart = state[\"cart\"]\n"
+               "    expected = cart.quantity * 2 * (100 - cart.discount) / 100\n"
+               "    assert cart.total() == expected\n")
+
+
+def pytest_run(project, *args):
+    return subprocess.run([PYTHON, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=project,
+                          capture_output=True, text=True, env={**os.environ, **ENV}, timeout=120)
+
+
+def junit_outcomes(path):
+    import xml.etree.ElementTree as ET
+
+    out = {}
+    for case in ET.parse(path).getroot().iter("testcase"):
+        kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
+        out[case.get("name")] = kind
+    return out
+
+
+def test_walks_are_pytest_items_under_plain_pytest(tmp_path):
+    project = write_project(tmp_path / "cart", CART)
+    listed = pytest_run(project, "--co", "-q")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    ids = [line.split("::", 1)[1] for line in listed.stdout.splitlines() if "::" in line]
+    assert ids[:4] == CART_IDS
+    assert ids[4:] == [f"test_pay[Pay:{p}-Tip:{d}]" for p in ("card", "cash", "iou") for d in (0, 5)]
+    done = pytest_run(project, "-q", "-rA", "--junitxml", str(tmp_path / "plain.xml"))
+    assert done.returncode == 1, done.stdout
+    outcomes = junit_outcomes(tmp_path / "plain.xml")
+    assert [outcomes[i] for i in CART_IDS] == ["passed", "failure", "passed", "failure"]
+    assert outcomes["test_pay[Pay:iou-Tip:0]"] == "skipped" and "walk cancelled: no credit" in done.stdout
+    assert outcomes["test_pay[Pay:card-Tip:5]"] == "passed", "fixtures reach the decorated test"
+    # -k and node ids select walks.
+    picked = pytest_run(project, "-q", "--co", "-k", "Discount:10 and Add:2")
+    assert [line for line in picked.stdout.splitlines() if "::" in line] == [f"test_cart_walks.py::{CART_IDS[3]}"]
+    one = pytest_run(project, "-q", f"test_cart_walks.py::{CART_IDS[1]}")
+    assert one.returncode == 1 and "1 failed" in one.stdout, one.stdout
+    assert "assert 1.8 == -8" in one.stdout, "pytest's assertion rewriting reaches the action's assert"
+
+
+def test_stepkernel_run_on_error_fail_ends_walks_as_plain_pytest(tmp_path):
+    project = write_project(tmp_path / "cart", CART)
+    pytest_run(project, "-q", "--junitxml", str(tmp_path / "plain.xml"))
+    done = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "--junit-xml",
+                           str(tmp_path / "stepped.xml")], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, **ENV, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert junit_outcomes(tmp_path / "stepped.xml") == junit_outcomes(tmp_path / "plain.xml")
+
+
+def texts(messages) -> str:
+    shown = "".join(c.get("data", {}).get("text/plain", "") + "\n"
+                    for t, c in messages if t in ("display_data", "execute_result", "update_display_data"))
+    return shown + stream_text(messages)
+
+
+def test_a_failing_action_pauses_and_is_fixed_with_edit_retry_continue(tmp_path, run_session):
+    project = write_project(tmp_path / "cart", CART, git=True)
+    session = run_session(project, "test_cart_walks.py::test_cart", env=ENV)
+    paused = session.wait_paused()
+    assert paused["paused_at"] == f"test_cart_walks.py::{CART_IDS[1]}::walk step 2", paused
+    assert "no test test_cart_walks.py::test_cart" not in session.output(), "a test made by walks() is no unknown id"
+    client = session.client()
+    reply, msgs = execute(client, "%where")
+    where = texts(msgs)
+    assert "phase walk, step 2 (Check('total'))" in where and "test_cart_walks.py:26" in where, where
+    assert "AssertionError: assert 1.8 == -8" in where
+    reply, msgs = execute(client, "%steps")
+    steps = texts(msgs)
+    for row in ("walk           0  Add(1)", "walk           1  Discount(10)", "walk           2  Check('total')"):
+        assert row in steps, steps
+    assert "✘ failed" in steps.splitlines()[-1] and steps.splitlines()[-1].startswith("→"), steps
+    # The walk's state and the action are alive in the namespace.
+    reply, msgs = execute(client, "state['cart'].quantity, state['cart'].discount, action, param, walk.id")
+    assert "(1, 10, Check('total'), 'total', 'Add:1-Discount:10-Check:total')" in texts(msgs), texts(msgs)
+    reply, _ = execute(client, "%%edit 2\nassert True\n")
+    assert reply["status"] == "error" and "%%edit Check.run" in reply["evalue"], reply
+    reply, msgs = execute(client, f"%%edit Check.run\n{FIXED_CHECK}")
+    assert reply["status"] == "ok" and "Check.run (in test_cart_walks.py) replaced" in texts(msgs), texts(msgs)
+    reply, msgs = execute(client, "%retry")
+    assert "Step 2 (Check('total')): passed." in texts(msgs), texts(msgs)
+    reply, msgs = execute(client, "%continue")
+    assert reply["status"] == "ok"
+    assert session.wait_exit() == 1, "fixed by an edit not yet written to disk"
+    report = json.loads((session.session_dir / "report.json").read_text())
+    outcomes = {t["id"].split("::")[1]: t["outcome"] for t in report["tests"]}
+    # The last walk fails with the old Check.run: it passed, so it ran the fixed code.
+    assert outcomes == {CART_IDS[0]: "passed", CART_IDS[1]: "fixed", CART_IDS[2]: "passed", CART_IDS[3]: "passed"}
+    assert [e["event"] for e in session.events()].count("pause") == 2, "the error, then the retry"
+    patch = next(session.session_dir.glob("*.patch")).read_text()
+    assert "-        expected = cart.quantity * 2 - cart.discount" in patch, patch
+    assert "+        expected = cart.quantity * 2 * (100 - cart.discount) / 100" in patch
+    applied = subprocess.run(["git", "am", str(next(session.session_dir.glob("*.patch")))], cwd=project,
+                             capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+    assert applied.returncode == 0, applied.stderr
+    assert pytest_run(project, "-q", "test_cart_walks.py::test_cart").returncode == 0
+
+
+DECORATED = {
+    "cart.py": CART["cart.py"],
+    "test_dec.py": CART["test_cart_walks.py"].split("        test_cart = walks")[0] + '''
+        @walks([Add, Discount, Check])
+        def test_cart(walk, tmp_path):
+            state = walk.run({"cart": Cart()})
+            done = state["cart"].quantity > 0
+            assert done
+        ''',
+}
+
+
+def test_skip_forces_a_walk_and_fail_lets_it_fail_once(tmp_path, run_session):
+    """In a decorated test (itself stepped) the action pauses, not the statement running the walk."""
+    project = write_project(tmp_path / "dec", DECORATED)
+    session = run_session(project, "test_dec.py", env=ENV)
+    paused = session.wait_paused()
+    assert paused["paused_at"] == "test_dec.py::test_cart[Add:1-Discount:10-Check:total]::walk step 2", paused
+    client = session.client()
+    reply, msgs = execute(client, "%steps")
+    assert "walk           2  Check('total')" in texts(msgs) and "test_cart      0  state = walk.run" in texts(msgs)
+    execute(client, "%skip")
+    wait_for(lambda: session.meta().get("paused_at") == "test_dec.py::test_cart[Add:2-Discount:10-Check:total]::walk step 2",
+             what="the next failing walk to pause")
+    execute(client, "%fail")
+    assert session.wait_exit() == 1
+    report = json.loads((session.session_dir / "report.json").read_text())
+    outcomes = {t["id"].split("[")[1]: t["outcome"] for t in report["tests"]}
+    assert outcomes == {"Add:1-Discount:0-Check:total]": "passed", "Add:1-Discount:10-Check:total]": "forced",
+                        "Add:2-Discount:0-Check:total]": "passed", "Add:2-Discount:10-Check:total]": "failed"}
+    assert [e["event"] for e in session.events()].count("pause") == 2, "no second pause for the error %fail let stand"
+    assert "assert 3.6 == -6" in session.output(), "the failure is the action's own, as under pytest"

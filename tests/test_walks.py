@@ -216,3 +216,135 @@ def test_skip_forces_a_walk_and_fail_lets_it_fail_once(tmp_path, run_session):
                         "Add:2-Discount:0-Check:total]": "passed", "Add:2-Discount:10-Check:total]": "failed"}
     assert [e["event"] for e in session.events()].count("pause") == 2, "no second pause for the error %fail let stand"
     assert "assert 3.6 == -6" in session.output(), "the failure is the action's own, as under pytest"
+
+
+MODELS = {
+    "models.py": '''
+        from stepkernel.walks import Action
+
+        CALLS = []
+
+
+        class Fill(Action):
+            OPTIONS = list(range(5))
+
+            def run(self, param, state):
+                CALLS.append(("fill", param))
+                state["items"].extend(range(param))
+
+
+        class Drain(Action):
+            OPTIONS = [1, 2]
+
+            def run(self, param, state):
+                CALLS.append(("drain", param))
+                for _ in range(param):
+                    state["items"].pop()
+        ''',
+    "make_trace.py": '''
+        import sys
+
+        from stepkernel.walks import run_walks
+
+        from models import Drain, Fill
+
+        results = run_walks([Fill, Drain], state={"items": []}, log_dir=sys.argv[1], on_error="fail")
+        print(results.trace)
+        print(",".join(results.failed))
+        ''',
+}
+
+
+class ReplaySession:
+    """`stepkernel replay` as RunSession runs `stepkernel run` (same files, same helpers)."""
+
+    def __new__(cls, project, *args):
+        from conftest import RunSession
+
+        session = RunSession.__new__(RunSession)
+        session.project = project
+        session.session_dir = project / ".stepkernel" / "session"
+        session.out_path = project / "run.out"
+        env = {**os.environ, **ENV, "JUPYTER_RUNTIME_DIR": str(project / ".jupyter-runtime")}
+        session.proc = subprocess.Popen([stepkernel_bin(), "replay", "--python", PYTHON, "--session-dir",
+                                         str(session.session_dir), *args], cwd=project,
+                                        stdout=open(session.out_path, "wb"), stderr=subprocess.STDOUT, env=env)
+        session.clients = []
+        return session
+
+
+def replay_cli(project, *args):
+    return subprocess.run([stepkernel_bin(), "replay", "--python", PYTHON, *args], cwd=project, capture_output=True,
+                          text=True, env={**os.environ, **ENV, "JUPYTER_RUNTIME_DIR": str(project / ".rt")},
+                          timeout=120)
+
+
+def test_stepkernel_replay_runs_that_walk_only_and_pauses_where_it_failed(tmp_path):
+    project = write_project(tmp_path / "models", MODELS)
+    made = subprocess.run([PYTHON, "make_trace.py", "traces"], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, **ENV}, timeout=60)
+    assert made.returncode == 0, made.stderr
+    trace, failed = made.stdout.split()
+    # Draining 2 from fewer than 2 items fails: walks 0:1, 0:2 and 1:2.
+    assert failed.split(",") == ["Fill:0-Drain:1", "Fill:0-Drain:2", "Fill:1-Drain:2"]
+    session = ReplaySession(project, trace, "Fill:1-Drain:2")
+    try:
+        paused = session.wait_paused()
+        assert paused["paused_at"] == ".stepkernel/replay/test_replay_walk.py::test_replay[Fill:1-Drain:2]::walk step 1"
+        client = session.client()
+        reply, msgs = execute(client, "state, action, __import__('models').CALLS")
+        # Exactly walk k: py-combtest's replay ran every walk of the trace.
+        assert "({'items': []}, Drain(2), [('fill', 1), ('drain', 2)])" in texts(msgs), texts(msgs)
+        reply, msgs = execute(client, "%where")
+        assert "IndexError: pop from empty list" in texts(msgs) and "models.py:20" in texts(msgs), texts(msgs)
+        execute(client, "%fail")
+        assert session.wait_exit() == 1
+        report = json.loads((session.session_dir / "report.json").read_text())
+        assert [(t["id"], t["outcome"]) for t in report["tests"]] == [
+            (".stepkernel/replay/test_replay_walk.py::test_replay[Fill:1-Drain:2]", "failed")]
+        assert "stepkernel: replaying walk Fill:1-Drain:2 (it failed in the trace)" in session.output()
+    finally:
+        session.close()
+    # By index too (the 6th walk), and a walk that passed runs to its end.
+    done = replay_cli(project, "--on-error", "fail", trace, "5")
+    assert done.returncode == 0 and "replaying walk Fill:2-Drain:2 (it passed in the trace)" in done.stderr, done
+
+
+def test_stepkernel_replay_of_an_unknown_walk_or_a_bad_trace_is_a_usage_error(tmp_path):
+    project = write_project(tmp_path / "models", MODELS)
+    made = subprocess.run([PYTHON, "make_trace.py", "traces"], cwd=project, capture_output=True, text=True,
+                          env={**os.environ, **ENV}, timeout=60)
+    trace = made.stdout.split()[0]
+    unknown = replay_cli(project, trace, "Fill:7-Drain:2")
+    assert unknown.returncode == 4, unknown
+    assert "no walk 'Fill:7-Drain:2'" in unknown.stderr and "the closest: Fill:" in unknown.stderr, unknown.stderr
+    assert not (project / ".stepkernel" / "sessions").exists(), "no session for a walk that is not there"
+    missing = replay_cli(project, "nope.jsonl", "1")
+    assert missing.returncode == 4 and "cannot read the trace nope.jsonl" in missing.stderr, missing.stderr
+    # A line cut by a crash: a warning, and the other walks replay.
+    lines = open(project / trace).read().splitlines(True)
+    (project / trace).write_text("".join(lines[:3]) + lines[3][:25] + "\n" + "".join(lines[4:]))
+    cut = replay_cli(project, "--on-error", "fail", trace, "Fill:2-Drain:1")
+    assert cut.returncode == 0 and "skipped a line that is not a whole JSON record" in cut.stderr, cut.stderr
+    bare = subprocess.run([stepkernel_bin(), "replay", "--python", PYTHON, trace, "1"], cwd=project,
+                          capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                if k != "PYTHONPATH"}, timeout=60)
+    assert bare.returncode == 4 and "cannot import stepkernel.walks" in bare.stderr, bare.stderr
+
+
+def test_stepkernel_replay_of_a_pytest_walk_reruns_its_item(tmp_path):
+    files = dict(CART)
+    files["test_cart_walks.py"] = files["test_cart_walks.py"].replace(
+        'state=lambda: {"cart": Cart()})', 'state=lambda: {"cart": Cart()}, log_dir="traces")')
+    project = write_project(tmp_path / "cart", files)
+    pytest_run(project, "-q", "test_cart_walks.py::test_cart")
+    trace = project / "traces" / "test_cart_walks.test_cart.jsonl"
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    assert [(r["walk"], r["outcome"]) for r in lines] == [
+        ("Add:1-Discount:0-Check:total", "passed"), ("Add:1-Discount:10-Check:total", "failed"),
+        ("Add:2-Discount:0-Check:total", "passed"), ("Add:2-Discount:10-Check:total", "failed")]
+    assert lines[1]["nodeid"] == f"test_cart_walks.py::{CART_IDS[1]}" and "assert 1.8 == -8" in lines[1]["error"]
+    done = replay_cli(project, "--on-error", "fail", "--junit-xml", str(tmp_path / "r.xml"), str(trace),
+                      "Add:2-Discount:10-Check:total")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert junit_outcomes(tmp_path / "r.xml") == {CART_IDS[3]: "failure"}, "that item only"

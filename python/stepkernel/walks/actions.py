@@ -192,6 +192,9 @@ def class_from(name: str) -> type:
         try:
             value = getattr(value, part)
         except AttributeError:
+            if module_name == "__main__":
+                raise WalkError(f"{qualname} was defined in a script run as __main__: replay imports a walk's "
+                                "classes, so define them in a module the script imports") from None
             raise WalkError(f"{module_name} has no {qualname}") from None
     return value
 

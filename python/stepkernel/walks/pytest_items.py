@@ -31,13 +31,21 @@ class _Tracer:
     """One trace file a test's items append their walks to (``log_dir/<test module>.<name>.jsonl``)."""
 
     def __init__(self, log_dir: str, name: str, state: Any) -> None:
-        self.path = os.path.join(str(log_dir), f"{name}.jsonl")
+        self.log_dir = str(log_dir)
+        self.name = name
         self.initial = jsonable_or_none(state() if is_factory(state) else state) if state is not None else None
         self.writer: TraceWriter | None = None
 
     def record(self, walk: Walk, outcome: str, exc: BaseException | None) -> None:
         if self.writer is None:
-            self.writer = TraceWriter(self.path)
+            # Named for the test as pytest knows it (a test made by assignment has the name it was given).
+            nodeid = _nodeid()
+            name = self.name
+            if nodeid and "::" in nodeid:
+                path, _, rest = nodeid.partition("::")
+                module = os.path.splitext(os.path.basename(path))[0]
+                name = f"{module}.{rest.split('[', 1)[0].replace('::', '.')}"
+            self.writer = TraceWriter(os.path.join(self.log_dir, f"{name}.jsonl"))
         error = tb = None
         if exc is not None:
             message = str(exc)

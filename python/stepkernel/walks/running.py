@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from .actions import Action, CancelWalk, SerialAction, Walk, WalkError, copy_state, encode_action, is_factory
 from .generation import Model
 from .stepping import active_engine, apply_update, run_action
-from .trace import FORMAT, VERSION, TraceWriter, jsonable_or_none, new_trace_path, segment_record
+from .trace import FORMAT, VERSION, TraceWriter, jsonable_or_none, module_files, new_trace_path, segment_record
 
 __tracebackhide__ = True
 
@@ -117,7 +117,7 @@ def run_walks(action_order: Sequence[type[Action]], state: Any = None, strategy:
         writer = TraceWriter(path)
         logs.append(path)
         writer.write({"trace": FORMAT, "version": VERSION, "order": [f"{c.__module__}:{c.__qualname__}" for c in model.order],
-                      "strategy": strategy, "walks": len(walks), "initial_state": jsonable_or_none(
+                      "strategy": strategy, "walks": len(walks), "modules": module_files(model.order), "initial_state": jsonable_or_none(
                           state() if is_factory(state) else state)})
     outcome = ["passed"] * len(walks)
     errors: dict[str, str] = {}

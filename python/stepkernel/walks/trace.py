@@ -80,6 +80,46 @@ def segment_record(walk: Walk, segment: int, serial: Any, actions: Iterable[Any]
     return record
 
 
+def module_files(classes: Iterable[type]) -> dict[str, str]:
+    """The file of each class's module, for a replay where it does not import by name."""
+    import sys
+
+    out = {}
+    for cls in classes:
+        file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        if file:
+            out[cls.__module__] = os.path.abspath(file)
+    return out
+
+
+def _load_modules(files: Any) -> None:
+    """Import each recorded module by name, else from its recorded file."""
+    import importlib
+    import importlib.util
+    import sys
+
+    if not isinstance(files, dict):
+        return
+    for name, file in files.items():
+        if name in sys.modules or name == "__main__":
+            continue
+        try:
+            importlib.import_module(name)
+            continue
+        except ImportError:
+            pass
+        if isinstance(file, str) and os.path.exists(file):
+            spec = importlib.util.spec_from_file_location(name, file)
+            if spec is not None and spec.loader is not None:
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except Exception:
+                    del sys.modules[name]
+                    raise
+
+
 class Trace:
     """A trace file read back: its header and its walks' segments."""
 
@@ -146,6 +186,7 @@ class Trace:
     def walk(self, walk_id: str | int) -> Walk:
         """The walk as it ran: every segment's serial action and actions, in order."""
         segments = self.segments(walk_id)
+        _load_modules((self.header or {}).get("modules"))
         actions = []
         for record in segments:
             if record.get("serial"):

@@ -348,3 +348,23 @@ def test_stepkernel_replay_of_a_pytest_walk_reruns_its_item(tmp_path):
                       "Add:2-Discount:10-Check:total")
     assert done.returncode == 1, done.stdout + done.stderr
     assert junit_outcomes(tmp_path / "r.xml") == {CART_IDS[3]: "failure"}, "that item only"
+
+
+def test_the_example_finds_the_reservation_bug_as_items_and_as_a_script(tmp_path):
+    import shutil
+
+    example = tmp_path / "walks"
+    shutil.copytree(ROOT / "examples" / "walks", example, ignore=shutil.ignore_patterns(".stepkernel", "traces"))
+    done = pytest_run(example, "-q", "tests")
+    assert done.returncode == 1 and "2 failed, 6 passed, 4 skipped" in done.stdout, done.stdout
+    assert "reserved more than the stock" in done.stdout
+    script = subprocess.run([PYTHON, "run_inventory.py"], cwd=example, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), "."])})
+    assert script.returncode == 0, script.stderr
+    assert "12 walks in the product, 6 pairwise" in script.stdout
+    assert "ran 12 walks" in script.stdout and "2 failed, 4 cancelled" in script.stdout, script.stdout
+    replay_line = script.stdout.strip().splitlines()[-1]
+    assert replay_line.startswith("replay one: stepkernel replay traces/walks-")
+    trace, walk = replay_line.split()[4], replay_line.split()[5].strip("'")
+    replayed = replay_cli(example, "--on-error", "fail", trace, walk)
+    assert replayed.returncode == 1 and "1 failed" in replayed.stdout, replayed.stdout + replayed.stderr

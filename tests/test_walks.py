@@ -368,3 +368,44 @@ def test_the_example_finds_the_reservation_bug_as_items_and_as_a_script(tmp_path
     trace, walk = replay_line.split()[4], replay_line.split()[5].strip("'")
     replayed = replay_cli(example, "--on-error", "fail", trace, walk)
     assert replayed.returncode == 1 and "1 failed" in replayed.stdout, replayed.stdout + replayed.stderr
+
+
+FIXED_RESERVE = ("def reserve(self, item, count):\n    count = min(count, self.available(item))\n"
+                 "    self.reserved[item] = self.reserved.get(item, 0) + count\n    return count\n")
+
+
+def test_the_code_under_test_is_fixed_and_break_and_next_stop_at_actions(tmp_path, run_session):
+    import shutil
+
+    example = tmp_path / "walks"
+    shutil.copytree(ROOT / "examples" / "walks", example, ignore=shutil.ignore_patterns(".stepkernel", "traces"))
+    session = run_session(example, "tests/test_inventory_walks.py", env=ENV)
+    first = "tests/test_inventory_walks.py::test_inventory[Stock:1-Reserve:2-Ship:True-Check:stock]"
+    assert session.wait_paused()["paused_at"] == f"{first}::walk step 3"
+    client = session.client()
+    reply, msgs = execute(client, 'state["store"].stock, state["store"].reserved')
+    assert "({'apple': -1}, {})" in texts(msgs), texts(msgs)
+    # Store is the test module's import: the pause sees the module's names.
+    reply, msgs = execute(client, f"%%edit Store.reserve\n{FIXED_RESERVE}")
+    assert reply["status"] == "ok" and "Store.reserve (in store.py) replaced" in texts(msgs), (reply, texts(msgs))
+    execute(client, "%break 1")
+    reply, msgs = execute(client, "%continue")  # Check fails again: this walk's Reserve ran the old code
+    assert "Step 3 (Check('stock')): failed again." in texts(msgs), texts(msgs)
+    execute(client, 'state["store"].stock["apple"] = 0')  # what the fixed reserve would have left
+    execute(client, "%continue")
+    second = "tests/test_inventory_walks.py::test_inventory[Stock:1-Reserve:2-Ship:False-Check:stock]"
+    wait_for(lambda: session.meta().get("paused_at") == f"{second}::walk step 1", what="the breakpoint")
+    reply, msgs = execute(client, "%where")
+    assert "Paused (breakpoint)" in texts(msgs) and "step 1 (Reserve(2))" in texts(msgs), texts(msgs)
+    execute(client, "%clear")
+    reply, msgs = execute(client, "%next")
+    wait_for(lambda: session.meta().get("paused_at") == f"{second}::walk step 2", what="%next")
+    reply, msgs = execute(client, "state['reserved'], state['store'].available('apple')")
+    assert "(1, 0)" in texts(msgs), "the fixed reserve ran in the next walk: " + texts(msgs)
+    execute(client, "%continue")
+    assert session.wait_exit() == 1
+    report = json.loads((session.session_dir / "report.json").read_text())
+    outcomes = {t["id"].split("[")[1].rstrip("]"): t["outcome"] for t in report["tests"]}
+    assert outcomes["Stock:1-Reserve:2-Ship:True-Check:stock"] == "fixed"
+    assert outcomes["Stock:1-Reserve:2-Ship:False-Check:stock"] == "passed"
+    assert list(outcomes.values()).count("skipped") == 4 and "failed" not in outcomes.values(), outcomes

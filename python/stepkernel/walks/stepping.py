@@ -55,8 +55,9 @@ def run_action(walk: Walk, index: int, action: Action, state: Any, engine: Any,
     else:
         def step() -> Any:
             return call(names["action"], names["state"])
+    module = sys.modules.get(cls.__module__)
     value = engine.dynamic_step("walk", index, walk.step_names(), step, names, passthrough=(CancelWalk,),
-                                where=where(cls))
+                                where=where(cls), module_globals=getattr(module, "__dict__", None))
     return value, names["state"]
 
 

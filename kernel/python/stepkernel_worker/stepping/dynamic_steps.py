@@ -55,12 +55,13 @@ def dynamic_phases(item: Any) -> list[dict]:
 
 
 def run_step(engine: Any, phase: str, index: int, step_names: list[str], fn: Callable[[], Any],
-             namespace: dict, passthrough: tuple = (), where: tuple[str, int] | None = None) -> Any:
+             namespace: dict, passthrough: tuple = (), where: tuple[str, int] | None = None,
+             module_globals: dict | None = None) -> Any:
     """Run ``fn()`` as step ``index`` of ``phase``; see ``Engine.dynamic_step``."""
     record = engine.current
     if record is None or _getpid() != engine.pid:
         return fn()
-    step = _Step(engine, record, phase, index, step_names, namespace, where)
+    step = _Step(engine, record, phase, index, step_names, namespace, where, module_globals)
     if runtime.FLAG[0]:
         reason = step.reason_before()
         if reason is not None:
@@ -118,7 +119,7 @@ class _Step:
     """One dynamic step of the running test: its events and its pauses."""
 
     def __init__(self, engine: Any, record: Any, phase: str, index: int, step_names: list[str], namespace: dict,
-                 where: tuple[str, int] | None) -> None:
+                 where: tuple[str, int] | None, module_globals: dict | None = None) -> None:
         self.engine = engine
         self.record = record
         self.phase = phase
@@ -126,6 +127,7 @@ class _Step:
         self.step_names = step_names
         self.name = step_names[index] if 0 <= index < len(step_names) else f"step {index}"
         self.namespace = namespace
+        self.module_globals = module_globals
         self.where = where or (record.file or "", 0)
 
     def emit(self, event: str, **fields: Any) -> None:
@@ -199,8 +201,10 @@ class _Step:
 class DynamicHandler:
     """The ``PausedHandler`` (see ``host.py``) of a pause at a dynamic step.
 
-    Client code runs in the namespace the library gave (a dict it reads back
-    after the pause: assigning ``state`` there replaces the walk's state).
+    Client code runs over the module globals the library gave (the code's
+    imports: ``%%edit Store.reserve`` finds ``Store``) overlaid with its
+    namespace; the library's names are written back after each cell
+    (assigning ``state`` replaces the walk's state).
     """
 
     def __init__(self, step: _Step, reason: str, exc: BaseException | None) -> None:
@@ -210,6 +214,8 @@ class DynamicHandler:
         self.reason = reason
         self.error = exc
         self.closed = False
+        self.names = dict(step.module_globals or {})
+        self.names.update(step.namespace)
 
     def run_cell(self, source: str) -> tuple[bool, Any]:
         from .. import cells
@@ -218,18 +224,23 @@ class DynamicHandler:
         filename = f"<stepkernel-cell-{self.engine.cell_counter}>"
         cells.register_source(filename, source)
         body, last = cells.split_cell(source, filename)
-        names = self.step.namespace
-        exec(compile(body, filename, "exec"), names)  # noqa: S102 - the client's code
-        if last is None:
-            return False, None
-        value = eval(compile(last, filename, "eval"), names)  # noqa: S307
-        return value is not None, value
+        names = self.names
+        try:
+            exec(compile(body, filename, "exec"), names)  # noqa: S102 - the client's code
+            if last is None:
+                return False, None
+            value = eval(compile(last, filename, "eval"), names)  # noqa: S307
+            return value is not None, value
+        finally:
+            for key in self.step.namespace:
+                if key in names:
+                    self.step.namespace[key] = names[key]
 
     def local_values(self) -> dict[str, Any]:
-        return {k: v for k, v in self.step.namespace.items() if not k.startswith("__")}
+        return {k: self.names.get(k, v) for k, v in self.step.namespace.items() if not k.startswith("__")}
 
     def namespace(self) -> dict[str, Any]:
-        return self.step.namespace
+        return self.names
 
     def edit(self, step: int | None, source: str) -> dict:
         target = self.step.namespace.get("__stepkernel_edit_hint__")

@@ -126,6 +126,15 @@ def test_walks_are_pytest_items_under_plain_pytest(tmp_path):
     assert "assert 1.8 == -8" in one.stdout, "pytest's assertion rewriting reaches the action's assert"
 
 
+def test_pytest_xdist_spreads_the_walks_over_its_workers(tmp_path):
+    pytest.importorskip("xdist")
+    project = write_project(tmp_path / "cart", CART)
+    pytest_run(project, "-q", "--junitxml", str(tmp_path / "plain.xml"))
+    done = pytest_run(project, "-q", "-n", "2", "--junitxml", str(tmp_path / "xdist.xml"))
+    assert "bringing up nodes" in done.stdout and "2 failed, 6 passed, 2 skipped" in done.stdout, done.stdout
+    assert junit_outcomes(tmp_path / "xdist.xml") == junit_outcomes(tmp_path / "plain.xml")
+
+
 def test_stepkernel_run_on_error_fail_ends_walks_as_plain_pytest(tmp_path):
     project = write_project(tmp_path / "cart", CART)
     pytest_run(project, "-q", "--junitxml", str(tmp_path / "plain.xml"))

@@ -484,6 +484,23 @@ class Move(Action):
         state["at"] = (param.x, param.y)
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_gather_states_writes_each_segments_state_into_the_trace(tmp_path, parallel):
+    class Config(SerialAction):
+        OPTIONS = ["on"]
+
+        def run(self, param, state):
+            return {"config": param}
+
+    results = run_walks([MyActionA, Config, MyActionB], state=MyStateClass(), log_dir=str(tmp_path),
+                        gather_states=True, parallel=parallel)
+    lines = [json.loads(line) for line in open(results.trace)][1:]
+    first = [r for r in lines if r["walk"] == "MyActionA:2-Config:on-MyActionB:3"]
+    assert [r["segment"] for r in first] == [0, 1]
+    assert first[0]["state"] == {"value": {"A": 2}} and first[1]["state"] == {"value": {"A": 2, "config": "on", "B": 3}}
+    assert first[1]["serial"] == {"action": "test_walks_library:" + Config.__qualname__, "param": "on"}
+
+
 def test_to_json_from_json_round_trips_actions_and_states(tmp_path):
     trace = run_walks([Move], state={"origin": Point(5, 5)}, log_dir=str(tmp_path)).trace
     state = replay(trace, "Move:2.3")

@@ -21,7 +21,7 @@ from .actions import Walk, copy_state
 __tracebackhide__ = True
 
 
-def _worker(conn: Any, walks: list[Walk], state: Any, mine: list[int]) -> None:
+def _worker(conn: Any, walks: list[Walk], state: Any, mine: list[int], with_states: bool) -> None:
     from .running import run_segment
 
     states: list[Any] = [None] * len(walks)
@@ -33,8 +33,8 @@ def _worker(conn: Any, walks: list[Walk], state: Any, mine: list[int]) -> None:
             kind = message[0]
             if kind == "segment":
                 _, level, offset, alive, updates = message
-                conn.send(("ok", {i: run_segment(walks[i], states, i, level, offset, updates.get(i), None)
-                                  for i in alive}))
+                conn.send(("ok", {i: run_segment(walks[i], states, i, level, offset, updates.get(i), None,
+                                                 with_states) for i in alive}))
             elif kind == "states":
                 out = {}
                 for i in mine:
@@ -60,14 +60,14 @@ def _worker(conn: Any, walks: list[Walk], state: Any, mine: list[int]) -> None:
 class Processes:
     """The worker processes of one ``run_walks``."""
 
-    def __init__(self, walks: list[Walk], state: Any, count: int) -> None:
+    def __init__(self, walks: list[Walk], state: Any, count: int, with_states: bool = False) -> None:
         self.walks = walks
         context = multiprocessing.get_context("fork")
         self.assign = [[i for i in range(len(walks)) if i % count == k] for k in range(count)]
         self.workers = []
         for k in range(count):
             parent, child = context.Pipe()
-            proc = context.Process(target=_worker, args=(child, walks, state, self.assign[k]),
+            proc = context.Process(target=_worker, args=(child, walks, state, self.assign[k], with_states),
                                    name=f"stepkernel-walks-{k}", daemon=True)
             proc.start()
             child.close()

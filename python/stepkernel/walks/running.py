@@ -55,15 +55,17 @@ def error_text(exc: BaseException) -> str:
 class _Local:
     """Runs segments in this process, each action a step when stepkernel runs the test."""
 
-    def __init__(self, walks: list[Walk], state: Any, engine: Any) -> None:
+    def __init__(self, walks: list[Walk], state: Any, engine: Any, with_states: bool = False) -> None:
         self.walks = walks
         self.engine = engine
+        self.with_states = with_states
         self.states = [copy_state(state) for _ in walks]
 
     def run_segment(self, level: int, offset: int, alive: list[int], updates: dict[int, tuple]) -> dict[int, tuple]:
         out = {}
         for i in alive:
-            out[i] = run_segment(self.walks[i], self.states, i, level, offset, updates.get(i), self.engine)
+            out[i] = run_segment(self.walks[i], self.states, i, level, offset, updates.get(i), self.engine,
+                                 self.with_states)
         return out
 
     def final_states(self) -> list[Any]:
@@ -74,8 +76,16 @@ class _Local:
 
 
 def run_segment(walk: Walk, states: list, i: int, level: int, offset: int, update: tuple | None,
-                engine: Any) -> tuple:
-    """One walk's segment ``level``: ``(outcome, error, traceback)``."""
+                engine: Any, with_state: bool = False) -> tuple:
+    """One walk's segment ``level``: ``(outcome, error, traceback)``, + the state's JSON with ``with_state``."""
+    result = _run_segment(walk, states, i, level, offset, update, engine)
+    if with_state:
+        return (*result, jsonable_or_none(states[i]))
+    return result
+
+
+def _run_segment(walk: Walk, states: list, i: int, level: int, offset: int, update: tuple | None,
+                 engine: Any) -> tuple:
     state = states[i]
     try:
         if update is not None:
@@ -125,9 +135,9 @@ def run_walks(action_order: Sequence[type[Action]], state: Any = None, strategy:
     if parallel > 1 and len(walks) > 1:
         from .processes import Processes
 
-        backend = Processes(walks, state, min(parallel, len(walks)))
+        backend = Processes(walks, state, min(parallel, len(walks)), with_states=gather_states and writer is not None)
     else:
-        backend = _Local(walks, state, engine)
+        backend = _Local(walks, state, engine, with_states=gather_states and writer is not None)
     try:
         levels = len(walks[0].segments()) if walks else 0
         offsets = _offsets(walks[0]) if walks else []
@@ -148,13 +158,14 @@ def run_walks(action_order: Sequence[type[Action]], state: Any = None, strategy:
             done = backend.run_segment(level, offsets[level], alive, updates)
             done.update({i: r[:1] + r[2:] for i, r in serial_failed.items()})
             for i in sorted(done):
-                kind, error, tb = done[i]
+                kind, error, tb = done[i][:3]
                 outcome[i] = kind
                 if kind == "failed":
                     errors[walks[i].id] = error or ""
                 if writer is not None:
                     serial, actions = walks[i].segments()[level]
-                    writer.write(segment_record(walks[i], level, serial, actions, kind, error, tb))
+                    extra = {"state": done[i][3]} if len(done[i]) > 3 and done[i][3] is not None else {}
+                    writer.write(segment_record(walks[i], level, serial, actions, kind, error, tb, **extra))
         states = backend.final_states() if gather_states else None
     finally:
         backend.close()

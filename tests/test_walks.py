@@ -121,6 +121,19 @@ def test_walks_are_pytest_items_under_plain_pytest(tmp_path):
     # -k and node ids select walks.
     picked = pytest_run(project, "-q", "--co", "-k", "Discount:10 and Add:2")
     assert [line for line in picked.stdout.splitlines() if "::" in line] == [f"test_cart_walks.py::{CART_IDS[3]}"]
+    broken = write_project(tmp_path / "broken", {"test_broken.py": '''
+        from stepkernel.walks import Action, walks
+
+
+        class NoRun(Action):
+            OPTIONS = [1]
+
+
+        test_broken = walks([NoRun])
+        '''})
+    refused = pytest_run(broken, "-q")
+    assert refused.returncode == 2 and "WalkError: NoRun has no run(self, param, state) method" in refused.stdout, \
+        refused.stdout
     one = pytest_run(project, "-q", f"test_cart_walks.py::{CART_IDS[1]}")
     assert one.returncode == 1 and "1 failed" in one.stdout, one.stdout
     assert "assert 1.8 == -8" in one.stdout, "pytest's assertion rewriting reaches the action's assert"

@@ -275,6 +275,32 @@ def test_bad_models_and_states_are_named():
             call()
 
 
+def test_a_serial_action_returning_no_mapping_fails_its_walks_saying_so():
+    class Odd(SerialAction):
+        OPTIONS = [1]
+
+        def run(self, param, state):
+            return 42
+
+    results = run_walks([MyActionA, Odd], state=MyStateClass())
+    assert results.error_count == 3
+    assert set(results.errors.values()) == {"WalkError: Odd(1) returned a int; a serial action returns a mapping "
+                                            "(merged into each walk's state) or None"}
+
+
+def test_walks_for_pytest_refuses_bad_models_and_tests_without_a_walk_argument():
+    from stepkernel.walks import walks
+
+    with pytest.raises(WalkError, match="has no options"):
+        walks([type("Empty", (Action,), {"OPTIONS": [], "run": lambda self, p, s: None})])
+    with pytest.raises(WalkError, match="needs a test taking a `walk` argument"):
+        @walks([MyActionA])
+        def test_nothing(tmp_path):
+            pass
+    with pytest.raises(WalkError, match="on_error must be"):
+        walks([MyActionA], on_error="later")
+
+
 def test_cancelled_walks_are_counted_not_failed():
     class MaybeCancel(Action):
         OPTIONS = [1, 2]

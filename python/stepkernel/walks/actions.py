@@ -106,7 +106,7 @@ class OptionSet:
 class Walk:
     """A sequence of action instances, run in order on one state."""
 
-    __slots__ = ("actions", "id", "index", "_names")
+    __slots__ = ("actions", "id", "index", "_names", "_segments")
 
     def __init__(self, actions: Sequence[Action], id: str | None = None, index: int = 0) -> None:
         self.actions = list(actions)
@@ -117,6 +117,7 @@ class Walk:
             id = walk_id(self.actions)
         self.id = id
         self._names: list[str] | None = None
+        self._segments: list[tuple[Action | None, list[Action]]] | None = None
 
     def __iter__(self) -> Iterator[Action]:
         return iter(self.actions)
@@ -139,12 +140,15 @@ class Walk:
 
     def segments(self) -> list[tuple[Action | None, list[Action]]]:
         """The walk cut at its serial actions: ``[(None, first), (serial1, after1), ...]``."""
+        if self._segments is not None:
+            return self._segments
         out: list[tuple[Action | None, list[Action]]] = [(None, [])]
         for action in self.actions:
             if isinstance(action, SerialAction):
                 out.append((action, []))
             else:
                 out[-1][1].append(action)
+        self._segments = out
         return out
 
     def run(self, state: Any = None, *, on_error: str = "pause") -> Any:

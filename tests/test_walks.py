@@ -431,3 +431,40 @@ def test_the_code_under_test_is_fixed_and_break_and_next_stop_at_actions(tmp_pat
     assert outcomes["Stock:1-Reserve:2-Ship:True-Check:stock"] == "fixed"
     assert outcomes["Stock:1-Reserve:2-Ship:False-Check:stock"] == "passed"
     assert list(outcomes.values()).count("skipped") == 4 and "failed" not in outcomes.values(), outcomes
+
+
+def test_run_walks_inside_a_test_pauses_each_failing_walk_and_goes_on(tmp_path, run_session):
+    files = {"models.py": MODELS["models.py"], "test_all.py": '''
+        from stepkernel.walks import run_walks
+
+        from models import Drain, Fill
+
+
+        def test_all_walks():
+            results = run_walks([Fill, Drain], state={"items": []})
+            assert results.walk_count == 10
+            assert results.failed == ["Fill:0-Drain:1", "Fill:1-Drain:2"]
+        '''}
+    project = write_project(tmp_path / "all", files)
+    session = run_session(project, "test_all.py", env=ENV)
+    assert session.wait_paused()["paused_at"] == "test_all.py::test_all_walks::walk step 1"
+    client = session.client()
+    reply, msgs = execute(client, "walk.id")
+    assert "'Fill:0-Drain:1'" in texts(msgs)
+    execute(client, "%fail")  # recorded as that walk's failure; the next walk runs
+    def pauses():
+        return [e for e in session.events() if e["event"] == "pause"]
+
+    wait_for(lambda: len(pauses()) == 2 and session.meta().get("state") == "paused", what="the next failing walk")
+    reply, msgs = execute(client, "walk.id")
+    assert "'Fill:0-Drain:2'" in texts(msgs), texts(msgs)
+    execute(client, 'state["items"].extend([7, 7])')
+    reply, msgs = execute(client, "%retry")
+    assert "Step 1 (Drain(2)): passed." in texts(msgs), texts(msgs)
+    execute(client, "%continue")
+    # pauses: walk 1's error, walk 2's error, walk 2 after %retry, walk 3's error
+    wait_for(lambda: len(pauses()) == 4 and session.meta().get("state") == "paused", what="the third failing walk")
+    reply, msgs = execute(client, "walk.id")
+    assert "'Fill:1-Drain:2'" in texts(msgs), texts(msgs)
+    execute(client, "%fail")
+    assert session.wait_exit() == 0, session.output()

@@ -152,7 +152,8 @@ class _Step:
 
         self.emit("step_finish", status="failed", duration_s=round(_perf_counter() - start, 6), error=error_text(exc),
                   locals={k: {"type": type(v).__qualname__, "repr": summary_repr(v)}
-                          for k, v in list(self.namespace.items())[:50] if not isinstance(v, type)})
+                          for k, v in list(self.namespace.items())[:50]
+                          if not isinstance(v, type) and not k.startswith("__")})
 
     def forced(self) -> None:
         self.record.forced = True

@@ -73,14 +73,22 @@ def test_a_failing_rule_pauses_in_the_final_replay_and_an_edit_fixes_it(tmp_path
                                   "state.counter.total - state.model]))")
     lines, name, same, off = json.loads(stream_text(msgs))
     # The shrunk program, as Hypothesis prints it: the pause came in its final replay.
-    assert lines[0] == "state = CounterMachine()" and "state.add(k=3)" in lines, lines
-    assert lines[-1].startswith("state.check(k="), lines
+    assert lines[0] == "state = CounterMachine()" and "added_0 = state.add(k=3)" in lines, lines
+    assert lines[-1] == "state.check(k=added_0)", lines
+    # The same program Hypothesis prints under plain pytest.
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                           capture_output=True, text=True, timeout=120)
+    printed = plain.stdout.split("Falsifying example:\n", 1)[1].splitlines()
+    printed = [line[1:].strip() for line in printed[:len(lines) + 1]]
+    assert printed == lines + ["state.teardown()"], (printed, lines)
     assert (name, same, off) == ("CounterMachine", True, 1)
     reply, msgs = execute(client, "%steps")
     assert "program        0  state = CounterMachine()" in texts(msgs), texts(msgs)
     assert "→ program" in texts(msgs) and "✘ failed" in texts(msgs)
     reply, msgs = execute(client, "%%edit Counter.add\ndef add(self, k):\n    self.total += k\n")
     assert reply["status"] == "ok" and "Counter.add (in counter.py) replaced" in texts(msgs), texts(msgs)
+    reply, msgs = execute(client, "bundles")
+    assert "{'added': [VarReference(name='added_0')]}" in texts(msgs), texts(msgs)
     execute(client, "state.counter.total = state.model")  # what the fixed add would have counted
     reply, msgs = execute(client, "%continue")
     assert session.wait_exit(timeout=120) == 1, "fixed by an edit not yet written to disk"

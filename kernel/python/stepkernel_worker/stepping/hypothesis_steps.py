@@ -39,7 +39,7 @@ def prepare(item: Any) -> None:
         function = getattr(rule, "function", None)
         if function is not None and not hasattr(function, _WRAPPED):
             try:
-                rule.function = _wrap(function)
+                rule.function = _wrap(function, rule)
             except Exception:  # noqa: BLE001 - a frozen rule: it runs unstepped
                 continue
 
@@ -66,23 +66,44 @@ def _is_final() -> bool:
     return bool(getattr(context, "is_final", False))
 
 
-def _wrap(function: Any) -> Any:
+def _wrap(function: Any, rule: Any) -> Any:
     @functools.wraps(function)
     def rule_step(machine: Any, **data: Any) -> Any:
         engine = runtime.ENGINE
         if engine is None or engine.current is None or not _is_final():
             return function(machine, **data)
-        return _final_step(engine, machine, function, data)
+        return _final_step(engine, machine, function, rule, data)
 
     setattr(rule_step, _WRAPPED, function)
     return rule_step
 
 
-def _final_step(engine: Any, machine: Any, function: Any, data: dict) -> Any:
+def _pretty(machine: Any, value: Any) -> str:
+    """An argument as Hypothesis prints it (a bundle's value by its name, ``added_0``)."""
     from .function_steps import summary_repr
 
+    try:
+        return str(machine._pretty_print(value))
+    except Exception:  # noqa: BLE001 - a private helper of Hypothesis that may change
+        return summary_repr(value, 60)
+
+
+def _assignment(machine: Any, rule: Any, result: Any) -> str:
+    """``added_0 = `` for a rule with target bundles, the names Hypothesis gives its result next."""
+    targets = getattr(rule, "targets", None)
+    if not targets or result is None or type(result).__name__ == "MultipleResults":
+        return ""
+    counters = dict(getattr(machine, "names_counters", {}))
+    names = []
+    for target in targets:
+        names.append(f"{target}_{counters.get(target, 0)}")
+        counters[target] = counters.get(target, 0) + 1
+    return ", ".join(names) + " = "
+
+
+def _final_step(engine: Any, machine: Any, function: Any, rule: Any, data: dict) -> Any:
     program = machine.__dict__.setdefault("_stepkernel_program", [f"state = {type(machine).__name__}()"])
-    args = ", ".join(f"{k}={summary_repr(v, 60)}" for k, v in data.items())
+    args = ", ".join(f"{k}={_pretty(machine, v)}" for k, v in data.items())
     index = len(program)
     program.append(f"state.{function.__name__}({args})")
     record = engine.current
@@ -93,9 +114,11 @@ def _final_step(engine: Any, machine: Any, function: Any, data: dict) -> Any:
     where = (code.co_filename, code.co_firstlineno) if code is not None else None
     module = sys.modules.get(getattr(function, "__module__", "") or "")
     namespace = {"state": machine, "self": machine, **data, "program": program,
+                 "bundles": getattr(machine, "bundles", {}),
                  "__stepkernel_edit_hint__": f"{type(machine).__name__}.{function.__name__}"}
     value = engine.dynamic_step(PHASE, index, program, lambda: function(machine, **data), namespace, where=where,
                                 module_globals=getattr(module, "__dict__", None))
+    program[index] = _assignment(machine, rule, value) + program[index]
     if not engine.step_events:
         engine.emit("step_finish", test=record.id, phase=PHASE, index=index, name=program[index], status="passed",
                     duration_s=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 
 from .actions import Action, Walk, WalkError
 from .ids import option_ids
@@ -111,4 +111,4 @@ def all_pairs(sizes: Sequence[int]) -> set[tuple[int, int, int, int]]:
             for a in range(sizes[i]) for b in range(sizes[j])}
 
 
-__all__ = ["Model", "generate", "covered_pairs", "all_pairs", "STRATEGIES", "Any"]
+__all__ = ["Model", "generate", "covered_pairs", "all_pairs", "STRATEGIES"]

@@ -19,7 +19,7 @@ import os
 import warnings
 from typing import Any, Iterable
 
-from .actions import SerialAction, Walk, WalkError, decode_action, to_jsonable
+from .actions import Walk, WalkError, decode_action, to_jsonable
 
 FORMAT = "stepkernel.walks"
 VERSION = 1
@@ -251,4 +251,4 @@ def replay(trace: str | Trace, walk_id: str | int, state: Any = None, *, pause: 
     return run_walk(walk, state, pause=pause, serial="inline")
 
 
-__all__ = ["Trace", "TraceWriter", "WalkNotFound", "replay", "SerialAction"]
+__all__ = ["Trace", "TraceWriter", "WalkNotFound", "replay"]

@@ -476,6 +476,14 @@ def test_bad_traces_are_named(tmp_path):
         replay(trace, 0)
 
 
+def test_a_walk_of_a_scripts_main_is_named_as_not_replayable(tmp_path):
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(json.dumps({"walk": "Fill:1", "index": 0, "segment": 0, "serial": None,
+                                 "actions": [{"action": "__main__:Fill", "param": 1}], "outcome": "failed"}) + "\n")
+    with pytest.raises(WalkError, match="Fill was defined in a script run as __main__"):
+        replay(str(trace), "Fill:1", state=[])
+
+
 class Opaque:
     pass
 

@@ -139,6 +139,34 @@ def test_walks_are_pytest_items_under_plain_pytest(tmp_path):
     assert "assert 1.8 == -8" in one.stdout, "pytest's assertion rewriting reaches the action's assert"
 
 
+def test_walks_in_a_test_class_in_both_forms(tmp_path):
+    project = write_project(tmp_path / "cls", {"test_cls.py": '''
+        from stepkernel.walks import Action, walks
+
+
+        class A(Action):
+            OPTIONS = [1, 2]
+
+            def run(self, param, state):
+                state.append(param)
+
+
+        class TestInClass:
+            test_a = walks([A], state=[])
+
+            @walks([A])
+            def test_b(self, walk, tmp_path):
+                assert walk.run([]) == [walk.actions[0].param] and isinstance(self, TestInClass)
+        '''})
+    done = pytest_run(project, "-q", "-rA")
+    assert done.returncode == 0 and "4 passed" in done.stdout, done.stdout
+    assert "PASSED test_cls.py::TestInClass::test_a[A:2]" in done.stdout
+    stepped = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail"], cwd=project,
+                             capture_output=True, text=True, timeout=120,
+                             env={**os.environ, **ENV, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")})
+    assert stepped.returncode == 0 and "4 passed" in stepped.stdout, stepped.stdout + stepped.stderr
+
+
 def test_pytest_xdist_spreads_the_walks_over_its_workers(tmp_path):
     pytest.importorskip("xdist")
     project = write_project(tmp_path / "cart", CART)

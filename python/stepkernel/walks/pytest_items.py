@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import sys
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -95,20 +96,24 @@ def walks(action_order: Sequence[type[Action]], state: Any = None, *, strategy: 
     params = [pytest.param(walk, id=walk.id) for walk in plan]
     if not params:
         raise WalkError("the model gives no walk (every one was cancelled by should_cancel)")
-    names = {"tracer": None}
+    made: dict[str, _Tracer | None] = {"tracer": None}
 
     def tracer_for(func: Callable) -> _Tracer | None:
         if log_dir is None:
             return None
-        if names["tracer"] is None:
+        if made["tracer"] is None:
             module = (getattr(func, "__module__", "") or "walks").rsplit(".", 1)[-1]
-            names["tracer"] = _Tracer(log_dir, f"{module}.{func.__name__}", state)
-        return names["tracer"]
+            made["tracer"] = _Tracer(log_dir, f"{module}.{func.__name__}", state)
+        return made["tracer"]
 
-    def test_walk(walk: Walk) -> None:
+    caller = sys._getframe(1)
+    in_class = caller.f_code.co_name != "<module>" and "__qualname__" in caller.f_locals
+
+    def test_walk(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and inspect.isfunction(args[0]):
+            return _decorate(args[0], params, tracer_for)  # @walks([...]) def test_x(walk, ...)
+        walk = kwargs.get("walk", args[-1] if args else None)
         if not isinstance(walk, Walk):
-            if inspect.isfunction(walk):
-                return _decorate(walk, params, tracer_for)
             raise TypeError(f"walks(...) runs a Walk, not {walk!r}")
         tracer = tracer_for(test_walk)
 
@@ -117,7 +122,12 @@ def walks(action_order: Sequence[type[Action]], state: Any = None, *, strategy: 
                      initial=state)
 
         _run_traced(walk, tracer, body)
+        return None
 
+    # What pytest reads for the arguments: `walk`, after `self` in a class body.
+    positional = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    arguments = ["self", "walk"] if in_class else ["walk"]
+    test_walk.__signature__ = inspect.Signature([inspect.Parameter(n, positional) for n in arguments])  # type: ignore[attr-defined]
     return pytest.mark.parametrize("walk", params)(test_walk)
 
 

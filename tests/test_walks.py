@@ -479,6 +479,8 @@ def test_run_walks_inside_a_test_pauses_each_failing_walk_and_goes_on(tmp_path, 
     client = session.client()
     reply, msgs = execute(client, "walk.id")
     assert "'Fill:0-Drain:1'" in texts(msgs)
+    reply, msgs = execute(client, "%steps")
+    assert "walk           0  Fill(0)" in texts(msgs) and "→ walk           1  Drain(1)" in texts(msgs), texts(msgs)
     execute(client, "%fail")  # recorded as that walk's failure; the next walk runs
     def pauses():
         return [e for e in session.events() if e["event"] == "pause"]

@@ -161,3 +161,10 @@ def test_an_items_parameter_announces_its_steps_as_a_phase():
     assert dynamic_phases(Item()) == [{"name": "walk", "function": "A:1", "steps": 2, "stepped": True,
                                        "step_names": ["A(1)", "B(2)"], "dynamic": True}]
     assert dynamic_phases(object()) == []
+
+
+def test_a_pause_names_the_steps_before_it_when_no_phase_announced_them():
+    host, engine = make(["continue"], step_events=False)
+    call_stepped(engine, walk, {})
+    finished = [(e["index"], e["name"], e["status"]) for e in host.of("step_finish") if e["phase"] == "walk"]
+    assert finished == [(1, "check()", "failed"), (0, "put(1)", "passed")], finished

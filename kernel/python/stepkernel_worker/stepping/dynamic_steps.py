@@ -180,6 +180,11 @@ class _Step:
         from .live_pause import alarm_suspended
 
         engine = self.engine
+        if not engine.step_events and not any(p.get("name") == self.phase for p in self.record.phases):
+            # A phase test_start did not announce: name the steps that ran before this one.
+            for i in range(min(self.index, len(self.step_names))):
+                engine.emit("step_finish", test=self.record.id, phase=self.phase, index=i, name=self.step_names[i],
+                            status="passed", duration_s=None)
         handler = DynamicHandler(self, reason, exc)
         info = handler.info()
         engine.emit("pause", test=self.record.id, phase=self.phase, index=self.index, name=self.name, reason=reason,

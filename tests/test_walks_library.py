@@ -370,6 +370,20 @@ def test_a_serial_action_runs_once_per_option_after_every_walk_reached_it(tmp_pa
     assert [(s["before"], s["mode"]) for s in results.states][:2] == [(1, "fast"), (1, "fast")]
 
 
+def test_a_worker_process_that_dies_fails_its_walks_and_the_run_ends():
+    class Crash(Action):
+        OPTIONS = [1, 2, 3, 4]
+
+        def run(self, param, state):
+            if param == 3:
+                os._exit(7)  # a segfault, an OOM kill: the process is gone
+
+    results = run_walks([Crash], state=[], parallel=2)
+    # Walks 0 and 2 (options 1, 3) were worker 0's: both lost with it; worker 1's walks passed.
+    assert sorted(results.failed) == ["Crash:1", "Crash:3"]
+    assert set(results.errors.values()) == {"walk worker process 0 died (exit code 7)"}
+
+
 def test_a_failing_serial_action_fails_the_walks_of_its_branch_only():
     class Config(SerialAction):
         OPTIONS = ["ok", "broken"]

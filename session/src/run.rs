@@ -469,3 +469,33 @@ fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
     files.retain(|f| seen.insert(f.clone()));
     files
 }
+
+#[cfg(test)]
+mod assigned_tests {
+    use super::assigned_at_top_level;
+
+    #[test]
+    fn a_test_made_by_assignment_is_found_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("test_w.py");
+        std::fs::write(
+            &file,
+            "test_a = walks([A])\ntest_b: object = walks([B])\nif test_c == 1:\n    pass\n    test_d = 1\n",
+        )
+        .unwrap();
+        assert!(assigned_at_top_level(&file, "test_a"));
+        assert!(assigned_at_top_level(&file, "test_b"));
+        assert!(
+            !assigned_at_top_level(&file, "test_c"),
+            "a comparison is no assignment"
+        );
+        assert!(
+            !assigned_at_top_level(&file, "test_d"),
+            "indented: not top level"
+        );
+        assert!(!assigned_at_top_level(
+            &dir.path().join("missing.py"),
+            "test_a"
+        ));
+    }
+}

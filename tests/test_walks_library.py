@@ -301,6 +301,18 @@ def test_walks_for_pytest_refuses_bad_models_and_tests_without_a_walk_argument()
         walks([MyActionA], on_error="later")
 
 
+def test_walks_for_pytest_take_the_strategies():
+    from stepkernel.walks import walks
+
+    def count(test):
+        [mark] = [m for m in test.pytestmark if m.name == "parametrize"]
+        return len(mark.args[1])
+
+    assert count(walks(_five())) == 320
+    assert count(walks(_five(), strategy="pairwise")) == 20
+    assert count(walks(_five(), strategy="random", count=12, seed=3)) == 12
+
+
 def test_cancelled_walks_are_counted_not_failed():
     class MaybeCancel(Action):
         OPTIONS = [1, 2]

@@ -8,6 +8,7 @@ mod kernel_cmd;
 mod lab_cmd;
 mod python;
 mod report_cmd;
+mod replay_cmd;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Run tests step by step; pause on failure so a Jupyter client can attach.
     Run(run_cmd::RunArgs),
+    /// Run one walk of a `stepkernel.walks` trace again, pausing at the action that failed.
+    Replay(replay_cmd::ReplayArgs),
     /// Copy the bundled example into a temporary git repo and run it.
     Demo(demo::DemoArgs),
     /// Export a session's edits as a patch for `git am`.
@@ -63,6 +66,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args),
+        Command::Replay(args) => replay_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Patch(args) => sessions_cmd::patch(args),
         Command::Sessions(args) => sessions_cmd::sessions(args),

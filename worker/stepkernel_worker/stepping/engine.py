@@ -270,6 +270,18 @@ class Engine:
         record = self.current
         return self._extra.setdefault((record.id if record else "", steps.code), {})
 
+    def dynamic_step(self, phase: str, index: int, step_names: list[str], fn: Callable[[], Any], namespace: dict,
+                     *, passthrough: tuple = (), where: tuple[str, int] | None = None,
+                     module_globals: dict | None = None) -> Any:
+        """Run ``fn()`` as step ``index`` of ``phase``, a step a library announces (``dynamic_steps.py``).
+
+        Pauses on its error with ``namespace`` alive over ``module_globals`` (``passthrough``
+        errors propagate unpaused); returns what ``fn`` returned (None when the user skipped it).
+        """
+        from .dynamic_steps import run_step
+
+        return run_step(self, phase, index, step_names, fn, namespace, passthrough, where, module_globals)
+
     def note_edited_ran(self, edited: EditedStep | None) -> None:
         if edited is not None and self.current is not None:
             self.current.edited_ran = True

@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from . import importing
+from . import hypothesis_steps, importing
+from .dynamic_steps import dynamic_phases
 from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
@@ -177,6 +178,7 @@ class SteppingPlugin:
         obj = getattr(item, "obj", None)
         if obj is not None:
             add("test", obj)
+        phases.extend(dynamic_phases(item))
         if user_method(cls, "teardown_method") is not None:
             add("teardown_method", cls.teardown_method)
         return phases, codes
@@ -191,6 +193,7 @@ class SteppingPlugin:
             codes = []
         record = engine.begin_test(item.nodeid, _item_file(item), phases, codes, item=item, plan_ids=_plan_marks(item))
         record.expects_failure = _xfail_predicate(item)
+        hypothesis_steps.prepare(item)
         self._reports[item.nodeid] = []
         try:
             yield
@@ -219,6 +222,10 @@ class SteppingPlugin:
             # A failing step skipped by hand: the test fails, as the journal says.
             report.outcome = "failed"
             report.longrepr = "StepForced: test forced: step(s) skipped by hand: " + ", ".join(record.forced_steps)
+        elif report.failed and hypothesis_steps.fixed_by_edit(record, call.excinfo):
+            # Hypothesis's final replay passed after an edit: fixed, not flaky.
+            report.outcome = "passed"
+            report.longrepr = None
 
     def pytest_exception_interact(self, node, call, report):
         """A test that runs as one step (hypothesis, a generator) pauses after it failed."""

@@ -31,6 +31,10 @@ REQUIREMENTS = ROOT / "tests" / "requirements.txt"
 PROFILE = os.environ.get("STEPKERNEL_WHEEL_PROFILE", "release")
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
 
+# The first test builds the release wheel (several minutes on 2 cores, more
+# while other builds share them): pytest.ini's 300 s per test is for tests.
+pytestmark = pytest.mark.timeout(3600)
+
 FAILING = """
     def test_passes():
         x = 1

@@ -650,6 +650,44 @@ def test_a_failing_setupmodule_says_which_unit_the_errors_count(tmp_path):
     }
 
 
+@pytest.mark.parametrize("case", ["skipped module", "collection error"])
+def test_the_summary_counts_modules_skipped_or_broken_at_collection_as_pytest_does(tmp_path, case):
+    first_line = ('np = pytest.importorskip("no_such_module_xyz")' if case == "skipped module"
+                  else "import no_such_module_xyz")
+    project = write_project(tmp_path, {
+        "test_mod.py": f"""
+            import pytest
+            {first_line}
+
+
+            def test_a():
+                pass
+            """,
+        "test_ok.py": """
+            def test_b():
+                x = 1
+                assert x
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                           capture_output=True, text=True)
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "--", "-p", "no:cacheprovider"],
+        cwd=project, capture_output=True, text=True)
+    out = stepped.stdout + stepped.stderr
+    expected = "1 passed, 1 skipped" if case == "skipped module" else "1 error"
+    assert plain.stdout.splitlines()[-1].startswith(f"{expected} in "), plain.stdout
+    assert f"stepkernel: {expected} in " in out, out
+    assert stepped.returncode == plain.returncode, out
+    (session,) = (project / ".stepkernel" / "sessions").iterdir()
+    report = json.loads((session / "report.json").read_text())
+    (collected,) = report["collection"]
+    assert collected["id"] == "test_mod.py"
+    assert "no_such_module_xyz" in collected["longrepr"]
+    if case == "collection error":
+        assert [f["test"] for f in report["failures"]] == ["test_mod.py"], report["failures"]
+
+
 def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):
     """Steps report nothing while they pass: the bar counts the run's tests."""
     import pexpect

@@ -14,6 +14,8 @@ pub struct Report {
     /// Tests that a failing class or module fixture errored, by fixture
     /// (`setUpModule (test_db)`), from `test_finish` events that carry `fixture`.
     fixture_errors: BTreeMap<String, u64>,
+    /// Collectors (modules) that failed or skipped while collected, from `collect_report`.
+    collection: Vec<Value>,
     by_method: BTreeMap<String, u64>,
     /// Failures by (type, first line of the message).
     by_error: BTreeMap<(String, String), ErrorGroup>,
@@ -240,6 +242,23 @@ impl Report {
                 }
                 self.tests.push(test);
             }
+            "collect_report" => {
+                // A module that failed to collect, or skipped itself while being
+                // collected: pytest counts it beside the tests, so the summary does.
+                let id = event.get("nodeid").and_then(Value::as_str).unwrap_or("");
+                let outcome = match event.get("outcome").and_then(Value::as_str) {
+                    Some("failed") => "error",
+                    Some("skipped") => "skipped",
+                    _ => return,
+                };
+                *self.counts.entry(outcome.to_string()).or_default() += 1;
+                let entry = json!({"id": id, "outcome": outcome, "steps": [],
+                                   "longrepr": event.get("longrepr").cloned().unwrap_or(Value::Null)});
+                if outcome == "error" {
+                    self.record_failure(id, outcome, &entry, event);
+                }
+                self.collection.push(entry);
+            }
             "summary" => self.summary = Some(event.clone()),
             _ => {}
         }
@@ -338,6 +357,7 @@ impl Report {
             "edits": self.edits,
             "tests": self.tests,
             "failures": self.failures,
+            "collection": self.collection,
             "failures_by_method": by_method,
             "failures_by_error": by_error,
             "by_step": self.by_step(),

@@ -139,6 +139,16 @@ class SteppingPlugin:
                 item.ihook.pytest_runtest_protocol(item=item, nextitem=items[i + 1] if i + 1 < len(items) else None)
         return result
 
+    def pytest_collectreport(self, report):
+        if report.failed or report.skipped:
+            # pytest counts these in its summary, beside the tests.
+            self.engine.emit(
+                "collect_report",
+                nodeid=report.nodeid,
+                outcome=report.outcome,
+                longrepr=str(report.longrepr)[:2000],
+            )
+
     def pytest_collection_finish(self, session):
         self.engine.emit("collected", count=len(session.items), tests=[item.nodeid for item in session.items])
         seen = set()

@@ -39,6 +39,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
                 python,
                 package_dir,
                 cwd: None,
+                pass_through: None,
             },
             hooks: None,
             run: None,

@@ -10,6 +10,7 @@ mod python;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
+mod xdist_worker_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -46,6 +47,9 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// A session's state: where it is, tests done, counts, failures (live with --follow).
     Status(ctl_cmd::StatusArgs),
+    /// The interpreter execnet starts for a pytest-xdist worker of `stepkernel run -n N`.
+    #[command(hide = true)]
+    XdistWorker(xdist_worker_cmd::XdistWorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Command::Steps(args) => steps::run(args),
         Command::Ctl(args) => ctl_cmd::ctl(args),
         Command::Status(args) => ctl_cmd::status(args),
+        Command::XdistWorker(args) => xdist_worker_cmd::run(args),
     };
     match result {
         Ok(code) => code,

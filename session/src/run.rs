@@ -116,6 +116,7 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     }
     for name in [
         crate::control::SOCKET_NAME,
+        crate::xdist::RELAY_SOCKET,
         "events.jsonl",
         "journal.jsonl",
         "report.json",
@@ -222,6 +223,14 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         "runner": opts.runner,
         "on_error": opts.on_error,
         "junit_xml": opts.junit_xml.as_ref().map(|p| opts.rootdir.join(p).display().to_string()),
+        // How xdist workers start kernels of their own (`stepkernel xdist-worker`).
+        "xdist": {
+            "bin": std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "stepkernel".into()),
+            "session_dir": dir.display().to_string(),
+            "ip": opts.ip,
+            "step_marker": opts.step_marker,
+            "plan_id": opts.plan_id,
+        },
     });
     // A project directory whose name is not UTF-8 goes as bytes too (lossless).
     run_message
@@ -241,6 +250,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 python: opts.python.clone(),
                 package_dir: opts.package_dir.clone(),
                 cwd: Some(opts.rootdir.clone()),
+                pass_through: None,
             },
             hooks: None,
             run: Some(run_message),
@@ -340,10 +350,20 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 None
             }
         };
+        let relay = match crate::xdist::WorkerRelay::start(&dir, hooks.clone()) {
+            Ok(relay) => Some(relay),
+            Err(err) => {
+                hooks.say(&format!("stepkernel: no relay for xdist workers ({err}); their events stay in their own directories"));
+                None
+            }
+        };
         bound.set_hooks(hooks.clone());
         let served = bound.serve().await;
         if let Some(control) = control {
             control.close().await;
+        }
+        if let Some(relay) = relay {
+            relay.close();
         }
         served?;
         Ok(hooks.exit_code().unwrap_or(3))
@@ -363,7 +383,7 @@ fn after_run(opts: &RunOptions) -> AfterRun {
 /// How a second terminal runs this binary: `stepkernel` when that is what
 /// PATH finds, else its full path (as after `scripts/demo.sh`, which runs it
 /// from the build directory).
-fn self_command() -> String {
+pub fn self_command() -> String {
     let Ok(me) = std::env::current_exe() else {
         return "stepkernel".into();
     };

@@ -1,0 +1,85 @@
+"""The controller side of a stepped pytest-xdist run (``stepkernel run -n N``).
+
+Each worker's interpreter is started through ``stepkernel xdist-worker``, a
+kernel of its own that serves it (``xdist_worker.py`` is the worker's
+side): its tests are stepped, and a failing step pauses that worker only,
+attachable at ``<session>/workers/<gw-id>/connection.json``. ``--dist
+worksteal`` is the default, so idle workers take a paused worker's queue.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+import pytest
+
+#: Printed when the user chose ``--dist load``.
+LOAD_NOTE = (
+    "stepkernel: --dist load keeps the tests queued for a paused worker waiting until it resumes; "
+    "--dist worksteal (stepkernel's default under xdist) lets the other workers take them"
+)
+
+
+def _uses_xdist(config: Any) -> bool:
+    option = config.option
+    return bool(getattr(option, "numprocesses", None) or getattr(option, "tx", None))
+
+
+class XdistController:
+    """Registered beside the stepping plugin when the run may use xdist."""
+
+    def __init__(self, engine: Any, spec: dict) -> None:
+        self.engine = engine
+        self.spec = spec
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_cmdline_main(self, config: Any) -> None:
+        if not _uses_xdist(config) or config.pluginmanager.getplugin("xdist.plugin") is None:
+            return None
+        dist = getattr(config.option, "dist", "no")
+        if dist == "no":
+            config.option.dist = "worksteal"
+        elif dist == "load":
+            print(LOAD_NOTE, file=sys.stderr, flush=True)
+        return None
+
+    def pytest_xdist_setupnodes(self, config: Any, specs: list) -> None:
+        for spec in specs:
+            if spec.popen and not getattr(spec, "via", None):
+                spec.python = self._wrapped(spec)
+
+    def _wrapped(self, spec: Any) -> str:
+        python = spec.python or sys.executable
+        command = [
+            self.spec["bin"], "xdist-worker",
+            "--session-dir", self.spec["session_dir"],
+            "--worker", spec.id,
+            "--python", python,
+            "--ip", self.spec.get("ip") or "127.0.0.1",
+        ]
+        for flag, key in (("--step-marker", "step_marker"), ("--plan-id", "plan_id")):
+            if self.spec.get(key):
+                command += [flag, self.spec[key]]
+        command.append("--")
+        return shlex.join(command)
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["stepkernel"] = {
+            "on_error": self.engine.on_error,
+            "steps_fingerprint": self.engine.steps_fingerprint,
+        }
+
+
+def plugins(engine: Any) -> list:
+    """The controller's plugins for this run (none without xdist or the kernel's settings)."""
+    spec = getattr(engine.host, "xdist", None)
+    if not spec:
+        return []
+    import importlib.util
+
+    # Not imported here: pytest imports (and assertion-rewrites) its plugins itself.
+    if importlib.util.find_spec("xdist") is None:
+        return []
+    return [XdistController(engine, spec)]

@@ -1,0 +1,155 @@
+"""pytest-xdist under `stepkernel run -n N`: every worker steps its tests and
+pauses on its own, with a kernel of its own; one session for the whole run.
+
+Real pytest-xdist workers, real jupyter_client, real `git am`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+from jupyter_client import BlockingKernelClient
+
+from conftest import GIT_ENV, PYTHON, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
+
+pytest.importorskip("xdist")
+
+# Each file's test fails at its second step; a worker runs each (loadfile keeps
+# a file on one worker, so both workers are paused at once).
+TWO_FILES = {
+    "shop/__init__.py": "",
+    "shop/prices.py": '''
+        def net(gross):
+            return gross - 1
+        ''',
+    "test_prices.py": '''
+        from shop.prices import net
+
+
+        def test_net():
+            value = 10
+            assert net(value) == 8, "net price"
+            done = True
+            assert done
+        ''',
+    "test_counts.py": '''
+        def test_count():
+            items = [1, 2, 3]
+            assert len(items) == 4, "count"
+            assert items
+        ''',
+}
+
+
+def git(cwd, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+    assert result.returncode == 0, f"git {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def workers_dir(run) -> pathlib.Path:
+    return run.session_dir / "workers"
+
+
+def worker_meta(run, worker: str) -> dict:
+    try:
+        return json.loads((workers_dir(run) / worker / "session.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def paused_workers(run) -> dict[str, dict]:
+    if run.proc.poll() is not None:
+        raise AssertionError(f"run exited {run.proc.returncode}:\n{run.output()}")
+    found = {}
+    for worker in ("gw0", "gw1"):
+        meta = worker_meta(run, worker)
+        if meta.get("state") == "paused":
+            found[worker] = meta
+    return found
+
+
+def attach(run, worker: str) -> BlockingKernelClient:
+    path = workers_dir(run) / worker / "connection.json"
+    client = BlockingKernelClient(connection_file=str(path))
+    client.load_connection_file()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    run.clients.append(client)
+    return client
+
+
+def cell(client, code: str) -> str:
+    reply, messages = execute(client, code, timeout=60)
+    assert reply["status"] == "ok", (code, reply, messages)
+    return stream_text(messages) + "".join(
+        c.get("data", {}).get("text/plain", "") for t, c in messages if t in ("execute_result", "display_data")
+    )
+
+
+def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", TWO_FILES, git=True)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "loadfile", "-p", "no:cacheprovider",
+                      env=GIT_ENV)
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    where = {worker: meta["paused_at"] for worker, meta in paused.items()}
+    assert sorted(where.values()) == sorted(
+        ["test_counts.py::test_count::test_count step 1", "test_prices.py::test_net::test_net step 1"]
+    ), where
+    # Both connection files are private, and copied where Jupyter looks.
+    for worker in paused:
+        info = workers_dir(run) / worker / "connection.json"
+        assert info.stat().st_mode & 0o777 == 0o600
+    runtime = project / ".jupyter-runtime"
+    copies = sorted(p.name for p in runtime.glob("kernel-stepkernel-*-gw*.json"))
+    assert len(copies) == 2, copies
+    # The controller's terminal names each paused worker and how to attach to it.
+    out = wait_for(lambda: run.output().count("PAUSED on failure on xdist worker") == 2 and run.output(),
+                   what="both pause banners")
+    for worker in ("gw0", "gw1"):
+        assert f"workers/{worker}/connection.json" in out
+        assert f"--worker {worker}" in out
+    assert json.loads((run.session_dir / "session.json").read_text())["state"] == "paused"
+
+    by_test = {meta["paused_at"].split("::")[0]: worker for worker, meta in paused.items()}
+    prices = attach(run, by_test["test_prices.py"])
+    counts = attach(run, by_test["test_counts.py"])
+    # Each kernel holds its own paused test's state.
+    assert cell(prices, "value, net(value)").strip() == "(10, 9)"
+    assert cell(counts, "items").strip() == "[1, 2, 3]"
+    assert "NameError" in execute(prices, "items")[0].get("ename", "")
+    # Fix the code under test in one worker, the test in the other.
+    out = cell(prices, "%%edit net\ndef net(gross):\n    return gross - 2\n")
+    assert "journaled" in out, out
+    out = cell(counts, "%%edit\nassert len(items) == 3, 'count'\n")
+    assert "journaled" in out, out
+    cell(prices, "%continue")
+    cell(counts, "%continue")
+    code = run.wait_exit(timeout=120, end=False)
+    output = run.output()
+    # Both tests pass only thanks to edits not yet in the files: exit 1, as pytest --stepkernel says.
+    assert code == 1, output
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"fixed": 2}, report
+    assert report["summary"]["total"] == 2 and report["summary"]["exit_code"] == 1, report
+    assert report["exit_code"] == 1
+    events = run.events()
+    workers_seen = {e.get("worker") for e in events if e["event"] == "test_finish"}
+    assert workers_seen == {"gw0", "gw1"}, events
+    assert {e["worker"] for e in events if e["event"] == "resume"} == {"gw0", "gw1"}, events
+    # One patch with both workers' edits, written at the end of the session.
+    patches = sorted(run.session_dir.glob("*.patch"))
+    assert len(patches) == 1, (patches, output)
+    text = patches[0].read_text()
+    assert "return gross - 2" in text and "assert len(items) == 3" in text, text
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    git(clone, "am", str(patches[0]))
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=clone,
+                           capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stdout + plain.stderr

@@ -153,3 +153,128 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=clone,
                            capture_output=True, text=True)
     assert plain.returncode == 0, plain.stdout + plain.stderr
+
+
+def test_fidelity_corpus_under_xdist_matches_plain_pytest_n2(tmp_path, run_session):
+    import shutil
+
+    for f in (SHARED / "fidelity" / "cases").glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml", "plain.xml", "."],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    run = run_session(tmp_path, "--on-error", "fail", "-n", "2", "--junit-xml", "stepped.xml", ".",
+                      "--", "-p", "no:cacheprovider")
+    assert run.wait_exit(180) == 1, run.output()
+    compare = subprocess.run(
+        [PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert compare.returncode == 0, compare.stdout
+    assert ", 0 failed" in compare.stdout
+    # The workers ran the tests, stepped, and the session has all of them.
+    events = run.events()
+    starts = [e for e in events if e["event"] == "test_start"]
+    assert {e.get("worker") for e in starts} == {"gw0", "gw1"}
+    stepped = [e for e in starts if any(p["stepped"] and p["steps"] > 1 for p in e["phases"])]
+    assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
+    report = json.loads((run.session_dir / "report.json").read_text())
+    cases = plain.stdout.count("")  # noqa: F841 - the counts below come from the XML
+    import xml.etree.ElementTree as ET
+
+    plain_cases = len(list(ET.parse(tmp_path / "plain.xml").getroot().iter("testcase")))
+    assert report["summary"]["total"] == len(starts) == plain_cases, report["summary"]
+    assert report["exit_code"] == 1
+
+
+QUEUE = {
+    "test_queue.py": "\n".join(
+        ["def test_00_fails():\n    value = 1\n    assert value == 2\n"]
+        + [f"def test_{i:02d}():\n    assert {i} == {i}\n" for i in range(1, 12)]
+    ),
+}
+
+
+def test_worksteal_drains_a_paused_workers_queue(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", QUEUE)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "-p", "no:cacheprovider")
+    paused = wait_for(lambda: paused_workers(run), timeout=120, what="a worker to pause")
+    (worker, meta), = paused.items()
+    assert meta["paused_at"].startswith("test_queue.py::test_00_fails")
+    other = {"gw0": "gw1", "gw1": "gw0"}[worker]
+
+    def others_done():
+        finished = [e for e in run.events() if e["event"] == "test_finish"]
+        return len(finished) == 10 and finished
+
+    # While the worker stays paused, the other tests run: under worksteal the
+    # other worker took the tests that were queued for the paused one (all
+    # but test_01, which an xdist worker takes before it runs test_00: its
+    # `nextitem`, for fixture teardown).
+    finished = wait_for(others_done, timeout=120, what="the other tests to finish while one worker is paused")
+    assert paused_workers(run).keys() == {worker}
+    ran_by = {e["test"]: e["worker"] for e in finished}
+    # worksteal hands out contiguous halves: the paused worker's were test_00..test_05.
+    assert all(ran_by[f"test_queue.py::test_{i:02d}"] == other for i in range(2, 12)), ran_by
+    client = attach(run, worker)
+    cell(client, "%fail")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+def test_dist_load_is_warned_about(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", {"test_ok.py": "def test_ok():\n    assert True\n"})
+    run = run_session(project, "--on-error", "fail", "-n", "2", "--", "--dist", "load", "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 0, run.output()
+    assert "--dist load keeps the tests queued for a paused worker waiting" in run.output()
+
+
+TIMEOUT = {
+    "test_slow.py": '''
+        import pytest
+
+
+        @pytest.mark.timeout(1)
+        def test_in_time():
+            value = 1
+            assert value == 2
+            assert value
+        ''',
+}
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["single", "xdist"])
+def test_pytest_timeout_does_not_kill_a_paused_test(run_session, tmp_path, xdist):
+    import time
+
+    pytest.importorskip("pytest_timeout")
+    project = write_project(tmp_path / "proj", TIMEOUT)
+    run = run_session(project, "--linger", "0", *xdist, "--", "-p", "no:cacheprovider", "--timeout-method", "signal")
+    if xdist:
+        wait_for(lambda: paused_workers(run), timeout=120, what="the worker to pause")
+        client = attach(run, "gw0" if "gw0" in paused_workers(run) else "gw1")
+    else:
+        run.wait_paused(120)
+        client = run.client()
+    # Well past the test's 1 s timeout while it is paused (a timer that went on
+    # would have failed the test by now: its SIGALRM fires in the pause).
+    time.sleep(3)
+    assert cell(client, "value").strip() == "1"
+    cell(client, "%%edit\nassert value == 1\n")
+    cell(client, "%continue")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()  # fixed by an edit not on disk
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"fixed": 1}, (report, run.output())
+    assert "Timeout" not in run.output()
+
+
+def test_xdist_worker_outside_a_session_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [stepkernel_bin(), "xdist-worker", "--session-dir", str(tmp_path / "nothing"), "--worker", "gw0",
+         "--python", PYTHON, "--", "-u", "-c", "pass"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0
+    assert "is not a stepkernel session directory" in result.stderr, result.stderr
+    assert result.stdout == ""

@@ -90,6 +90,10 @@ impl WorkerRelay {
                         if let Ok(message) = serde_json::from_str::<Value>(&line) {
                             apply(&hooks, &message);
                         }
+                        if lines.get_ref().buffer().is_empty() {
+                            // A batch is in: events.jsonl readers see it now.
+                            hooks.flush_events();
+                        }
                     }
                 });
             }

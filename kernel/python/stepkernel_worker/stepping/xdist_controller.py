@@ -34,16 +34,17 @@ class XdistController:
         self.engine = engine
         self.spec = spec
 
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_cmdline_main(self, config: Any) -> None:
-        if not _uses_xdist(config) or config.pluginmanager.getplugin("xdist.plugin") is None:
-            return None
-        dist = getattr(config.option, "dist", "no")
-        if dist == "no":
-            config.option.dist = "worksteal"
-        elif dist == "load":
-            print(LOAD_NOTE, file=sys.stderr, flush=True)
-        return None
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: Any):
+        # Before xdist's own (which makes `-n` mean `--dist load`): "no" here
+        # is the user's choice of nothing.
+        if _uses_xdist(config):
+            dist = getattr(config.option, "dist", "no")
+            if dist == "no":
+                config.option.dist = "worksteal"
+            elif dist == "load":
+                print(LOAD_NOTE, file=sys.stderr, flush=True)
+        return (yield)
 
     def pytest_xdist_setupnodes(self, config: Any, specs: list) -> None:
         for spec in specs:

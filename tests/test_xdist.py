@@ -278,3 +278,96 @@ def test_xdist_worker_outside_a_session_is_a_clear_error(tmp_path):
     assert result.returncode != 0
     assert "is not a stepkernel session directory" in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def test_sessions_lists_workers_and_console_attaches_to_one(run_session, tmp_path):
+    from test_console_session import Console, user_env
+
+    project = write_project(tmp_path / "proj", TWO_FILES, git=True)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "loadfile", "-p", "no:cacheprovider",
+                      env=GIT_ENV)
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(project / ".jupyter-runtime")}
+    listed = subprocess.run([stepkernel_bin(), "sessions", "--json"], cwd=project, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)
+    assert len(sessions) == 1, sessions  # one session for the run, not one per worker
+    workers = {w["worker"]: w for w in sessions[0]["workers"]}
+    assert workers.keys() == {"gw0", "gw1"}
+    for worker, meta in paused.items():
+        assert workers[worker]["state"] == "paused"
+        assert workers[worker]["connection_file"].endswith(f"workers/{worker}/connection.json")
+    text = subprocess.run([stepkernel_bin(), "sessions"], cwd=project, capture_output=True, text=True, env=env,
+                          timeout=60).stdout
+    assert "  worker gw0" in text and "  worker gw1" in text, text
+    # A worker that does not exist is named, with the ones that do.
+    missing = subprocess.run([stepkernel_bin(), "console", str(run.session_dir), "--worker", "gw7"], cwd=project,
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode != 0
+    assert "has no xdist worker gw7; its workers: gw0, gw1" in missing.stderr, missing.stderr
+    by_test = {meta["paused_at"].split("::")[0]: worker for worker, meta in paused.items()}
+    console_env = {**user_env(tmp_path), "JUPYTER_RUNTIME_DIR": env["JUPYTER_RUNTIME_DIR"]}
+    console = Console(project, console_env, str(run.session_dir), "--worker", by_test["test_counts.py"])
+    try:
+        assert f"xdist worker {by_test['test_counts.py']} of session" in console.banner, console.banner
+        out = console.cell(["len(items) * 7"])
+        assert "21" in out, out
+    finally:
+        console.close()
+    for worker in paused:
+        cell(attach(run, worker), "%fail")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+SAME_FUNCTION = {
+    "shop/__init__.py": "",
+    "shop/prices.py": '''
+        def net(gross):
+            return gross - 1
+        ''',
+    "test_one.py": '''
+        from shop.prices import net
+
+
+        def test_one():
+            value = 10
+            assert net(value) == 8
+        ''',
+    "test_two.py": '''
+        from shop.prices import net
+
+
+        def test_two():
+            value = 20
+            assert net(value) == 18
+        ''',
+}
+
+
+def test_two_workers_editing_the_same_lines_differently_is_a_conflict_not_a_merge(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", SAME_FUNCTION, git=True)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "loadfile", "-p", "no:cacheprovider",
+                      env=GIT_ENV)
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    first, second = (attach(run, worker) for worker in sorted(paused))
+    assert "journaled" in cell(first, "%%edit net\ndef net(gross):\n    return gross - 2\n")
+    assert "journaled" in cell(second, "%%edit net\ndef net(gross):\n    return gross - 2  # two\n")
+    reply, messages = execute(second, "%patch")
+    assert reply["status"] == "error", (reply, messages)
+    assert "edited differently by xdist workers gw0" in reply["evalue"] and "gw1" in reply["evalue"], reply
+    assert not list(run.session_dir.glob("*.patch"))
+    cli = subprocess.run([stepkernel_bin(), "patch", str(run.session_dir)], cwd=project, capture_output=True,
+                         text=True, timeout=60)
+    assert cli.returncode != 0 and "edited differently" in cli.stderr, cli.stderr
+    # One worker's edit made to agree with the other's: the export goes through.
+    cell(second, "%%edit net\ndef net(gross):\n    return gross - 2\n")
+    out = cell(second, "%patch")
+    assert "Wrote" in out, out
+    patch = next(run.session_dir.glob("*.patch")).read_text()
+    assert patch.count("return gross - 2") == 1 and "# two" not in patch, patch
+    cell(first, "%continue")
+    cell(second, "%continue")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()

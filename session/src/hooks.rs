@@ -512,6 +512,7 @@ impl RunHooks {
                 Ok(MagicOutput { text, html: None })
             }
             "patch" => {
+                crate::xdist::check_conflicts(&self.journal_dir)?;
                 let (file, message) = patches::parse_patch_args(args)?;
                 let file = file.map(|f| {
                     if f.is_absolute() {
@@ -543,6 +544,7 @@ impl RunHooks {
                 Ok(MagicOutput { text, html: None })
             }
             "apply" => {
+                crate::xdist::check_conflicts(&self.journal_dir)?;
                 let edits = self.edits()?;
                 if edits.is_empty() {
                     return Err("this session has no edits yet".into());
@@ -680,8 +682,11 @@ impl RunHooks {
                 ));
             } else {
                 // The edits leave with the session: write the patch on the way out.
+                let conflicts = crate::xdist::conflicts(&self.journal_dir);
+                lines.extend(conflicts.iter().map(|c| format!("not exported: {c}")));
                 let written = patches::read_edits(&self.journal_dir)
                     .ok()
+                    .filter(|_| conflicts.is_empty())
                     .and_then(|(edits, _)| {
                         patches::write_patch(
                             &self.ctx.patch_root,

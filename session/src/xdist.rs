@@ -68,6 +68,110 @@ pub fn count_workers_tests(summary: &mut Value, counts: &std::collections::BTree
     }
 }
 
+/// The worker a client of session `dir` attaches to: `worker` if given
+/// (an error naming the workers there are when it is not one of them), else
+/// the first paused worker when the session is paused in one; None: the
+/// session's own kernel.
+pub fn attach_target(
+    dir: &Path,
+    meta: &SessionMeta,
+    worker: Option<&str>,
+) -> Result<Option<(String, SessionMeta)>, String> {
+    let all = workers(dir);
+    if let Some(wanted) = worker {
+        return match all.into_iter().find(|(id, _, _)| id == wanted) {
+            Some((id, _, meta)) => Ok(Some((id, meta))),
+            None => {
+                let names: Vec<String> = workers(dir).into_iter().map(|(id, _, _)| id).collect();
+                Err(if names.is_empty() {
+                    format!(
+                        "session {} has no xdist workers (it was not run with -n)",
+                        meta.id
+                    )
+                } else {
+                    format!(
+                        "session {} has no xdist worker {wanted}; its workers: {}",
+                        meta.id,
+                        names.join(", ")
+                    )
+                })
+            }
+        };
+    }
+    if meta.state != "paused" {
+        return Ok(None);
+    }
+    Ok(all
+        .into_iter()
+        .find(|(_, _, m)| m.state == "paused" && m.alive())
+        .map(|(id, _, m)| (id, m)))
+}
+
+/// Each worker's journaled edits (`<worker dir>/edits.jsonl`), to tell whose an edit is.
+const EDITS_FILE: &str = "edits.jsonl";
+
+/// Edits of the same lines by two workers that differ: each says which
+/// workers, file and lines (empty: none). The session's journal keeps the
+/// last edit of a range; between two workers that would be an arbitrary
+/// pick, so exports refuse until one worker's edit agrees with the other's.
+pub fn conflicts(session_dir: &Path) -> Vec<String> {
+    use std::collections::BTreeMap;
+    // (file, start, end) -> worker -> (the worker's last text, name)
+    let mut ranges: BTreeMap<(String, u64, u64), BTreeMap<String, (String, String)>> =
+        BTreeMap::new();
+    for (worker, dir, _) in workers(session_dir) {
+        let Ok(text) = std::fs::read_to_string(dir.join(EDITS_FILE)) else {
+            continue;
+        };
+        for edit in text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        {
+            let field = |k: &str| {
+                edit.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let line = |k: &str| edit.get(k).and_then(Value::as_u64).unwrap_or(0);
+            ranges
+                .entry((field("file"), line("start_line"), line("end_line")))
+                .or_default()
+                .insert(worker.clone(), (field("new_source"), field("name")));
+        }
+    }
+    let mut found = Vec::new();
+    for ((file, start, end), by_worker) in ranges {
+        let mut versions: Vec<&String> = by_worker.values().map(|(text, _)| text).collect();
+        versions.sort();
+        versions.dedup();
+        if versions.len() > 1 {
+            let names: Vec<String> = by_worker
+                .iter()
+                .map(|(worker, (_, name))| format!("{worker} ({name})"))
+                .collect();
+            found.push(format!(
+                "{file} lines {start}-{end} were edited differently by xdist workers {}",
+                names.join(" and ")
+            ));
+        }
+    }
+    found
+}
+
+/// [`conflicts`] as an error for an export: nothing is written.
+pub fn check_conflicts(session_dir: &Path) -> Result<(), String> {
+    let found = conflicts(session_dir);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "{}; nothing was written: %%edit the same lines again in one of the workers (while it is paused) \
+         so both agree, then export",
+        found.join("; ")
+    ))
+}
+
 /// The session's end of the relay: applies each worker's events to the session's hooks.
 pub struct WorkerRelay {
     path: PathBuf,
@@ -225,9 +329,10 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
     connection
         .extra
         .insert("stepkernel_worker".into(), json!(opts.worker));
+    // Discovery from Jupyter's runtime directory finds the session (one for the run).
     connection.extra.insert(
         crate::discovery::SESSION_DIR_KEY.into(),
-        json!(dir.display().to_string()),
+        json!(opts.session_dir.display().to_string()),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -402,6 +507,16 @@ impl SessionHooks for WorkerHooks {
 
     fn record_edit(&self, edit: &Value) -> Result<String, String> {
         let recorded = self.inner.record_edit(edit)?;
+        let mine = json!({
+            "file": edit.get("file"), "start_line": edit.get("start_line"),
+            "end_line": edit.get("end_line"), "new_source": edit.get("new_source"),
+            "name": edit.get("name"),
+        });
+        let mut line = serde_json::to_vec(&mine).expect("serializes");
+        line.push(b'\n');
+        if let Ok(mut file) = kernel::private_files::open_append(&self.dir.join(EDITS_FILE)) {
+            let _ = file.write_all(&line);
+        }
         self.relay(json!({"kind": "edit"}));
         Ok(recorded)
     }

@@ -117,8 +117,8 @@ const EDITS_FILE: &str = "edits.jsonl";
 pub fn conflicts(session_dir: &Path) -> Vec<String> {
     use std::collections::BTreeMap;
     // (file, start, end) -> worker -> (the worker's last text, name)
-    let mut ranges: BTreeMap<(String, u64, u64), BTreeMap<String, (String, String)>> =
-        BTreeMap::new();
+    type ByWorker = BTreeMap<String, (String, String)>;
+    let mut ranges: BTreeMap<(String, u64, u64), ByWorker> = BTreeMap::new();
     for (worker, dir, _) in workers(session_dir) {
         let Ok(text) = std::fs::read_to_string(dir.join(EDITS_FILE)) else {
             continue;

@@ -108,6 +108,10 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     runtime = project / ".jupyter-runtime"
     copies = sorted(p.name for p in runtime.glob("kernel-stepkernel-*-gw*.json"))
     assert len(copies) == 2, copies
+    listed = [json.loads(p.read_text()) for p in (runtime / "external_kernels").glob("kernel-stepkernel-*-gw*.json")]
+    names = sorted(info["kernel_name"] for info in listed)
+    assert len(names) == 2 and all(n.endswith("— paused") for n in names), names
+    assert any("test_prices.py::test_net" in n for n in names), names
     # The controller's terminal names each paused worker and how to attach to it.
     out = wait_for(lambda: run.output().count("PAUSED on failure on xdist worker") == 2 and run.output(),
                    what="both pause banners")

@@ -364,6 +364,15 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
         let runtime_dir = attach::jupyter_runtime_dir();
         let copy_dirs = vec![runtime_dir.clone(), runtime_dir.join("external_kernels")];
         let (copies, _skipped) = attach::place_copies(&connection_file, &label, &copy_dirs);
+        // JupyterLab lists the worker by what it runs (relabelled at each pause and resume).
+        let listed_copy = copies
+            .iter()
+            .find(|p| p.parent() == Some(copy_dirs[1].as_path()))
+            .cloned();
+        if let Some(copy) = &listed_copy {
+            let what = format!("xdist worker {} of {}", opts.worker, session.id);
+            let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
+        }
         let mut attach_lines = vec![
             format!("jupyter console --existing {}", connection_file.display()),
             format!(
@@ -408,7 +417,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                 options,
                 copies: copies.clone(),
                 after_run: AfterRun::Serve,
-                listed_copy: None,
+                listed_copy,
             },
             meta,
             true,

@@ -125,6 +125,8 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     ] {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    // An earlier run's xdist workers (their states, which edits were whose).
+    let _ = std::fs::remove_dir_all(dir.join(crate::xdist::WORKERS_DIR));
     Ok(())
 }
 

@@ -188,10 +188,17 @@ impl WorkerRelay {
             while let Ok((stream, _)) = listener.accept().await {
                 let hooks = hooks.clone();
                 tokio::spawn(async move {
-                    use tokio::io::AsyncBufReadExt;
-                    let mut lines = tokio::io::BufReader::new(stream).lines();
+                    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = tokio::io::BufReader::new(read).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         if let Ok(message) = serde_json::from_str::<Value>(&line) {
+                            if message.get("kind").and_then(Value::as_str) == Some("sync") {
+                                // Everything before it is applied: the worker may finish.
+                                hooks.flush_events();
+                                let _ = write.write_all(b"ack\n").await;
+                                continue;
+                            }
                             apply(&hooks, &message);
                         }
                         if lines.get_ref().buffer().is_empty() {
@@ -458,7 +465,33 @@ struct WorkerHooks {
     dir: PathBuf,
 }
 
+/// The file name a worker asks steps for at its end (see `xdist_worker.py`):
+/// a round trip through the relay, so the session has applied all it sent
+/// before xdist hears the worker is done.
+const BARRIER: &str = "xdist-barrier";
+
+/// How long a worker's end waits for the session to take its last events.
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl WorkerHooks {
+    fn sync_relay(&self) {
+        use std::io::BufRead;
+        let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stream) = relay.as_mut() else {
+            return;
+        };
+        let line = format!("{}\n", json!({"kind": "sync", "worker": self.worker}));
+        let acked = stream.write_all(line.as_bytes()).is_ok()
+            && stream.set_read_timeout(Some(BARRIER_WAIT)).is_ok()
+            && stream.try_clone().is_ok_and(|read| {
+                let mut answer = String::new();
+                std::io::BufReader::new(read).read_line(&mut answer).is_ok() && answer == "ack\n"
+            });
+        if !acked {
+            *relay = None;
+        }
+    }
+
     fn relay(&self, mut message: Value) {
         message["worker"] = json!(self.worker);
         let mut line = serde_json::to_vec(&message).expect("serializes");
@@ -474,6 +507,11 @@ impl WorkerHooks {
 
 impl SessionHooks for WorkerHooks {
     fn steps_for(&self, path: &Path) -> Value {
+        if path.file_name().is_some_and(|n| n == BARRIER) {
+            self.inner.flush();
+            self.sync_relay();
+            return json!({});
+        }
         self.inner.steps_for(path)
     }
 

@@ -50,6 +50,9 @@ class XdistController:
         for spec in specs:
             if spec.popen and not getattr(spec, "via", None):
                 spec.python = self._wrapped(spec)
+            else:
+                print(f"stepkernel: xdist worker {spec.id} ({spec}) runs its tests unstepped: "
+                      "stepkernel steps local workers (-n N, --tx popen) only", file=sys.stderr, flush=True)
 
     def _wrapped(self, spec: Any) -> str:
         python = spec.python or sys.executable

@@ -25,6 +25,8 @@ _ENV = "PYTEST_PLUGINS"
 #: The user's own ``PYTEST_PLUGINS`` (None: unset), put back once pytest has read it.
 _users_plugins: list[str | None] = []
 _state: dict[str, Any] = {}
+#: Steps asked for this name are the kernel's barrier (session/src/xdist.rs).
+BARRIER = "xdist-barrier"
 
 
 def prepare() -> None:
@@ -121,9 +123,9 @@ def pytest_sessionfinish(session: Any, exitstatus: Any) -> None:
     engine.summary(code)
     # A `%continue` that ran this worker's last test is answered now.
     worker._answer_pending_resume(None, code)
-    # A round trip: the kernel has handled every event above before xdist
-    # tells the controller this worker is done.
-    worker.get_steps(os.path.join(str(session.config.rootpath), ".stepkernel", "no-such-file.py"))
+    # A round trip: the kernel, and through it the session, have handled
+    # every event above before xdist tells the controller this worker is done.
+    worker.get_steps(os.path.join(str(session.config.rootpath), ".stepkernel", BARRIER))
 
 
 def pytest_unconfigure(config: Any) -> None:

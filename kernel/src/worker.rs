@@ -35,6 +35,12 @@
 //! - `{"type":"need_steps","id","path"}`: asks the kernel's instrumenter for a file's steps
 //! - `{"type":"steps_loaded","path"}`: the worker loaded a file's steps from its cache (no reply)
 //!
+//! An xdist worker's kernel (`stepkernel xdist-worker`, [`PassThrough`]) starts
+//! the interpreter execnet asked for with execnet's channel as its stdin and
+//! stdout, its own stdout pipe as fd `$STEPKERNEL_STDOUT_FD` (the worker moves
+//! it to fd 1 once execnet has taken fd 1), and sends no `run`: pytest runs
+//! under xdist, and the kernel ends when the interpreter does.
+//!
 //! Ordering: before sending a message with `"sync": n` the worker writes the
 //! marker `\0\x1eSKSYNC:n\x1e\0` to both pipes ([`crate::stream_splitter`]); the
 //! kernel holds the message until both pipes reached marker `n`, so output

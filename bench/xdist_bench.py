@@ -55,7 +55,6 @@ def main() -> int:
     env.pop("VIRTUAL_ENV", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     xdist = ["-n", str(args.workers)]
-    failed = 0
     for name, version, tests, own_ini, fixup, pythonpath in PROJECTS:
         if args.only and name not in args.only:
             continue
@@ -85,7 +84,6 @@ def main() -> int:
         last = rounds - 1
         plain_xml, stepped_xml = out_dir / f"{name}-plain-{last}.xml", out_dir / f"{name}-stepped-{last}.xml"
         same, diff, diffs = compare(Path(args.compare), plain_xml, stepped_xml)
-        failed += diff != 0
         plain_s, stepped_s = statistics.median(times["plain"]), statistics.median(times["stepped"])
         cases = junit_totals(plain_xml)
         log(f"{name} {version} -n {args.workers}: plain {plain_s:.2f} s, stepped {stepped_s:.2f} s, "

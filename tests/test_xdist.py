@@ -151,6 +151,12 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     assert len(patches) == 1, (patches, output)
     text = patches[0].read_text()
     assert "return gross - 2" in text and "assert len(items) == 3" in text, text
+    # `stepkernel patch` exports the same journal: both workers' edits.
+    exported = subprocess.run([stepkernel_bin(), "patch", str(run.session_dir), "-o", str(tmp_path / "cli.patch")],
+                              cwd=project, capture_output=True, text=True, timeout=60, env={**os.environ, **GIT_ENV})
+    assert exported.returncode == 0, exported.stderr
+    cli = (tmp_path / "cli.patch").read_text()
+    assert "return gross - 2" in cli and "assert len(items) == 3" in cli, cli
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(project), str(clone))
     git(clone, "am", str(patches[0]))

@@ -381,3 +381,14 @@ def test_two_workers_editing_the_same_lines_differently_is_a_conflict_not_a_merg
     cell(first, "%continue")
     cell(second, "%continue")
     assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+def test_abort_in_one_worker_ends_the_whole_run_as_interrupted(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", QUEUE)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "-p", "no:cacheprovider")
+    paused = wait_for(lambda: paused_workers(run), timeout=120, what="a worker to pause")
+    (worker, _), = paused.items()
+    cell(attach(run, worker), "%abort")
+    assert run.wait_exit(timeout=120, end=False) == 2, run.output()
+    assert "stepkernel: run aborted by the user" in run.output()
+    assert json.loads((run.session_dir / "report.json").read_text())["exit_code"] == 2

@@ -312,6 +312,10 @@ def test_sessions_lists_workers_and_console_attaches_to_one(run_session, tmp_pat
     text = subprocess.run([stepkernel_bin(), "sessions"], cwd=project, capture_output=True, text=True, env=env,
                           timeout=60).stdout
     assert "  worker gw0" in text and "  worker gw1" in text, text
+    status = subprocess.run([stepkernel_bin(), "status", str(run.session_dir)], cwd=project, capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "paused xdist workers: gw0 at " in status.stdout and "; gw1 at " in status.stdout, status.stdout
     # A worker that does not exist is named, with the ones that do.
     missing = subprocess.run([stepkernel_bin(), "console", str(run.session_dir), "--worker", "gw7"], cwd=project,
                              capture_output=True, text=True, env=env, timeout=60)

@@ -316,9 +316,14 @@ impl RunHooks {
     /// The control socket's `status` answer.
     pub fn status(&self) -> Value {
         let inner = self.lock();
-        inner
+        let mut status = inner
             .live
-            .to_json(&inner.meta, &self.ctx.dir, crate::status::now())
+            .to_json(&inner.meta, &self.ctx.dir, crate::status::now());
+        if !inner.paused_workers.is_empty() {
+            // Under xdist more than one worker may be paused at once.
+            status["paused_workers"] = json!(inner.paused_workers);
+        }
+        status
     }
 
     /// Reads the live run state.

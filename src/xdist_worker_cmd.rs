@@ -28,6 +28,9 @@ pub struct XdistWorkerArgs {
     /// The run's plan id regex.
     #[arg(long, value_name = "REGEX")]
     pub plan_id: Option<String>,
+    /// The run's jupyter_server external kernels directory.
+    #[arg(long, value_name = "DIR")]
+    pub external_dir: Option<PathBuf>,
     /// The interpreter's arguments from execnet (after `--`).
     #[arg(last = true, allow_hyphen_values = true)]
     pub args: Vec<OsString>,
@@ -44,6 +47,7 @@ pub fn run(args: XdistWorkerArgs) -> anyhow::Result<ExitCode> {
         ip: args.ip,
         step_marker: args.step_marker,
         plan_id: args.plan_id,
+        external_dir: args.external_dir,
         package_dir,
     };
     let code = session::xdist::serve_worker(options).context("the xdist worker's kernel")?;

@@ -294,10 +294,13 @@ def test_sessions_lists_workers_and_console_attaches_to_one(run_session, tmp_pat
     from test_console_session import Console, user_env
 
     project = write_project(tmp_path / "proj", TWO_FILES, git=True)
-    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "loadfile", "-p", "no:cacheprovider",
-                      env=GIT_ENV)
+    external = tmp_path / "external"
+    run = run_session(project, "--linger", "0", "--external-dir", str(external), "-n", "2", "--",
+                      "--dist", "loadfile", "-p", "no:cacheprovider", env=GIT_ENV)
     paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
                       what="both workers to pause")
+    # The run's --external-dir holds the workers' copies too (what jupyter_server lists).
+    assert len(list(external.glob("kernel-stepkernel-*-gw*.json"))) == 2, list(external.iterdir())
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(project / ".jupyter-runtime")}
     listed = subprocess.run([stepkernel_bin(), "sessions", "--json"], cwd=project, capture_output=True, text=True,
                             env=env, timeout=60)

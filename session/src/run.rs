@@ -232,6 +232,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             "ip": opts.ip,
             "step_marker": opts.step_marker,
             "plan_id": opts.plan_id,
+            "external_dir": opts.external_dir.as_ref().map(|d| d.display().to_string()),
         },
     });
     // A project directory whose name is not UTF-8 goes as bytes too (lossless).

@@ -35,6 +35,8 @@ pub struct WorkerOptions {
     pub step_marker: Option<String>,
     /// Custom plan id regex (as the run's).
     pub plan_id: Option<String>,
+    /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
+    pub external_dir: Option<PathBuf>,
     /// The unpacked worker package.
     pub package_dir: PathBuf,
 }
@@ -139,7 +141,11 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
         let connection_file = dir.join("connection.json");
         bound.connection.write(&connection_file)?;
         let runtime_dir = attach::jupyter_runtime_dir();
-        let copy_dirs = vec![runtime_dir.clone(), runtime_dir.join("external_kernels")];
+        let external_dir = opts
+            .external_dir
+            .clone()
+            .unwrap_or_else(|| runtime_dir.join("external_kernels"));
+        let copy_dirs = vec![runtime_dir.clone(), external_dir];
         let (copies, _skipped) = attach::place_copies(&connection_file, &label, &copy_dirs);
         // JupyterLab lists the worker by what it runs (relabelled at each pause and resume).
         let listed_copy = copies

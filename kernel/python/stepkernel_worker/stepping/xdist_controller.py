@@ -63,7 +63,8 @@ class XdistController:
             "--python", python,
             "--ip", self.spec.get("ip") or "127.0.0.1",
         ]
-        for flag, key in (("--step-marker", "step_marker"), ("--plan-id", "plan_id")):
+        for flag, key in (("--step-marker", "step_marker"), ("--plan-id", "plan_id"),
+                          ("--external-dir", "external_dir")):
             if self.spec.get(key):
                 command += [flag, self.spec[key]]
         command.append("--")

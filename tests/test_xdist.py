@@ -399,3 +399,11 @@ def test_abort_in_one_worker_ends_the_whole_run_as_interrupted(run_session, tmp_
     assert run.wait_exit(timeout=120, end=False) == 2, run.output()
     assert "stepkernel: run aborted by the user" in run.output()
     assert json.loads((run.session_dir / "report.json").read_text())["exit_code"] == 2
+
+
+def test_n_without_pytest_xdist_is_a_usage_error_that_says_why(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", {"test_ok.py": "def test_ok():\n    assert True\n"})
+    run = run_session(project, "-n", "2", "--", "-p", "no:xdist", "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 4, run.output()
+    out = run.output()
+    assert "-n is an option of pytest-xdist" in out and "disabled with -p no:xdist" in out, out

@@ -77,6 +77,27 @@ class XdistController:
         }
 
 
+#: pytest-xdist's options (a usage error naming them may mean xdist is missing).
+_XDIST_OPTIONS = ("-n", "--numprocesses", "--tx", "--dist", "--maxprocesses")
+
+
+def usage_hint(args: list[str], code: int) -> None:
+    """After pytest's usage error: say so when xdist's options met an interpreter without xdist."""
+    if code != 4:
+        return
+    named = [a for a in args if a.split("=", 1)[0] in _XDIST_OPTIONS or (a.startswith("-n") and a[2:].isdigit())]
+    if not named:
+        return
+    import importlib.util
+
+    disabled = "no:xdist" in args or "-pno:xdist" in args
+    if importlib.util.find_spec("xdist") is not None and not disabled:
+        return
+    why = "it is disabled with -p no:xdist" if disabled else "it is not installed there"
+    print(f"stepkernel: {named[0]} is an option of pytest-xdist, which {sys.executable} does not load ({why}); "
+          f"install it with: {sys.executable} -m pip install pytest-xdist", file=sys.stderr, flush=True)
+
+
 def plugins(engine: Any) -> list:
     """The controller's plugins for this run (none without xdist or the kernel's settings)."""
     spec = getattr(engine.host, "xdist", None)

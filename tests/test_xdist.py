@@ -407,3 +407,42 @@ def test_n_without_pytest_xdist_is_a_usage_error_that_says_why(tmp_path, run_ses
     assert run.wait_exit(120) == 4, run.output()
     out = run.output()
     assert "-n is an option of pytest-xdist" in out and "disabled with -p no:xdist" in out, out
+
+
+CRASH = {
+    "test_crash.py": '''
+        import os
+
+
+        def test_dies():
+            value = 1
+            os._exit(3)
+
+
+        def test_a():
+            assert True
+
+
+        def test_b():
+            assert True
+        ''',
+}
+
+
+def test_a_worker_that_dies_in_a_test_is_reported_as_xdist_reports_it(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", CRASH)
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml",
+                            "plain.xml"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 1, plain.stdout
+    run = run_session(project, "--linger", "0", "-n", "2", "--junit-xml", "stepped.xml", "--",
+                      "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 1, run.output()
+    assert "replacing crashed worker" in run.output()
+    compare = subprocess.run([PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+                             cwd=project, capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 2}, report
+    crashed = [e for e in run.events() if e["event"] == "test_finish" and e.get("crashed")]
+    assert [e["test"] for e in crashed] == ["test_crash.py::test_dies"]
+    assert "crashed while running" in crashed[0]["longrepr"]

@@ -70,6 +70,16 @@ class XdistController:
         command.append("--")
         return shlex.join(command)
 
+    @pytest.hookimpl(trylast=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """A worker died in a test: the session records the test as xdist reports it."""
+        if report.outcome == "rerun":  # another plugin runs it again
+            return
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        self.engine.emit("test_finish", test=crashitem, outcome=report.outcome, duration_s=0.0,
+                         longrepr=str(report.longrepr)[:2000], worker=getattr(gateway, "id", None),
+                         crashed=True)
+
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["stepkernel"] = {
             "on_error": self.engine.on_error,

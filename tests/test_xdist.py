@@ -446,3 +446,36 @@ def test_a_worker_that_dies_in_a_test_is_reported_as_xdist_reports_it(tmp_path, 
     crashed = [e for e in run.events() if e["event"] == "test_finish" and e.get("crashed")]
     assert [e["test"] for e in crashed] == ["test_crash.py::test_dies"]
     assert "crashed while running" in crashed[0]["longrepr"]
+
+
+def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_path, run_session):
+    """`--tx socket=` (execnet's socket server, on loopback): no kernel there, said so; one session all the same."""
+    import socket
+
+    import execnet
+
+    project = write_project(tmp_path / "proj", {
+        "test_remote.py": "def test_ok():\n    assert True\n\n\ndef test_bad():\n    value = 1\n    assert value == 2\n",
+    })
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    server = subprocess.Popen([PYTHON, "-u", str(script), f"127.0.0.1:{port}"], cwd=server_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        # It says so once it listens.
+        assert "Entering Accept loop" in server.stdout.readline()
+        run = run_session(project, "--on-error", "fail", "--", f"--tx=socket=127.0.0.1:{port}",
+                          f"--rsyncdir={project}", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+        assert run.wait_exit(120) == 1, run.output()
+    finally:
+        server.kill()
+        server.wait()
+    out = run.output()
+    assert "runs its tests unstepped" in out, out
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
+    assert not (run.session_dir / "workers").exists()

@@ -33,6 +33,9 @@ class XdistController:
     def __init__(self, engine: Any, spec: dict) -> None:
         self.engine = engine
         self.spec = spec
+        #: Workers without a kernel (remote gateways): their reports by test, until its teardown.
+        self.unstepped: set[str] = set()
+        self._reports: dict[str, list] = {}
 
     @pytest.hookimpl(wrapper=True)
     def pytest_cmdline_main(self, config: Any):
@@ -51,6 +54,7 @@ class XdistController:
             if spec.popen and not getattr(spec, "via", None):
                 spec.python = self._wrapped(spec)
             else:
+                self.unstepped.add(spec.id)
                 print(f"stepkernel: xdist worker {spec.id} ({spec}) runs its tests unstepped: "
                       "stepkernel steps local workers (-n N, --tx popen) only", file=sys.stderr, flush=True)
 
@@ -69,6 +73,24 @@ class XdistController:
                 command += [flag, self.spec[key]]
         command.append("--")
         return shlex.join(command)
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        """An unstepped worker's test: the session records it from xdist's reports."""
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        worker = getattr(gateway, "id", None)
+        if worker not in self.unstepped:
+            return
+        self._reports.setdefault(report.nodeid, []).append(report)
+        if report.when != "teardown":
+            return
+        from .pytest_plugin import SteppingPlugin
+
+        reports = self._reports.pop(report.nodeid)
+        outcome, longrepr = SteppingPlugin._outcome(reports)
+        self.engine.emit("test_start", test=report.nodeid, phases=[], worker=worker)
+        self.engine.emit("test_finish", test=report.nodeid, outcome=outcome,
+                         duration_s=round(sum(r.duration for r in reports), 6), longrepr=longrepr[:2000],
+                         worker=worker, stepped=False)
 
     @pytest.hookimpl(trylast=True)
     def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:

@@ -479,3 +479,10 @@ def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_
     report = json.loads((run.session_dir / "report.json").read_text())
     assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
     assert not (run.session_dir / "workers").exists()
+
+
+def test_a_run_with_xdist_disabled_is_a_plain_run(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", {"test_ok.py": "def test_ok():\n    assert True\n"})
+    run = run_session(project, "--on-error", "fail", "--", "-p", "no:xdist", "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 0, run.output()
+    assert "INTERNALERROR" not in run.output()

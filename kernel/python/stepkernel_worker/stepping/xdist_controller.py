@@ -49,6 +49,8 @@ class XdistController:
                 print(LOAD_NOTE, file=sys.stderr, flush=True)
         return (yield)
 
+    # xdist's own hooks: optional, so `-p no:xdist` leaves this plugin valid.
+    @pytest.hookimpl(optionalhook=True)
     def pytest_xdist_setupnodes(self, config: Any, specs: list) -> None:
         for spec in specs:
             if spec.popen and not getattr(spec, "via", None):
@@ -92,7 +94,7 @@ class XdistController:
                          duration_s=round(sum(r.duration for r in reports), 6), longrepr=longrepr[:2000],
                          worker=worker, stepped=False)
 
-    @pytest.hookimpl(trylast=True)
+    @pytest.hookimpl(trylast=True, optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
         """A worker died in a test: the session records the test as xdist reports it."""
         if report.outcome == "rerun":  # another plugin runs it again
@@ -102,6 +104,7 @@ class XdistController:
                          longrepr=str(report.longrepr)[:2000], worker=getattr(gateway, "id", None),
                          crashed=True)
 
+    @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
         node.workerinput["stepkernel"] = {
             "on_error": self.engine.on_error,

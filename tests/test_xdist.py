@@ -191,7 +191,6 @@ def test_fidelity_corpus_under_xdist_matches_plain_pytest_n2(tmp_path, run_sessi
     stepped = [e for e in starts if any(p["stepped"] and p["steps"] > 1 for p in e["phases"])]
     assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
     report = json.loads((run.session_dir / "report.json").read_text())
-    cases = plain.stdout.count("")  # noqa: F841 - the counts below come from the XML
     import xml.etree.ElementTree as ET
 
     plain_cases = len(list(ET.parse(tmp_path / "plain.xml").getroot().iter("testcase")))

@@ -38,7 +38,7 @@ class XdistController:
         self._reports: dict[str, list] = {}
 
     @pytest.hookimpl(wrapper=True)
-    def pytest_cmdline_main(self, config: Any):
+    def pytest_cmdline_main(self, config: Any) -> Any:
         # Before xdist's own (which makes `-n` mean `--dist load`): "no" here
         # is the user's choice of nothing.
         if _uses_xdist(config):

@@ -23,6 +23,10 @@ const LAUNCHER: &str = include_str!("console_launcher.py");
 pub struct ConsoleArgs {
     /// Session id (or prefix, or directory); default: the latest live one.
     pub session: Option<String>,
+    /// The pytest-xdist worker (gw0, gw1, ...) of a `stepkernel run -n N` to attach to
+    /// (default: the first paused one, when the run is paused in a worker).
+    #[arg(long, value_name = "GW_ID")]
+    pub worker: Option<String>,
     /// Extra arguments for jupyter console.
     #[arg(last = true)]
     pub extra: Vec<String>,
@@ -77,6 +81,22 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
             meta.shown_state()
         );
     }
+    let (dir, meta) = match session::xdist::attach_target(&dir, &meta, args.worker.as_deref())
+        .map_err(anyhow::Error::msg)?
+    {
+        Some((worker, worker_meta)) => {
+            if !worker_meta.alive() || worker_meta.state == "finished" {
+                bail!(
+                    "xdist worker {worker} of session {} is not running ({})",
+                    meta.id,
+                    worker_meta.shown_state()
+                );
+            }
+            eprintln!("stepkernel: xdist worker {worker} of session {}", meta.id);
+            (session::xdist::worker_dir(&dir, &worker), worker_meta)
+        }
+        None => (dir, meta),
+    };
     // A relative `--python .venv/bin/python` is relative to where the run started.
     let mut candidates: Vec<PathBuf> = meta
         .python

@@ -41,6 +41,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
                 package_dir,
                 cwd: None,
                 version,
+                pass_through: None,
             },
             hooks: None,
             run: None,

@@ -12,6 +12,7 @@ mod report_cmd;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
+mod xdist_worker_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -52,6 +53,9 @@ enum Command {
     Status(ctl_cmd::StatusArgs),
     /// A session's results as a table by test, step, test plan id or error.
     Report(report_cmd::ReportArgs),
+    /// The interpreter execnet starts for a pytest-xdist worker of `stepkernel run -n N`.
+    #[command(hide = true)]
+    XdistWorker(xdist_worker_cmd::XdistWorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl_cmd::ctl(args),
         Command::Status(args) => ctl_cmd::status(args),
         Command::Report(args) => report_cmd::report(args),
+        Command::XdistWorker(args) => xdist_worker_cmd::run(args),
     };
     match result {
         Ok(code) => code,

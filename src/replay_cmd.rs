@@ -116,5 +116,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         linger: args.linger,
         external_dir: None,
         hooks: None,
+        numprocesses: None,
     })
 }

@@ -14,6 +14,10 @@ pub struct RunArgs {
     /// Arguments passed to pytest (after `--`), e.g. `-k cart -m "not slow"`.
     #[arg(last = true, value_name = "PYTEST_ARGS")]
     pub pytest_args: Vec<String>,
+    /// Run the tests in N pytest-xdist workers (`auto`: one per CPU), each stepped
+    /// and pausing on its own; `--dist worksteal` unless `-- --dist ...` says otherwise.
+    #[arg(short = 'n', long = "numprocesses", value_name = "N")]
+    pub numprocesses: Option<String>,
     /// Which runner collects and reports tests.
     #[arg(long, default_value = "auto", value_parser = ["auto", "pytest", "unittest"])]
     pub runner: String,
@@ -110,9 +114,13 @@ fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
         }
     };
     let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
+    let mut pytest_args = args.pytest_args;
+    if let Some(n) = args.numprocesses {
+        pytest_args.splice(0..0, ["-n".to_string(), n]);
+    }
     let options = session::run::RunOptions {
         targets: args.targets,
-        pytest_args: args.pytest_args,
+        pytest_args,
         runner: args.runner,
         python,
         on_error: args.on_error,

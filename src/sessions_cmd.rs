@@ -69,14 +69,31 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
         .collect();
     all.sort_by_cached_key(|(dir, m)| discovery::start_key(dir, m));
     if args.json {
-        let list: Vec<_> = all.iter().map(|(d, m)| m.summary(d)).collect();
+        let list: Vec<_> = all
+            .iter()
+            .map(|(d, m)| {
+                let mut summary = m.summary(d);
+                let workers = session::xdist::workers(d);
+                if !workers.is_empty() {
+                    summary["workers"] = workers
+                        .iter()
+                        .map(|(id, dir, w)| {
+                            let mut one = w.summary(dir);
+                            one["worker"] = id.as_str().into();
+                            one
+                        })
+                        .collect();
+                }
+                summary
+            })
+            .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
     if all.is_empty() {
         println!("no sessions (start one with `stepkernel run`)");
     }
-    for (_, m) in &all {
+    for (dir, m) in &all {
         let state = match &m.paused_at {
             Some(at) if m.state == "paused" && !m.dead() => format!("paused at {at}"),
             _ => m.shown_state(),
@@ -85,6 +102,16 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             "{}  pid {:<7} {:<40} tests {:<4} edits {:<3} {}",
             m.id, m.pid, state, m.tests, m.edits, m.connection_file
         );
+        for (id, _, w) in session::xdist::workers(dir) {
+            let state = match &w.paused_at {
+                Some(at) if w.state == "paused" && !w.dead() => format!("paused at {at}"),
+                _ => w.shown_state(),
+            };
+            println!(
+                "  worker {id:<6} pid {:<7} {:<40} {}",
+                w.pid, state, w.connection_file
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -101,6 +128,7 @@ pub fn patch(args: PatchArgs) -> anyhow::Result<ExitCode> {
             meta.started
         );
     }
+    session::xdist::check_conflicts(&dir).map_err(anyhow::Error::msg)?;
     let (edits, note) = session::patches::read_edits(&dir)?;
     if let Some(note) = note {
         eprintln!("stepkernel: {note}");

@@ -846,6 +846,14 @@ impl Executor {
                 while let Some((_, message)) = self.held.pop_front() {
                     self.on_worker_message(message).await;
                 }
+                if self.config.pass_through.is_some() {
+                    // An xdist worker's kernel lives as long as its worker:
+                    // execnet ended it, or it died (xdist reports that itself).
+                    self.fail_inflight(&format!("The xdist worker {how}; its kernel stops."))
+                        .await;
+                    self.end_session(&format!("the xdist worker {how}")).await;
+                    return;
+                }
                 if !self.ready {
                     self.on_start_failure(&how).await;
                     return;

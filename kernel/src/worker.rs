@@ -36,6 +36,12 @@
 //! - `{"type":"need_steps","id","path"}`: asks the kernel's instrumenter for a file's steps
 //! - `{"type":"steps_loaded","path"}`: the worker loaded a file's steps from its cache (no reply)
 //!
+//! An xdist worker's kernel (`stepkernel xdist-worker`, [`PassThrough`]) starts
+//! the interpreter execnet asked for with execnet's channel as its stdin and
+//! stdout, its own stdout pipe as fd `$STEPKERNEL_STDOUT_FD` (the worker moves
+//! it to fd 1 once execnet has taken fd 1), and sends no `run`: pytest runs
+//! under xdist, and the kernel ends when the interpreter does.
+//!
 //! Ordering: before sending a message with `"sync": n` the worker writes the
 //! marker `\0\x1eSKSYNC:n\x1e\0` to both pipes ([`crate::stream_splitter`]); the
 //! kernel holds the message until both pipes reached marker `n`, so output
@@ -115,6 +121,47 @@ pub struct WorkerConfig {
     /// The interpreter's version when known before it starts (`python -m
     /// stepkernel` says it), so `kernel_info` need not wait for the worker.
     pub version: Option<String>,
+    /// An xdist worker this kernel serves (None: the kernel's own worker).
+    pub pass_through: Option<PassThrough>,
+}
+
+/// A pytest-xdist worker served by its own kernel (`stepkernel xdist-worker`):
+/// execnet started this process as the worker's interpreter, so the Python
+/// it starts gets execnet's channel as its stdin and stdout, untouched, and
+/// its own output goes to the kernel through a pipe of its own.
+#[derive(Debug, Clone)]
+pub struct PassThrough {
+    /// The interpreter's arguments as execnet gave them (`-u -c BOOTSTRAP`).
+    pub args: Vec<std::ffi::OsString>,
+    /// execnet's channel: the worker's stdin.
+    pub stdin: Arc<OwnedFd>,
+    /// execnet's channel: the worker's stdout.
+    pub stdout: Arc<OwnedFd>,
+}
+
+/// Starts an xdist worker: the stepping plugin is imported (and so
+/// registered by name) before execnet's bootstrap runs as `-c` would run it.
+const XDIST_BOOTSTRAP: &str = "import sys\n\
+sys.path.insert(0, sys.argv.pop(1))\n\
+import stepkernel_worker.stepping.xdist_worker as _stepkernel\n\
+_stepkernel.prepare()\n\
+del sys.path[0], _stepkernel\n\
+exec(sys.argv.pop(1))\n";
+
+impl PassThrough {
+    /// The interpreter's arguments: execnet's flags, then our bootstrap
+    /// running execnet's `-c` code (None when there is no `-c`).
+    fn python_args(&self, package_dir: &Path) -> Option<Vec<std::ffi::OsString>> {
+        let at = self.args.iter().position(|a| a == "-c")?;
+        let code = self.args.get(at + 1)?.clone();
+        let mut args: Vec<std::ffi::OsString> = self.args[..at].to_vec();
+        args.push("-c".into());
+        args.push(XDIST_BOOTSTRAP.into());
+        args.push(package_dir.as_os_str().to_owned());
+        args.push(code);
+        args.extend(self.args[at + 2..].iter().cloned());
+        Some(args)
+    }
 }
 
 /// Set by `python -m stepkernel` beside `$STEPKERNEL_PYTHON`: that interpreter's version.
@@ -158,17 +205,40 @@ impl Worker {
         let ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
         let ring_fd = ring.as_ref().map_or(-1, EventRing::raw_fd);
         let mut command = tokio::process::Command::new(&config.python);
+        // An xdist worker's own stdout: a pipe of its own (its fd 1 is execnet's).
+        let mut own_stdout: Option<(OwnedFd, OwnedFd)> = None;
+        match &config.pass_through {
+            None => {
+                command
+                    .arg("-c")
+                    .arg(BOOTSTRAP)
+                    .arg(&config.package_dir)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped());
+            }
+            Some(through) => {
+                let args = through.python_args(&config.package_dir).ok_or_else(|| {
+                    spawn_err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "an xdist worker is started as `python -c CODE`: no -c in its arguments",
+                    ))
+                })?;
+                let pipe = pipe().map_err(spawn_err)?;
+                command
+                    .args(args)
+                    .stdin(Stdio::from(through.stdin.try_clone().map_err(spawn_err)?))
+                    .stdout(Stdio::from(through.stdout.try_clone().map_err(spawn_err)?))
+                    .env("STEPKERNEL_STDOUT_FD", pipe.1.as_raw_fd().to_string());
+                own_stdout = Some(pipe);
+            }
+        }
+        let stdout_fd = own_stdout.as_ref().map_or(-1, |(_, w)| w.as_raw_fd());
         command
-            .arg("-c")
-            .arg(BOOTSTRAP)
-            .arg(&config.package_dir)
             .env("STEPKERNEL_CHANNEL_FD", child_fd.to_string())
             // Names the interpreter that launched this stepkernel, not one for
             // what the user's code starts (a `stepkernel run` of another project).
             .env_remove("STEPKERNEL_PYTHON")
             .env_remove(LAUNCHER_VERSION_ENV)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
@@ -188,7 +258,7 @@ impl Worker {
                 // Keep the channel open across exec, and die with the kernel
                 // (the signal follows the thread that forked: the kernel's
                 // main thread, which lives as long as the process).
-                for fd in [child_fd, ring_fd] {
+                for fd in [child_fd, ring_fd, stdout_fd] {
                     if fd >= 0 && libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -203,6 +273,13 @@ impl Worker {
         }
         let mut child = command.spawn().map_err(spawn_err)?;
         drop(theirs);
+        let own_stdout = match own_stdout {
+            Some((read, write)) => {
+                drop(write);
+                Some(tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(spawn_err)?)
+            }
+            None => None,
+        };
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
         let std_stream = std::os::unix::net::UnixStream::from(ours);
         std_stream.set_nonblocking(true).map_err(spawn_err)?;
@@ -248,9 +325,16 @@ impl Worker {
                 }
             });
         }
-        let stdout = child.stdout.take().expect("stdout piped");
         let stderr = child.stderr.take().expect("stderr piped");
-        let out_done = spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone());
+        let out_done = match own_stdout {
+            Some(stdout) => {
+                spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone())
+            }
+            None => {
+                let stdout = child.stdout.take().expect("stdout piped");
+                spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone())
+            }
+        };
         let err_done = spawn_pipe_reader(stderr, StreamName::Stderr, generation, events.clone());
         tokio::spawn(async move {
             let status = child.wait().await;
@@ -490,6 +574,17 @@ fn forward(
         };
         let _ = events.send((generation, event));
     }
+}
+
+/// A pipe (read end, write end), both close-on-exec.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds is a valid array of two ints; both fds are owned right after.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 just returned these two open descriptors.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn socketpair() -> std::io::Result<(OwnedFd, OwnedFd)> {

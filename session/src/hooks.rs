@@ -72,6 +72,10 @@ struct Inner {
     live: LiveStatus,
     /// Woken when events.jsonl was written out (control socket followers).
     events_written: Arc<tokio::sync::Notify>,
+    /// xdist workers paused now (worker -> where), see `worker_paused`.
+    paused_workers: std::collections::BTreeMap<String, String>,
+    /// A worker's `collected` reached the terminal (each worker collects the whole run).
+    workers_collected: bool,
 }
 
 impl Inner {
@@ -97,6 +101,9 @@ pub struct RunHooks {
     prefetched: Mutex<HashMap<PathBuf, (Vec<u8>, Value)>>,
     /// Copies of edited files as loaded (see `patches::loaded_dir`).
     loaded_dir: PathBuf,
+    /// Where journal.jsonl is (the session directory; an xdist worker's
+    /// hooks share the session's, see `share_journal`).
+    journal_dir: PathBuf,
 }
 
 impl RunHooks {
@@ -122,12 +129,120 @@ impl RunHooks {
                 exit_code: None,
                 live: LiveStatus::default(),
                 events_written: Arc::new(tokio::sync::Notify::new()),
+                paused_workers: Default::default(),
+                workers_collected: false,
             }),
             started: Instant::now(),
             prefetched: Mutex::new(HashMap::new()),
             loaded_dir: crate::patches::loaded_dir(&ctx.dir),
+            journal_dir: ctx.dir.clone(),
             ctx,
         }
+    }
+
+    /// Journals edits in `dir` (an xdist worker's hooks: the session's
+    /// directory, one journal for every worker of the run).
+    pub fn share_journal(mut self, dir: &Path) -> RunHooks {
+        self.journal_dir = dir.to_path_buf();
+        self.loaded_dir = crate::patches::loaded_dir(dir);
+        self
+    }
+
+    /// The source of the step `info` pauses at (None when not known).
+    pub fn paused_source(&self, info: &Value) -> Option<String> {
+        Self::step_source(&self.lock(), info)
+    }
+
+    /// An event of xdist worker `worker`, relayed by its kernel: into
+    /// events.jsonl (with `worker`), the report, the status and the terminal.
+    pub fn worker_event(&self, worker: &str, event: &Value) {
+        let mut event = event.clone();
+        event["worker"] = json!(worker);
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        let only_logged = match kind {
+            // The controller's run has its own start and summary.
+            "session_start" | "summary" | "queue_ready" => true,
+            "collected" => std::mem::replace(&mut self.lock().workers_collected, true),
+            _ => false,
+        };
+        if only_logged {
+            event["session"] = json!(self.ctx.id);
+            event["timestamp"] = json!(patchgen::now_rfc3339());
+            let mut inner = self.lock();
+            if let Some(file) = inner.events.as_mut() {
+                let mut line = serde_json::to_vec(&event).expect("serializes");
+                line.push(b'\n');
+                let _ = file.write_all(&line);
+            }
+            return;
+        }
+        let resumed = kind == "resume";
+        self.on_event(&event);
+        if resumed {
+            let mut inner = self.lock();
+            inner.paused_workers.remove(worker);
+            // Another worker may still be paused.
+            if let Some((other, at)) = inner.paused_workers.iter().next() {
+                let at = format!("{other}: {at}");
+                inner.meta.state = "paused".into();
+                inner.meta.paused_at = Some(at);
+                self.save_meta(&inner);
+            }
+        }
+    }
+
+    /// xdist worker `worker` paused (relayed by its kernel): the banner
+    /// with its attach lines, the session's state.
+    pub fn worker_paused(
+        &self,
+        worker: &str,
+        info: &Value,
+        source: Option<&str>,
+        attach: &[String],
+    ) {
+        let mut info = info.clone();
+        info["worker"] = json!(worker);
+        let mut inner = self.lock();
+        inner.flush_events();
+        inner.last_pause = Some(info.clone());
+        inner.report.add_pause_info(&info);
+        inner.live.set_paused(&info);
+        inner.terminal.paused(&info, source, attach);
+        let get = |k: &str| {
+            info.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string()
+        };
+        let at = format!(
+            "{}::{} step {}",
+            get("test"),
+            get("phase"),
+            info.get("step").cloned().unwrap_or(Value::Null)
+        );
+        inner.paused_workers.insert(worker.to_string(), at.clone());
+        inner.meta.state = "paused".into();
+        inner.meta.paused_at = Some(format!("{worker}: {at}"));
+        self.save_meta(&inner);
+    }
+
+    /// A client of an xdist worker ran `%patch` (wrote `path`) or `%apply`
+    /// (`path` None): the session's edits are exported.
+    pub fn worker_exported(&self, path: Option<PathBuf>) {
+        let mut inner = self.lock();
+        match path {
+            Some(path) => inner.exported = Some(path),
+            None => inner.applied = true,
+        }
+    }
+
+    /// An xdist worker journaled an edit (in this session's journal).
+    pub fn worker_edit(&self) {
+        let mut inner = self.lock();
+        inner.meta.edits += 1;
+        inner.applied = false;
+        inner.exported = None;
+        self.save_meta(&inner);
     }
 
     /// Records `abs` as loaded with content `bytes` (what edits are checked
@@ -201,9 +316,14 @@ impl RunHooks {
     /// The control socket's `status` answer.
     pub fn status(&self) -> Value {
         let inner = self.lock();
-        inner
+        let mut status = inner
             .live
-            .to_json(&inner.meta, &self.ctx.dir, crate::status::now())
+            .to_json(&inner.meta, &self.ctx.dir, crate::status::now());
+        if !inner.paused_workers.is_empty() {
+            // Under xdist more than one worker may be paused at once.
+            status["paused_workers"] = json!(inner.paused_workers);
+        }
+        status
     }
 
     /// Reads the live run state.
@@ -381,7 +501,7 @@ impl RunHooks {
     }
 
     fn edits(&self) -> Result<Vec<Edit>, String> {
-        let (edits, note) = patches::read_edits(&self.ctx.dir).map_err(|e| e.to_string())?;
+        let (edits, note) = patches::read_edits(&self.journal_dir).map_err(|e| e.to_string())?;
         if let Some(note) = note {
             self.say(&note);
         }
@@ -397,6 +517,7 @@ impl RunHooks {
                 Ok(MagicOutput { text, html: None })
             }
             "patch" => {
+                crate::xdist::check_conflicts(&self.journal_dir)?;
                 let (file, message) = patches::parse_patch_args(args)?;
                 let file = file.map(|f| {
                     if f.is_absolute() {
@@ -412,7 +533,7 @@ impl RunHooks {
                     self.ctx.base_revision.clone(),
                     message,
                     file.as_deref(),
-                    &self.ctx.dir,
+                    &self.journal_dir,
                 )
                 .map_err(|e| e.to_string())?;
                 let mut text = format!("Wrote {}\n", written.path.display());
@@ -428,6 +549,7 @@ impl RunHooks {
                 Ok(MagicOutput { text, html: None })
             }
             "apply" => {
+                crate::xdist::check_conflicts(&self.journal_dir)?;
                 let edits = self.edits()?;
                 if edits.is_empty() {
                     return Err("this session has no edits yet".into());
@@ -491,6 +613,9 @@ impl RunHooks {
         // pytest's own codes pass through (4 usage error, 5 no tests collected).
         if code == 1 && failing == 0 && fixed > 0 && inner.applied {
             0
+        } else if code == 0 && fixed > 0 && !inner.applied {
+            // xdist's controller counts a test fixed on a worker as passed.
+            1
         } else {
             code
         }
@@ -577,8 +702,11 @@ impl RunHooks {
                 ));
             } else {
                 // The edits leave with the session: write the patch on the way out.
-                let written = patches::read_edits(&self.ctx.dir)
+                let conflicts = crate::xdist::conflicts(&self.journal_dir);
+                lines.extend(conflicts.iter().map(|c| format!("not exported: {c}")));
+                let written = patches::read_edits(&self.journal_dir)
                     .ok()
+                    .filter(|_| conflicts.is_empty())
                     .and_then(|(edits, _)| {
                         patches::write_patch(
                             &self.ctx.patch_root,
@@ -651,6 +779,10 @@ impl SessionHooks for RunHooks {
         event["session"] = json!(self.ctx.id);
         event["timestamp"] = json!(patchgen::now_rfc3339());
         let mut inner = self.lock();
+        if inner.workers_collected && event.get("event").and_then(Value::as_str) == Some("summary")
+        {
+            crate::xdist::count_workers_tests(&mut event, inner.report.counts());
+        }
         if let Some(file) = inner.events.as_mut() {
             let mut line = serde_json::to_vec(&event).expect("serializes");
             line.push(b'\n');
@@ -723,8 +855,8 @@ impl SessionHooks for RunHooks {
         let edit = self.build_edit(&mut inner, edit)?;
         self.keep_loaded_copy(&inner, &edit);
         if inner.journal.is_none() {
-            let journal =
-                Journal::open(&self.ctx.dir.join("journal.jsonl")).map_err(|e| e.to_string())?;
+            let journal = Journal::open(&self.journal_dir.join("journal.jsonl"))
+                .map_err(|e| e.to_string())?;
             inner.journal = Some(journal);
         }
         inner

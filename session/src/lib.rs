@@ -9,7 +9,8 @@
 //! - [`control`]: the control socket (`control.sock`); [`control_client`]: talking to it;
 //! - [`status`]: what `status` answers, live or from a session's files;
 //! - [`discovery`]: finding sessions from any directory;
-//! - [`kernel_label`]: the session's name in Jupyter's kernel lists.
+//! - [`kernel_label`]: the session's name in Jupyter's kernel lists;
+//! - [`xdist`]: pytest-xdist workers, each served by a kernel of its own.
 
 pub mod attach;
 pub mod control;
@@ -25,3 +26,4 @@ pub mod run;
 pub mod session_dir;
 pub mod status;
 pub mod terminal;
+pub mod xdist;

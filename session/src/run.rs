@@ -118,6 +118,7 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     }
     for name in [
         crate::control::SOCKET_NAME,
+        crate::xdist::RELAY_SOCKET,
         "events.jsonl",
         "journal.jsonl",
         "report.json",
@@ -126,6 +127,8 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     ] {
         let _ = std::fs::remove_file(dir.join(name));
     }
+    // An earlier run's xdist workers (their states, which edits were whose).
+    let _ = std::fs::remove_dir_all(dir.join(crate::xdist::WORKERS_DIR));
     Ok(())
 }
 
@@ -246,6 +249,15 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             "dir": dir.display().to_string(),
             "connection_file": dir.join("connection.json").display().to_string(),
         },
+        // How xdist workers start kernels of their own (`stepkernel xdist-worker`).
+        "xdist": {
+            "bin": std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "stepkernel".into()),
+            "session_dir": dir.display().to_string(),
+            "ip": opts.ip,
+            "step_marker": opts.step_marker,
+            "plan_id": opts.plan_id,
+            "external_dir": opts.external_dir.as_ref().map(|d| d.display().to_string()),
+        },
     });
     // A project directory whose name is not UTF-8 goes as bytes too (lossless).
     run_message
@@ -266,6 +278,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 python: opts.python.clone(),
                 package_dir: opts.package_dir.clone(),
                 cwd: Some(opts.rootdir.clone()),
+                pass_through: None,
             },
             hooks: None,
             run: Some(run_message),
@@ -365,10 +378,20 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 None
             }
         };
+        let relay = match crate::xdist::WorkerRelay::start(&dir, hooks.clone()) {
+            Ok(relay) => Some(relay),
+            Err(err) => {
+                hooks.say(&format!("stepkernel: no relay for xdist workers ({err}); their events stay in their own directories"));
+                None
+            }
+        };
         bound.set_hooks(hooks.clone());
         let served = bound.serve().await;
         if let Some(control) = control {
             control.close().await;
+        }
+        if let Some(relay) = relay {
+            relay.close();
         }
         served?;
         Ok(hooks.exit_code().unwrap_or(3))
@@ -388,7 +411,7 @@ fn after_run(opts: &RunOptions) -> AfterRun {
 /// How a second terminal runs this binary: `stepkernel` when that is what
 /// PATH finds, else its full path (as after `scripts/demo.sh`, which runs it
 /// from the build directory).
-fn self_command() -> String {
+pub fn self_command() -> String {
     let Ok(me) = std::env::current_exe() else {
         return "stepkernel".into();
     };

@@ -410,6 +410,15 @@ pub fn render(status: &Value) -> String {
             paused.get("reason").and_then(Value::as_str).unwrap_or("?"),
             at(paused)
         ));
+        if let Some(workers) = status.get("paused_workers").and_then(Value::as_object) {
+            if workers.len() > 1 {
+                let all: Vec<String> = workers
+                    .iter()
+                    .map(|(w, at)| format!("{w} at {}", at.as_str().unwrap_or("?")))
+                    .collect();
+                out.push_str(&format!("  paused xdist workers: {}\n", all.join("; ")));
+            }
+        }
         if let Some(error) = paused.get("error").and_then(Value::as_str) {
             out.push_str(&format!("  error: {error}\n"));
         }

@@ -179,6 +179,10 @@ impl Terminal {
         } else {
             format!("PAUSED ({reason})")
         };
+        let title = match info.get("worker").and_then(Value::as_str) {
+            Some(worker) => format!("{title} on xdist worker {worker}"),
+            None => title,
+        };
         text.push_str(&format!("\n=== {title}: {} ===\n", get("test")));
         text.push_str(&format!(
             "phase {}, step {step} ({}) at {}:{line}\n",

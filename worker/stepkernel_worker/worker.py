@@ -20,6 +20,7 @@ import traceback
 from typing import Any
 
 from . import cells, display, introspect
+from .pause_timers import suspends_alarm
 from .channel import (
     Channel,
     ChannelClosed,
@@ -485,6 +486,7 @@ class Worker:
                 break
             self.dispatch(message)
 
+    @suspends_alarm
     def pause(self, handler, info: dict) -> dict:
         """Serve requests in the paused test's namespace until a resume command."""
         if info.get("error") is not None and info.get("reason") == "error" and self._error_mode(info.get("test")) == "fail":
@@ -685,6 +687,8 @@ class Worker:
         #: ``--hooks MODULE`` and the session's attach details (for ``stepkernel_pause`` hooks).
         self.hooks_module = message.get("hooks")
         self.session_info = message.get("session") or {}
+        #: How xdist workers get kernels of their own (see stepping/xdist_controller.py).
+        self.xdist = message.get("xdist")
         exit_code = 3
         self.executing = True
         self.last_summary = None

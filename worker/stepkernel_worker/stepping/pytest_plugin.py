@@ -325,7 +325,10 @@ def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     if junit_xml:
         full.append(f"--junitxml={junit_xml}")
     try:
-        code = pytest.main(full, plugins=[plugin])
+        from .xdist_controller import plugins as xdist_plugins, usage_hint
+
+        code = pytest.main(full, plugins=[plugin, *xdist_plugins(engine)])
+        usage_hint(full, int(code))
     except SystemExit as exc:
         # What `python -m pytest` would exit with.
         if exc.code is None or isinstance(exc.code, int):

@@ -1,0 +1,402 @@
+//! `stepkernel xdist-worker`: one xdist worker's kernel, serving the
+//! interpreter execnet started through it.
+
+use super::conflicts::EDITS_FILE;
+use super::{worker_dir, RELAY_SOCKET, WORKERS_DIR};
+use crate::attach;
+use crate::hooks::{RunHooks, SessionContext};
+use crate::run::RunError;
+use crate::session_dir::SessionMeta;
+use instrumenter::Options;
+use kernel::connection_file::ConnectionInfo;
+use kernel::server::{BoundKernel, KernelOptions};
+use kernel::session::{AfterRun, MagicOutput, SessionHooks};
+use kernel::worker::{PassThrough, StreamName, WorkerConfig};
+use serde_json::{json, Value};
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// What `stepkernel xdist-worker` was given.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    /// The session directory of the `stepkernel run` this worker belongs to.
+    pub session_dir: PathBuf,
+    /// xdist's id of the worker (`gw0`).
+    pub worker: String,
+    /// The worker's interpreter.
+    pub python: PathBuf,
+    /// The interpreter's arguments from execnet.
+    pub args: Vec<std::ffi::OsString>,
+    /// Address the kernel binds.
+    pub ip: String,
+    /// Custom step marker regex (as the run's).
+    pub step_marker: Option<String>,
+    /// Custom plan id regex (as the run's).
+    pub plan_id: Option<String>,
+    /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
+    pub external_dir: Option<PathBuf>,
+    /// The unpacked worker package.
+    pub package_dir: PathBuf,
+}
+
+/// execnet's channel (this process's stdin and stdout), kept for the
+/// interpreter; fd 0 becomes /dev/null and fd 1 a copy of stderr, so
+/// nothing this process prints can reach the channel.
+fn take_channel() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    // SAFETY: plain syscalls on this process's own descriptors; each new
+    // descriptor is owned right after it is made.
+    unsafe {
+        let stdin = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        let stdout = libc::fcntl(1, libc::F_DUPFD_CLOEXEC, 3);
+        if stdin < 0 || stdout < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (stdin, stdout) = (OwnedFd::from_raw_fd(stdin), OwnedFd::from_raw_fd(stdout));
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if null < 0 || libc::dup2(null, 0) < 0 || libc::dup2(2, 1) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::close(null);
+        Ok((stdin, stdout))
+    }
+}
+
+/// Serves one xdist worker until it ends; returns the process exit code.
+pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
+    let (stdin, stdout) = take_channel().map_err(|source| RunError::Io {
+        what: "cannot keep execnet's channel".into(),
+        source,
+    })?;
+    let session = SessionMeta::load(&opts.session_dir).ok_or_else(|| {
+        RunError::Usage(format!(
+            "{} is not a stepkernel session directory (no session.json)",
+            opts.session_dir.display()
+        ))
+    })?;
+    if opts.worker.is_empty()
+        || !opts
+            .worker
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(RunError::Usage(format!("bad worker id {:?}", opts.worker)));
+    }
+    let options = match &opts.step_marker {
+        Some(pattern) => Options::with_step_marker(pattern)
+            .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
+        None => Options::default(),
+    };
+    let options = match &opts.plan_id {
+        Some(pattern) => options
+            .with_plan_id(pattern)
+            .map_err(|e| RunError::Usage(format!("--plan-id: {e}")))?,
+        None => options,
+    };
+    kernel::private_files::ensure_private_dir(&opts.session_dir.join(WORKERS_DIR))?;
+    let dir =
+        kernel::private_files::ensure_private_dir(&worker_dir(&opts.session_dir, &opts.worker))?;
+    let label = format!("{}-{}", session.id, opts.worker);
+    let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
+    connection
+        .extra
+        .insert("stepkernel_pid".into(), json!(std::process::id()));
+    connection
+        .extra
+        .insert("stepkernel_session".into(), json!(label));
+    connection
+        .extra
+        .insert("stepkernel_worker".into(), json!(opts.worker));
+    // Discovery from Jupyter's runtime directory finds the session (one for the run).
+    connection.extra.insert(
+        crate::discovery::SESSION_DIR_KEY.into(),
+        json!(opts.session_dir.display().to_string()),
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|source| RunError::Io {
+            what: "cannot start the async runtime".into(),
+            source,
+        })?;
+    runtime.block_on(async move {
+        let mut bound = BoundKernel::bind(KernelOptions {
+            connection,
+            worker: WorkerConfig {
+                python: opts.python.clone(),
+                package_dir: opts.package_dir.clone(),
+                cwd: None,
+                version: None,
+                pass_through: Some(PassThrough {
+                    args: opts.args.clone(),
+                    stdin: Arc::new(stdin),
+                    stdout: Arc::new(stdout),
+                }),
+            },
+            hooks: None,
+            run: None,
+        })
+        .await?;
+        let connection_file = dir.join("connection.json");
+        bound.connection.write(&connection_file)?;
+        let runtime_dir = attach::jupyter_runtime_dir();
+        let external_dir = opts
+            .external_dir
+            .clone()
+            .unwrap_or_else(|| runtime_dir.join("external_kernels"));
+        let copy_dirs = vec![runtime_dir.clone(), external_dir];
+        let (copies, _skipped) = attach::place_copies(&connection_file, &label, &copy_dirs);
+        // JupyterLab lists the worker by what it runs (relabelled at each pause and resume).
+        let listed_copy = copies
+            .iter()
+            .find(|p| p.parent() == Some(copy_dirs[1].as_path()))
+            .cloned();
+        if let Some(copy) = &listed_copy {
+            let what = format!("xdist worker {} of {}", opts.worker, session.id);
+            let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
+        }
+        let mut attach_lines = vec![
+            format!("jupyter console --existing {}", connection_file.display()),
+            format!(
+                "{} console {} --worker {}      (the same, from any directory)",
+                crate::run::self_command(),
+                session.id,
+                opts.worker
+            ),
+        ];
+        if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
+            attach_lines.push(format!(
+                "remote: copy {} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
+                connection_file.display()
+            ));
+        }
+        let meta = SessionMeta {
+            id: label.clone(),
+            pid: std::process::id(),
+            state: "running".into(),
+            rootdir: session.rootdir.clone(),
+            patch_root: session.patch_root.clone(),
+            base_revision: session.base_revision.clone(),
+            args: session.args.clone(),
+            python: Some(opts.python.display().to_string()),
+            connection_file: connection_file.display().to_string(),
+            connection_copies: copies.iter().map(|p| p.display().to_string()).collect(),
+            started: patchgen::now_rfc3339(),
+            ..Default::default()
+        };
+        let _ = meta.save(&dir);
+        let hooks = RunHooks::new(
+            SessionContext {
+                id: session.id.clone(),
+                dir: dir.clone(),
+                rootdir: PathBuf::from(&session.rootdir),
+                patch_root: PathBuf::from(&session.patch_root),
+                base_revision: session.base_revision.clone(),
+                attach: attach_lines.clone(),
+                allow_client_shutdown: false,
+                // No terminal of its own: the session's shows this worker.
+                notebook: true,
+                options,
+                copies: copies.clone(),
+                after_run: AfterRun::Serve,
+                listed_copy,
+            },
+            meta,
+            true,
+        )
+        .share_journal(&opts.session_dir);
+        let relay = std::os::unix::net::UnixStream::connect(opts.session_dir.join(RELAY_SOCKET)).ok();
+        if relay.is_none() {
+            eprintln!(
+                "stepkernel: worker {}: the session's relay is not there; its events stay in {}",
+                opts.worker,
+                dir.display()
+            );
+        }
+        let hooks = Arc::new(WorkerHooks {
+            inner: Arc::new(hooks),
+            relay: Mutex::new(relay),
+            worker: opts.worker.clone(),
+            attach: attach_lines,
+            dir: dir.clone(),
+        });
+        bound.set_hooks(hooks);
+        let served = bound.serve().await;
+        for copy in &copies {
+            let _ = std::fs::remove_file(copy);
+        }
+        served?;
+        Ok(0)
+    })
+}
+
+/// An xdist worker kernel's hooks: a session's hooks for its own files and
+/// magics, each event also relayed to the session.
+struct WorkerHooks {
+    inner: Arc<RunHooks>,
+    relay: Mutex<Option<std::os::unix::net::UnixStream>>,
+    worker: String,
+    attach: Vec<String>,
+    dir: PathBuf,
+}
+
+/// The file name a worker asks steps for at its end (see `xdist_worker.py`):
+/// a round trip through the relay, so the session has applied all it sent
+/// before xdist hears the worker is done.
+const BARRIER: &str = "xdist-barrier";
+
+/// How long a worker's end waits for the session to take its last events.
+const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl WorkerHooks {
+    fn sync_relay(&self) {
+        use std::io::BufRead;
+        let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(stream) = relay.as_mut() else {
+            return;
+        };
+        let line = format!("{}\n", json!({"kind": "sync", "worker": self.worker}));
+        let acked = stream.write_all(line.as_bytes()).is_ok()
+            && stream.set_read_timeout(Some(BARRIER_WAIT)).is_ok()
+            && stream.try_clone().is_ok_and(|read| {
+                let mut answer = String::new();
+                std::io::BufReader::new(read).read_line(&mut answer).is_ok() && answer == "ack\n"
+            });
+        if !acked {
+            *relay = None;
+        }
+    }
+
+    fn relay(&self, mut message: Value) {
+        message["worker"] = json!(self.worker);
+        let mut line = serde_json::to_vec(&message).expect("serializes");
+        line.push(b'\n');
+        let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(stream) = relay.as_mut() {
+            if stream.write_all(&line).is_err() {
+                *relay = None;
+            }
+        }
+    }
+}
+
+impl SessionHooks for WorkerHooks {
+    fn steps_for(&self, path: &Path) -> Value {
+        if path.file_name().is_some_and(|n| n == BARRIER) {
+            self.inner.flush();
+            self.sync_relay();
+            return json!({});
+        }
+        self.inner.steps_for(path)
+    }
+
+    fn steps_fingerprint(&self) -> Option<String> {
+        self.inner.steps_fingerprint()
+    }
+
+    fn steps_loaded(&self, path: &Path) {
+        self.inner.steps_loaded(path);
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
+    }
+
+    fn on_event(&self, event: &Value) {
+        let mut event = event.clone();
+        event["worker"] = json!(self.worker);
+        self.inner.on_event(&event);
+        self.relay(json!({"kind": "event", "event": event}));
+    }
+
+    fn on_paused(&self, info: &Value) {
+        self.inner.on_paused(info);
+        let source = self.inner.paused_source(info);
+        self.relay(
+            json!({"kind": "paused", "info": info, "source": source, "attach": self.attach}),
+        );
+    }
+
+    fn on_output(&self, stream: StreamName, text: &str) {
+        // As under plain xdist: a worker's stderr reaches the terminal (through
+        // the controller's), its stdout outside captured tests goes nowhere.
+        if stream == StreamName::Stderr {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(text.as_bytes());
+            let _ = err.flush();
+        }
+    }
+
+    fn record_edit(&self, edit: &Value) -> Result<String, String> {
+        let recorded = self.inner.record_edit(edit)?;
+        let mine = json!({
+            "file": edit.get("file"), "start_line": edit.get("start_line"),
+            "end_line": edit.get("end_line"), "new_source": edit.get("new_source"),
+            "name": edit.get("name"),
+        });
+        let mut line = serde_json::to_vec(&mine).expect("serializes");
+        line.push(b'\n');
+        if let Ok(mut file) = kernel::private_files::open_append(&self.dir.join(EDITS_FILE)) {
+            let _ = file.write_all(&line);
+        }
+        self.relay(json!({"kind": "edit"}));
+        Ok(recorded)
+    }
+
+    fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>> {
+        let result = self.inner.magic(name, args);
+        if let Some(Ok(output)) = &result {
+            match name {
+                // "Wrote PATH": the session's patch holds every worker's edits.
+                "patch" => {
+                    let path = output
+                        .text
+                        .lines()
+                        .next()
+                        .and_then(|l| l.strip_prefix("Wrote "));
+                    if let Some(path) = path {
+                        self.relay(json!({"kind": "exported", "path": path}));
+                    }
+                }
+                "apply" => self.relay(json!({"kind": "exported", "path": null})),
+                _ => {}
+            }
+        }
+        result
+    }
+
+    fn on_run_finished(&self, _exit_code: i32) -> AfterRun {
+        AfterRun::Serve
+    }
+
+    fn on_session_end(&self, _reason: &str) {
+        self.inner.flush();
+        if let Some(mut meta) = SessionMeta::load(&self.dir) {
+            meta.state = "finished".into();
+            meta.paused_at = None;
+            let _ = meta.save(&self.dir);
+        }
+    }
+
+    fn status_lines(&self) -> Vec<String> {
+        let mut lines = vec![format!("xdist worker: {}", self.worker)];
+        lines.extend(self.inner.status_lines());
+        lines
+    }
+
+    fn allow_client_shutdown(&self) -> bool {
+        false
+    }
+
+    fn notice(&self, text: &str) {
+        eprintln!("stepkernel: worker {}: {text}", self.worker);
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.inner
+            .identity()
+            .map(|id| format!("{id}, xdist worker {}", self.worker))
+    }
+}

@@ -1,0 +1,487 @@
+"""pytest-xdist under `stepkernel run -n N`: every worker steps its tests and
+pauses on its own, with a kernel of its own; one session for the whole run.
+
+Real pytest-xdist workers, real jupyter_client, real `git am`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+
+import pytest
+from jupyter_client import BlockingKernelClient
+
+from conftest import GIT_ENV, PYTHON, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
+
+pytest.importorskip("xdist")
+
+# Each file's test fails at its second step; a worker runs each (loadfile keeps
+# a file on one worker, so both workers are paused at once).
+TWO_FILES = {
+    "shop/__init__.py": "",
+    "shop/prices.py": '''
+        def net(gross):
+            return gross - 1
+        ''',
+    "test_prices.py": '''
+        from shop.prices import net
+
+
+        def test_net():
+            value = 10
+            assert net(value) == 8, "net price"
+            done = True
+            assert done
+        ''',
+    "test_counts.py": '''
+        def test_count():
+            items = [1, 2, 3]
+            assert len(items) == 4, "count"
+            assert items
+        ''',
+}
+
+
+def git(cwd, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, env={**os.environ, **GIT_ENV})
+    assert result.returncode == 0, f"git {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def workers_dir(run) -> pathlib.Path:
+    return run.session_dir / "workers"
+
+
+def worker_meta(run, worker: str) -> dict:
+    try:
+        return json.loads((workers_dir(run) / worker / "session.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def paused_workers(run) -> dict[str, dict]:
+    if run.proc.poll() is not None:
+        raise AssertionError(f"run exited {run.proc.returncode}:\n{run.output()}")
+    found = {}
+    for worker in ("gw0", "gw1"):
+        meta = worker_meta(run, worker)
+        if meta.get("state") == "paused":
+            found[worker] = meta
+    return found
+
+
+def attach(run, worker: str) -> BlockingKernelClient:
+    path = workers_dir(run) / worker / "connection.json"
+    client = BlockingKernelClient(connection_file=str(path))
+    client.load_connection_file()
+    client.start_channels()
+    client.wait_for_ready(timeout=60)
+    run.clients.append(client)
+    return client
+
+
+def cell(client, code: str) -> str:
+    reply, messages = execute(client, code, timeout=60)
+    assert reply["status"] == "ok", (code, reply, messages)
+    return stream_text(messages) + "".join(
+        c.get("data", {}).get("text/plain", "") for t, c in messages if t in ("execute_result", "display_data")
+    )
+
+
+def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", TWO_FILES, git=True)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "loadfile", "-p", "no:cacheprovider",
+                      env=GIT_ENV)
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    where = {worker: meta["paused_at"] for worker, meta in paused.items()}
+    assert sorted(where.values()) == sorted(
+        ["test_counts.py::test_count::test_count step 1", "test_prices.py::test_net::test_net step 1"]
+    ), where
+    # Both connection files are private, and copied where Jupyter looks.
+    for worker in paused:
+        info = workers_dir(run) / worker / "connection.json"
+        assert info.stat().st_mode & 0o777 == 0o600
+    runtime = project / ".jupyter-runtime"
+    copies = sorted(p.name for p in runtime.glob("kernel-stepkernel-*-gw*.json"))
+    assert len(copies) == 2, copies
+    listed = [json.loads(p.read_text()) for p in (runtime / "external_kernels").glob("kernel-stepkernel-*-gw*.json")]
+    names = sorted(info["kernel_name"] for info in listed)
+    assert len(names) == 2 and all(n.endswith("— paused") for n in names), names
+    assert any("test_prices.py::test_net" in n for n in names), names
+    # The controller's terminal names each paused worker and how to attach to it.
+    out = wait_for(lambda: run.output().count("PAUSED on failure on xdist worker") == 2 and run.output(),
+                   what="both pause banners")
+    for worker in ("gw0", "gw1"):
+        assert f"workers/{worker}/connection.json" in out
+        assert f"--worker {worker}" in out
+    assert json.loads((run.session_dir / "session.json").read_text())["state"] == "paused"
+
+    by_test = {meta["paused_at"].split("::")[0]: worker for worker, meta in paused.items()}
+    prices = attach(run, by_test["test_prices.py"])
+    counts = attach(run, by_test["test_counts.py"])
+    # Each kernel holds its own paused test's state.
+    assert cell(prices, "value, net(value)").strip() == "(10, 9)"
+    assert cell(counts, "items").strip() == "[1, 2, 3]"
+    assert "NameError" in execute(prices, "items")[0].get("ename", "")
+    # Fix the code under test in one worker, the test in the other.
+    out = cell(prices, "%%edit net\ndef net(gross):\n    return gross - 2\n")
+    assert "journaled" in out, out
+    out = cell(counts, "%%edit\nassert len(items) == 3, 'count'\n")
+    assert "journaled" in out, out
+    cell(prices, "%continue")
+    cell(counts, "%continue")
+    code = run.wait_exit(timeout=120, end=False)
+    output = run.output()
+    # Both tests pass only thanks to edits not yet in the files: exit 1, as pytest --stepkernel says.
+    assert code == 1, output
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"fixed": 2}, report
+    assert report["summary"]["total"] == 2 and report["summary"]["exit_code"] == 1, report
+    assert report["exit_code"] == 1
+    events = run.events()
+    workers_seen = {e.get("worker") for e in events if e["event"] == "test_finish"}
+    assert workers_seen == {"gw0", "gw1"}, events
+    assert {e["worker"] for e in events if e["event"] == "resume"} == {"gw0", "gw1"}, events
+    # One patch with both workers' edits, written at the end of the session.
+    patches = sorted(run.session_dir.glob("*.patch"))
+    assert len(patches) == 1, (patches, output)
+    text = patches[0].read_text()
+    assert "return gross - 2" in text and "assert len(items) == 3" in text, text
+    # `stepkernel patch` exports the same journal: both workers' edits.
+    exported = subprocess.run([stepkernel_bin(), "patch", str(run.session_dir), "-o", str(tmp_path / "cli.patch")],
+                              cwd=project, capture_output=True, text=True, timeout=60, env={**os.environ, **GIT_ENV})
+    assert exported.returncode == 0, exported.stderr
+    cli = (tmp_path / "cli.patch").read_text()
+    assert "return gross - 2" in cli and "assert len(items) == 3" in cli, cli
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    git(clone, "am", str(patches[0]))
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=clone,
+                           capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+
+
+def test_fidelity_corpus_under_xdist_matches_plain_pytest_n2(tmp_path, run_session):
+    import shutil
+
+    for f in (SHARED / "fidelity" / "cases").glob("*.py"):
+        shutil.copy(f, tmp_path / f.name)
+    plain = subprocess.run(
+        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml", "plain.xml", "."],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+    run = run_session(tmp_path, "--on-error", "fail", "-n", "2", "--junit-xml", "stepped.xml", ".",
+                      "--", "-p", "no:cacheprovider")
+    assert run.wait_exit(180) == 1, run.output()
+    compare = subprocess.run(
+        [PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    assert compare.returncode == 0, compare.stdout
+    assert ", 0 failed" in compare.stdout
+    # The workers ran the tests, stepped, and the session has all of them.
+    events = run.events()
+    starts = [e for e in events if e["event"] == "test_start"]
+    assert {e.get("worker") for e in starts} == {"gw0", "gw1"}
+    stepped = [e for e in starts if any(p["stepped"] and p["steps"] > 1 for p in e["phases"])]
+    assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
+    report = json.loads((run.session_dir / "report.json").read_text())
+    import xml.etree.ElementTree as ET
+
+    plain_cases = len(list(ET.parse(tmp_path / "plain.xml").getroot().iter("testcase")))
+    assert report["summary"]["total"] == len(starts) == plain_cases, report["summary"]
+    assert report["exit_code"] == 1
+
+
+QUEUE = {
+    "test_queue.py": "\n".join(
+        ["def test_00_fails():\n    value = 1\n    assert value == 2\n"]
+        + [f"def test_{i:02d}():\n    assert {i} == {i}\n" for i in range(1, 12)]
+    ),
+}
+
+
+def test_worksteal_drains_a_paused_workers_queue(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", QUEUE)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "-p", "no:cacheprovider")
+    paused = wait_for(lambda: paused_workers(run), timeout=120, what="a worker to pause")
+    (worker, meta), = paused.items()
+    assert meta["paused_at"].startswith("test_queue.py::test_00_fails")
+    other = {"gw0": "gw1", "gw1": "gw0"}[worker]
+
+    def others_done():
+        finished = [e for e in run.events() if e["event"] == "test_finish"]
+        return len(finished) == 10 and finished
+
+    # While the worker stays paused, the other tests run: under worksteal the
+    # other worker took the tests that were queued for the paused one (all
+    # but test_01, which an xdist worker takes before it runs test_00: its
+    # `nextitem`, for fixture teardown).
+    finished = wait_for(others_done, timeout=120, what="the other tests to finish while one worker is paused")
+    assert paused_workers(run).keys() == {worker}
+    ran_by = {e["test"]: e["worker"] for e in finished}
+    # worksteal hands out contiguous halves: the paused worker's were test_00..test_05.
+    assert all(ran_by[f"test_queue.py::test_{i:02d}"] == other for i in range(2, 12)), ran_by
+    client = attach(run, worker)
+    cell(client, "%fail")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+def test_dist_load_is_warned_about(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", {"test_ok.py": "def test_ok():\n    assert True\n"})
+    run = run_session(project, "--on-error", "fail", "-n", "2", "--", "--dist", "load", "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 0, run.output()
+    assert "--dist load keeps the tests queued for a paused worker waiting" in run.output()
+
+
+TIMEOUT = {
+    "test_slow.py": '''
+        import pytest
+
+
+        @pytest.mark.timeout(1)
+        def test_in_time():
+            value = 1
+            assert value == 2
+            assert value
+        ''',
+}
+
+
+@pytest.mark.parametrize("xdist", [[], ["-n", "2"]], ids=["single", "xdist"])
+def test_pytest_timeout_does_not_kill_a_paused_test(run_session, tmp_path, xdist):
+    import time
+
+    pytest.importorskip("pytest_timeout")
+    project = write_project(tmp_path / "proj", TIMEOUT)
+    run = run_session(project, "--linger", "0", *xdist, "--", "-p", "no:cacheprovider", "--timeout-method", "signal")
+    if xdist:
+        wait_for(lambda: paused_workers(run), timeout=120, what="the worker to pause")
+        client = attach(run, "gw0" if "gw0" in paused_workers(run) else "gw1")
+    else:
+        run.wait_paused(120)
+        client = run.client()
+    # Well past the test's 1 s timeout while it is paused (a timer that went on
+    # would have failed the test by now: its SIGALRM fires in the pause).
+    time.sleep(3)
+    assert cell(client, "value").strip() == "1"
+    cell(client, "%%edit\nassert value == 1\n")
+    cell(client, "%continue")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()  # fixed by an edit not on disk
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"fixed": 1}, (report, run.output())
+    assert "Timeout" not in run.output()
+
+
+def test_xdist_worker_outside_a_session_is_a_clear_error(tmp_path):
+    result = subprocess.run(
+        [stepkernel_bin(), "xdist-worker", "--session-dir", str(tmp_path / "nothing"), "--worker", "gw0",
+         "--python", PYTHON, "--", "-u", "-c", "pass"],
+        capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode != 0
+    assert "is not a stepkernel session directory" in result.stderr, result.stderr
+    assert result.stdout == ""
+
+
+def test_sessions_lists_workers_and_console_attaches_to_one(run_session, tmp_path):
+    from test_console_session import Console, user_env
+
+    project = write_project(tmp_path / "proj", TWO_FILES, git=True)
+    external = tmp_path / "external"
+    run = run_session(project, "--linger", "0", "--external-dir", str(external), "-n", "2", "--",
+                      "--dist", "loadfile", "-p", "no:cacheprovider", env=GIT_ENV)
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    # The run's --external-dir holds the workers' copies too (what jupyter_server lists).
+    assert len(list(external.glob("kernel-stepkernel-*-gw*.json"))) == 2, list(external.iterdir())
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(project / ".jupyter-runtime")}
+    listed = subprocess.run([stepkernel_bin(), "sessions", "--json"], cwd=project, capture_output=True, text=True,
+                            env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    sessions = json.loads(listed.stdout)
+    assert len(sessions) == 1, sessions  # one session for the run, not one per worker
+    workers = {w["worker"]: w for w in sessions[0]["workers"]}
+    assert workers.keys() == {"gw0", "gw1"}
+    for worker, meta in paused.items():
+        assert workers[worker]["state"] == "paused"
+        assert workers[worker]["connection_file"].endswith(f"workers/{worker}/connection.json")
+    text = subprocess.run([stepkernel_bin(), "sessions"], cwd=project, capture_output=True, text=True, env=env,
+                          timeout=60).stdout
+    assert "  worker gw0" in text and "  worker gw1" in text, text
+    status = subprocess.run([stepkernel_bin(), "status", str(run.session_dir)], cwd=project, capture_output=True,
+                            text=True, env=env, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert "paused xdist workers: gw0 at " in status.stdout and "; gw1 at " in status.stdout, status.stdout
+    # A worker that does not exist is named, with the ones that do.
+    missing = subprocess.run([stepkernel_bin(), "console", str(run.session_dir), "--worker", "gw7"], cwd=project,
+                             capture_output=True, text=True, env=env, timeout=60)
+    assert missing.returncode != 0
+    assert "has no xdist worker gw7; its workers: gw0, gw1" in missing.stderr, missing.stderr
+    by_test = {meta["paused_at"].split("::")[0]: worker for worker, meta in paused.items()}
+    console_env = {**user_env(tmp_path), "JUPYTER_RUNTIME_DIR": env["JUPYTER_RUNTIME_DIR"]}
+    console = Console(project, console_env, str(run.session_dir), "--worker", by_test["test_counts.py"])
+    try:
+        assert f"xdist worker {by_test['test_counts.py']} of session" in console.banner, console.banner
+        out = console.cell(["len(items) * 7"])
+        assert "21" in out, out
+    finally:
+        console.close()
+    for worker in paused:
+        cell(attach(run, worker), "%fail")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+SAME_FUNCTION = {
+    "shop/__init__.py": "",
+    "shop/prices.py": '''
+        def net(gross):
+            return gross - 1
+        ''',
+    "test_one.py": '''
+        from shop.prices import net
+
+
+        def test_one():
+            value = 10
+            assert net(value) == 8
+        ''',
+    "test_two.py": '''
+        from shop.prices import net
+
+
+        def test_two():
+            value = 20
+            assert net(value) == 18
+        ''',
+}
+
+
+def test_two_workers_editing_the_same_lines_differently_is_a_conflict_not_a_merge(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", SAME_FUNCTION, git=True)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "loadfile", "-p", "no:cacheprovider",
+                      env=GIT_ENV)
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    first, second = (attach(run, worker) for worker in sorted(paused))
+    assert "journaled" in cell(first, "%%edit net\ndef net(gross):\n    return gross - 2\n")
+    assert "journaled" in cell(second, "%%edit net\ndef net(gross):\n    return gross - 2  # two\n")
+    reply, messages = execute(second, "%patch")
+    assert reply["status"] == "error", (reply, messages)
+    assert "edited differently by xdist workers gw0" in reply["evalue"] and "gw1" in reply["evalue"], reply
+    assert not list(run.session_dir.glob("*.patch"))
+    cli = subprocess.run([stepkernel_bin(), "patch", str(run.session_dir)], cwd=project, capture_output=True,
+                         text=True, timeout=60)
+    assert cli.returncode != 0 and "edited differently" in cli.stderr, cli.stderr
+    # One worker's edit made to agree with the other's: the export goes through.
+    cell(second, "%%edit net\ndef net(gross):\n    return gross - 2\n")
+    out = cell(second, "%patch")
+    assert "Wrote" in out, out
+    patch = next(run.session_dir.glob("*.patch")).read_text()
+    assert patch.count("return gross - 2") == 1 and "# two" not in patch, patch
+    cell(first, "%continue")
+    cell(second, "%continue")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+def test_abort_in_one_worker_ends_the_whole_run_as_interrupted(run_session, tmp_path):
+    project = write_project(tmp_path / "proj", QUEUE)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "-p", "no:cacheprovider")
+    paused = wait_for(lambda: paused_workers(run), timeout=120, what="a worker to pause")
+    (worker, _), = paused.items()
+    cell(attach(run, worker), "%abort")
+    assert run.wait_exit(timeout=120, end=False) == 2, run.output()
+    assert "stepkernel: run aborted by the user" in run.output()
+    assert json.loads((run.session_dir / "report.json").read_text())["exit_code"] == 2
+
+
+def test_n_without_pytest_xdist_is_a_usage_error_that_says_why(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", {"test_ok.py": "def test_ok():\n    assert True\n"})
+    run = run_session(project, "-n", "2", "--", "-p", "no:xdist", "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 4, run.output()
+    out = run.output()
+    assert "-n is an option of pytest-xdist" in out and "disabled with -p no:xdist" in out, out
+
+
+CRASH = {
+    "test_crash.py": '''
+        import os
+
+
+        def test_dies():
+            value = 1
+            os._exit(3)
+
+
+        def test_a():
+            assert True
+
+
+        def test_b():
+            assert True
+        ''',
+}
+
+
+def test_a_worker_that_dies_in_a_test_is_reported_as_xdist_reports_it(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", CRASH)
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--junitxml",
+                            "plain.xml"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 1, plain.stdout
+    run = run_session(project, "--linger", "0", "-n", "2", "--junit-xml", "stepped.xml", "--",
+                      "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 1, run.output()
+    assert "replacing crashed worker" in run.output()
+    compare = subprocess.run([PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+                             cwd=project, capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 2}, report
+    crashed = [e for e in run.events() if e["event"] == "test_finish" and e.get("crashed")]
+    assert [e["test"] for e in crashed] == ["test_crash.py::test_dies"]
+    assert "crashed while running" in crashed[0]["longrepr"]
+
+
+def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_path, run_session):
+    """`--tx socket=` (execnet's socket server, on loopback): no kernel there, said so; one session all the same."""
+    import socket
+
+    import execnet
+
+    project = write_project(tmp_path / "proj", {
+        "test_remote.py": "def test_ok():\n    assert True\n\n\ndef test_bad():\n    value = 1\n    assert value == 2\n",
+    })
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    server = subprocess.Popen([PYTHON, "-u", str(script), f"127.0.0.1:{port}"], cwd=server_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        # It says so once it listens.
+        assert "Entering Accept loop" in server.stdout.readline()
+        run = run_session(project, "--on-error", "fail", "--", f"--tx=socket=127.0.0.1:{port}",
+                          f"--rsyncdir={project}", "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+        assert run.wait_exit(120) == 1, run.output()
+    finally:
+        server.kill()
+        server.wait()
+    out = run.output()
+    assert "runs its tests unstepped" in out, out
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
+    assert not (run.session_dir / "workers").exists()
+
+
+def test_a_run_with_xdist_disabled_is_a_plain_run(tmp_path, run_session):
+    project = write_project(tmp_path / "proj", {"test_ok.py": "def test_ok():\n    assert True\n"})
+    run = run_session(project, "--on-error", "fail", "--", "-p", "no:xdist", "-p", "no:cacheprovider")
+    assert run.wait_exit(120) == 0, run.output()
+    assert "INTERNALERROR" not in run.output()

@@ -1,0 +1,146 @@
+"""The controller side of a stepped pytest-xdist run (``stepkernel run -n N``).
+
+Each worker's interpreter is started through ``stepkernel xdist-worker``, a
+kernel of its own that serves it (``xdist_worker.py`` is the worker's
+side): its tests are stepped, and a failing step pauses that worker only,
+attachable at ``<session>/workers/<gw-id>/connection.json``. ``--dist
+worksteal`` is the default, so idle workers take a paused worker's queue.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+import pytest
+
+#: Printed when the user chose ``--dist load``.
+LOAD_NOTE = (
+    "stepkernel: --dist load keeps the tests queued for a paused worker waiting until it resumes; "
+    "--dist worksteal (stepkernel's default under xdist) lets the other workers take them"
+)
+
+
+def _uses_xdist(config: Any) -> bool:
+    option = config.option
+    return bool(getattr(option, "numprocesses", None) or getattr(option, "tx", None))
+
+
+class XdistController:
+    """Registered beside the stepping plugin when the run may use xdist."""
+
+    def __init__(self, engine: Any, spec: dict) -> None:
+        self.engine = engine
+        self.spec = spec
+        #: Workers without a kernel (remote gateways): their reports by test, until its teardown.
+        self.unstepped: set[str] = set()
+        self._reports: dict[str, list] = {}
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: Any) -> Any:
+        # Before xdist's own (which makes `-n` mean `--dist load`): "no" here
+        # is the user's choice of nothing.
+        if _uses_xdist(config):
+            dist = getattr(config.option, "dist", "no")
+            if dist == "no":
+                config.option.dist = "worksteal"
+            elif dist == "load":
+                print(LOAD_NOTE, file=sys.stderr, flush=True)
+        return (yield)
+
+    # xdist's own hooks: optional, so `-p no:xdist` leaves this plugin valid.
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_xdist_setupnodes(self, config: Any, specs: list) -> None:
+        for spec in specs:
+            if spec.popen and not getattr(spec, "via", None):
+                spec.python = self._wrapped(spec)
+            else:
+                self.unstepped.add(spec.id)
+                print(f"stepkernel: xdist worker {spec.id} ({spec}) runs its tests unstepped: "
+                      "stepkernel steps local workers (-n N, --tx popen) only", file=sys.stderr, flush=True)
+
+    def _wrapped(self, spec: Any) -> str:
+        python = spec.python or sys.executable
+        command = [
+            self.spec["bin"], "xdist-worker",
+            "--session-dir", self.spec["session_dir"],
+            "--worker", spec.id,
+            "--python", python,
+            "--ip", self.spec.get("ip") or "127.0.0.1",
+        ]
+        for flag, key in (("--step-marker", "step_marker"), ("--plan-id", "plan_id"),
+                          ("--external-dir", "external_dir")):
+            if self.spec.get(key):
+                command += [flag, self.spec[key]]
+        command.append("--")
+        return shlex.join(command)
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        """An unstepped worker's test: the session records it from xdist's reports."""
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        worker = getattr(gateway, "id", None)
+        if worker not in self.unstepped:
+            return
+        self._reports.setdefault(report.nodeid, []).append(report)
+        if report.when != "teardown":
+            return
+        from .pytest_plugin import SteppingPlugin
+
+        reports = self._reports.pop(report.nodeid)
+        outcome, longrepr = SteppingPlugin._outcome(reports)
+        self.engine.emit("test_start", test=report.nodeid, phases=[], worker=worker)
+        self.engine.emit("test_finish", test=report.nodeid, outcome=outcome,
+                         duration_s=round(sum(r.duration for r in reports), 6), longrepr=longrepr[:2000],
+                         worker=worker, stepped=False)
+
+    @pytest.hookimpl(trylast=True, optionalhook=True)
+    def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
+        """A worker died in a test: the session records the test as xdist reports it."""
+        if report.outcome == "rerun":  # another plugin runs it again
+            return
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        self.engine.emit("test_finish", test=crashitem, outcome=report.outcome, duration_s=0.0,
+                         longrepr=str(report.longrepr)[:2000], worker=getattr(gateway, "id", None),
+                         crashed=True)
+
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput["stepkernel"] = {
+            "on_error": self.engine.on_error,
+            "steps_fingerprint": self.engine.steps_fingerprint,
+        }
+
+
+#: pytest-xdist's options (a usage error naming them may mean xdist is missing).
+_XDIST_OPTIONS = ("-n", "--numprocesses", "--tx", "--dist", "--maxprocesses")
+
+
+def usage_hint(args: list[str], code: int) -> None:
+    """After pytest's usage error: say so when xdist's options met an interpreter without xdist."""
+    if code != 4:
+        return
+    named = [a for a in args if a.split("=", 1)[0] in _XDIST_OPTIONS or (a.startswith("-n") and a[2:].isdigit())]
+    if not named:
+        return
+    import importlib.util
+
+    disabled = "no:xdist" in args or "-pno:xdist" in args
+    if importlib.util.find_spec("xdist") is not None and not disabled:
+        return
+    why = "it is disabled with -p no:xdist" if disabled else "it is not installed there"
+    print(f"stepkernel: {named[0]} is an option of pytest-xdist, which {sys.executable} does not load ({why}); "
+          f"install it with: {sys.executable} -m pip install pytest-xdist", file=sys.stderr, flush=True)
+
+
+def plugins(engine: Any) -> list:
+    """The controller's plugins for this run (none without xdist or the kernel's settings)."""
+    spec = getattr(engine.host, "xdist", None)
+    if not spec:
+        return []
+    import importlib.util
+
+    # Not imported here: pytest imports (and assertion-rewrites) its plugins itself.
+    if importlib.util.find_spec("xdist") is None:
+        return []
+    return [XdistController(engine, spec)]

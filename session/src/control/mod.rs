@@ -17,21 +17,22 @@ mod socket;
 mod verbs;
 
 pub use protocol::{parse_request, Parsed, Refusal};
-pub use socket::{connect_path, remove_stale, socket_path};
+pub use socket::{
+    bind_private, connect_path, remove_socket as remove_private_socket, remove_stale, socket_path,
+};
 pub use verbs::{NOT_SUPPORTED_QUEUE, VERBS};
 
 use crate::hooks::RunHooks;
 use kernel::steer::Steering;
 use protocol::{refuse, response};
 use serde_json::{json, Value};
-use socket::{remove_socket, short_socket_path, MAX_SOCKET_PATH};
-use std::os::unix::fs::PermissionsExt;
+use socket::remove_socket;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 use tokio::sync::watch;
 use verbs::answer;
 
@@ -80,24 +81,10 @@ impl ControlServer {
         if std::fs::symlink_metadata(&path).is_ok() && !remove_stale(&path) {
             return Err(ControlError::InUse(path));
         }
-        let bind = |source| ControlError::Bind {
+        let listener = bind_private(&path).map_err(|source| ControlError::Bind {
             path: path.clone(),
             source,
-        };
-        let listener = if path.as_os_str().len() > MAX_SOCKET_PATH {
-            let short = short_socket_path(&path).map_err(bind)?;
-            let _ = std::fs::remove_file(&short);
-            let listener = UnixListener::bind(&short).map_err(bind)?;
-            std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o600))
-                .map_err(bind)?;
-            std::os::unix::fs::symlink(&short, &path).map_err(bind)?;
-            listener
-        } else {
-            let listener = UnixListener::bind(&path).map_err(bind)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-                .map_err(bind)?;
-            listener
-        };
+        })?;
         let (closing, closing_rx) = watch::channel(false);
         let connections = Arc::new(AtomicUsize::new(0));
         let context = Arc::new(Context {

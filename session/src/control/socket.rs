@@ -54,7 +54,26 @@ pub fn remove_stale(path: &Path) -> bool {
     }
 }
 
-pub(super) fn remove_socket(path: &Path) {
+/// Binds a private (0600) UNIX socket at `path`, inside the tokio runtime. A
+/// path too long for `sun_path` binds a short one in the temp dir instead and
+/// `path` becomes a symlink to it ([`connect_path`] follows it).
+pub fn bind_private(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let at = if path.as_os_str().len() > MAX_SOCKET_PATH {
+        short_socket_path(path)?
+    } else {
+        path.to_path_buf()
+    };
+    let _ = std::fs::remove_file(&at);
+    let listener = tokio::net::UnixListener::bind(&at)?;
+    std::fs::set_permissions(&at, std::fs::Permissions::from_mode(0o600))?;
+    if at != path {
+        std::os::unix::fs::symlink(&at, path)?;
+    }
+    Ok(listener)
+}
+
+/// Removes a socket [`bind_private`] made (and the short one it links to).
+pub fn remove_socket(path: &Path) {
     let target = connect_path(path);
     if target != path {
         let _ = std::fs::remove_file(target);

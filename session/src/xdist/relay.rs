@@ -17,7 +17,8 @@ impl WorkerRelay {
     pub fn start(dir: &Path, hooks: Arc<RunHooks>) -> std::io::Result<WorkerRelay> {
         let path = dir.join(RELAY_SOCKET);
         let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)?;
+        // A deep session directory gets a short socket behind a symlink.
+        let listener = crate::control::bind_private(&path)?;
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let hooks = hooks.clone();
@@ -49,7 +50,7 @@ impl WorkerRelay {
     /// Stops listening and removes the socket.
     pub fn close(self) {
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        crate::control::remove_private_socket(&self.path);
     }
 }
 

@@ -207,7 +207,10 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             true,
         )
         .share_journal(&opts.session_dir);
-        let relay = std::os::unix::net::UnixStream::connect(opts.session_dir.join(RELAY_SOCKET)).ok();
+        let relay = std::os::unix::net::UnixStream::connect(crate::control::connect_path(
+            &opts.session_dir.join(RELAY_SOCKET),
+        ))
+        .ok();
         if relay.is_none() {
             eprintln!(
                 "stepkernel: worker {}: the session's relay is not there; its events stay in {}",

@@ -142,6 +142,11 @@ impl Debugger {
         self.event_if_started("stopped", body)
     }
 
+    /// A refreshed view the client asked for itself (after `evaluate`): no event.
+    pub fn on_snapshot_quiet(&mut self, snapshot: Snapshot) {
+        self.snapshot = Some(snapshot);
+    }
+
     /// The test resumed: the `continued` event to publish.
     pub fn on_resumed(&mut self) -> Vec<Value> {
         if self.snapshot.take().is_none() {

@@ -223,21 +223,31 @@ def test_jupyterlab_sequence_on_a_paused_test(paused):
     # evaluate runs in the paused namespace, like a cell: assignments stay.
     result = dap.ok("evaluate", {"expression": "len(basket) + 10", "frameId": frames[0]["id"], "context": "repl"})
     assert result["result"] == "13"
-    # As JupyterLab does after an evaluate: fetch the frames again (their ids are fresh).
+    # As JupyterLab does after an evaluate: fetch the frames again. Nothing changed: same ids
+    # (JupyterLab then keeps its view; new ids would make it refetch and re-show the source).
+    assert dap.ok("stackTrace", {"threadId": 1})["stackFrames"] == frames
+    dap.ok("evaluate", {"expression": "extra = basket[0] * 7", "frameId": frames[0]["id"], "context": "repl"})
+    reply, messages = execute(client, "extra")
+    assert [c["data"]["text/plain"] for t, c in messages if t == "execute_result"] == ["7"]
+    # A variable changed: fresh frame ids, so JupyterLab refetches the variables; old ids are refused.
     refreshed = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
     assert refreshed[0]["id"] != frames[0]["id"]
     stale = dap.request("evaluate", {"expression": "1", "frameId": frames[0]["id"], "context": "repl"})
     assert stale["success"] is False and "fetch the stack again" in stale["message"]
-    frames = refreshed
-    dap.ok("evaluate", {"expression": "extra = basket[0] * 7", "frameId": frames[0]["id"], "context": "repl"})
-    reply, _ = execute(client, "extra")
-    assert reply["status"] == "ok"
-    refreshed = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
+    new_locals = dap.ok("scopes", {"frameId": refreshed[0]["id"]})["scopes"][0]
+    assert named(dap.ok("variables", {"variablesReference": new_locals["variablesReference"]})["variables"])[
+        "extra"]["value"] == "7"
     failed = dap.request("evaluate", {"expression": "no_such_name", "frameId": refreshed[0]["id"], "context": "repl"})
     assert failed["success"] is False and "NameError" in failed["message"]
-    refreshed = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
-    new_locals = dap.ok("scopes", {"frameId": refreshed[0]["id"]})["scopes"][0]
-    assert "extra" in named(dap.ok("variables", {"variablesReference": new_locals["variablesReference"]})["variables"])
+    # A cell that changes the test's variables makes the debugger show them anew (a stopped event).
+    reply, _ = execute(client, "basket.append(100)")
+    assert reply["status"] == "ok"
+    dap.wait_event("stopped", reason="exception")
+    frames = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
+    scope = dap.ok("scopes", {"frameId": frames[0]["id"]})["scopes"][0]
+    assert named(dap.ok("variables", {"variablesReference": scope["variablesReference"]})["variables"])[
+        "basket"]["value"] == "[1, 2, 3, 100]"
+    dap.ok("evaluate", {"expression": "basket.pop()", "frameId": frames[0]["id"], "context": "repl"})
 
     # stepIn has no meaning between steps: refused with a message.
     step_in = dap.request("stepIn", {"threadId": 1})

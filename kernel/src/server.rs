@@ -463,7 +463,9 @@ pub async fn kernel_info(shared: &Shared) -> Value {
             env!("CARGO_PKG_VERSION")
         ),
         "help_links": [],
-        "debugger": false,
+        // JupyterLab's debugger, answered natively (crate::debug_bridge).
+        "debugger": true,
+        "supported_features": ["debugger"],
     })
 }
 

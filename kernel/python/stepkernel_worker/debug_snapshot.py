@@ -54,13 +54,16 @@ class DebugState:
         self.frames: dict[int, _Frame] = {}
         #: A debugger client has spoken: refresh the snapshot after code runs in the pause.
         self.active = False
+        #: What the last snapshot showed, without ids (to tell whether a refresh changed anything).
+        self.shown: Any = None
 
     def new_id(self) -> int:
         return next(self._ids)
 
     def reset(self) -> None:
-        self.refs.clear()
-        self.frames.clear()
+        # New dicts: ``refresh`` may put the old ones back.
+        self.refs = {}
+        self.frames = {}
 
     def variable(self, name: str, value: Any, evaluate_name: str | None) -> dict:
         """One DAP variable; containers and objects get a reference to their children."""
@@ -209,7 +212,15 @@ def snapshot(handler: Any, info: dict) -> dict:
             scopes.append({"name": title, "variablesReference": ref, "variables": variables})
         out.append({"id": frame_id, "name": frame.name, "path": frame.path, "line": frame.line, "scopes": scopes})
     base["frames"] = out
+    state.shown = _shown(base)
     return base
+
+
+def _shown(snap: dict) -> list:
+    """A snapshot as the user sees it: frames, lines and variables, without ids."""
+    return [(f["name"], f["path"], f["line"],
+             [(s["name"], [(v["name"], v["value"], v["type"]) for v in s["variables"]]) for s in f["scopes"]])
+            for f in snap.get("frames", [])]
 
 
 # ---------------------------------------------------------------- requests
@@ -263,12 +274,19 @@ def serve(worker: Any, message: dict) -> None:
 
 
 def refresh(worker: Any) -> dict | None:
-    """A new snapshot of the current pause (after code ran in it)."""
+    """A new snapshot of the current pause after code ran in it; None when
+    nothing shown changed (the old ids stay valid, and JupyterLab is not
+    made to refetch: each refetch brings its source view to the front)."""
     handler = worker.handler
     if handler is None:
         return None
     info = getattr(worker, "paused_info", None) or {}
-    return snapshot(handler, info)
+    old = (STATE.refs, STATE.frames, STATE.shown)
+    fresh = snapshot(handler, info)
+    if STATE.shown == old[2]:
+        STATE.refs, STATE.frames, STATE.shown = old
+        return None
+    return fresh
 
 
 def _frame_for(arguments: dict) -> _Frame | None:

@@ -520,7 +520,9 @@ class Worker:
                     return command
                 if message.get("type") in ("execute", "edit") and debug_snapshot.STATE.active:
                     # The variables may have changed: the debugger shows them anew.
-                    self.send({"type": "debug_snapshot", "snapshot": debug_snapshot.refresh(self)})
+                    fresh = debug_snapshot.refresh(self)
+                    if fresh is not None:
+                        self.send({"type": "debug_snapshot", "snapshot": fresh})
         finally:
             self.handler = previous
             self.executing = outer_executing

@@ -10,6 +10,7 @@ whose parent is the request: JupyterLab waits for both.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import time
@@ -310,6 +311,11 @@ def test_malformed_and_unknown_requests_get_a_failure_and_the_kernel_serves_on(p
     client.control_channel.send(msg)
     reply = client.control_channel.get_msg(timeout=30)
     assert reply["msg_type"] == "debug_reply" and reply["content"]["success"] is False
+    # The kernel says it debugs, and names its kernelspec.
+    content = client.kernel_info(reply=True, timeout=30)["content"]
+    assert content["supported_features"] == ["debugger"] and content["debugger"] is True
+    connection = json.loads((session.session_dir / "connection.json").read_text())
+    assert connection["kernel_name"] == "stepkernel"
     # Still serving: the debugger and the paused namespace answer.
     assert dap.ok("debugInfo")["stoppedThreads"] == [1]
     reply, messages = execute(client, "basket")

@@ -220,6 +220,19 @@ def test_jupyterlab_sequence_on_a_paused_test(paused):
     text = (project / "test_dbg.py").read_text()
     dumped = dap.ok("dumpCell", {"code": text})
     assert dumped["sourcePath"] == f"{info['tmpFilePrefix']}{murmur2_x86(text, info['hashSeed'])}.py"
+    # A file editor's gutter names the file by that path: its breakpoints are the file's.
+    answer = dap.ok("setBreakpoints", {"source": {"path": dumped["sourcePath"]}, "breakpoints": [{"line": bump}]})
+    assert [(b["verified"], b["line"]) for b in answer["breakpoints"]] == [(True, bump)]
+    assert dap.ok("source", {"source": {"path": dumped["sourcePath"]}})["content"] == text
+    cell = dap.ok("dumpCell", {"code": "x = 1\n"})["sourcePath"]
+    answer = dap.ok("setBreakpoints", {"source": {"path": cell}, "breakpoints": [{"line": 1}]})
+    assert answer["breakpoints"][0]["verified"] is False
+    assert "not a test file" in answer["breakpoints"][0]["message"]
+
+    # Rich rendering and JupyterLab's cheap variables view.
+    rich = dap.ok("richInspectVariables", {"variableName": "mapping", "frameId": frames[0]["id"]})
+    assert rich["data"]["text/plain"] == "{'a': 1}"
+    assert set(named(dap.ok("inspectVariables")["variables"])) == {"basket", "box", "mapping"}
 
     # evaluate runs in the paused namespace, like a cell: assignments stay.
     result = dap.ok("evaluate", {"expression": "len(basket) + 10", "frameId": frames[0]["id"], "context": "repl"})
@@ -316,6 +329,13 @@ def test_malformed_and_unknown_requests_get_a_failure_and_the_kernel_serves_on(p
     assert content["supported_features"] == ["debugger"] and content["debugger"] is True
     connection = json.loads((session.session_dir / "connection.json").read_text())
     assert connection["kernel_name"] == "stepkernel"
+    # Once a step is edited, the source view shows the edited text.
+    reply, _ = execute(client, "%%edit\ntotal(basket + [500])\n")
+    assert reply["status"] == "ok", reply
+    test_file = os.path.realpath(project / "test_dbg.py")
+    shown = dap.ok("source", {"source": {"path": test_file}})["content"]
+    assert "total(basket + [500])" in shown and "    total(basket)\n" not in shown
+    assert (project / "test_dbg.py").read_text() != shown, "the file itself is untouched"
     # Still serving: the debugger and the paused namespace answer.
     assert dap.ok("debugInfo")["stoppedThreads"] == [1]
     reply, messages = execute(client, "basket")

@@ -32,8 +32,13 @@ pub const STEP_ERROR_FILTER: &str = "step-error";
 pub trait Files {
     /// The instrumenter's report for a file (its `files[0]` object), if it is Python.
     fn steps_report(&self, path: &Path) -> Option<Value>;
-    /// The current text of a file, as the debugger should show it.
+    /// The current text of a file on disk.
     fn read(&self, path: &Path) -> Option<String>;
+    /// The text the source view shows: the file with the session's edits of
+    /// its steps applied (else as on disk).
+    fn shown(&self, path: &Path) -> Option<String> {
+        self.read(path)
+    }
 }
 
 /// What the run's state allows while a request is answered.
@@ -544,7 +549,7 @@ impl Debugger {
         };
         let content = match self.sources.code(&path) {
             Some(code) => Some(code.to_string()),
-            None => files.read(Path::new(&path)),
+            None => files.shown(Path::new(&path)),
         };
         match content {
             Some(content) => self.ok(

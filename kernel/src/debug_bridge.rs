@@ -38,6 +38,12 @@ impl Files for SessionFiles<'_> {
     fn read(&self, path: &Path) -> Option<String> {
         std::fs::read_to_string(path).ok()
     }
+
+    fn shown(&self, path: &Path) -> Option<String> {
+        self.hooks
+            .and_then(|h| h.edited_text(path))
+            .or_else(|| self.read(path))
+    }
 }
 
 /// Publishes debug events on iopub.

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import execute, write_project
+from conftest import execute, wait_for, write_project
 
 PROJECT = {
     "shop_calc.py": '''
@@ -341,3 +341,42 @@ def test_malformed_and_unknown_requests_get_a_failure_and_the_kernel_serves_on(p
     reply, messages = execute(client, "basket")
     assert [c["data"]["text/plain"] for t, c in messages if t == "execute_result"] == ["[1, 2, 3]"]
     assert session.meta()["state"] == "paused"
+
+
+def test_pause_button_pauses_a_running_test_before_its_next_step(tmp_path, run_session):
+    project = write_project(tmp_path / "project", {"test_wait.py": '''
+        import os
+        import time
+
+
+        def test_waits():
+            # step: wait for the flag
+            open("started.flag", "w").close()
+            while not os.path.exists("go.flag"):
+                time.sleep(0.02)
+            # step: after
+            done = True
+        '''})
+    session = run_session(project, "test_wait.py")
+    client = session.client()
+    wait_for(lambda: (project / "started.flag").exists(), timeout=60, what="the first step to run")
+    dap = Dap(client)
+    assert dap.ok("debugInfo")["stoppedThreads"] == []
+    dap.ok("initialize", {"clientID": "jupyterlab", "adapterID": "stepkernel"})
+    dap.ok("attach")
+    # Not paused: nothing to show yet, and JupyterLab's cheap queries answer at once.
+    assert dap.ok("stackTrace", {"threadId": 1})["stackFrames"] == []
+    assert dap.ok("inspectVariables") == {"variables": []}
+    assert dap.request("continue", {"threadId": 1})["success"] is False
+    dap.ok("pause", {"threadId": 1})
+    (project / "go.flag").write_text("")
+    stopped = dap.wait_event("stopped", reason="pause")
+    assert stopped["body"]["threadId"] == 1
+    frames = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
+    assert [(f["name"], f["line"]) for f in frames] == [("test_waits", line_of(project / "test_wait.py", "done = True"))]
+    # Already paused: the Pause button is refused with the reason.
+    again = dap.request("pause", {"threadId": 1})
+    assert again["success"] is False and "already paused" in again["message"]
+    dap.ok("continue", {"threadId": 1})
+    dap.wait_event("terminated")
+    assert session.wait_exit() == 0

@@ -159,7 +159,7 @@ def test_jupyterlab_sequence_on_a_paused_test(paused):
     caps = dap.ok("initialize", {"clientID": "jupyterlab", "adapterID": "stepkernel", "pathFormat": "path",
                                  "linesStartAt1": True, "columnsStartAt1": True, "supportsVariableType": True,
                                  "supportsVariablePaging": True})
-    assert caps["exceptionBreakpointFilters"][0]["label"] == "Pause on failing step"
+    assert caps["exceptionBreakpointFilters"][0]["filter"] == "let-steps-fail"
     dap.ok("attach")
     stopped = dap.wait_event("stopped")
     assert stopped["body"]["reason"] == "exception" and stopped["body"]["threadId"] == 1
@@ -356,6 +356,10 @@ def test_pause_button_pauses_a_running_test_before_its_next_step(tmp_path, run_s
                 time.sleep(0.02)
             # step: after
             done = True
+
+
+        def test_fails():
+            assert 1 == 2
         '''})
     session = run_session(project, "test_wait.py")
     client = session.client()
@@ -377,6 +381,10 @@ def test_pause_button_pauses_a_running_test_before_its_next_step(tmp_path, run_s
     # Already paused: the Pause button is refused with the reason.
     again = dap.request("pause", {"threadId": 1})
     assert again["success"] is False and "already paused" in again["message"]
+    # "Let failing steps fail": the next failing test fails as under pytest, without pausing.
+    assert dap.ok("setExceptionBreakpoints", {"filters": ["let-steps-fail"]})["breakpoints"][0]["verified"]
     dap.ok("continue", {"threadId": 1})
     dap.wait_event("terminated")
-    assert session.wait_exit() == 0
+    assert session.wait_exit() == 1
+    assert [e["outcome"] for e in session.events() if e["event"] == "test_finish"] == ["passed", "failed"]
+    assert [e["reason"] for e in session.events() if e["event"] == "pause"] == ["pause"]

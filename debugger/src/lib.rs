@@ -25,8 +25,11 @@ use serde_json::{json, Value};
 use snapshot::{Snapshot, THREAD_ID};
 use source_map::{SourceMap, HASH_SEED};
 
-/// The exception filter standing for the run's `--on-error pause`.
-pub const STEP_ERROR_FILTER: &str = "step-error";
+/// The exception filter that lets failing steps fail instead of pausing
+/// (`%set on_error fail`). Inverted on purpose: JupyterLab starts every
+/// kernel with no filters set and sends that at attach, which then means the
+/// run's default, pausing.
+pub const LET_FAIL_FILTER: &str = "let-steps-fail";
 
 /// What the adapter needs from the session's files.
 pub trait Files {
@@ -56,6 +59,8 @@ pub enum Steer {
     Resume(&'static str),
     /// `%pause`.
     Pause,
+    /// `%set on_error pause|fail` for the rest of the run.
+    OnError(&'static str),
 }
 
 /// What the kernel does with a request.
@@ -95,7 +100,6 @@ pub struct Debugger {
     breakpoints: BTreeMap<String, Vec<Value>>,
     /// Test files of the run (dumped text equal to one of these stands for it).
     test_files: BTreeSet<PathBuf>,
-    exception_filters: Vec<String>,
     on_error_pauses: bool,
     next_breakpoint_id: u64,
 }
@@ -110,7 +114,6 @@ impl Debugger {
             sources: SourceMap::new(tmp_prefix, ".py"),
             breakpoints: BTreeMap::new(),
             test_files: BTreeSet::new(),
-            exception_filters: Vec::new(),
             on_error_pauses: true,
             next_breakpoint_id: 0,
         }
@@ -320,6 +323,11 @@ impl Debugger {
     /// The response to a steering request (`Err`: why it was refused).
     pub fn steered(&mut self, request: &Request, result: Result<(), String>) -> Value {
         match result {
+            Ok(()) if request.command == "setExceptionBreakpoints" => {
+                self.on_error_pauses = !self.on_error_pauses;
+                let body = self.exception_body(self.on_error_pauses);
+                self.seq.success(request.seq, &request.command, body)
+            }
             Ok(()) if request.command == "pause" => {
                 self.seq.success(request.seq, &request.command, json!({}))
             }
@@ -391,10 +399,11 @@ impl Debugger {
             "supportsDelayedStackTraceLoading": false,
             "supportsLoadedSourcesRequest": false,
             "exceptionBreakpointFilters": [{
-                "filter": STEP_ERROR_FILTER,
-                "label": "Pause on failing step",
-                "description": "A failing step pauses its test (the run's --on-error pause)",
-                "default": self.on_error_pauses,
+                "filter": LET_FAIL_FILTER,
+                "label": "Let failing steps fail (no pause)",
+                "description": "Off: a failing step pauses its test (--on-error pause). \
+                                On: it fails as under plain pytest (%set on_error fail)",
+                "default": !self.on_error_pauses,
             }],
         })
     }
@@ -413,27 +422,30 @@ impl Debugger {
             .unwrap_or_default();
         let unknown: Vec<&String> = filters
             .iter()
-            .filter(|f| f.as_str() != STEP_ERROR_FILTER)
+            .filter(|f| f.as_str() != LET_FAIL_FILTER)
             .collect();
         if !unknown.is_empty() {
             let message = format!(
-                "unknown exception filter(s) {unknown:?}: stepkernel has {STEP_ERROR_FILTER:?}"
+                "unknown exception filter(s) {unknown:?}: stepkernel has {LET_FAIL_FILTER:?}"
             );
             return self.fail(request.seq, &request.command, &message);
         }
-        // Recorded only: JupyterLab sends its remembered filters (none by default)
-        // at every attach, which must not switch the run's --on-error policy.
-        self.exception_filters = filters;
-        let breakpoints: Vec<Value> = self
-            .exception_filters
-            .iter()
-            .map(|_| json!({"verified": true}))
-            .collect();
-        self.ok(
-            request.seq,
-            &request.command,
-            json!({"breakpoints": breakpoints}),
-        )
+        let pause = !filters.iter().any(|f| f == LET_FAIL_FILTER);
+        if pause == self.on_error_pauses {
+            let body = self.exception_body(pause);
+            return self.ok(request.seq, &request.command, body);
+        }
+        let mode = if pause { "pause" } else { "fail" };
+        Action::Steer(request.clone(), Steer::OnError(mode))
+    }
+
+    fn exception_body(&self, pause: bool) -> Value {
+        let breakpoints: Vec<Value> = if pause {
+            Vec::new()
+        } else {
+            vec![json!({"verified": true})]
+        };
+        json!({"breakpoints": breakpoints})
     }
 
     fn set_breakpoints(&mut self, request: &Request, files: &dyn Files) -> Action {

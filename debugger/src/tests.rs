@@ -73,7 +73,7 @@ fn attach_when_paused_sends_stopped_and_events_follow_the_run() {
     assert_eq!(r["success"], true);
     assert_eq!(
         r["body"]["exceptionBreakpointFilters"][0]["filter"],
-        "step-error"
+        "let-steps-fail"
     );
     assert_eq!(events[0]["event"], "initialized");
     let (_, events) = reply(d.handle(&request(2, "attach", json!({})), LISTENS, &files()));
@@ -262,4 +262,44 @@ fn continue_and_next_steer_only_while_paused() {
     };
     assert_eq!(d.steered(&req, Ok(()))["success"], true);
     assert_eq!(d.steered(&req, Err("busy".into()))["message"], "busy");
+}
+
+#[test]
+fn the_exception_filter_switches_on_error_only_when_it_changes() {
+    let mut d = Debugger::new("/tmp/x/");
+    // JupyterLab's attach-time default (no filters) is the run's default: nothing to steer.
+    let (r, _) = reply(d.handle(
+        &request(1, "setExceptionBreakpoints", json!({"filters": []})),
+        LISTENS,
+        &files(),
+    ));
+    assert_eq!(r["success"], true);
+    let action = d.handle(
+        &request(
+            2,
+            "setExceptionBreakpoints",
+            json!({"filters": ["let-steps-fail"]}),
+        ),
+        LISTENS,
+        &files(),
+    );
+    let Action::Steer(req, Steer::OnError("fail")) = action else {
+        panic!("{action:?}")
+    };
+    assert_eq!(
+        d.steered(&req, Ok(()))["body"]["breakpoints"][0]["verified"],
+        true
+    );
+    let action = d.handle(
+        &request(3, "setExceptionBreakpoints", json!({"filters": []})),
+        LISTENS,
+        &files(),
+    );
+    assert!(matches!(action, Action::Steer(_, Steer::OnError("pause"))));
+    let (r, _) = reply(d.handle(
+        &request(4, "setExceptionBreakpoints", json!({"filters": ["raised"]})),
+        LISTENS,
+        &files(),
+    ));
+    assert_eq!(r["success"], false);
 }

@@ -102,6 +102,10 @@ pub async fn answer(
             let command = match how {
                 Steer::Resume(action) => SteerCommand::Resume(action.to_string()),
                 Steer::Pause => SteerCommand::Pause,
+                Steer::OnError(mode) => SteerCommand::OnError {
+                    mode: mode.to_string(),
+                    test: None,
+                },
             };
             let result = steer(&control, command).await;
             let mut debugger = shared.debugger.lock().expect("debugger");

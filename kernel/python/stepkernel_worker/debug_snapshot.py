@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import itertools
 import os
+import reprlib
 import traceback
 import types
 from typing import Any, Callable
 
 from . import display
-from .stepping.function_steps import summary_repr
 from .stepping.live_pause import is_engine_frame
 
 #: Children listed when a client gives no ``count`` (paging clients ask for more).
@@ -32,6 +32,23 @@ DEFAULT_CHILDREN = 300
 GLOBALS_LIMIT = 300
 
 _SCALARS = (int, float, complex, str, bytes, bytearray, bool, type(None), range)
+
+# Bounded reprs: a pause shows every variable, and a test module may hold a
+# large dataset whose full repr would take long at each pause.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxset, _REPR.maxdict = 3, 30, 30, 30, 20
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = 200, 200, 100
+
+
+def short_repr(value: Any) -> str:
+    """A repr of at most about 200 characters, built without the whole repr of big containers."""
+    try:
+        if isinstance(value, (list, tuple, set, frozenset, dict)) and len(value) > _REPR.maxlist:
+            return _REPR.repr(value)
+        text = repr(value)  # the C repr is faster than reprlib's for everything small
+    except Exception as exc:  # noqa: BLE001 - user reprs may raise anything
+        return f"<repr failed: {type(exc).__name__}: {exc}>"
+    return text if len(text) <= 200 else text[:197] + "..."
 _HIDDEN_TYPES = (types.ModuleType,)
 
 
@@ -69,7 +86,7 @@ class DebugState:
         """One DAP variable; containers and objects get a reference to their children."""
         entry: dict[str, Any] = {
             "name": name,
-            "value": summary_repr(value),
+            "value": short_repr(value),
             "type": type(value).__qualname__,
             "variablesReference": 0,
         }
@@ -131,7 +148,7 @@ def _child_items(value: Any, expr: str | None):
     """(name, child, expression) for each child of a container or object."""
     if isinstance(value, dict):
         for key, child in value.items():
-            yield summary_repr(key, 80), child, (f"{expr}[{key!r}]" if expr else None)
+            yield short_repr(key), child, (f"{expr}[{key!r}]" if expr else None)
     elif isinstance(value, (list, tuple)):
         for i, child in enumerate(value):
             yield str(i), child, (f"{expr}[{i}]" if expr else None)

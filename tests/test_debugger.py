@@ -114,6 +114,18 @@ class Dap:
         assert reply["success"] is True, reply
         return reply["body"]
 
+    def execute(self, code: str, timeout: float = 60) -> dict:
+        """Runs a cell, keeping every iopub message (debug events have no parent)."""
+        msg_id = self.client.execute(code)
+        deadline = time.monotonic() + timeout
+        while not any(m["msg_type"] == "status" and m["content"]["execution_state"] == "idle"
+                      and m["parent_header"].get("msg_id") == msg_id for m in self.iopub):
+            assert time.monotonic() < deadline, f"no idle for {code!r}"
+            self._pull_iopub(0.2)
+        reply = self.client.get_shell_msg(timeout=timeout)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        return reply["content"]
+
     def events(self) -> list[dict]:
         return [m["content"] for m in self.iopub if m["msg_type"] == "debug_event"]
 
@@ -254,8 +266,7 @@ def test_jupyterlab_sequence_on_a_paused_test(paused):
     failed = dap.request("evaluate", {"expression": "no_such_name", "frameId": refreshed[0]["id"], "context": "repl"})
     assert failed["success"] is False and "NameError" in failed["message"]
     # A cell that changes the test's variables makes the debugger show them anew (a stopped event).
-    reply, _ = execute(client, "basket.append(100)")
-    assert reply["status"] == "ok"
+    assert dap.execute("basket.append(100)")["status"] == "ok"
     dap.wait_event("stopped", reason="exception")
     frames = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
     scope = dap.ok("scopes", {"frameId": frames[0]["id"]})["scopes"][0]
@@ -388,3 +399,34 @@ def test_pause_button_pauses_a_running_test_before_its_next_step(tmp_path, run_s
     assert session.wait_exit() == 1
     assert [e["outcome"] for e in session.events() if e["event"] == "test_finish"] == ["passed", "failed"]
     assert [e["reason"] for e in session.events() if e["event"] == "pause"] == ["pause"]
+
+
+def test_a_notebook_kernel_between_tests_and_in_a_loaded_test(kernel):
+    """The kernelspec's kernel (a notebook): the plain namespace, then `%test` pausing a test."""
+    (kernel.tmp / "test_nb.py").write_text("def test_loaded():\n    seen = [1, 2]\n    assert seen\n")
+    client = kernel.client
+    dap = Dap(client)
+    info = dap.ok("debugInfo")
+    assert info["stoppedThreads"] == [] and info["isStarted"] is False
+    dap.ok("initialize", {"clientID": "jupyterlab", "adapterID": "stepkernel"})
+    dap.ok("attach")
+    assert dap.execute("answer = 42\nitems = ['a']")["status"] == "ok"
+    # Not paused: JupyterLab's Variables panel shows the notebook's names (asked often: cheap).
+    shown = named(dap.ok("inspectVariables")["variables"])
+    assert shown["answer"]["value"] == "42" and shown["items"]["variablesReference"] > 0
+    assert dap.ok("richInspectVariables", {"variableName": "answer"})["data"]["text/plain"] == "42"
+    refused = dap.request("evaluate", {"expression": "answer", "context": "repl"})
+    assert refused["success"] is False and "paused" in refused["message"]
+    # %test loads a test paused before its body: the debugger stops there.
+    reply = dap.execute("%test test_nb.py::test_loaded")
+    assert reply["status"] == "ok", reply
+    stopped = dap.wait_event("stopped")
+    assert stopped["body"]["reason"] == "entry"
+    frames = dap.ok("stackTrace", {"threadId": 1})["stackFrames"]
+    assert [(f["name"], f["line"]) for f in frames] == [("test_loaded", 2)]
+    assert dap.ok("debugInfo")["stoppedThreads"] == [1]
+    dap.ok("next", {"threadId": 1})
+    dap.wait_event("stopped", reason="step")
+    scope = dap.ok("scopes", {"frameId": dap.ok("stackTrace", {"threadId": 1})["stackFrames"][0]["id"]})["scopes"][0]
+    assert named(dap.ok("variables", {"variablesReference": scope["variablesReference"]})["variables"])[
+        "seen"]["value"] == "[1, 2]"

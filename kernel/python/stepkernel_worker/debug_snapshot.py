@@ -191,13 +191,18 @@ def _frames(handler: Any, info: dict) -> list[_Frame]:
                 start = i + 1
         below = tb_frames[start:]
     else:
-        # A test run as one step: its frames have returned; the kept variables are the test file's.
-        index = next((i for i, (f, _) in enumerate(tb_frames)
-                      if os.path.abspath(f.f_code.co_filename) == test_file), 0)
-        namespace = handler.namespace() if hasattr(handler, "namespace") else {}
-        frames.append(_Frame(str(info.get("function") or "?"), test_file, int(info.get("line") or 0),
-                             local_values, namespace, True))
-        below = tb_frames[index + 1:]
+        # A test run as one step: its frames have returned. They are shown from the
+        # test file's first one down; the handler's namespace is its innermost one's.
+        in_file = [i for i, (f, _) in enumerate(tb_frames) if os.path.abspath(f.f_code.co_filename) == test_file]
+        if not in_file:
+            namespace = handler.namespace() if hasattr(handler, "namespace") else {}
+            frames.append(_Frame(str(info.get("function") or "?"), test_file, int(info.get("line") or 0),
+                                 local_values, namespace, True))
+        own = in_file[-1] if in_file else -1
+        for i, (f, line) in enumerate(tb_frames[in_file[0]:] if in_file else [], start=in_file[0] if in_file else 0):
+            frames.append(_Frame(_qualname(f.f_code), os.path.abspath(f.f_code.co_filename), line,
+                                 local_values if i == own else dict(f.f_locals), f.f_globals, i == own))
+        below = []
     for f, line in below:
         frames.append(_Frame(_qualname(f.f_code), os.path.abspath(f.f_code.co_filename), line,
                              dict(f.f_locals), f.f_globals, False))

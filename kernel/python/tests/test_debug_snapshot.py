@@ -137,3 +137,19 @@ def test_async_pause_snapshot_and_evaluate_on_the_test_loop(mod):
     assert seen["locals"]["value"]["value"] == "7"
     assert seen["eval"]["body"]["result"] == "8"
     assert seen["bad"]["success"] is False and seen["bad"]["message"].startswith("ZeroDivisionError")
+
+
+def test_a_test_run_as_one_step_shows_its_frames_from_the_traceback(mod):
+    from stepkernel_worker.stepping.live_pause import PostMortemHandler
+
+    engine = Engine(RecordingHost([]), on_error="pause")
+    try:
+        mod.test_calls_helper()  # plain call: the error's traceback holds the frames
+    except ValueError as exc:
+        handler = PostMortemHandler(engine, exc, mod.__file__)
+    info = handler.info()
+    snap = debug_snapshot.snapshot(handler, info)
+    names = [f["name"] for f in snap["frames"]]
+    assert names == ["test_calls_helper", "helper"], names
+    assert set(variables(snap["frames"][0]["scopes"][0])) == {"thing", "data"}
+    assert variables(snap["frames"][1]["scopes"][0])["inner"]["value"] == "42"

@@ -353,6 +353,21 @@ def test_malformed_and_unknown_requests_get_a_failure_and_the_kernel_serves_on(p
     assert [c["data"]["text/plain"] for t, c in messages if t == "execute_result"] == ["[1, 2, 3]"]
     assert session.meta()["state"] == "paused"
 
+    # Turning the debugger off detaches it: the test stays paused and its breakpoints go.
+    dap.ok("initialize", {"clientID": "jupyterlab", "adapterID": "stepkernel"})
+    bump = line_of(project / "test_dbg.py", "value += 1")
+    assert dap.ok("setBreakpoints", {"source": {"path": test_file},
+                                     "breakpoints": [{"line": bump}]})["breakpoints"][0]["verified"]
+    dap.ok("disconnect", {"restart": False, "terminateDebuggee": False})
+    info = dap.ok("debugInfo")
+    assert info["isStarted"] is False and info["breakpoints"] == [] and info["stoppedThreads"] == [1]
+    assert session.meta()["state"] == "paused"
+    reply, _ = execute(client, "%continue")
+    assert reply["status"] == "ok"
+    session.wait_exit()
+    assert [e["reason"] for e in session.events() if e["event"] == "pause"] == ["error"]
+    assert not [e for e in dap.events() if e["event"] in ("continued", "terminated")], "no events once detached"
+
 
 def test_pause_button_pauses_a_running_test_before_its_next_step(tmp_path, run_session):
     project = write_project(tmp_path / "project", {"test_wait.py": '''

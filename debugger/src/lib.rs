@@ -324,7 +324,7 @@ impl Debugger {
     pub fn steered(&mut self, request: &Request, result: Result<(), String>) -> Value {
         match result {
             Ok(()) if request.command == "setExceptionBreakpoints" => {
-                self.on_error_pauses = !self.on_error_pauses;
+                // The kernel set the policy (set_on_error_pauses) while steering.
                 let body = self.exception_body(self.on_error_pauses);
                 self.seq.success(request.seq, &request.command, body)
             }

@@ -534,6 +534,15 @@ impl Executor {
                         self.run_on_error
                     )));
                 }
+                if test.is_none() {
+                    // The debugger's exception filter shows the run's policy however it was set.
+                    let pauses = mode == "pause";
+                    self.shared
+                        .debugger
+                        .lock()
+                        .expect("debugger")
+                        .set_on_error_pauses(pauses);
+                }
                 steer::on_error_message(&mode, test.as_deref())
             }
         };

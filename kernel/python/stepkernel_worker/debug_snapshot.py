@@ -109,8 +109,15 @@ class DebugState:
         value, expr = self.refs[ref]
         limit = count if count else DEFAULT_CHILDREN
         out: list[dict] = []
-        for name, child, child_expr in itertools.islice(_child_items(value, expr), start, start + limit):
+        items = _child_items(value, expr)
+        for name, child, child_expr in itertools.islice(items, start, start + limit):
             out.append(self.variable(name, child, child_expr))
+        if not count:
+            # Without paging, say what was left out rather than cut the list silently.
+            rest = sum(1 for _ in items)
+            if rest:
+                out.append({"name": "…", "value": f"{rest} more (a paging client asks for them; or evaluate a slice)",
+                            "type": "", "variablesReference": 0})
         return out
 
 

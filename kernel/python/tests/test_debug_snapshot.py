@@ -153,3 +153,15 @@ def test_a_test_run_as_one_step_shows_its_frames_from_the_traceback(mod):
     assert names == ["test_calls_helper", "helper"], names
     assert set(variables(snap["frames"][0]["scopes"][0])) == {"thing", "data"}
     assert variables(snap["frames"][1]["scopes"][0])["inner"]["value"] == "42"
+
+
+def test_long_containers_are_paged_and_say_what_is_left_out():
+    state = debug_snapshot.DebugState()
+    entry = state.variable("big", list(range(1000)), "big")
+    assert entry["indexedVariables"] == 1000
+    first = state.children(entry["variablesReference"])
+    assert len(first) == debug_snapshot.DEFAULT_CHILDREN + 1
+    assert first[-1]["name"] == "…" and first[-1]["value"].startswith("700 more")
+    page = state.children(entry["variablesReference"], start=990, count=20)
+    assert [v["value"] for v in page] == [str(i) for i in range(990, 1000)]
+    assert len(debug_snapshot.short_repr(list(range(10**6)))) < 250

@@ -129,7 +129,8 @@ def test_jupyterlab_debugger_shows_the_paused_test_and_continues_it(tmp_path, ru
     session.wait_paused()
     proc, server, _ = start_stepkernel_lab(project, tmp_path, str(session.session_dir))
     ARTIFACTS.mkdir(exist_ok=True)
-    shots = [ARTIFACTS / "jupyterlab-debugger-paused.png", ARTIFACTS / "jupyterlab-debugger-continued.png"]
+    shots = [ARTIFACTS / "jupyterlab-debugger-paused.png", ARTIFACTS / "jupyterlab-debugger-breakpoint.png",
+             ARTIFACTS / "jupyterlab-debugger-continued.png"]
     for shot in shots:
         shot.unlink(missing_ok=True)
     try:
@@ -139,6 +140,8 @@ def test_jupyterlab_debugger_shows_the_paused_test_and_continues_it(tmp_path, ru
             "url": f"{server.base_url}/lab/tree/debug.ipynb?token={server.token}",
             "variable": "basket",
             "testFile": "test_debug_target.py",
+            "breakpointLine": 8,
+            "nextTest": "test_after_debug",
             "expectCell": "fixed 3",
             "child": "'pear'",
             "changed": "ripe fruit",
@@ -170,7 +173,12 @@ def test_jupyterlab_debugger_shows_the_paused_test_and_continues_it(tmp_path, ru
         # A cell run in the paused test changed a variable: the panel shows the new value.
         after = {v["name"]: v["detail"] for v in result["variablesAfterCell"]}
         assert after.get("label") == "'ripe fruit'", result["variablesAfterCell"]
-        # Continue resumed the run: the fixed step passed and the next test ran.
+        # A gutter click in the source view set a breakpoint in the next test; Continue ran the
+        # fixed step and the run stopped there (the test function at the breakpoint's line).
+        assert result["breakpoints"], result
+        at = result["stackAtBreakpoint"][0]
+        assert at["name"] == "test_after_debug" and at["location"].endswith(":8"), result["stackAtBreakpoint"]
+        # Continue resumed the run: the next test ran to its end.
         def next_test_ran():
             return any(e.get("event") == "test_finish" and e.get("test", "").endswith("test_after_debug")
                        for e in session.events())
@@ -182,4 +190,5 @@ def test_jupyterlab_debugger_shows_the_paused_test_and_continues_it(tmp_path, ru
         assert shot.stat().st_size > 10_000, f"{shot} holds a rendered page"
     # The run's terminal went on: both tests passed (the fixed step, then the next test).
     assert session.wait_exit(end=False) == 0, session.output()
+    assert [e["reason"] for e in session.events() if e["event"] == "pause"] == ["error", "breakpoint"]
     assert "2 passed" in session.output(), session.output()

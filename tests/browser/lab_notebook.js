@@ -7,6 +7,8 @@
 
 const { chromium } = require('playwright-core');
 
+const RUN_BUTTON = '.jp-NotebookPanel-toolbar [data-command="notebook:run-cell-and-select-next"]';
+
 // Flags for a sandboxed machine without a GPU or network beyond localhost.
 const FLAGS = [
   '--no-sandbox',
@@ -54,12 +56,14 @@ async function main() {
         await cell.locator('.jp-InputArea-editor').click({ timeout: 5000 });
         kernelName = await page.locator('.jp-NotebookPanel .jp-Toolbar-kernelName').first()
           .innerText({ timeout: 5000 }).catch(() => '');
+        // The toolbar's Run button, not a key press: a key would go to the source view
+        // if it came to the front in between; a click on a hidden button fails and is retried.
+        await page.locator(RUN_BUTTON).first().click({ timeout: 5000 });
         break;
       } catch (err) {
         if (attempt >= 5) throw err;
       }
     }
-    await page.keyboard.press('Shift+Enter');
     const output = cell.locator('.jp-OutputArea-output');
     await output.filter({ hasText: config.expect }).first().waitFor({ state: 'attached' });
     // The prompt shows the count once the reply has come.

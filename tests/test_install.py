@@ -33,6 +33,8 @@ def check_spec_dir(spec_dir: pathlib.Path, python: str | None):
     assert spec["display_name"] == "Python (stepkernel)"
     assert spec["language"] == "python"
     assert spec["interrupt_mode"] == "message"
+    # JupyterLab offers its debugger for kernels whose spec says so (stepkernel answers it natively).
+    assert spec["metadata"] == {"debugger": True}
     argv = spec["argv"]
     assert os.path.realpath(argv[0]) == os.path.realpath(stepkernel_bin())
     assert argv[1:4] == ["kernel", "-f", "{connection_file}"]

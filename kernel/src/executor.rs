@@ -57,6 +57,8 @@ pub enum Control {
     ),
     /// `%end` from a client (already answered): end a lingering session.
     EndSession(Message),
+    /// A debugger request only the worker answers (`{"type": "debug", ...}`), answered on the sender.
+    Debug(Value, tokio::sync::oneshot::Sender<Result<Value, String>>),
 }
 
 /// What kind of request is in flight.
@@ -147,7 +149,12 @@ pub struct Executor {
     abort_sent: bool,
     /// What a running `%retry`/`%continue`... started from: its outcome is told at the reply.
     resume_from: Option<ResumeStart>,
+    /// Debugger requests sent to the worker, by id, waiting for its `debug_reply`.
+    debug_pending: std::collections::HashMap<u64, DebugAnswer>,
+    next_debug_id: u64,
 }
+
+type DebugAnswer = tokio::sync::oneshot::Sender<Result<Value, String>>;
 
 /// Where a resume command started: (action, test, phase, step).
 struct ResumeStart {
@@ -238,6 +245,8 @@ impl Executor {
             gave_up: None,
             terminating: None,
             abort_sent: false,
+            debug_pending: std::collections::HashMap::new(),
+            next_debug_id: 0,
         }
     }
 
@@ -250,6 +259,14 @@ impl Executor {
     pub async fn run(mut self) -> Result<(), String> {
         self.shared.status(None, "starting");
         if let Some(mut run) = self.run.take() {
+            if let Some(mode) = run.get("on_error").and_then(Value::as_str) {
+                // The debugger's exception filter shows the run's policy.
+                self.shared
+                    .debugger
+                    .lock()
+                    .expect("debugger")
+                    .set_on_error_pauses(mode == "pause");
+            }
             run["type"] = json!("run");
             run["id"] = json!(RUN_ID);
             run["steps_fingerprint"] = json!(self.steps_fingerprint());
@@ -424,6 +441,19 @@ impl Executor {
                 let _ = reply.send(answer);
                 false
             }
+            Control::Debug(mut message, reply) => {
+                self.next_debug_id += 1;
+                message["id"] = json!(self.next_debug_id);
+                match self.worker.send(&message).await {
+                    Ok(()) => {
+                        self.debug_pending.insert(self.next_debug_id, reply);
+                    }
+                    Err(err) => {
+                        let _ = reply.send(Err(format!("the Python worker is gone: {err}")));
+                    }
+                }
+                false
+            }
         }
     }
 
@@ -478,12 +508,32 @@ impl Executor {
                 self.breakpoints = items;
                 json!({"type": "breakpoints", "items": self.breakpoints})
             }
+            SteerCommand::SetSourceBreakpoints { source, items } => {
+                self.breakpoints
+                    .retain(|item| match (&source, item.get("source")) {
+                        (_, None) => true,
+                        (None, Some(_)) => false,
+                        (Some(source), Some(other)) => other.as_str() != Some(source.as_str()),
+                    });
+                self.breakpoints.extend(items);
+                json!({"type": "breakpoints", "items": self.breakpoints})
+            }
             SteerCommand::Queue { op, nodeids } => {
                 json!({"type": "queue", "op": op, "nodeids": nodeids})
             }
             // The engine asks for the mode at each error, so `pause` works in a
             // run started with `--on-error fail` too.
-            SteerCommand::OnError { mode, test } => steer::on_error_message(&mode, test.as_deref()),
+            SteerCommand::OnError { mode, test } => {
+                if test.is_none() {
+                    // The debugger's exception filter shows the run's policy however it was set.
+                    self.shared
+                        .debugger
+                        .lock()
+                        .expect("debugger")
+                        .set_on_error_pauses(mode == "pause");
+                }
+                steer::on_error_message(&mode, test.as_deref())
+            }
         };
         let kind = message["type"].as_str().unwrap_or("").to_string();
         let sent = if matches!(kind.as_str(), "pause_request" | "breakpoints") {
@@ -612,6 +662,9 @@ impl Executor {
         self.awaiting_input = false;
         self.ready = false;
         self.startup_output.clear();
+        for (_, answer) in self.debug_pending.drain() {
+            let _ = answer.send(Err("the Python worker was restarted".into()));
+        }
         self.worker = Worker::spawn(&self.config, generation, self.events_tx.clone())?;
         self.shared
             .worker_pid
@@ -846,6 +899,9 @@ impl Executor {
                 while let Some((_, message)) = self.held.pop_front() {
                     self.on_worker_message(message).await;
                 }
+                // Its pause (if any) is gone with it.
+                let events = self.shared.debugger.lock().expect("debugger").on_resumed();
+                crate::debug_bridge::publish_events(&self.shared, events);
                 if self.config.pass_through.is_some() {
                     // An xdist worker's kernel lives as long as its worker:
                     // execnet ended it, or it died (xdist reports that itself).
@@ -1097,13 +1153,17 @@ impl Executor {
             }
             "event" => {
                 let event = message.get("event").cloned().unwrap_or(json!({}));
+                self.on_debug_run_event(&event);
                 self.shared.run_state.lock().expect("state").apply(&event);
                 if let Some(hooks) = &self.shared.hooks {
                     hooks.on_event(&event);
                 }
                 self.update_progress(&event);
             }
+            "debug_reply" => self.on_debug_reply(&message),
+            "debug_snapshot" => self.on_debug_snapshot(message.get("snapshot")),
             "paused" => {
+                self.on_debug_snapshot(message.get("debug"));
                 let info = message.get("info").cloned().unwrap_or(json!({}));
                 self.shared
                     .run_state
@@ -1234,6 +1294,74 @@ impl Executor {
         lines.join("\n")
     }
 
+    /// The worker answered a debugger request.
+    fn on_debug_reply(&mut self, message: &Value) {
+        if let Some(snapshot) = message.get("snapshot").filter(|s| !s.is_null()) {
+            // After `evaluate` (the client refetches the stack itself: no event).
+            if let Ok(snapshot) = debugger::snapshot::Snapshot::from_value(snapshot) {
+                self.shared
+                    .debugger
+                    .lock()
+                    .expect("debugger")
+                    .on_snapshot_quiet(snapshot);
+            }
+        }
+        let id = message.get("id").and_then(Value::as_u64).unwrap_or(0);
+        let Some(answer) = self.debug_pending.remove(&id) else {
+            log(format!("debug reply for unknown request {id} ignored"));
+            return;
+        };
+        let result = if message.get("success").and_then(Value::as_bool) == Some(true) {
+            Ok(message.get("body").cloned().unwrap_or(json!({})))
+        } else {
+            Err(message
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the worker could not answer")
+                .to_string())
+        };
+        let _ = answer.send(result);
+    }
+
+    /// A pause, or code run in it: the debugger's view of it, and `stopped` to its client.
+    fn on_debug_snapshot(&mut self, snapshot: Option<&Value>) {
+        let Some(snapshot) = snapshot.filter(|s| !s.is_null()) else {
+            return;
+        };
+        match debugger::snapshot::Snapshot::from_value(snapshot) {
+            Ok(snapshot) => {
+                let events = self
+                    .shared
+                    .debugger
+                    .lock()
+                    .expect("debugger")
+                    .on_snapshot(snapshot);
+                crate::debug_bridge::publish_events(&self.shared, events);
+            }
+            Err(err) => log(format!(
+                "unreadable debugger snapshot from the worker: {err}"
+            )),
+        }
+    }
+
+    /// Run events the debugger follows: test files, resumes.
+    fn on_debug_run_event(&mut self, event: &Value) {
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        let mut debugger = self.shared.debugger.lock().expect("debugger");
+        let events = match kind {
+            "resume" => debugger.on_resumed(),
+            "test_start" => {
+                if let Some(file) = event.get("file").and_then(Value::as_str) {
+                    debugger.note_test_file(std::path::PathBuf::from(file));
+                }
+                Vec::new()
+            }
+            _ => Vec::new(),
+        };
+        drop(debugger);
+        crate::debug_bridge::publish_events(&self.shared, events);
+    }
+
     async fn on_run_finished(&mut self, content: &Value) {
         let code = content
             .get("exit_code")
@@ -1244,6 +1372,13 @@ impl Executor {
             state.paused = None;
             state.state = "finished".into();
         }
+        let events = self
+            .shared
+            .debugger
+            .lock()
+            .expect("debugger")
+            .on_terminated();
+        crate::debug_bridge::publish_events(&self.shared, events);
         if self.shared.hooks.is_some() {
             self.run_ended(code).await;
         }

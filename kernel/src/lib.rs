@@ -4,12 +4,14 @@
 //! - [`server`]: binding the channels and serving them;
 //! - [`executor`]: running requests against the worker;
 //! - [`worker`]: the Python worker process and its private protocol;
+//! - [`debug_bridge`]: JupyterLab's debugger (`debug_request`) routed to the `debugger` crate;
 //! - [`steer`]: steering a run from outside the Jupyter channels;
 //! - [`event_ring`]: shared memory carrying the worker's progress events;
 //! - [`assets`]: the embedded Python package.
 
 pub mod assets;
 pub mod connection_file;
+pub mod debug_bridge;
 pub mod event_ring;
 pub mod executor;
 pub mod limits;

@@ -68,6 +68,8 @@ pub struct Shared {
     pub lingering: std::sync::atomic::AtomicBool,
     /// The kernel runs a session's tests (`stepkernel run`), whose end ends the kernel.
     pub session_run: bool,
+    /// JupyterLab's debugger: its state and the pause snapshot it answers from.
+    pub debugger: Mutex<debugger::Debugger>,
 }
 
 impl Shared {
@@ -249,6 +251,7 @@ impl BoundKernel {
             clients: clients_rx,
             lingering: std::sync::atomic::AtomicBool::new(false),
             session_run: self.run.is_some(),
+            debugger: Mutex::new(crate::debug_bridge::new_debugger()),
         });
         tokio::spawn(heartbeat_task(self.heartbeat));
         tokio::spawn(clients_task(self.iopub_monitor, clients_tx));
@@ -465,7 +468,9 @@ pub async fn kernel_info(shared: &Shared) -> Value {
             env!("CARGO_PKG_VERSION")
         ),
         "help_links": [],
-        "debugger": false,
+        // JupyterLab's debugger, answered natively (crate::debug_bridge).
+        "debugger": true,
+        "supported_features": ["debugger"],
     })
 }
 
@@ -836,6 +841,16 @@ async fn control_task(
                 continue;
             }
         };
+        if msg.msg_type() == "debug_request" {
+            // Answered with a DAP response even when malformed (JupyterLab waits for one).
+            tokio::spawn(crate::debug_bridge::answer(
+                shared.clone(),
+                send.clone(),
+                msg,
+                control.clone(),
+            ));
+            continue;
+        }
         if refuse_invalid(&shared, &mut send, &msg).await {
             continue;
         }

@@ -76,6 +76,11 @@ pub trait SessionHooks: Send + Sync {
     fn identity(&self) -> Option<String> {
         None
     }
+    /// `path`'s text with the session's edits applied (the debugger's source
+    /// view); None when the session has not edited it.
+    fn edited_text(&self, _path: &std::path::Path) -> Option<String> {
+        None
+    }
 }
 
 /// One step's state as the kernel knows it.

@@ -18,6 +18,14 @@ pub enum SteerCommand {
     AddBreakpoint(Value),
     /// Replace all breakpoints (`%break N...`; empty: `clear`).
     SetBreakpoints(Vec<Value>),
+    /// Replace the debugger's breakpoints of one source (None: of every source),
+    /// keeping the others (`%break`'s included).
+    SetSourceBreakpoints {
+        /// The debugger client's path of the source.
+        source: Option<String>,
+        /// Breakpoint items, each with a `source` key.
+        items: Vec<Value>,
+    },
     /// `queue add|remove NODEID...`: tests to run in this session after the
     /// selected ones (the pytest plugin takes them with `host.take_queued()`).
     Queue {

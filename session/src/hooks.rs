@@ -759,6 +759,26 @@ impl SessionHooks for RunHooks {
         slim_report(&self.record_file(abs, bytes))
     }
 
+    fn edited_text(&self, path: &Path) -> Option<String> {
+        let edits = self.edits().ok().filter(|e| !e.is_empty())?;
+        let root = &self.ctx.patch_root;
+        let relative = path
+            .strip_prefix(root)
+            .ok()
+            .map(Path::to_path_buf)
+            .or_else(|| {
+                let real = std::fs::canonicalize(path).ok()?;
+                let root = std::fs::canonicalize(root).ok()?;
+                real.strip_prefix(root).ok().map(Path::to_path_buf)
+            })?;
+        let file = relative.to_string_lossy().replace('\\', "/");
+        let changes = patchgen::plan_from(root, &edits, self.bases()).ok()?;
+        changes
+            .into_iter()
+            .find(|c| c.file == file)
+            .map(|c| c.after)
+    }
+
     fn steps_loaded(&self, path: &Path) {
         let abs = path.to_path_buf();
         if let Ok(bytes) = std::fs::read(&abs) {

@@ -7,6 +7,8 @@
 
 const { chromium } = require('playwright-core');
 
+const RUN_BUTTON = '.jp-NotebookPanel-toolbar [data-command="notebook:run-cell-and-select-next"]';
+
 // Flags for a sandboxed machine without a GPU or network beyond localhost.
 const FLAGS = [
   '--no-sandbox',
@@ -42,16 +44,34 @@ async function main() {
     await page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]').first()
       .waitFor()
       .catch(() => {}); // older layouts have no indicator; running the cell still proves the connection
-    await cell.locator('.jp-InputArea-editor').click();
-    await page.keyboard.press('Shift+Enter');
+    // A paused kernel makes JupyterLab's debugger open the test's source in
+    // front of the notebook (at any moment after connecting): bring the
+    // notebook back before typing, and read the output whether it is in front or not.
+    const notebookTab = page.locator('.lm-DockPanel-tabBar .lm-TabBar-tab', { hasText: config.notebook || '.ipynb' })
+      .first();
+    let kernelName = '';
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await notebookTab.click({ timeout: 5000 });
+        await cell.locator('.jp-InputArea-editor').click({ timeout: 5000 });
+        kernelName = await page.locator('.jp-NotebookPanel .jp-Toolbar-kernelName').first()
+          .innerText({ timeout: 5000 }).catch(() => '');
+        // The toolbar's Run button, not a key press: a key would go to the source view
+        // if it came to the front in between; a click on a hidden button fails and is retried.
+        await page.locator(RUN_BUTTON).first().click({ timeout: 5000 });
+        break;
+      } catch (err) {
+        if (attempt >= 5) throw err;
+      }
+    }
     const output = cell.locator('.jp-OutputArea-output');
-    await output.filter({ hasText: config.expect }).first().waitFor();
-    const prompt = await cell.locator('.jp-InputPrompt').first().innerText();
-    const kernelName = await page.locator('.jp-NotebookPanel .jp-Toolbar-kernelName').first().innerText()
-      .catch(() => '');
+    await output.filter({ hasText: config.expect }).first().waitFor({ state: 'attached' });
+    // The prompt shows the count once the reply has come.
+    await cell.locator('.jp-InputPrompt').filter({ hasNotText: '*' }).first().waitFor({ state: 'attached' });
+    const prompt = await cell.locator('.jp-InputPrompt').first().textContent();
     result = {
       ok: true,
-      output: await output.first().innerText(),
+      output: await output.first().textContent(),
       prompt,
       kernelName,
     };

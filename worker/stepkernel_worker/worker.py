@@ -184,6 +184,10 @@ class Worker:
             self._locals(message)
         elif kind in ("resume", "edit", "describe", "show_function"):
             return self._paused_command(message)
+        elif kind == "debug":
+            from . import debug_snapshot  # JupyterLab's debugger (kernel/src/debug_bridge.rs)
+
+            debug_snapshot.serve(self, message)
         else:
             self._reply(request_id, {"status": "error", "ename": "UnknownRequest", "evalue": str(kind), "traceback": []})
         return None
@@ -455,7 +459,9 @@ class Worker:
             return "loaded"
         for item in self.breakpoints:
             if item.get("step") == step and item.get("test") in (None, test_id) and item.get("phase") in (None, phase):
-                return "breakpoint"
+                # A debugger's breakpoint holds in its file only (node ids start with the file).
+                if item.get("file") in (None, test_id.split("::", 1)[0]):
+                    return "breakpoint"
         return None
 
     def take_queued(self) -> list[str]:
@@ -495,7 +501,10 @@ class Worker:
         previous = self.handler
         self.handler = self.last_handler = handler
         outer_executing, self.executing = self.executing, False
-        self.send({"type": "paused", "info": info})
+        from . import debug_snapshot  # what JupyterLab's debugger shows of this pause
+
+        self.paused_info = info
+        self.send({"type": "paused", "info": info, "debug": debug_snapshot.snapshot(handler, info)})
         self._answer_pending_resume(info)
         try:
             while True:
@@ -511,6 +520,11 @@ class Worker:
                 if command is not None:
                     self.pending_resume = command
                     return command
+                if message.get("type") in ("execute", "edit") and debug_snapshot.STATE.active:
+                    # The variables may have changed: the debugger shows them anew.
+                    fresh = debug_snapshot.refresh(self)
+                    if fresh is not None:
+                        self.send({"type": "debug_snapshot", "snapshot": fresh})
         finally:
             self.handler = previous
             self.executing = outer_executing

@@ -10,6 +10,7 @@ mod python;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
+mod watch_cmd;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -46,6 +47,8 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// A session's state: where it is, tests done, counts, failures (live with --follow).
     Status(ctl_cmd::StatusArgs),
+    /// Watch the project and rerun the tests each change affects, failures first.
+    Watch(watch_cmd::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -70,6 +73,7 @@ fn main() -> ExitCode {
         Command::Steps(args) => steps::run(args),
         Command::Ctl(args) => ctl_cmd::ctl(args),
         Command::Status(args) => ctl_cmd::status(args),
+        Command::Watch(args) => watch_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -172,7 +172,10 @@ fn collect(scope: Node<'_>, source: &[u8], prefix: &str, blocks: &mut Vec<Block>
             }
             if let Some(decorators) = (child.kind() == "decorated_definition").then_some(child) {
                 let mut c = decorators.walk();
-                for d in decorators.children(&mut c).filter(|d| d.kind() == "decorator") {
+                for d in decorators
+                    .children(&mut c)
+                    .filter(|d| d.kind() == "decorator")
+                {
                     tokens(d, source, false, &mut own);
                 }
             }
@@ -180,7 +183,11 @@ fn collect(scope: Node<'_>, source: &[u8], prefix: &str, blocks: &mut Vec<Block>
         }
         blocks.push(Block {
             qualname: qualname.clone(),
-            kind: if is_class { Kind::Class } else { Kind::Function },
+            kind: if is_class {
+                Kind::Class
+            } else {
+                Kind::Function
+            },
             start_line: child.start_position().row + 1,
             def_line: def.start_position().row + 1,
             end_line: child.end_position().row + 1,
@@ -213,7 +220,9 @@ impl SourceBlocks {
         let around = |kind: Kind| {
             self.blocks[1..]
                 .iter()
-                .filter(|b| b.kind == kind && b.start_line <= first_line && first_line <= b.end_line)
+                .filter(|b| {
+                    b.kind == kind && b.start_line <= first_line && first_line <= b.end_line
+                })
                 .min_by_key(|b| b.end_line - b.start_line)
         };
         around(Kind::Function)

@@ -115,8 +115,10 @@ impl Db {
             }
         }
         let conn = Connection::open(path).map_err(sql)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql)?;
-        conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sql)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql)?;
@@ -401,7 +403,11 @@ mod tests {
     fn corrupt_and_older_databases_are_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("watch.db");
-        std::fs::write(&path, b"this is not a database, just text that is long enough").unwrap();
+        std::fs::write(
+            &path,
+            b"this is not a database, just text that is long enough",
+        )
+        .unwrap();
         let (db, warning) = Db::open(&path).unwrap();
         assert!(warning.unwrap().contains("corrupt"));
         assert!(db.is_empty().unwrap());

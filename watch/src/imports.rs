@@ -144,7 +144,11 @@ impl Resolver {
     }
 
     fn roots(&self, file: &Path) -> Vec<PathBuf> {
-        let mut roots = vec![base_dir(file), self.rootdir.clone(), self.rootdir.join("src")];
+        let mut roots = vec![
+            base_dir(file),
+            self.rootdir.clone(),
+            self.rootdir.join("src"),
+        ];
         roots.dedup();
         roots
     }
@@ -233,7 +237,11 @@ impl Resolver {
     /// `shop.discount`, also `discount` from its own directory).
     pub fn module_names(&self, file: &Path) -> Vec<String> {
         let mut names = Vec::new();
-        for root in [self.rootdir.clone(), self.rootdir.join("src"), base_dir(file)] {
+        for root in [
+            self.rootdir.clone(),
+            self.rootdir.join("src"),
+            base_dir(file),
+        ] {
             let Ok(rel) = file.strip_prefix(&root) else {
                 continue;
             };
@@ -283,7 +291,11 @@ mod tests {
         std::fs::write(root.join("shop/cart.py"), "from shop import prices\n").unwrap();
         std::fs::write(root.join("shop/prices.py"), "RATE = 1\n").unwrap();
         std::fs::write(root.join("tests/conftest.py"), "").unwrap();
-        std::fs::write(root.join("tests/test_a.py"), "from shop.cart import Cart\nimport json\n").unwrap();
+        std::fs::write(
+            root.join("tests/test_a.py"),
+            "from shop.cart import Cart\nimport json\n",
+        )
+        .unwrap();
         let mut r = Resolver::new(root);
         let got: Vec<_> = r
             .closure(&root.join("tests/test_a.py"))
@@ -292,8 +304,17 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            ["shop/__init__.py", "shop/cart.py", "shop/prices.py", "tests/conftest.py", "tests/test_a.py"]
+            [
+                "shop/__init__.py",
+                "shop/cart.py",
+                "shop/prices.py",
+                "tests/conftest.py",
+                "tests/test_a.py"
+            ]
         );
-        assert_eq!(r.module_names(&root.join("shop/prices.py")), ["shop.prices"]);
+        assert_eq!(
+            r.module_names(&root.join("shop/prices.py")),
+            ["shop.prices"]
+        );
     }
 }

@@ -187,7 +187,9 @@ pub fn order(selected: &mut [Selected], changed: &[PathBuf], known: &HashMap<Str
         .filter_map(|p| {
             let stem = p.file_stem()?.to_string_lossy().into_owned();
             if stem == "__init__" {
-                p.parent()?.file_name().map(|n| n.to_string_lossy().into_owned())
+                p.parent()?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
             } else {
                 Some(stem.trim_start_matches("test_").to_string())
             }
@@ -262,7 +264,10 @@ mod tests {
         let src = b"def test_a():\n    pass\nclass TestB:\n    def test_c(self):\n        pass\n    def helper(self):\n        pass\ndef helper():\n    pass\n";
         let blocks = python_blocks(src);
         let ids = test_ids_in(Path::new("/p"), Path::new("/p/tests/test_x.py"), &blocks);
-        assert_eq!(ids, ["tests/test_x.py::test_a", "tests/test_x.py::TestB::test_c"]);
+        assert_eq!(
+            ids,
+            ["tests/test_x.py::test_a", "tests/test_x.py::TestB::test_c"]
+        );
         assert!(is_instance_of("t.py::a[1]", "t.py::a"));
         assert!(!is_instance_of("t.py::ab", "t.py::a"));
     }

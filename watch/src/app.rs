@@ -512,7 +512,8 @@ impl Watch {
             command.args(tests.iter().map(|s| &s.test));
         }
         command.arg("--");
-        command.args(["-p", "stepkernel_worker.deps"]);
+        // One file that does not import must not stop the others (pytest stops by default).
+        command.args(["-p", "stepkernel_worker.deps", "--continue-on-collection-errors"]);
         command.args(&self.opts.pytest_args);
         command.env("STEPKERNEL_DEPS_FILE", &deps_file);
         command.current_dir(&self.opts.rootdir);
@@ -1020,6 +1021,9 @@ impl Watch {
                     let _ = cycle.child.wait();
                 }
                 self.emit("watch_end", json!({}));
+                if let Ok(target) = std::fs::read_link(&socket) {
+                    let _ = std::fs::remove_file(target);
+                }
                 let _ = std::fs::remove_file(&socket);
                 return Ok(0);
             }

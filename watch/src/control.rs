@@ -48,8 +48,23 @@ pub struct Request {
 pub fn start(dir: &Path, tx: Sender<Request>) -> std::io::Result<PathBuf> {
     let path = dir.join("control.sock");
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    // `sun_path` holds 107 bytes: a deep directory gets a symlink to a short
+    // socket in a private temp directory (as the session socket does).
+    let bind_at = if path.as_os_str().len() > 107 {
+        let uid = unsafe { libc::getuid() };
+        let short = std::env::temp_dir().join(format!("stepkernel-{uid}"));
+        std::fs::create_dir_all(&short)?;
+        std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o700))?;
+        let name = dir.file_name().map_or_else(|| "watch".into(), |n| n.to_string_lossy().into_owned());
+        let target = short.join(format!("watch-{name}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&target);
+        std::os::unix::fs::symlink(&target, &path)?;
+        target
+    } else {
+        path.clone()
+    };
+    let listener = UnixListener::bind(&bind_at)?;
+    std::fs::set_permissions(&bind_at, std::fs::Permissions::from_mode(0o600))?;
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let tx = tx.clone();

@@ -229,7 +229,11 @@ impl Watch {
             let failing = self
                 .known
                 .get(test)
-                .is_some_and(|r| matches!(r.outcome.as_str(), "failed" | "error"));
+                .is_some_and(|r| matches!(r.outcome.as_str(), "failed" | "error"))
+                || self
+                    .db
+                    .collect_errors()
+                    .is_ok_and(|errors| errors.iter().any(|(file, _, _)| file == test));
             if !failing {
                 return false;
             }
@@ -292,6 +296,14 @@ impl Watch {
             .filter(|k| k.split("::").next() == Some(rel_file.as_str()))
             .cloned()
             .collect();
+        let collect_error = self
+            .db
+            .collect_errors()
+            .is_ok_and(|errors| errors.iter().any(|(f, _, _)| *f == rel_file));
+        if collect_error {
+            // Its collection error decides (rerun when it changes or a module appears).
+            return Vec::new();
+        }
         if known_here.is_empty() && !ids.is_empty() {
             // Nothing recorded for the file: run it whole (pytest finds what tree-sitter cannot).
             return vec![Selected {
@@ -513,10 +525,16 @@ impl Watch {
         }
         command.arg("--");
         // One file that does not import must not stop the others (pytest stops by default).
-        command.args(["-p", "stepkernel_worker.deps", "--continue-on-collection-errors"]);
+        command.args([
+            "-p",
+            "stepkernel_worker.deps",
+            "--continue-on-collection-errors",
+        ]);
         command.args(&self.opts.pytest_args);
         command.env("STEPKERNEL_DEPS_FILE", &deps_file);
         command.current_dir(&self.opts.rootdir);
+        // The watch reads the keys; the cycle is steered through its socket.
+        command.stdin(std::process::Stdio::null());
         let child = command
             .spawn()
             .map_err(io("cannot start a cycle (stepkernel run)"))?;
@@ -637,11 +655,10 @@ impl Watch {
                     self.db.record(&row, &deps)?;
                     let cycle = self.cycle.as_mut().expect("running");
                     cycle.finished.insert(finished.test.clone());
-                    for key in cycle
-                        .selection
-                        .iter()
-                        .filter(|s| is_instance_of(&finished.test, &s.test))
-                    {
+                    for key in cycle.selection.iter().filter(|s| {
+                        is_instance_of(&finished.test, &s.test)
+                            || finished.test.starts_with(&format!("{}::", s.test))
+                    }) {
                         cycle.finished.insert(key.test.clone());
                     }
                     for w in &finished.writes {

@@ -55,7 +55,9 @@ pub fn start(dir: &Path, tx: Sender<Request>) -> std::io::Result<PathBuf> {
         let short = std::env::temp_dir().join(format!("stepkernel-{uid}"));
         std::fs::create_dir_all(&short)?;
         std::fs::set_permissions(&short, std::fs::Permissions::from_mode(0o700))?;
-        let name = dir.file_name().map_or_else(|| "watch".into(), |n| n.to_string_lossy().into_owned());
+        let name = dir
+            .file_name()
+            .map_or_else(|| "watch".into(), |n| n.to_string_lossy().into_owned());
         let target = short.join(format!("watch-{name}-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&target);
         std::os::unix::fs::symlink(&target, &path)?;

@@ -116,7 +116,7 @@ class Recorder:
                 self.incomplete = "another profiler (sys.setprofile) was active"
         self._write({"start": self._test_id(nodeid)})
 
-    def stop(self, item: Any) -> None:
+    def stop(self, item: Any, record: bool = True) -> None:
         duration = time.perf_counter() - self.started
         self.active = False
         if self.tool is not None:
@@ -128,6 +128,8 @@ class Recorder:
                 # The test installed its own profiler: it keeps it (we step aside),
                 # and this test's record is marked incomplete so it always reruns.
                 self.incomplete = "the test replaced sys.setprofile"
+        if not record:
+            return
         code = []
         root = self.root
         for co in list(self.codes):
@@ -265,10 +267,14 @@ def pytest_runtest_protocol(item: Any, nextitem: Any):
         yield
         return
     recorder.start(item.nodeid)
+    outcome = None
     try:
-        yield
+        outcome = yield
     finally:
-        recorder.stop(item)
+        error = getattr(outcome, "exception", None) if outcome is not None else None
+        # A test cut short (the watch restarts the cycle: SIGTERM, KeyboardInterrupt)
+        # has no result to record; the watch runs it again.
+        recorder.stop(item, record=outcome is not None and not isinstance(error, KeyboardInterrupt))
 
 
 def pytest_runtest_logreport(report: Any) -> None:

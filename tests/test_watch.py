@@ -505,3 +505,25 @@ def test_recorder_on_other_pythons(version, tmp_path, tmp_path_factory, watches)
     selection, _ = w.cycle(3)
     assert ids(selection) == ["tests/test_reader.py::test_reads_prices"]
     assert w.close() == 0
+
+
+def test_ignored_paths_are_never_changes(tmp_path, watches):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    (project / "env2").mkdir()
+    (project / "env2/pyvenv.cfg").write_text("home = /usr/bin\n")
+    w = watches(project, "--on-error", "fail")
+    w.cycle(1)
+    (project / "run.out").write_text("git-ignored\n")  # .gitignore lists it
+    (project / "env2/lib.py").write_text("X = 1\n")  # a virtualenv (pyvenv.cfg)
+    (project / "__pycache__").mkdir(exist_ok=True)
+    (project / "__pycache__/junk.py").write_text("X = 1\n")
+    (project / ".git/description").write_text("changed\n")
+    (project / "newenv").mkdir()
+    (project / "newenv/pyvenv.cfg").write_text("home = /usr/bin\n")
+    (project / "newenv/site.py").write_text("X = 2\n")
+    edit(project / "shop/cart.py", "return sum(prices)", "return sum(list(prices))")
+    change = w.wait_events("change", 1)
+    assert [e["paths"] for e in w.events("change")] == [["shop/cart.py"]]
+    assert change[0]["paths"] == ["shop/cart.py"]
+    w.cycle(2)
+    assert w.close() == 0

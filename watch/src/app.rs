@@ -17,7 +17,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::mpsc::{channel, Receiver, TryRecvError};
+use std::sync::mpsc::{channel, Receiver};
 use std::time::{Duration, Instant};
 
 /// What a change during a running cycle does.
@@ -350,7 +350,7 @@ impl Watch {
         let full_due = self
             .opts
             .full_every
-            .is_some_and(|n| n > 0 && self.cycles > 0 && self.cycles % n == 0);
+            .is_some_and(|n| n > 0 && self.cycles > 0 && self.cycles.is_multiple_of(n));
         if *trigger == Trigger::All || (first && (self.opts.all || self.db.is_empty()?)) || full_due
         {
             let why = if first && self.db.is_empty()? {
@@ -1044,16 +1044,11 @@ impl Watch {
                 let _ = std::fs::remove_file(&socket);
                 return Ok(0);
             }
-            loop {
-                match fs_rx.try_recv() {
-                    Ok(paths) => {
-                        let accepted = self.accept(paths, &mut fs);
-                        if !accepted.is_empty() {
-                            self.pending.extend(accepted);
-                            self.trigger.get_or_insert(Trigger::Changes);
-                        }
-                    }
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            while let Ok(paths) = fs_rx.try_recv() {
+                let accepted = self.accept(paths, &mut fs);
+                if !accepted.is_empty() {
+                    self.pending.extend(accepted);
+                    self.trigger.get_or_insert(Trigger::Changes);
                 }
             }
             if !fell_back_said {

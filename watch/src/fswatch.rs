@@ -87,27 +87,16 @@ impl Ignore {
                 return true;
             }
         }
-        match &self.repo {
-            Some(repo) => {
-                let Some(workdir) = repo.workdir() else {
-                    return false;
-                };
-                let Ok(in_repo) = path.strip_prefix(workdir).or_else(|_| {
-                    path.canonicalize()
-                        .ok()
-                        .and_then(|p| {
-                            p.strip_prefix(workdir.canonicalize().ok()?)
-                                .ok()
-                                .map(Path::to_path_buf)
-                        })
-                        .ok_or(())
-                        .map(|_| rel)
-                }) else {
-                    return false;
-                };
-                repo.is_path_ignored(in_repo).unwrap_or(false)
-            }
-            None => false,
+        // The watch's root is canonical, and so is the work tree git2 reports.
+        let Some(workdir) = self.repo.as_ref().and_then(|r| r.workdir()) else {
+            return false;
+        };
+        match path.strip_prefix(workdir) {
+            Ok(in_repo) => self
+                .repo
+                .as_ref()
+                .is_some_and(|r| r.is_path_ignored(in_repo).unwrap_or(false)),
+            Err(_) => false,
         }
     }
 }

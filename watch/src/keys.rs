@@ -70,10 +70,8 @@ pub fn start() -> Receiver<Key> {
                         }
                         continue;
                     }
-                    '\x7f' | '\x08' => {
-                        if text.pop().is_some() {
-                            let _ = write!(out, "\x08 \x08");
-                        }
+                    '\x7f' | '\x08' if text.pop().is_some() => {
+                        let _ = write!(out, "\x08 \x08");
                     }
                     '\x1b' => {
                         let _ = write!(out, " (cancelled)\r\n");

@@ -64,6 +64,7 @@ class Recorder:
         self.reads: set[str] = set()
         self.writes: set[str] = set()
         self.hashes: dict[str, str | None] = {}
+        self.keep: dict[str, bool] = {}
         self.active = False
         self.busy = False
         self.incomplete: str | None = None
@@ -132,11 +133,18 @@ class Recorder:
             return
         code = []
         root = self.root
+        keep = self.keep
         for co in list(self.codes):
             filename = co.co_filename
-            if not os.path.isabs(filename) or "site-packages" in filename:
-                continue
-            if not filename.startswith(root) and not os.path.realpath(filename).startswith(root):
+            wanted = keep.get(filename)
+            if wanted is None:
+                # Decided once per file: realpath costs syscalls, and a test runs hundreds of code objects.
+                wanted = keep[filename] = (
+                    os.path.isabs(filename)
+                    and "site-packages" not in filename
+                    and (filename.startswith(root) or os.path.realpath(filename).startswith(root))
+                )
+            if not wanted:
                 continue
             if filename not in self.hashes:
                 self.busy = True

@@ -19,6 +19,7 @@ import textwrap
 import pexpect
 import pytest
 
+import conftest
 from conftest import PYTHON, stepkernel_bin, wait_for, write_project
 
 LIB = {
@@ -526,4 +527,39 @@ def test_ignored_paths_are_never_changes(tmp_path, watches):
     assert [e["paths"] for e in w.events("change")] == [["shop/cart.py"]]
     assert change[0]["paths"] == ["shop/cart.py"]
     w.cycle(2)
+    assert w.close() == 0
+
+
+def test_switching_branches_back_reuses_recorded_results(tmp_path, watches):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    git = lambda *a: subprocess.run(["git", *a], cwd=project, check=True, capture_output=True,  # noqa: E731
+                                    env={**os.environ, **conftest.GIT_ENV})
+    git("add", "-A")
+    git("commit", "-qm", "ignore file")
+    w = watches(project, "--on-error", "fail")
+    w.cycle(1)
+    git("checkout", "-q", "-b", "fix")
+    edit(project / "shop/cart.py", "return sum(prices)", "return 99 if prices == [1] else sum(prices)")
+    git("commit", "-qam", "make test_total_fails pass")
+    selection, finished = w.cycle(2)
+    assert len(ids(selection)) == 4
+    assert {e["test"]: e["outcome"] for e in finished}["tests/test_checkout.py::test_total_fails"] == "passed"
+    n = len(w.events("selection"))
+    git("checkout", "-q", "main")  # shop/cart.py is as cycle 1 ran it
+    assert w.wait_events("selection", n + 1)[-1]["tests"] == []
+    restored = {e["test"]: e["outcome"] for e in w.events("restored")}
+    assert restored == {
+        "tests/test_cart.py::test_subtotal": "passed",
+        "tests/test_cart_extra.py::test_subtotal_big": "passed",
+        "tests/test_checkout.py::test_total_fails": "failed",
+        "tests/test_checkout.py::test_total_ok": "passed",
+    }
+    git("checkout", "-q", "fix")  # and back: cycle 2's results
+    assert w.wait_events("selection", n + 2)[-1]["tests"] == []
+    assert w.events("restored")[-1]["outcome"] in ("passed", "failed")
+    assert {e["test"]: e["outcome"] for e in w.events("restored")[4:]}[
+        "tests/test_checkout.py::test_total_fails"] == "passed"
+    assert len(w.events("cycle_start")) == 2
+    state = w.ctl("watch")["result"]
+    assert state["totals"]["failed"] == 0
     assert w.close() == 0

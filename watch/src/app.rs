@@ -382,6 +382,17 @@ impl Watch {
                 Some(changed),
             )?
         };
+        let mut stale = stale;
+        // Code and data exactly as a recorded run saw them (a branch switched
+        // back): that run's result stands, nothing reruns.
+        for row in select::restore_known_states(&mut self.db, &mut self.current, &stale)? {
+            stale.remove(&row.id);
+            self.emit(
+                "restored",
+                json!({"test": row.id, "file": row.file, "outcome": row.outcome, "report": row.report}),
+            );
+            self.known.insert(row.id.clone(), row);
+        }
         for (test, why) in stale {
             add(&mut chosen, test, why);
         }

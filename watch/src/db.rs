@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 
 /// The schema this build writes; any other is rebuilt.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Dependency kind markers stored in `deps.block`.
 pub const IMPORT: &str = "<import>";
@@ -83,7 +83,39 @@ CREATE TABLE deps (test TEXT NOT NULL, path TEXT NOT NULL, block TEXT NOT NULL, 
 CREATE INDEX deps_path ON deps(path);
 CREATE INDEX deps_test ON deps(test);
 CREATE TABLE collect_errors (file TEXT PRIMARY KEY, missing TEXT NOT NULL, text TEXT NOT NULL);
+CREATE TABLE states (test TEXT NOT NULL, state TEXT NOT NULL, outcome TEXT NOT NULL,
+    report TEXT NOT NULL, duration REAL NOT NULL, PRIMARY KEY (test, state));
 ";
+
+/// The hash of a test's dependencies with their fingerprints: the code and
+/// data it ran. None when one is unknown (then no history is kept).
+pub fn state_of<'a>(
+    deps: impl IntoIterator<Item = (&'a Path, &'a str, &'a str)>,
+) -> Option<String> {
+    use sha2::{Digest, Sha256};
+    let mut rows: Vec<(&Path, &str, &str)> = deps.into_iter().collect();
+    if rows.iter().any(|(_, _, fp)| *fp == STALE) {
+        return None;
+    }
+    rows.sort();
+    let mut digest = Sha256::new();
+    for (path, block, fp) in rows {
+        digest.update(path.to_string_lossy().as_bytes());
+        digest.update([0]);
+        digest.update(block.as_bytes());
+        digest.update([0]);
+        digest.update(fp.as_bytes());
+        digest.update([1]);
+    }
+    Some(
+        digest
+            .finalize()
+            .iter()
+            .take(16)
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
+}
 
 impl Db {
     /// Opens (or creates) the database; an unreadable, corrupt or older one is
@@ -224,6 +256,18 @@ impl Db {
                     .map_err(sql)?;
             }
         }
+        // The result of this exact code and data, for when a branch switch brings it back.
+        let state = state_of(
+            deps.iter()
+                .map(|d| (d.path.as_path(), d.block.as_str(), d.fp.as_str())),
+        );
+        if let (Some(state), None) = (state, &test.incomplete) {
+            tx.execute(
+                "INSERT OR REPLACE INTO states (test, state, outcome, report, duration) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![test.id, state, test.outcome, test.report, test.duration],
+            )
+            .map_err(sql)?;
+        }
         // A test file that collects again has no collection error any more.
         tx.execute(
             "DELETE FROM collect_errors WHERE file = ?1",
@@ -269,6 +313,74 @@ impl Db {
                 .map_err(self.sql())?;
         }
         Ok(())
+    }
+
+    /// The result recorded for `test` when its dependencies were in `state`.
+    pub fn state_result(&self, test: &str, state: &str) -> Result<Option<TestRow>, DbError> {
+        self.conn
+            .query_row(
+                "SELECT s.outcome, s.report, s.duration, t.file, t.failures FROM states s JOIN tests t ON t.id = s.test
+                 WHERE s.test = ?1 AND s.state = ?2",
+                params![test, state],
+                |r| {
+                    Ok(TestRow {
+                        id: test.to_string(),
+                        outcome: r.get(0)?,
+                        report: r.get(1)?,
+                        duration: r.get(2)?,
+                        file: r.get(3)?,
+                        failures: r.get(4)?,
+                        incomplete: None,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.sql())
+    }
+
+    /// Makes a recorded state current again: the test's outcome and its
+    /// dependencies' fingerprints become that state's (no rerun needed).
+    pub fn restore(&mut self, row: &TestRow, deps: &[Dep]) -> Result<(), DbError> {
+        let path = self.path.clone();
+        let sql = |source| DbError::Sql {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "UPDATE tests SET outcome = ?2, report = ?3, duration = ?4 WHERE id = ?1",
+            params![row.id, row.outcome, row.report, row.duration],
+        )
+        .map_err(sql)?;
+        tx.execute("DELETE FROM deps WHERE test = ?1", params![row.id])
+            .map_err(sql)?;
+        for dep in deps {
+            tx.execute(
+                "INSERT INTO deps (test, path, block, fp) VALUES (?1, ?2, ?3, ?4)",
+                params![dep.test, dep.path.to_string_lossy(), dep.block, dep.fp],
+            )
+            .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
+
+    /// Every dependency of one test.
+    pub fn deps_of(&self, test: &str) -> Result<Vec<Dep>, DbError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT test, path, block, fp FROM deps WHERE test = ?1")
+            .map_err(self.sql())?;
+        let rows = stmt
+            .query_map(params![test], |r| {
+                Ok(Dep {
+                    test: r.get(0)?,
+                    path: PathBuf::from(r.get::<_, String>(1)?),
+                    block: r.get(2)?,
+                    fp: r.get(3)?,
+                })
+            })
+            .map_err(self.sql())?;
+        rows.collect::<Result<_, _>>().map_err(self.sql())
     }
 
     /// Forgets a collection error (the file collected, or is gone).

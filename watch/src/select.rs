@@ -141,6 +141,44 @@ pub fn stale(
     Ok(out)
 }
 
+/// Of the stale tests, those whose dependencies are now exactly as in a
+/// state recorded before (a branch switched back): their recorded result
+/// stands. Returns them with that result; the database is updated.
+pub fn restore_known_states(
+    db: &mut Db,
+    current: &mut Current,
+    stale: &BTreeMap<String, String>,
+) -> Result<Vec<TestRow>, DbError> {
+    let mut restored = Vec::new();
+    for test in stale.keys() {
+        let deps = db.deps_of(test)?;
+        if deps.is_empty() {
+            continue;
+        }
+        let mut now = Vec::with_capacity(deps.len());
+        for dep in &deps {
+            match current.fp(&dep.path, &dep.block) {
+                Some(fp) => now.push(Dep { fp, ..dep.clone() }),
+                None => break,
+            }
+        }
+        if now.len() != deps.len() {
+            continue;
+        }
+        let Some(state) = crate::db::state_of(
+            now.iter()
+                .map(|d| (d.path.as_path(), d.block.as_str(), d.fp.as_str())),
+        ) else {
+            continue;
+        };
+        if let Some(row) = db.state_result(test, &state)? {
+            db.restore(&row, &now)?;
+            restored.push(row);
+        }
+    }
+    Ok(restored)
+}
+
 /// Test functions in a test file, as node ids (`file::test`, `file::Class::test`).
 pub fn test_ids_in(root: &Path, file: &Path, blocks: &SourceBlocks) -> Vec<String> {
     let rel_file = rel(root, file);

@@ -71,7 +71,16 @@ class Recorder:
         self.tool: int | None = None
         self.started = 0.0
         self.reports: list[Any] = []
-        sys.addaudithook(self._audit)
+        watched = frozenset(("open", *_WRITE_EVENTS))
+        audit = self._audit
+
+        def on_audit(event: str, args: tuple) -> None:
+            # Most audit events (id(), getattr hooks, imports) are not ours: leave at once.
+            if event in watched:
+                audit(event, args)
+
+        sys.addaudithook(on_audit)
+        self._on_profile = self._make_profiler()
         if sys.version_info >= (3, 12):
             self._claim_tool()
 
@@ -94,9 +103,15 @@ class Recorder:
                 return
         self.incomplete = "no free sys.monitoring tool id"
 
-    def _on_profile(self, frame: Any, event: str, arg: Any) -> None:
-        if event == "call":
-            self.codes.add(frame.f_code)
+    def _make_profiler(self) -> Any:
+        # A closure over locals: called for every call, return and C call on 3.10/3.11.
+        add = self.codes.add
+
+        def on_profile(frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                add(frame.f_code)
+
+        return on_profile
 
     def start(self, nodeid: str) -> None:
         self.codes.clear()
@@ -123,7 +138,7 @@ class Recorder:
         if self.tool is not None:
             sys.monitoring.set_events(self.tool, 0)
         elif sys.version_info < (3, 12):
-            if sys.getprofile() == self._on_profile:
+            if sys.getprofile() is self._on_profile:
                 sys.setprofile(None)
             elif self.incomplete is None:
                 # The test installed its own profiler: it keeps it (we step aside),

@@ -563,3 +563,25 @@ def test_switching_branches_back_reuses_recorded_results(tmp_path, watches):
     state = w.ctl("watch")["result"]
     assert state["totals"]["failed"] == 0
     assert w.close() == 0
+
+
+def test_full_every_n_cycles_and_queue_policy(tmp_path, watches):
+    project = write_project(tmp_path / "p", {**LIB, "tests/test_slow.py": SLOW}, git=True)
+    go = tmp_path / "go"
+    w = watches(project, "--on-error", "fail", "--full-every", "2", "--on-busy", "queue", env={"GO_FILE": str(go)})
+    # Cycle 1 holds in the slow test; a save meanwhile waits for it (queue), nothing is cut short.
+    wait_for(lambda: any(e["test"] == "tests/test_slow.py::test_waits_for_go" for e in w.events("test_start")),
+             what="the slow test to start")
+    edit(project / "shop/cart.py", "return round(amount * RATE, 2)", "return round(RATE * amount, 2)")
+    wait_for(lambda: w.events("change"), what="the change")
+    assert len(w.events("cycle_start")) == 1
+    go.write_text("")
+    first = w.wait_events("cycle_end", 1)[0]
+    assert first["interrupted"] is False
+    selection, _ = w.cycle(2)
+    assert ids(selection) == ["tests/test_cart.py::test_tax"]
+    # Every second cycle reruns everything.
+    edit(project / "shop/cart.py", "return sum(prices)", "return sum(list(prices))")
+    selection, finished = w.cycle(3)
+    assert selection["all"] is True and len(finished) == 9
+    assert w.close() == 0

@@ -873,6 +873,7 @@ impl Watch {
                     for p in &paths {
                         self.hashes.remove(p);
                     }
+                    self.announce(&paths);
                     self.pending.extend(paths.iter().cloned());
                     self.trigger.get_or_insert(Trigger::Changes);
                     Ok(json!({"paths": paths.iter().map(|p| rel(&self.opts.rootdir, p)).collect::<Vec<_>>()}))
@@ -929,6 +930,13 @@ impl Watch {
             },
         };
         let _ = request.reply.send(result);
+    }
+
+    /// The `change` event and line, when a change is seen (it may run later: a cycle is busy).
+    fn announce(&mut self, paths: &[PathBuf]) {
+        let paths: Vec<String> = paths.iter().map(|p| rel(&self.opts.rootdir, p)).collect();
+        self.emit("change", json!({"paths": paths}));
+        self.say(&format!("── change: {}", paths.join(", ")));
     }
 
     fn state(&self) -> Value {
@@ -1058,6 +1066,7 @@ impl Watch {
             while let Ok(paths) = fs_rx.try_recv() {
                 let accepted = self.accept(paths, &mut fs);
                 if !accepted.is_empty() {
+                    self.announce(&accepted);
                     self.pending.extend(accepted);
                     self.trigger.get_or_insert(Trigger::Changes);
                 }
@@ -1101,12 +1110,6 @@ impl Watch {
                     self.trigger = None;
                     let changed: Vec<PathBuf> =
                         std::mem::take(&mut self.pending).into_iter().collect();
-                    if !changed.is_empty() {
-                        let paths: Vec<String> =
-                            changed.iter().map(|p| rel(&self.opts.rootdir, p)).collect();
-                        self.emit("change", json!({"paths": paths}));
-                        self.say(&format!("── change: {}", paths.join(", ")));
-                    }
                     let errors = self.syntax_errors(&changed);
                     if !errors.is_empty() {
                         for (file, text) in &errors {

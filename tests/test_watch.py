@@ -219,6 +219,11 @@ def test_saves_rerun_only_affected_tests_in_the_seed_order(tmp_path, watches):
     # The per-test finish carries the report text.
     fails = [e for e in finished if e["outcome"] == "failed"]
     assert "assert 1 == 99" in fails[0]["report"]
+    assert {e["why"] for e in w.events("test_start")} == {"no recorded dependencies yet"}
+    # When idle, the terminal lists the failures with their report's last line.
+    wait_for(lambda: "watching (Enter" in w.output(), what="the idle line")
+    assert "FAILED tests/test_checkout.py::test_total_fails: E       assert 1 == 99" in w.output()
+    assert "tests/test_discount.py: collection error: E   ModuleNotFoundError: No module named 'shop.discount'" in w.output()
     # The run's own write (out/result.txt) never became a change.
     assert not any("out/result.txt" in p for e in w.events("change") for p in e["paths"])
 

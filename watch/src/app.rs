@@ -104,6 +104,8 @@ struct Cycle {
     tail: Tail,
     selection: Vec<Selected>,
     whole: bool,
+    /// The reason of tests a whole-suite cycle finds that were not listed.
+    default_why: String,
     started: HashSet<String>,
     finished: HashSet<String>,
     writes: HashSet<PathBuf>,
@@ -566,6 +568,11 @@ impl Watch {
             tail: Tail::new(&deps_file),
             selection: tests,
             whole,
+            default_why: if whole && self.known.is_empty() {
+                "no recorded dependencies yet".into()
+            } else {
+                "all".into()
+            },
             started: HashSet::new(),
             finished: HashSet::new(),
             writes: HashSet::new(),
@@ -609,6 +616,47 @@ impl Watch {
         self.db.collect_errors().map_or(0, |e| e.len())
     }
 
+    /// The failures now, those of the files just run first, with their report's last line.
+    fn failures_summary(&self, ran_files: &BTreeSet<String>) {
+        let mut failing: Vec<&TestRow> = self
+            .known
+            .values()
+            .filter(|r| matches!(r.outcome.as_str(), "failed" | "error" | "forced"))
+            .collect();
+        failing.sort_by_key(|r| (!ran_files.contains(&r.file), r.id.clone()));
+        let errors = self.db.collect_errors().unwrap_or_default();
+        if failing.is_empty() && errors.is_empty() {
+            return;
+        }
+        self.say("── failures (files just run first):");
+        for (file, _, text) in &errors {
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            self.say(&format!("   {file}: collection error: {}", last.trim()));
+        }
+        for row in failing.iter().take(20) {
+            // pytest's first `E` line is the error itself; later ones explain it.
+            let last = row
+                .report
+                .lines()
+                .find(|l| l.trim_start().starts_with("E "))
+                .or_else(|| row.report.lines().rev().find(|l| !l.trim().is_empty()))
+                .unwrap_or("");
+            self.say(&format!(
+                "   {} {}: {}",
+                row.outcome.to_uppercase(),
+                row.id,
+                last.trim()
+            ));
+        }
+        if failing.len() > 20 {
+            self.say(&format!("   … and {} more", failing.len() - 20));
+        }
+    }
+
     fn idle_line(&self) {
         let t = self.totals();
         let mut filters = Vec::new();
@@ -649,7 +697,7 @@ impl Watch {
                             is_instance_of(&test, &s.test)
                                 || test.starts_with(&format!("{}::", s.test))
                         })
-                        .map_or_else(|| "all".to_string(), |s| s.why.clone());
+                        .map_or_else(|| cycle.default_why.clone(), |s| s.why.clone());
                     let file = test.split("::").next().unwrap_or("").to_string();
                     self.emit(
                         "test_start",
@@ -781,6 +829,7 @@ impl Watch {
         }
         self.had_failures = failures > 0;
         if !cycle.killed {
+            self.failures_summary(&ran_files);
             self.idle_line();
         }
         Ok(())

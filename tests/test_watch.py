@@ -590,3 +590,42 @@ def test_full_every_n_cycles_and_queue_policy(tmp_path, watches):
     selection, finished = w.cycle(3)
     assert selection["all"] is True and len(finished) == 9
     assert w.close() == 0
+
+
+PROFILING = '''
+    import sys
+
+
+    def test_own_profiler_keeps_working():
+        seen = []
+        previous = sys.getprofile()
+        sys.setprofile(lambda frame, event, arg: seen.append(event))
+        len([1])
+        sys.setprofile(previous)
+        assert "c_call" in seen
+
+
+    def test_tracer_is_untouched():
+        assert sys.gettrace() is None
+'''
+
+
+def test_a_test_with_its_own_profiler_keeps_it(tmp_path, watches):
+    project = write_project(tmp_path / "p", {**LIB, "tests/test_profiling.py": PROFILING}, git=True)
+    w = watches(project, "--on-error", "fail")
+    _, finished = w.cycle(1)
+    outcomes = {e["test"]: e["outcome"] for e in finished}
+    assert outcomes["tests/test_profiling.py::test_own_profiler_keeps_working"] == "passed"
+    assert outcomes["tests/test_profiling.py::test_tracer_is_untouched"] == "passed"
+    edit(project / "shop/cart.py", "return round(amount * RATE, 2)", "return round(RATE * amount, 2)")
+    selection, _ = w.cycle(2)
+    why = whys(selection)
+    assert why.pop("tests/test_cart.py::test_tax") == "calls shop/cart.py::tax (changed)"
+    if sys.version_info < (3, 12):
+        # The recorder stepped aside for the test's profiler: that test's record is
+        # incomplete, so it reruns on every change.
+        assert why == {"tests/test_profiling.py::test_own_profiler_keeps_working":
+                       "recording incomplete: the test replaced sys.setprofile"}
+    else:
+        assert why == {}
+    assert w.close() == 0

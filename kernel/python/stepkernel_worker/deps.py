@@ -71,7 +71,7 @@ class Recorder:
         self.tool: int | None = None
         self.started = 0.0
         self.reports: list[Any] = []
-        watched = frozenset(("open", *_WRITE_EVENTS))
+        watched = frozenset(("open", "sys.setprofile", *_WRITE_EVENTS))
         audit = self._audit
 
         def on_audit(event: str, args: tuple) -> None:
@@ -127,7 +127,11 @@ class Recorder:
             sys.monitoring.restart_events()
         elif sys.version_info < (3, 12):
             if sys.getprofile() is None:
-                sys.setprofile(self._on_profile)
+                self.busy = True
+                try:
+                    sys.setprofile(self._on_profile)
+                finally:
+                    self.busy = False
             else:
                 self.incomplete = "another profiler (sys.setprofile) was active"
         self._write({"start": self._test_id(nodeid)})
@@ -197,7 +201,12 @@ class Recorder:
         if not self.active or self.busy:
             return
         try:
-            if event == "open":
+            if event == "sys.setprofile":
+                if sys.version_info < (3, 12):
+                    # The test's own profiler replaces ours (we step aside): what runs
+                    # meanwhile is not seen, so the test always reruns.
+                    self.incomplete = "the test replaced sys.setprofile"
+            elif event == "open":
                 path, mode, flags = args
                 if not isinstance(path, (str, bytes)):
                     return

@@ -92,6 +92,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
     };
     let session_dir = kernel::private_files::ensure_private_dir(&session_dir)
         .with_context(|| format!("cannot create {}", session_dir.display()))?;
+    let cycles_root = session::session_dir::sessions_root(&rootdir);
+    kernel::private_files::ensure_private_dir(&cycles_root)
+        .context("cannot create .stepkernel/sessions")?;
     let me = std::env::current_exe().context("cannot find this stepkernel binary")?;
     let run_command: Vec<OsString> = vec![
         me.into_os_string(),
@@ -114,6 +117,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         python,
         session_dir,
         db_path: state.join("watch.db"),
+        cycles_root,
         poll: args.poll,
         debounce: Duration::from_millis(args.debounce),
         on_busy: match args.on_busy.as_str() {

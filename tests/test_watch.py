@@ -629,3 +629,22 @@ def test_a_test_with_its_own_profiler_keeps_it(tmp_path, watches):
     else:
         assert why == {}
     assert w.close() == 0
+
+
+def test_a_paused_cycle_is_a_session_status_and_patch_find(tmp_path):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    child = pexpect.spawn(stepkernel_bin(), ["watch", "--python", PYTHON, "tests/test_checkout.py"], cwd=str(project),
+                          env={**os.environ, "TERM": "xterm"}, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    try:
+        child.expect("PAUSED on failure: tests/test_checkout.py::test_total_fails")
+        status = subprocess.run([stepkernel_bin(), "status", "--json"], cwd=project, capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["state"] == "paused"
+        child.send("q")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    dirs = [p.name for p in (project / ".stepkernel/sessions").iterdir()]
+    assert len(dirs) == 1 and dirs[0].endswith("-c1"), dirs

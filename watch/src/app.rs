@@ -48,6 +48,8 @@ pub struct WatchOptions {
     pub session_dir: PathBuf,
     /// The dependency database file.
     pub db_path: PathBuf,
+    /// Where each cycle's session directory goes (`.stepkernel/sessions`).
+    pub cycles_root: PathBuf,
     /// Poll instead of inotify.
     pub poll: bool,
     /// Debounce of file events.
@@ -522,7 +524,13 @@ impl Watch {
                 self.say(&format!("   … and {} more", tests.len() - 20));
             }
         }
-        let dir = self.opts.session_dir.join(format!("cycle-{number}"));
+        // A session of its own where `stepkernel status`, `console` and `patch` look.
+        let watch_id = self
+            .opts
+            .session_dir
+            .file_name()
+            .map_or_else(|| "watch".into(), |n| n.to_string_lossy().into_owned());
+        let dir = self.opts.cycles_root.join(format!("{watch_id}-c{number}"));
         let deps_file = self
             .opts
             .session_dir

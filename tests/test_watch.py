@@ -648,3 +648,45 @@ def test_a_paused_cycle_is_a_session_status_and_patch_find(tmp_path):
     assert child.exitstatus == 0
     dirs = [p.name for p in (project / ".stepkernel/sessions").iterdir()]
     assert len(dirs) == 1 and dirs[0].endswith("-c1"), dirs
+
+
+def test_saving_the_fix_while_paused_hot_reloads_and_retries(tmp_path, watches):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    git = lambda *a: subprocess.run(["git", *a], cwd=project, check=True, capture_output=True, text=True,  # noqa: E731
+                                    env={**os.environ, **conftest.GIT_ENV})
+    git("add", "-A")
+    git("commit", "-qm", "ignore file")
+    w = watches(project, "tests/test_checkout.py")  # --on-error pause (the default)
+    wait_for(lambda: glob.glob(str(project / ".stepkernel/sessions/*-c1/session.json")), what="the cycle session")
+    cycle = pathlib.Path(glob.glob(str(project / ".stepkernel/sessions/*-c1"))[0])
+    wait_for(lambda: json.loads((cycle / "session.json").read_text())["state"] == "paused", what="the pause")
+    edit(project / "shop/cart.py", "    return sum(prices)\n", "    total = sum(prices)\n    return 99 if prices == [1] else total\n")
+    saved = (project / "shop/cart.py").read_text()
+    reload = w.wait_events("hot_reload", 1)[0]
+    assert reload == {**reload, "functions": ["shop/cart.py::subtotal"], "resumed": True}
+    _, finished = w.cycle(1)
+    outcomes = {e["test"]: e["outcome"] for e in finished}
+    assert outcomes["tests/test_checkout.py::test_total_fails"] in ("passed", "fixed")
+    # The journaled edit is the save: the patch, applied to the commit, gives the saved file.
+    patch = tmp_path / "fix.patch"
+    done = subprocess.run([stepkernel_bin(), "patch", str(cycle), "-o", str(patch), "-m", "Fix subtotal"],
+                          cwd=project, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], check=True)
+    subprocess.run(["git", "am", "-q", str(patch)], cwd=clone, check=True, env={**os.environ, **conftest.GIT_ENV})
+    assert (clone / "shop/cart.py").read_text() == saved
+    assert w.close() == 0
+
+
+def test_a_module_level_save_while_paused_is_not_hot_reloaded(tmp_path, watches):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    w = watches(project, "tests/test_checkout.py")
+    wait_for(lambda: glob.glob(str(project / ".stepkernel/sessions/*-c1/session.json")), what="the cycle session")
+    cycle = pathlib.Path(glob.glob(str(project / ".stepkernel/sessions/*-c1"))[0])
+    wait_for(lambda: json.loads((cycle / "session.json").read_text())["state"] == "paused", what="the pause")
+    edit(project / "shop/cart.py", "RATE = 0.1", "RATE = 0.3")
+    wait_for(lambda: "<module> changed at module level; not hot-reloaded" in w.output(), what="the refusal")
+    assert not w.events("hot_reload")
+    assert json.loads((cycle / "session.json").read_text())["state"] == "paused"
+    assert w.close() == 0

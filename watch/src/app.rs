@@ -131,6 +131,15 @@ pub struct Watch {
     /// Paths the run wrote, with when (their events are not changes).
     run_writes: HashMap<PathBuf, Instant>,
     hashes: HashMap<PathBuf, Option<String>>,
+    /// The project's Python sources as last seen, and as the running cycle loaded them.
+    sources: HashMap<PathBuf, Vec<u8>>,
+    cycle_sources: HashMap<PathBuf, Vec<u8>>,
+    /// Saves already tried as a hot reload of the paused test.
+    reload_tried: BTreeSet<PathBuf>,
+    /// Saves hot-reloaded into a paused cycle: they rerun what they affect after it.
+    after_cycle: BTreeSet<PathBuf>,
+    /// Files a hot reload briefly put back as loaded: their events then are not changes.
+    suppress: HashMap<PathBuf, (Instant, Option<String>, Option<String>)>,
     failing_only: bool,
     file_filter: Option<String>,
     test_filter: Option<String>,
@@ -174,6 +183,11 @@ impl Watch {
             carry: Vec::new(),
             run_writes: HashMap::new(),
             hashes: HashMap::new(),
+            sources: HashMap::new(),
+            cycle_sources: HashMap::new(),
+            reload_tried: BTreeSet::new(),
+            after_cycle: BTreeSet::new(),
+            suppress: HashMap::new(),
             failing_only: false,
             file_filter: None,
             test_filter: None,
@@ -565,6 +579,8 @@ impl Watch {
                 *failing_before.entry(row.file.clone()).or_insert(0) += 1;
             }
         }
+        self.cycle_sources = self.sources.clone();
+        self.reload_tried.clear();
         self.emit(
             "cycle_start",
             json!({"cycle": number, "tests": tests.len(), "all": whole}),
@@ -785,6 +801,10 @@ impl Watch {
     fn finish_cycle(&mut self, status: std::process::ExitStatus) -> Result<(), WatchRunError> {
         self.cycle_lines()?;
         let cycle = self.cycle.take().expect("running");
+        if !self.after_cycle.is_empty() {
+            self.pending.extend(std::mem::take(&mut self.after_cycle));
+            self.trigger.get_or_insert(Trigger::Changes);
+        }
         if cycle.killed {
             // Not yet run (or cut short): part of the next cycle.
             for s in &cycle.selection {
@@ -873,7 +893,16 @@ impl Watch {
             {
                 continue;
             }
-            let hash = std::fs::read(&path).ok().map(|b| select::content_hash(&b));
+            let bytes = std::fs::read(&path).ok();
+            let hash = bytes.as_deref().map(select::content_hash);
+            if let Some((when, old, new)) = self.suppress.get(&path) {
+                if when.elapsed() < Duration::from_secs(3) && (hash == *old || hash == *new) {
+                    continue;
+                }
+            }
+            if let Some(bytes) = bytes.filter(|_| path.extension().is_some_and(|e| e == "py")) {
+                self.sources.insert(path.clone(), bytes);
+            }
             if self.hashes.get(&path) == Some(&hash) {
                 continue;
             }
@@ -881,6 +910,127 @@ impl Watch {
             out.push(path);
         }
         out
+    }
+
+    /// The project's Python files, as the first cycle will load them.
+    fn read_sources(&mut self) {
+        let walker = walkdir::WalkDir::new(&self.opts.rootdir)
+            .into_iter()
+            .filter_entry(|e| e.depth() == 0 || !self.ignore.ignored(e.path()));
+        for entry in walker.filter_map(Result::ok) {
+            let path = entry.path();
+            if entry.file_type().is_file() && path.extension().is_some_and(|e| e == "py") {
+                if let Ok(bytes) = std::fs::read(path) {
+                    self.sources.insert(path.to_path_buf(), bytes);
+                }
+            }
+        }
+    }
+
+    /// Saves while a test is paused: the functions they changed go into the
+    /// live process through `%%edit` (journaled as the user's edit of the
+    /// file), then the paused step is retried. A change no function swap can
+    /// apply waits for the pause to end.
+    fn hot_reload(&mut self) {
+        let fresh: Vec<PathBuf> = self
+            .pending
+            .iter()
+            .filter(|p| !self.reload_tried.contains(*p))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            return;
+        }
+        self.reload_tried.extend(fresh.iter().cloned());
+        let Some(cycle) = &self.cycle else { return };
+        let connection = cycle.dir.join("connection.json");
+        let dir = cycle.dir.clone();
+        let mut edits: Vec<(PathBuf, String, String)> = Vec::new();
+        for path in self.pending.clone() {
+            let rel_path = rel(&self.opts.rootdir, &path);
+            let new = std::fs::read(&path).unwrap_or_default();
+            let why = if path.extension().is_none_or(|e| e != "py") {
+                Some("not a Python file".to_string())
+            } else {
+                match self.cycle_sources.get(&path) {
+                    None => Some("not loaded by this cycle".to_string()),
+                    Some(old) => match crate::hot_reload::plan(old, &new) {
+                        crate::hot_reload::Plan::Functions(functions) => {
+                            for (qualname, source) in functions {
+                                edits.push((path.clone(), qualname, source));
+                            }
+                            None
+                        }
+                        crate::hot_reload::Plan::Nothing => None,
+                        crate::hot_reload::Plan::NotReloadable(why) => Some(why),
+                    },
+                }
+            };
+            if let Some(why) = why {
+                self.say(&format!(
+                    "── {rel_path}: {why}; not hot-reloaded (it reruns when the pause ends)"
+                ));
+                return;
+            }
+        }
+        if edits.is_empty() {
+            return;
+        }
+        let mut done = Vec::new();
+        let files: BTreeSet<PathBuf> = edits.iter().map(|(p, _, _)| p.clone()).collect();
+        for file in files {
+            // The session journals an edit against the file as it reads it at
+            // the first edit: for that moment the file is as the test loaded it,
+            // so the patch is the save. Then the save is put back.
+            let saved = std::fs::read(&file).unwrap_or_default();
+            let loaded = self.cycle_sources.get(&file).cloned().unwrap_or_default();
+            self.suppress.insert(
+                file.clone(),
+                (
+                    Instant::now(),
+                    Some(select::content_hash(&loaded)),
+                    Some(select::content_hash(&saved)),
+                ),
+            );
+            let _ = std::fs::write(&file, &loaded);
+            let mut failed = None;
+            for (_, qualname, source) in edits.iter().filter(|(p, _, _)| *p == file) {
+                let target = format!("{}::{qualname}", rel(&self.opts.rootdir, &file));
+                let cell = format!("%%edit {target}\n{source}\n");
+                match crate::hot_reload::execute(&connection, &cell, Duration::from_secs(30)) {
+                    Ok(()) => done.push(target),
+                    Err(why) => {
+                        failed = Some(format!("{target}: {why}"));
+                        break;
+                    }
+                }
+            }
+            let _ = std::fs::write(&file, &saved);
+            if let Some(why) = failed {
+                self.say(&format!("── hot reload refused: {why}"));
+                self.emit("hot_reload", json!({"functions": done, "error": why}));
+                return;
+            }
+        }
+        for (path, _, _) in &edits {
+            if let Ok(bytes) = std::fs::read(path) {
+                self.cycle_sources.insert(path.clone(), bytes);
+            }
+        }
+        let moved: Vec<PathBuf> = std::mem::take(&mut self.pending).into_iter().collect();
+        self.after_cycle.extend(moved);
+        self.trigger = None;
+        self.say(&format!(
+            "── hot-reloaded {} into the paused test; its step runs again and the test goes on",
+            done.join(", ")
+        ));
+        // `continue` reruns the failed step (with the new code) and runs on; a
+        // step that still fails pauses again.
+        let resumed = control::forward(&dir, "continue", &[]);
+        self.emit(
+            "hot_reload",
+            json!({"functions": done, "resumed": resumed.is_ok()}),
+        );
     }
 
     fn syntax_errors(&mut self, changed: &[PathBuf]) -> Vec<(String, String)> {
@@ -1084,6 +1234,7 @@ impl Watch {
             fs_tx,
         )?;
         let (ctl_tx, ctl_rx) = channel();
+        self.read_sources();
         let socket = control::start(&self.opts.session_dir, ctl_tx)
             .map_err(io("cannot listen on the control socket"))?;
         let keys: Option<Receiver<Key>> = self.opts.keys.then(crate::keys::start);
@@ -1156,7 +1307,8 @@ impl Watch {
             if let Some(trigger) = self.trigger.clone() {
                 if self.cycle.is_some() {
                     match self.opts.on_busy {
-                        OnBusy::Restart if !self.paused() => self.kill_cycle(),
+                        _ if self.paused() => self.hot_reload(),
+                        OnBusy::Restart => self.kill_cycle(),
                         OnBusy::Wait => {
                             self.pending.clear();
                             self.trigger = None;

@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod control;
 pub mod db;
 pub mod fswatch;
+pub mod hot_reload;
 pub mod imports;
 pub mod keys;
 pub mod record;

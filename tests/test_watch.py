@@ -532,6 +532,12 @@ def test_ignored_paths_are_never_changes(tmp_path, watches):
     assert [e["paths"] for e in w.events("change")] == [["shop/cart.py"]]
     assert change[0]["paths"] == ["shop/cart.py"]
     w.cycle(2)
+    # A deleted test file takes its tests out of the totals.
+    before = w.ctl("watch")["result"]["totals"]["passed"]
+    n = len(w.events("selection"))
+    (project / "tests/test_writer.py").unlink()
+    assert w.wait_events("selection", n + 1)[-1]["tests"] == []
+    assert w.ctl("watch")["result"]["totals"]["passed"] == before - 1
     assert w.close() == 0
 
 

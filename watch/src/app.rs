@@ -360,6 +360,17 @@ impl Watch {
         for path in changed {
             self.resolver.invalidate(path);
         }
+        // Tests whose file is gone are gone (their dependents' records too).
+        let gone: Vec<String> = self
+            .known
+            .values()
+            .filter(|r| !r.file.is_empty() && !self.opts.rootdir.join(&r.file).exists())
+            .map(|r| r.id.clone())
+            .collect();
+        for id in gone {
+            self.db.forget(&id)?;
+            self.known.remove(&id);
+        }
         let mut chosen: BTreeMap<String, String> = BTreeMap::new();
         let add = |chosen: &mut BTreeMap<String, String>, test: String, why: String| {
             chosen.entry(test).or_insert(why);

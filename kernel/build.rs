@@ -1,4 +1,5 @@
-//! Embeds the Python worker package (`python/stepkernel_worker`) into the binary.
+//! Embeds the Python worker package (`worker/stepkernel_worker` at the
+//! workspace root: the engine is a part of its own) into the binary.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest.join("python");
+    let root = manifest.join("..").join("worker");
     let package = root.join("stepkernel_worker");
     println!("cargo:rerun-if-changed={}", package.display());
     let mut files = Vec::new();

@@ -14,4 +14,4 @@ cargo test -q --workspace 2>&1 | grep -v '^$'
 
 echo "== python tests (worker engine, end-to-end with real clients)"
 export STEPKERNEL_BIN="$PWD/target/debug/stepkernel"
-.venv/bin/python -m pytest -q -p no:cacheprovider kernel/python/tests tests "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider worker/tests tests "$@"

@@ -45,7 +45,10 @@ pub struct StatusArgs {
 }
 
 /// The session to talk to, saying which was chosen when none was named.
-fn choose(session: Option<&str>, finished_ok: bool) -> anyhow::Result<(PathBuf, SessionMeta)> {
+pub(crate) fn choose(
+    session: Option<&str>,
+    finished_ok: bool,
+) -> anyhow::Result<(PathBuf, SessionMeta)> {
     let root = root()?;
     if let Some(id) = session {
         return session_dir::find(&root, Some(id)).map_err(anyhow::Error::msg);

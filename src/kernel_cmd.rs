@@ -24,6 +24,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
     let connection = ConnectionInfo::read(&args.connection_file)?;
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
     let python = crate::python::resolve(args.python.as_deref(), &cwd)?;
+    let version = crate::python::launcher_version(&python);
     let package_dir = kernel::assets::unpack_worker().context("cannot unpack the Python worker")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -39,6 +40,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
                 python,
                 package_dir,
                 cwd: None,
+                version,
             },
             hooks: None,
             run: None,

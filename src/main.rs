@@ -7,6 +7,8 @@ mod install;
 mod kernel_cmd;
 mod lab_cmd;
 mod python;
+mod replay_cmd;
+mod report_cmd;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
@@ -27,6 +29,8 @@ struct Cli {
 enum Command {
     /// Run tests step by step; pause on failure so a Jupyter client can attach.
     Run(run_cmd::RunArgs),
+    /// Run one walk of a `stepkernel.walks` trace again, pausing at the action that failed.
+    Replay(replay_cmd::ReplayArgs),
     /// Copy the bundled example into a temporary git repo and run it.
     Demo(demo::DemoArgs),
     /// Export a session's edits as a patch for `git am`.
@@ -49,6 +53,8 @@ enum Command {
     Status(ctl_cmd::StatusArgs),
     /// Watch the project and rerun the tests each change affects, failures first.
     Watch(watch_cmd::WatchArgs),
+    /// A session's results as a table by test, step, test plan id or error.
+    Report(report_cmd::ReportArgs),
 }
 
 fn main() -> ExitCode {
@@ -63,6 +69,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => run_cmd::run(args),
+        Command::Replay(args) => replay_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Patch(args) => sessions_cmd::patch(args),
         Command::Sessions(args) => sessions_cmd::sessions(args),
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ctl_cmd::ctl(args),
         Command::Status(args) => ctl_cmd::status(args),
         Command::Watch(args) => watch_cmd::run(args),
+        Command::Report(args) => report_cmd::report(args),
     };
     match result {
         Ok(code) => code,

@@ -41,6 +41,10 @@ pub struct RunArgs {
     /// Regex for one test plan id in `# step: NAME [ID, ID]` (default `[A-Z][A-Z0-9_]*-[0-9]+`).
     #[arg(long, value_name = "REGEX")]
     pub plan_id: Option<String>,
+    /// A module of step hooks (`stepkernel_step_error`, ...) as plain functions,
+    /// imported from the project directory; for `--runner unittest` (pytest also takes them from conftest.py).
+    #[arg(long, value_name = "MODULE")]
+    pub hooks: Option<String>,
     /// Less output.
     #[arg(short, long)]
     pub quiet: bool,
@@ -118,6 +122,7 @@ fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
         first_port,
         step_marker: args.step_marker,
         plan_id: args.plan_id,
+        hooks: args.hooks,
         quiet: args.quiet,
         allow_client_shutdown: args.allow_client_shutdown,
         linger: args.linger.map(std::time::Duration::from_secs),

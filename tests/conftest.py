@@ -85,6 +85,14 @@ class KernelProcess:
                 self.proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def _private_jupyter_runtime(tmp_path_factory, monkeypatch):
+    """Each test gets a Jupyter runtime directory of its own: sessions another
+    test (or the developer's own Jupyter) left there are not in its listings,
+    and nothing is written to the real one."""
+    monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("jupyter-runtime")))
+
+
 @pytest.fixture
 def kernel(tmp_path):
     kp = KernelProcess(tmp_path)
@@ -208,7 +216,7 @@ class RunSession:
         self.session_dir = project / ".stepkernel" / "session"
         self.out_path = project / "run.out"
         full_env = dict(os.environ)
-        full_env.setdefault("JUPYTER_RUNTIME_DIR", str(project / ".jupyter-runtime"))
+        full_env["JUPYTER_RUNTIME_DIR"] = str(project / ".jupyter-runtime")
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(

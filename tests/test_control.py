@@ -138,6 +138,8 @@ def test_status_of_running_then_paused_session(tmp_path, run_session):
     assert status["running"]["test"] == "test_g.py::test_held"
     assert status["running"]["file"] == "test_g.py"
     assert status["done"] == 0 and status["paused"] is None
+    text = subprocess.run([stepkernel_bin(), "status", where(project)], capture_output=True, text=True, timeout=60)
+    assert "running: test_g.py::test_held in test_g.py (the step is shown with step events on" in text.stdout
     gate(project, "gate1")
     session.wait_paused()
     status, _ = status_json(project)
@@ -209,14 +211,39 @@ def test_set_on_error_fail_for_one_test(tmp_path, run_session):
                         "test_g.py::test_two": "failed", "test_g.py::test_last": "passed"}
 
 
-def test_on_error_pause_refused_in_a_fail_run(tmp_path, run_session):
+def test_on_error_pause_in_a_fail_run(tmp_path, run_session):
+    """The engine asks for the mode at each error: `set on_error pause` works in a run started with fail."""
     project, session = start(run_session, tmp_path, "test_g.py", "--on-error", "fail")
-    code, answer = ctl(project, "set", "on_error", "pause")
-    assert code == 1 and answer["error"]["code"] == "not_supported" and "--on-error fail" in answer["error"]["message"]
-    assert "  " not in answer["error"]["message"]
+    code, answer = ctl(project, "set", "on_error", "pause", "test_g.py::test_two", check=0)
+    assert answer["result"] == {"message": answer["result"]["message"], "on_error": "pause",
+                                "test": "test_g.py::test_two"}
     gate(project, "gate1")
+    # test_one fails as the run says (no pause); test_two pauses.
+    meta = session.wait_paused()
+    assert "test_g.py::test_two" in meta["paused_at"]
+    status, _ = status_json(project)
+    assert status["paused"]["test"] == "test_g.py::test_two" and status["paused"]["error"].startswith("AssertionError")
+    assert status["counts"] == {"passed": 1, "failed": 1}
+    assert status["on_error"] == "fail" and status["on_error_overrides"] == {"test_g.py::test_two": "pause"}
+    ctl(project, "fail", check=0)
     gate(project, "gate2")
     assert session.wait_exit() == 1
+    pauses = [e["test"] for e in session.events() if e["event"] == "pause"]
+    assert pauses == ["test_g.py::test_two"]
+
+
+def test_status_shows_the_running_step_with_step_events(tmp_path, run_session):
+    project = write_project(tmp_path / "p", GATED)
+    session = run_session(project, "test_g.py::test_held", env={"STEPKERNEL_STEP_EVENTS": "1"})
+    wait_for(lambda: (session.session_dir / "control.sock").exists(), what="control socket")
+    wait_for(lambda: (status_json(project)[0].get("running") or {}).get("name") is not None, what="a running step")
+    running = status_json(project)[0]["running"]
+    assert running["test"] == "test_g.py::test_held"
+    assert running["index"] == 0 and running["name"] == 'wait_gate("gate1")' and running["line"] == 14
+    text = subprocess.run([stepkernel_bin(), "status", where(project)], capture_output=True, text=True, timeout=60)
+    assert 'running: test_g.py::test_held step 0 (wait_gate("gate1")) at test_g.py:14' in text.stdout
+    gate(project, "gate1")
+    assert session.wait_exit() == 0
 
 
 def test_bad_input_gets_clear_errors(tmp_path, run_session):

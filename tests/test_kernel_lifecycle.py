@@ -139,3 +139,49 @@ def test_worker_death_is_reported_and_a_fresh_worker_serves(kernel, code, how):
     assert reply["status"] == "ok"
     assert result_text(messages) == ["(False, 42)"]
     assert kc.kernel_info(reply=True, timeout=20)["content"]["language_info"]["name"] == "python"
+
+
+# ----------------------------------------------------------------- start
+
+
+@pytest.mark.parametrize("launcher", ["same interpreter", "another interpreter"])
+def test_kernel_info_waits_for_the_worker_only_when_the_launcher_did_not_say_its_version(tmp_path, launcher):
+    """`python -m stepkernel` passes its interpreter's version on, so kernel_info
+    answers before the worker has started; any other start waits for its hello."""
+    import os
+    import subprocess
+
+    from jupyter_client import BlockingKernelClient
+    from jupyter_client.connect import write_connection_file
+
+    from conftest import PYTHON, python_version_of, stepkernel_bin
+
+    version = python_version_of(PYTHON)
+    slow = tmp_path / "slow-site"
+    slow.mkdir()
+    started = tmp_path / "worker-started"
+    # The worker's interpreter is slow to start: its hello comes 4 s late.
+    (slow / "sitecustomize.py").write_text(
+        f"import time\ntime.sleep(4)\nopen({str(started)!r}, 'w').close()\n")
+    connection_file, _ = write_connection_file(str(tmp_path / "connection.json"), ip="127.0.0.1")
+    env = {**os.environ, "PYTHONPATH": str(slow), "STEPKERNEL_PYTHON_VERSION": version,
+           "STEPKERNEL_PYTHON": PYTHON if launcher == "same interpreter" else "/usr/bin/env"}
+    proc = subprocess.Popen([stepkernel_bin(), "kernel", "-f", connection_file, "--python", PYTHON],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    client = BlockingKernelClient(connection_file=connection_file)
+    client.load_connection_file()
+    client.start_channels()
+    try:
+        msg_id = client.kernel_info()
+        reply = get_reply(client, msg_id)
+        worker_had_started = started.exists()
+        assert reply["content"]["language_info"]["version"] == version
+        assert worker_had_started == (launcher == "another interpreter")
+        # Code runs once the worker is up, either way.
+        reply, messages = execute(client, "1 + 1", timeout=60)
+        assert reply["status"] == "ok" and result_text(messages) == ["2"]
+        assert started.exists()
+    finally:
+        client.stop_channels()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -31,6 +31,10 @@ REQUIREMENTS = ROOT / "tests" / "requirements.txt"
 PROFILE = os.environ.get("STEPKERNEL_WHEEL_PROFILE", "release")
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
 
+# The first test builds the release wheel (several minutes on 2 cores, more
+# while other builds share them): pytest.ini's 300 s per test is for tests.
+pytestmark = pytest.mark.timeout(3600)
+
 FAILING = """
     def test_passes():
         x = 1
@@ -111,7 +115,8 @@ def test_one_wheel_for_every_python_holding_binary_kernelspec_and_plugin(wheel):
                      f"{data}/data/share/jupyter/kernels/stepkernel/logo-32x32.png",
                      f"{data}/data/share/jupyter/kernels/stepkernel/logo-64x64.png",
                      f"{data}/purelib/_stepkernel_pytest.py",
-                     "stepkernel/__init__.py", "stepkernel/__main__.py"):
+                     "stepkernel/__init__.py", "stepkernel/__main__.py", "stepkernel/client.py",
+                     "stepkernel/walks/__init__.py", "stepkernel/walks/__main__.py"):
             assert name in names, sorted(names)
         spec = json.loads(zf.read(f"{data}/data/share/jupyter/kernels/stepkernel/kernel.json"))
         entry_points = zf.read(f"stepkernel-{VERSION}.dist-info/entry_points.txt").decode()
@@ -225,6 +230,46 @@ def test_pytest_help_lists_the_flags_and_plain_pytest_is_untouched(venv, user_en
     assert "_stepkernel_pytest" in traced.stdout, traced.stdout
     off = run([venv / "bin" / "pytest", "-p", "no:stepkernel", "--stepkernel"], user_env, cwd=project)
     assert off.returncode == 4 and "unrecognized arguments: --stepkernel" in off.stderr, off
+
+
+WALKS = {
+    "test_walks.py": """
+        from stepkernel.walks import Action, walks
+
+
+        class Put(Action):
+            OPTIONS = [1, 2]
+
+            def run(self, param, state):
+                state.append(param)
+
+
+        class Check(Action):
+            OPTIONS = ["sum"]
+
+            def run(self, param, state):
+                assert sum(state) < 2
+
+
+        test_put = walks([Put, Check], state=[], log_dir="traces")
+    """,
+}
+
+
+def test_walks_import_from_the_wheel_under_plain_pytest_and_stepkernel(venv, user_env, tmp_path):
+    """stepkernel.walks is in the wheel: no PYTHONPATH, under plain pytest, `stepkernel run` and `replay`."""
+    project = write(tmp_path / "walks", WALKS)
+    env = {k: v for k, v in user_env.items() if k != "PYTHONPATH"}
+    plain = run([venv / "bin" / "pytest", "-q", "-p", "no:cacheprovider"], env, cwd=project)
+    assert plain.returncode == 1 and "1 failed, 1 passed" in plain.stdout, plain.stdout + plain.stderr
+    assert "test_put[Put:2-Check:sum]" in plain.stdout
+    stepped = run([venv / "bin" / "stepkernel", "run", "--on-error", "fail"], env, cwd=project)
+    assert stepped.returncode == 1 and "1 failed, 1 passed" in stepped.stdout, stepped.stdout + stepped.stderr
+    replayed = run([venv / "bin" / "stepkernel", "replay", "--on-error", "fail", "traces/test_walks.test_put.jsonl",
+                    "Put:2-Check:sum"], env, cwd=project)
+    assert replayed.returncode == 1, replayed.stdout + replayed.stderr
+    assert "replaying walk Put:2-Check:sum (it failed in the trace): test_walks.py::test_put[Put:2-Check:sum]" \
+        in replayed.stderr
 
 
 def test_pytest_stepkernel_agrees_with_plain_pytest_on_the_fidelity_cases(venv, user_env, tmp_path):
@@ -366,7 +411,7 @@ def test_the_sdist_holds_what_a_rust_toolchain_needs_to_build_the_wheel(tmp_path
     with tarfile.open(sdist) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
     for needed in ("pyproject.toml", "Cargo.toml", "Cargo.lock", "src/main.rs", "interpreter/src/lib.rs",
-                   "kernel/build.rs", "kernel/python/stepkernel_worker/worker.py", "kernelspec/kernel.json",
+                   "kernel/build.rs", "worker/stepkernel_worker/worker.py", "kernelspec/kernel.json",
                    "python/stepkernel/__main__.py", "python/stepkernel.data/purelib/_stepkernel_pytest.py",
                    "python/stepkernel.data/data/share/jupyter/kernels/stepkernel/kernel.json"):
         assert needed in names, needed

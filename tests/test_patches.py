@@ -243,6 +243,27 @@ def test_round_trip_single_edit(tmp_path, run_session):
     assert git(repo, "log", "-1", "--format=%an <%ae>").stdout.strip() == "Ada Tester <ada@example.com>"
 
 
+def test_round_trip_of_a_file_whose_name_is_not_utf8(tmp_path, run_session):
+    """The journal and the patch name the file by its exact bytes (git-quoted),
+    so `git am` changes that file and no other."""
+    raw_name = b"test_caf\xe9.py"
+    name = os.fsdecode(raw_name)
+    project = write_project(tmp_path / "repo", {name: CART["test_cart.py"]}, git=True)
+    session = start(run_session, project)
+    session.wait_paused()
+    client = session.client()
+    out = edit(client, CART_FIX)
+    assert '"test_caf\\351.py"' in out, out
+    (entry,) = [json.loads(line) for line in (session.session_dir / "journal.jsonl").read_text().splitlines()]
+    assert entry["file"] == '"test_caf\\351.py"', entry
+    patch = export_and_finish(session, client)
+    assert b'"a/test_caf\\351.py"' in patch.read_bytes(), patch.read_bytes()
+    repo = round_trip(tmp_path, project, patch)
+    after = (repo / name).read_text()
+    assert after.splitlines()[10] == "    assert total == 4, 'fixed total'"
+    assert sorted(os.listdir(os.fsencode(repo))) == [b".git", raw_name]
+
+
 def test_round_trip_from_cached_steps(tmp_path, run_session):
     """A second run loads the stepped module from its cached .pyc (no report from the kernel):
     the session still shows the failing step and exports the edit as a patch."""

@@ -434,7 +434,7 @@ def test_engine_hard_cases_match_plain_pytest_through_the_kernel(tmp_path, run_s
 
     from conftest import ROOT
 
-    for f in (ROOT / "kernel" / "python" / "tests" / "cases").glob("*.py"):
+    for f in (ROOT / "worker" / "tests" / "cases").glob("*.py"):
         shutil.copy(f, tmp_path / f.name)
     subprocess.run(
         [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", "."],
@@ -609,6 +609,83 @@ def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_p
     assert stepped.returncode == 1, out
     assert "stepkernel: 2 passed in " in out
     assert "the runner reported an error outside the tests" in out and "tearDownModule" in out, out
+
+
+def test_a_failing_setupmodule_says_which_unit_the_errors_count(tmp_path):
+    """unittest counts one error for the module fixture; stepkernel counts each
+    test it kept from running, as pytest does, and says so."""
+    project = write_project(tmp_path, {
+        "test_mod.py": """
+            import unittest
+
+
+            def setUpModule():
+                raise RuntimeError("no database")
+
+
+            class TestA(unittest.TestCase):
+                def test_one(self):
+                    pass
+
+                def test_two(self):
+                    pass
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "unittest", "test_mod"], cwd=project, capture_output=True, text=True)
+    assert plain.returncode == 1 and "errors=1" in plain.stderr
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--runner", "unittest", "--on-error", "fail", "test_mod.py"],
+        cwd=project, capture_output=True, text=True, env={**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")},
+    )
+    out = stepped.stdout + stepped.stderr
+    assert stepped.returncode == 1, out
+    assert "stepkernel: 2 errors in " in out, out
+    assert ("2 errors are tests a failing fixture kept from running (setUpModule (test_mod): 2); "
+            "they count per test as in pytest (python -m unittest counts 1 error)") in out, out
+    (session,) = (project / ".stepkernel" / "sessions").iterdir()
+    report = json.loads((session / "report.json").read_text())
+    assert {t["id"]: t.get("fixture") for t in report["tests"]} == {
+        "test_mod.py::TestA::test_one": "setUpModule (test_mod)",
+        "test_mod.py::TestA::test_two": "setUpModule (test_mod)",
+    }
+
+
+@pytest.mark.parametrize("case", ["skipped module", "collection error"])
+def test_the_summary_counts_modules_skipped_or_broken_at_collection_as_pytest_does(tmp_path, case):
+    first_line = ('np = pytest.importorskip("no_such_module_xyz")' if case == "skipped module"
+                  else "import no_such_module_xyz")
+    project = write_project(tmp_path, {
+        "test_mod.py": f"""
+            import pytest
+            {first_line}
+
+
+            def test_a():
+                pass
+            """,
+        "test_ok.py": """
+            def test_b():
+                x = 1
+                assert x
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                           capture_output=True, text=True)
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "--", "-p", "no:cacheprovider"],
+        cwd=project, capture_output=True, text=True)
+    out = stepped.stdout + stepped.stderr
+    expected = "1 passed, 1 skipped" if case == "skipped module" else "1 error"
+    assert plain.stdout.splitlines()[-1].startswith(f"{expected} in "), plain.stdout
+    assert f"stepkernel: {expected} in " in out, out
+    assert stepped.returncode == plain.returncode, out
+    (session,) = (project / ".stepkernel" / "sessions").iterdir()
+    report = json.loads((session / "report.json").read_text())
+    (collected,) = report["collection"]
+    assert collected["id"] == "test_mod.py"
+    assert "no_such_module_xyz" in collected["longrepr"]
+    if case == "collection error":
+        assert [f["test"] for f in report["failures"]] == ["test_mod.py"], report["failures"]
 
 
 def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):

@@ -44,7 +44,7 @@ REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE.parent / "run_overhead"))
 import bench_run_overhead as overhead  # noqa: E402  (sdists and their fix-ups)
 
-WORKER = REPO / "kernel" / "python"
+WORKER = REPO / "worker"
 # jinja2 needs MarkupSafe installed; these two need nothing but pytest.
 SUITES = [p for p in overhead.PROJECTS if p[0] in ("toolz", "more-itertools")]
 

@@ -119,8 +119,6 @@ pub struct Executor {
     resume_sent: bool,
     /// The breakpoints the worker has (it takes the whole list each time).
     breakpoints: Vec<Value>,
-    /// The run's `--on-error` (the engine pauses only when it is `pause`).
-    run_on_error: String,
     /// This kernel started a session's run (`stepkernel run`), whose end ends the session.
     session_run: bool,
     /// The resume that ran the last test, answered once the run's end is known.
@@ -232,7 +230,6 @@ impl Executor {
             progress_shown: None,
             resume_sent: false,
             breakpoints: Vec::new(),
-            run_on_error: "pause".into(),
             resume_from: None,
             run_message: None,
             ready: false,
@@ -253,9 +250,6 @@ impl Executor {
     pub async fn run(mut self) -> Result<(), String> {
         self.shared.status(None, "starting");
         if let Some(mut run) = self.run.take() {
-            if let Some(mode) = run.get("on_error").and_then(Value::as_str) {
-                self.run_on_error = mode.to_string();
-            }
             run["type"] = json!("run");
             run["id"] = json!(RUN_ID);
             run["steps_fingerprint"] = json!(self.steps_fingerprint());
@@ -487,17 +481,9 @@ impl Executor {
             SteerCommand::Queue { op, nodeids } => {
                 json!({"type": "queue", "op": op, "nodeids": nodeids})
             }
-            SteerCommand::OnError { mode, test } => {
-                if mode == "pause" && self.run_on_error != "pause" {
-                    return Err(SteerError::Unsupported(format!(
-                        "this run started with --on-error {}: the stepping engine does not stop on \
-                         errors then, so on_error pause cannot be turned on mid-run (start with \
-                         --on-error pause and `set on_error fail` the tests that should not pause)",
-                        self.run_on_error
-                    )));
-                }
-                steer::on_error_message(&mode, test.as_deref())
-            }
+            // The engine asks for the mode at each error, so `pause` works in a
+            // run started with `--on-error fail` too.
+            SteerCommand::OnError { mode, test } => steer::on_error_message(&mode, test.as_deref()),
         };
         let kind = message["type"].as_str().unwrap_or("").to_string();
         let sent = if matches!(kind.as_str(), "pause_request" | "breakpoints") {

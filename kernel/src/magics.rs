@@ -117,6 +117,10 @@ pub const HELP: &[(&str, &str)] = &[
         "write the edits as an mbox patch for git am",
     ),
     ("%apply", "write the edits into the working tree"),
+    (
+        "%report [test|step|plan|error]",
+        "the results so far as a table by test, step name, test plan id or failure kind",
+    ),
     ("%tests [PATH]", "list the tests of a file or directory"),
     (
         "%test NODEID",
@@ -135,7 +139,7 @@ pub const HELP: &[(&str, &str)] = &[
 ];
 
 const SESSION_MAGICS: &[&str] = &[
-    "diff", "patch", "apply", "tests", "test", "locals", "status", "queue", "rerun",
+    "diff", "patch", "apply", "tests", "test", "locals", "status", "queue", "rerun", "report",
 ];
 
 /// Parses `code` as a magic; None when it is plain Python.

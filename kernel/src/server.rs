@@ -228,7 +228,12 @@ impl BoundKernel {
     pub async fn serve(self) -> Result<(), KernelError> {
         let signer = Signer::new(&self.connection.key);
         let (iopub_tx, iopub_rx) = mpsc::unbounded_channel();
-        let (lang_tx, lang_rx) = watch::channel(None);
+        // Known at start when the launcher said it: kernel_info answers at
+        // once, and requests wait for the worker as they would anyway.
+        let known = self.worker.version.as_ref().map(|version| {
+            json!({"version": version, "executable": self.worker.python.display().to_string()})
+        });
+        let (lang_tx, lang_rx) = watch::channel(known);
         let (clients_tx, clients_rx) = watch::channel(0usize);
         let shared = Arc::new(Shared {
             session: uuid::Uuid::new_v4().to_string(),

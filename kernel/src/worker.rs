@@ -13,7 +13,8 @@
 //!   `{"type":"is_complete","id","code"}`
 //! - `{"type":"input_reply","value"}` (or `"interrupted": true`) answering an `input_request`
 //! - `{"type":"steps_reply","id","report"}` answering `need_steps` (same `id`)
-//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir","steps_fingerprint"}` runs tests
+//! - `{"type":"run","id","args","runner","on_error","junit_xml","rootdir","steps_fingerprint","hooks","session"}` runs tests
+//!   (`hooks`: a `--hooks` module name; `session`: `{id, dir, connection_file}` for pause hooks)
 //!   (stepping engine; `steps_fingerprint` names the instrumenter and its options, see `need_steps`)
 //! - `{"type":"resume","id","action"}` (retry/next/continue/skip/fail/abort), `{"type":"edit","id","step","source"}`
 //!   (or `"target"`: a function of the code under test), `{"type":"describe","id"}`,
@@ -111,7 +112,13 @@ pub struct WorkerConfig {
     pub package_dir: PathBuf,
     /// Working directory of the worker (None: inherit).
     pub cwd: Option<PathBuf>,
+    /// The interpreter's version when known before it starts (`python -m
+    /// stepkernel` says it), so `kernel_info` need not wait for the worker.
+    pub version: Option<String>,
 }
+
+/// Set by `python -m stepkernel` beside `$STEPKERNEL_PYTHON`: that interpreter's version.
+pub const LAUNCHER_VERSION_ENV: &str = "STEPKERNEL_PYTHON_VERSION";
 
 /// A running worker process.
 pub struct Worker {
@@ -159,6 +166,7 @@ impl Worker {
             // Names the interpreter that launched this stepkernel, not one for
             // what the user's code starts (a `stepkernel run` of another project).
             .env_remove("STEPKERNEL_PYTHON")
+            .env_remove(LAUNCHER_VERSION_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -2,6 +2,7 @@
 
 use similar::{ChangeTag, TextDiff};
 
+use crate::path_text::prefixed;
 use crate::worktree::FileChange;
 
 const BOLD: &str = "\x1b[1m";
@@ -19,8 +20,8 @@ pub fn unified_diff(changes: &[FileChange], color: bool) -> String {
     let mut out = String::new();
     for change in changes {
         let diff = TextDiff::from_lines(change.before.as_str(), change.after.as_str());
-        let a = format!("a/{}", change.file);
-        let b = format!("b/{}", change.file);
+        let a = prefixed("a/", &change.file);
+        let b = prefixed("b/", &change.file);
         let mut headers = [
             format!("diff --git {a} {b}"),
             format!("--- {a}"),

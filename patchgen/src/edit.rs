@@ -9,7 +9,8 @@ use sha2::{Digest, Sha256};
 /// One journaled edit of a step.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct Edit {
-    /// Path relative to the repo workdir (or the session root outside git), '/'-separated.
+    /// Path relative to the repo workdir (or the session root outside git), '/'-separated;
+    /// git-quoted when the name is not UTF-8 (see [`crate::path_text`]).
     pub file: String,
     /// 1-based first line of the original step text, in the file as the session loaded it.
     pub start_line: usize,

@@ -104,7 +104,7 @@ pub fn export(root: &Path, edits: &[Edit], meta: &PatchMeta) -> Result<Export, P
     let prefix = prefix_in_repo(&repo, root);
     let mut changes = Vec::new();
     for (file, file_edits) in by_file(edits) {
-        let path = format!("{prefix}{file}");
+        let path = crate::path_text::prefixed(&prefix, &file);
         let disk = read_text(root, &file)?;
         let base = base_tree
             .as_ref()
@@ -314,7 +314,7 @@ fn base_tree<'r>(
 
 /// The UTF-8 content of `path` in `tree`, if it is a text blob there.
 fn blob_text(repo: &Repository, tree: &Tree<'_>, path: &str) -> Option<String> {
-    let entry = tree.get_path(Path::new(path)).ok()?;
+    let entry = tree.get_path(&crate::path_text::text_path(path)).ok()?;
     let blob = repo.find_blob(entry.id()).ok()?;
     String::from_utf8(blob.content().to_vec()).ok()
 }
@@ -370,12 +370,12 @@ fn mbox(
 ) -> Result<Vec<u8>, PatchError> {
     let mut text = Vec::new();
     for change in changes {
-        let path = Path::new(&change.file);
+        let path = crate::path_text::text_path(&change.file);
         let mut patch = Patch::from_buffers(
             change.before.as_bytes(),
-            Some(path),
+            Some(&path),
             change.after.as_bytes(),
-            Some(path),
+            Some(&path),
             None,
         )?;
         text.extend_from_slice(&patch.to_buf()?);

@@ -25,6 +25,7 @@ mod export;
 mod journal;
 mod merge;
 mod mime;
+mod path_text;
 mod render;
 mod repo;
 mod worktree;
@@ -38,6 +39,7 @@ pub use export::{
 };
 pub use journal::{Journal, JournalContents};
 pub use merge::merge3;
+pub use path_text::{path_text, text_path};
 pub use render::{reindent, render_file};
 pub use repo::{head_revision, repo_root};
 pub use worktree::{apply, apply_from, plan, plan_from, Bases, FileChange};

@@ -24,8 +24,8 @@ pub(crate) fn committed_text(root: &Path, file: &str, rev: Option<&str>) -> Opti
         Some(rev) => repo.revparse_single(rev).ok()?.peel_to_commit().ok()?,
         None => repo.head().ok()?.peel_to_commit().ok()?,
     };
-    let path = format!("{}{file}", prefix_in_repo(&repo, root));
-    let entry = commit.tree().ok()?.get_path(Path::new(&path)).ok()?;
+    let path = Path::new(&prefix_in_repo(&repo, root)).join(crate::path_text::text_path(file));
+    let entry = commit.tree().ok()?.get_path(&path).ok()?;
     let blob = repo.find_blob(entry.id()).ok()?;
     String::from_utf8(blob.content().to_vec()).ok()
 }

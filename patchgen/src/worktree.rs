@@ -8,13 +8,14 @@ use std::path::{Component, Path, PathBuf};
 use crate::edit::Edit;
 use crate::error::PatchError;
 use crate::merge::merge3;
+use crate::path_text::text_path;
 use crate::render::render_file;
 use crate::repo::committed_text;
 
 /// One file's content before and after the session's edits.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileChange {
-    /// Path relative to the root, '/'-separated.
+    /// Path relative to the root, '/'-separated (as [`crate::path_text`] writes it).
     pub file: String,
     /// The content the diff starts from.
     pub before: String,
@@ -37,7 +38,8 @@ pub(crate) fn by_file(edits: &[Edit]) -> BTreeMap<String, Vec<Edit>> {
 
 /// `root/file` for a relative, '/'-separated path that stays under `root`.
 pub(crate) fn resolve(root: &Path, file: &str) -> Result<PathBuf, PatchError> {
-    let relative = Path::new(file);
+    let relative = text_path(file);
+    let relative = relative.as_path();
     let ok = !file.is_empty()
         && relative
             .components()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from ._find_stepkernel import LAUNCHER_ENV, StepkernelNotFound, find_stepkernel_bin
+from ._find_stepkernel import LAUNCHER_ENV, LAUNCHER_VERSION_ENV, StepkernelNotFound, find_stepkernel_bin
 
 
 def main() -> int:
@@ -22,6 +22,8 @@ def main() -> int:
         return 2
     if sys.executable:
         os.environ[LAUNCHER_ENV] = sys.executable
+        # kernel_info can then answer before the worker has started.
+        os.environ[LAUNCHER_VERSION_ENV] = "%d.%d.%d" % sys.version_info[:3]
     argv = [binary, *sys.argv[1:]]
     if sys.platform == "win32":
         import subprocess

@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 
 #: The variable the binary's interpreter discovery reads: the launching interpreter.
 LAUNCHER_ENV = "STEPKERNEL_PYTHON"
+#: Beside it: that interpreter's version (the kernel answers kernel_info without waiting for it).
+LAUNCHER_VERSION_ENV = "STEPKERNEL_PYTHON_VERSION"
 
 
 class StepkernelNotFound(FileNotFoundError):

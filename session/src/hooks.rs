@@ -11,7 +11,7 @@ use kernel::session::{AfterRun, MagicOutput, SessionHooks};
 use kernel::worker::StreamName;
 use patchgen::{Edit, Journal};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -284,7 +284,7 @@ impl RunHooks {
                 path.strip_prefix(root).ok()?.to_path_buf()
             }
         };
-        Some(rel.to_string_lossy().replace('\\', "/"))
+        Some(patchgen::path_text(rel.as_os_str()))
     }
 
     /// Names the listed connection file copy by what runs (a test, when known).
@@ -459,6 +459,18 @@ impl RunHooks {
                 text: crate::status::render(&self.status()),
                 html: None,
             }),
+            "report" => {
+                let word = args.trim().trim_start_matches("--by").trim();
+                let word = if word.is_empty() { "test" } else { word };
+                let by = crate::report_table::By::parse(word).ok_or_else(|| {
+                    format!("usage: %report [test|step|plan|error] (not {word:?})")
+                })?;
+                let report = self.lock().report.to_json(&self.ctx.id, None);
+                Ok(MagicOutput {
+                    text: crate::report_table::render(&report, by),
+                    html: None,
+                })
+            }
             "queue" | "rerun" if self.with_live(LiveStatus::queue_ready) => Err(format!(
                 "%{name} is not a magic yet: `stepkernel ctl {name} ...` (or stepkernel.client's Session) does it"
             )),
@@ -529,6 +541,9 @@ impl RunHooks {
                  tearDownModule: see its report above), so the exit code is 1"
                     .into(),
             );
+        }
+        if let Some(note) = fixture_note(inner.report.fixture_errors()) {
+            extra.insert(0, note);
         }
         let seconds = self.started.elapsed().as_secs_f64();
         inner.terminal.summary(&counts, &subtests, seconds, &extra);
@@ -852,4 +867,27 @@ fn slim_report(report: &Value) -> Value {
         }
     }
     slim
+}
+
+/// Says which unit the error count counts when failing class or module
+/// fixtures errored their tests: stepkernel counts each test, as pytest does,
+/// where `python -m unittest` counts one error per fixture.
+fn fixture_note(by_fixture: &BTreeMap<String, u64>) -> Option<String> {
+    let tests: u64 = by_fixture.values().sum();
+    if tests == 0 {
+        return None;
+    }
+    let each: Vec<String> = by_fixture
+        .iter()
+        .map(|(fixture, n)| format!("{fixture}: {n}"))
+        .collect();
+    let fixtures = by_fixture.len();
+    Some(format!(
+        "{tests} error{} {} a failing fixture kept from running ({}); they count \
+         per test as in pytest (python -m unittest counts {fixtures} error{})",
+        if tests == 1 { "" } else { "s" },
+        if tests == 1 { "is a test" } else { "are tests" },
+        each.join(", "),
+        if fixtures == 1 { "" } else { "s" }
+    ))
 }

@@ -3,7 +3,7 @@
 //! - [`run`]: start the kernel and the test run, wait for the end;
 //! - [`hooks`]: the kernel's session hooks (instrumenter, journal, events, report, terminal);
 //! - [`session_dir`]: `.stepkernel/sessions/<id>/` and `session.json`;
-//! - [`report`]: `report.json`; [`terminal`]: progress and pause banners;
+//! - [`report`]: `report.json`; [`report_table`]: `stepkernel report`; [`terminal`]: progress and pause banners;
 //! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
 //! - [`attach`]: connection file copies where Jupyter clients look;
 //! - [`control`]: the control socket (`control.sock`); [`control_client`]: talking to it;
@@ -20,6 +20,7 @@ pub mod kernel_label;
 pub mod listing;
 pub mod patches;
 pub mod report;
+pub mod report_table;
 pub mod run;
 pub mod session_dir;
 pub mod status;

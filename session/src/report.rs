@@ -11,14 +11,49 @@ pub struct Report {
     counts: BTreeMap<String, u64>,
     /// Subtests by outcome, from `test_finish` events that carry `subtests`.
     subtests: BTreeMap<String, u64>,
+    /// Tests that a failing class or module fixture errored, by fixture
+    /// (`setUpModule (test_db)`), from `test_finish` events that carry `fixture`.
+    fixture_errors: BTreeMap<String, u64>,
+    /// Collectors (modules) that failed or skipped while collected, from `collect_report`.
+    collection: Vec<Value>,
     by_method: BTreeMap<String, u64>,
-    by_error: BTreeMap<(String, String), (u64, Vec<String>)>,
+    /// Failures by (type, first line of the message).
+    by_error: BTreeMap<(String, String), ErrorGroup>,
     failures: Vec<Value>,
     last_pause: Option<Value>,
     edits: u64,
     summary: Option<Value>,
     /// The current test's phases (from `test_start`).
     phases: Value,
+    /// The current test's own plan ids (`@pytest.mark.plan`, from `test_start`).
+    test_plan_ids: Vec<Value>,
+}
+
+/// The failures of one (type, first line): how many, of which tests, tracing to which plan ids.
+#[derive(Default)]
+struct ErrorGroup {
+    count: u64,
+    tests: Vec<String>,
+    plan_ids: Vec<Value>,
+}
+
+/// Plan ids of an event or entry (`plan_ids`), empty when it has none.
+fn plan_ids_of(value: &Value) -> Vec<Value> {
+    value
+        .get("plan_ids")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// `first` then the ids of `more` not in it.
+fn merged(mut first: Vec<Value>, more: &[Value]) -> Vec<Value> {
+    for id in more {
+        if !first.contains(id) {
+            first.push(id.clone());
+        }
+    }
+    first
 }
 
 /// Splits "Type: message" into the type and the message's first line.
@@ -82,10 +117,21 @@ impl Report {
                 .map(|n| n.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
             let upto = if name == phase { index } else { names.len() };
+            let step_ids = p.get("step_plan_ids").and_then(Value::as_array);
             for (i, step_name) in names.iter().enumerate().take(upto) {
                 if known.insert((name.to_string(), i as u64)) {
-                    steps.push(json!({"phase": name, "index": i, "name": step_name,
-                        "status": "passed", "duration_s": null, "error": null}));
+                    let own = step_ids
+                        .and_then(|ids| ids.get(i))
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut step = json!({"phase": name, "index": i, "name": step_name,
+                        "status": "passed", "duration_s": null, "error": null});
+                    let ids = merged(own, &self.test_plan_ids);
+                    if !ids.is_empty() {
+                        step["plan_ids"] = json!(ids);
+                    }
+                    steps.push(step);
                 }
             }
             if name == phase {
@@ -100,6 +146,7 @@ impl Report {
         match kind {
             "test_start" => {
                 self.phases = event.get("phases").cloned().unwrap_or(Value::Null);
+                self.test_plan_ids = plan_ids_of(event);
                 self.current = Some(json!({
                     "id": event.get("test"), "file": event.get("file"),
                     "steps": [], "outcome": null, "duration_s": null,
@@ -113,12 +160,30 @@ impl Report {
                         "name": event.get("name"), "status": event.get("status"),
                         "duration_s": event.get("duration_s"), "error": event.get("error"),
                     });
-                    for key in ["locals", "globals"] {
+                    for key in ["locals", "globals", "plan_ids"] {
                         if let Some(values) = event.get(key) {
                             step[key] = values.clone();
                         }
                     }
-                    test["steps"].as_array_mut().expect("array").push(step);
+                    let steps = test["steps"].as_array_mut().expect("array");
+                    // A step run again (a retry): one entry, its last status, the failed tries counted.
+                    let again = steps
+                        .iter_mut()
+                        .rev()
+                        .find(|s| s["phase"] == step["phase"] && s["index"] == step["index"]);
+                    match again {
+                        Some(old) => {
+                            let tries = old["failed_attempts"].as_u64().unwrap_or(0)
+                                + u64::from(old["status"] == "failed");
+                            let first_error = old["error"].clone();
+                            *old = step;
+                            old["failed_attempts"] = json!(tries);
+                            if old["error"].is_null() {
+                                old["error"] = first_error;
+                            }
+                        }
+                        None => steps.push(step),
+                    }
                 }
             }
             "pause" => self.last_pause = Some(event.clone()),
@@ -138,6 +203,18 @@ impl Report {
                 if matches!(outcome.as_str(), "passed" | "fixed" | "xpassed") {
                     // Every step of a test that passed ran and passed.
                     self.backfill_passed(&json!({"phase": null, "index": 0}));
+                    // A step that failed in it was retried (by a hook or by hand) and passed.
+                    if let Some(test) = self.current.as_mut() {
+                        for step in test["steps"].as_array_mut().into_iter().flatten() {
+                            if step["status"] == "failed" {
+                                let tries = step["failed_attempts"].as_u64().unwrap_or(0) + 1;
+                                step["failed_attempts"] = json!(tries);
+                                step["status"] = json!("passed");
+                                // Its passing run was not timed (no step events).
+                                step["duration_s"] = Value::Null;
+                            }
+                        }
+                    }
                 }
                 let subtests = event.get("subtests").and_then(Value::as_object);
                 for (kind, n) in subtests.into_iter().flatten() {
@@ -149,13 +226,38 @@ impl Report {
                     .unwrap_or_else(|| json!({"id": id, "steps": []}));
                 test["outcome"] = json!(outcome);
                 test["duration_s"] = event.get("duration_s").cloned().unwrap_or(Value::Null);
+                test["plan_ids"] = json!(merged(
+                    std::mem::take(&mut self.test_plan_ids),
+                    &plan_ids_of(event)
+                ));
                 if let Some(subtests) = event.get("subtests") {
                     test["subtests"] = subtests.clone();
+                }
+                if let Some(fixture) = event.get("fixture").and_then(Value::as_str) {
+                    *self.fixture_errors.entry(fixture.to_string()).or_default() += 1;
+                    test["fixture"] = json!(fixture);
                 }
                 if matches!(outcome.as_str(), "failed" | "error" | "forced") {
                     self.record_failure(&id, &outcome, &test, event);
                 }
                 self.tests.push(test);
+            }
+            "collect_report" => {
+                // A module that failed to collect, or skipped itself while being
+                // collected: pytest counts it beside the tests, so the summary does.
+                let id = event.get("nodeid").and_then(Value::as_str).unwrap_or("");
+                let outcome = match event.get("outcome").and_then(Value::as_str) {
+                    Some("failed") => "error",
+                    Some("skipped") => "skipped",
+                    _ => return,
+                };
+                *self.counts.entry(outcome.to_string()).or_default() += 1;
+                let entry = json!({"id": id, "outcome": outcome, "steps": [],
+                                   "longrepr": event.get("longrepr").cloned().unwrap_or(Value::Null)});
+                if outcome == "error" {
+                    self.record_failure(id, outcome, &entry, event);
+                }
+                self.collection.push(entry);
             }
             "summary" => self.summary = Some(event.clone()),
             _ => {}
@@ -187,8 +289,10 @@ impl Report {
         let (kind, message) = split_error(&error);
         *self.by_method.entry(method_of(id)).or_default() += 1;
         let entry = self.by_error.entry((kind, message)).or_default();
-        entry.0 += 1;
-        entry.1.push(id.to_string());
+        entry.count += 1;
+        entry.tests.push(id.to_string());
+        let plan_ids = plan_ids_of(test);
+        entry.plan_ids = merged(std::mem::take(&mut entry.plan_ids), &plan_ids);
         let pause = self
             .last_pause
             .take()
@@ -209,6 +313,7 @@ impl Report {
             "locals": pick("locals"),
             "globals": pick("globals"),
             "longrepr": event.get("longrepr"),
+            "plan_ids": plan_ids,
         }));
     }
 
@@ -222,6 +327,11 @@ impl Report {
         &self.subtests
     }
 
+    /// Tests errored by a failing class or module fixture, by fixture.
+    pub fn fixture_errors(&self) -> &BTreeMap<String, u64> {
+        &self.fixture_errors
+    }
+
     /// The report as JSON.
     pub fn to_json(&self, session_id: &str, exit_code: Option<i32>) -> Value {
         let by_method: Map<String, Value> = self
@@ -232,8 +342,9 @@ impl Report {
         let mut by_error: Vec<Value> = self
             .by_error
             .iter()
-            .map(|((kind, message), (count, tests))| {
-                json!({"type": kind, "message": message, "count": count, "tests": tests})
+            .map(|((kind, message), group)| {
+                json!({"type": kind, "message": message, "count": group.count,
+                       "tests": group.tests, "plan_ids": group.plan_ids})
             })
             .collect();
         by_error.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
@@ -246,9 +357,120 @@ impl Report {
             "edits": self.edits,
             "tests": self.tests,
             "failures": self.failures,
+            "collection": self.collection,
             "failures_by_method": by_method,
             "failures_by_error": by_error,
+            "by_step": self.by_step(),
+            "by_plan": self.by_plan(),
             "summary": self.summary,
+        })
+    }
+
+    /// Steps aggregated by name across tests: counts by status, durations (known with step events).
+    fn by_step(&self) -> Vec<Value> {
+        let mut rows: BTreeMap<String, Aggregate> = BTreeMap::new();
+        for test in &self.tests {
+            for step in test["steps"].as_array().into_iter().flatten() {
+                let name = step["name"].as_str().unwrap_or("").to_string();
+                let row = rows.entry(name).or_default();
+                row.add(step["status"].as_str(), step["duration_s"].as_f64());
+                row.test(test["id"].as_str());
+                for id in step["plan_ids"].as_array().into_iter().flatten() {
+                    if !row.plan_ids.contains(id) {
+                        row.plan_ids.push(id.clone());
+                    }
+                }
+            }
+        }
+        rows.into_iter()
+            .map(|(name, row)| {
+                let mut value = row.to_json("counts");
+                value["name"] = json!(name);
+                value["plan_ids"] = json!(row.plan_ids);
+                value
+            })
+            .collect()
+    }
+
+    /// Tests (by outcome) and steps (by status) aggregated by test plan id.
+    fn by_plan(&self) -> Vec<Value> {
+        let mut tests: BTreeMap<String, Aggregate> = BTreeMap::new();
+        let mut steps: BTreeMap<String, Aggregate> = BTreeMap::new();
+        for test in &self.tests {
+            for id in test["plan_ids"].as_array().into_iter().flatten() {
+                let row = tests
+                    .entry(id.as_str().unwrap_or("").to_string())
+                    .or_default();
+                row.add(test["outcome"].as_str(), test["duration_s"].as_f64());
+                row.test(test["id"].as_str());
+            }
+            for step in test["steps"].as_array().into_iter().flatten() {
+                for id in step["plan_ids"].as_array().into_iter().flatten() {
+                    let row = steps
+                        .entry(id.as_str().unwrap_or("").to_string())
+                        .or_default();
+                    row.add(step["status"].as_str(), step["duration_s"].as_f64());
+                }
+            }
+        }
+        tests
+            .into_iter()
+            .map(|(id, row)| {
+                let mut value = row.to_json("outcomes");
+                let step_row = steps.remove(&id).unwrap_or_default();
+                value["plan_id"] = json!(id);
+                value["steps"] = json!(step_row.counts);
+                value["step_duration_s"] = json!(step_row.duration());
+                value
+            })
+            .collect()
+    }
+}
+
+/// Counts by outcome and summed durations of one row of `by_step`/`by_plan`.
+#[derive(Default)]
+struct Aggregate {
+    counts: BTreeMap<String, u64>,
+    duration: f64,
+    timed: u64,
+    tests: Vec<String>,
+    plan_ids: Vec<Value>,
+}
+
+impl Aggregate {
+    fn add(&mut self, outcome: Option<&str>, duration: Option<f64>) {
+        *self
+            .counts
+            .entry(outcome.unwrap_or("unknown").to_string())
+            .or_default() += 1;
+        if let Some(d) = duration {
+            self.duration += d;
+            self.timed += 1;
+        }
+    }
+
+    fn test(&mut self, id: Option<&str>) {
+        if let Some(id) = id {
+            if !self.tests.iter().any(|t| t == id) {
+                self.tests.push(id.to_string());
+            }
+        }
+    }
+
+    /// The summed duration, None when nothing was timed (steps without step events).
+    fn duration(&self) -> Option<f64> {
+        (self.timed > 0).then_some((self.duration * 1e6).round() / 1e6)
+    }
+
+    fn to_json(&self, counts_key: &str) -> Value {
+        let total: u64 = self.counts.values().sum();
+        json!({
+            counts_key: self.counts,
+            "total": total,
+            "duration_s": self.duration(),
+            "mean_s": (self.timed > 0).then(|| (self.duration / self.timed as f64 * 1e6).round() / 1e6),
+            "timed": self.timed,
+            "tests": self.tests,
         })
     }
 }

@@ -38,6 +38,8 @@ pub struct RunOptions {
     pub step_marker: Option<String>,
     /// Custom plan id regex.
     pub plan_id: Option<String>,
+    /// `--hooks MODULE`: step hooks as plain functions of an importable module.
+    pub hooks: Option<String>,
     /// Less output.
     pub quiet: bool,
     /// Let a client's shutdown_request end the session.
@@ -159,7 +161,7 @@ fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Ve
         let known = rel
             .iter()
             .any(|id| id == base || id.starts_with(&format!("{base}::")));
-        if !known {
+        if !known && !assigned_at_top_level(&rootdir.join(file), base) {
             let ids: Vec<String> = rel.iter().map(|r| format!("{file}::{r}")).collect();
             let close = instrumenter::closest(base, &ids);
             notes.push(format!(
@@ -169,6 +171,21 @@ fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Ve
         }
     }
     notes
+}
+
+/// Whether `name = ...` is a top-level statement of the file: a test made by a
+/// call (`test_x = walks([...])`), which pytest collects and the instrumenter cannot see.
+fn assigned_at_top_level(file: &Path, name: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return false;
+    };
+    text.lines().any(|line| {
+        line.strip_prefix(name).is_some_and(|rest| {
+            let rest = rest.trim_start();
+            rest.starts_with('=') && !rest.starts_with("==")
+                || rest.starts_with(':') && rest.contains('=')
+        })
+    })
 }
 
 /// Runs a session to its end; returns the process exit code.
@@ -222,6 +239,13 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         "runner": opts.runner,
         "on_error": opts.on_error,
         "junit_xml": opts.junit_xml.as_ref().map(|p| opts.rootdir.join(p).display().to_string()),
+        "hooks": opts.hooks,
+        // What a `stepkernel_pause` hook tells about attaching.
+        "session": {
+            "id": id,
+            "dir": dir.display().to_string(),
+            "connection_file": dir.join("connection.json").display().to_string(),
+        },
     });
     // A project directory whose name is not UTF-8 goes as bytes too (lossless).
     run_message
@@ -238,6 +262,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         let kernel_options = KernelOptions {
             connection,
             worker: WorkerConfig {
+                version: None,
                 python: opts.python.clone(),
                 package_dir: opts.package_dir.clone(),
                 cwd: Some(opts.rootdir.clone()),
@@ -453,4 +478,34 @@ fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     files.retain(|f| seen.insert(f.clone()));
     files
+}
+
+#[cfg(test)]
+mod assigned_tests {
+    use super::assigned_at_top_level;
+
+    #[test]
+    fn a_test_made_by_assignment_is_found_and_others_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("test_w.py");
+        std::fs::write(
+            &file,
+            "test_a = walks([A])\ntest_b: object = walks([B])\nif test_c == 1:\n    pass\n    test_d = 1\n",
+        )
+        .unwrap();
+        assert!(assigned_at_top_level(&file, "test_a"));
+        assert!(assigned_at_top_level(&file, "test_b"));
+        assert!(
+            !assigned_at_top_level(&file, "test_c"),
+            "a comparison is no assignment"
+        );
+        assert!(
+            !assigned_at_top_level(&file, "test_d"),
+            "indented: not top level"
+        );
+        assert!(!assigned_at_top_level(
+            &dir.path().join("missing.py"),
+            "test_a"
+        ));
+    }
 }

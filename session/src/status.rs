@@ -414,9 +414,18 @@ pub fn render(status: &Value) -> String {
             out.push_str(&format!("  error: {error}\n"));
         }
     } else if let Some(running) = status.get("running").filter(|r| !r.is_null()) {
-        let mut running = running.clone();
-        running["step"] = running.get("index").cloned().unwrap_or(Value::Null);
-        out.push_str(&format!("  running: {}\n", at(&running)));
+        if running.get("index").is_some_and(|i| !i.is_null()) {
+            let mut running = running.clone();
+            running["step"] = running["index"].clone();
+            out.push_str(&format!("  running: {}\n", at(&running)));
+        } else {
+            // Passing steps report nothing unless asked to (they cost nothing then).
+            out.push_str(&format!(
+                "  running: {} in {} (the step is shown with step events on: STEPKERNEL_STEP_EVENTS=1)\n",
+                running.get("test").and_then(Value::as_str).unwrap_or("?"),
+                running.get("file").and_then(Value::as_str).unwrap_or("?"),
+            ));
+        }
     }
     if let Some(code) = status.get("exit_code").and_then(Value::as_i64) {
         out.push_str(&format!("  exit code {code}\n"));

@@ -25,6 +25,10 @@ _RUN_OPTIONS: list[tuple[str, str, dict[str, Any]]] = [
      {"metavar": "auto|FIRST-LAST", "help": "kernel ports: auto or a range of five, e.g. 9000-9004"}),
     ("--stepkernel-step-marker", "--step-marker",
      {"metavar": "REGEX", "help": "regex for step marker comments, one capture group for the name"}),
+    ("--stepkernel-plan-id", "--plan-id",
+     {"metavar": "REGEX", "help": "regex for one test plan id in `# step: NAME [ID, ID]`"}),
+    ("--stepkernel-hooks", "--hooks",
+     {"metavar": "MODULE", "help": "a module of step hooks (stepkernel_step_error, ...) as plain functions"}),
     ("--stepkernel-external-dir", "--external-dir",
      {"metavar": "DIR", "help": "jupyter_server's external kernels directory"}),
 ]
@@ -50,6 +54,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         group.addoption(option, default=None, **keywords)
     for option, _, help_text in _RUN_FLAGS:
         group.addoption(option, action="store_true", default=False, help=help_text)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered with or without --stepkernel, so `--strict-markers` runs alike under plain pytest and stepkernel.
+    config.addinivalue_line("markers", "plan(*ids): test plan items the test covers (stepkernel reports by them)")
 
 
 def _inside_worker() -> bool:

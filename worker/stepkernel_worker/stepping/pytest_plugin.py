@@ -1,0 +1,339 @@
+"""pytest integration: step boundaries are compiled into test modules as pytest imports them.
+
+pytest's assertion rewriter parses and rewrites each test module; this
+plugin adds the step transform (``transform.py``) to that same tree, so the
+module is parsed and compiled once, and cached with pytest's ``.pyc`` under
+a tag of its own. Collection, fixtures, markers, capture, reporting and
+every other plugin stay pytest's own, and each test runs as the function it
+is. The plugin is an object passed to ``pytest.main(plugins=[...])``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+import pytest
+
+from . import hypothesis_steps, importing
+from .dynamic_steps import dynamic_phases
+from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
+
+__tracebackhide__ = True
+__unittest = True
+
+# Old-style wrappers: an exception raised below (pytest's own async_fail, a
+# fixture error) then never passes through this plugin's frames, which would
+# change how pytest filters and prints the traceback.
+_WRAPPER = {"hookwrapper": True}
+
+try:
+    from _pytest.unittest import TestCaseFunction as _TestCaseFunction
+except ImportError:  # pragma: no cover - very old pytest
+    _TestCaseFunction = None
+
+try:
+    from _pytest.skipping import xfailed_key as _xfailed_key
+except ImportError:  # pragma: no cover
+    _xfailed_key = None
+
+
+def _is_unittest_item(item: Any) -> bool:
+    return _TestCaseFunction is not None and isinstance(item, _TestCaseFunction)
+
+
+def _item_file(item: Any) -> str | None:
+    path = getattr(item, "path", None) or getattr(item, "fspath", None)
+    return os.fspath(path) if path is not None else None
+
+
+def _xfail_predicate(item: Any):
+    """Whether an error of this item is an expected failure (then it does not pause)."""
+    xfailed_key = _xfailed_key
+
+    def expects(exc: BaseException) -> bool:
+        if _is_unittest_item(item):
+            obj = getattr(item, "obj", None)
+            return expects_failure_of(obj) if obj is not None else False
+        if xfailed_key is None:
+            return False
+        xfailed = item.stash.get(xfailed_key, None)
+        if xfailed is None:
+            return False
+        raises = getattr(xfailed, "raises", None)
+        return raises is None or isinstance(exc, raises)
+
+    return expects
+
+
+class SteppingPlugin:
+    """The pytest plugin object."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.config: Any = None
+        self._reports: dict[str, list] = {}
+        self._undo: list = []
+        from .step_hooks import pytest_hooks
+
+        engine.step_hooks, self._register_hooks = pytest_hooks(engine)
+
+    def pytest_plugin_registered(self, plugin, manager):
+        """Every plugin pytest registers (conftest.py files too) may implement step hooks."""
+        self._register_hooks(plugin, manager)
+
+    # ----------------------------------------------------------- configuring
+
+    def pytest_configure(self, config):
+        self.config = config
+        # (Installed packages register hooks as pytest11 plugins: pytest loads them.)
+        module = getattr(self.engine.host, "hooks_module", None)
+        if module:
+            from .step_hooks import import_hooks_module
+
+            self._register_hooks(import_hooks_module(module))
+        capman = config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            self.engine.pause_context = capman.global_and_fixture_disabled
+        if config.getoption("assertmode", "rewrite") == "rewrite":
+            from _pytest.assertion.rewrite import rewrite_asserts
+
+            def rewrite(module, source: bytes, path: str) -> None:
+                rewrite_asserts(module, source, path, config)
+
+            self.engine.rewriter = rewrite
+            self._undo.append(importing.hook_pytest_rewriter(self.engine))
+        else:
+            self._undo.append(importing.install_finder(self.engine, _python_files(config)))
+
+    def pytest_unconfigure(self, config):
+        while self._undo:
+            self._undo.pop()()
+
+    def pytest_sessionstart(self, session):
+        def abort() -> None:
+            session.shouldstop = "stepkernel: run aborted by the user"
+
+        self.engine.on_abort = abort
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session):
+        """After the selected tests, the ones a client queued (``stepkernel ctl queue add``)."""
+        take = getattr(self.engine.host, "take_queued", None)
+        if take is None:
+            return (yield)
+        self.engine.emit("queue_ready")
+        result = yield
+        while not session.shouldstop:
+            ids = take()
+            if not ids:
+                break
+            try:
+                items = session.perform_collect(ids)
+            except Exception as exc:  # noqa: BLE001 - a bad queued id must not end the session
+                print(f"stepkernel: cannot collect queued tests {ids}: {exc}", file=sys.stderr)
+                continue
+            for i, item in enumerate(items):
+                item.ihook.pytest_runtest_protocol(item=item, nextitem=items[i + 1] if i + 1 < len(items) else None)
+        return result
+
+    def pytest_collectreport(self, report):
+        if report.failed or report.skipped:
+            # pytest counts these in its summary, beside the tests.
+            self.engine.emit(
+                "collect_report",
+                nodeid=report.nodeid,
+                outcome=report.outcome,
+                longrepr=str(report.longrepr)[:2000],
+            )
+
+    def pytest_collection_finish(self, session):
+        self.engine.emit("collected", count=len(session.items), tests=[item.nodeid for item in session.items])
+        seen = set()
+        for item in session.items:
+            module = getattr(getattr(item, "module", None), "__dict__", None)
+            path = getattr(getattr(item, "module", None), "__file__", None)
+            if module is not None and path and path not in seen:
+                seen.add(path)
+                importing.announce(self.engine, path, module)
+
+    # ----------------------------------------------------------- per test
+
+    def _phases(self, item) -> tuple[list[dict], list]:
+        engine = self.engine
+        phases, codes = [], []
+
+        def add(name: str, obj: Any) -> None:
+            entry, code = engine.resolve_phase(name, obj)
+            phases.append(entry)
+            if code is not None:
+                codes.append(code)
+
+        cls = getattr(item, "cls", None)
+        if _is_unittest_item(item):
+            for name in UNITTEST_BEFORE:
+                obj = user_method(cls, name)
+                if obj is not None:
+                    add(name, obj)
+            add("test", getattr(cls, item.originalname or item.name, None))
+            for name in UNITTEST_AFTER:
+                obj = user_method(cls, name)
+                if obj is not None:
+                    add(name, obj)
+            return phases, codes
+        if user_method(cls, "setup_method") is not None:
+            add("setup_method", cls.setup_method)
+        obj = getattr(item, "obj", None)
+        if obj is not None:
+            add("test", obj)
+        phases.extend(dynamic_phases(item))
+        if user_method(cls, "teardown_method") is not None:
+            add("teardown_method", cls.teardown_method)
+        return phases, codes
+
+    @pytest.hookimpl(**_WRAPPER)
+    def pytest_runtest_protocol(self, item, nextitem):
+        engine = self.engine
+        try:
+            phases, codes = self._phases(item)
+        except Exception as exc:  # noqa: BLE001 - never fail a test for missing step data
+            phases = [{"name": "test", "function": item.name, "steps": 1, "stepped": False, "note": str(exc)}]
+            codes = []
+        record = engine.begin_test(item.nodeid, _item_file(item), phases, codes, item=item, plan_ids=_plan_marks(item))
+        record.expects_failure = _xfail_predicate(item)
+        hypothesis_steps.prepare(item)
+        self._reports[item.nodeid] = []
+        try:
+            yield
+        finally:
+            reports = self._reports.pop(item.nodeid, [])
+            outcome, longrepr = self._outcome(reports)
+            engine.end_test(record, outcome, longrepr, subtests=_subtest_counts(reports))
+
+    # ----------------------------------------------------------- outcomes
+
+    @pytest.hookimpl(**_WRAPPER)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        if call.when == "teardown":
+            record = self.engine.current
+            if record is not None and record.id == item.nodeid:
+                # junitxml writes the teardown report's properties.
+                report = outcome.get_result()
+                report.user_properties.extend(("plan", p) for p in self.engine.test_plan_ids(record))
+        if call.when != "call":
+            return
+        self.engine.close_open_step()
+        record = self.engine.current
+        report = outcome.get_result()
+        if record is not None and record.forced and report.passed:
+            # A failing step skipped by hand: the test fails, as the journal says.
+            report.outcome = "failed"
+            report.longrepr = "StepForced: test forced: step(s) skipped by hand: " + ", ".join(record.forced_steps)
+        elif report.failed and hypothesis_steps.fixed_by_edit(record, call.excinfo):
+            # Hypothesis's final replay passed after an edit: fixed, not flaky.
+            report.outcome = "passed"
+            report.longrepr = None
+
+    def pytest_exception_interact(self, node, call, report):
+        """A test that runs as one step (hypothesis, a generator) pauses after it failed."""
+        engine = self.engine
+        record = engine.current
+        if call.when != "call" or call.excinfo is None or record is None:
+            return
+        exc = call.excinfo.value
+        if record.paused or record.settled or record.id != getattr(node, "nodeid", None) or not engine.wants_pause(exc):
+            return
+        from .live_pause import post_mortem
+
+        post_mortem(engine, exc, _item_file(node))
+
+    def pytest_runtest_logreport(self, report):
+        reports = self._reports.get(report.nodeid)
+        if reports is not None:
+            reports.append(report)
+
+    @staticmethod
+    def _outcome(reports: list) -> tuple[str, str]:
+        outcome, text = "passed", ""
+        for report in reports:
+            when = report.when
+            wasxfail = hasattr(report, "wasxfail")
+            if report.failed:
+                text = _short(report)
+                if when == "call":
+                    outcome = "failed"
+                elif outcome == "passed":
+                    outcome = "error"
+            elif report.skipped:
+                if when == "call" and wasxfail:
+                    outcome, text = "xfailed", str(report.wasxfail)
+                elif outcome == "passed":
+                    outcome, text = ("xfailed" if wasxfail else "skipped"), _short(report)
+            elif when == "call" and wasxfail and outcome == "passed":
+                outcome = "xpassed"
+        return outcome, text
+
+
+def _plan_marks(item: Any) -> tuple:
+    """The ids of the item's ``@pytest.mark.plan("TP-7", ...)`` marks, once each, in order."""
+    ids: dict[str, None] = {}
+    try:
+        for mark in item.iter_markers("plan"):
+            for arg in mark.args:
+                for value in arg if isinstance(arg, (list, tuple)) else (arg,):
+                    ids[str(value)] = None
+    except Exception:  # noqa: BLE001 - a node without markers
+        return ()
+    return tuple(ids)
+
+
+def _subtest_counts(reports: list) -> dict[str, int] | None:
+    """Subtests (unittest's subTest, pytest's ``subtests`` fixture) by outcome, as pytest counts them."""
+    counts: dict[str, int] = {}
+    for report in reports:
+        if getattr(report, "context", None) is not None and report.when == "call":
+            counts[report.outcome] = counts.get(report.outcome, 0) + 1
+    return counts or None
+
+
+def _python_files(config: Any) -> list[str]:
+    try:
+        return list(config.getini("python_files"))
+    except (ValueError, KeyError):
+        return ["test_*.py", "*_test.py"]
+
+
+def _short(report: Any) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    crash = getattr(longrepr, "reprcrash", None)
+    if crash is not None and getattr(crash, "message", None):
+        return str(crash.message)
+    text = getattr(report, "longreprtext", "") or ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
+    """Run pytest in this process with the stepping plugin; returns its exit code."""
+    plugin = SteppingPlugin(engine)
+    full = list(args)
+    if junit_xml:
+        full.append(f"--junitxml={junit_xml}")
+    try:
+        code = pytest.main(full, plugins=[plugin])
+    except SystemExit as exc:
+        # What `python -m pytest` would exit with.
+        if exc.code is None or isinstance(exc.code, int):
+            return int(exc.code or 0)
+        print(exc.code, file=sys.stderr)
+        return 1
+    except Exception:  # noqa: BLE001 - e.g. a broken ini filterwarnings entry
+        # `python -m pytest` would die with this traceback and status 1.
+        traceback.print_exc()
+        return 1
+    return int(code)

@@ -1,0 +1,209 @@
+"""Compare plain pytest with stepped runs (on_error=fail) on real PyPI projects' test suites.
+
+Not part of the default test run. Usage::
+
+    python worker/tests/real_suites.py --workdir /tmp/real [--install] [--stepkernel BIN] [SUITE...]
+
+With ``--stepkernel target/release/stepkernel`` the stepped side is the whole
+``stepkernel run --on-error fail`` path, run twice (cold, then warm step
+cache); both rounds must agree with plain pytest.
+
+With ``--install`` the sdists are downloaded (``pip download --no-binary``)
+into ``WORKDIR/sdists`` and installed with their test dependencies into the
+interpreter running this script (use a throwaway virtualenv). Prints, per
+suite, how many tests agree, which differ, and the time ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+
+from fidelity import junit_outcomes, run_stepped
+
+# name -> (pip requirement, source dir glob, test args, extra test dependencies,
+#          extra pytest options for both sides)
+SUITES = {
+    "more-itertools": ("more-itertools==11.2.1", "more_itertools-*", ["tests"], [], []),
+    "toolz": ("toolz==1.2.0", "toolz-*", ["toolz/tests"], [], []),
+    "python-dateutil": (
+        "python-dateutil==4.0.0",
+        "python_dateutil-*",
+        ["tests"],
+        ["hypothesis", "freezegun"],
+        [],
+    ),
+    "attrs": ("attrs==26.1.0", "attrs-*", ["tests"], ["hypothesis", "cloudpickle", "pympler"], []),
+    "packaging": ("packaging==24.2", "packaging-*", ["tests"], ["pretend"], []),
+    # click's own filterwarnings=error meets a pytest 9 deprecation in its parametrize.
+    "click": ("click==8.1.8", "click-*", ["tests"], [], ["-W", "ignore::pytest.PytestRemovedIn10Warning"]),
+    "pyparsing": (
+        "pyparsing==3.2.0",
+        "pyparsing-*",
+        ["tests"],
+        [],
+        ["--ignore=tests/test_matplotlib_cases.py", "--ignore=tests/test_diagram.py"],
+    ),
+    "pyflakes": ("pyflakes==3.2.0", "pyflakes-*", ["pyflakes/test"], [], []),
+    "humanize": ("humanize==4.11.0", "humanize-*", ["tests"], ["freezegun", "coverage"], []),
+    "sqlparse": ("sqlparse==0.5.3", "sqlparse-*", ["tests"], [], []),
+    "itsdangerous": ("itsdangerous==2.2.0", "itsdangerous-*", ["tests"], ["freezegun"], []),
+    "tabulate": ("tabulate==0.9.0", "tabulate-*", ["test"], [], []),
+    "cachetools": ("cachetools==5.5.0", "cachetools-*", ["tests"], [], []),
+    "parse": ("parse==1.20.2", "parse-*", ["tests"], [], []),
+    "jmespath": ("jmespath==1.0.1", "jmespath-*", ["tests"], [], []),
+    "tenacity": ("tenacity==9.0.0", "tenacity-*", ["tests"], ["tornado", "typeguard"], []),
+    # Markdown's test_md_in_html has a TestSuite class pytest 9 refuses to collect.
+    "markdown": (
+        "markdown==3.7",
+        "markdown-*",
+        ["tests"],
+        ["pyyaml"],
+        ["--ignore=tests/test_syntax/extensions/test_md_in_html.py"],
+    ),
+    "python-dotenv": ("python-dotenv==1.0.1", "python_dotenv-*", ["tests"], ["sh"], []),
+    "natsort": ("natsort==8.4.0", "natsort-*", ["tests"], ["hypothesis", "pytest-mock"], []),
+    "jinja2": ("jinja2==3.1.4", "jinja2-*", ["tests"], ["trio"], []),
+    "wrapt": ("wrapt==2.0.1", "wrapt-*", ["tests"], [], []),
+    "networkx": ("networkx==3.4.2", "networkx-*", ["networkx"], [], []),
+    "docutils": ("docutils==0.21.2", "docutils-*", ["test"], [], []),
+    "trio": (
+        "trio==0.27.0",
+        "trio-*",
+        [],
+        ["trustme", "pyOpenSSL", "cryptography", "astor"],
+        # The tests live in the installed package (the sdist's copy is another module).
+        ["-p", "trio._tests.pytest_plugin", "--skip-optional-imports", "--pyargs", "trio._tests"],
+    ),
+}
+
+
+def install(workdir: str, names: list[str]) -> None:
+    sdists = os.path.join(workdir, "sdists")
+    os.makedirs(sdists, exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "-q"]
+    for name in names:
+        requirement, pattern, _, deps, _ = SUITES[name]
+        if not glob.glob(os.path.join(sdists, pattern + ".tar.gz")):
+            subprocess.run(
+                [*pip, "download", "--no-binary", ":all:", "--no-deps", requirement, "-d", sdists], check=True
+            )
+        archive = glob.glob(os.path.join(sdists, pattern + ".tar.gz"))[0]
+        with tarfile.open(archive) as tar:
+            tar.extractall(sdists, filter="data") if sys.version_info >= (3, 12) else tar.extractall(sdists)
+        source = archive[: -len(".tar.gz")]
+        subprocess.run([*pip, "install", *deps, source], check=True)
+
+
+def run_through_stepkernel(binary: str, source: str, targets: list[str], options: list[str], xml: str, session: str):
+    """`stepkernel run --on-error fail` (kernel, worker, event ring, step cache): (process, events)."""
+    proc = subprocess.run(
+        [binary, "run", "--on-error", "fail", "--python", sys.executable, "-q", "--junit-xml", xml,
+         "--session-dir", session, *targets, "--", "-p", "no:cacheprovider", *options],
+        cwd=source,
+        capture_output=True,
+        text=True,
+    )
+    events_path = os.path.join(session, "events.jsonl")
+    events = []
+    if os.path.exists(events_path):
+        with open(events_path) as fh:
+            events = [json.loads(line) for line in fh if line.strip()]
+    return proc, events
+
+
+def compare(workdir: str, name: str, extra: list[str], stepkernel: str | None = None, rounds: int = 1) -> dict:
+    _, pattern, args, _, options = SUITES[name]
+    extra = [*options, *extra]
+    matches = [p for p in glob.glob(os.path.join(workdir, "sdists", pattern)) if os.path.isdir(p)]
+    if not matches:
+        raise SystemExit(f"{name}: source not found under {workdir}/sdists (use --install)")
+    source = matches[0]
+    plain_xml = os.path.join(source, "plain.xml")
+    stepped_xml = os.path.join(source, "stepped.xml")
+    common = ["-p", "no:cacheprovider", *extra, *args]
+    t0 = time.perf_counter()
+    plain = subprocess.run(
+        [sys.executable, "-m", "pytest", f"--junitxml={plain_xml}", *common],
+        cwd=source,
+        capture_output=True,
+        text=True,
+    )
+    t1 = time.perf_counter()
+    a = junit_outcomes(plain_xml)
+    differ_sets = []
+    for round_ in range(rounds):
+        if stepkernel is None:
+            stepped, events = run_stepped(source, [*extra, *args], xml=stepped_xml)
+        else:
+            if round_ == 0:  # the first round compiles its steps (a cold step cache)
+                for cache in glob.glob(os.path.join(source, "**", "*.stepkernel*.steps"), recursive=True):
+                    os.unlink(cache)
+            session = os.path.join(source, f".stepkernel-check-{round_}")
+            shutil.rmtree(session, ignore_errors=True)
+            stepped, events = run_through_stepkernel(stepkernel, source, args, extra, stepped_xml, session)
+        b = junit_outcomes(stepped_xml)
+        differ_sets.append({k for k in set(a) | set(b) if a.get(k, "absent") != b.get(k, "absent")})
+    t2 = time.perf_counter()
+    differ = sorted(set().union(*differ_sets))
+    steps = sum(1 for e in events if e["event"] == "step_start")
+    stepped_tests = {
+        e["test"] for e in events if e["event"] == "test_start" and any(p["stepped"] for p in e["phases"])
+    }
+    tests = sum(1 for e in events if e["event"] == "test_start")
+    return {
+        "suite": name,
+        "tests": len(set(a) | set(b)),
+        "agree": len(set(a) | set(b)) - len(differ),
+        "differ": [(f"{k[0]}::{k[1]}", a.get(k, "absent"), b.get(k, "absent")) for k in differ],
+        "plain_exit": plain.returncode,
+        "stepped_exit": stepped.returncode,
+        "plain_s": round(t1 - t0, 2),
+        "stepped_s": round((t2 - t1) / rounds, 2),
+        "steps": steps,
+        "stepped_tests": len(stepped_tests),
+        "test_events": tests,
+        "outcomes": {o: sum(1 for v in a.values() if v == o) for o in sorted(set(a.values()))},
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--install", action="store_true")
+    parser.add_argument("--pytest-arg", action="append", default=[])
+    parser.add_argument(
+        "--stepkernel",
+        help="the stepkernel binary: compare through the whole `stepkernel run` path, "
+        "twice (cold then warm step cache), instead of the engine alone",
+    )
+    parser.add_argument("suites", nargs="*", default=list(SUITES))
+    ns = parser.parse_args(argv)
+    if ns.install:
+        install(ns.workdir, ns.suites)
+    failed = 0
+    for name in ns.suites:
+        result = compare(ns.workdir, name, ns.pytest_arg, ns.stepkernel, 2 if ns.stepkernel else 1)
+        print(
+            f"{name}: {result['agree']}/{result['tests']} agree; "
+            f"plain {result['plain_s']}s (exit {result['plain_exit']}), "
+            f"stepped {result['stepped_s']}s (exit {result['stepped_exit']}); "
+            f"{result['stepped_tests']}/{result['test_events']} tests stepped, {result['steps']} steps; "
+            f"plain outcomes {result['outcomes']}"
+        )
+        for test, plain, stepped in result["differ"]:
+            print(f"  DIFF {test}: plain={plain} stepped={stepped}")
+        failed += bool(result["differ"])
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    sys.exit(main(sys.argv[1:]))

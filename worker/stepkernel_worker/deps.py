@@ -8,8 +8,8 @@ plugin does nothing. Per test (setup, call and teardown) it records:
   line): on 3.12+ through ``sys.monitoring`` PY_START under a tool id of its
   own (never coverage's or hypothesis's), each code object disabled after its
   first hit and re-armed at the next test, so the cost stays near zero; on
-  3.10/3.11 through ``sys.setprofile`` call events (the cheapest hook that
-  sees every Python call there);
+  3.10/3.11 through cProfile's C profiler (the ``sys.setprofile`` hook, with no
+  Python callback per call: the cheapest that sees every Python call there);
 - files of the project opened for reading, and paths written or removed
   (``sys.addaudithook``; the watch ignores the run's own writes);
 - the SHA-1 of each source file when first seen, so a file saved during the
@@ -21,6 +21,7 @@ an ImportError test file when a file providing that module appears.
 
 from __future__ import annotations
 
+import cProfile
 import hashlib
 import json
 import os
@@ -43,6 +44,19 @@ _MISSING_MODULE = re.compile(r"No module named '([^']+)'")
 _CANNOT_IMPORT = re.compile(r"cannot import name '[^']+' from '([^']+)'")
 
 _WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate", "os.utime"}
+
+
+class _CodeProfiler(cProfile.Profile):
+    """cProfile's C profiler, also callable as a Python profile function: a
+    test that saves ``sys.getprofile()`` and sets it back gets a working hook."""
+
+    def __init__(self, add: Any) -> None:
+        super().__init__()
+        self._add = add
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            self._add(frame.f_code)
 
 
 def _sha1(path: str) -> str | None:
@@ -80,7 +94,7 @@ class Recorder:
                 audit(event, args)
 
         sys.addaudithook(on_audit)
-        self._on_profile = self._make_profiler()
+        self.profiler: Any = None
         if sys.version_info >= (3, 12):
             self._claim_tool()
 
@@ -103,16 +117,6 @@ class Recorder:
                 return
         self.incomplete = "no free sys.monitoring tool id"
 
-    def _make_profiler(self) -> Any:
-        # A closure over locals: called for every call, return and C call on 3.10/3.11.
-        add = self.codes.add
-
-        def on_profile(frame: Any, event: str, arg: Any) -> None:
-            if event == "call":
-                add(frame.f_code)
-
-        return on_profile
-
     def start(self, nodeid: str) -> None:
         self.codes.clear()
         self.reads.clear()
@@ -127,9 +131,12 @@ class Recorder:
             sys.monitoring.restart_events()
         elif sys.version_info < (3, 12):
             if sys.getprofile() is None:
+                # cProfile's C profiler: no Python callback per call (a Python
+                # hook costs one, and reading frame.f_code one audit event more).
                 self.busy = True
                 try:
-                    sys.setprofile(self._on_profile)
+                    self.profiler = _CodeProfiler(self.codes.add)
+                    self.profiler.enable(subcalls=False, builtins=False)
                 finally:
                     self.busy = False
             else:
@@ -142,12 +149,24 @@ class Recorder:
         if self.tool is not None:
             sys.monitoring.set_events(self.tool, 0)
         elif sys.version_info < (3, 12):
-            if sys.getprofile() is self._on_profile:
-                sys.setprofile(None)
-            elif self.incomplete is None:
-                # The test installed its own profiler: it keeps it (we step aside),
-                # and this test's record is marked incomplete so it always reruns.
-                self.incomplete = "the test replaced sys.setprofile"
+            profiler, self.profiler = self.profiler, None
+            if profiler is not None:
+                current = sys.getprofile()
+                replaced = current is not profiler
+                self.busy = True
+                try:
+                    if not replaced:
+                        profiler.disable()
+                        if sys.getprofile() is profiler:
+                            # Set back by the test as a Python hook: disable() does not undo that.
+                            sys.setprofile(None)
+                    self.codes.update(e.code for e in profiler.getstats() if not isinstance(e.code, str))
+                finally:
+                    self.busy = False
+                if replaced and self.incomplete is None:
+                    # The test installed its own profiler: it keeps it (we step aside),
+                    # and this test's record is marked incomplete so it always reruns.
+                    self.incomplete = "the test replaced sys.setprofile"
         if not record:
             return
         code = []

@@ -670,6 +670,8 @@ def test_saving_the_fix_while_paused_hot_reloads_and_retries(tmp_path, watches):
     saved = (project / "shop/cart.py").read_text()
     reload = w.wait_events("hot_reload", 1)[0]
     assert reload == {**reload, "functions": ["shop/cart.py::subtotal"], "resumed": True}
+    assert (project / "shop/cart.py").read_text() == saved  # the save is back in place
+    assert not list((w.dir / "saved").rglob("*.py")), "the copy of the save is removed once restored"
     _, finished = w.cycle(1)
     outcomes = {e["test"]: e["outcome"] for e in finished}
     assert outcomes["tests/test_checkout.py::test_total_fails"] in ("passed", "fixed")

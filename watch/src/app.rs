@@ -1003,12 +1003,30 @@ impl Watch {
                     Some(select::content_hash(&saved)),
                 ),
             );
+            // Should the watch die in between, the save is kept here.
+            let backup = self
+                .opts
+                .session_dir
+                .join("saved")
+                .join(rel(&self.opts.rootdir, &file));
+            let kept = backup
+                .parent()
+                .map(std::fs::create_dir_all)
+                .is_some_and(|r| r.is_ok())
+                && std::fs::write(&backup, &saved).is_ok();
+            if !kept {
+                self.say(&format!(
+                    "── hot reload skipped: cannot keep a copy of your save in {}",
+                    backup.display()
+                ));
+                return;
+            }
             let _ = std::fs::write(&file, &loaded);
             let mut failed = None;
             for (_, qualname, source) in edits.iter().filter(|(p, _, _)| *p == file) {
                 let target = format!("{}::{qualname}", rel(&self.opts.rootdir, &file));
                 let cell = format!("%%edit {target}\n{source}\n");
-                match crate::hot_reload::execute(&connection, &cell, Duration::from_secs(30)) {
+                match crate::hot_reload::execute(&connection, &cell, Duration::from_secs(10)) {
                     Ok(()) => done.push(target),
                     Err(why) => {
                         failed = Some(format!("{target}: {why}"));
@@ -1016,7 +1034,15 @@ impl Watch {
                     }
                 }
             }
-            let _ = std::fs::write(&file, &saved);
+            if std::fs::write(&file, &saved).is_ok() {
+                let _ = std::fs::remove_file(&backup);
+            } else {
+                self.say(&format!(
+                    "── cannot put your save back into {}: it is in {}",
+                    rel(&self.opts.rootdir, &file),
+                    backup.display()
+                ));
+            }
             if let Some(why) = failed {
                 self.say(&format!("── hot reload refused: {why}"));
                 self.emit("hot_reload", json!({"functions": done, "error": why}));

@@ -1346,7 +1346,9 @@ impl Watch {
                     match self.opts.on_busy {
                         _ if self.paused() => self.hot_reload(),
                         OnBusy::Restart => self.kill_cycle(),
-                        OnBusy::Wait => {
+                        // `wait` ignores file changes made during a cycle; keys and verbs
+                        // (Enter, a, f, ...) still run after it.
+                        OnBusy::Wait if trigger == Trigger::Changes => {
                             self.pending.clear();
                             self.trigger = None;
                         }

@@ -12,6 +12,7 @@ mod report_cmd;
 mod run_cmd;
 mod sessions_cmd;
 mod steps;
+mod watch_cmd;
 mod xdist_worker_cmd;
 
 use clap::{Parser, Subcommand};
@@ -51,6 +52,8 @@ enum Command {
     Ctl(ctl_cmd::CtlArgs),
     /// A session's state: where it is, tests done, counts, failures (live with --follow).
     Status(ctl_cmd::StatusArgs),
+    /// Watch the project and rerun the tests each change affects, failures first.
+    Watch(watch_cmd::WatchArgs),
     /// A session's results as a table by test, step, test plan id or error.
     Report(report_cmd::ReportArgs),
     /// The interpreter execnet starts for a pytest-xdist worker of `stepkernel run -n N`.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
         Command::Steps(args) => steps::run(args),
         Command::Ctl(args) => ctl_cmd::ctl(args),
         Command::Status(args) => ctl_cmd::status(args),
+        Command::Watch(args) => watch_cmd::run(args),
         Command::Report(args) => report_cmd::report(args),
         Command::XdistWorker(args) => xdist_worker_cmd::run(args),
     };

@@ -1,0 +1,338 @@
+"""Per-test dependency recorder for ``stepkernel watch`` (a pytest plugin).
+
+``stepkernel watch`` runs each cycle with ``-p stepkernel_worker.deps`` and
+``STEPKERNEL_DEPS_FILE`` naming a JSON-lines file; without that variable the
+plugin does nothing. Per test (setup, call and teardown) it records:
+
+- the code objects of the project that ran (file, qualified name, first
+  line): on 3.12+ through ``sys.monitoring`` PY_START under a tool id of its
+  own (never coverage's or hypothesis's), each code object disabled after its
+  first hit and re-armed at the next test, so the cost stays near zero; on
+  3.10/3.11 through cProfile's C profiler (the ``sys.setprofile`` hook, with no
+  Python callback per call: the cheapest that sees every Python call there);
+- files of the project opened for reading, and paths written or removed
+  (``sys.addaudithook``; the watch ignores the run's own writes);
+- the SHA-1 of each source file when first seen, so a file saved during the
+  cycle is known to be newer than what ran.
+
+Collection errors are recorded with the modules they miss, so the watch reruns
+an ImportError test file when a file providing that module appears.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import hashlib
+import json
+import os
+import re
+import sys
+import time
+from typing import Any
+
+import pytest
+
+ENV = "STEPKERNEL_DEPS_FILE"
+
+# Tool ids other tools claim: 0 debuggers, 1 coverage.py, 2 profilers,
+# 3 hypothesis (its branch scrutineer), 5 optimizers. Ours is the first free
+# one of these, 4 first.
+_TOOL_CANDIDATES = (4, 5, 2)
+_TOOL_NAME = "stepkernel-watch"
+
+_MISSING_MODULE = re.compile(r"No module named '([^']+)'")
+_CANNOT_IMPORT = re.compile(r"cannot import name '[^']+' from '([^']+)'")
+
+_WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate", "os.utime"}
+
+
+class _CodeProfiler(cProfile.Profile):
+    """cProfile's C profiler, also callable as a Python profile function: a
+    test that saves ``sys.getprofile()`` and sets it back gets a working hook."""
+
+    def __init__(self, add: Any) -> None:
+        super().__init__()
+        self._add = add
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> None:
+        if event == "call":
+            self._add(frame.f_code)
+
+
+def _sha1(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha1(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class Recorder:
+    """What one test ran and read; see the module docstring."""
+
+    def __init__(self, rootdir: str, out_path: str) -> None:
+        self.root = os.path.join(os.path.realpath(rootdir), "")
+        self.cwd = os.getcwd()
+        self.out = open(out_path, "a", encoding="utf-8")  # noqa: SIM115 - open for the session
+        self.codes: set[Any] = set()
+        self.reads: set[str] = set()
+        self.writes: set[str] = set()
+        self.hashes: dict[str, str | None] = {}
+        self.keep: dict[str, bool] = {}
+        self.active = False
+        self.busy = False
+        self.incomplete: str | None = None
+        self.tool: int | None = None
+        self.started = 0.0
+        self.reports: list[Any] = []
+        watched = frozenset(("open", "sys.setprofile", *_WRITE_EVENTS))
+        audit = self._audit
+
+        def on_audit(event: str, args: tuple) -> None:
+            # Most audit events (id(), getattr hooks, imports) are not ours: leave at once.
+            if event in watched:
+                audit(event, args)
+
+        sys.addaudithook(on_audit)
+        self.profiler: Any = None
+        if sys.version_info >= (3, 12):
+            self._claim_tool()
+
+    # --------------------------------------------------------- code objects
+
+    def _claim_tool(self) -> None:
+        monitoring = sys.monitoring
+        for tool in _TOOL_CANDIDATES:
+            if monitoring.get_tool(tool) is None:
+                monitoring.use_tool_id(tool, _TOOL_NAME)
+                self.tool = tool
+                disable = monitoring.DISABLE
+                add = self.codes.add
+
+                def on_start(code: Any, offset: int) -> Any:
+                    add(code)
+                    return disable
+
+                monitoring.register_callback(tool, monitoring.events.PY_START, on_start)
+                return
+        self.incomplete = "no free sys.monitoring tool id"
+
+    def start(self, nodeid: str) -> None:
+        self.codes.clear()
+        self.reads.clear()
+        self.writes.clear()
+        self.reports = []
+        self.incomplete = None if self.tool is not None or sys.version_info < (3, 12) else self.incomplete
+        self.active = True
+        self.started = time.perf_counter()
+        if self.tool is not None:
+            sys.monitoring.set_events(self.tool, sys.monitoring.events.PY_START)
+            # Re-arms the code objects disabled during the previous test.
+            sys.monitoring.restart_events()
+        elif sys.version_info < (3, 12):
+            if sys.getprofile() is None:
+                # cProfile's C profiler: no Python callback per call (a Python
+                # hook costs one, and reading frame.f_code one audit event more).
+                self.busy = True
+                try:
+                    self.profiler = _CodeProfiler(self.codes.add)
+                    self.profiler.enable(subcalls=False, builtins=False)
+                finally:
+                    self.busy = False
+            else:
+                self.incomplete = "another profiler (sys.setprofile) was active"
+        self._write({"start": self._test_id(nodeid)})
+
+    def stop(self, item: Any, record: bool = True) -> None:
+        duration = time.perf_counter() - self.started
+        self.active = False
+        if self.tool is not None:
+            sys.monitoring.set_events(self.tool, 0)
+        elif sys.version_info < (3, 12):
+            profiler, self.profiler = self.profiler, None
+            if profiler is not None:
+                current = sys.getprofile()
+                replaced = current is not profiler
+                self.busy = True
+                try:
+                    if not replaced:
+                        profiler.disable()
+                        if sys.getprofile() is profiler:
+                            # Set back by the test as a Python hook: disable() does not undo that.
+                            sys.setprofile(None)
+                    self.codes.update(e.code for e in profiler.getstats() if not isinstance(e.code, str))
+                finally:
+                    self.busy = False
+                if replaced and self.incomplete is None:
+                    # The test installed its own profiler: it keeps it (we step aside),
+                    # and this test's record is marked incomplete so it always reruns.
+                    self.incomplete = "the test replaced sys.setprofile"
+        if not record:
+            return
+        code = []
+        root = self.root
+        keep = self.keep
+        for co in list(self.codes):
+            filename = co.co_filename
+            wanted = keep.get(filename)
+            if wanted is None:
+                # Decided once per file: realpath costs syscalls, and a test runs hundreds of code objects.
+                wanted = keep[filename] = (
+                    os.path.isabs(filename)
+                    and "site-packages" not in filename
+                    and (filename.startswith(root) or os.path.realpath(filename).startswith(root))
+                )
+            if not wanted:
+                continue
+            if filename not in self.hashes:
+                self.busy = True
+                try:
+                    self.hashes[filename] = _sha1(filename)
+                finally:
+                    self.busy = False
+            code.append([filename, getattr(co, "co_qualname", co.co_name), co.co_firstlineno])
+        reads = {}
+        self.busy = True
+        try:
+            for path in sorted(self.reads - self.writes):
+                reads[path] = _sha1(path)
+        finally:
+            self.busy = False
+        outcome, report = _outcome(self.reports)
+        self._write(
+            {
+                "test": self._test_id(item.nodeid),
+                "file": self._rel(os.fspath(getattr(item, "path", "") or "")),
+                "outcome": outcome,
+                "report": report,
+                "duration": duration,
+                "code": code,
+                "hashes": {f: self.hashes.get(f) for f, _, _ in code},
+                "reads": reads,
+                "writes": sorted(self.writes),
+                "incomplete": self.incomplete,
+            }
+        )
+
+    # --------------------------------------------------------- files
+
+    def _audit(self, event: str, args: tuple) -> None:
+        if not self.active or self.busy:
+            return
+        try:
+            if event == "sys.setprofile":
+                if sys.version_info < (3, 12):
+                    # The test's own profiler replaces ours (we step aside): what runs
+                    # meanwhile is not seen, so the test always reruns.
+                    self.incomplete = "the test replaced sys.setprofile"
+            elif event == "open":
+                path, mode, flags = args
+                if not isinstance(path, (str, bytes)):
+                    return
+                path = os.fsdecode(path)
+                if mode is None:
+                    writing = (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & (os.O_CREAT | os.O_TRUNC))
+                else:
+                    writing = any(c in mode for c in "wax+")
+                self._note(path, writing)
+            elif event in _WRITE_EVENTS:
+                for path in args[:2] if event == "os.rename" else args[:1]:
+                    if isinstance(path, (str, bytes)):
+                        self._note(os.fsdecode(path), True)
+        except Exception:  # noqa: BLE001 - recording must never break a test
+            pass
+
+    def _note(self, path: str, writing: bool) -> None:
+        full = os.path.realpath(os.path.join(self.cwd, path))
+        if not full.startswith(self.root):
+            return
+        if writing:
+            self.writes.add(full)
+        elif not full.endswith((".py", ".pyc")) and os.path.isfile(full):
+            self.reads.add(full)
+
+    # --------------------------------------------------------- output
+
+    def _rel(self, path: str) -> str:
+        if not path:
+            return path
+        try:
+            return os.path.relpath(path, self.cwd).replace(os.sep, "/")
+        except ValueError:
+            return path
+
+    def _test_id(self, nodeid: str) -> str:
+        """The node id relative to the watch's directory (pytest's rootdir may differ)."""
+        file, sep, rest = nodeid.partition("::")
+        rootpath = getattr(self, "pytest_root", None)
+        if rootpath is None:
+            return nodeid
+        return self._rel(os.path.join(rootpath, file)) + sep + rest
+
+    def collect_error(self, report: Any) -> None:
+        text = getattr(report, "longreprtext", "") or str(report.longrepr)
+        missing = sorted(set(_MISSING_MODULE.findall(text)) | set(_CANNOT_IMPORT.findall(text)))
+        path = os.path.join(getattr(self, "pytest_root", self.cwd), report.nodeid.split("::")[0])
+        self._write({"collect_error": self._rel(path), "missing": missing, "text": text})
+
+    def _write(self, record: dict) -> None:
+        self.busy = True
+        try:
+            self.out.write(json.dumps(record) + "\n")
+            self.out.flush()
+        finally:
+            self.busy = False
+
+
+def _outcome(reports: list) -> tuple[str, str]:
+    outcome, text = "passed", ""
+    for report in reports:
+        wasxfail = hasattr(report, "wasxfail")
+        if report.failed:
+            text = getattr(report, "longreprtext", "") or str(report.longrepr)
+            if report.when == "call":
+                outcome = "failed"
+            elif outcome == "passed":
+                outcome = "error"
+        elif report.skipped and outcome == "passed":
+            outcome = "xfailed" if wasxfail else "skipped"
+            text = str(report.longrepr[2]) if isinstance(report.longrepr, tuple) else ""
+    return outcome, text
+
+
+_recorder: Recorder | None = None
+
+
+def pytest_configure(config: Any) -> None:
+    global _recorder
+    out = os.environ.get(ENV)
+    if out and _recorder is None:
+        _recorder = Recorder(os.getcwd(), out)
+        _recorder.pytest_root = str(config.rootpath)  # type: ignore[attr-defined]
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: Any, nextitem: Any):
+    recorder = _recorder
+    if recorder is None:
+        yield
+        return
+    recorder.start(item.nodeid)
+    outcome = None
+    try:
+        outcome = yield
+    finally:
+        error = getattr(outcome, "exception", None) if outcome is not None else None
+        # A test cut short (the watch restarts the cycle: SIGTERM, KeyboardInterrupt)
+        # has no result to record; the watch runs it again.
+        recorder.stop(item, record=outcome is not None and not isinstance(error, KeyboardInterrupt))
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    if _recorder is not None and _recorder.active:
+        _recorder.reports.append(report)
+
+
+def pytest_collectreport(report: Any) -> None:
+    if _recorder is not None and report.failed:
+        _recorder.collect_error(report)

@@ -67,12 +67,12 @@ def wheel(tmp_path_factory) -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def venv(wheel, tmp_path_factory) -> pathlib.Path:
-    """A fresh virtualenv with the wheel, pytest and jupyter_client (pinned as the tests' own)."""
+    """A fresh virtualenv with the wheel, pytest, pytest-xdist and jupyter_client (pinned as the tests' own)."""
     env_dir = tmp_path_factory.mktemp("venv") / "env"
     subprocess.run([sys.executable, "-m", "venv", str(env_dir)], check=True, timeout=300)
     done = subprocess.run(
         [str(env_dir / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-c", str(REQUIREMENTS), str(wheel), "pytest", "jupyter_client"],
+         "-c", str(REQUIREMENTS), str(wheel), "pytest", "jupyter_client", "pytest-xdist"],
         capture_output=True, text=True, timeout=900,
     )
     assert done.returncode == 0, done.stdout + done.stderr
@@ -272,17 +272,24 @@ def test_walks_import_from_the_wheel_under_plain_pytest_and_stepkernel(venv, use
         in replayed.stderr
 
 
-def test_pytest_stepkernel_agrees_with_plain_pytest_on_the_fidelity_cases(venv, user_env, tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-n", "2"]], ids=["one-process", "xdist"])
+def test_pytest_stepkernel_agrees_with_plain_pytest_on_the_fidelity_cases(venv, user_env, tmp_path, workers):
     cases = tmp_path / "cases"
     shutil.copytree(SHARED / "fidelity" / "cases", cases)
     pytest_bin = venv / "bin" / "pytest"
-    plain = run([pytest_bin, "-p", "no:cacheprovider", f"--junitxml={tmp_path / 'plain.xml'}"], user_env, cwd=cases)
-    stepped = run([pytest_bin, "--stepkernel", "--stepkernel-on-error", "fail", "-p", "no:cacheprovider",
+    plain = run([pytest_bin, "-p", "no:cacheprovider", *workers, f"--junitxml={tmp_path / 'plain.xml'}"], user_env,
+                cwd=cases)
+    stepped = run([pytest_bin, "--stepkernel", "--stepkernel-on-error", "fail", "-p", "no:cacheprovider", *workers,
                    "--junitxml", str(tmp_path / "stepped.xml")], user_env, cwd=cases)
     assert stepped.returncode == plain.returncode, (plain.stdout, stepped.stdout + stepped.stderr)
     # It went through stepkernel (a session), not plain pytest.
     assert "stepkernel: session" in stepped.stdout + stepped.stderr, stepped.stdout + stepped.stderr
-    assert list((cases / ".stepkernel" / "sessions").iterdir())
+    (session,) = (cases / ".stepkernel" / "sessions").iterdir()
+    if workers:
+        # Both xdist workers were stepped, each with a kernel of its own.
+        events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+        assert {e.get("worker") for e in events if e["event"] == "test_finish"} == {"gw0", "gw1"}
+        assert sorted(p.name for p in (session / "workers").iterdir()) == ["gw0", "gw1"]
     compared = subprocess.run([sys.executable, str(SHARED / "fidelity" / "compare_junit.py"),
                                str(tmp_path / "plain.xml"), str(tmp_path / "stepped.xml")],
                               capture_output=True, text=True, timeout=60)

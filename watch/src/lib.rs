@@ -10,4 +10,5 @@ pub mod hot_reload;
 pub mod imports;
 pub mod keys;
 pub mod record;
+pub mod screen;
 pub mod select;

@@ -789,7 +789,8 @@ def test_the_screen_keeps_the_totals_at_the_bottom_and_keys_act_during_a_cycle(t
                           "the running test in the footer")
         # A whole-suite cycle runs in pytest's order (by file): the queue is sorted so.
         assert rows[-2].startswith("queue (8): tests/test_cart.py::test_subtotal, tests/test_cart.py::test_tax, "), rows[-2]
-        assert STATUS.search(rows[-1]) and rows[-1].startswith("── cycle 2: "), rows[-1]
+        # Its totals: cycle 1's results, and all 9 known tests still to be run.
+        assert rows[-1].startswith("── cycle 2: ") and STATUS.search(rows[-1]).groups()[1:] == ("8", "1", "1", "0", "9"), rows[-1]
 
         # A key during the cycle acts at once: the blocked cycle is cut and the
         # filtered one runs (it could never start if the key waited for the cycle's end).
@@ -831,3 +832,23 @@ def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path):
         child.expect(pexpect.EOF)
     finally:
         child.close()
+
+
+def test_the_footer_shows_a_paused_test_below_its_attach_instructions(tmp_path):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    term = Terminal(project, "tests/test_checkout.py")
+    try:
+        rows = term.until(lambda r: len(r) > 1 and r[-2].startswith("paused: tests/test_checkout.py::test_total_fails"),
+                          "the paused footer")
+        assert "(r retry, s skip, c continue, q quit)" in rows[-1], rows[-1]
+        # The run's attach instructions stay on the screen above the footer.
+        assert any("jupyter console --existing" in row for row in rows[:-2]), rows
+        term.child.send("s")
+        rows = term.until(lambda r: r and "watching" in r[-1], "the idle status line")
+        assert STATUS.search(rows[-1]).groups()[1:] == ("1", "1", "0", "0", "0"), rows[-1]
+        term.child.send("q")
+        term.child.expect(pexpect.EOF)
+        term.raw += term.child.before
+    finally:
+        term.child.close()
+    assert "watch-exit=0" in term.text()

@@ -710,15 +710,12 @@ impl Watch {
             };
             *counts.entry(key).or_insert(0) += 1;
         }
+        // A whole-suite cycle's selection is the tests known so far (new ones are not counted).
         let to_be_run = self.cycle.as_ref().map_or(0, |c| {
-            if c.whole {
-                0
-            } else {
-                c.selection
-                    .iter()
-                    .filter(|s| !c.finished.contains(&s.test))
-                    .count()
-            }
+            c.selection
+                .iter()
+                .filter(|s| !c.finished.contains(&s.test))
+                .count()
         });
         json!({
             "passed": counts.get("passed").copied().unwrap_or(0),
@@ -837,7 +834,7 @@ impl Watch {
                 let running = cycle.current.as_deref().unwrap_or("(collecting)");
                 lines.push(format!(
                     "{} {running}",
-                    if paused { "paused: " } else { "running:" }
+                    if paused { "paused:" } else { "running:" }
                 ));
                 if !queue.is_empty() {
                     lines.push(format!("queue ({}): {}", queue.len(), truncated(&queue, 8)));

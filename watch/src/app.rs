@@ -642,12 +642,22 @@ impl Watch {
             "stepkernel_worker.deps",
             "--continue-on-collection-errors",
         ]);
+        let tui = self.screen.borrow().is_some();
+        if tui
+            && !self
+                .opts
+                .pytest_args
+                .iter()
+                .any(|a| a.starts_with("--color"))
+        {
+            // Its output is piped through the watch to the terminal: pytest colours it as on one.
+            command.arg("--color=yes");
+        }
         command.args(&self.opts.pytest_args);
         command.env("STEPKERNEL_DEPS_FILE", &deps_file);
         command.current_dir(&self.opts.rootdir);
         // The watch reads the keys; the cycle is steered through its socket.
         command.stdin(std::process::Stdio::null());
-        let tui = self.screen.borrow().is_some();
         if tui {
             // Its output prints above the footer (so it cannot overwrite it).
             command.stdout(std::process::Stdio::piped());

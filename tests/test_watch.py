@@ -759,6 +759,7 @@ SLOW_FIRST = '''
 
     def test_waits_for_go():
         assert subtotal([1]) == 1
+        print("waiting for", "go")
         while not pathlib.Path(os.environ["GO_FILE"]).exists():
             time.sleep(0.02)
 '''
@@ -770,7 +771,8 @@ def test_the_screen_keeps_the_totals_at_the_bottom_and_keys_act_during_a_cycle(t
     project = write_project(tmp_path / "p", {**LIB, "tests/test_aaa_slow.py": SLOW_FIRST}, git=True)
     go = tmp_path / "go"
     go.write_text("")
-    term = Terminal(project, "--on-error", "fail", env={"GO_FILE": str(go)})
+    # `-s`: the test's own output goes to the terminal as it is written.
+    term = Terminal(project, "--on-error", "fail", "--", "-s", env={"GO_FILE": str(go)})
     try:
         # Idle: the last line is the status line with the totals; the failures
         # printed above it carry their report text (the test's source), not only the `E` line.
@@ -787,6 +789,8 @@ def test_the_screen_keeps_the_totals_at_the_bottom_and_keys_act_during_a_cycle(t
         term.child.send("a")
         rows = term.until(lambda r: len(r) > 2 and r[-3].startswith("running: tests/test_aaa_slow.py::test_waits_for_go"),
                           "the running test in the footer")
+        # The running test's output is on the screen above the footer, while it runs.
+        assert any(row.endswith("waiting for go") for row in rows[-8:-3]), rows
         # A whole-suite cycle runs in pytest's order (by file): the queue is sorted so.
         assert rows[-2].startswith("queue (8): tests/test_cart.py::test_subtotal, tests/test_cart.py::test_tax, "), rows[-2]
         # Its totals: cycle 1's results, and all 9 known tests still to be run.

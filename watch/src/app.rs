@@ -9,6 +9,7 @@ use crate::db::{Db, TestRow};
 use crate::fswatch::{FsWatch, Ignore};
 use crate::imports::Resolver;
 use crate::keys::Key;
+use crate::output::{Output, Stream};
 use crate::record::{collect_error_rows, test_rows, Line, Tail};
 use crate::screen::Screen;
 use crate::select::{self, is_instance_of, rel, Current, Selected};
@@ -156,9 +157,10 @@ pub struct Watch {
     screen: RefCell<Option<Screen>>,
     /// A `p` / `t` pattern being typed.
     prompt: Option<(char, String)>,
-    /// The cycle's output lines (TUI: the cycle's stdout and stderr are piped through the watch).
-    out_tx: Sender<String>,
-    out_rx: Receiver<String>,
+    /// The cycle's output chunks (TUI: the cycle's stdout and stderr are piped through the watch).
+    out_tx: Sender<(Stream, Vec<u8>)>,
+    out_rx: Receiver<(Stream, Vec<u8>)>,
+    output: Output,
 }
 
 fn now_secs() -> f64 {
@@ -167,24 +169,19 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// A thread that sends each line `from` writes (the last one even without a newline).
-fn pass_lines(
-    from: impl std::io::Read + Send + 'static,
-    to: Sender<String>,
+/// A thread that sends what `from` writes, chunk by chunk, as `stream`'s.
+fn pass_output(
+    mut from: impl std::io::Read + Send + 'static,
+    stream: Stream,
+    to: Sender<(Stream, Vec<u8>)>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        let mut reader = std::io::BufReader::new(from);
-        let mut line = Vec::new();
+        let mut buf = vec![0u8; 8192];
         loop {
-            line.clear();
-            match std::io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+            match from.read(&mut buf) {
                 Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line);
-                    if to
-                        .send(text.trim_end_matches(['\n', '\r']).to_string())
-                        .is_err()
-                    {
+                Ok(n) => {
+                    if to.send((stream, buf[..n].to_vec())).is_err() {
                         return;
                     }
                 }
@@ -252,6 +249,7 @@ impl Watch {
             prompt: None,
             out_tx,
             out_rx,
+            output: Output::default(),
         };
         Ok((watch, warning))
     }
@@ -668,10 +666,10 @@ impl Watch {
             .map_err(io("cannot start a cycle (stepkernel run)"))?;
         let mut readers = Vec::new();
         if let Some(stdout) = child.stdout.take() {
-            readers.push(pass_lines(stdout, self.out_tx.clone()));
+            readers.push(pass_output(stdout, Stream::Out, self.out_tx.clone()));
         }
         if let Some(stderr) = child.stderr.take() {
-            readers.push(pass_lines(stderr, self.out_tx.clone()));
+            readers.push(pass_output(stderr, Stream::Err, self.out_tx.clone()));
         }
         let mut failing_before = BTreeMap::new();
         for row in self.known.values() {
@@ -793,8 +791,14 @@ impl Watch {
     }
 
     /// The cycle's output gathered so far, above the footer.
-    fn print_output(&self) {
-        let lines: Vec<String> = self.out_rx.try_iter().collect();
+    fn print_output(&mut self, ended: bool) {
+        let mut lines = Vec::new();
+        while let Ok((stream, bytes)) = self.out_rx.try_recv() {
+            lines.extend(self.output.push(stream, &bytes));
+        }
+        if ended {
+            lines.extend(self.output.flush());
+        }
         if !lines.is_empty() {
             self.say(&lines.join("\n"));
         }
@@ -840,6 +844,10 @@ impl Watch {
                 if cycle.whole {
                     // pytest runs the whole suite by file, not in the selection's order.
                     queue.sort_unstable();
+                }
+                if let Some(line) = self.output.pending() {
+                    // The line the cycle is writing: pytest's progress of the running file.
+                    lines.push(line);
                 }
                 let running = cycle.current.as_deref().unwrap_or("(collecting)");
                 lines.push(format!(
@@ -991,7 +999,7 @@ impl Watch {
             std::thread::sleep(Duration::from_millis(10));
         }
         cycle.readers.clear();
-        self.print_output();
+        self.print_output(true);
         if !self.after_cycle.is_empty() {
             self.pending.extend(std::mem::take(&mut self.after_cycle));
             self.trigger.get_or_insert(Trigger::Changes);
@@ -1503,7 +1511,7 @@ impl Watch {
                     let _ = cycle.child.wait();
                 }
                 self.emit("watch_end", json!({}));
-                self.print_output();
+                self.print_output(true);
                 if let Some(mut screen) = self.screen.borrow_mut().take() {
                     screen.leave();
                 }
@@ -1547,7 +1555,7 @@ impl Watch {
                 }
             }
             if self.screen.borrow().is_some() {
-                self.print_output();
+                self.print_output(false);
                 let footer = self.footer(self.paused());
                 if let Some(screen) = self.screen.borrow_mut().as_mut() {
                     screen.set_footer(footer);

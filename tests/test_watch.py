@@ -13,6 +13,7 @@ import pathlib
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -856,3 +857,21 @@ def test_the_footer_shows_a_paused_test_below_its_attach_instructions(tmp_path):
     finally:
         term.child.close()
     assert "watch-exit=0" in term.text()
+
+
+def test_sigterm_gives_the_terminal_back(tmp_path):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    term = Terminal(project, "--on-error", "fail")
+    try:
+        term.until(lambda r: r and "watching" in r[-1], "the idle status line")
+        shell = term.child.pid
+        watch_pid = int(pathlib.Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+        os.kill(watch_pid, signal.SIGTERM)
+        term.child.expect(pexpect.EOF)
+        term.raw += term.child.before
+    finally:
+        term.child.close()
+    text = term.text()
+    assert "watch-exit=0" in text, text
+    stty = text[text.index("watch-exit=0"):]
+    assert "-icanon" not in stty and "-echo " not in stty and re.search(r"(?<!-)icanon", stty), stty

@@ -991,15 +991,16 @@ impl Watch {
 
     fn finish_cycle(&mut self, status: std::process::ExitStatus) -> Result<(), WatchRunError> {
         self.cycle_lines()?;
-        let mut cycle = self.cycle.take().expect("running");
-        // The cycle's last lines print before its summary (a worker that
-        // outlives it and keeps the pipe open is not waited for long).
+        // The cycle's last lines print before its summary, under its own
+        // footer (a worker that outlives it and keeps the pipe open is not
+        // waited for long).
+        let readers = std::mem::take(&mut self.cycle.as_mut().expect("running").readers);
         let until = Instant::now() + Duration::from_secs(2);
-        while cycle.readers.iter().any(|r| !r.is_finished()) && Instant::now() < until {
+        while readers.iter().any(|r| !r.is_finished()) && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(10));
         }
-        cycle.readers.clear();
         self.print_output(true);
+        let cycle = self.cycle.take().expect("running");
         if !self.after_cycle.is_empty() {
             self.pending.extend(std::mem::take(&mut self.after_cycle));
             self.trigger.get_or_insert(Trigger::Changes);
@@ -1554,13 +1555,6 @@ impl Watch {
                     self.finish_cycle(status)?;
                 }
             }
-            if self.screen.borrow().is_some() {
-                self.print_output(false);
-                let footer = self.footer(self.paused());
-                if let Some(screen) = self.screen.borrow_mut().as_mut() {
-                    screen.set_footer(footer);
-                }
-            }
             if let Some(trigger) = self.trigger.clone() {
                 if self.cycle.is_some() {
                     match self.opts.on_busy {
@@ -1592,6 +1586,14 @@ impl Watch {
                     }
                     let (tests, whole) = self.selection(&trigger, &changed)?;
                     self.start_cycle(tests, whole, &changed)?;
+                }
+            }
+            // After the trigger: a cycle it starts is in this footer, not an idle one in between.
+            if self.screen.borrow().is_some() {
+                self.print_output(false);
+                let footer = self.footer(self.paused());
+                if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                    screen.set_footer(footer);
                 }
             }
             std::thread::sleep(Duration::from_millis(20));

@@ -7,6 +7,9 @@ use std::fs::File;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
+/// Set for the helpers: run with `--include-ignored` on their own they do nothing.
+const ON_A_PTY: &str = "WATCH_SCREEN_RESTORE_HELPER";
+
 fn pty() -> (OwnedFd, File) {
     let (mut master, mut slave) = (0, 0);
     // SAFETY: openpty fills two fds; no name, termios or winsize asked for.
@@ -48,6 +51,7 @@ fn set_canonical(slave: &File) {
 fn run_helper(name: &str, slave: &File) -> bool {
     let status = Command::new(std::env::current_exe().unwrap())
         .args(["--ignored", "--exact", name, "--test-threads", "1"])
+        .env(ON_A_PTY, "1")
         .stdin(Stdio::from(slave.try_clone().unwrap()))
         .stdout(Stdio::from(slave.try_clone().unwrap()))
         .stderr(Stdio::from(slave.try_clone().unwrap()))
@@ -81,6 +85,9 @@ fn a_panic_gives_the_terminal_its_mode_back() {
 #[test]
 #[ignore = "run by a_panic_gives_the_terminal_its_mode_back on a pty"]
 fn helper_enters_and_panics() {
+    if std::env::var_os(ON_A_PTY).is_none() {
+        return;
+    }
     let _screen = watch::screen::Screen::enter().unwrap();
     panic!("a bug while the screen is up");
 }
@@ -88,6 +95,9 @@ fn helper_enters_and_panics() {
 #[test]
 #[ignore = "run by a_panic_gives_the_terminal_its_mode_back on a pty"]
 fn helper_enters_and_exits_without_restoring() {
+    if std::env::var_os(ON_A_PTY).is_none() {
+        return;
+    }
     let screen = watch::screen::Screen::enter().unwrap();
     std::mem::forget(screen);
     std::process::exit(0);

@@ -859,11 +859,17 @@ def test_the_footer_shows_a_paused_test_below_its_attach_instructions(tmp_path):
     assert "watch-exit=0" in term.text()
 
 
-def test_sigterm_gives_the_terminal_back(tmp_path):
+def test_a_resize_redraws_the_footer_and_sigterm_gives_the_terminal_back(tmp_path):
     project = write_project(tmp_path / "p", LIB, git=True)
     term = Terminal(project, "--on-error", "fail")
     try:
-        term.until(lambda r: r and "watching" in r[-1], "the idle status line")
+        rows = term.until(lambda r: r and "watching" in r[-1], "the idle status line")
+        assert len(rows[-1]) > 80 and rows[-1].endswith("q quit)"), rows[-1]
+        # Narrower: the status line is drawn again, cut to the new width.
+        term.child.setwinsize(30, 80)
+        term.screen.resize(30, 80)
+        rows = term.until(lambda r: r and r[-1].startswith("── 7 passed") and r[-1].endswith("…"), "the redrawn footer")
+        assert len(rows[-1]) == 79, rows[-1]
         shell = term.child.pid
         watch_pid = int(pathlib.Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
         os.kill(watch_pid, signal.SIGTERM)

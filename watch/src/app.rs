@@ -1400,6 +1400,12 @@ impl Watch {
                 }
                 Key::Esc => {}
                 Key::Interrupt => self.quit = true,
+                Key::Resize => {
+                    self.prompt = Some((kind, text));
+                    if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                        screen.redraw();
+                    }
+                }
                 Key::Backspace => {
                     text.pop();
                     self.prompt = Some((kind, text));
@@ -1413,6 +1419,11 @@ impl Watch {
         }
         match key {
             Key::Interrupt => self.quit = true,
+            Key::Resize => {
+                if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                    screen.redraw();
+                }
+            }
             Key::Char(c @ ('p' | 't')) => self.prompt = Some((c, String::new())),
             Key::Enter => self.trigger = Some(Trigger::Rerun),
             Key::Char('a') => self.trigger = Some(Trigger::All),

@@ -18,11 +18,15 @@ pub enum Key {
     Esc,
     /// Ctrl-C (raw mode delivers it as a key, not a signal): quit.
     Interrupt,
+    /// The terminal was resized: the footer is drawn again to its width.
+    Resize,
 }
 
 fn key_of(event: Event) -> Option<Key> {
-    let Event::Key(key) = event else {
-        return None;
+    let key = match event {
+        Event::Key(key) => key,
+        Event::Resize(..) => return Some(Key::Resize),
+        _ => return None,
     };
     if key.kind == KeyEventKind::Release {
         return None;

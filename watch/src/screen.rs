@@ -97,6 +97,14 @@ impl Screen {
         let _ = out.flush();
     }
 
+    /// Draws the footer again (the terminal's width changed).
+    pub fn redraw(&mut self) {
+        let mut out = std::io::stdout().lock();
+        self.clear_footer(&mut out);
+        self.draw_footer(&mut out);
+        let _ = out.flush();
+    }
+
     /// Removes the footer and gives the terminal back.
     pub fn leave(&mut self) {
         let mut out = std::io::stdout().lock();

@@ -40,7 +40,7 @@ pub struct WatchArgs {
     /// Run every test in the first cycle, not only the stale ones.
     #[arg(long)]
     pub all: bool,
-    /// Plain lines and no keys even on a terminal.
+    /// Plain lines and no keys even on a terminal (also when stdin or stdout is not one).
     #[arg(long)]
     pub plain: bool,
     /// Milliseconds file events are gathered before a cycle starts.
@@ -108,7 +108,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         "--linger".into(),
         "0".into(),
     ];
-    let stdin_tty = unsafe { libc::isatty(0) } == 1;
+    use std::io::IsTerminal;
+    // The screen needs both: keys from stdin, the footer drawn on stdout.
+    let tui = std::io::stdin().is_terminal() && std::io::stdout().is_terminal() && !args.plain;
     let options = watch::app::WatchOptions {
         rootdir: rootdir.clone(),
         targets: args.targets,
@@ -127,7 +129,7 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         },
         full_every: args.full_every,
         all: args.all,
-        keys: stdin_tty && !args.plain,
+        tui,
     };
     // SAFETY: the handler only stores to an atomic.
     unsafe {
@@ -141,7 +143,6 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         }
         watch.run(&INTERRUPTED)
     });
-    watch::keys::restore();
     match result {
         Ok(code) => Ok(ExitCode::from(code as u8)),
         Err(err) => {

@@ -10,7 +10,10 @@ import glob
 import json
 import os
 import pathlib
+import re
+import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -698,3 +701,183 @@ def test_a_module_level_save_while_paused_is_not_hot_reloaded(tmp_path, watches)
     assert not w.events("hot_reload")
     assert json.loads((cycle / "session.json").read_text())["state"] == "paused"
     assert w.close() == 0
+
+
+class Terminal:
+    """`stepkernel watch` under a pty, its output rendered by a VT100 emulator (pyte)."""
+
+    def __init__(self, project: pathlib.Path, *args: str, env: dict | None = None):
+        import pyte
+
+        self.screen = pyte.Screen(160, 30)
+        self.stream = pyte.ByteStream(self.screen)
+        self.raw = b""
+        # `stty -a` after the watch exits shows the mode it left the terminal in.
+        command = " ".join([shlex.quote(a) for a in [stepkernel_bin(), "watch", "--python", PYTHON, *args]])
+        self.child = pexpect.spawn(
+            "sh", ["-c", f"{command}; echo watch-exit=$?; stty -a"], cwd=str(project),
+            env={**os.environ, "TERM": "xterm", **(env or {})}, timeout=60, dimensions=(30, 160),
+        )
+
+    def pump(self) -> None:
+        try:
+            while True:
+                data = self.child.read_nonblocking(65536, timeout=0.05)
+                self.raw += data
+                self.stream.feed(data)
+        except (pexpect.TIMEOUT, pexpect.EOF):
+            pass
+
+    def rows(self) -> list[str]:
+        rows = [row.rstrip() for row in self.screen.display]
+        while rows and not rows[-1]:
+            rows.pop()
+        return rows
+
+    def until(self, predicate, what: str, timeout: float = 60):
+        def ready():
+            self.pump()
+            rows = self.rows()
+            return rows if predicate(rows) else None
+
+        try:
+            return wait_for(ready, timeout=timeout, what=what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- screen:\n" + "\n".join(self.rows())) from None
+
+    def text(self) -> str:
+        """Everything printed, without the escape sequences."""
+        return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", self.raw.decode(errors="replace"))
+
+
+SLOW_FIRST = '''
+    import os
+    import pathlib
+    import time
+
+    from shop.cart import subtotal
+
+
+    def test_waits_for_go():
+        assert subtotal([1]) == 1
+        print("waiting for", "go")
+        while not pathlib.Path(os.environ["GO_FILE"]).exists():
+            time.sleep(0.02)
+'''
+
+STATUS = re.compile(r"── (cycle \d+: )?(\d+) passed, (\d+) failed, (\d+) errors, (\d+) skipped, (\d+) to be run")
+
+
+def test_the_screen_keeps_the_totals_at_the_bottom_and_keys_act_during_a_cycle(tmp_path):
+    project = write_project(tmp_path / "p", {**LIB, "tests/test_aaa_slow.py": SLOW_FIRST}, git=True)
+    go = tmp_path / "go"
+    go.write_text("")
+    # `-s`: the test's own output goes to the terminal as it is written.
+    term = Terminal(project, "--on-error", "fail", "--", "-s", env={"GO_FILE": str(go)})
+    try:
+        # Idle: the last line is the status line with the totals; the failures
+        # printed above it carry their report text (the test's source), not only the `E` line.
+        rows = term.until(lambda r: r and "watching" in r[-1] and STATUS.search(r[-1]), "the idle status line")
+        assert STATUS.search(rows[-1]).groups()[1:] == ("8", "1", "1", "0", "0"), rows[-1]
+        text = term.text()
+        assert "FAILED tests/test_checkout.py::test_total_fails" in text
+        assert "def test_total_fails():" in text, text
+        assert text.rindex("def test_total_fails():") > text.index("── failures")
+
+        # `a` starts cycle 2; it blocks in its first test: the footer shows that
+        # test, the queue in run order and the totals on the last line.
+        go.unlink()
+        term.child.send("a")
+        rows = term.until(lambda r: len(r) > 2 and r[-3].startswith("running: tests/test_aaa_slow.py::test_waits_for_go"),
+                          "the running test in the footer")
+        # The running test's output is on the screen above the footer, while it runs.
+        assert any(row.endswith("waiting for go") for row in rows[-8:-3]), rows
+        # A whole-suite cycle runs in pytest's order (by file): the queue is sorted so.
+        assert rows[-2].startswith("queue (8): tests/test_cart.py::test_subtotal, tests/test_cart.py::test_tax, "), rows[-2]
+        # Its totals: cycle 1's results, and all 9 known tests still to be run.
+        assert rows[-1].startswith("── cycle 2: ") and STATUS.search(rows[-1]).groups()[1:] == ("8", "1", "1", "0", "9"), rows[-1]
+
+        # A key during the cycle acts at once: the blocked cycle is cut and the
+        # filtered one runs (it could never start if the key waited for the cycle's end).
+        term.child.send("t")
+        term.until(lambda r: r and r[-1].startswith("test name contains (empty: any, Esc: cancel):"), "the prompt")
+        term.child.send("subtotal\r")
+        rows = term.until(lambda r: r and "watching [test ~ subtotal]" in r[-1], "the filtered cycle's end")
+        assert not go.exists()
+        text = term.text()
+        assert re.search(r"cycle 3: 2 test\(s\)", text), text
+        cycle3 = text[text.index("cycle 3:"):]
+        assert "tests/test_cart.py::test_subtotal" in cycle3 and "test_aaa_slow" not in cycle3.split("watching")[0]
+
+        # Ctrl-C quits (raw mode makes it a key) and the terminal is back in its mode.
+        term.child.sendcontrol("c")
+        term.child.expect(pexpect.EOF)
+        term.raw += term.child.before
+    finally:
+        term.child.close()
+    text = term.text()
+    assert "watch-exit=0" in text, text
+    stty = text[text.index("watch-exit=0"):]
+    assert re.search(r"(?<!-)icanon", stty) and re.search(r"(?<![-\w])echo\b", stty), stty
+    assert "-icanon" not in stty
+
+
+def test_plain_lines_when_stdout_is_not_a_terminal(tmp_path):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    # stdin is a terminal (keys could be read) but stdout is a pipe: no screen, no escape codes.
+    child = pexpect.spawn(
+        "sh", ["-c", f"{shlex.quote(stepkernel_bin())} watch --on-error fail --python {shlex.quote(PYTHON)} 2>&1 | cat"],
+        cwd=str(project), env={**os.environ, "TERM": "xterm"}, timeout=60, dimensions=(30, 160),
+    )
+    try:
+        child.expect(r"watching \(Enter rerun")
+        assert b"\x1b[" not in child.before
+        assert b"running:" not in child.before
+        child.sendcontrol("c")  # a signal here, as the terminal is not in raw mode
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+
+
+def test_the_footer_shows_a_paused_test_below_its_attach_instructions(tmp_path):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    term = Terminal(project, "tests/test_checkout.py")
+    try:
+        rows = term.until(lambda r: len(r) > 1 and r[-2].startswith("paused: tests/test_checkout.py::test_total_fails"),
+                          "the paused footer")
+        assert "(r retry, s skip, c continue, q quit)" in rows[-1], rows[-1]
+        # The run's attach instructions stay on the screen above the footer.
+        assert any("jupyter console --existing" in row for row in rows[:-2]), rows
+        term.child.send("s")
+        rows = term.until(lambda r: r and "watching" in r[-1], "the idle status line")
+        assert STATUS.search(rows[-1]).groups()[1:] == ("1", "1", "0", "0", "0"), rows[-1]
+        term.child.send("q")
+        term.child.expect(pexpect.EOF)
+        term.raw += term.child.before
+    finally:
+        term.child.close()
+    assert "watch-exit=0" in term.text()
+
+
+def test_a_resize_redraws_the_footer_and_sigterm_gives_the_terminal_back(tmp_path):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    term = Terminal(project, "--on-error", "fail")
+    try:
+        rows = term.until(lambda r: r and "watching" in r[-1], "the idle status line")
+        assert len(rows[-1]) > 80 and rows[-1].endswith("q quit)"), rows[-1]
+        # Narrower: the status line is drawn again, cut to the new width.
+        term.child.setwinsize(30, 80)
+        term.screen.resize(30, 80)
+        rows = term.until(lambda r: r and r[-1].startswith("── 7 passed") and r[-1].endswith("…"), "the redrawn footer")
+        assert len(rows[-1]) == 79, rows[-1]
+        shell = term.child.pid
+        watch_pid = int(pathlib.Path(f"/proc/{shell}/task/{shell}/children").read_text().split()[0])
+        os.kill(watch_pid, signal.SIGTERM)
+        term.child.expect(pexpect.EOF)
+        term.raw += term.child.before
+    finally:
+        term.child.close()
+    text = term.text()
+    assert "watch-exit=0" in text, text
+    stty = text[text.index("watch-exit=0"):]
+    assert "-icanon" not in stty and "-echo " not in stty and re.search(r"(?<!-)icanon", stty), stty

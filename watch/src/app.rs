@@ -9,15 +9,18 @@ use crate::db::{Db, TestRow};
 use crate::fswatch::{FsWatch, Ignore};
 use crate::imports::Resolver;
 use crate::keys::Key;
+use crate::output::{Output, Stream};
 use crate::record::{collect_error_rows, test_rows, Line, Tail};
+use crate::screen::Screen;
 use crate::select::{self, is_instance_of, rel, Current, Selected};
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::sync::mpsc::{channel, Receiver};
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::time::{Duration, Instant};
 
 /// What a change during a running cycle does.
@@ -60,8 +63,8 @@ pub struct WatchOptions {
     pub full_every: Option<u32>,
     /// First cycle runs everything.
     pub all: bool,
-    /// Keys from the terminal (stdin is a TTY).
-    pub keys: bool,
+    /// The terminal screen (a footer with the totals) and keys: stdin and stdout are a TTY, no `--plain`.
+    pub tui: bool,
 }
 
 /// Watch errors.
@@ -113,6 +116,10 @@ struct Cycle {
     writes: HashSet<PathBuf>,
     failing_before: BTreeMap<String, usize>,
     killed: bool,
+    /// The test running now (its output is what prints).
+    current: Option<String>,
+    /// Threads passing the cycle's output to the screen (TUI only).
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// The watch's state.
@@ -146,12 +153,55 @@ pub struct Watch {
     known: HashMap<String, TestRow>,
     had_failures: bool,
     quit: bool,
+    /// The footer and raw mode (TUI only).
+    screen: RefCell<Option<Screen>>,
+    /// A `p` / `t` pattern being typed.
+    prompt: Option<(char, String)>,
+    /// The cycle's output chunks (TUI: the cycle's stdout and stderr are piped through the watch).
+    out_tx: Sender<(Stream, Vec<u8>)>,
+    out_rx: Receiver<(Stream, Vec<u8>)>,
+    output: Output,
 }
 
 fn now_secs() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A thread that sends what `from` writes, chunk by chunk, as `stream`'s.
+fn pass_output(
+    mut from: impl std::io::Read + Send + 'static,
+    stream: Stream,
+    to: Sender<(Stream, Vec<u8>)>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if to.send((stream, buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// At most `max` names of `tests`, then how many more.
+fn truncated(tests: &[&str], max: usize) -> String {
+    let mut text = tests
+        .iter()
+        .take(max)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if tests.len() > max {
+        text.push_str(&format!(" … +{} more", tests.len() - max));
+    }
+    text
 }
 
 fn is_test_file(path: &Path) -> bool {
@@ -169,6 +219,7 @@ impl Watch {
             .open(opts.session_dir.join("events.jsonl"))
             .map_err(io("cannot write events.jsonl"))?;
         let known = db.tests()?.into_iter().map(|t| (t.id.clone(), t)).collect();
+        let (out_tx, out_rx) = channel();
         let watch = Watch {
             resolver: Resolver::new(&opts.rootdir),
             ignore: Ignore::new(&opts.rootdir),
@@ -194,6 +245,11 @@ impl Watch {
             known,
             had_failures: false,
             quit: false,
+            screen: RefCell::new(None),
+            prompt: None,
+            out_tx,
+            out_rx,
+            output: Output::default(),
         };
         Ok((watch, warning))
     }
@@ -209,7 +265,13 @@ impl Watch {
     }
 
     fn say(&self, text: &str) {
-        // The terminal may be in non-canonical mode: lines end with CR LF.
+        if self.screen.borrow().is_some() {
+            let footer = self.footer(self.paused());
+            if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                screen.print(text, footer);
+            }
+            return;
+        }
         let mut out = std::io::stdout().lock();
         for line in text.lines() {
             let _ = write!(out, "{line}\r\n");
@@ -538,15 +600,17 @@ impl Watch {
             "selection",
             json!({"cycle": number, "tests": listed, "all": whole}),
         );
+        // Said once the cycle is on (so the footer below it is the cycle's).
+        let mut header = Vec::new();
         if whole {
-            self.say(&format!("── cycle {number}: all tests"));
+            header.push(format!("── cycle {number}: all tests"));
         } else {
-            self.say(&format!("── cycle {number}: {} test(s)", tests.len()));
+            header.push(format!("── cycle {number}: {} test(s)", tests.len()));
             for s in tests.iter().take(20) {
-                self.say(&format!("   {}  ({})", s.test, s.why));
+                header.push(format!("   {}  ({})", s.test, s.why));
             }
             if tests.len() > 20 {
-                self.say(&format!("   … and {} more", tests.len() - 20));
+                header.push(format!("   … and {} more", tests.len() - 20));
             }
         }
         // A session of its own where `stepkernel status`, `console` and `patch` look.
@@ -576,14 +640,37 @@ impl Watch {
             "stepkernel_worker.deps",
             "--continue-on-collection-errors",
         ]);
+        let tui = self.screen.borrow().is_some();
+        if tui
+            && !self
+                .opts
+                .pytest_args
+                .iter()
+                .any(|a| a.starts_with("--color"))
+        {
+            // Its output is piped through the watch to the terminal: pytest colours it as on one.
+            command.arg("--color=yes");
+        }
         command.args(&self.opts.pytest_args);
         command.env("STEPKERNEL_DEPS_FILE", &deps_file);
         command.current_dir(&self.opts.rootdir);
         // The watch reads the keys; the cycle is steered through its socket.
         command.stdin(std::process::Stdio::null());
-        let child = command
+        if tui {
+            // Its output prints above the footer (so it cannot overwrite it).
+            command.stdout(std::process::Stdio::piped());
+            command.stderr(std::process::Stdio::piped());
+        }
+        let mut child = command
             .spawn()
             .map_err(io("cannot start a cycle (stepkernel run)"))?;
+        let mut readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(pass_output(stdout, Stream::Out, self.out_tx.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(pass_output(stderr, Stream::Err, self.out_tx.clone()));
+        }
         let mut failing_before = BTreeMap::new();
         for row in self.known.values() {
             if matches!(row.outcome.as_str(), "failed" | "error") {
@@ -613,7 +700,10 @@ impl Watch {
             writes: HashSet::new(),
             failing_before,
             killed: false,
+            current: None,
+            readers,
         });
+        self.say(&header.join("\n"));
         Ok(())
     }
 
@@ -628,15 +718,12 @@ impl Watch {
             };
             *counts.entry(key).or_insert(0) += 1;
         }
+        // A whole-suite cycle's selection is the tests known so far (new ones are not counted).
         let to_be_run = self.cycle.as_ref().map_or(0, |c| {
-            if c.whole {
-                0
-            } else {
-                c.selection
-                    .iter()
-                    .filter(|s| !c.finished.contains(&s.test))
-                    .count()
-            }
+            c.selection
+                .iter()
+                .filter(|s| !c.finished.contains(&s.test))
+                .count()
         });
         json!({
             "passed": counts.get("passed").copied().unwrap_or(0),
@@ -686,14 +773,39 @@ impl Watch {
                 row.id,
                 last.trim()
             ));
+            if self.screen.borrow().is_some() {
+                // On a terminal the report itself (its last lines: the assertion and where).
+                let report: Vec<&str> = row.report.lines().collect();
+                let from = report.len().saturating_sub(25);
+                if from > 0 {
+                    self.say("      …");
+                }
+                for line in &report[from..] {
+                    self.say(&format!("      {line}"));
+                }
+            }
         }
         if failing.len() > 20 {
             self.say(&format!("   … and {} more", failing.len() - 20));
         }
     }
 
-    fn idle_line(&self) {
-        let t = self.totals();
+    /// The cycle's output gathered so far, above the footer.
+    fn print_output(&mut self, ended: bool) {
+        let mut lines = Vec::new();
+        while let Ok((stream, bytes)) = self.out_rx.try_recv() {
+            lines.extend(self.output.push(stream, &bytes));
+        }
+        if ended {
+            lines.extend(self.output.flush());
+        }
+        if !lines.is_empty() {
+            self.say(&lines.join("\n"));
+        }
+    }
+
+    /// The filters on, as the status line shows them.
+    fn filters_text(&self) -> String {
         let mut filters = Vec::new();
         if self.failing_only {
             filters.push("failing only".to_string());
@@ -704,11 +816,78 @@ impl Watch {
         if let Some(f) = &self.test_filter {
             filters.push(format!("test ~ {f}"));
         }
-        let filters = if filters.is_empty() {
+        if filters.is_empty() {
             String::new()
         } else {
             format!(" [{}]", filters.join(", "))
+        }
+    }
+
+    /// The footer: during a cycle the running test and the queue (in run
+    /// order, truncated); always the totals and what the keys do.
+    fn footer(&self, paused: bool) -> Vec<String> {
+        let mut lines = Vec::new();
+        let t = self.totals();
+        let totals = format!(
+            "{} passed, {} failed, {} errors, {} skipped, {} to be run",
+            t["passed"], t["failed"], t["errors"], t["skipped"], t["to_be_run"]
+        );
+        let filters = self.filters_text();
+        let status = match &self.cycle {
+            Some(cycle) => {
+                let mut queue: Vec<&str> = cycle
+                    .selection
+                    .iter()
+                    .filter(|s| !cycle.started.contains(&s.test) && !cycle.finished.contains(&s.test))
+                    .map(|s| s.test.as_str())
+                    .collect();
+                if cycle.whole {
+                    // pytest runs the whole suite by file, not in the selection's order.
+                    queue.sort_unstable();
+                }
+                if let Some(line) = self.output.pending() {
+                    // The line the cycle is writing: pytest's progress of the running file.
+                    lines.push(line);
+                }
+                let running = cycle.current.as_deref().unwrap_or("(collecting)");
+                lines.push(format!(
+                    "{} {running}",
+                    if paused { "paused:" } else { "running:" }
+                ));
+                if !queue.is_empty() {
+                    lines.push(format!("queue ({}): {}", queue.len(), truncated(&queue, 8)));
+                }
+                let keys = if paused {
+                    "r retry, s skip, c continue, q quit"
+                } else {
+                    "Enter rerun, a all, f failing, p file, t test, q quit"
+                };
+                format!("── cycle {}: {totals}{filters} ({keys})", cycle.number)
+            }
+            None => format!(
+                "── {totals}; watching{filters} (Enter rerun, a all, f failing, p file, t test, q quit)"
+            ),
         };
+        lines.push(status);
+        if let Some((kind, text)) = &self.prompt {
+            let what = if *kind == 'p' {
+                "file name contains"
+            } else {
+                "test name contains"
+            };
+            lines.push(format!("{what} (empty: any, Esc: cancel): {text}"));
+        }
+        lines
+    }
+
+    fn idle_line(&self) {
+        if let Some(screen) = self.screen.borrow_mut().as_mut() {
+            // On a terminal the footer is the status line.
+            screen.set_footer(self.footer(false));
+            return;
+        }
+        let t = self.totals();
+        let filters = self.filters_text();
         self.say(&format!(
             "── {} passed, {} failed, {} errors, {} skipped; watching{filters} (Enter rerun, a all, f failing, p file, t test, q quit)",
             t["passed"], t["failed"], t["errors"], t["skipped"]
@@ -725,6 +904,7 @@ impl Watch {
                 Line::Start(test) => {
                     let cycle = self.cycle.as_mut().expect("running");
                     cycle.started.insert(test.clone());
+                    cycle.current = Some(test.clone());
                     let why = cycle
                         .selection
                         .iter()
@@ -811,6 +991,15 @@ impl Watch {
 
     fn finish_cycle(&mut self, status: std::process::ExitStatus) -> Result<(), WatchRunError> {
         self.cycle_lines()?;
+        // The cycle's last lines print before its summary, under its own
+        // footer (a worker that outlives it and keeps the pipe open is not
+        // waited for long).
+        let readers = std::mem::take(&mut self.cycle.as_mut().expect("running").readers);
+        let until = Instant::now() + Duration::from_secs(2);
+        while readers.iter().any(|r| !r.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.print_output(true);
         let cycle = self.cycle.take().expect("running");
         if !self.after_cycle.is_empty() {
             self.pending.extend(std::mem::take(&mut self.after_cycle));
@@ -1198,7 +1387,44 @@ impl Watch {
     }
 
     fn handle_key(&mut self, key: Key) {
+        if let Some((kind, mut text)) = self.prompt.take() {
+            match key {
+                Key::Enter => {
+                    let text = Some(text).filter(|t| !t.is_empty());
+                    if kind == 'p' {
+                        self.file_filter = text;
+                    } else {
+                        self.test_filter = text;
+                    }
+                    self.trigger = Some(Trigger::Rerun);
+                }
+                Key::Esc => {}
+                Key::Interrupt => self.quit = true,
+                Key::Resize => {
+                    self.prompt = Some((kind, text));
+                    if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                        screen.redraw();
+                    }
+                }
+                Key::Backspace => {
+                    text.pop();
+                    self.prompt = Some((kind, text));
+                }
+                Key::Char(c) => {
+                    text.push(c);
+                    self.prompt = Some((kind, text));
+                }
+            }
+            return;
+        }
         match key {
+            Key::Interrupt => self.quit = true,
+            Key::Resize => {
+                if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                    screen.redraw();
+                }
+            }
+            Key::Char(c @ ('p' | 't')) => self.prompt = Some((c, String::new())),
             Key::Enter => self.trigger = Some(Trigger::Rerun),
             Key::Char('a') => self.trigger = Some(Trigger::All),
             Key::Char('f') => {
@@ -1231,16 +1457,7 @@ impl Watch {
                     )),
                 }
             }
-            Key::Filter(kind, text) => {
-                let text = Some(text).filter(|t| !t.is_empty());
-                if kind == 'p' {
-                    self.file_filter = text;
-                } else {
-                    self.test_filter = text;
-                }
-                self.trigger = Some(Trigger::Rerun);
-            }
-            Key::Char(_) => {}
+            Key::Char(_) | Key::Backspace | Key::Esc => {}
         }
     }
 
@@ -1274,7 +1491,11 @@ impl Watch {
         self.read_sources();
         let socket = control::start(&self.opts.session_dir, ctl_tx)
             .map_err(io("cannot listen on the control socket"))?;
-        let keys: Option<Receiver<Key>> = self.opts.keys.then(crate::keys::start);
+        if self.opts.tui {
+            let screen = Screen::enter().map_err(io("cannot set up the terminal"))?;
+            *self.screen.borrow_mut() = Some(screen);
+        }
+        let keys: Option<Receiver<Key>> = self.opts.tui.then(crate::keys::start);
         self.say(&format!(
             "stepkernel watch: watching {} ({}); control socket {}",
             self.opts.rootdir.display(),
@@ -1302,6 +1523,10 @@ impl Watch {
                     let _ = cycle.child.wait();
                 }
                 self.emit("watch_end", json!({}));
+                self.print_output(true);
+                if let Some(mut screen) = self.screen.borrow_mut().take() {
+                    screen.leave();
+                }
                 if let Ok(target) = std::fs::read_link(&socket) {
                     let _ = std::fs::remove_file(target);
                 }
@@ -1372,6 +1597,14 @@ impl Watch {
                     }
                     let (tests, whole) = self.selection(&trigger, &changed)?;
                     self.start_cycle(tests, whole, &changed)?;
+                }
+            }
+            // After the trigger: a cycle it starts is in this footer, not an idle one in between.
+            if self.screen.borrow().is_some() {
+                self.print_output(false);
+                let footer = self.footer(self.paused());
+                if let Some(screen) = self.screen.borrow_mut().as_mut() {
+                    screen.set_footer(footer);
                 }
             }
             std::thread::sleep(Duration::from_millis(20));

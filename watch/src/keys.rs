@@ -1,10 +1,9 @@
-//! Keys from the terminal: stdin in non-canonical, no-echo mode (output
-//! processing stays on, so the cycles' own output prints as usual), read by a
-//! thread. `p` and `t` read a pattern up to Enter, echoing it.
+//! Keys from the terminal through crossterm's event reader (the terminal is
+//! in raw mode while the watch's screen is up: see [`crate::screen`]), read by
+//! a thread so a key acts at once, also during a cycle.
 
-use std::io::{Read, Write};
+use crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
 use std::sync::mpsc::{channel, Receiver};
-use std::sync::Mutex;
 
 /// A key action.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,101 +12,64 @@ pub enum Key {
     Enter,
     /// A plain key.
     Char(char),
-    /// `p` (file) or `t` (test name) with the pattern typed.
-    Filter(char, String),
+    /// Backspace (edits a `p` / `t` pattern).
+    Backspace,
+    /// Esc (cancels a `p` / `t` pattern).
+    Esc,
+    /// Ctrl-C (raw mode delivers it as a key, not a signal): quit.
+    Interrupt,
+    /// The terminal was resized: the footer is drawn again to its width.
+    Resize,
 }
 
-static SAVED: Mutex<Option<libc::termios>> = Mutex::new(None);
-
-/// Puts stdin in key-at-a-time mode (restored by [`restore`]).
-fn raw_input() {
-    // SAFETY: tcgetattr/tcsetattr on fd 0 with a zeroed termios they fill.
-    unsafe {
-        let mut term: libc::termios = std::mem::zeroed();
-        if libc::tcgetattr(0, &mut term) != 0 {
-            return;
-        }
-        *SAVED.lock().unwrap_or_else(|e| e.into_inner()) = Some(term);
-        term.c_lflag &= !(libc::ICANON | libc::ECHO);
-        term.c_cc[libc::VMIN] = 1;
-        term.c_cc[libc::VTIME] = 0;
-        libc::tcsetattr(0, libc::TCSANOW, &term);
+fn key_of(event: Event) -> Option<Key> {
+    let key = match event {
+        Event::Key(key) => key,
+        Event::Resize(..) => return Some(Key::Resize),
+        _ => return None,
+    };
+    if key.kind == KeyEventKind::Release {
+        return None;
     }
+    let ctrl = key.modifiers.contains(KeyModifiers::CONTROL);
+    Some(match key.code {
+        KeyCode::Char('c' | 'd') if ctrl => Key::Interrupt,
+        KeyCode::Char(_) if ctrl => return None,
+        KeyCode::Char(c) => Key::Char(c),
+        KeyCode::Enter => Key::Enter,
+        KeyCode::Backspace => Key::Backspace,
+        KeyCode::Esc => Key::Esc,
+        _ => return None,
+    })
 }
 
-/// Gives the terminal its mode back.
-pub fn restore() {
-    if let Some(term) = SAVED.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        // SAFETY: restoring what tcgetattr returned.
-        unsafe {
-            libc::tcsetattr(0, libc::TCSANOW, &term);
-        }
-    }
-}
-
-/// Starts reading keys.
+/// Starts reading keys (the caller has put the terminal in raw mode).
 pub fn start() -> Receiver<Key> {
-    raw_input();
     let (tx, rx) = channel();
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin().lock();
-        let mut byte = [0u8; 1];
-        let mut prompt: Option<(char, String)> = None;
-        loop {
-            match stdin.read(&mut byte) {
-                Ok(1) => {}
-                _ => return,
-            }
-            let c = byte[0] as char;
-            if let Some((kind, mut text)) = prompt.take() {
-                let mut out = std::io::stdout().lock();
-                match c {
-                    '\r' | '\n' => {
-                        let _ = write!(out, "\r\n");
-                        let _ = out.flush();
-                        if tx.send(Key::Filter(kind, text)).is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                    '\x7f' | '\x08' if text.pop().is_some() => {
-                        let _ = write!(out, "\x08 \x08");
-                    }
-                    '\x1b' => {
-                        let _ = write!(out, " (cancelled)\r\n");
-                        let _ = out.flush();
-                        continue;
-                    }
-                    c if !c.is_control() => {
-                        text.push(c);
-                        let _ = write!(out, "{c}");
-                    }
-                    _ => {}
-                }
-                let _ = out.flush();
-                prompt = Some((kind, text));
-                continue;
-            }
-            let key = match c {
-                '\r' | '\n' => Key::Enter,
-                'p' | 't' => {
-                    let mut out = std::io::stdout().lock();
-                    let what = if c == 'p' {
-                        "file name contains"
-                    } else {
-                        "test name contains"
-                    };
-                    let _ = write!(out, "\r\n{what} (empty: any, Esc: cancel): ");
-                    let _ = out.flush();
-                    prompt = Some((c, String::new()));
-                    continue;
-                }
-                c => Key::Char(c),
-            };
+    std::thread::spawn(move || loop {
+        let Ok(event) = event::read() else { return };
+        if let Some(key) = key_of(event) {
             if tx.send(key).is_err() {
                 return;
             }
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossterm::event::KeyEvent;
+
+    #[test]
+    fn ctrl_c_is_interrupt_and_plain_keys_pass() {
+        let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
+        assert_eq!(key_of(Event::Key(ctrl_c)), Some(Key::Interrupt));
+        let a = KeyEvent::new(KeyCode::Char('a'), KeyModifiers::NONE);
+        assert_eq!(key_of(Event::Key(a)), Some(Key::Char('a')));
+        let enter = KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE);
+        assert_eq!(key_of(Event::Key(enter)), Some(Key::Enter));
+        assert_eq!(key_of(Event::FocusGained), None);
+    }
 }

@@ -9,5 +9,7 @@ pub mod fswatch;
 pub mod hot_reload;
 pub mod imports;
 pub mod keys;
+pub mod output;
 pub mod record;
+pub mod screen;
 pub mod select;

@@ -74,7 +74,7 @@ if [ -x "${CARGO_TARGET_DIR:-target}/debug/stepkernel" ]; then
   cargo build -q
 else
   # The first build compiles every dependency: show cargo's progress.
-  echo "setup: building stepkernel with cargo (the first build compiles every dependency: a few minutes; later ones take seconds)"
+  echo "setup: building stepkernel with cargo (the first build compiles every dependency: 1-2 minutes on 2 cores; later ones take seconds)"
   build_started=$SECONDS
   cargo build
   echo "setup: first build took $(( (SECONDS - build_started) / 60 ))m$(( (SECONDS - build_started) % 60 ))s"

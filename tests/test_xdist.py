@@ -485,3 +485,142 @@ def test_a_run_with_xdist_disabled_is_a_plain_run(tmp_path, run_session):
     run = run_session(project, "--on-error", "fail", "--", "-p", "no:xdist", "-p", "no:cacheprovider")
     assert run.wait_exit(120) == 0, run.output()
     assert "INTERNALERROR" not in run.output()
+
+
+REMOTE_PROJECT = {
+    "test_remote.py": '''
+        def test_ok():
+            assert True
+
+
+        def test_bad():
+            value = 1
+            assert value == 2, "remote value"
+            after = value + 1
+            assert after == 3
+        ''',
+}
+
+#: The "remote host": a network namespace joined to this one by a veth pair.
+NETNS, HOST_IP, REMOTE_IP = "sk-remote-test", "10.231.7.1", "10.231.7.2"
+
+
+def _netns_up() -> bool:
+    """A second network namespace (root and `ip netns`); False when this machine cannot make one."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    steps = [
+        ["ip", "netns", "add", NETNS],
+        ["ip", "link", "add", "sk-host0", "type", "veth", "peer", "name", "sk-remote0"],
+        ["ip", "link", "set", "sk-remote0", "netns", NETNS],
+        ["ip", "addr", "add", f"{HOST_IP}/30", "dev", "sk-host0"],
+        ["ip", "link", "set", "sk-host0", "up"],
+        ["ip", "netns", "exec", NETNS, "ip", "addr", "add", f"{REMOTE_IP}/30", "dev", "sk-remote0"],
+        ["ip", "netns", "exec", NETNS, "ip", "link", "set", "sk-remote0", "up"],
+        ["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"],
+    ]
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            _netns_down()
+            return False
+    return True
+
+
+def _netns_down() -> None:
+    subprocess.run(["ip", "link", "del", "sk-host0"], capture_output=True)
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def remote_host(request):
+    """(prefix to run a command on the remote host, its address): another network namespace, or loopback."""
+    if request.param == "loopback":
+        yield [], "127.0.0.1"
+        return
+    if not _netns_up():
+        pytest.skip("no second network namespace here (needs root and `ip netns`)")
+    yield ["ip", "netns", "exec", NETNS], REMOTE_IP
+    _netns_down()
+
+
+def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_the_printed_route(
+        tmp_path, run_session, remote_host):
+    """`--tx socket=` to execnet's socket server in another network namespace: the worker steps its
+    tests, its kernel binds that host's loopback, the controller's terminal says how to attach, a
+    client on that host attaches there, `%continue` ends the run, and the session covers its tests."""
+    import re
+
+    import execnet
+
+    on_remote, address = remote_host
+    project = write_project(tmp_path / "proj", REMOTE_PROJECT)
+    port = 48000 + os.getpid() % 1000
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    server = subprocess.Popen([*on_remote, PYTHON, "-u", str(script), f"{address}:{port}"], cwd=server_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "STEPKERNEL_REMOTE_BIN": stepkernel_bin()})
+    try:
+        assert "Entering Accept loop" in server.stdout.readline()
+        run = run_session(project, "--", f"--tx=socket={address}:{port}", f"--rsyncdir={project}",
+                          "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+        def paused() -> str:
+            out = run.output()
+            if run.proc.poll() is not None:
+                raise AssertionError(f"run exited {run.proc.returncode}:\n{out}")
+            return "PAUSED on failure on xdist worker gw0" in out and "--ssh" in out and out
+
+        out = wait_for(paused, timeout=120, what="the remote worker's pause")
+        assert "runs its tests unstepped" not in out, out
+        # The route printed: the connection file on that host, and the SSH tunnel from here.
+        on_host = re.search(rf"on {re.escape(address)}: jupyter console --existing (\S+)", out)
+        assert on_host, out
+        assert re.search(rf"scp {re.escape(address)}:\S+ \S+ && jupyter console --existing \S+ --ssh "
+                         rf"{re.escape(address)}", out), out
+        remote_file = pathlib.Path(on_host.group(1))
+        assert remote_file.is_relative_to(server_dir / ".stepkernel" / "remote"), remote_file
+        info = json.loads(remote_file.read_text())
+        assert info["ip"] == "127.0.0.1", info
+        assert remote_file.stat().st_mode & 0o777 == 0o600
+        assert not (run.session_dir / "workers" / "gw0").exists()
+        # A client on that host attaches to the kernel on its loopback (real jupyter_client).
+        attach_script = tmp_path / "attach.py"
+        attach_script.write_text(
+            "import sys\n"
+            "from jupyter_client import BlockingKernelClient\n"
+            "c = BlockingKernelClient(connection_file=sys.argv[1]); c.load_connection_file()\n"
+            "c.start_channels(); c.wait_for_ready(timeout=60)\n"
+            "for code in ('print(\"value is\", value)', '%continue'):\n"
+            "    msg_id = c.execute(code)\n"
+            "    while True:\n"
+            "        m = c.get_iopub_msg(timeout=60)\n"
+            "        if m['parent_header'].get('msg_id') != msg_id:\n"
+            "            continue\n"
+            "        if m['msg_type'] == 'stream':\n"
+            "            print(m['content']['text'], end='')\n"
+            "        if m['msg_type'] == 'status' and m['content']['execution_state'] == 'idle':\n"
+            "            break\n"
+            "    reply = c.get_shell_msg(timeout=60)\n"
+            "    print('STATUS', reply['content']['status'])\n"
+        )
+        attached = subprocess.run([*on_remote, PYTHON, str(attach_script), str(remote_file)],
+                                  capture_output=True, text=True, timeout=120)
+        assert attached.returncode == 0, attached.stdout + attached.stderr
+        assert "value is 1" in attached.stdout, attached.stdout
+        assert attached.stdout.count("STATUS ok") == 2, attached.stdout
+        code = run.wait_exit(120)
+    finally:
+        server.kill()
+        server.wait()
+    out = run.output()
+    assert code == 1, out
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
+    finishes = {e["test"]: e for e in run.events() if e["event"] == "test_finish"}
+    assert finishes["test_remote.py::test_bad"]["worker"] == "gw0", finishes
+    assert "stepped" not in finishes["test_remote.py::test_bad"], finishes
+    assert any(e["event"] == "resume" and e.get("worker") == "gw0" for e in run.events())

@@ -447,8 +447,10 @@ def test_a_worker_that_dies_in_a_test_is_reported_as_xdist_reports_it(tmp_path, 
     assert "crashed while running" in crashed[0]["longrepr"]
 
 
-def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_path, run_session):
-    """`--tx socket=` (execnet's socket server, on loopback): no kernel there, said so; one session all the same."""
+def test_a_socket_worker_without_stepkernel_there_runs_unstepped_and_the_session_still_has_its_tests(
+        tmp_path, run_session):
+    """`--tx socket=` (execnet's socket server, on loopback) on a host without stepkernel: no kernel there,
+    said so and why; one session all the same."""
     import socket
 
     import execnet
@@ -462,8 +464,11 @@ def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    # That "host" has no stepkernel binary on its PATH, nor one named for it.
+    bare = {k: v for k, v in os.environ.items() if k != "STEPKERNEL_REMOTE_BIN"}
+    bare["PATH"] = os.pathsep.join([str(pathlib.Path(PYTHON).parent), "/usr/bin", "/bin"])
     server = subprocess.Popen([PYTHON, "-u", str(script), f"127.0.0.1:{port}"], cwd=server_dir,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=bare)
     try:
         # It says so once it listens.
         assert "Entering Accept loop" in server.stdout.readline()
@@ -474,7 +479,7 @@ def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_
         server.kill()
         server.wait()
     out = run.output()
-    assert "runs its tests unstepped" in out, out
+    assert "runs its tests unstepped: stepkernel is not installed on 127.0.0.1" in out, out
     report = json.loads((run.session_dir / "report.json").read_text())
     assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
     assert not (run.session_dir / "workers").exists()
@@ -497,7 +502,7 @@ REMOTE_PROJECT = {
             value = 1
             assert value == 2, "remote value"
             after = value + 1
-            assert after == 3
+            assert after == 2
         ''',
 }
 
@@ -594,7 +599,8 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
             "from jupyter_client import BlockingKernelClient\n"
             "c = BlockingKernelClient(connection_file=sys.argv[1]); c.load_connection_file()\n"
             "c.start_channels(); c.wait_for_ready(timeout=60)\n"
-            "for code in ('print(\"value is\", value)', '%continue'):\n"
+            "for code in ('print(\"value is\", value)', '%%edit\\nassert value == 1, \"remote value\"\\n',\n"
+            "             '%continue'):\n"
             "    msg_id = c.execute(code)\n"
             "    while True:\n"
             "        m = c.get_iopub_msg(timeout=60)\n"
@@ -611,7 +617,8 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
                                   capture_output=True, text=True, timeout=120)
         assert attached.returncode == 0, attached.stdout + attached.stderr
         assert "value is 1" in attached.stdout, attached.stdout
-        assert attached.stdout.count("STATUS ok") == 2, attached.stdout
+        assert attached.stdout.count("STATUS ok") == 3, attached.stdout
+        assert "journaled" in attached.stdout, attached.stdout
         code = run.wait_exit(120)
     finally:
         server.kill()
@@ -619,8 +626,13 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
     out = run.output()
     assert code == 1, out
     report = json.loads((run.session_dir / "report.json").read_text())
-    assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
-    finishes = {e["test"]: e for e in run.events() if e["event"] == "test_finish"}
+    # Passed only thanks to an edit: exit 1, as for a local worker.
+    assert report["outcomes"] == {"fixed": 1, "passed": 1}, (report, out)
+    # Node ids as xdist's worker names them (under the rsynced `proj/`).
+    finishes = {e["test"].rsplit("/", 1)[-1]: e for e in run.events() if e["event"] == "test_finish"}
     assert finishes["test_remote.py::test_bad"]["worker"] == "gw0", finishes
     assert "stepped" not in finishes["test_remote.py::test_bad"], finishes
     assert any(e["event"] == "resume" and e.get("worker") == "gw0" for e in run.events())
+    # The edit is journaled on the worker's host, beside its connection file.
+    edits = (remote_file.parent / "edits.jsonl").read_text()
+    assert "assert value == 1" in edits, edits

@@ -318,6 +318,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             worker: opts.worker.clone(),
             attach: attach_lines,
             dir: dir.clone(),
+            remote: opts.remote.is_some(),
         });
         bound.set_hooks(hooks);
         let served = bound.serve().await;
@@ -337,6 +338,8 @@ struct WorkerHooks {
     worker: String,
     attach: Vec<String>,
     dir: PathBuf,
+    /// A remote worker: its edits and exports stay on its host, not the session's journal.
+    remote: bool,
 }
 
 /// The file name a worker asks steps for at its end (see `xdist_worker.py`):
@@ -438,13 +441,15 @@ impl SessionHooks for WorkerHooks {
         if let Ok(mut file) = kernel::private_files::open_append(&self.dir.join(EDITS_FILE)) {
             let _ = file.write_all(&line);
         }
-        self.relay(json!({"kind": "edit"}));
+        if !self.remote {
+            self.relay(json!({"kind": "edit"}));
+        }
         Ok(recorded)
     }
 
     fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>> {
         let result = self.inner.magic(name, args);
-        if let Some(Ok(output)) = &result {
+        if let Some(Ok(output)) = result.as_ref().filter(|_| !self.remote) {
             match name {
                 // "Wrote PATH": the session's patch holds every worker's edits.
                 "patch" => {

@@ -289,6 +289,21 @@ def test_xdist_worker_outside_a_session_is_a_clear_error(tmp_path):
     assert result.stdout == ""
 
 
+def test_a_remote_xdist_worker_without_its_relay_token_or_with_a_bad_session_id_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "STEPKERNEL_RELAY_TOKEN"}
+    base = [stepkernel_bin(), "xdist-worker", "--relay", "127.0.0.1:9", "--worker", "gw0", "--python", PYTHON]
+    tail = ["--", "-u", "-c", "pass"]
+    result = subprocess.run([*base, "--session-id", "s1", *tail], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    assert result.returncode != 0
+    assert "--relay needs the relay's token in STEPKERNEL_RELAY_TOKEN" in result.stderr, result.stderr
+    result = subprocess.run([*base, "--session-id", "../up", *tail], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path, env={**env, "STEPKERNEL_RELAY_TOKEN": "t"})
+    assert result.returncode != 0
+    assert 'bad session id "../up"' in result.stderr, result.stderr
+    assert result.stdout == "" and not (tmp_path / ".stepkernel").exists()
+
+
 def test_sessions_lists_workers_and_console_attaches_to_one(run_session, tmp_path):
     from test_console_session import Console, user_env
 

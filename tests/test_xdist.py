@@ -651,3 +651,56 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
     # The edit is journaled on the worker's host, beside its connection file.
     edits = (remote_file.parent / "edits.jsonl").read_text()
     assert "assert value == 1" in edits, edits
+
+
+def test_fidelity_corpus_on_a_socket_worker_matches_plain_pytest(tmp_path, run_session):
+    """`../shared/fidelity/cases` on a stepped `--tx socket=` worker (loopback) ends as under plain
+    `pytest --tx socket=` (compare_junit.py), and the worker really stepped them."""
+    import shutil
+    import socket
+
+    import execnet
+
+    project = tmp_path / "cases"
+    project.mkdir()
+    for f in (SHARED / "fidelity" / "cases").glob("*.py"):
+        shutil.copy(f, project / f.name)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    server = subprocess.Popen([PYTHON, "-u", str(script), f"127.0.0.1:{port}"], cwd=server_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "STEPKERNEL_REMOTE_BIN": stepkernel_bin()})
+    xdist_args = [f"--tx=socket=127.0.0.1:{port}", f"--rsyncdir={project}", "-p", "no:cacheprovider",
+                  "-W", "ignore::DeprecationWarning"]
+    try:
+        assert "Entering Accept loop" in server.stdout.readline()
+        plain = subprocess.run([PYTHON, "-m", "pytest", "-q", *xdist_args, "--junitxml", "plain.xml"],
+                               cwd=project, capture_output=True, text=True, timeout=300)
+        assert plain.returncode == 1, plain.stdout + plain.stderr
+        run = run_session(project, "--on-error", "fail", "--junit-xml", "stepped.xml", "--", *xdist_args)
+        assert run.wait_exit(300) == 1, run.output()
+    finally:
+        server.kill()
+        server.wait()
+    assert "is stepped there" in run.output(), run.output()
+    # Known difference, not yet fixed (it is there for unstepped socket workers under `stepkernel run` too):
+    # the worker's rootdir is the rsync cache directory, not the rsynced project, so its node ids carry
+    # the project's directory name ("cases/test_x.py::..."). Outcomes are compared with that prefix
+    # taken off, and the prefix is asserted so that this line goes once it is fixed.
+    stepped_xml = (project / "stepped.xml").read_text()
+    assert 'classname="cases.' in stepped_xml
+    (project / "stepped.xml").write_text(stepped_xml.replace('classname="cases.', 'classname="'))
+    compare = subprocess.run([PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+                             cwd=project, capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout
+    assert ", 0 failed" in compare.stdout
+    starts = [e for e in run.events() if e["event"] == "test_start"]
+    assert {e.get("worker") for e in starts} == {"gw0"}
+    stepped = [e for e in starts if any(p["stepped"] and p["steps"] > 1 for p in e["phases"])]
+    assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["exit_code"] == 1 and report["summary"]["total"] == len(starts), report["summary"]

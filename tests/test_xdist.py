@@ -602,7 +602,7 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
         assert re.search(rf"scp {re.escape(address)}:\S+ \S+ && jupyter console --existing \S+ --ssh "
                          rf"{re.escape(address)}", out), out
         remote_file = pathlib.Path(on_host.group(1))
-        assert remote_file.is_relative_to(server_dir / ".stepkernel" / "remote"), remote_file
+        assert remote_file.is_relative_to(server_dir / "pyexecnetcache" / ".stepkernel" / "remote"), remote_file
         info = json.loads(remote_file.read_text())
         assert info["ip"] == "127.0.0.1", info
         assert remote_file.stat().st_mode & 0o777 == 0o600

@@ -134,7 +134,9 @@ class RemoteWorkers:
             return "xdist's gateway group is not there"
         host = spec.socket.rsplit(":", 1)[0] if spec.socket else spec.ssh
         parts = [f"socket={spec.socket}" if spec.socket else f"ssh={spec.ssh}", f"id={spec.id}-stepkernel"]
-        for key in ("python", "ssh_config"):
+        # In the directory xdist would have the worker use (its `pyexecnetcache` default), so
+        # the kernel's files and the rsynced tree are where they are under plain xdist.
+        for key in ("python", "ssh_config", "chdir"):
             if getattr(spec, key):
                 parts.append(f"{key}={getattr(spec, key)}")
         try:
@@ -165,9 +167,8 @@ class RemoteWorkers:
             if self.spec.get(key):
                 command += [flag, self.spec[key]]
         command.append("--")
-        # xdist rsyncs to a non-popen gateway's directory: keep it so for the popen one.
-        if not spec.chdir:
-            spec.chdir = info["cwd"]
+        # The worker starts in the master's directory: already there (a relative chdir would nest).
+        spec.chdir = info["cwd"]
         spec.socket = spec.ssh = spec.ssh_config = None
         spec.popen = True
         spec.via = master.id

@@ -704,3 +704,91 @@ def test_fidelity_corpus_on_a_socket_worker_matches_plain_pytest(tmp_path, run_s
     assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
     report = json.loads((run.session_dir / "report.json").read_text())
     assert report["exit_code"] == 1 and report["summary"]["total"] == len(starts), report["summary"]
+
+
+def test_an_ssh_worker_pauses_on_its_host_and_is_attached_there_over_ssh(tmp_path, run_session, remote_host):
+    """`--tx ssh=root@HOST//python=...` against a real sshd (in a second network namespace, or on
+    loopback): the worker pauses on that host, the terminal prints the attach routes (on the host, and
+    the `--ssh` tunnel), a client run on that host over ssh attaches, and the run ends as it should."""
+    import re
+    import shutil
+
+    if shutil.which("sshd") is None and not pathlib.Path("/usr/sbin/sshd").exists():
+        pytest.skip("no sshd here (apt-get install openssh-server)")
+    on_remote, address = remote_host
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("hostkey", "userkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "userkey.pub", keys / "authorized_keys")
+    port = 49000 + os.getpid() % 1000
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress {address}\nHostKey {keys / 'hostkey'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        f"PidFile {keys / 'sshd.pid'}\n")
+    ssh_config = keys / "ssh_config"
+    ssh_config.write_text(f"Host *\n  IdentityFile {keys / 'userkey'}\n  StrictHostKeyChecking no\n"
+                          f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  Port {port}\n  BatchMode yes\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = subprocess.Popen([*on_remote, "/usr/sbin/sshd", "-D", "-f", str(keys / "sshd_config"), "-e"],
+                            stderr=subprocess.DEVNULL)
+    project = write_project(tmp_path / "proj", REMOTE_PROJECT)
+    home = tmp_path / "remote-home"
+    home.mkdir()
+    ssh = ["ssh", "-F", str(ssh_config), f"root@{address}"]
+    try:
+        wait_for(lambda: subprocess.run([*ssh, "true"], capture_output=True).returncode == 0, timeout=30,
+                 what="sshd")
+        run = run_session(project, "--", f"--tx=ssh=root@{address}//python={PYTHON}//ssh_config={ssh_config}"
+                          f"//chdir={home}", f"--rsyncdir={project}", "-p", "no:cacheprovider",
+                          "-W", "ignore::DeprecationWarning", env={"STEPKERNEL_REMOTE_BIN": stepkernel_bin()})
+
+        def paused() -> str:
+            out = run.output()
+            if run.proc.poll() is not None:
+                raise AssertionError(f"run exited {run.proc.returncode}:\n{out}")
+            return "PAUSED on failure on xdist worker gw0" in out and "--ssh" in out and out
+
+        out = wait_for(paused, timeout=120, what="the ssh worker's pause")
+        on_host = re.search(rf"on root@{re.escape(address)}: jupyter console --existing (\S+)", out)
+        assert on_host, out
+        assert re.search(rf"from here \(an SSH tunnel to root@{re.escape(address)}'s loopback\): "
+                         rf"scp root@{re.escape(address)}:\S+ \S+ && jupyter console --existing \S+ --ssh "
+                         rf"root@{re.escape(address)}", out), out
+        remote_file = pathlib.Path(on_host.group(1))
+        assert remote_file.is_relative_to(home / ".stepkernel" / "remote"), remote_file
+        assert json.loads(remote_file.read_text())["ip"] == "127.0.0.1"
+        attach_script = tmp_path / "attach.py"
+        attach_script.write_text(
+            "import sys\n"
+            "from jupyter_client import BlockingKernelClient\n"
+            "c = BlockingKernelClient(connection_file=sys.argv[1]); c.load_connection_file()\n"
+            "c.start_channels(); c.wait_for_ready(timeout=60)\n"
+            "for code in ('print(\"value is\", value)', '%skip'):\n"
+            "    msg_id = c.execute(code)\n"
+            "    while True:\n"
+            "        m = c.get_iopub_msg(timeout=60)\n"
+            "        if m['parent_header'].get('msg_id') != msg_id:\n"
+            "            continue\n"
+            "        if m['msg_type'] == 'stream':\n"
+            "            print(m['content']['text'], end='')\n"
+            "        if m['msg_type'] == 'status' and m['content']['execution_state'] == 'idle':\n"
+            "            break\n"
+            "    print('STATUS', c.get_shell_msg(timeout=60)['content']['status'])\n"
+        )
+        # The client runs on that host, reached over ssh as a user would.
+        attached = subprocess.run([*ssh, PYTHON, str(attach_script), str(remote_file)],
+                                  capture_output=True, text=True, timeout=120)
+        assert attached.returncode == 0, attached.stdout + attached.stderr
+        assert "value is 1" in attached.stdout and attached.stdout.count("STATUS ok") == 2, attached.stdout
+        code = run.wait_exit(120)
+    finally:
+        sshd.terminate()
+        sshd.wait()
+    out = run.output()
+    # A failing step skipped by hand: the test is "forced", counted as failed (exit 1).
+    assert code == 1, out
+    assert "FORCED proj/test_remote.py::test_bad" in out, out
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"forced": 1, "passed": 1}, (report, out)

@@ -289,6 +289,21 @@ def test_xdist_worker_outside_a_session_is_a_clear_error(tmp_path):
     assert result.stdout == ""
 
 
+def test_a_remote_xdist_worker_without_its_relay_token_or_with_a_bad_session_id_is_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "STEPKERNEL_RELAY_TOKEN"}
+    base = [stepkernel_bin(), "xdist-worker", "--relay", "127.0.0.1:9", "--worker", "gw0", "--python", PYTHON]
+    tail = ["--", "-u", "-c", "pass"]
+    result = subprocess.run([*base, "--session-id", "s1", *tail], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path, env=env)
+    assert result.returncode != 0
+    assert "--relay needs the relay's token in STEPKERNEL_RELAY_TOKEN" in result.stderr, result.stderr
+    result = subprocess.run([*base, "--session-id", "../up", *tail], capture_output=True, text=True, timeout=60,
+                            stdin=subprocess.DEVNULL, cwd=tmp_path, env={**env, "STEPKERNEL_RELAY_TOKEN": "t"})
+    assert result.returncode != 0
+    assert 'bad session id "../up"' in result.stderr, result.stderr
+    assert result.stdout == "" and not (tmp_path / ".stepkernel").exists()
+
+
 def test_sessions_lists_workers_and_console_attaches_to_one(run_session, tmp_path):
     from test_console_session import Console, user_env
 
@@ -447,8 +462,10 @@ def test_a_worker_that_dies_in_a_test_is_reported_as_xdist_reports_it(tmp_path, 
     assert "crashed while running" in crashed[0]["longrepr"]
 
 
-def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_path, run_session):
-    """`--tx socket=` (execnet's socket server, on loopback): no kernel there, said so; one session all the same."""
+def test_a_socket_worker_without_stepkernel_there_runs_unstepped_and_the_session_still_has_its_tests(
+        tmp_path, run_session):
+    """`--tx socket=` (execnet's socket server, on loopback) on a host without stepkernel: no kernel there,
+    said so and why; one session all the same."""
     import socket
 
     import execnet
@@ -462,8 +479,11 @@ def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_
     server_dir = tmp_path / "server"
     server_dir.mkdir()
     script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    # That "host" has no stepkernel binary on its PATH, nor one named for it.
+    bare = {k: v for k, v in os.environ.items() if k != "STEPKERNEL_REMOTE_BIN"}
+    bare["PATH"] = os.pathsep.join([str(pathlib.Path(PYTHON).parent), "/usr/bin", "/bin"])
     server = subprocess.Popen([PYTHON, "-u", str(script), f"127.0.0.1:{port}"], cwd=server_dir,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=bare)
     try:
         # It says so once it listens.
         assert "Entering Accept loop" in server.stdout.readline()
@@ -474,7 +494,7 @@ def test_a_socket_worker_runs_unstepped_and_the_session_still_has_its_tests(tmp_
         server.kill()
         server.wait()
     out = run.output()
-    assert "runs its tests unstepped" in out, out
+    assert "runs its tests unstepped: stepkernel is not installed on 127.0.0.1" in out, out
     report = json.loads((run.session_dir / "report.json").read_text())
     assert report["outcomes"] == {"failed": 1, "passed": 1}, (report, out)
     assert not (run.session_dir / "workers").exists()
@@ -485,3 +505,290 @@ def test_a_run_with_xdist_disabled_is_a_plain_run(tmp_path, run_session):
     run = run_session(project, "--on-error", "fail", "--", "-p", "no:xdist", "-p", "no:cacheprovider")
     assert run.wait_exit(120) == 0, run.output()
     assert "INTERNALERROR" not in run.output()
+
+
+REMOTE_PROJECT = {
+    "test_remote.py": '''
+        def test_ok():
+            assert True
+
+
+        def test_bad():
+            value = 1
+            assert value == 2, "remote value"
+            after = value + 1
+            assert after == 2
+        ''',
+}
+
+#: The "remote host": a network namespace joined to this one by a veth pair.
+NETNS, HOST_IP, REMOTE_IP = "sk-remote-test", "10.231.7.1", "10.231.7.2"
+
+
+def _netns_up() -> bool:
+    """A second network namespace (root and `ip netns`); False when this machine cannot make one."""
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    steps = [
+        ["ip", "netns", "add", NETNS],
+        ["ip", "link", "add", "sk-host0", "type", "veth", "peer", "name", "sk-remote0"],
+        ["ip", "link", "set", "sk-remote0", "netns", NETNS],
+        ["ip", "addr", "add", f"{HOST_IP}/30", "dev", "sk-host0"],
+        ["ip", "link", "set", "sk-host0", "up"],
+        ["ip", "netns", "exec", NETNS, "ip", "addr", "add", f"{REMOTE_IP}/30", "dev", "sk-remote0"],
+        ["ip", "netns", "exec", NETNS, "ip", "link", "set", "sk-remote0", "up"],
+        ["ip", "netns", "exec", NETNS, "ip", "link", "set", "lo", "up"],
+    ]
+    for step in steps:
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            _netns_down()
+            return False
+    return True
+
+
+def _netns_down() -> None:
+    subprocess.run(["ip", "link", "del", "sk-host0"], capture_output=True)
+    subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+
+
+@pytest.fixture(params=["netns", "loopback"])
+def remote_host(request):
+    """(prefix to run a command on the remote host, its address): another network namespace, or loopback."""
+    if request.param == "loopback":
+        yield [], "127.0.0.1"
+        return
+    if not _netns_up():
+        pytest.skip("no second network namespace here (needs root and `ip netns`)")
+    yield ["ip", "netns", "exec", NETNS], REMOTE_IP
+    _netns_down()
+
+
+def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_the_printed_route(
+        tmp_path, run_session, remote_host):
+    """`--tx socket=` to execnet's socket server in another network namespace: the worker steps its
+    tests, its kernel binds that host's loopback, the controller's terminal says how to attach, a
+    client on that host attaches there, `%continue` ends the run, and the session covers its tests."""
+    import re
+
+    import execnet
+
+    on_remote, address = remote_host
+    project = write_project(tmp_path / "proj", REMOTE_PROJECT)
+    port = 48000 + os.getpid() % 1000
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    server = subprocess.Popen([*on_remote, PYTHON, "-u", str(script), f"{address}:{port}"], cwd=server_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "STEPKERNEL_REMOTE_BIN": stepkernel_bin()})
+    try:
+        assert "Entering Accept loop" in server.stdout.readline()
+        run = run_session(project, "--", f"--tx=socket={address}:{port}", f"--rsyncdir={project}",
+                          "-p", "no:cacheprovider", "-W", "ignore::DeprecationWarning")
+        def paused() -> str:
+            out = run.output()
+            if run.proc.poll() is not None:
+                raise AssertionError(f"run exited {run.proc.returncode}:\n{out}")
+            return "PAUSED on failure on xdist worker gw0" in out and "--ssh" in out and out
+
+        out = wait_for(paused, timeout=120, what="the remote worker's pause")
+        assert "runs its tests unstepped" not in out, out
+        # The route printed: the connection file on that host, and the SSH tunnel from here.
+        on_host = re.search(rf"on {re.escape(address)}: jupyter console --existing (\S+)", out)
+        assert on_host, out
+        assert re.search(rf"scp {re.escape(address)}:\S+ \S+ && jupyter console --existing \S+ --ssh "
+                         rf"{re.escape(address)}", out), out
+        remote_file = pathlib.Path(on_host.group(1))
+        assert remote_file.is_relative_to(server_dir / "pyexecnetcache" / ".stepkernel" / "remote"), remote_file
+        info = json.loads(remote_file.read_text())
+        assert info["ip"] == "127.0.0.1", info
+        assert remote_file.stat().st_mode & 0o777 == 0o600
+        assert not (run.session_dir / "workers" / "gw0").exists()
+        # A client on that host attaches to the kernel on its loopback (real jupyter_client).
+        attach_script = tmp_path / "attach.py"
+        attach_script.write_text(
+            "import sys\n"
+            "from jupyter_client import BlockingKernelClient\n"
+            "c = BlockingKernelClient(connection_file=sys.argv[1]); c.load_connection_file()\n"
+            "c.start_channels(); c.wait_for_ready(timeout=60)\n"
+            "for code in ('print(\"value is\", value)', '%%edit\\nassert value == 1, \"remote value\"\\n',\n"
+            "             '%continue'):\n"
+            "    msg_id = c.execute(code)\n"
+            "    while True:\n"
+            "        m = c.get_iopub_msg(timeout=60)\n"
+            "        if m['parent_header'].get('msg_id') != msg_id:\n"
+            "            continue\n"
+            "        if m['msg_type'] == 'stream':\n"
+            "            print(m['content']['text'], end='')\n"
+            "        if m['msg_type'] == 'status' and m['content']['execution_state'] == 'idle':\n"
+            "            break\n"
+            "    reply = c.get_shell_msg(timeout=60)\n"
+            "    print('STATUS', reply['content']['status'])\n"
+        )
+        attached = subprocess.run([*on_remote, PYTHON, str(attach_script), str(remote_file)],
+                                  capture_output=True, text=True, timeout=120)
+        assert attached.returncode == 0, attached.stdout + attached.stderr
+        assert "value is 1" in attached.stdout, attached.stdout
+        assert attached.stdout.count("STATUS ok") == 3, attached.stdout
+        assert "journaled" in attached.stdout, attached.stdout
+        code = run.wait_exit(120)
+    finally:
+        server.kill()
+        server.wait()
+    out = run.output()
+    assert code == 1, out
+    report = json.loads((run.session_dir / "report.json").read_text())
+    # Passed only thanks to an edit: exit 1, as for a local worker.
+    assert report["outcomes"] == {"fixed": 1, "passed": 1}, (report, out)
+    # Node ids as xdist's worker names them (under the rsynced `proj/`).
+    finishes = {e["test"].rsplit("/", 1)[-1]: e for e in run.events() if e["event"] == "test_finish"}
+    assert finishes["test_remote.py::test_bad"]["worker"] == "gw0", finishes
+    assert "stepped" not in finishes["test_remote.py::test_bad"], finishes
+    assert any(e["event"] == "resume" and e.get("worker") == "gw0" for e in run.events())
+    # The edit is journaled on the worker's host, beside its connection file.
+    edits = (remote_file.parent / "edits.jsonl").read_text()
+    assert "assert value == 1" in edits, edits
+
+
+def test_fidelity_corpus_on_a_socket_worker_matches_plain_pytest(tmp_path, run_session):
+    """`../shared/fidelity/cases` on a stepped `--tx socket=` worker (loopback) ends as under plain
+    `pytest --tx socket=` (compare_junit.py), and the worker really stepped them."""
+    import shutil
+    import socket
+
+    import execnet
+
+    project = tmp_path / "cases"
+    project.mkdir()
+    for f in (SHARED / "fidelity" / "cases").glob("*.py"):
+        shutil.copy(f, project / f.name)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    script = pathlib.Path(execnet.__file__).parent / "script" / "socketserver.py"
+    server = subprocess.Popen([PYTHON, "-u", str(script), f"127.0.0.1:{port}"], cwd=server_dir,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              env={**os.environ, "STEPKERNEL_REMOTE_BIN": stepkernel_bin()})
+    xdist_args = [f"--tx=socket=127.0.0.1:{port}", f"--rsyncdir={project}", "-p", "no:cacheprovider",
+                  "-W", "ignore::DeprecationWarning"]
+    try:
+        assert "Entering Accept loop" in server.stdout.readline()
+        plain = subprocess.run([PYTHON, "-m", "pytest", "-q", *xdist_args, "--junitxml", "plain.xml"],
+                               cwd=project, capture_output=True, text=True, timeout=300)
+        assert plain.returncode == 1, plain.stdout + plain.stderr
+        run = run_session(project, "--on-error", "fail", "--junit-xml", "stepped.xml", "--", *xdist_args)
+        assert run.wait_exit(300) == 1, run.output()
+    finally:
+        server.kill()
+        server.wait()
+    assert "is stepped there" in run.output(), run.output()
+    # Known difference, not yet fixed (it is there for unstepped socket workers under `stepkernel run` too):
+    # the worker's rootdir is the rsync cache directory, not the rsynced project, so its node ids carry
+    # the project's directory name ("cases/test_x.py::..."). Outcomes are compared with that prefix
+    # taken off, and the prefix is asserted so that this line goes once it is fixed.
+    stepped_xml = (project / "stepped.xml").read_text()
+    assert 'classname="cases.' in stepped_xml
+    (project / "stepped.xml").write_text(stepped_xml.replace('classname="cases.', 'classname="'))
+    compare = subprocess.run([PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
+                             cwd=project, capture_output=True, text=True)
+    assert compare.returncode == 0, compare.stdout
+    assert ", 0 failed" in compare.stdout
+    starts = [e for e in run.events() if e["event"] == "test_start"]
+    assert {e.get("worker") for e in starts} == {"gw0"}
+    stepped = [e for e in starts if any(p["stepped"] and p["steps"] > 1 for p in e["phases"])]
+    assert len(stepped) > len(starts) // 2, "tests must actually be stepped"
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["exit_code"] == 1 and report["summary"]["total"] == len(starts), report["summary"]
+
+
+def test_an_ssh_worker_pauses_on_its_host_and_is_attached_there_over_ssh(tmp_path, run_session, remote_host):
+    """`--tx ssh=root@HOST//python=...` against a real sshd (in a second network namespace, or on
+    loopback): the worker pauses on that host, the terminal prints the attach routes (on the host, and
+    the `--ssh` tunnel), a client run on that host over ssh attaches, and the run ends as it should."""
+    import re
+    import shutil
+
+    if shutil.which("sshd") is None and not pathlib.Path("/usr/sbin/sshd").exists():
+        pytest.skip("no sshd here (apt-get install openssh-server)")
+    on_remote, address = remote_host
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for name in ("hostkey", "userkey"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    shutil.copy(keys / "userkey.pub", keys / "authorized_keys")
+    port = 49000 + os.getpid() % 1000
+    (keys / "sshd_config").write_text(
+        f"Port {port}\nListenAddress {address}\nHostKey {keys / 'hostkey'}\n"
+        f"AuthorizedKeysFile {keys / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+        f"PidFile {keys / 'sshd.pid'}\n")
+    ssh_config = keys / "ssh_config"
+    ssh_config.write_text(f"Host *\n  IdentityFile {keys / 'userkey'}\n  StrictHostKeyChecking no\n"
+                          f"  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n  Port {port}\n  BatchMode yes\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    sshd = subprocess.Popen([*on_remote, "/usr/sbin/sshd", "-D", "-f", str(keys / "sshd_config"), "-e"],
+                            stderr=subprocess.DEVNULL)
+    project = write_project(tmp_path / "proj", REMOTE_PROJECT)
+    home = tmp_path / "remote-home"
+    home.mkdir()
+    ssh = ["ssh", "-F", str(ssh_config), f"root@{address}"]
+    try:
+        wait_for(lambda: subprocess.run([*ssh, "true"], capture_output=True).returncode == 0, timeout=30,
+                 what="sshd")
+        run = run_session(project, "--", f"--tx=ssh=root@{address}//python={PYTHON}//ssh_config={ssh_config}"
+                          f"//chdir={home}", f"--rsyncdir={project}", "-p", "no:cacheprovider",
+                          "-W", "ignore::DeprecationWarning", env={"STEPKERNEL_REMOTE_BIN": stepkernel_bin()})
+
+        def paused() -> str:
+            out = run.output()
+            if run.proc.poll() is not None:
+                raise AssertionError(f"run exited {run.proc.returncode}:\n{out}")
+            return "PAUSED on failure on xdist worker gw0" in out and "--ssh" in out and out
+
+        out = wait_for(paused, timeout=120, what="the ssh worker's pause")
+        on_host = re.search(rf"on root@{re.escape(address)}: jupyter console --existing (\S+)", out)
+        assert on_host, out
+        assert re.search(rf"from here \(an SSH tunnel to root@{re.escape(address)}'s loopback\): "
+                         rf"scp root@{re.escape(address)}:\S+ \S+ && jupyter console --existing \S+ --ssh "
+                         rf"root@{re.escape(address)}", out), out
+        remote_file = pathlib.Path(on_host.group(1))
+        assert remote_file.is_relative_to(home / ".stepkernel" / "remote"), remote_file
+        assert json.loads(remote_file.read_text())["ip"] == "127.0.0.1"
+        attach_script = tmp_path / "attach.py"
+        attach_script.write_text(
+            "import sys\n"
+            "from jupyter_client import BlockingKernelClient\n"
+            "c = BlockingKernelClient(connection_file=sys.argv[1]); c.load_connection_file()\n"
+            "c.start_channels(); c.wait_for_ready(timeout=60)\n"
+            "for code in ('print(\"value is\", value)', '%skip'):\n"
+            "    msg_id = c.execute(code)\n"
+            "    while True:\n"
+            "        m = c.get_iopub_msg(timeout=60)\n"
+            "        if m['parent_header'].get('msg_id') != msg_id:\n"
+            "            continue\n"
+            "        if m['msg_type'] == 'stream':\n"
+            "            print(m['content']['text'], end='')\n"
+            "        if m['msg_type'] == 'status' and m['content']['execution_state'] == 'idle':\n"
+            "            break\n"
+            "    print('STATUS', c.get_shell_msg(timeout=60)['content']['status'])\n"
+        )
+        # The client runs on that host, reached over ssh as a user would.
+        attached = subprocess.run([*ssh, PYTHON, str(attach_script), str(remote_file)],
+                                  capture_output=True, text=True, timeout=120)
+        assert attached.returncode == 0, attached.stdout + attached.stderr
+        assert "value is 1" in attached.stdout and attached.stdout.count("STATUS ok") == 2, attached.stdout
+        code = run.wait_exit(120)
+    finally:
+        sshd.terminate()
+        sshd.wait()
+    out = run.output()
+    # A failing step skipped by hand: the test is "forced", counted as failed (exit 1).
+    assert code == 1, out
+    assert "FORCED proj/test_remote.py::test_bad" in out, out
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"forced": 1, "passed": 1}, (report, out)

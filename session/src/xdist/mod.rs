@@ -16,11 +16,12 @@
 
 mod conflicts;
 pub mod relay;
+pub mod relay_stream;
 pub mod worker_kernel;
 
 pub use conflicts::{check_conflicts, conflicts};
 pub use relay::WorkerRelay;
-pub use worker_kernel::{serve_worker, WorkerOptions};
+pub use worker_kernel::{serve_worker, RemoteRelay, WorkerOptions};
 
 use crate::session_dir::SessionMeta;
 use serde_json::{json, Value};

@@ -2,6 +2,7 @@
 //! interpreter execnet started through it.
 
 use super::conflicts::EDITS_FILE;
+use super::relay_stream::RelayStream;
 use super::{worker_dir, RELAY_SOCKET, WORKERS_DIR};
 use crate::attach;
 use crate::hooks::{RunHooks, SessionContext};
@@ -39,6 +40,109 @@ pub struct WorkerOptions {
     pub external_dir: Option<PathBuf>,
     /// The unpacked worker package.
     pub package_dir: PathBuf,
+    /// A remote worker's way back to its session (None: a local worker of `session_dir`).
+    pub remote: Option<RemoteRelay>,
+}
+
+/// A remote worker's (`--tx socket=`, `--tx ssh=`) way back to its session:
+/// its files stay on its own host, its events go to the controller's TCP relay.
+#[derive(Debug, Clone)]
+pub struct RemoteRelay {
+    /// `host:port` of the controller's TCP relay.
+    pub address: String,
+    /// The token the relay asks for first (from the environment, see [`super::relay_stream::TOKEN_ENV`]).
+    pub token: String,
+    /// The id of the session this worker belongs to.
+    pub session_id: String,
+    /// This host as the controller names it (for the attach lines).
+    pub host: String,
+    /// Reached over SSH (`--tx ssh=`) rather than a socket server.
+    pub ssh: bool,
+}
+
+/// Where a remote worker keeps its files: `<cwd>/.stepkernel/remote/<session-id>`.
+pub const REMOTE_DIR: &str = ".stepkernel/remote";
+
+fn plain_id(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The session a worker belongs to and the directory its own files go under:
+/// the session's directory for a local worker, its own host's for a remote one.
+fn worker_session(opts: &WorkerOptions) -> Result<(SessionMeta, PathBuf), RunError> {
+    let Some(remote) = &opts.remote else {
+        let session = SessionMeta::load(&opts.session_dir).ok_or_else(|| {
+            RunError::Usage(format!(
+                "{} is not a stepkernel session directory (no session.json)",
+                opts.session_dir.display()
+            ))
+        })?;
+        return Ok((session, opts.session_dir.clone()));
+    };
+    if !plain_id(&remote.session_id) {
+        return Err(RunError::Usage(format!(
+            "bad session id {:?}",
+            remote.session_id
+        )));
+    }
+    let cwd = std::env::current_dir().map_err(|source| RunError::Io {
+        what: "cannot read the current directory".into(),
+        source,
+    })?;
+    let dir = cwd.join(REMOTE_DIR).join(&remote.session_id);
+    kernel::private_files::ensure_private_dir(&dir)?;
+    let root = cwd.display().to_string();
+    let session = SessionMeta {
+        id: remote.session_id.clone(),
+        pid: std::process::id(),
+        state: "running".into(),
+        rootdir: root.clone(),
+        patch_root: root,
+        started: patchgen::now_rfc3339(),
+        ..Default::default()
+    };
+    Ok((session, dir))
+}
+
+/// How to attach to a worker's kernel, as its session's terminal prints it.
+fn attach_lines(
+    opts: &WorkerOptions,
+    session: &SessionMeta,
+    connection_file: &Path,
+) -> Vec<String> {
+    let file = connection_file.display();
+    if let Some(remote) = &opts.remote {
+        let host = &remote.host;
+        let local = format!("{}-{}.json", remote.session_id, opts.worker);
+        let route =
+            format!("scp {host}:{file} {local} && jupyter console --existing {local} --ssh {host}");
+        return vec![
+            format!("on {host}: jupyter console --existing {file}"),
+            if remote.ssh {
+                format!("from here (an SSH tunnel to {host}'s loopback): {route}")
+            } else {
+                format!("from here, if {host} runs sshd (an SSH tunnel to its loopback): {route}")
+            },
+        ];
+    }
+    let mut lines = vec![
+        format!("jupyter console --existing {file}"),
+        format!(
+            "{} console {} --worker {}      (the same, from any directory)",
+            crate::run::self_command(),
+            session.id,
+            opts.worker
+        ),
+    ];
+    if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
+        lines.push(format!(
+            "remote: copy {file} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
+        ));
+    }
+    lines
 }
 
 /// execnet's channel (this process's stdin and stdout), kept for the
@@ -69,20 +173,10 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
         what: "cannot keep execnet's channel".into(),
         source,
     })?;
-    let session = SessionMeta::load(&opts.session_dir).ok_or_else(|| {
-        RunError::Usage(format!(
-            "{} is not a stepkernel session directory (no session.json)",
-            opts.session_dir.display()
-        ))
-    })?;
-    if opts.worker.is_empty()
-        || !opts
-            .worker
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if !plain_id(&opts.worker) {
         return Err(RunError::Usage(format!("bad worker id {:?}", opts.worker)));
     }
+    let (session, session_dir) = worker_session(&opts)?;
     let options = match &opts.step_marker {
         Some(pattern) => Options::with_step_marker(pattern)
             .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
@@ -94,9 +188,8 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             .map_err(|e| RunError::Usage(format!("--plan-id: {e}")))?,
         None => options,
     };
-    kernel::private_files::ensure_private_dir(&opts.session_dir.join(WORKERS_DIR))?;
-    let dir =
-        kernel::private_files::ensure_private_dir(&worker_dir(&opts.session_dir, &opts.worker))?;
+    kernel::private_files::ensure_private_dir(&session_dir.join(WORKERS_DIR))?;
+    let dir = kernel::private_files::ensure_private_dir(&worker_dir(&session_dir, &opts.worker))?;
     let label = format!("{}-{}", session.id, opts.worker);
     let mut connection = ConnectionInfo::new_random(&opts.ip, "stepkernel");
     connection
@@ -111,7 +204,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
     // Discovery from Jupyter's runtime directory finds the session (one for the run).
     connection.extra.insert(
         crate::discovery::SESSION_DIR_KEY.into(),
-        json!(opts.session_dir.display().to_string()),
+        json!(session_dir.display().to_string()),
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -155,23 +248,10 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             .cloned();
         if let Some(copy) = &listed_copy {
             let what = format!("xdist worker {} of {}", opts.worker, session.id);
-            let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
+            let _ =
+                crate::kernel_label::relabel(copy, &crate::kernel_label::label(&what, "running"));
         }
-        let mut attach_lines = vec![
-            format!("jupyter console --existing {}", connection_file.display()),
-            format!(
-                "{} console {} --worker {}      (the same, from any directory)",
-                crate::run::self_command(),
-                session.id,
-                opts.worker
-            ),
-        ];
-        if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
-            attach_lines.push(format!(
-                "remote: copy {} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
-                connection_file.display()
-            ));
-        }
+        let attach_lines = attach_lines(&opts, &session, &connection_file);
         let meta = SessionMeta {
             id: label.clone(),
             pid: std::process::id(),
@@ -187,7 +267,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             ..Default::default()
         };
         let _ = meta.save(&dir);
-        let hooks = RunHooks::new(
+        let mut hooks = RunHooks::new(
             SessionContext {
                 id: session.id.clone(),
                 dir: dir.clone(),
@@ -205,12 +285,26 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             },
             meta,
             true,
-        )
-        .share_journal(&opts.session_dir);
-        let relay = std::os::unix::net::UnixStream::connect(crate::control::connect_path(
-            &opts.session_dir.join(RELAY_SOCKET),
-        ))
-        .ok();
+        );
+        let relay = match &opts.remote {
+            // A remote worker's edits stay in its own journal, on its host.
+            Some(remote) => RelayStream::connect_tcp(&remote.address, &remote.token)
+                .map_err(|e| {
+                    eprintln!(
+                        "stepkernel: worker {}: cannot reach the session's relay at {}: {e}",
+                        opts.worker, remote.address
+                    )
+                })
+                .ok(),
+            None => {
+                hooks = hooks.share_journal(&opts.session_dir);
+                std::os::unix::net::UnixStream::connect(crate::control::connect_path(
+                    &opts.session_dir.join(RELAY_SOCKET),
+                ))
+                .ok()
+                .map(RelayStream::Unix)
+            }
+        };
         if relay.is_none() {
             eprintln!(
                 "stepkernel: worker {}: the session's relay is not there; its events stay in {}",
@@ -224,6 +318,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             worker: opts.worker.clone(),
             attach: attach_lines,
             dir: dir.clone(),
+            remote: opts.remote.is_some(),
         });
         bound.set_hooks(hooks);
         let served = bound.serve().await;
@@ -239,10 +334,12 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
 /// magics, each event also relayed to the session.
 struct WorkerHooks {
     inner: Arc<RunHooks>,
-    relay: Mutex<Option<std::os::unix::net::UnixStream>>,
+    relay: Mutex<Option<RelayStream>>,
     worker: String,
     attach: Vec<String>,
     dir: PathBuf,
+    /// A remote worker: its edits and exports stay on its host, not the session's journal.
+    remote: bool,
 }
 
 /// The file name a worker asks steps for at its end (see `xdist_worker.py`):
@@ -344,13 +441,15 @@ impl SessionHooks for WorkerHooks {
         if let Ok(mut file) = kernel::private_files::open_append(&self.dir.join(EDITS_FILE)) {
             let _ = file.write_all(&line);
         }
-        self.relay(json!({"kind": "edit"}));
+        if !self.remote {
+            self.relay(json!({"kind": "edit"}));
+        }
         Ok(recorded)
     }
 
     fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>> {
         let result = self.inner.magic(name, args);
-        if let Some(Ok(output)) = &result {
+        if let Some(Ok(output)) = result.as_ref().filter(|_| !self.remote) {
             match name {
                 // "Wrote PATH": the session's patch holds every worker's edits.
                 "patch" => {

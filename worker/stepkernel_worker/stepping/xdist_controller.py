@@ -36,6 +36,8 @@ class XdistController:
         #: Workers without a kernel (remote gateways): their reports by test, until its teardown.
         self.unstepped: set[str] = set()
         self._reports: dict[str, list] = {}
+        #: Remote workers' setup and TCP relay (``xdist_remote.py``), made on the first.
+        self.remote: Any = None
 
     @pytest.hookimpl(wrapper=True)
     def pytest_cmdline_main(self, config: Any) -> Any:
@@ -55,10 +57,22 @@ class XdistController:
         for spec in specs:
             if spec.popen and not getattr(spec, "via", None):
                 spec.python = self._wrapped(spec)
-            else:
-                self.unstepped.add(spec.id)
-                print(f"stepkernel: xdist worker {spec.id} ({spec}) runs its tests unstepped: "
-                      "stepkernel steps local workers (-n N, --tx popen) only", file=sys.stderr, flush=True)
+                continue
+            why = "stepkernel steps local workers and direct --tx socket= / ssh= ones"
+            if (spec.socket or spec.ssh) and not spec.via:
+                why = self._remote().setup(config, spec)
+                if why is None:
+                    continue
+            self.unstepped.add(spec.id)
+            print(f"stepkernel: xdist worker {spec.id} ({spec}) runs its tests unstepped: {why}",
+                  file=sys.stderr, flush=True)
+
+    def _remote(self) -> Any:
+        if self.remote is None:
+            from .xdist_remote import RemoteWorkers
+
+            self.remote = RemoteWorkers(self.spec)
+        return self.remote
 
     def _wrapped(self, spec: Any) -> str:
         python = spec.python or sys.executable

@@ -20,6 +20,8 @@ command -v git >/dev/null || need_apt+=(git)
 if ! $demo_only; then
   command -v tmux >/dev/null || need_apt+=(tmux)
   command -v ip >/dev/null || need_apt+=(iproute2)
+  # The ssh xdist worker test runs a real sshd in a network namespace.
+  [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
   # The browser test drives JupyterLab in Debian's Chromium (never a downloaded browser).
   command -v chromium >/dev/null || need_apt+=(chromium fonts-liberation)
 fi

@@ -93,6 +93,6 @@ def test_first_demo_run_says_it_is_building_and_installs_only_what_the_demo_need
             pass
         proc.wait()
     out = "".join(seen)
-    assert "setup: building stepkernel with cargo (the first build compiles every dependency: a few minutes" in out, out
+    assert "setup: building stepkernel with cargo (the first build compiles every dependency: 1-2 minutes" in out, out
     assert any(line.strip().startswith("Compiling ") for line in seen), "cargo's progress is shown"
     assert not called.exists(), called.read_text()

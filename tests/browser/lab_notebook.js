@@ -54,8 +54,6 @@ async function main() {
       try {
         await notebookTab.click({ timeout: 5000 });
         await cell.locator('.jp-InputArea-editor').click({ timeout: 5000 });
-        kernelName = await page.locator('.jp-NotebookPanel .jp-Toolbar-kernelName').first()
-          .innerText({ timeout: 5000 }).catch(() => '');
         // The toolbar's Run button, not a key press: a key would go to the source view
         // if it came to the front in between; a click on a hidden button fails and is retried.
         await page.locator(RUN_BUTTON).first().click({ timeout: 5000 });
@@ -66,6 +64,22 @@ async function main() {
     }
     const output = cell.locator('.jp-OutputArea-output');
     await output.filter({ hasText: config.expect }).first().waitFor({ state: 'attached' });
+    // The toolbar names the kernel once its session is up, and renders only
+    // while the notebook is in front (the debugger may have brought the test's
+    // source forward): bring it back and read, waiting a little for it.
+    const nameLocator = page.locator('.jp-NotebookPanel .jp-Toolbar-kernelName').first();
+    for (let i = 0; i < 50 && !kernelName.trim(); i++) {
+      await notebookTab.click({ timeout: 1000 }).catch(() => {});
+      kernelName = (await nameLocator.innerText({ timeout: 1000 }).catch(() => '')) || '';
+      if (!kernelName.trim()) {
+        // A narrow toolbar folds the name into its "..." menu; the status bar
+        // shows it too, as "<kernel name> | Idle".
+        const bar = (await page.locator('#jp-main-statusbar').innerText({ timeout: 1000 }).catch(() => '')) || '';
+        const item = bar.split('\n').find((text) => / \| (Idle|Busy)/.test(text));
+        if (item) kernelName = item.split(' | ')[0];
+      }
+      if (!kernelName.trim()) await page.waitForTimeout(200);
+    }
     // The prompt shows the count once the reply has come.
     await cell.locator('.jp-InputPrompt').filter({ hasNotText: '*' }).first().waitFor({ state: 'attached' });
     const prompt = await cell.locator('.jp-InputPrompt').first().textContent();

@@ -26,7 +26,9 @@ import tarfile
 import time
 from pathlib import Path
 
-PYTEST_ARGS = ["-p", "no:cacheprovider"]
+# Both sides get the same pytest arguments (-q included: `stepkernel run -q`
+# quiets stepkernel's own lines, not pytest's).
+PYTEST_ARGS = ["-q", "-p", "no:cacheprovider"]
 # Rounds per side: at least --rounds, more for short suites (about MIN_TIMED_S
 # of plain pytest per side), at most MAX_ROUNDS.
 MIN_TIMED_S = 6.0
@@ -162,7 +164,7 @@ def main():
         env["PYTHONPATH"] = pythonpath
         # One untimed run each so both start from warm .pyc files and page cache.
         warm = out_dir / f"{name}-warmup"
-        warm_s, _ = timed([args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests], root, env,
+        warm_s, _ = timed([args.python, "-m", "pytest", *PYTEST_ARGS, tests], root, env,
                           Path(f"{warm}-plain.log"))
         timed([args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
                "--session-dir", str(out_dir / f"{name}-warmup-session"), tests, "--", *PYTEST_ARGS],
@@ -178,7 +180,7 @@ def main():
             for kind in order:
                 stem = out_dir / f"{name}-{kind}-{i}"
                 if kind == "plain":
-                    argv = [args.python, "-m", "pytest", "-q", *PYTEST_ARGS,
+                    argv = [args.python, "-m", "pytest", *PYTEST_ARGS,
                             f"--junitxml={stem}.xml", tests]
                 else:
                     argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python,
@@ -234,7 +236,7 @@ def cold_run(args, name, tests, root, env, out_dir) -> None:
         for kind in order:
             stem = out_dir / f"{name}-cold-{kind}-{i}"
             if kind == "plain":
-                argv = [args.python, "-m", "pytest", "-q", *PYTEST_ARGS, tests]
+                argv = [args.python, "-m", "pytest", *PYTEST_ARGS, tests]
             else:
                 argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
                         "--session-dir", f"{stem}-session", tests, "--", *PYTEST_ARGS]

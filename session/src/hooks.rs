@@ -56,7 +56,9 @@ struct Inner {
     journal: Option<Journal>,
     /// File contents as first loaded: edits are hashed and checked against these.
     originals: HashMap<PathBuf, String>,
-    /// Instrumenter reports by absolute path.
+    /// Files loaded since their report was made (or never reported): their latest bytes.
+    unreported: HashMap<PathBuf, Vec<u8>>,
+    /// Instrumenter reports by absolute path, made when first needed.
     reports: HashMap<PathBuf, Value>,
     last_pause: Option<Value>,
     meta: SessionMeta,
@@ -119,6 +121,7 @@ impl RunHooks {
                 events,
                 journal: None,
                 originals: HashMap::new(),
+                unreported: HashMap::new(),
                 reports: HashMap::new(),
                 last_pause: None,
                 meta,
@@ -150,7 +153,7 @@ impl RunHooks {
 
     /// The source of the step `info` pauses at (None when not known).
     pub fn paused_source(&self, info: &Value) -> Option<String> {
-        Self::step_source(&self.lock(), info)
+        self.step_source(&mut self.lock(), info)
     }
 
     /// An event of xdist worker `worker`, relayed by its kernel: into
@@ -245,23 +248,34 @@ impl RunHooks {
         self.save_meta(&inner);
     }
 
-    /// Records `abs` as loaded with content `bytes` (what edits are checked
-    /// against) and returns its report (prefetched when it can be).
-    fn record_file(&self, abs: PathBuf, bytes: Vec<u8>) -> Value {
-        let ready = self
-            .prefetched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&abs)
-            .filter(|(seen, _)| *seen == bytes)
-            .map(|(_, value)| value);
-        let value = ready.unwrap_or_else(|| self.instrument(&abs, &bytes));
-        let mut inner = self.lock();
-        if let Ok(text) = String::from_utf8(bytes) {
-            inner.originals.entry(abs.clone()).or_insert(text);
+    /// Records `abs` as loaded with content `bytes`: the first content is what
+    /// edits are checked against; the latest is what a report describes.
+    /// Instrumenting waits until a report is asked for (a pause, a worker's
+    /// `need_steps`): a run whose tests pass never needs one.
+    fn record_file(&self, inner: &mut Inner, abs: PathBuf, bytes: Vec<u8>) {
+        if !inner.originals.contains_key(&abs) {
+            if let Ok(text) = std::str::from_utf8(&bytes) {
+                inner.originals.insert(abs.clone(), text.to_string());
+            }
         }
-        inner.reports.insert(abs, value.clone());
-        value
+        inner.unreported.insert(abs, bytes);
+    }
+
+    /// The instrumenter's report of `abs` as last loaded (prefetched when it
+    /// can be), made when first asked for.
+    fn report_of<'a>(&self, inner: &'a mut Inner, abs: &Path) -> Option<&'a Value> {
+        if let Some(bytes) = inner.unreported.remove(abs) {
+            let ready = self
+                .prefetched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(abs)
+                .filter(|(seen, _)| *seen == bytes)
+                .map(|(_, value)| value);
+            let value = ready.unwrap_or_else(|| self.instrument(abs, &bytes));
+            inner.reports.insert(abs.to_path_buf(), value);
+        }
+        inner.reports.get(abs)
     }
 
     /// The instrumenter's report of `abs` (holding `bytes`), as JSON.
@@ -287,6 +301,10 @@ impl RunHooks {
             .spawn(move || {
                 lower_priority();
                 for file in files {
+                    if has_fresh_stepped_pyc(&file) {
+                        // pytest will load it stepped from its cache: no report needed.
+                        continue;
+                    }
                     let Ok(bytes) = std::fs::read(&file) else {
                         continue;
                     };
@@ -361,12 +379,12 @@ impl RunHooks {
         let _ = inner.meta.save(&self.ctx.dir);
     }
 
-    fn step_source(inner: &Inner, info: &Value) -> Option<String> {
+    fn step_source(&self, inner: &mut Inner, info: &Value) -> Option<String> {
         // Exact bytes when the worker sent them (`file_bytes`: a name that is not UTF-8).
         let file = kernel::worker::message_path(info, "file")?;
         let function = info.get("function")?.as_str()?;
         let step = info.get("step")?.as_u64()?;
-        let report = inner.reports.get(&file)?;
+        let report = self.report_of(inner, &file)?;
         let func = report
             .get("functions")?
             .as_array()?
@@ -623,10 +641,9 @@ impl RunHooks {
 
     /// Writes report.json and session.json with the exit code as it stands.
     fn write_outcome(&self, inner: &mut Inner, code: i32) {
-        let report = inner.report.to_json(&self.ctx.id, Some(code));
         let _ = kernel::private_files::write_atomic(
             &self.ctx.dir.join("report.json"),
-            &serde_json::to_vec_pretty(&report).expect("serializes"),
+            &inner.report.to_json_bytes(&self.ctx.id, Some(code)),
             false,
         );
         inner.meta.state = "finished".into();
@@ -756,7 +773,13 @@ impl SessionHooks for RunHooks {
                 return json!({"path": path.to_string_lossy(), "error": {"message": err.to_string()}, "tests": [], "functions": []})
             }
         };
-        slim_report(&self.record_file(abs, bytes))
+        let mut inner = self.lock();
+        self.record_file(&mut inner, abs.clone(), bytes);
+        self.report_of(&mut inner, &abs)
+            .map(slim_report)
+            .unwrap_or_else(
+                || json!({"path": path.to_string_lossy(), "tests": [], "functions": []}),
+            )
     }
 
     fn edited_text(&self, path: &Path) -> Option<String> {
@@ -782,7 +805,7 @@ impl SessionHooks for RunHooks {
     fn steps_loaded(&self, path: &Path) {
         let abs = path.to_path_buf();
         if let Ok(bytes) = std::fs::read(&abs) {
-            self.record_file(abs, bytes);
+            self.record_file(&mut self.lock(), abs, bytes);
         }
     }
 
@@ -839,7 +862,7 @@ impl SessionHooks for RunHooks {
         inner.last_pause = Some(info.clone());
         inner.report.add_pause_info(info);
         inner.live.set_paused(info);
-        let source = Self::step_source(&inner, info);
+        let source = self.step_source(&mut inner, info);
         if !self.ctx.notebook {
             inner
                 .terminal
@@ -977,6 +1000,32 @@ impl SessionHooks for RunHooks {
             self.say(&format!("stepkernel: {text}"));
         }
     }
+}
+
+/// Whether `file`'s `__pycache__` holds a stepped module (`*-stepkernel-*.pyc`,
+/// under any tag) written after the file last changed.
+fn has_fresh_stepped_pyc(file: &Path) -> bool {
+    let (Some(dir), Some(stem)) = (file.parent(), file.file_stem()) else {
+        return false;
+    };
+    let Ok(source) = std::fs::metadata(file).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let Ok(entries) = std::fs::read_dir(dir.join("__pycache__")) else {
+        return false;
+    };
+    let prefix = format!("{}.", stem.to_string_lossy());
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        name.starts_with(&prefix)
+            && name.contains("-stepkernel-")
+            && name.ends_with(".pyc")
+            && entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|written| written >= source)
+    })
 }
 
 /// Lets the calling thread run only when a core is idle: the prefetch is

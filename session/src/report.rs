@@ -1,6 +1,6 @@
 //! `report.json`: outcomes, step timings and failures grouped two ways.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 /// Collects events into the session report.
@@ -27,6 +27,26 @@ pub struct Report {
     phases: Value,
     /// The current test's own plan ids (`@pytest.mark.plan`, from `test_start`).
     test_plan_ids: Vec<Value>,
+}
+
+/// report.json as serialized: fields in the order of a JSON object's sorted
+/// keys, as the file has always had them.
+#[derive(serde::Serialize)]
+struct ReportJson<'a> {
+    by_plan: Vec<Value>,
+    by_step: Vec<Value>,
+    collection: &'a [Value],
+    edits: u64,
+    exit_code: Option<i32>,
+    failures: &'a [Value],
+    failures_by_error: Vec<Value>,
+    failures_by_method: &'a BTreeMap<String, u64>,
+    outcomes: &'a BTreeMap<String, u64>,
+    session: &'a str,
+    subtests: &'a BTreeMap<String, u64>,
+    summary: &'a Option<Value>,
+    tests: &'a [Value],
+    total: u64,
 }
 
 /// The failures of one (type, first line): how many, of which tests, tracing to which plan ids.
@@ -334,11 +354,16 @@ impl Report {
 
     /// The report as JSON.
     pub fn to_json(&self, session_id: &str, exit_code: Option<i32>) -> Value {
-        let by_method: Map<String, Value> = self
-            .by_method
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        serde_json::to_value(self.borrowed(session_id, exit_code)).expect("serializes")
+    }
+
+    /// report.json's bytes (pretty-printed), serialized from the report in
+    /// place: a run's tests are not copied into a JSON value first.
+    pub fn to_json_bytes(&self, session_id: &str, exit_code: Option<i32>) -> Vec<u8> {
+        serde_json::to_vec_pretty(&self.borrowed(session_id, exit_code)).expect("serializes")
+    }
+
+    fn borrowed<'a>(&'a self, session_id: &'a str, exit_code: Option<i32>) -> ReportJson<'a> {
         let mut by_error: Vec<Value> = self
             .by_error
             .iter()
@@ -348,22 +373,22 @@ impl Report {
             })
             .collect();
         by_error.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
-        json!({
-            "session": session_id,
-            "exit_code": exit_code,
-            "outcomes": self.counts,
-            "total": self.counts.values().sum::<u64>(),
-            "subtests": self.subtests,
-            "edits": self.edits,
-            "tests": self.tests,
-            "failures": self.failures,
-            "collection": self.collection,
-            "failures_by_method": by_method,
-            "failures_by_error": by_error,
-            "by_step": self.by_step(),
-            "by_plan": self.by_plan(),
-            "summary": self.summary,
-        })
+        ReportJson {
+            by_plan: self.by_plan(),
+            by_step: self.by_step(),
+            collection: &self.collection,
+            edits: self.edits,
+            exit_code,
+            failures: &self.failures,
+            failures_by_error: by_error,
+            failures_by_method: &self.by_method,
+            outcomes: &self.counts,
+            session: session_id,
+            subtests: &self.subtests,
+            summary: &self.summary,
+            tests: &self.tests,
+            total: self.counts.values().sum::<u64>(),
+        }
     }
 
     /// Steps aggregated by name across tests: counts by status, durations (known with step events).

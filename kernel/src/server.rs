@@ -378,6 +378,10 @@ async fn iopub_task(
     signer: Signer,
 ) {
     while let Some(msg) = rx.recv().await {
+        if !socket.has_subscribers() {
+            // PUB drops it anyway; a run nobody watches signs nothing.
+            continue;
+        }
         if let Some(frames) = to_zmq(msg.to_frames(&signer)) {
             if let Err(err) = socket.send(frames).await {
                 log(format!("iopub send failed: {err}"));

@@ -308,6 +308,14 @@ impl SocketSend for PubSocket {
     }
 }
 
+impl PubSocket {
+    /// stepkernel: whether any subscriber is connected, so a publisher can
+    /// skip building (and signing) messages nobody would receive.
+    pub fn has_subscribers(&self) -> bool {
+        self.backend.subscriber_count.load(Ordering::Relaxed) > 0
+    }
+}
+
 impl CaptureSocket for PubSocket {}
 
 #[async_trait]

@@ -17,6 +17,7 @@ import importlib.machinery
 import importlib.util
 import marshal
 import os
+import gc
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -46,7 +47,13 @@ def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
     def rewrite_asserts(mod, source, module_path=None, config=None):
         original_rewrite(mod, source, module_path, config)
         if module_path is not None:
-            transformed(engine, mod, str(module_path))
+            collecting = gc.isenabled()
+            gc.disable()
+            try:
+                transformed(engine, mod, str(module_path))
+            finally:
+                if collecting:
+                    gc.enable()
 
     rewrite_module.rewrite_asserts = rewrite_asserts
     tag = transform.cache_tag(engine.steps_fingerprint)

@@ -142,12 +142,21 @@ def _function_body(
     return first(ast.While, test=first(ast.Constant, value=True), body=[attempt, none(ast.Break)], orelse=[])
 
 
-def _defs(tree: ast.Module):
-    """``(node, class name)`` of every function definition, outermost first."""
+def _defs(tree: ast.Module, lines: list[int]):
+    """``(node, class name)`` of every function definition, outermost first,
+    looking only into statements that span one of ``lines`` (sorted: the
+    ``def`` lines the report names), so a module's other code is not walked."""
+
+    def spans(node: ast.AST) -> bool:
+        i = bisect.bisect_left(lines, node.lineno)
+        return i < len(lines) and lines[i] <= (node.end_lineno or node.lineno)
+
     todo: list[tuple[list, str | None]] = [(tree.body, None)]
     while todo:
         body, class_name = todo.pop(0)
         for child in body:
+            if not spans(child):
+                continue
             kind = type(child)
             if kind is ast.FunctionDef or kind is ast.AsyncFunctionDef:
                 yield child, class_name
@@ -213,7 +222,8 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         return {}
     by_line, phase_names = _report_index(report)
     table: dict[tuple[str, int], tuple] = {}
-    for node, class_name in _defs(tree):
+    wanted = sorted(line for line in by_line if isinstance(line, int))
+    for node, class_name in _defs(tree, wanted):
         candidates = [
             fn
             for fn in by_line.get(node.lineno, ())

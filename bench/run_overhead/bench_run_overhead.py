@@ -141,6 +141,10 @@ def main():
     ap.add_argument("--cold-rounds", type=int, default=5,
                     help="rounds of the cold comparison (0 skips it)")
     ap.add_argument("--only", action="append", help="project name (repeatable)")
+    ap.add_argument("--instructions", action="store_true",
+                    help="count instructions (valgrind's callgrind, every process of each side) "
+                         "instead of timing rounds: one warm and one cold run per side, the same "
+                         "figure on a loaded machine as on a quiet one")
     args = ap.parse_args()
     # The suites run in their own directories: make the paths independent of that.
     args.stepkernel = os.path.abspath(args.stepkernel)
@@ -162,6 +166,9 @@ def main():
             continue
         root = prepare(workdir, args.python, name, version, tests, own_ini, fixup)
         env["PYTHONPATH"] = pythonpath
+        if args.instructions:
+            instruction_rows(args, name, version, tests, root, env, out_dir)
+            continue
         # One untimed run each so both start from warm .pyc files and page cache.
         warm = out_dir / f"{name}-warmup"
         warm_s, _ = timed([args.python, "-m", "pytest", *PYTEST_ARGS, tests], root, env,
@@ -218,6 +225,56 @@ def main():
         }), flush=True)
         if args.cold_rounds:
             cold_run(args, name, tests, root, env, out_dir)
+
+
+def counted(argv, cwd: Path, env, out: Path) -> int:
+    """Instructions every process of ``argv`` executed (callgrind), summed."""
+    out.mkdir(parents=True, exist_ok=True)
+    vg = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p"]
+    with open(out / "output.log", "wb") as log_file:
+        subprocess.run(vg + argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    total = 0
+    for path in out.glob("cg.*"):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("summary:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
+def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
+    """Warm (after one run of each) and cold instruction counts, plain against stepped."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    sides = {
+        "plain": [args.python, "-m", "pytest", *PYTEST_ARGS, tests],
+        "stepped": [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
+                    "--session-dir", "{session}", tests, "--", *PYTEST_ARGS],
+    }
+
+    def argv(kind: str, stem: Path) -> list[str]:
+        return [a.replace("{session}", f"{stem}-session") for a in sides[kind]]
+
+    for mode in ("warm", "cold"):
+        run_env = dict(env)
+        if mode == "warm":
+            for kind in sides:
+                timed(argv(kind, out_dir / f"{name}-iwarmup-{kind}"), root, run_env,
+                      Path(out_dir / f"{name}-iwarmup-{kind}.log"))
+        else:
+            run_env["PYTHONDONTWRITEBYTECODE"] = "1"
+            drop_caches(root)
+        counts = {kind: counted(argv(kind, out_dir / f"{name}-i{mode}-{kind}"), root, run_env,
+                                out_dir / f"{name}-i{mode}-{kind}") for kind in sides}
+        ratio = counts["stepped"] / counts["plain"]
+        log(f"{name} {version} {mode}: instructions plain {counts['plain'] / 1e6:.0f}M, "
+            f"stepped {counts['stepped'] / 1e6:.0f}M, ratio {ratio:.3f}x")
+        print("BENCH " + json.dumps({
+            "benchmark": f"{mode} instructions (callgrind, all processes) vs pytest: {name} {version} (millions)",
+            "stepkernel": counts["stepped"] / 1e6, "peer": counts["plain"] / 1e6, "peer_name": "pytest",
+            "ratio": ratio, "goal": "<= 1.05x" if mode == "warm" else "<= 1.10x",
+        }), flush=True)
 
 
 def drop_caches(root: Path) -> None:

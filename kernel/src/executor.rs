@@ -644,7 +644,9 @@ impl Executor {
     async fn stop_worker(&mut self) {
         let _ = self.worker.send(&json!({"type": "shutdown"})).await;
         let pid = self.worker.pid;
-        for _ in 0..50 {
+        // A worker exits at once; the grace is for one that is slow to
+        // (a profiler or valgrind writing out its data at exit).
+        for _ in 0..200 {
             // SAFETY: signal 0 only checks that the process exists.
             if unsafe { libc::kill(pid, 0) } != 0 {
                 break;

@@ -55,6 +55,8 @@ PROJECTS = [
     ("toolz", "1.0.0", "toolz/tests", True, None, "."),
     ("jinja2", "3.1.4", "tests", False, None, "src"),
     ("docutils", "0.21.2", "test", True, None, "."),
+    # networkx: 5,000 tests inside the package, numpy/scipy absent (their tests skip).
+    ("networkx", "3.4.2", "networkx", False, None, "."),
 ]
 
 

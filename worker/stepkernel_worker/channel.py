@@ -230,11 +230,15 @@ def _json_string(text: str) -> str:
 
 
 def encode_flat(obj: dict) -> str:
-    """JSON for a dict of strings, ints, floats, bools and None (others: the full encoder).
+    """JSON for a dict of strings, ints, floats, bools and None (other values: the full encoder).
 
     Step events are most of what the worker sends; this is several times
-    cheaper than ``json.dumps`` for them and gives the same JSON.
+    cheaper than ``json.dumps`` for them and gives the same JSON. A list or
+    dict value (``test_start``'s phases) is encoded on its own, not the whole
+    event again.
     """
+    if any(type(key) is not str for key in obj):
+        return _ENCODER.encode(obj)
     parts = []
     for key, value in obj.items():
         kind = type(value)
@@ -249,8 +253,6 @@ def encode_flat(obj: dict) -> str:
         elif kind is bool:
             text = "true" if value else "false"
         else:
-            return _ENCODER.encode(obj)
-        if type(key) is not str:
-            return _ENCODER.encode(obj)
+            text = _ENCODER.encode(value)
         parts.append(f"{_json_string(key)}:{text}")
     return "{" + ",".join(parts) + "}"

@@ -53,6 +53,7 @@ def test_without_step_events_no_step_is_reported(tmp_path):
         {"a": 1, "b": "x\"y\u00e9\n\t\\", "c": 1.5, "d": None, "e": True, "f": False},
         {"big": 10**30, "small": 5e-06, "neg": -0.0},
         {"list": [1, 2]},
+        {"test": "t.py::x", "phases": [{"name": "test", "step_names": ["a = 1", "é"]}], "time": 1.25, "n": None},
         {"nan": float("nan"), "inf": float("inf")},
         {1: "non-string key"},
     ],

@@ -1077,12 +1077,19 @@ impl Watch {
         let grace = Duration::from_secs(2);
         self.run_writes
             .retain(|_, when| when.elapsed() < grace || self.cycle.is_some());
-        for path in paths {
+        let mut queue: std::collections::VecDeque<PathBuf> = paths.into();
+        while let Some(path) = queue.pop_front() {
             if !path.starts_with(&self.opts.rootdir) || self.ignore.ignored(&path) {
                 continue;
             }
             if path.is_dir() {
-                let _ = fs.add_dir(&path);
+                // A new directory: what was written into it before its watch began
+                // sent no event (a `git checkout` makes a directory and its files at once).
+                if fs.add_dir(&path).unwrap_or(false) {
+                    if let Ok(entries) = std::fs::read_dir(&path) {
+                        queue.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+                    }
+                }
                 continue;
             }
             if self.run_writes.contains_key(&path)
@@ -1508,7 +1515,7 @@ impl Watch {
         self.emit(
             "watch_start",
             json!({"rootdir": self.opts.rootdir.display().to_string(), "mode": fs.mode(), "socket": socket.display().to_string(),
-                   "db": self.opts.db_path.display().to_string()}),
+                   "db": self.opts.db_path.display().to_string(), "fallback": fs.fell_back}),
         );
         let (tests, whole) = self.selection(&Trigger::Rerun, &[])?;
         self.start_cycle(tests, whole, &[])?;

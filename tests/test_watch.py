@@ -502,17 +502,35 @@ def other_python(version: str, tmp_path_factory) -> str:
     return str(python)
 
 
-@pytest.mark.parametrize("version", ["3.10", "3.13"])
-def test_recorder_on_other_pythons(version, tmp_path, tmp_path_factory, watches):
+# Another tool holding sys.monitoring ids 5 and 2 (the recorder's second and third
+# choices) before the recorder starts: it has one id left and re-arms by restart_events().
+ONE_TOOL_ID_LEFT = """
+import sys
+
+if sys.version_info >= (3, 12):
+    sys.monitoring.use_tool_id(5, "another tool")
+    sys.monitoring.use_tool_id(2, "a profiler")
+"""
+
+
+@pytest.mark.parametrize("version,ids_left", [("3.10", None), ("3.12", "two"), ("3.13", "two"), ("3.13", "one")])
+def test_recorder_on_other_pythons(version, ids_left, tmp_path, tmp_path_factory, watches):
     python = other_python(version, tmp_path_factory)
-    project = write_project(tmp_path / "p", LIB, git=True)
+    project = write_project(tmp_path / "p", {**LIB, **({"conftest.py": ONE_TOOL_ID_LEFT} if ids_left == "one" else {})},
+                            git=True)
     w = watches(project, "--on-error", "fail", python=python)
     w.cycle(1)
     edit(project / "shop/cart.py", "return round(amount * RATE, 2)", "return round(RATE * amount, 2)")
     selection, finished = w.cycle(2)
     assert whys(selection) == {"tests/test_cart.py::test_tax": "calls shop/cart.py::tax (changed)"}
-    (project / "data/prices.csv").write_text("apple,0.7\n")
+    # Four tests of one process called subtotal: each one's record has it (re-armed per test).
+    edit(project / "shop/cart.py", "return sum(prices)", "return sum(p for p in prices)")
     selection, _ = w.cycle(3)
+    assert whys(selection) == {t: "calls shop/cart.py::subtotal (changed)" for t in (
+        "tests/test_cart.py::test_subtotal", "tests/test_cart_extra.py::test_subtotal_big",
+        "tests/test_checkout.py::test_total_fails", "tests/test_checkout.py::test_total_ok")}
+    (project / "data/prices.csv").write_text("apple,0.7\n")
+    selection, _ = w.cycle(4)
     assert ids(selection) == ["tests/test_reader.py::test_reads_prices"]
     assert w.close() == 0
 

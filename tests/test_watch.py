@@ -959,3 +959,40 @@ def test_a_directory_moved_in_whole_is_seen_with_its_files(tmp_path, watches):
     selection, _ = w.cycle(3)
     assert ids(selection) == ["tests/moved/more/test_moved.py::test_moved"]
     assert w.close() == 0
+
+
+def test_a_recorded_test_that_is_no_longer_collected_is_forgotten_and_the_rest_run(tmp_path, watches):
+    project = write_project(tmp_path / "p", {
+        "tests/__init__.py": "",
+        "tests/test_mixin.py": '''
+            from unittest import TestCase
+
+
+            class Base(TestCase):
+                def test_shared(self):
+                    assert self.value() == 1
+
+                def value(self):
+                    return 1
+
+
+            class Sub(Base):
+                pass
+        ''',
+        "pytest.ini": "[pytest]\n",
+    }, git=True)
+    w = watches(project, "--on-error", "fail")
+    _, finished = w.cycle(1)
+    assert sorted(e["test"] for e in finished) == ["tests/test_mixin.py::Base::test_shared",
+                                                    "tests/test_mixin.py::Sub::test_shared"]
+    # Base becomes a mixin: pytest no longer collects Base::test_shared, which the watch
+    # selects (its file's module level changed). pytest would stop on that id and run nothing.
+    edit(project / "tests/test_mixin.py", "class Base(TestCase):", "class Base:")
+    edit(project / "tests/test_mixin.py", "class Sub(Base):", "class Sub(Base, TestCase):")
+    selection, finished = w.cycle(2)
+    assert "tests/test_mixin.py::Base::test_shared" in ids(selection)
+    assert [e["tests"] for e in w.events("not_found")] == [["tests/test_mixin.py::Base::test_shared"]]
+    assert [(e["test"], e["outcome"]) for e in finished] == [("tests/test_mixin.py::Sub::test_shared", "passed")]
+    assert w.events("cycle_end")[-1]["exit_code"] == 0
+    assert w.ctl("watch")["result"]["totals"] == {"passed": 1, "failed": 0, "errors": 0, "skipped": 0, "to_be_run": 0}
+    assert w.close() == 0

@@ -952,6 +952,19 @@ impl Watch {
                     let totals = self.totals();
                     self.emit("totals", totals);
                 }
+                Line::NotFound(gone) => {
+                    // Renamed or removed since recorded (or no longer collected, as
+                    // a TestCase turned mixin): forgotten; the cycle ran the rest.
+                    for id in &gone {
+                        self.known.remove(id);
+                        self.db.forget(id)?;
+                    }
+                    let cycle = self.cycle.as_mut().expect("running");
+                    cycle.finished.extend(gone.iter().cloned());
+                    self.emit("not_found", json!({"tests": gone}));
+                    let totals = self.totals();
+                    self.emit("totals", totals);
+                }
                 Line::Collect(error) => {
                     let deps = collect_error_rows(
                         &error.collect_error,

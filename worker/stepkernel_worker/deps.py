@@ -330,6 +330,13 @@ class Recorder:
         path = os.path.join(getattr(self, "pytest_root", self.cwd), report.nodeid.split("::")[0])
         self._write({"collect_error": self._rel(path), "missing": missing, "text": text})
 
+    def not_found(self, args: list, invocation_dir: str) -> None:
+        ids = []
+        for arg in args:
+            file, sep, rest = str(arg).partition("::")
+            ids.append(self._rel(os.path.join(invocation_dir, file)) + sep + rest)
+        self._write({"not_found": ids})
+
     def _write(self, record: dict) -> None:
         self.busy = True
         try:
@@ -388,6 +395,27 @@ def pytest_runtest_logreport(report: Any) -> None:
         _recorder.reports.append(report)
 
 
+_session: Any = None
+
+
+def pytest_sessionstart(session: Any) -> None:
+    global _session
+    _session = session
+
+
 def pytest_collectreport(report: Any) -> None:
-    if _recorder is not None and report.failed:
+    if _recorder is None:
+        return
+    if report.failed:
         _recorder.collect_error(report)
+    if report.nodeid == "" and _session is not None:
+        # The session's own report, just before pytest turns node ids that match
+        # nothing into a usage error that runs no test at all. The watch's ids
+        # come from earlier runs: one renamed since (or a TestCase made a mixin)
+        # is reported to the watch, which forgets it, and the others run.
+        notfound = getattr(_session, "_notfound", None)
+        if isinstance(notfound, list) and notfound:
+            gone = [arg for arg, collectors in notfound if collectors and "::" in str(arg)]
+            if gone:
+                _recorder.not_found(gone, str(_session.config.invocation_params.dir))
+                notfound[:] = [(arg, collectors) for arg, collectors in notfound if arg not in gone]

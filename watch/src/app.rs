@@ -3,7 +3,6 @@
 //! it is on disk), run with the recorder plugin; its results update the
 //! database, the watch's `events.jsonl` and the terminal.
 
-use crate::blocks::python_blocks;
 use crate::control::{self, Request};
 use crate::db::{Db, TestRow};
 use crate::fswatch::{FsWatch, Ignore};
@@ -365,10 +364,9 @@ impl Watch {
     /// New tests in `file` (not in the database), and tests it lost.
     fn new_tests(&mut self, file: &Path) -> Vec<Selected> {
         let rel_file = rel(&self.opts.rootdir, file);
-        let Ok(source) = std::fs::read(file) else {
+        let Some(blocks) = self.current.file(file).and_then(|f| f.blocks.clone()) else {
             return Vec::new();
         };
-        let blocks = python_blocks(&source);
         let ids = select::test_ids_in(&self.opts.rootdir, file, &blocks);
         let known_here: Vec<String> = self
             .known
@@ -1281,14 +1279,18 @@ impl Watch {
 
     fn syntax_errors(&mut self, changed: &[PathBuf]) -> Vec<(String, String)> {
         let mut errors = Vec::new();
+        // Files as they are now (the parse is kept for the selection that follows).
+        self.current.clear();
         for path in changed
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "py"))
         {
-            let Ok(source) = std::fs::read(path) else {
-                continue;
-            };
-            if !python_blocks(&source).syntax_error {
+            let syntax_error = self
+                .current
+                .file(path)
+                .and_then(|f| f.blocks.as_ref())
+                .is_some_and(|b| b.syntax_error);
+            if !syntax_error {
                 continue;
             }
             // tree-sitter is lenient in places; Python's own parser decides and words the error.

@@ -111,6 +111,11 @@ def recording(args, workdir: Path):
             "cycle": ([args.stepkernel, "run", "--on-error", "fail", "--quiet", "--python", args.python, tests,
                        "--", "-p", "no:cacheprovider", "-p", "stepkernel_worker.deps"], env_rec),
         }
+        if tuple(map(int, version.split(".")[:2])) >= (3, 12):
+            # The one-id fallback: the recorder as it was before its two tools.
+            env_one = {**env_rec, "PYTHONPATH": os.pathsep.join([env_rec["PYTHONPATH"], str(HERE)])}
+            sides["recorder-one-tool"] = ([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                                           "bench_claim_tool_ids", "-p", "stepkernel_worker.deps", tests], env_one)
         if testmon:
             # testmon needs the cache provider (it crashes without it); a fresh database each round.
             sides["testmon"] = ([args.python, "-m", "pytest", "-q", "--testmon", tests], env)
@@ -141,6 +146,11 @@ def recording(args, workdir: Path):
         bench({"benchmark": f"watch first cycle (run + recorder) vs pytest: {name} {ver}, Python {version} (s)",
                "stepkernel": med["cycle"], "peer": med["pytest"], "peer_name": "pytest",
                "ratio": med["cycle"] / med["pytest"], "goal": "-"})
+        if "recorder-one-tool" in sides:
+            bench({"benchmark": f"watch recorder, one-id fallback (restart_events) vs pytest: {name} {ver}, "
+                                f"Python {version}, median CPU user+sys (s)",
+                   "stepkernel": cpu_med["recorder-one-tool"], "peer": cpu_med["pytest"], "peer_name": "pytest",
+                   "ratio": cpu_med["recorder-one-tool"] / cpu_med["pytest"], "goal": "-"})
         if testmon:
             bench({"benchmark": f"watch recorder vs testmon collecting: {name} {ver}, Python {version} (s)",
                    "stepkernel": med["recorder"], "peer": med["testmon"], "peer_name": "testmon",

@@ -105,11 +105,12 @@ LIB = {
 class Watch:
     """A `stepkernel watch --plain` process and its session directory."""
 
-    def __init__(self, project: pathlib.Path, *args: str, python: str = PYTHON, env: dict | None = None):
+    def __init__(self, project: pathlib.Path, *args: str, python: str = PYTHON, env: dict | None = None,
+                 prefix: tuple[str, ...] = ()):
         self.project = project
         self.out = project.parent / f"{project.name}-watch.out"
         self.proc = subprocess.Popen(
-            [stepkernel_bin(), "watch", "--plain", "--python", python, *args],
+            [*prefix, stepkernel_bin(), "watch", "--plain", "--python", python, *args],
             cwd=project,
             stdout=open(self.out, "wb"),
             stderr=subprocess.STDOUT,
@@ -501,17 +502,35 @@ def other_python(version: str, tmp_path_factory) -> str:
     return str(python)
 
 
-@pytest.mark.parametrize("version", ["3.10", "3.13"])
-def test_recorder_on_other_pythons(version, tmp_path, tmp_path_factory, watches):
+# Another tool holding sys.monitoring ids 5 and 2 (the recorder's second and third
+# choices) before the recorder starts: it has one id left and re-arms by restart_events().
+ONE_TOOL_ID_LEFT = """
+import sys
+
+if sys.version_info >= (3, 12):
+    sys.monitoring.use_tool_id(5, "another tool")
+    sys.monitoring.use_tool_id(2, "a profiler")
+"""
+
+
+@pytest.mark.parametrize("version,ids_left", [("3.10", None), ("3.12", "two"), ("3.13", "two"), ("3.13", "one")])
+def test_recorder_on_other_pythons(version, ids_left, tmp_path, tmp_path_factory, watches):
     python = other_python(version, tmp_path_factory)
-    project = write_project(tmp_path / "p", LIB, git=True)
+    project = write_project(tmp_path / "p", {**LIB, **({"conftest.py": ONE_TOOL_ID_LEFT} if ids_left == "one" else {})},
+                            git=True)
     w = watches(project, "--on-error", "fail", python=python)
     w.cycle(1)
     edit(project / "shop/cart.py", "return round(amount * RATE, 2)", "return round(RATE * amount, 2)")
     selection, finished = w.cycle(2)
     assert whys(selection) == {"tests/test_cart.py::test_tax": "calls shop/cart.py::tax (changed)"}
-    (project / "data/prices.csv").write_text("apple,0.7\n")
+    # Four tests of one process called subtotal: each one's record has it (re-armed per test).
+    edit(project / "shop/cart.py", "return sum(prices)", "return sum(p for p in prices)")
     selection, _ = w.cycle(3)
+    assert whys(selection) == {t: "calls shop/cart.py::subtotal (changed)" for t in (
+        "tests/test_cart.py::test_subtotal", "tests/test_cart_extra.py::test_subtotal_big",
+        "tests/test_checkout.py::test_total_fails", "tests/test_checkout.py::test_total_ok")}
+    (project / "data/prices.csv").write_text("apple,0.7\n")
+    selection, _ = w.cycle(4)
     assert ids(selection) == ["tests/test_reader.py::test_reads_prices"]
     assert w.close() == 0
 
@@ -881,3 +900,99 @@ def test_a_resize_redraws_the_footer_and_sigterm_gives_the_terminal_back(tmp_pat
     assert "watch-exit=0" in text, text
     stty = text[text.index("watch-exit=0"):]
     assert "-icanon" not in stty and "-echo " not in stty and re.search(r"(?<!-)icanon", stty), stty
+
+
+# A user namespace has inotify limits of its own (/proc/sys/user/max_inotify_watches,
+# counted for its processes and charged to the parents' as well): lowering it there
+# leaves the machine's fs.inotify.max_user_watches alone.
+USERNS_LIMIT = "echo {n} > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\""
+
+
+def userns_with_watch_limit(n: int) -> tuple[str, ...]:
+    """A command prefix running its command in a new user namespace allowed `n` inotify watches."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) here (util-linux)")
+    prefix = ("unshare", "--user", "--map-root-user", "sh", "-c", USERNS_LIMIT.format(n=n))
+    probe = subprocess.run([*prefix, "cat", "/proc/sys/user/max_inotify_watches"], capture_output=True, text=True)
+    if probe.returncode != 0 or probe.stdout.strip() != str(n):
+        pytest.skip(f"cannot make a user namespace with its own inotify limit: {probe.stderr.strip() or probe.stdout}")
+    return prefix
+
+
+def test_the_inotify_watch_limit_falls_back_to_polling_and_says_so(tmp_path, watches):
+    # The project has four watched directories (., shop, data, tests): two watches are not enough.
+    prefix = userns_with_watch_limit(2)
+    project = write_project(tmp_path / "p", LIB, git=True)
+    w = watches(project, "--on-error", "fail", prefix=prefix)
+    start = w.wait_events("watch_start", 1)[0]
+    assert start["mode"] == "poll"
+    assert "inotify watch limit is reached" in start["fallback"]
+    w.cycle(1)
+    assert "the inotify watch limit is reached (fs.inotify.max_user_watches) after 2 directories; polling instead" in w.output()
+    # Polling sees saves in every directory, the ones past the limit too.
+    edit(project / "tests/test_cart.py", "assert tax(10) == 1.0", "assert tax(20) == 2.0")
+    selection, _ = w.cycle(2)
+    assert whys(selection) == {"tests/test_cart.py::test_tax": "test changed (tests/test_cart.py::test_tax)"}
+    edit(project / "shop/cart.py", "return round(amount * RATE, 2)", "return round(RATE * amount, 2)")
+    selection, _ = w.cycle(3)
+    assert ids(selection) == ["tests/test_cart.py::test_tax"]
+    assert w.close() == 0
+
+
+def test_a_directory_moved_in_whole_is_seen_with_its_files(tmp_path, watches):
+    project = write_project(tmp_path / "p", LIB, git=True)
+    w = watches(project, "--on-error", "fail")
+    w.cycle(1)
+    # Made outside and renamed in: one event for the directory, none for its files
+    # (as a `git checkout` that brings a new package makes them faster than a watch is added).
+    outside = tmp_path / "incoming"
+    (outside / "more").mkdir(parents=True)
+    (outside / "__init__.py").write_text("")
+    (outside / "more" / "__init__.py").write_text("")
+    (outside / "more" / "test_moved.py").write_text("def test_moved():\n    assert True\n")
+    os.rename(outside, project / "tests" / "moved")
+    selection, finished = w.cycle(2)
+    assert whys(selection) == {"tests/moved/more/test_moved.py": "test file not run yet"}
+    assert [(e["test"], e["outcome"]) for e in finished] == [("tests/moved/more/test_moved.py::test_moved", "passed")]
+    # Its directories are watched from now on.
+    edit(project / "tests/moved/more/test_moved.py", "assert True", "assert 1")
+    selection, _ = w.cycle(3)
+    assert ids(selection) == ["tests/moved/more/test_moved.py::test_moved"]
+    assert w.close() == 0
+
+
+def test_a_recorded_test_that_is_no_longer_collected_is_forgotten_and_the_rest_run(tmp_path, watches):
+    project = write_project(tmp_path / "p", {
+        "tests/__init__.py": "",
+        "tests/test_mixin.py": '''
+            from unittest import TestCase
+
+
+            class Base(TestCase):
+                def test_shared(self):
+                    assert self.value() == 1
+
+                def value(self):
+                    return 1
+
+
+            class Sub(Base):
+                pass
+        ''',
+        "pytest.ini": "[pytest]\n",
+    }, git=True)
+    w = watches(project, "--on-error", "fail")
+    _, finished = w.cycle(1)
+    assert sorted(e["test"] for e in finished) == ["tests/test_mixin.py::Base::test_shared",
+                                                    "tests/test_mixin.py::Sub::test_shared"]
+    # Base becomes a mixin: pytest no longer collects Base::test_shared, which the watch
+    # selects (its file's module level changed). pytest would stop on that id and run nothing.
+    edit(project / "tests/test_mixin.py", "class Base(TestCase):", "class Base:")
+    edit(project / "tests/test_mixin.py", "class Sub(Base):", "class Sub(Base, TestCase):")
+    selection, finished = w.cycle(2)
+    assert "tests/test_mixin.py::Base::test_shared" in ids(selection)
+    assert [e["tests"] for e in w.events("not_found")] == [["tests/test_mixin.py::Base::test_shared"]]
+    assert [(e["test"], e["outcome"]) for e in finished] == [("tests/test_mixin.py::Sub::test_shared", "passed")]
+    assert w.events("cycle_end")[-1]["exit_code"] == 0
+    assert w.ctl("watch")["result"]["totals"] == {"passed": 1, "failed": 0, "errors": 0, "skipped": 0, "to_be_run": 0}
+    assert w.close() == 0

@@ -144,26 +144,35 @@ fn ensure_sessions_root(rootdir: &Path) -> Result<(), RunError> {
 /// still decides, since it may collect tests the instrumenter cannot see).
 fn unknown_node_ids(rootdir: &Path, targets: &[String], options: &Options) -> Vec<String> {
     let mut notes = Vec::new();
+    // Each file's test ids, read once: a watch cycle passes hundreds of ids of one file.
+    let mut files: std::collections::HashMap<&str, Option<Vec<String>>> =
+        std::collections::HashMap::new();
     for target in targets {
         let Some((file, name)) = target.split_once("::") else {
             continue;
         };
-        let report = instrumenter::instrument_file(&rootdir.join(file), options);
-        if report.error.is_some() || report.tests.is_empty() {
+        let rel = files.entry(file).or_insert_with(|| {
+            let report = instrumenter::instrument_file(&rootdir.join(file), options);
+            if report.error.is_some() || report.tests.is_empty() {
+                return None;
+            }
+            Some(
+                report
+                    .tests
+                    .iter()
+                    .map(|t| {
+                        t.id.split_once("::")
+                            .map_or(t.id.clone(), |(_, r)| r.to_string())
+                    })
+                    .collect(),
+            )
+        });
+        let Some(rel) = rel.as_ref() else {
             continue;
-        }
-        let rel: Vec<String> = report
-            .tests
-            .iter()
-            .map(|t| {
-                t.id.split_once("::")
-                    .map_or(t.id.clone(), |(_, r)| r.to_string())
-            })
-            .collect();
+        };
         let base = name.split('[').next().unwrap_or(name);
-        let known = rel
-            .iter()
-            .any(|id| id == base || id.starts_with(&format!("{base}::")));
+        let prefix = format!("{base}::");
+        let known = rel.iter().any(|id| id == base || id.starts_with(&prefix));
         if !known && !assigned_at_top_level(&rootdir.join(file), base) {
             let ids: Vec<String> = rel.iter().map(|r| format!("{file}::{r}")).collect();
             let close = instrumenter::closest(base, &ids);

@@ -3,7 +3,6 @@
 //! it is on disk), run with the recorder plugin; its results update the
 //! database, the watch's `events.jsonl` and the terminal.
 
-use crate::blocks::python_blocks;
 use crate::control::{self, Request};
 use crate::db::{Db, TestRow};
 use crate::fswatch::{FsWatch, Ignore};
@@ -365,10 +364,9 @@ impl Watch {
     /// New tests in `file` (not in the database), and tests it lost.
     fn new_tests(&mut self, file: &Path) -> Vec<Selected> {
         let rel_file = rel(&self.opts.rootdir, file);
-        let Ok(source) = std::fs::read(file) else {
+        let Some(blocks) = self.current.file(file).and_then(|f| f.blocks.clone()) else {
             return Vec::new();
         };
-        let blocks = python_blocks(&source);
         let ids = select::test_ids_in(&self.opts.rootdir, file, &blocks);
         let known_here: Vec<String> = self
             .known
@@ -952,6 +950,19 @@ impl Watch {
                     let totals = self.totals();
                     self.emit("totals", totals);
                 }
+                Line::NotFound(gone) => {
+                    // Renamed or removed since recorded (or no longer collected, as
+                    // a TestCase turned mixin): forgotten; the cycle ran the rest.
+                    for id in &gone {
+                        self.known.remove(id);
+                        self.db.forget(id)?;
+                    }
+                    let cycle = self.cycle.as_mut().expect("running");
+                    cycle.finished.extend(gone.iter().cloned());
+                    self.emit("not_found", json!({"tests": gone}));
+                    let totals = self.totals();
+                    self.emit("totals", totals);
+                }
                 Line::Collect(error) => {
                     let deps = collect_error_rows(
                         &error.collect_error,
@@ -1077,12 +1088,19 @@ impl Watch {
         let grace = Duration::from_secs(2);
         self.run_writes
             .retain(|_, when| when.elapsed() < grace || self.cycle.is_some());
-        for path in paths {
+        let mut queue: std::collections::VecDeque<PathBuf> = paths.into();
+        while let Some(path) = queue.pop_front() {
             if !path.starts_with(&self.opts.rootdir) || self.ignore.ignored(&path) {
                 continue;
             }
             if path.is_dir() {
-                let _ = fs.add_dir(&path);
+                // A new directory: what was written into it before its watch began
+                // sent no event (a `git checkout` makes a directory and its files at once).
+                if fs.add_dir(&path).unwrap_or(false) {
+                    if let Ok(entries) = std::fs::read_dir(&path) {
+                        queue.extend(entries.filter_map(Result::ok).map(|e| e.path()));
+                    }
+                }
                 continue;
             }
             if self.run_writes.contains_key(&path)
@@ -1261,14 +1279,18 @@ impl Watch {
 
     fn syntax_errors(&mut self, changed: &[PathBuf]) -> Vec<(String, String)> {
         let mut errors = Vec::new();
+        // Files as they are now (the parse is kept for the selection that follows).
+        self.current.clear();
         for path in changed
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "py"))
         {
-            let Ok(source) = std::fs::read(path) else {
-                continue;
-            };
-            if !python_blocks(&source).syntax_error {
+            let syntax_error = self
+                .current
+                .file(path)
+                .and_then(|f| f.blocks.as_ref())
+                .is_some_and(|b| b.syntax_error);
+            if !syntax_error {
                 continue;
             }
             // tree-sitter is lenient in places; Python's own parser decides and words the error.
@@ -1508,7 +1530,7 @@ impl Watch {
         self.emit(
             "watch_start",
             json!({"rootdir": self.opts.rootdir.display().to_string(), "mode": fs.mode(), "socket": socket.display().to_string(),
-                   "db": self.opts.db_path.display().to_string()}),
+                   "db": self.opts.db_path.display().to_string(), "fallback": fs.fell_back}),
         );
         let (tests, whole) = self.selection(&Trigger::Rerun, &[])?;
         self.start_cycle(tests, whole, &[])?;

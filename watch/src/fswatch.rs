@@ -189,10 +189,10 @@ impl FsWatch {
         }
     }
 
-    /// Watches one more directory (a new one appeared).
-    pub fn add_dir(&mut self, dir: &Path) -> Result<(), WatchError> {
+    /// Watches one more directory (a new one appeared); false when it was watched already.
+    pub fn add_dir(&mut self, dir: &Path) -> Result<bool, WatchError> {
         if self.dirs.iter().any(|d| d == dir) {
-            return Ok(());
+            return Ok(false);
         }
         let result = match &mut self.inner {
             Inner::Native(d) => d.watch(dir, RecursiveMode::NonRecursive),
@@ -201,7 +201,7 @@ impl FsWatch {
         match result {
             Ok(()) => {
                 self.dirs.push(dir.to_path_buf());
-                Ok(())
+                Ok(true)
             }
             Err(e)
                 if matches!(e.kind, ErrorKind::MaxFilesWatch)
@@ -222,9 +222,9 @@ impl FsWatch {
                 for d in dirs.iter().chain(std::iter::once(&dir.to_path_buf())) {
                     self.add_dir(d)?;
                 }
-                Ok(())
+                Ok(true)
             }
-            Err(e) if matches!(e.kind, ErrorKind::PathNotFound) => Ok(()),
+            Err(e) if matches!(e.kind, ErrorKind::PathNotFound) => Ok(false),
             Err(source) => Err(WatchError::Notify {
                 path: dir.to_path_buf(),
                 source,

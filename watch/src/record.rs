@@ -65,6 +65,8 @@ pub enum Line {
     Finish(Box<Finished>),
     /// A file did not collect.
     Collect(CollectError),
+    /// Node ids the cycle was given that name no test any more (relative).
+    NotFound(Vec<String>),
 }
 
 /// Parses one line (None: not a recorder line).
@@ -72,6 +74,13 @@ pub fn parse_line(line: &str) -> Option<Line> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     if let Some(start) = value.get("start").and_then(|s| s.as_str()) {
         return Some(Line::Start(start.to_string()));
+    }
+    if let Some(ids) = value.get("not_found").and_then(|v| v.as_array()) {
+        let ids = ids
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        return Some(Line::NotFound(ids));
     }
     if value.get("collect_error").is_some() {
         return serde_json::from_value(value).ok().map(Line::Collect);

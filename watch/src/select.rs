@@ -5,6 +5,7 @@ use crate::db::{Db, DbError, Dep, TestRow, DATA, IMPORT, STALE};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// A selected test and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,14 +22,20 @@ pub struct FileNow {
     /// SHA-1 of the content (git's and the recorder's hash of data files).
     pub sha1: String,
     /// Blocks, for a Python file.
-    pub blocks: Option<SourceBlocks>,
+    pub blocks: Option<Rc<SourceBlocks>>,
 }
 
 /// Current fingerprints, read from disk once per file per cycle.
 #[derive(Default)]
 pub struct Current {
     files: HashMap<PathBuf, Option<FileNow>>,
+    /// Parsed sources by content (SHA-1), kept across cycles: a save re-parses
+    /// only the file saved, not the 6,000-line test file its tests depend on.
+    parsed: HashMap<String, Rc<SourceBlocks>>,
 }
+
+/// Parsed sources kept at most (then the cache starts again).
+const PARSED_MAX: usize = 4096;
 
 /// SHA-1, as the recorder (hashlib) hashes the files it saw.
 fn sha1_hex(bytes: &[u8]) -> String {
@@ -52,18 +59,22 @@ impl Current {
 
     /// The file now (None: it does not exist).
     pub fn file(&mut self, path: &Path) -> Option<&FileNow> {
+        let parsed = &mut self.parsed;
         self.files
             .entry(path.to_path_buf())
             .or_insert_with(|| {
                 let bytes = std::fs::read(path).ok()?;
-                let blocks = path
-                    .extension()
-                    .is_some_and(|e| e == "py")
-                    .then(|| python_blocks(&bytes));
-                Some(FileNow {
-                    sha1: sha1_hex(&bytes),
-                    blocks,
-                })
+                let sha1 = sha1_hex(&bytes);
+                let blocks = path.extension().is_some_and(|e| e == "py").then(|| {
+                    if parsed.len() >= PARSED_MAX {
+                        parsed.clear();
+                    }
+                    parsed
+                        .entry(sha1.clone())
+                        .or_insert_with(|| Rc::new(python_blocks(&bytes)))
+                        .clone()
+                });
+                Some(FileNow { sha1, blocks })
             })
             .as_ref()
     }

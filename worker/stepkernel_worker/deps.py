@@ -5,11 +5,18 @@
 plugin does nothing. Per test (setup, call and teardown) it records:
 
 - the code objects of the project that ran (file, qualified name, first
-  line): on 3.12+ through ``sys.monitoring`` PY_START under a tool id of its
-  own (never coverage's or hypothesis's), each code object disabled after its
-  first hit and re-armed at the next test, so the cost stays near zero; on
-  3.10/3.11 through cProfile's C profiler (the ``sys.setprofile`` hook, with no
-  Python callback per call: the cheapest that sees every Python call there);
+  line): on 3.12+ through ``sys.monitoring`` PY_START under tool ids of its
+  own (never coverage's or hypothesis's). One tool sees every code object
+  once in the process (global events, each disabled after its first hit and
+  never re-armed) and arms the second on the project's code objects only
+  (local events); the second is disabled after a code object's first hit in a
+  test and re-armed on just the code objects that fired, at the next test. So
+  pytest's own code costs one callback per process, the project's one per
+  test, and nothing is ever re-instrumented wholesale. With one free tool id
+  the recorder falls back to one tool re-armed by ``restart_events()`` at each
+  test (every code object then calls back once per test). On 3.10/3.11
+  through cProfile's C profiler (the ``sys.setprofile`` hook, with no Python
+  callback per call: the cheapest that sees every Python call there);
 - files of the project opened for reading, and paths written or removed
   (``sys.addaudithook``; the watch ignores the run's own writes);
 - the SHA-1 of each source file when first seen, so a file saved during the
@@ -95,27 +102,74 @@ class Recorder:
 
         sys.addaudithook(on_audit)
         self.profiler: Any = None
+        # 3.12+: the tool that sees each code object once, and the per-test one.
+        self.first_tool: int | None = None
+        self.fired: list[Any] = []
         if sys.version_info >= (3, 12):
             self._claim_tool()
 
     # --------------------------------------------------------- code objects
 
+    def _project(self, filename: str) -> bool:
+        """Whether code of `filename` is the project's (decided once per file: realpath costs syscalls)."""
+        wanted = self.keep.get(filename)
+        if wanted is None:
+            root = self.root
+            wanted = self.keep[filename] = (
+                os.path.isabs(filename)
+                and "site-packages" not in filename
+                and (filename.startswith(root) or os.path.realpath(filename).startswith(root))
+            )
+        return wanted
+
     def _claim_tool(self) -> None:
         monitoring = sys.monitoring
-        for tool in _TOOL_CANDIDATES:
-            if monitoring.get_tool(tool) is None:
-                monitoring.use_tool_id(tool, _TOOL_NAME)
-                self.tool = tool
-                disable = monitoring.DISABLE
-                add = self.codes.add
+        free = [tool for tool in _TOOL_CANDIDATES if monitoring.get_tool(tool) is None]
+        if not free:
+            self.incomplete = "no free sys.monitoring tool id"
+            return
+        disable = monitoring.DISABLE
+        add = self.codes.add
+        py_start = monitoring.events.PY_START
+        if len(free) == 1:
+            # One tool: every code object is re-armed at each test (restart_events).
+            self.tool = free[0]
+            monitoring.use_tool_id(self.tool, _TOOL_NAME)
 
-                def on_start(code: Any, offset: int) -> Any:
+            def on_start(code: Any, offset: int) -> Any:
+                add(code)
+                return disable
+
+            monitoring.register_callback(self.tool, py_start, on_start)
+            return
+        first, tool = free[0], free[1]
+        monitoring.use_tool_id(first, _TOOL_NAME)
+        monitoring.use_tool_id(tool, _TOOL_NAME)
+        self.first_tool, self.tool = first, tool
+        project = self._project
+        set_local = monitoring.set_local_events
+        fired = self.fired.append
+        recorder = self
+
+        def on_first(code: Any, offset: int) -> Any:
+            # Once per code object in the process: the project's get the per-test tool.
+            if project(code.co_filename):
+                set_local(tool, code, py_start)
+                if recorder.active:
                     add(code)
-                    return disable
+            return disable
 
-                monitoring.register_callback(tool, monitoring.events.PY_START, on_start)
-                return
-        self.incomplete = "no free sys.monitoring tool id"
+        def on_start(code: Any, offset: int) -> Any:
+            # The project's code objects, once per test.
+            fired(code)
+            if recorder.active:
+                add(code)
+            return disable
+
+        monitoring.register_callback(first, py_start, on_first)
+        monitoring.register_callback(tool, py_start, on_start)
+        # Always on (never toggled: a toggle would re-arm every code object).
+        monitoring.set_events(first, py_start)
 
     def start(self, nodeid: str) -> None:
         self.codes.clear()
@@ -125,7 +179,15 @@ class Recorder:
         self.incomplete = None if self.tool is not None or sys.version_info < (3, 12) else self.incomplete
         self.active = True
         self.started = time.perf_counter()
-        if self.tool is not None:
+        if self.first_tool is not None:
+            # Re-arms the per-test tool on the code objects that fired since the last test.
+            set_local = sys.monitoring.set_local_events
+            py_start = sys.monitoring.events.PY_START
+            for code in self.fired:
+                set_local(self.tool, code, 0)
+                set_local(self.tool, code, py_start)
+            self.fired.clear()
+        elif self.tool is not None:
             sys.monitoring.set_events(self.tool, sys.monitoring.events.PY_START)
             # Re-arms the code objects disabled during the previous test.
             sys.monitoring.restart_events()
@@ -146,7 +208,9 @@ class Recorder:
     def stop(self, item: Any, record: bool = True) -> None:
         duration = time.perf_counter() - self.started
         self.active = False
-        if self.tool is not None:
+        if self.first_tool is not None:
+            pass  # the callbacks look at `active`; toggling events would re-arm them all
+        elif self.tool is not None:
             sys.monitoring.set_events(self.tool, 0)
         elif sys.version_info < (3, 12):
             profiler, self.profiler = self.profiler, None
@@ -170,19 +234,10 @@ class Recorder:
         if not record:
             return
         code = []
-        root = self.root
-        keep = self.keep
+        project = self._project
         for co in list(self.codes):
             filename = co.co_filename
-            wanted = keep.get(filename)
-            if wanted is None:
-                # Decided once per file: realpath costs syscalls, and a test runs hundreds of code objects.
-                wanted = keep[filename] = (
-                    os.path.isabs(filename)
-                    and "site-packages" not in filename
-                    and (filename.startswith(root) or os.path.realpath(filename).startswith(root))
-                )
-            if not wanted:
+            if not project(filename):
                 continue
             if filename not in self.hashes:
                 self.busy = True
@@ -275,6 +330,13 @@ class Recorder:
         path = os.path.join(getattr(self, "pytest_root", self.cwd), report.nodeid.split("::")[0])
         self._write({"collect_error": self._rel(path), "missing": missing, "text": text})
 
+    def not_found(self, args: list, invocation_dir: str) -> None:
+        ids = []
+        for arg in args:
+            file, sep, rest = str(arg).partition("::")
+            ids.append(self._rel(os.path.join(invocation_dir, file)) + sep + rest)
+        self._write({"not_found": ids})
+
     def _write(self, record: dict) -> None:
         self.busy = True
         try:
@@ -333,6 +395,27 @@ def pytest_runtest_logreport(report: Any) -> None:
         _recorder.reports.append(report)
 
 
+_session: Any = None
+
+
+def pytest_sessionstart(session: Any) -> None:
+    global _session
+    _session = session
+
+
 def pytest_collectreport(report: Any) -> None:
-    if _recorder is not None and report.failed:
+    if _recorder is None:
+        return
+    if report.failed:
         _recorder.collect_error(report)
+    if report.nodeid == "" and _session is not None:
+        # The session's own report, just before pytest turns node ids that match
+        # nothing into a usage error that runs no test at all. The watch's ids
+        # come from earlier runs: one renamed since (or a TestCase made a mixin)
+        # is reported to the watch, which forgets it, and the others run.
+        notfound = getattr(_session, "_notfound", None)
+        if isinstance(notfound, list) and notfound:
+            gone = [arg for arg, collectors in notfound if collectors and "::" in str(arg)]
+            if gone:
+                _recorder.not_found(gone, str(_session.config.invocation_params.dir))
+                notfound[:] = [(arg, collectors) for arg, collectors in notfound if arg not in gone]

@@ -655,7 +655,8 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
 
 def test_fidelity_corpus_on_a_socket_worker_matches_plain_pytest(tmp_path, run_session):
     """`../shared/fidelity/cases` on a stepped `--tx socket=` worker (loopback) ends as under plain
-    `pytest --tx socket=` (compare_junit.py), and the worker really stepped them."""
+    `pytest -d --tx socket=` (compare_junit.py), with the same node ids, and the worker really
+    stepped them."""
     import shutil
     import socket
 
@@ -678,7 +679,9 @@ def test_fidelity_corpus_on_a_socket_worker_matches_plain_pytest(tmp_path, run_s
                   "-W", "ignore::DeprecationWarning"]
     try:
         assert "Entering Accept loop" in server.stdout.readline()
-        plain = subprocess.run([PYTHON, "-m", "pytest", "-q", *xdist_args, "--junitxml", "plain.xml"],
+        # `-d`: plain pytest runs the tests in the controller itself when `--tx` comes without
+        # `--dist` or `-n` (stepkernel distributes them, with worksteal).
+        plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-d", *xdist_args, "--junitxml", "plain.xml"],
                                cwd=project, capture_output=True, text=True, timeout=300)
         assert plain.returncode == 1, plain.stdout + plain.stderr
         run = run_session(project, "--on-error", "fail", "--junit-xml", "stepped.xml", "--", *xdist_args)
@@ -687,13 +690,10 @@ def test_fidelity_corpus_on_a_socket_worker_matches_plain_pytest(tmp_path, run_s
         server.kill()
         server.wait()
     assert "is stepped there" in run.output(), run.output()
-    # Known difference, not yet fixed (it is there for unstepped socket workers under `stepkernel run` too):
-    # the worker's rootdir is the rsync cache directory, not the rsynced project, so its node ids carry
-    # the project's directory name ("cases/test_x.py::..."). Outcomes are compared with that prefix
-    # taken off, and the prefix is asserted so that this line goes once it is fixed.
-    stepped_xml = (project / "stepped.xml").read_text()
-    assert 'classname="cases.' in stepped_xml
-    (project / "stepped.xml").write_text(stepped_xml.replace('classname="cases.', 'classname="'))
+    # Node ids as xdist's remote workers name them, under both: relative to the worker's directory,
+    # so under the rsynced tree's name ("cases/test_x.py::...").
+    for name in ("plain.xml", "stepped.xml"):
+        assert 'classname="cases.' in (project / name).read_text(), name
     compare = subprocess.run([PYTHON, str(SHARED / "fidelity" / "compare_junit.py"), "plain.xml", "stepped.xml"],
                              cwd=project, capture_output=True, text=True)
     assert compare.returncode == 0, compare.stdout

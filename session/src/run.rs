@@ -253,6 +253,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         "xdist": {
             "bin": std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "stepkernel".into()),
             "session_dir": dir.display().to_string(),
+            "session_id": id,
             "ip": opts.ip,
             "step_marker": opts.step_marker,
             "plan_id": opts.plan_id,

@@ -3,7 +3,7 @@
 
 use super::conflicts::note_edit;
 use super::relay::SESSION_MAGICS;
-use super::relay_stream::RelayStream;
+use super::relay_stream::{RelayClient, RelayStream};
 use super::{worker_dir, RELAY_SOCKET, WORKERS_DIR};
 use crate::attach;
 use crate::hooks::{RunHooks, SessionContext};
@@ -15,7 +15,7 @@ use kernel::server::{BoundKernel, KernelOptions};
 use kernel::session::{AfterRun, MagicOutput, SessionHooks};
 use kernel::worker::{PassThrough, StreamName, WorkerConfig};
 use serde_json::{json, Value};
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -322,8 +322,17 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                 relay = None;
             }
         }
+        let inner = Arc::new(hooks);
+        if opts.remote.is_none() {
+            // As a single run's kernel does: the test files are instrumented
+            // while the interpreter starts, not one by one as it collects them.
+            inner.prefetch(crate::run::prefetch_candidates(
+                Path::new(&session.rootdir),
+                &session.args,
+            ));
+        }
         let hooks = Arc::new(WorkerHooks {
-            inner: Arc::new(hooks),
+            inner,
             relay: Mutex::new(relay),
             worker: opts.worker.clone(),
             attach: attach_lines,
@@ -351,68 +360,6 @@ struct WorkerHooks {
     /// A remote worker: its edits go to the session's journal over the relay,
     /// and the session runs its `%patch`, `%diff`, `%apply`.
     remote: bool,
-}
-
-/// A worker kernel's connection to the session's relay (see relay.rs for what goes over it).
-struct RelayClient {
-    write: RelayStream,
-    read: std::io::BufReader<RelayStream>,
-    /// The last request's number.
-    asked: u64,
-}
-
-impl RelayClient {
-    fn new(stream: RelayStream) -> std::io::Result<RelayClient> {
-        let read = std::io::BufReader::new(stream.try_clone()?);
-        Ok(RelayClient {
-            write: stream,
-            read,
-            asked: 0,
-        })
-    }
-
-    fn send(&mut self, message: &Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(message).expect("serializes");
-        line.push(b'\n');
-        self.write.write_all(&line)
-    }
-
-    /// Sends a request and waits (up to `wait`) for its answer: the text, or why the session refused.
-    fn request(
-        &mut self,
-        mut message: Value,
-        wait: std::time::Duration,
-    ) -> std::io::Result<Result<String, String>> {
-        self.asked += 1;
-        message["reply"] = json!(self.asked);
-        self.send(&message)?;
-        self.write.set_read_timeout(Some(wait))?;
-        loop {
-            let mut line = String::new();
-            if self.read.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let Ok(answer) = serde_json::from_str::<Value>(&line) else {
-                continue;
-            };
-            // A late answer to an earlier request is not this one's.
-            if answer.get("reply") != Some(&json!(self.asked)) {
-                continue;
-            }
-            let text = |k: &str| {
-                answer
-                    .get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()
-            };
-            return Ok(if answer.get("ok") == Some(&Value::Bool(true)) {
-                Ok(text("text"))
-            } else {
-                Err(text("error"))
-            });
-        }
-    }
 }
 
 /// The file name a worker asks steps for at its end (see `xdist_worker.py`):

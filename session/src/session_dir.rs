@@ -124,14 +124,17 @@ impl SessionMeta {
 
     /// A JSON summary for `stepkernel sessions --json`.
     pub fn summary(&self, dir: &Path) -> Value {
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             "id": self.id, "pid": self.pid, "state": self.shown_state(),
             "paused_at": self.paused_at, "tests": self.tests, "edits": self.edits,
             "connection_file": self.connection_file, "dir": dir.display().to_string(),
             "started": self.started, "exit_code": self.exit_code,
             "lingering": self.lingering && self.alive(),
-            "remote": self.remote,
-        })
+        });
+        if let Some(remote) = &self.remote {
+            summary["remote"] = serde_json::json!(remote);
+        }
+        summary
     }
 }
 

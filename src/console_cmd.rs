@@ -27,6 +27,10 @@ pub struct ConsoleArgs {
     /// (default: the first paused one, when the run is paused in a worker).
     #[arg(long, value_name = "GW_ID")]
     pub worker: Option<String>,
+    /// A remote xdist worker: attach through an SSH tunnel to this host's
+    /// loopback (jupyter_client's `--ssh`; default for an `--tx ssh=` worker: its host).
+    #[arg(long, value_name = "[USER@]HOST")]
+    pub ssh: Option<String>,
     /// Extra arguments for jupyter console.
     #[arg(last = true)]
     pub extra: Vec<String>,
@@ -81,6 +85,8 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
             meta.shown_state()
         );
     }
+    let session_id = meta.id.clone();
+    let mut worker_id = None;
     let (dir, meta) = match session::xdist::attach_target(&dir, &meta, args.worker.as_deref())
         .map_err(anyhow::Error::msg)?
     {
@@ -93,9 +99,30 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             eprintln!("stepkernel: xdist worker {worker} of session {}", meta.id);
-            (session::xdist::worker_dir(&dir, &worker), worker_meta)
+            let worker_dir = session::xdist::worker_dir(&dir, &worker);
+            worker_id = Some(worker);
+            (worker_dir, worker_meta)
         }
         None => (dir, meta),
+    };
+    let tunnel = match (&meta.remote, args.ssh) {
+        (Some(_), Some(host)) => Some(host),
+        (Some(remote), None) if remote.ssh => Some(remote.host.clone()),
+        (Some(remote), None) => bail!(
+            "xdist worker {worker} of session {session_id} runs on {host} (a --tx socket= worker), its kernel \
+             on that host's loopback: attach there with\n    jupyter console --existing {}\nor, if {host} runs \
+             sshd, from here through an SSH tunnel:\n    {} console {session_id} --worker {worker} --ssh [USER@]{host}",
+            remote.connection_file,
+            session::run::self_command(),
+            worker = worker_id.as_deref().unwrap_or("gwN"),
+            host = remote.host,
+        ),
+        (None, Some(_)) => bail!(
+            "--ssh is for a remote xdist worker; session {} runs on this machine \
+             (jupyter console's own options go after --)",
+            meta.id
+        ),
+        (None, None) => None,
     };
     // A relative `--python .venv/bin/python` is relative to where the run started.
     let mut candidates: Vec<PathBuf> = meta
@@ -127,11 +154,21 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         meta.id,
         dir.display()
     );
+    let connection_file = match (&tunnel, &meta.remote) {
+        (Some(host), Some(remote)) => {
+            eprintln!(
+                "stepkernel: through an SSH tunnel to {host}, where its kernel runs (pid {})",
+                remote.pid
+            );
+            crate::ssh_tunnel::tunnel(Path::new(&meta.connection_file), host)?
+        }
+        _ => PathBuf::from(&meta.connection_file),
+    };
     let err = std::process::Command::new(python)
         .arg("-c")
         .arg(LAUNCHER)
         .arg("--existing")
-        .arg(&meta.connection_file)
+        .arg(&connection_file)
         // The paused test's worker answers is_complete_request; the default 1 s
         // is short on a busy machine, and one miss turns multi-line cells off.
         .arg("--ZMQTerminalInteractiveShell.kernel_is_complete_timeout=10")

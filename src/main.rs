@@ -11,6 +11,7 @@ mod replay_cmd;
 mod report_cmd;
 mod run_cmd;
 mod sessions_cmd;
+mod ssh_tunnel;
 mod steps;
 mod watch_cmd;
 mod xdist_worker_cmd;

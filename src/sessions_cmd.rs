@@ -107,10 +107,17 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
                 Some(at) if w.state == "paused" && !w.dead() => format!("paused at {at}"),
                 _ => w.shown_state(),
             };
-            println!(
-                "  worker {id:<6} pid {:<7} {:<40} {}",
-                w.pid, state, w.connection_file
-            );
+            match &w.remote {
+                // Its kernel runs there; the connection file here is for a tunnel (--ssh).
+                Some(remote) => println!(
+                    "  worker {id:<6} on {} (pid {} there) {:<40} {}",
+                    remote.host, remote.pid, state, w.connection_file
+                ),
+                None => println!(
+                    "  worker {id:<6} pid {:<7} {:<40} {}",
+                    w.pid, state, w.connection_file
+                ),
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

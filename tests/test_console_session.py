@@ -98,8 +98,11 @@ class PausedRun:
 class Console:
     """`stepkernel console` in a pty: the full prompt_toolkit console (no --simple-prompt)."""
 
-    def __init__(self, cwd: pathlib.Path, env: dict, *args: str, program: str | None = None):
-        self.child = pexpect.spawn(program or stepkernel_bin(), ["console", *args], cwd=str(cwd), env=env,
+    def __init__(self, cwd: pathlib.Path, env: dict, *args: str, program: str | None = None,
+                 argv: list[str] | None = None):
+        # `argv`: a whole command line that runs the console (e.g. under `unshare`).
+        command = argv or [program or stepkernel_bin(), "console", *args]
+        self.child = pexpect.spawn(command[0], command[1:], cwd=str(cwd), env=env,
                                    encoding="utf-8", timeout=60, dimensions=(50, 250))
         self.banner = self.prompt()
         # prompt_toolkit may drop keys typed while it sets the terminal up:

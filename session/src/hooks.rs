@@ -433,7 +433,8 @@ impl RunHooks {
         let _ = crate::kernel_label::relabel(copy, &crate::kernel_label::label(test, state));
     }
 
-    fn build_edit(&self, inner: &mut Inner, edit: &Value) -> Result<Edit, String> {
+    /// The journal entry for a client's edit, and the file it edits.
+    fn build_edit(&self, inner: &mut Inner, edit: &Value) -> Result<(Edit, PathBuf), String> {
         let text = |k: &str| {
             edit.get(k)
                 .and_then(Value::as_str)
@@ -452,15 +453,7 @@ impl RunHooks {
                 self.ctx.patch_root.display()
             )
         })?;
-        let content = match inner.originals.get(&file) {
-            Some(content) => content.clone(),
-            None => {
-                let content = std::fs::read_to_string(&file)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                inner.originals.insert(file.clone(), content.clone());
-                content
-            }
-        };
+        let content = Self::original_content(inner, &file)?;
         let (start, end) = (number("start_line"), number("end_line"));
         let original = patchgen::original_text(&content, start, end).ok_or_else(|| {
             format!(
@@ -473,7 +466,7 @@ impl RunHooks {
             .as_ref()
             .filter(|p| p.get("test") == edit.get("test"))
             .and_then(|p| p.get("error").and_then(Value::as_str).map(String::from));
-        Ok(Edit {
+        let built = Edit {
             file: relative,
             start_line: start,
             end_line: end,
@@ -486,7 +479,92 @@ impl RunHooks {
             error,
             time: patchgen::now_rfc3339(),
             function: edit.get("target").and_then(Value::as_str).map(String::from),
-        })
+        };
+        Ok((built, file))
+    }
+
+    /// The content of `file` as this session first read it (kept to check edits against).
+    fn original_content(inner: &mut Inner, file: &Path) -> Result<String, String> {
+        if let Some(content) = inner.originals.get(file) {
+            return Ok(content.clone());
+        }
+        let content = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        inner.originals.insert(file.to_path_buf(), content.clone());
+        Ok(content)
+    }
+
+    /// Appends `edit` to the session's journal (opened on the first).
+    fn journal_edit(&self, inner: &mut Inner, edit: &Edit) -> Result<(), String> {
+        self.keep_loaded_copy(inner, edit);
+        if inner.journal.is_none() {
+            let journal = Journal::open(&self.journal_dir.join("journal.jsonl"))
+                .map_err(|e| e.to_string())?;
+            inner.journal = Some(journal);
+        }
+        inner
+            .journal
+            .as_mut()
+            .expect("opened")
+            .append(edit)
+            .map_err(|e| format!("the edit could not be journaled: {e}"))?;
+        inner.meta.edits += 1;
+        inner.applied = false;
+        inner.exported = None;
+        self.save_meta(inner);
+        Ok(())
+    }
+
+    /// [`SessionHooks::record_edit`] with a step in between: `before` gets the
+    /// journal entry and the edited file once the edit is checked, and may
+    /// refuse it (nothing is journaled) or give the answer the client sees.
+    /// Returns that answer and the entry journaled.
+    pub fn record_edit_then(
+        &self,
+        edit: &Value,
+        before: impl FnOnce(&Edit, &Path) -> Result<Option<String>, String>,
+    ) -> Result<(String, Edit), String> {
+        let (built, file) = self.build_edit(&mut self.lock(), edit)?;
+        // Unlocked: `before` may wait on the session (a remote worker's relay).
+        let answer = before(&built, &file)?;
+        self.journal_edit(&mut self.lock(), &built)?;
+        let answer = answer.unwrap_or_else(|| {
+            format!(
+                "journaled for {} lines {}-{}",
+                built.file, built.start_line, built.end_line
+            )
+        });
+        Ok((answer, built))
+    }
+
+    /// A remote xdist worker's edit (journaled on its host), to go in this
+    /// session's journal: `local` is this machine's copy of the file it
+    /// edited, which must hold the lines the worker ran. Returns the entry
+    /// as journaled here (its file relative to this session's patch root).
+    pub fn remote_worker_edit(&self, mut edit: Edit, local: &Path) -> Result<Edit, String> {
+        let relative = self.relative(local).ok_or_else(|| {
+            format!(
+                "{} is outside {}: edits there cannot be exported as a patch",
+                local.display(),
+                self.ctx.patch_root.display()
+            )
+        })?;
+        let mut inner = self.lock();
+        let content = Self::original_content(&mut inner, local)?;
+        let here = patchgen::original_text(&content, edit.start_line, edit.end_line)
+            .map(|text| patchgen::sha256_hex(&text));
+        if here.as_deref() != Some(edit.original_sha256.as_str()) {
+            return Err(format!(
+                "lines {}-{} of {} here are not the lines the worker ran on its host, so its edit \
+                 cannot go in this session's patch; bring the two copies in line (e.g. rsync again)",
+                edit.start_line,
+                edit.end_line,
+                local.display()
+            ));
+        }
+        edit.file = relative;
+        self.journal_edit(&mut inner, &edit)?;
+        Ok(edit)
     }
 
     /// Where the files as this session loaded them are found (changes on disk are merged from them).
@@ -894,28 +972,8 @@ impl SessionHooks for RunHooks {
     }
 
     fn record_edit(&self, edit: &Value) -> Result<String, String> {
-        let mut inner = self.lock();
-        let edit = self.build_edit(&mut inner, edit)?;
-        self.keep_loaded_copy(&inner, &edit);
-        if inner.journal.is_none() {
-            let journal = Journal::open(&self.journal_dir.join("journal.jsonl"))
-                .map_err(|e| e.to_string())?;
-            inner.journal = Some(journal);
-        }
-        inner
-            .journal
-            .as_mut()
-            .expect("opened")
-            .append(&edit)
-            .map_err(|e| format!("the edit could not be journaled: {e}"))?;
-        inner.meta.edits += 1;
-        inner.applied = false;
-        inner.exported = None;
-        self.save_meta(&inner);
-        Ok(format!(
-            "journaled for {} lines {}-{}",
-            edit.file, edit.start_line, edit.end_line
-        ))
+        self.record_edit_then(edit, |_, _| Ok(None))
+            .map(|(answer, _)| answer)
     }
 
     fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>> {

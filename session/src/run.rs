@@ -262,6 +262,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         "xdist": {
             "bin": std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "stepkernel".into()),
             "session_dir": dir.display().to_string(),
+            "session_id": id,
             "ip": opts.ip,
             "step_marker": opts.step_marker,
             "plan_id": opts.plan_id,
@@ -379,7 +380,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                        Messages are signed with the session key but NOT encrypted: prefer an SSH tunnel \
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
         }
-        hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets));
+        // Under xdist this process runs no test: each worker's kernel prefetches its own.
+        if !uses_xdist(&opts.pytest_args) {
+            hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets));
+        }
         let control = match ControlServer::start(hooks.clone(), bound.steering()) {
             Ok(control) => Some(control),
             Err(err) => {
@@ -483,9 +487,31 @@ pub fn notebook_hooks(rootdir: &Path) -> Result<Arc<RunHooks>, RunError> {
 /// Most files `prefetch` instruments (a run naming a huge tree still starts at once).
 const PREFETCH_LIMIT: usize = 2000;
 
+/// Whether pytest's arguments run pytest-xdist workers (`-n N`, `--tx ...`;
+/// `-n 0` runs none). An `addopts` in the ini file is not seen here.
+fn uses_xdist(pytest_args: &[String]) -> bool {
+    let mut args = pytest_args.iter().map(String::as_str);
+    while let Some(arg) = args.next() {
+        let (name, value) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name, Some(value)),
+            _ => (arg, None),
+        };
+        let count = match name {
+            "-n" | "--numprocesses" => value.or_else(|| args.next()),
+            _ if name.starts_with("-n") && !name.starts_with("--") => Some(&name[2..]),
+            "--tx" => return true,
+            _ => continue,
+        };
+        if count.is_some_and(|n| n != "0") {
+            return true;
+        }
+    }
+    false
+}
+
 /// The files pytest would collect for `targets` by default (`test_*.py`,
 /// `*_test.py`; the named file of a node id), in collection order.
-fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
+pub(crate) fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
     let roots: Vec<PathBuf> = if targets.is_empty() {
         vec![rootdir.to_path_buf()]
     } else {
@@ -510,6 +536,27 @@ fn prefetch_candidates(rootdir: &Path, targets: &[String]) -> Vec<PathBuf> {
     let mut seen = std::collections::HashSet::new();
     files.retain(|f| seen.insert(f.clone()));
     files
+}
+
+#[cfg(test)]
+mod xdist_args_tests {
+    use super::uses_xdist;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn n_and_tx_run_workers_and_n0_does_not() {
+        assert!(uses_xdist(&args(&["-n", "2", "-p", "no:cacheprovider"])));
+        assert!(uses_xdist(&args(&["-n2"])));
+        assert!(uses_xdist(&args(&["--numprocesses=auto"])));
+        assert!(uses_xdist(&args(&["--tx", "socket=h:1"])));
+        assert!(uses_xdist(&args(&["--tx=ssh=h"])));
+        assert!(!uses_xdist(&args(&["-n", "0"])));
+        assert!(!uses_xdist(&args(&["-n0", "-q"])));
+        assert!(!uses_xdist(&args(&["-q", "--no-header"])));
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,23 @@ pub struct SessionMeta {
     /// The run is finished and the session stays up for its clients (`%end` ends it).
     #[serde(default)]
     pub lingering: bool,
+    /// A remote xdist worker (`--tx socket=`, `--tx ssh=`): where its kernel
+    /// lives. Its `session.json` here is kept by the session's process (`pid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteSide>,
+}
+
+/// Where a remote xdist worker's kernel lives.
+#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq)]
+pub struct RemoteSide {
+    /// The host as the run's `--tx` names it (`user@host`, or the socket's address).
+    pub host: String,
+    /// Reached over SSH (`--tx ssh=`), so jupyter_client's `--ssh HOST` tunnels to it.
+    pub ssh: bool,
+    /// The kernel's process id on that host.
+    pub pid: u32,
+    /// Its connection file on that host.
+    pub connection_file: String,
 }
 
 /// The default parent of session directories for a project.
@@ -107,13 +124,17 @@ impl SessionMeta {
 
     /// A JSON summary for `stepkernel sessions --json`.
     pub fn summary(&self, dir: &Path) -> Value {
-        serde_json::json!({
+        let mut summary = serde_json::json!({
             "id": self.id, "pid": self.pid, "state": self.shown_state(),
             "paused_at": self.paused_at, "tests": self.tests, "edits": self.edits,
             "connection_file": self.connection_file, "dir": dir.display().to_string(),
             "started": self.started, "exit_code": self.exit_code,
             "lingering": self.lingering && self.alive(),
-        })
+        });
+        if let Some(remote) = &self.remote {
+            summary["remote"] = serde_json::json!(remote);
+        }
+        summary
     }
 }
 

@@ -8,6 +8,21 @@ use std::path::Path;
 /// Each worker's journaled edits (`<worker dir>/edits.jsonl`), to tell whose an edit is.
 pub(super) const EDITS_FILE: &str = "edits.jsonl";
 
+/// Notes in a worker's `edits.jsonl` that it made `edit` (as journaled:
+/// its file relative to the session's patch root, the same for every worker).
+pub(super) fn note_edit(worker_dir: &Path, edit: &patchgen::Edit) {
+    use std::io::Write;
+    let mine = serde_json::json!({
+        "file": edit.file, "start_line": edit.start_line, "end_line": edit.end_line,
+        "new_source": edit.new_text, "name": edit.step_name,
+    });
+    let mut line = serde_json::to_vec(&mine).expect("serializes");
+    line.push(b'\n');
+    if let Ok(mut file) = kernel::private_files::open_append(&worker_dir.join(EDITS_FILE)) {
+        let _ = file.write_all(&line);
+    }
+}
+
 /// Edits of the same lines by two workers that differ: each says which
 /// workers, file and lines (empty: none). The session's journal keeps the
 /// last edit of a range; between two workers that would be an arbitrary

@@ -11,12 +11,18 @@
 //! execnet's channel (the worker's stdin and stdout) is handed to the
 //! interpreter untouched; the kernel writes nothing there.
 //!
+//! A remote worker (`--tx socket=`, `--tx ssh=`) has its kernel and files
+//! on its own host and reaches `workers.sock` through a TCP relay; the
+//! session keeps its connection info and state and journals its edits
+//! ([`remote_worker`]).
+//!
 //! Two workers' different edits of the same lines are a conflict
 //! ([`conflicts()`]), reported by every export.
 
 mod conflicts;
 pub mod relay;
 pub mod relay_stream;
+pub mod remote_worker;
 pub mod worker_kernel;
 
 pub use conflicts::{check_conflicts, conflicts};

@@ -1,7 +1,9 @@
 //! A worker kernel's end of the relay: the session's UNIX socket for a local
-//! worker, a TCP connection back to the controller for a remote one.
+//! worker, a TCP connection back to the controller for a remote one, and the
+//! lines and requests it sends over it ([`RelayClient`]).
 
-use std::io::{Read, Write};
+use serde_json::Value;
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -66,5 +68,104 @@ impl Read for RelayStream {
             RelayStream::Unix(s) => s.read(buf),
             RelayStream::Tcp(s) => s.read(buf),
         }
+    }
+}
+
+/// A worker kernel's connection to the session's relay (see relay.rs for what goes over it).
+pub struct RelayClient {
+    write: RelayStream,
+    read: std::io::BufReader<RelayStream>,
+    /// The last request's number.
+    asked: u64,
+}
+
+impl RelayClient {
+    /// Reads and writes over `stream`.
+    pub fn new(stream: RelayStream) -> std::io::Result<RelayClient> {
+        let read = std::io::BufReader::new(stream.try_clone()?);
+        Ok(RelayClient {
+            write: stream,
+            read,
+            asked: 0,
+        })
+    }
+
+    /// Sends one message (a line).
+    pub fn send(&mut self, message: &Value) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(message).expect("serializes");
+        line.push(b'\n');
+        self.write.write_all(&line)
+    }
+
+    /// Sends a request and waits (up to `wait`) for its answer: the text, or why the session refused.
+    pub fn request(
+        &mut self,
+        mut message: Value,
+        wait: std::time::Duration,
+    ) -> std::io::Result<Result<String, String>> {
+        self.asked += 1;
+        message["reply"] = serde_json::json!(self.asked);
+        self.send(&message)?;
+        self.write.set_read_timeout(Some(wait))?;
+        loop {
+            let mut line = String::new();
+            if self.read.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let Ok(answer) = serde_json::from_str::<Value>(&line) else {
+                continue;
+            };
+            // A late answer to an earlier request is not this one's.
+            if answer.get("reply") != Some(&serde_json::json!(self.asked)) {
+                continue;
+            }
+            let text = |k: &str| {
+                answer
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            return Ok(if answer.get("ok") == Some(&Value::Bool(true)) {
+                Ok(text("text"))
+            } else {
+                Err(text("error"))
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_request_takes_its_own_answer_and_skips_late_or_broken_lines() {
+        let (mine, theirs) = UnixStream::pair().unwrap();
+        let mut client = RelayClient::new(RelayStream::Unix(mine)).unwrap();
+        let session = std::thread::spawn(move || {
+            let mut lines = std::io::BufReader::new(theirs.try_clone().unwrap()).lines();
+            let mut theirs = theirs;
+            let asked: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(asked["kind"], "journal");
+            let id = asked["reply"].clone();
+            // A late answer to an earlier request, a broken line, then this one's.
+            let late = serde_json::json!({"reply": 0, "ok": true, "text": "old"});
+            let answer = serde_json::json!({"reply": id, "ok": false, "error": "refused"});
+            write!(theirs, "{late}\nnot json\n{answer}\n").unwrap();
+        });
+        let answer = client
+            .request(
+                serde_json::json!({"kind": "journal"}),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        assert_eq!(answer, Err("refused".to_string()));
+        session.join().unwrap();
+        // The session gone: the request fails (the worker then drops its relay).
+        assert!(client
+            .request(serde_json::json!({"kind": "sync"}), Duration::from_secs(10))
+            .is_err());
     }
 }

@@ -1,8 +1,9 @@
 //! `stepkernel xdist-worker`: one xdist worker's kernel, serving the
 //! interpreter execnet started through it.
 
-use super::conflicts::EDITS_FILE;
-use super::relay_stream::RelayStream;
+use super::conflicts::note_edit;
+use super::relay::SESSION_MAGICS;
+use super::relay_stream::{RelayClient, RelayStream};
 use super::{worker_dir, RELAY_SOCKET, WORKERS_DIR};
 use crate::attach;
 use crate::hooks::{RunHooks, SessionContext};
@@ -115,18 +116,11 @@ fn attach_lines(
 ) -> Vec<String> {
     let file = connection_file.display();
     if let Some(remote) = &opts.remote {
-        let host = &remote.host;
-        let local = format!("{}-{}.json", remote.session_id, opts.worker);
-        let route =
-            format!("scp {host}:{file} {local} && jupyter console --existing {local} --ssh {host}");
-        return vec![
-            format!("on {host}: jupyter console --existing {file}"),
-            if remote.ssh {
-                format!("from here (an SSH tunnel to {host}'s loopback): {route}")
-            } else {
-                format!("from here, if {host} runs sshd (an SSH tunnel to its loopback): {route}")
-            },
-        ];
+        // The session prints the routes from its own machine (see remote_worker.rs).
+        return vec![format!(
+            "on {}: jupyter console --existing {file}",
+            remote.host
+        )];
     }
     let mut lines = vec![
         format!("jupyter console --existing {file}"),
@@ -287,7 +281,8 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             true,
         );
         let relay = match &opts.remote {
-            // A remote worker's edits stay in its own journal, on its host.
+            // A remote worker's edits go in its own journal, on its host, and
+            // (over the relay, see `record_edit`) in the session's.
             Some(remote) => RelayStream::connect_tcp(&remote.address, &remote.token)
                 .map_err(|e| {
                     eprintln!(
@@ -305,6 +300,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                 .map(RelayStream::Unix)
             }
         };
+        let mut relay = relay.and_then(|stream| RelayClient::new(stream).ok());
         if relay.is_none() {
             eprintln!(
                 "stepkernel: worker {}: the session's relay is not there; its events stay in {}",
@@ -312,8 +308,31 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                 dir.display()
             );
         }
+        if let (Some(client), Some(_)) = (relay.as_mut(), &opts.remote) {
+            // The session keeps this kernel's connection info, to attach from its machine.
+            let info = std::fs::read(&connection_file)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok());
+            let hello = json!({
+                "kind": "remote", "worker": opts.worker, "connection": info,
+                "connection_file": connection_file.display().to_string(),
+                "pid": std::process::id(),
+            });
+            if client.send(&hello).is_err() {
+                relay = None;
+            }
+        }
+        let inner = Arc::new(hooks);
+        if opts.remote.is_none() {
+            // As a single run's kernel does: the test files are instrumented
+            // while the interpreter starts, not one by one as it collects them.
+            inner.prefetch(crate::run::prefetch_candidates(
+                Path::new(&session.rootdir),
+                &session.args,
+            ));
+        }
         let hooks = Arc::new(WorkerHooks {
-            inner: Arc::new(hooks),
+            inner,
             relay: Mutex::new(relay),
             worker: opts.worker.clone(),
             attach: attach_lines,
@@ -334,11 +353,12 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
 /// magics, each event also relayed to the session.
 struct WorkerHooks {
     inner: Arc<RunHooks>,
-    relay: Mutex<Option<RelayStream>>,
+    relay: Mutex<Option<RelayClient>>,
     worker: String,
     attach: Vec<String>,
     dir: PathBuf,
-    /// A remote worker: its edits and exports stay on its host, not the session's journal.
+    /// A remote worker: its edits go to the session's journal over the relay,
+    /// and the session runs its `%patch`, `%diff`, `%apply`.
     remote: bool,
 }
 
@@ -350,35 +370,57 @@ const BARRIER: &str = "xdist-barrier";
 /// How long a worker's end waits for the session to take its last events.
 const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a remote worker waits for the session to journal an edit or run a magic.
+const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl WorkerHooks {
     fn sync_relay(&self) {
-        use std::io::BufRead;
+        let _ = self.request(json!({"kind": "sync"}), BARRIER_WAIT);
+    }
+
+    /// A request to the session: None when the relay is not there (or broke: then it is dropped).
+    fn request(
+        &self,
+        mut message: Value,
+        wait: std::time::Duration,
+    ) -> Option<Result<String, String>> {
+        message["worker"] = json!(self.worker);
         let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(stream) = relay.as_mut() else {
-            return;
-        };
-        let line = format!("{}\n", json!({"kind": "sync", "worker": self.worker}));
-        let acked = stream.write_all(line.as_bytes()).is_ok()
-            && stream.set_read_timeout(Some(BARRIER_WAIT)).is_ok()
-            && stream.try_clone().is_ok_and(|read| {
-                let mut answer = String::new();
-                std::io::BufReader::new(read).read_line(&mut answer).is_ok() && answer == "ack\n"
-            });
-        if !acked {
+        let answer = relay.as_mut()?.request(message, wait);
+        if answer.is_err() {
             *relay = None;
         }
+        answer.ok()
     }
 
     fn relay(&self, mut message: Value) {
         message["worker"] = json!(self.worker);
-        let mut line = serde_json::to_vec(&message).expect("serializes");
-        line.push(b'\n');
         let mut relay = self.relay.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(stream) = relay.as_mut() {
-            if stream.write_all(&line).is_err() {
+        if let Some(client) = relay.as_mut() {
+            if client.send(&message).is_err() {
                 *relay = None;
             }
         }
+    }
+
+    /// A remote worker's edit: journaled in the session first (its answer is
+    /// the client's), then in this host's journal; refused when the session refuses it.
+    fn record_remote_edit(&self, edit: &Value) -> Result<String, String> {
+        let (answer, _) = self.inner.record_edit_then(edit, |built, file| {
+            let message = json!({
+                "kind": "journal", "edit": built, "path": file.display().to_string(),
+            });
+            match self.request(message, REQUEST_WAIT) {
+                Some(Ok(text)) => Ok(Some(text)),
+                Some(Err(refused)) => Err(refused),
+                None => Ok(Some(format!(
+                    "journaled for {} lines {}-{} on this host only: the session's relay is not there, \
+                     so the session's patch does not have it (`%patch` here exports this worker's edits here)",
+                    built.file, built.start_line, built.end_line
+                ))),
+            }
+        })?;
+        Ok(answer)
     }
 }
 
@@ -430,25 +472,44 @@ impl SessionHooks for WorkerHooks {
     }
 
     fn record_edit(&self, edit: &Value) -> Result<String, String> {
-        let recorded = self.inner.record_edit(edit)?;
-        let mine = json!({
-            "file": edit.get("file"), "start_line": edit.get("start_line"),
-            "end_line": edit.get("end_line"), "new_source": edit.get("new_source"),
-            "name": edit.get("name"),
-        });
-        let mut line = serde_json::to_vec(&mine).expect("serializes");
-        line.push(b'\n');
-        if let Ok(mut file) = kernel::private_files::open_append(&self.dir.join(EDITS_FILE)) {
-            let _ = file.write_all(&line);
+        if self.remote {
+            return self.record_remote_edit(edit);
         }
-        if !self.remote {
-            self.relay(json!({"kind": "edit"}));
-        }
+        let (recorded, built) = self.inner.record_edit_then(edit, |_, _| Ok(None))?;
+        note_edit(&self.dir, &built);
+        self.relay(json!({"kind": "edit"}));
         Ok(recorded)
     }
 
     fn magic(&self, name: &str, args: &str) -> Option<Result<MagicOutput, String>> {
-        let result = self.inner.magic(name, args);
+        let mut note = None;
+        if self.remote && SESSION_MAGICS.contains(&name) {
+            // The session's journal has every worker's edits: it exports them.
+            let asked = json!({"kind": "magic", "name": name, "args": args});
+            match self.request(asked, REQUEST_WAIT) {
+                Some(answer) => {
+                    return Some(answer.map(|mut text| {
+                        if name != "diff" {
+                            text.push_str(
+                                "(by the session, on the machine that runs `stepkernel run`)\n",
+                            );
+                        }
+                        MagicOutput { text, html: None }
+                    }))
+                }
+                None => note = Some(
+                    "(the session's relay is not there: this worker's own edits, on this host)\n",
+                ),
+            }
+        }
+        let result = self.inner.magic(name, args).map(|result| {
+            result.map(|mut output| {
+                if let Some(note) = note {
+                    output.text.push_str(note);
+                }
+                output
+            })
+        });
         if let Some(Ok(output)) = result.as_ref().filter(|_| !self.remote) {
             match name {
                 // "Wrote PATH": the session's patch holds every worker's edits.

@@ -15,13 +15,17 @@ interpreter that starts the kernel, never on a command line); each connection is
 ``<session>/workers.sock`` as a local worker's would be. Nothing of
 stepkernel's goes over xdist's channel: the gateway above only asks where
 things are before the worker starts. The remote kernel's own files (its
-connection file, journal) stay on its host under
-``<cwd>/.stepkernel/remote/<session-id>/workers/<gw>/``.
+connection file, journal) are on its host under
+``<cwd>/.stepkernel/remote/<session-id>/workers/<gw>/``; over the relay it
+sends the session its connection info and its edits. What the session needs
+to know of it first (its host, and which of its directories are copies of
+which of this machine's) goes in ``<session>/workers/<gw>/remote.json``.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import secrets
 import shlex
@@ -101,6 +105,27 @@ class TcpRelay:
         self.server.close()
 
 
+def _write_private(path: str, data: dict) -> None:
+    """`data` as JSON at `path` (0600), its directory and the one above it made private (0700)."""
+    parent = os.path.dirname(path)
+    for directory in (os.path.dirname(parent), parent):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump(data, out)
+
+
+def path_map(roots: list, users_roots: bool, remote_cwd: str, local_cwd: str) -> list[list[str]]:
+    """[remote directory, local directory] pairs: each rsync root is copied to
+    ``<remote cwd>/<its name>`` (xdist's layout; it always sends pytest's own
+    packages too); when the user named no rsync directory, the remote
+    directory is taken for a checkout of the one the run started in."""
+    pairs = [[os.path.join(remote_cwd, os.path.basename(str(root))), str(root)] for root in roots]
+    if not users_roots:
+        pairs.append([remote_cwd, local_cwd])
+    return pairs
+
+
 def _reachable_ip(master: Any, info: dict, host: str) -> str:
     """This machine's address as the remote host reaches it."""
     sock = getattr(getattr(master, "_io", None), "sock", None)
@@ -150,12 +175,18 @@ class RemoteWorkers:
             return (f"stepkernel is not installed on {host} (install its wheel there, or set {BIN_ENV} "
                     "to its binary on that host)")
         relay = self._relay(_reachable_ip(master, info, host))
+        roots = list(getattr(dsession.nodemanager, "roots", None) or [])
+        _write_private(os.path.join(self.spec["session_dir"], "workers", spec.id, "remote.json"), {
+            "host": host, "ssh": bool(spec.ssh),
+            "paths": path_map(roots, bool(getattr(config.option, "rsyncdir", None) or config.getini("rsyncdirs")), info["cwd"],
+                              str(config.invocation_params.dir)),
+        })
         # The worker's kernel is started by this interpreter: it inherits the token.
         master.remote_exec(f"import os; os.environ[{TOKEN_ENV!r}] = {relay.token!r}").waitclose(60)
         command = [
             binary, "xdist-worker",
             "--relay", relay.address,
-            "--session-id", os.path.basename(self.spec["session_dir"].rstrip("/")),
+            "--session-id", self.spec.get("session_id") or os.path.basename(self.spec["session_dir"].rstrip("/")),
             "--worker", spec.id,
             "--python", info["python"],
             "--ip", "127.0.0.1",

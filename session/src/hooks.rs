@@ -94,6 +94,27 @@ impl Inner {
     }
 }
 
+#[cfg(test)]
+impl SessionContext {
+    /// A notebook-mode context for unit tests: session files in `dir`, the project in `project`.
+    pub(crate) fn for_tests(dir: &Path, project: &Path) -> SessionContext {
+        SessionContext {
+            id: "s".into(),
+            dir: dir.to_path_buf(),
+            rootdir: project.to_path_buf(),
+            patch_root: project.to_path_buf(),
+            base_revision: None,
+            attach: Vec::new(),
+            allow_client_shutdown: false,
+            notebook: true,
+            options: instrumenter::Options::default(),
+            copies: Vec::new(),
+            after_run: kernel::session::AfterRun::Serve,
+            listed_copy: None,
+        }
+    }
+}
+
 /// Hooks for one `stepkernel run` session.
 pub struct RunHooks {
     ctx: SessionContext,

@@ -200,20 +200,28 @@ fn assigned_at_top_level(file: &Path, name: &str) -> bool {
     })
 }
 
-/// Runs a session to its end; returns the process exit code.
-pub fn run(opts: RunOptions) -> Result<i32, RunError> {
-    check_targets(&opts.rootdir, &opts.targets)?;
-    let options = match &opts.step_marker {
+/// The instrumenter's options from `--step-marker` and `--plan-id` (a bad regex is a usage error).
+pub(crate) fn instrumenter_options(
+    step_marker: Option<&str>,
+    plan_id: Option<&str>,
+) -> Result<Options, RunError> {
+    let options = match step_marker {
         Some(pattern) => Options::with_step_marker(pattern)
             .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
         None => Options::default(),
     };
-    let options = match &opts.plan_id {
+    match plan_id {
         Some(pattern) => options
             .with_plan_id(pattern)
-            .map_err(|e| RunError::Usage(format!("--plan-id: {e}")))?,
-        None => options,
-    };
+            .map_err(|e| RunError::Usage(format!("--plan-id: {e}"))),
+        None => Ok(options),
+    }
+}
+
+/// Runs a session to its end; returns the process exit code.
+pub fn run(opts: RunOptions) -> Result<i32, RunError> {
+    check_targets(&opts.rootdir, &opts.targets)?;
+    let options = instrumenter_options(opts.step_marker.as_deref(), opts.plan_id.as_deref())?;
     let id = session_dir::new_id();
     let dir = opts
         .session_dir

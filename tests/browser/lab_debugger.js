@@ -8,18 +8,8 @@
 //    "screenshots": ["paused.png", "continued.png"], "userDataDir": "DIR",
 //    "chromium": "/usr/bin/chromium", "timeoutMs": 60000}
 
-const { chromium } = require('playwright-core');
+const { openPage } = require('./chromium_page');
 
-const FLAGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  '--disable-dev-shm-usage',
-];
 
 async function frames(page) {
   return page.locator('.jp-DebuggerCallstackFrame').evaluateAll((items) =>
@@ -41,16 +31,7 @@ async function variables(page) {
 async function main() {
   const config = JSON.parse(process.argv[2]);
   const timeout = config.timeoutMs || 60000;
-  const context = await chromium.launchPersistentContext(config.userDataDir, {
-    executablePath: config.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: FLAGS,
-    viewport: { width: 1400, height: 900 },
-  });
-  const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(timeout);
-  const log = [];
-  page.on('console', (msg) => log.push(`${msg.type()}: ${msg.text()}`));
+  const { context, page, log } = await openPage(config, { width: 1400, height: 900 }, timeout);
   let result = { ok: false };
   const [pausedShot, breakpointShot, continuedShot] = config.screenshots;
   let step = 'open the notebook';

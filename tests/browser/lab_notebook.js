@@ -5,36 +5,15 @@
 //   {"url": "http://127.0.0.1:PORT/lab/tree/NB.ipynb?token=T", "expect": "text",
 //    "screenshot": "out.png", "userDataDir": "DIR", "chromium": "/usr/bin/chromium", "timeoutMs": 45000}
 
-const { chromium } = require('playwright-core');
+const { openPage } = require('./chromium_page');
 
 const RUN_BUTTON = '.jp-NotebookPanel-toolbar [data-command="notebook:run-cell-and-select-next"]';
 
-// Flags for a sandboxed machine without a GPU or network beyond localhost.
-const FLAGS = [
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-  // Containers often have a tiny /dev/shm.
-  '--disable-dev-shm-usage',
-];
 
 async function main() {
   const config = JSON.parse(process.argv[2]);
   const timeout = config.timeoutMs || 45000;
-  const context = await chromium.launchPersistentContext(config.userDataDir, {
-    executablePath: config.chromium || '/usr/bin/chromium',
-    headless: true,
-    args: FLAGS,
-    viewport: { width: 1280, height: 800 },
-  });
-  const page = context.pages()[0] || (await context.newPage());
-  page.setDefaultTimeout(timeout);
-  const log = [];
-  page.on('console', (msg) => log.push(`${msg.type()}: ${msg.text()}`));
+  const { context, page, log } = await openPage(config, { width: 1280, height: 800 }, timeout);
   let result = { ok: false };
   try {
     await page.goto(config.url, { waitUntil: 'domcontentloaded' });

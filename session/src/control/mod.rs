@@ -299,20 +299,7 @@ mod tests {
     fn followers_are_woken_by_new_lines_only() {
         use kernel::session::SessionHooks;
         let dir = tempfile::tempdir().unwrap();
-        let ctx = crate::hooks::SessionContext {
-            id: "s".into(),
-            dir: dir.path().to_path_buf(),
-            rootdir: dir.path().to_path_buf(),
-            patch_root: dir.path().to_path_buf(),
-            base_revision: None,
-            attach: Vec::new(),
-            allow_client_shutdown: false,
-            notebook: true,
-            options: instrumenter::Options::default(),
-            copies: Vec::new(),
-            after_run: kernel::session::AfterRun::Serve,
-            listed_copy: None,
-        };
+        let ctx = crate::hooks::SessionContext::for_tests(dir.path(), dir.path());
         let hooks = RunHooks::new(ctx, Default::default(), true);
         let notify = hooks.events_written();
         let mut waiter = std::pin::pin!(notify.notified());

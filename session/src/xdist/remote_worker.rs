@@ -230,20 +230,7 @@ mod tests {
     use serde_json::json;
 
     fn hooks(session: &Path, project: &Path) -> crate::hooks::RunHooks {
-        let ctx = crate::hooks::SessionContext {
-            id: "s".into(),
-            dir: session.to_path_buf(),
-            rootdir: project.to_path_buf(),
-            patch_root: project.to_path_buf(),
-            base_revision: None,
-            attach: Vec::new(),
-            allow_client_shutdown: false,
-            notebook: true,
-            options: instrumenter::Options::default(),
-            copies: Vec::new(),
-            after_run: kernel::session::AfterRun::Serve,
-            listed_copy: None,
-        };
+        let ctx = crate::hooks::SessionContext::for_tests(session, project);
         crate::hooks::RunHooks::new(ctx, Default::default(), true)
     }
 

@@ -9,7 +9,6 @@ use crate::attach;
 use crate::hooks::{RunHooks, SessionContext};
 use crate::run::RunError;
 use crate::session_dir::SessionMeta;
-use instrumenter::Options;
 use kernel::connection_file::ConnectionInfo;
 use kernel::server::{BoundKernel, KernelOptions};
 use kernel::session::{AfterRun, MagicOutput, SessionHooks};
@@ -171,17 +170,8 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
         return Err(RunError::Usage(format!("bad worker id {:?}", opts.worker)));
     }
     let (session, session_dir) = worker_session(&opts)?;
-    let options = match &opts.step_marker {
-        Some(pattern) => Options::with_step_marker(pattern)
-            .map_err(|e| RunError::Usage(format!("--step-marker: {e}")))?,
-        None => Options::default(),
-    };
-    let options = match &opts.plan_id {
-        Some(pattern) => options
-            .with_plan_id(pattern)
-            .map_err(|e| RunError::Usage(format!("--plan-id: {e}")))?,
-        None => options,
-    };
+    let options =
+        crate::run::instrumenter_options(opts.step_marker.as_deref(), opts.plan_id.as_deref())?;
     kernel::private_files::ensure_private_dir(&session_dir.join(WORKERS_DIR))?;
     let dir = kernel::private_files::ensure_private_dir(&worker_dir(&session_dir, &opts.worker))?;
     let label = format!("{}-{}", session.id, opts.worker);

@@ -364,3 +364,77 @@ def test_project_code_without_marks_is_recorded_by_the_profiler(version, tmp_pat
     proc, records = run_pytest(project, python, "tests/test_unmarked.py::test_script")
     assert "1 passed" in proc.stdout, proc.stdout + proc.stderr
     assert "tool" in names(records["tests/test_unmarked.py::test_script"])
+
+
+CORPUS_CHECK = r'''
+import ast, collections, os, sys, sysconfig, types
+from stepkernel_worker import entry_marks
+
+COMPREHENSIONS = {"<listcomp>", "<setcomp>", "<dictcomp>", "<genexpr>"}
+stdlib = sysconfig.get_paths()["stdlib"]
+files = [os.path.join(stdlib, f) for f in ("inspect.py", "dataclasses.py", "typing.py", "enum.py", "argparse.py",
+                                           "functools.py", "pathlib.py", "pprint.py", "textwrap.py")]
+for package in ("json", "email", "asyncio", "importlib", "concurrent/futures", "unittest", "logging"):
+    base = os.path.join(stdlib, package)
+    files += sorted(os.path.join(base, f) for f in os.listdir(base) if f.endswith(".py"))
+files += sys.argv[1:]
+
+
+def walk(code):
+    yield code
+    for const in code.co_consts:
+        if type(const) is types.CodeType:
+            yield from walk(const)
+
+
+def lines(code):
+    seq = []
+    for _, _, line in code.co_lines():
+        if line is not None and (not seq or seq[-1] != line):
+            seq.append(line)
+    return seq
+
+
+problems, checked = [], 0
+for path in files:
+    source = open(path, "rb").read()
+    plain = compile(source, path, "exec", dont_inherit=True)
+    tree = compile(source, path, "exec", ast.PyCF_ONLY_AST, dont_inherit=True)
+    table = entry_marks.mark_tree(tree, source)
+    marked = entry_marks._finish(compile(tree, path, "exec", dont_inherit=True))
+    wanted = collections.Counter((getattr(c, "co_qualname", c.co_name), c.co_firstlineno)
+                                 for c in walk(plain) if c.co_name not in COMPREHENSIONS)
+    got = collections.Counter(table if hasattr(plain, "co_qualname") else
+                              [(q if q == "<module>" else q.rsplit(".", 1)[-1], n) for q, n in table])
+    if wanted - got:
+        problems.append((path, "table", sorted(wanted - got)[:3]))
+    for a, b in zip(walk(plain), walk(marked)):
+        checked += 1
+        if a.co_name != b.co_name or lines(a) != lines(b):
+            problems.append((path, a.co_name, a.co_firstlineno, lines(a)[:6], lines(b)[:6]))
+        elif a.co_name not in COMPREHENSIONS and not entry_marks.is_marked(b):
+            problems.append((path, a.co_name, "no mark"))
+        elif a.co_name not in COMPREHENSIONS and a.co_name != "<module>" and a.co_consts[:1] != b.co_consts[:1]:
+            problems.append((path, a.co_name, "docstring moved"))
+print(checked, problems)
+'''
+
+
+@pytest.mark.parametrize("version", ["3.10", "3.11"])
+def test_marks_leave_every_code_objects_lines_and_names_as_compiled_from_the_source(version, tmp_path,
+                                                                                    tmp_path_factory):
+    """Over the standard library's modules and this worker's own: each code object
+    is there with its qualified name and first line in the slot table, has a mark
+    (comprehensions aside), keeps its docstring, and has the line sequence a plain
+    compile gives it (what line events, tracebacks and coverage see)."""
+    needs_marks(version)
+    python = python_for(version, tmp_path_factory)
+    script = tmp_path / "corpus_check.py"
+    script.write_text(CORPUS_CHECK)
+    own = sorted(str(p) for p in (WORKER / "stepkernel_worker").rglob("*.py"))
+    proc = subprocess.run([python, str(script), *own], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(WORKER)})
+    assert proc.returncode == 0, proc.stderr
+    checked, problems = proc.stdout.split(" ", 1)
+    assert int(checked) > 5000
+    assert problems.strip() == "[]", problems

@@ -14,7 +14,9 @@ Usage: bench_watch.py --stepkernel BIN --python PY --workdir DIR [--rounds N]
   recorder with cProfile (`STEPKERNEL_WATCH_RECORDER=profile`: what it was
   before entry marks, and its fallback). Medians of ROUNDS, sides alternating;
   `--cold` runs every side with PYTHONDONTWRITEBYTECODE=1 (each run compiles
-  every module, marked ones from their AST).
+  every module, marked ones from their AST); `--instructions` counts
+  instructions with valgrind's callgrind instead (one run of each side, all
+  processes), the figure the neighbours on a shared machine do not move.
 - latency: `stepkernel watch --plain` on a copy of examples/shop; time from
   writing a library function to the first `test_finish` of the cycle in the
   watch's events.jsonl; beside it plain pytest running the example's suite
@@ -130,6 +132,9 @@ def recording(args, workdir: Path):
             sides["testmon"] = ([args.python, "-m", "pytest", "-q", "--testmon", tests], env)
         if args.sides:
             sides = {k: v for k, v in sides.items() if k == "pytest" or k in args.sides.split(",")}
+        if args.instructions:
+            instruction_rows(args, name, ver, version, root, sides, deps, workdir)
+            continue
         times: dict[str, list[float]] = {k: [] for k in sides}
         cpus: dict[str, list[float]] = {k: [] for k in sides}
         for r in range(args.rounds):
@@ -175,6 +180,26 @@ def recording(args, workdir: Path):
             bench({"benchmark": f"watch recorder vs testmon collecting: {name} {ver}, Python {version} (s)",
                    "stepkernel": med["recorder"], "peer": med["testmon"], "peer_name": "testmon",
                    "ratio": med["recorder"] / med["testmon"], "goal": "-"})
+
+
+def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Path, workdir: Path) -> None:
+    """Instructions each side executed (callgrind, every process), after one warm-up run of each."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    counts = {}
+    for side, (argv, env) in sides.items():
+        subprocess.run(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if deps.exists():
+            deps.unlink()
+        counts[side] = overhead.counted(argv, root, env, workdir / "callgrind" / f"{name}-{side}")
+    log(f"{name} {ver} on Python {version}, instructions (millions): "
+        + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in counts.items()))
+    for side, count in counts.items():
+        if side != "pytest":
+            bench({"benchmark": f"watch {side} vs pytest: {name} {ver}, Python {version}, "
+                                "instructions (callgrind, all processes; millions)",
+                   "stepkernel": count / 1e6, "peer": counts["pytest"] / 1e6, "peer_name": "pytest",
+                   "ratio": count / counts["pytest"], "goal": "-"})
 
 
 class WatchProc:
@@ -662,6 +687,8 @@ def main():
     parser.add_argument("--suites", default="toolz,more-itertools", help="recording: which of the sdists")
     parser.add_argument("--cold", action="store_true", help="recording: no bytecode caches (PYTHONDONTWRITEBYTECODE=1)")
     parser.add_argument("--sides", help="recording: only these sides (comma-separated, pytest always)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="recording: count instructions (valgrind's callgrind) instead of timing")
     parser.add_argument("--only", default="recording,latency,replay",
                         help="of recording, latency, replay (real history with --repo), synthetic")
     args = parser.parse_args()

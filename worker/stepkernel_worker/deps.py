@@ -33,6 +33,7 @@ an ImportError test file when a file providing that module appears.
 
 from __future__ import annotations
 
+import _thread
 import cProfile
 import hashlib
 import json
@@ -141,6 +142,7 @@ class Recorder:
         #: 3.10/3.11: entry marks record (else the profiler); why not, once project code ran unmarked.
         self.marks = _marks_installed
         self.unmarked: str | None = None
+        self.thread = 0
         self._modules_seen: set[str] = set()
         self._modules_count = -1
         watched = frozenset(("open", "sys.setprofile", "exec", "object.__setattr__", *_WRITE_EVENTS))
@@ -185,7 +187,12 @@ class Recorder:
             return
         self.unmarked = reason
         if self.active and self.profiler is None:
-            self._start_profiler()
+            if _thread.get_ident() == self.thread:
+                self._start_profiler()
+            elif self.incomplete is None:
+                # Another thread (a pause's client swapping code in): the profiler
+                # would only see that thread, so this test's record is incomplete.
+                self.incomplete = f"{reason} during the test"
 
     def _start_profiler(self) -> None:
         if sys.getprofile() is None:
@@ -256,6 +263,7 @@ class Recorder:
         self.reports = []
         self.incomplete = None if self.tool is not None or sys.version_info < (3, 12) else self.incomplete
         self.active = True
+        self.thread = _thread.get_ident()
         self.started = time.perf_counter()
         if self.first_tool is not None:
             # Re-arms the per-test tool on the code objects that fired since the last test.

@@ -93,7 +93,9 @@ def install(workdir: str, names: list[str]) -> None:
         requirement, pattern, _, deps, _ = SUITES[name]
         if not glob.glob(os.path.join(sdists, pattern + ".tar.gz")):
             subprocess.run(
-                [*pip, "download", "--no-binary", ":all:", "--no-deps", requirement, "-d", sdists], check=True
+                # Only the suite's own package from source: its build backend comes as a wheel.
+                [*pip, "download", "--no-binary", requirement.split("==")[0], "--no-deps", requirement, "-d", sdists],
+                check=True,
             )
         archive = glob.glob(os.path.join(sdists, pattern + ".tar.gz"))[0]
         with tarfile.open(archive) as tar:

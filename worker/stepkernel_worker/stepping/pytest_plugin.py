@@ -318,6 +318,21 @@ def _short(report: Any) -> str:
     return lines[-1] if lines else ""
 
 
+def _pytest_entry() -> tuple[Any, str | None]:
+    """The pytest function ``python -m pytest`` runs tests under, and its ``prog`` (None: ``pytest.main``).
+
+    pytest 9.1+ runs ``_main`` (named as on the command line, ``python -m
+    pytest``), older ones ``main``; called straight from ``run_pytest``, the
+    stack below it is as deep as ``python -m pytest``'s (see ``worker.main``).
+    """
+    from _pytest import config
+
+    entry, prog_name = getattr(config, "_main", None), getattr(config, "_get_prog_name", None)
+    if entry is None or prog_name is None:
+        return pytest.main, None
+    return entry, prog_name(sys.argv)
+
+
 def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     """Run pytest in this process with the stepping plugin; returns its exit code."""
     plugin = SteppingPlugin(engine)
@@ -327,7 +342,10 @@ def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     try:
         from .xdist_controller import plugins as xdist_plugins, usage_hint
 
-        code = pytest.main(full, plugins=[plugin, *xdist_plugins(engine)])
+        entry, prog = _pytest_entry()
+        plugins = [plugin, *xdist_plugins(engine)]
+        # Called here, not through a helper: no frame more than `python -m pytest` has.
+        code = entry(full, plugins) if prog is None else entry(args=full, plugins=plugins, prog=prog)
         usage_hint(full, int(code))
     except SystemExit as exc:
         # What `python -m pytest` would exit with.

@@ -205,11 +205,17 @@ class SteppingPlugin:
         record.expects_failure = _xfail_predicate(item)
         hypothesis_steps.prepare(item)
         self._reports[item.nodeid] = []
+        result = None
         try:
-            yield
+            result = yield
         finally:
             reports = self._reports.pop(item.nodeid, [])
             outcome, longrepr = self._outcome(reports)
+            # KeyboardInterrupt or pytest.exit(): the session ended inside this test.
+            stopped = result is None or getattr(result, "excinfo", None) is not None
+            if stopped and outcome == "passed" and not any(r.when == "call" for r in reports):
+                # pytest counts no outcome for it ("no tests ran"): neither does the summary.
+                outcome = "interrupted"
             engine.end_test(record, outcome, longrepr, subtests=_subtest_counts(reports))
 
     # ----------------------------------------------------------- outcomes

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import sys
 import select
 import mmap
 import socket
@@ -157,8 +158,8 @@ class EventRing:
     DATA_OFFSET = 64
 
     def __init__(self, fd: int, size: int):
-        self._map = mmap.mmap(fd, size)
-        os.close(fd)  # the mapping keeps the memory; tests see no extra descriptor
+        self._map = _map_shared(fd, size)
+        os.close(fd)
         view = memoryview(self._map)
         self._positions = view[:16].cast("Q")  # [write_pos, read_pos]
         #: Byte 16: non-zero asks running tests to look at step boundaries. The
@@ -208,12 +209,70 @@ def ring_from_environment() -> EventRing | None:
         return None
 
 
+def _high_free_fd() -> int | None:
+    """A free descriptor number near the limit (None: none free up there)."""
+    try:
+        limit = min(os.sysconf("SC_OPEN_MAX"), 1024)
+    except (OSError, ValueError):
+        limit = 256
+    for target in range(limit - 1, max(limit - 64, 2), -1):
+        try:
+            os.fstat(target)
+        except OSError:
+            return target
+    return None
+
+
+def _map_shared(fd: int, size: int) -> mmap.mmap:
+    """``fd``'s memory mapped; no descriptor of it stays among those a test gets.
+
+    Python 3.13+ maps without keeping a descriptor; before, mmap keeps a copy
+    at the lowest free number, so every free number below a high one is taken
+    for that moment and the copy lands up there.
+    """
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, trackfd=False)
+    target = _high_free_fd()
+    fillers: list[int] = []
+    try:
+        if target is not None:
+            while True:
+                copy = os.dup(fd)
+                if copy >= target:
+                    os.close(copy)  # the lowest free number now: mmap's copy goes there
+                    break
+                fillers.append(copy)
+        return mmap.mmap(fd, size)
+    except OSError:  # out of descriptors: map it where it lands
+        for copy in fillers:
+            os.close(copy)
+        fillers = []
+        return mmap.mmap(fd, size)
+    finally:
+        for copy in fillers:
+            os.close(copy)
+
+
+def high_fd(fd: int) -> int:
+    """``fd`` moved to a free number near the descriptor limit (not inheritable), the original closed.
+
+    Descriptors a test opens then get the numbers they get under plain pytest.
+    Where no number up there is free, ``fd`` stays as it is.
+    """
+    target = _high_free_fd()
+    if target is None or target <= fd:
+        os.set_inheritable(fd, False)
+        return fd
+    os.dup2(fd, target, inheritable=False)
+    os.close(fd)
+    return target
+
+
 def from_environment() -> Channel:
     """The channel the kernel handed to this process."""
     fd = int(os.environ.pop("STEPKERNEL_CHANNEL_FD"))
     # Subprocesses of tests inherit neither the descriptor nor the variable.
-    os.set_inheritable(fd, False)
-    return Channel(fd)
+    return Channel(high_fd(fd))
 
 
 _strings: dict[str, str] = {}

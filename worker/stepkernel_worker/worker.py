@@ -28,6 +28,7 @@ from .channel import (
     EventRing,
     encode_flat,
     from_environment,
+    high_fd,
     message_path,
     path_fields,
     ring_from_environment,
@@ -121,7 +122,7 @@ class Worker:
         self._sync_fds = []
         for fd in (1, 2):
             try:
-                self._sync_fds.append(os.dup(fd))
+                self._sync_fds.append(high_fd(os.dup(fd)))
             except OSError:
                 pass
 

@@ -74,6 +74,15 @@ SUITES = {
     "wrapt": ("wrapt==2.0.1", "wrapt-*", ["tests"], [], []),
     "networkx": ("networkx==3.4.2", "networkx-*", ["networkx"], [], []),
     "docutils": ("docutils==0.21.2", "docutils-*", ["test"], [], []),
+    # Frames (loguru caches and walks them) and the clock (freezegun patches it): families 2 and 3.
+    "loguru": (
+        "loguru==0.7.2",
+        "loguru-*",
+        ["tests"],
+        ["freezegun", "colorama"],
+        ["--ignore=tests/test_type_hinting.py", "--ignore=tests/typesafety"],
+    ),
+    "freezegun": ("freezegun==1.5.1", "freezegun-*", ["tests"], [], []),
     "trio": (
         "trio==0.27.0",
         "trio-*",

@@ -79,6 +79,22 @@ def test_main_is_pytests_dunder_main_as_runpy_ran_it():
     assert "runpy" in sys.modules
 
 
+def test_descriptors_a_test_opens_are_numbered_as_under_pytest():
+    # The engine's channel (a socket) and its copies of the output pipes sit near
+    # the descriptor limit, far above what a test opens.
+    low = {}
+    for name in os.listdir("/proc/self/fd"):
+        if int(name) < 512:
+            try:
+                low[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+            except OSError:
+                pass
+    assert not [fd for fd, target in low.items() if target.startswith(("socket:", "/memfd:stepkernel"))]
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    assert fd == min(set(range(len(low) + 2)) - set(low))
+
+
 def test_code_object_names_the_source():
     code = test_code_object_names_the_source.__code__
     source, first = inspect.getsourcelines(test_code_object_names_the_source)

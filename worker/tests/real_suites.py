@@ -68,7 +68,7 @@ SUITES = {
         ["pyyaml"],
         ["--ignore=tests/test_syntax/extensions/test_md_in_html.py"],
     ),
-    "python-dotenv": ("python-dotenv==1.0.1", "python_dotenv-*", ["tests"], ["sh"], []),
+    "python-dotenv": ("python-dotenv==1.0.1", "python[-_]dotenv-*", ["tests"], ["sh"], []),
     "natsort": ("natsort==8.4.0", "natsort-*", ["tests"], ["hypothesis", "pytest-mock"], []),
     "jinja2": ("jinja2==3.1.4", "jinja2-*", ["tests"], ["trio"], []),
     "wrapt": ("wrapt==2.0.1", "wrapt-*", ["tests"], [], []),

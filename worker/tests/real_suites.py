@@ -108,7 +108,9 @@ def install(workdir: str, names: list[str]) -> None:
             )
         archive = glob.glob(os.path.join(sdists, pattern + ".tar.gz"))[0]
         with tarfile.open(archive) as tar:
-            tar.extractall(sdists, filter="data") if sys.version_info >= (3, 12) else tar.extractall(sdists)
+            # The data filter (3.12, and backported to 3.10.12/3.11.4) also drops group and
+            # other write bits, which stepkernel refuses on a session's directory.
+            tar.extractall(sdists, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(sdists)
         source = archive[: -len(".tar.gz")]
         subprocess.run([*pip, "install", *deps, source], check=True)
 

@@ -55,7 +55,7 @@ class Channel:
             if predicate(message):
                 del self._pending[index]
                 return message
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _monotonic() + timeout
         while True:
             if deadline is not None and not self._wait_readable(deadline):
                 return None
@@ -69,11 +69,11 @@ class Channel:
         if self._buffer.find(b"\n", self._scanned) >= 0:
             return True
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - _monotonic()
             if remaining <= 0:
                 return False
             try:
-                ready, _, _ = select.select([self._sock], [], [], remaining)
+                ready, _, _ = _select([self._sock], [], [], remaining)
             except InterruptedError:
                 continue
             return bool(ready)
@@ -108,7 +108,7 @@ class Channel:
                 return json.loads(line)
             self._scanned = len(self._buffer)
             if not block:
-                ready, _, _ = select.select([self._sock], [], [], 0)
+                ready, _, _ = _select([self._sock], [], [], 0)
                 if not ready:
                     return None
             chunk = self._sock.recv(1 << 20)
@@ -141,6 +141,13 @@ def _fallback(value):
     return repr(value)
 
 
+# Bound once: a test that mocks these (``mock.patch("os.getpid")``, the clock,
+# ``json.dumps``) sees no call of the engine's, also when one of its steps fails.
+_monotonic = time.monotonic
+_select = select.select
+_getpid = os.getpid
+_dumps = json.dumps
+
 # One encoder for every message: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(default=_fallback, separators=(",", ":"))
 
@@ -169,7 +176,7 @@ class EventRing:
         self.interrupted = view[17:18]
         self._data = view[self.DATA_OFFSET :]
         self._capacity = size - self.DATA_OFFSET
-        self._pid = os.getpid()
+        self._pid = _getpid()
         # Released then re-acquired around each publish: a lock's release and
         # acquire are memory barriers, so on weakly ordered CPUs the line is
         # visible before the position that publishes it.
@@ -180,7 +187,7 @@ class EventRing:
         """Publish ``line`` (ending in a newline); False when full or in a forked child."""
         n = len(line)
         write = self._positions[0]
-        if write + n - self._positions[1] > self._capacity or os.getpid() != self._pid:
+        if write + n - self._positions[1] > self._capacity or _getpid() != self._pid:
             return False
         start = write % self._capacity
         end = start + n
@@ -284,7 +291,7 @@ def _json_string(text: str) -> str:
     if encoded is None:
         if len(_strings) > 50_000:
             _strings.clear()
-        encoded = _strings[text] = json.dumps(text)
+        encoded = _strings[text] = _dumps(text)
     return encoded
 
 

@@ -50,6 +50,11 @@ _SETUP_PHASES = {
 }
 
 
+# Bound once: a test that mocks the clock or os.getpid sees no call of the engine's.
+_time = time.time
+_getpid = os.getpid
+
+
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
@@ -398,7 +403,7 @@ class Worker:
         ``ordered=False`` (progress events) skips the sync markers: the kernel
         then handles the message as soon as it arrives.
         """
-        if os.getpid() != self.pid:
+        if _getpid() != self.pid:
             return  # a test forked: its child's messages are not ours
         if not ordered:
             self.channel.send(message)
@@ -417,14 +422,15 @@ class Worker:
     # ----------------------------------------------------------------- Host API
     def emit(self, event: dict) -> None:
         """Publish a progress event to the kernel (events.jsonl, iopub, terminal)."""
-        event.setdefault("time", time.time())
+        if "time" not in event:
+            event["time"] = _time()
         if event.get("event") == "summary":
             self.last_summary = event
         self.emit_line('{"type":"event","event":' + encode_flat(event) + "}\n")
 
     def emit_line(self, line: str) -> None:
         """Publish one event message already encoded as a JSON line."""
-        if os.getpid() != self.pid:
+        if _getpid() != self.pid:
             return
         data = line.encode()
         if self.ring is None or not self.ring.append(data):

@@ -108,6 +108,15 @@ def test_code_object_names_the_source():
     assert "local" in code.co_varnames and local == 1
 
 
+def test_refcounts_of_locals_are_the_functions_own():
+    held = object()
+    count = sys.getrefcount(held)
+    other = [held]
+    assert sys.getrefcount(held) == count + 1
+    del other
+    assert sys.getrefcount(held) == count
+
+
 def test_exc_info_inside_and_after_a_handler():
     assert sys.exc_info() == (None, None, None)
     try:

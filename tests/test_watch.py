@@ -23,7 +23,7 @@ import pexpect
 import pytest
 
 import conftest
-from conftest import PYTHON, stepkernel_bin, wait_for, write_project
+from conftest import PYTHON, other_python, stepkernel_bin, wait_for, write_project
 
 LIB = {
     "shop/__init__.py": "",
@@ -485,21 +485,6 @@ def test_bad_arguments_are_usage_errors(tmp_path):
     done = subprocess.run([stepkernel_bin(), "watch", "--runner", "unittest"], cwd=project,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 4 and "use --runner pytest" in done.stderr
-
-
-def other_python(version: str, tmp_path_factory) -> str:
-    """A virtualenv with pytest on a pyenv Python `version` (skipped when there is none)."""
-    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")))
-    if not found:
-        pytest.skip(f"no Python {version} here (pyenv)")
-    venv = tmp_path_factory.getbasetemp() / f"venv-{version}"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([found[-1], "-m", "venv", str(venv)], check=True)
-        pins = [line.strip() for line in open(pathlib.Path(__file__).with_name("requirements.txt"))
-                if line.split("==")[0] in ("pytest", "pluggy", "iniconfig", "packaging")]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
-    return str(python)
 
 
 # Another tool holding sys.monitoring ids 5 and 2 (the recorder's second and third

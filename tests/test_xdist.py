@@ -980,3 +980,31 @@ def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_s
     plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=clone,
                            capture_output=True, text=True)
     assert plain.returncode == 0, plain.stdout + plain.stderr
+
+
+DEPTH = {"test_depth.py": '''
+    import inspect
+    import json
+    import os
+    import sys
+
+
+    def test_records_its_stack_and_command_line():
+        with open(os.environ["DEPTH_OUT"], "w") as fh:
+            json.dump({"depth": len(inspect.stack(0)), "orig_argv": sys.orig_argv[1:]}, fh)
+    '''}
+
+
+def test_an_xdist_workers_stack_and_command_line_are_plain_xdists(tmp_path, run_session):
+    """The kernel's bootstrap runs in the same `-c` text as execnet's: no frame more, and sys.orig_argv is execnet's."""
+    project = write_project(tmp_path, DEPTH)
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "1", "test_depth.py"],
+                           cwd=project, capture_output=True, text=True,
+                           env={**os.environ, "DEPTH_OUT": str(tmp_path / "plain.json")})
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    run = run_session(project, "--on-error", "fail", "-n", "1", "test_depth.py", "--", "-p", "no:cacheprovider",
+                      env={"DEPTH_OUT": str(tmp_path / "stepped.json")})
+    assert run.wait_exit(120) == 0, run.output()
+    expected = json.loads((tmp_path / "plain.json").read_text())
+    assert json.loads((tmp_path / "stepped.json").read_text()) == expected
+    assert expected["depth"] > 20

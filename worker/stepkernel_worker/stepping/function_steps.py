@@ -236,9 +236,13 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+#: Bound once: a test that mocks ``builtins.repr`` sees no call of the engine's.
+_repr = repr
+
+
 def summary_repr(value: Any, limit: int = 200) -> str:
     try:
-        text = repr(value)
+        text = _repr(value)
     except Exception as exc:  # noqa: BLE001 - user reprs may raise anything
         text = f"<repr failed: {type(exc).__name__}: {exc}>"
     if len(text) > limit:

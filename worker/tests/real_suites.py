@@ -37,7 +37,8 @@ SUITES = {
         "python-dateutil==4.0.0",
         "python_dateutil-*",
         ["tests"],
-        ["hypothesis", "freezegun"],
+        # pytest-cov registers the no_cover mark its conftest adds (unknown marks are errors there).
+        ["hypothesis", "freezegun", "pytest-cov"],
         [],
     ),
     "attrs": ("attrs==26.1.0", "attrs-*", ["tests"], ["hypothesis", "cloudpickle", "pympler"], []),

@@ -49,6 +49,8 @@ pub struct RunOptions {
     pub linger: Option<std::time::Duration>,
     /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
     pub external_dir: Option<PathBuf>,
+    /// A pre-imported worker's socket to fork the worker from (`stepkernel watch`).
+    pub zygote: Option<PathBuf>,
     /// The unpacked worker package.
     pub package_dir: PathBuf,
     /// Where tests run from.
@@ -297,6 +299,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 package_dir: opts.package_dir.clone(),
                 cwd: Some(opts.rootdir.clone()),
                 pass_through: None,
+                zygote: opts.zygote.clone(),
             },
             hooks: None,
             run: Some(run_message),

@@ -12,6 +12,7 @@ use crate::output::{Output, Stream};
 use crate::record::{collect_error_rows, test_rows, Line, Tail};
 use crate::screen::Screen;
 use crate::select::{self, is_instance_of, rel, Current, Selected};
+use crate::zygote::{Change, Zygote};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -64,6 +65,9 @@ pub struct WatchOptions {
     pub all: bool,
     /// The terminal screen (a footer with the totals) and keys: stdin and stdout are a TTY, no `--plain`.
     pub tui: bool,
+    /// The worker package to pre-import in a zygote that forks each cycle's
+    /// worker (None: `--no-fork`, every cycle starts Python afresh).
+    pub fork_from: Option<PathBuf>,
 }
 
 /// Watch errors.
@@ -160,6 +164,8 @@ pub struct Watch {
     out_tx: Sender<(Stream, Vec<u8>)>,
     out_rx: Receiver<(Stream, Vec<u8>)>,
     output: Output,
+    /// The pre-imported worker cycles fork from (None: `--no-fork`, or not started).
+    zygote: Option<Zygote>,
 }
 
 fn now_secs() -> f64 {
@@ -249,6 +255,7 @@ impl Watch {
             out_tx,
             out_rx,
             output: Output::default(),
+            zygote: None,
         };
         Ok((watch, warning))
     }
@@ -626,6 +633,9 @@ impl Watch {
         let mut command = Command::new(&self.opts.run_command[0]);
         command.args(&self.opts.run_command[1..]);
         command.arg("--session-dir").arg(&dir);
+        if let Some(socket) = self.zygote.as_ref().and_then(Zygote::socket) {
+            command.arg("--zygote").arg(socket);
+        }
         if whole {
             command.args(&self.opts.targets);
         } else {
@@ -658,6 +668,15 @@ impl Watch {
             // Its output prints above the footer (so it cannot overwrite it).
             command.stdout(std::process::Stdio::piped());
             command.stderr(std::process::Stdio::piped());
+        }
+        // fork and exec, not posix_spawn: glibc's posix_spawn leaves its
+        // internal signals (32, 33) ignored in the child, and the run's worker
+        // would inherit that, unlike a worker forked from the zygote or one
+        // `stepkernel run` starts from a shell.
+        // SAFETY: the closure does nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| Ok(()));
         }
         let mut child = command
             .spawn()
@@ -1483,6 +1502,50 @@ impl Watch {
         }
     }
 
+    /// Starts the pre-imported worker cycles fork from (unless `--no-fork`).
+    fn start_zygote(&mut self) {
+        let Some(package_dir) = self.opts.fork_from.clone() else {
+            self.say("stepkernel watch: --no-fork: every cycle starts Python afresh");
+            self.emit("zygote", json!({"state": "off", "reason": "--no-fork"}));
+            return;
+        };
+        match Zygote::start(
+            &self.opts.python,
+            &package_dir,
+            &self.opts.rootdir,
+            &self.opts.session_dir,
+        ) {
+            Ok(zygote) => {
+                self.emit("zygote", json!({"state": "started", "pid": zygote.pid()}));
+                self.zygote = Some(zygote);
+            }
+            Err(err) => {
+                self.say(&format!("stepkernel watch: no pre-imported worker ({err}); every cycle starts Python afresh"));
+                self.emit("zygote", json!({"state": "off", "reason": err.to_string()}));
+            }
+        }
+    }
+
+    /// Says when the pre-imported worker was replaced or gave up.
+    fn poll_zygote(&mut self) {
+        let Some(change) = self.zygote.as_mut().and_then(Zygote::poll) else {
+            return;
+        };
+        let pid = self.zygote.as_ref().and_then(Zygote::pid);
+        match change {
+            Change::Restarted(why) => {
+                self.emit(
+                    "zygote",
+                    json!({"state": "restarted", "reason": why, "pid": pid}),
+                );
+            }
+            Change::Off(why) => {
+                self.say(&format!("stepkernel watch: no pre-imported worker ({why}); every cycle starts Python afresh"));
+                self.emit("zygote", json!({"state": "off", "reason": why}));
+            }
+        }
+    }
+
     fn kill_cycle(&mut self) {
         if let Some(cycle) = self.cycle.as_mut() {
             if !cycle.killed {
@@ -1532,6 +1595,7 @@ impl Watch {
             json!({"rootdir": self.opts.rootdir.display().to_string(), "mode": fs.mode(), "socket": socket.display().to_string(),
                    "db": self.opts.db_path.display().to_string(), "fallback": fs.fell_back}),
         );
+        self.start_zygote();
         let (tests, whole) = self.selection(&Trigger::Rerun, &[])?;
         self.start_cycle(tests, whole, &[])?;
         let mut fell_back_said = fs.fell_back.is_some();
@@ -1543,6 +1607,9 @@ impl Watch {
                 self.kill_cycle();
                 if let Some(mut cycle) = self.cycle.take() {
                     let _ = cycle.child.wait();
+                }
+                if let Some(mut zygote) = self.zygote.take() {
+                    zygote.stop();
                 }
                 self.emit("watch_end", json!({}));
                 self.print_output(true);
@@ -1572,6 +1639,7 @@ impl Watch {
             while let Ok(request) = ctl_rx.try_recv() {
                 self.handle_request(request);
             }
+            self.poll_zygote();
             if let Some(keys) = &keys {
                 let pressed: Vec<Key> = keys.try_iter().collect();
                 for key in pressed {

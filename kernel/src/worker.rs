@@ -323,6 +323,11 @@ impl Worker {
                 Err(crate::zygote::ZygoteError::Connect { .. }) => {
                     not_forked = Some("no pre-imported worker ready".to_string());
                 }
+                Err(err @ crate::zygote::ZygoteError::Gone(_)) => {
+                    not_forked = Some(err.to_string());
+                    (ours, theirs) = socketpair().map_err(spawn_err)?;
+                    ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
+                }
                 Err(err) => {
                     crate::server::log(format!("{err}; starting Python afresh"));
                     not_forked = Some(err.to_string());

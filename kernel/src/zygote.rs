@@ -22,7 +22,7 @@ pub const FD_ENV: &str = "STEPKERNEL_ZYGOTE_FD";
 
 /// How long a zygote may take to answer (it may still be importing when the
 /// first cycle asks: waiting is then shorter than a start of Python).
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(3);
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a worker was not forked.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum ZygoteError {
         /// The cause.
         error: std::io::Error,
     },
+    /// The zygote ended while asked (it refused to start, or was replaced).
+    #[error("the pre-imported worker ended: {0}")]
+    Gone(std::io::Error),
     /// The zygote would not fork (`stale`: it is being replaced).
     #[error("the pre-imported worker refused: {reason}")]
     Refused {
@@ -125,7 +128,12 @@ pub fn fork(socket: &Path, request: &Request<'_>) -> Result<Forked, ZygoteError>
     // The child has its copies now.
     drop(stdout_write);
     drop(stderr_write);
-    let answer = read_line(&mut stream).map_err(ZygoteError::Io)?;
+    let answer = read_line(&mut stream).map_err(|err| match err.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            ZygoteError::Gone(err)
+        }
+        _ => ZygoteError::Io(err),
+    })?;
     let answer: serde_json::Value = serde_json::from_slice(&answer)
         .map_err(|e| ZygoteError::Io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
     if let Some(reason) = answer.get("refused") {

@@ -1533,7 +1533,16 @@ impl Watch {
         };
         let pid = self.zygote.as_ref().and_then(Zygote::pid);
         match change {
+            Change::Ready(seconds) => {
+                self.emit(
+                    "zygote",
+                    json!({"state": "ready", "pid": pid, "seconds": seconds}),
+                );
+            }
             Change::Restarted(why) => {
+                self.say(&format!(
+                    "stepkernel watch: the pre-imported worker is started again ({why})"
+                ));
                 self.emit(
                     "zygote",
                     json!({"state": "restarted", "reason": why, "pid": pid}),

@@ -25,9 +25,14 @@ const EXIT_STALE: i32 = 75;
 /// Zygotes that end otherwise (crash, killed) are started again this often, then no more.
 const MAX_UNEXPECTED_ENDS: u32 = 3;
 
+/// The line a zygote writes to its stdout once it serves (`zygote.py`'s `READY`).
+const READY: &str = "stepkernel-zygote: ready";
+
 /// What became of the zygote since the last look.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Change {
+    /// It imported and serves (the seconds since it was started).
+    Ready(f64),
     /// It ended and another was started (why).
     Restarted(String),
     /// It ended and none will be started again: cycles start Python afresh (why).
@@ -44,6 +49,10 @@ pub struct Zygote {
     child: Option<Child>,
     /// The last lines the running zygote wrote to stderr.
     last_lines: Arc<Mutex<VecDeque<String>>>,
+    /// When the running zygote was started, and when it said it serves.
+    started: std::time::Instant,
+    ready: Arc<Mutex<Option<std::time::Instant>>>,
+    ready_told: bool,
     unexpected_ends: u32,
     off: Option<String>,
 }
@@ -64,6 +73,9 @@ impl Zygote {
             log: dir.join("zygote.log"),
             child: None,
             last_lines: Arc::new(Mutex::new(VecDeque::new())),
+            started: std::time::Instant::now(),
+            ready: Arc::new(Mutex::new(None)),
+            ready_told: false,
             unexpected_ends: 0,
             off: None,
         };
@@ -133,11 +145,14 @@ impl Zygote {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.started = std::time::Instant::now();
+        self.ready = Arc::new(Mutex::new(None));
+        self.ready_told = false;
         if let Some(out) = child.stdout.take() {
-            copy_lines(out, log.clone(), None);
+            copy_lines(out, log.clone(), Tee::Ready(self.ready.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            copy_lines(err, log, Some(self.last_lines.clone()));
+            copy_lines(err, log, Tee::Last(self.last_lines.clone()));
         }
         self.child = Some(child);
         Ok(())
@@ -145,7 +160,17 @@ impl Zygote {
 
     /// Looks whether the zygote ended; starts another when it should.
     pub fn poll(&mut self) -> Option<Change> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        let child = self.child.as_mut()?;
+        let Some(status) = child.try_wait().ok().flatten() else {
+            let ready = *self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            return match ready {
+                Some(at) if !self.ready_told => {
+                    self.ready_told = true;
+                    Some(Change::Ready(at.duration_since(self.started).as_secs_f64()))
+                }
+                _ => None,
+            };
+        };
         self.child = None;
         // Its last words (the pipe may still be draining).
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -211,22 +236,33 @@ impl Drop for Zygote {
     }
 }
 
-/// Copies `from`'s lines to the log (and the last few to `last`).
-fn copy_lines(
-    from: impl std::io::Read + Send + 'static,
-    log: Arc<Mutex<std::fs::File>>,
-    last: Option<Arc<Mutex<VecDeque<String>>>>,
-) {
+/// What a copied stream also tells the watch.
+enum Tee {
+    /// stdout: when the zygote said it serves.
+    Ready(Arc<Mutex<Option<std::time::Instant>>>),
+    /// stderr: its last lines (why it ended).
+    Last(Arc<Mutex<VecDeque<String>>>),
+}
+
+/// Copies `from`'s lines to the log, and tells what `tee` wants to know.
+fn copy_lines(from: impl std::io::Read + Send + 'static, log: Arc<Mutex<std::fs::File>>, tee: Tee) {
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(from).lines() {
             let Ok(line) = line else { return };
             let _ = writeln!(log.lock().unwrap_or_else(|e| e.into_inner()), "{line}");
-            if let Some(last) = &last {
-                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-                if last.len() == 8 {
-                    last.pop_front();
+            match &tee {
+                Tee::Ready(ready) if line.starts_with(READY) => {
+                    *ready.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(std::time::Instant::now());
                 }
-                last.push_back(line);
+                Tee::Ready(_) => {}
+                Tee::Last(last) => {
+                    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                    if last.len() == 8 {
+                        last.pop_front();
+                    }
+                    last.push_back(line);
+                }
             }
         }
     });

@@ -45,6 +45,8 @@ EXIT_REFUSED = 3
 EXIT_STALE = 75
 #: The configuration files pytest reads from the project's directory.
 INI_FILES = ("pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+#: The line the zygote writes to its stdout once it serves.
+READY = "stepkernel-zygote: ready"
 #: How long a kernel may take to send its request once connected.
 REQUEST_TIMEOUT_S = 5.0
 
@@ -89,7 +91,7 @@ def _outside_project() -> list[str]:
     """Directories under the project that hold no project code: the interpreter's and this package's."""
     import site
 
-    dirs = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.dirname(__file__))]
+    dirs = [sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix, os.path.dirname(os.path.abspath(__file__))]
     try:
         dirs += site.getsitepackages()
     except AttributeError:  # pragma: no cover - a virtualenv's old site.py
@@ -518,6 +520,8 @@ def serve() -> bool:
     listener = socket.socket(fileno=listen_fd)
     os.set_inheritable(listen_fd, False)
     zygote = _Zygote(listener, rootdir, package_dir)
+    # The watch reads this line (its own pipe; a child gets the kernel's).
+    os.write(1, f"{READY} {len(sys.modules)} modules\n".encode())
     forked = zygote.serve()
     if forked is None:
         os._exit(EXIT_STALE if zygote.stale else 0)
@@ -539,5 +543,5 @@ def serve() -> bool:
 
 
 def _exit_refused(reason: str) -> None:
-    os.write(2, f"stepkernel: no pre-imported worker: {reason}\n".encode(errors="replace"))
+    os.write(2, f"stepkernel: {reason}\n".encode(errors="replace"))
     os._exit(EXIT_REFUSED)

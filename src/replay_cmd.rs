@@ -118,5 +118,6 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         hooks: None,
         numprocesses: None,
         zygote: None,
+        no_id_hints: false,
     })
 }

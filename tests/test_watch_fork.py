@@ -28,7 +28,7 @@ CASES = pathlib.Path(__file__).resolve().parent.parent / "worker" / "tests" / "c
 def worker_start(project: pathlib.Path, cycle: int) -> dict:
     """The `worker_start` event of a cycle's session: whether its worker was forked."""
     path = wait_for(lambda: glob.glob(str(project / f".stepkernel/sessions/*-c{cycle}/events.jsonl")),
-                    what=f"cycle {cycle}'s session")[0]
+                    timeout=60, what=f"cycle {cycle}'s session")[0]
 
     def found():
         for line in pathlib.Path(path).read_text().splitlines():
@@ -37,7 +37,7 @@ def worker_start(project: pathlib.Path, cycle: int) -> dict:
                 return event
         return None
 
-    return wait_for(found, what=f"cycle {cycle}'s worker_start")
+    return wait_for(found, timeout=60, what=f"cycle {cycle}'s worker_start")
 
 
 def last_cycle(w) -> int:
@@ -89,8 +89,8 @@ def test_a_forked_cycle_gives_the_selection_results_and_reports_of_a_fresh_one(t
         w.cycle(1)
         if mode == "fork":
             zygote_ready(w)
+        # One save (two could be two cycles, the first cut short by the second).
         edit(project / "shop/cart.py", "    return sum(prices)\n", "    total = sum(prices)\n    return total\n")
-        edit(project / "tests/test_checkout.py", "== 99", "== 98")
         seen[mode] = cycles_of(w, [1, 2])
         assert worker_start(project, 2)["forked"] is (mode == "fork"), w.output()
         assert w.close() == 0

@@ -42,6 +42,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
                 cwd: None,
                 version,
                 pass_through: None,
+                zygote: None,
             },
             hooks: None,
             run: None,

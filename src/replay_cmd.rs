@@ -117,5 +117,7 @@ pub fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         external_dir: None,
         hooks: None,
         numprocesses: None,
+        zygote: None,
+        no_id_hints: false,
     })
 }

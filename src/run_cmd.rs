@@ -62,6 +62,13 @@ pub struct RunArgs {
     /// jupyter_server's external kernels directory.
     #[arg(long, value_name = "DIR")]
     pub external_dir: Option<PathBuf>,
+    /// A pre-imported worker's socket to fork the worker from (`stepkernel watch` gives it).
+    #[arg(long, value_name = "SOCKET", hide = true)]
+    pub zygote: Option<PathBuf>,
+    /// No hints for node ids the instrumenter does not find (`stepkernel
+    /// watch` names ids it recorded; the recorder reports those that are gone).
+    #[arg(long, hide = true)]
+    pub no_id_hints: bool,
 }
 
 fn parse_ports(spec: &str) -> anyhow::Result<Option<u16>> {
@@ -135,6 +142,8 @@ fn start(args: RunArgs, first_port: Option<u16>) -> anyhow::Result<ExitCode> {
         allow_client_shutdown: args.allow_client_shutdown,
         linger: args.linger.map(std::time::Duration::from_secs),
         external_dir: args.external_dir,
+        zygote: args.zygote,
+        id_hints: !args.no_id_hints,
         package_dir,
         rootdir,
     };

@@ -49,6 +49,10 @@ pub struct WatchArgs {
     /// The watch's directory (default: .stepkernel/watch/<id>).
     #[arg(long, value_name = "DIR")]
     pub session_dir: Option<PathBuf>,
+    /// Start Python afresh for every cycle instead of forking each cycle's
+    /// worker from one that imported pytest once.
+    #[arg(long)]
+    pub no_fork: bool,
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -130,6 +134,11 @@ pub fn run(args: WatchArgs) -> anyhow::Result<ExitCode> {
         full_every: args.full_every,
         all: args.all,
         tui,
+        fork_from: if args.no_fork {
+            None
+        } else {
+            Some(kernel::assets::unpack_worker().context("cannot unpack the Python worker")?)
+        },
     };
     // SAFETY: the handler only stores to an atomic.
     unsafe {

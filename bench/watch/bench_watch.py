@@ -203,12 +203,14 @@ def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Pa
 
 
 class WatchProc:
-    """A `stepkernel watch --plain --on-error fail` on `root`."""
+    """A `stepkernel watch --plain --on-error fail` on `root` (`--no-fork` when not `fork`)."""
 
-    def __init__(self, args, root: Path, env: dict, pytest_args: tuple[str, ...] = ()):
+    def __init__(self, args, root: Path, env: dict, pytest_args: tuple[str, ...] = (), fork: bool = True):
         self.out = open(root.parent / f"{root.name}-watch.out", "wb")
         argv = [args.stepkernel, "watch", "--plain", "--on-error", "fail", "--python", args.python,
                 "--debounce", "50"]
+        if not fork:
+            argv.append("--no-fork")
         if pytest_args:
             argv += ["--", *pytest_args]
         self.proc = subprocess.Popen(argv, cwd=root, env=env, stdout=self.out, stderr=subprocess.STDOUT,
@@ -217,6 +219,15 @@ class WatchProc:
         self.events_path = None
         self.offset = 0
         self.seen: list[dict] = []
+
+    def forked(self, cycle: int) -> bool | None:
+        """Whether cycle `cycle`'s worker was forked from the pre-imported one (its session's `worker_start`)."""
+        for path in (self.root / ".stepkernel" / "sessions").glob(f"*-c{cycle}/events.jsonl"):
+            for line in path.read_text().splitlines():
+                event = json.loads(line)
+                if event.get("event") == "worker_start":
+                    return bool(event.get("forked"))
+        return None
 
     def events(self) -> list[dict]:
         if self.events_path is None:
@@ -286,76 +297,126 @@ class WatchProc:
         self.proc.wait(timeout=60)
 
 
+def load() -> str:
+    return "load average " + " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def save_to_result(watches: dict, save, rounds: int, settle: bool = False) -> dict:
+    """Alternating between the watches (`fork` and `spawn`), `rounds` saves each: the seconds
+    from `save(watch, n)` to the cycle's first test_finish, the whole cycle's, and whether it forked."""
+    rows = {side: {"first": [], "cycle": [], "forked": []} for side in watches}
+    n = 0
+    for _ in range(rounds):
+        for side, w in watches.items():
+            mark = len(w.events())
+            t0 = time.perf_counter()
+            save(w, n)
+            n += 1
+            first = w.wait(lambda i, e: i >= mark and e["event"] == "test_finish")
+            rows[side]["first"].append(time.perf_counter() - t0)
+            end = w.wait(lambda i, e: i >= mark and e["event"] == "cycle_end")
+            rows[side]["cycle"].append(end["time"] - first["time"] + rows[side]["first"][-1])
+            rows[side]["forked"].append(w.forked(end["cycle"]))
+            rows[side]["test"] = first["test"]
+            if settle:
+                w.settle(mark, expect_change=False)
+            else:
+                time.sleep(0.3)  # the zygote's idle check and the recorder's writes are not in the next figure
+    return rows
+
+
+def report_latency(what: str, rows: dict, peer: float, peer_name: str, goal: str) -> None:
+    fork, spawn = rows["fork"], rows["spawn"]
+    med = {side: statistics.median(r["first"]) for side, r in rows.items()}
+    forked = sum(1 for f in fork["forked"] if f)
+    log(f"latency on {what}: save -> first result, forked from the pre-imported worker: median {med['fork'] * 1000:.0f} ms "
+        f"(min {min(fork['first']) * 1000:.0f}, max {max(fork['first']) * 1000:.0f}; {forked} of {len(fork['forked'])} cycles forked); "
+        f"--no-fork: median {med['spawn'] * 1000:.0f} ms (min {min(spawn['first']) * 1000:.0f}, max {max(spawn['first']) * 1000:.0f}); "
+        f"whole cycle {statistics.median(fork['cycle']) * 1000:.0f} / {statistics.median(spawn['cycle']) * 1000:.0f} ms; "
+        f"{peer_name} {peer * 1000:.0f} ms; {load()}")
+    bench({"benchmark": f"watch save -> first test result, {what}, forked vs --no-fork, median (s)",
+           "stepkernel": med["fork"], "peer": med["spawn"], "peer_name": "--no-fork (Python and pytest started per cycle)",
+           "ratio": med["fork"] / med["spawn"], "goal": goal, "forked": f"{forked}/{len(fork['forked'])}"})
+    bench({"benchmark": f"watch save -> first test result, {what}, median (s)", "stepkernel": med["fork"],
+           "peer": peer, "peer_name": peer_name, "ratio": med["fork"] / peer, "goal": goal})
+
+
 def latency(args, workdir: Path):
-    root = workdir / "watch-latency" / "shop"
-    if root.exists():
-        shutil.rmtree(root)
-    shutil.copytree(REPO / "examples" / "shop", root)
+    """Save -> first result on examples/shop: a watch that forks each cycle from its pre-imported
+    worker and one with --no-fork, on two copies, saves alternating between them."""
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    w = WatchProc(args, root, env)
+    # As on a developer's machine: .pyc files are written (pytest caches the
+    # assertion-rewritten plugins and tests there; without it every cycle
+    # rewrites them again). `--no-pyc` keeps PYTHONDONTWRITEBYTECODE.
+    if not args.no_pyc:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+    watches, files = {}, {}
+    for side in ("fork", "spawn"):
+        root = workdir / "watch-latency" / side / "shop"
+        if root.parent.exists():
+            shutil.rmtree(root.parent)
+        root.parent.mkdir(parents=True)
+        shutil.copytree(REPO / "examples" / "shop", root)
+        subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+        watches[side] = WatchProc(args, root, env, fork=side == "fork")
+        files[side] = (root / "shop" / "cart.py", (root / "shop" / "cart.py").read_text())
     try:
-        w.wait(lambda i, e: e["event"] == "cycle_end")
-        cart = root / "shop" / "cart.py"
-        original = cart.read_text()
-        samples = []
-        for n in range(args.rounds * 2):
-            mark = len(w.events())
-            text = original.replace('"""Price before the discount."""', f'"""Price before the discount."""\n        _ = {n}')
-            t0 = time.perf_counter()
-            cart.write_text(text)
-            w.wait(lambda i, e: i >= mark and e["event"] == "test_finish")
-            samples.append(time.perf_counter() - t0)
-            w.wait(lambda i, e: i >= mark and e["event"] == "cycle_end")
+        for w in watches.values():
+            w.wait(lambda i, e: e["event"] == "cycle_end")
+        side_of = {id(w): side for side, w in watches.items()}
+
+        def save(w, n):
+            cart, original = files[side_of[id(w)]]
+            cart.write_text(original.replace('"""Price before the discount."""',
+                                             f'"""Price before the discount."""\n        _ = {n}'))
+
+        rows = save_to_result(watches, save, args.rounds)
+        root = watches["spawn"].root
         plain = [timed([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], root, env)
                  for _ in range(args.rounds)]
     finally:
-        w.close()
-    med, peer = statistics.median(samples), statistics.median(plain)
-    log(f"latency on the example: save -> first result median {med * 1000:.0f} ms "
-        f"(min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}); plain pytest of the suite {peer * 1000:.0f} ms")
-    bench({"benchmark": "watch save -> first test result, examples/shop, median (s)", "stepkernel": med,
-           "peer": peer, "peer_name": "pytest whole suite", "ratio": med / peer, "goal": "<= 0.300 s"})
+        for w in watches.values():
+            w.close()
+    what = "examples/shop" + (" (no .pyc files: PYTHONDONTWRITEBYTECODE=1)" if args.no_pyc else "")
+    report_latency(what, rows, statistics.median(plain), "pytest whole suite", "<= 0.300 s")
 
 
 def latency_history(args, workdir: Path):
     """Save -> first result on more-itertools at `--until`: editing one function of
-    more_itertools/more.py, beside plain pytest running only the first test the watch ran."""
-    clone = history_clone(args, workdir)
-    git("checkout", "-q", "--detach", args.until, cwd=clone)
-    env = history_env(clone)
-    lib = clone / "more_itertools" / "more.py"
-    original = lib.read_text()
-    m = [m for m in FUNC.finditer(original) if m.group(1) == LATENCY_FUNCTION][0]
-    w = WatchProc(args, clone, env, HISTORY_DESELECT)
-    samples, cycles, firsts = [], [], []
+    more_itertools/more.py, forked and --no-fork (two clones, saves alternating), beside plain
+    pytest running only the first test the watch ran."""
+    watches, libs = {}, {}
+    for side in ("fork", "spawn"):
+        clone = history_clone(args, workdir, f"more-itertools-{side}")
+        git("checkout", "-q", "--detach", args.until, cwd=clone)
+        lib = clone / "more_itertools" / "more.py"
+        original = lib.read_text()
+        m = [m for m in FUNC.finditer(original) if m.group(1) == LATENCY_FUNCTION][0]
+        libs[side] = (lib, original, m)
+        watches[side] = WatchProc(args, clone, history_env(clone), HISTORY_DESELECT, fork=side == "fork")
+    side_of = {id(w): side for side, w in watches.items()}
+
+    def save(w, n):
+        lib, original, m = libs[side_of[id(w)]]
+        body = re.sub(r"^(\s+)return ", rf"\1_bench_edit = {n}; return ", m.group(2), count=1, flags=re.M)
+        lib.write_text(original[:m.start(2)] + body + original[m.end(2):])
+
     try:
-        w.settle(0, expect_change=False)
-        for n in range(args.rounds * 2):
-            mark = len(w.events())
-            body = re.sub(r"^(\s+)return ", rf"\1_bench_edit = {n}; return ", m.group(2), count=1, flags=re.M)
-            t0 = time.perf_counter()
-            lib.write_text(original[:m.start(2)] + body + original[m.end(2):])
-            first = w.wait(lambda i, e: i >= mark and e["event"] == "test_finish")
-            samples.append(time.perf_counter() - t0)
-            end = w.wait(lambda i, e: i >= mark and e["event"] == "cycle_end")
-            cycles.append(end["time"] - first["time"] + samples[-1])
-            firsts.append(first["test"])
-            w.settle(mark, expect_change=False)
+        for w in watches.values():
+            w.settle(0, expect_change=False)
+        rows = save_to_result(watches, save, args.rounds, settle=True)
     finally:
-        w.close()
-        lib.write_text(original)
+        for side, w in watches.items():
+            w.close()
+            libs[side][0].write_text(libs[side][1])
+    clone = watches["spawn"].root
+    first = rows["fork"]["test"]
     # The peer: plain pytest of only that first test, the floor for any process started per save.
-    plain = [timed([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", firsts[0]], clone, env)
+    plain = [timed([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", first], clone, history_env(clone))
              for _ in range(args.rounds)]
-    med, peer = statistics.median(samples), statistics.median(plain)
-    log(f"latency on more-itertools ({LATENCY_FUNCTION} edited, first test {firsts[0]}): save -> first result "
-        f"median {med * 1000:.0f} ms (min {min(samples) * 1000:.0f}, max {max(samples) * 1000:.0f}), whole "
-        f"cycle median {statistics.median(cycles) * 1000:.0f} ms; plain pytest of that one test {peer * 1000:.0f} ms")
-    bench({"benchmark": f"watch save -> first test result, more-itertools ({LATENCY_FUNCTION}), median (s)",
-           "stepkernel": med, "peer": peer, "peer_name": "pytest of that one test", "ratio": med / peer,
-           "goal": "-"})
+    report_latency(f"more-itertools ({LATENCY_FUNCTION} edited, first test {first})", rows,
+                   statistics.median(plain), "pytest of that one test", "-")
 
 
 # A function of more_itertools/more.py a handful of tests call.
@@ -516,8 +577,8 @@ def view_of(events: list[dict], outcomes: dict[str, str]) -> None:
             outcomes[e["file"]] = "error"
 
 
-def history_clone(args, workdir: Path) -> Path:
-    clone = workdir / "watch-history" / "more-itertools"
+def history_clone(args, workdir: Path, name: str = "more-itertools") -> Path:
+    clone = workdir / "watch-history" / name
     if clone.exists():
         shutil.rmtree(clone)
     clone.parent.mkdir(parents=True, exist_ok=True)
@@ -689,6 +750,9 @@ def main():
     parser.add_argument("--sides", help="recording: only these sides (comma-separated, pytest always)")
     parser.add_argument("--instructions", action="store_true",
                         help="recording: count instructions (valgrind's callgrind) instead of timing")
+    parser.add_argument("--no-pyc", action="store_true",
+                        help="latency on the example: keep $PYTHONDONTWRITEBYTECODE (no .pyc cache: pytest "
+                             "rewrites its plugins and the tests at every cycle)")
     parser.add_argument("--only", default="recording,latency,replay",
                         help="of recording, latency, replay (real history with --repo), synthetic")
     args = parser.parse_args()

@@ -1107,7 +1107,15 @@ impl Executor {
             "hello" => {
                 let python = message.get("python").cloned().unwrap_or(json!({}));
                 let _ = self.language.send(Some(python));
-                if message.get("early").and_then(Value::as_bool) != Some(true) {
+                if message.get("early").and_then(Value::as_bool) == Some(true) {
+                    // How this worker came to be (a watch cycle forks it from a pre-imported one).
+                    let event = json!({"event": "worker_start", "pid": message.get("pid"),
+                        "forked": message.get("forked").and_then(Value::as_bool).unwrap_or(false),
+                        "not_forked": self.worker.not_forked, "time": epoch_seconds()});
+                    if let Some(hooks) = &self.shared.hooks {
+                        hooks.on_event(&event);
+                    }
+                } else {
                     self.ready = true;
                     self.start_failures = 0;
                     self.startup_output.clear();

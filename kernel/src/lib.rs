@@ -4,6 +4,7 @@
 //! - [`server`]: binding the channels and serving them;
 //! - [`executor`]: running requests against the worker;
 //! - [`worker`]: the Python worker process and its private protocol;
+//! - [`zygote`]: workers forked from a pre-imported one (`stepkernel watch`);
 //! - [`debug_bridge`]: JupyterLab's debugger (`debug_request`) routed to the `debugger` crate;
 //! - [`steer`]: steering a run from outside the Jupyter channels;
 //! - [`event_ring`]: shared memory carrying the worker's progress events;
@@ -26,3 +27,4 @@ pub mod stream_splitter;
 pub mod validate;
 pub mod wire;
 pub mod worker;
+pub mod zygote;

@@ -50,7 +50,7 @@
 use crate::event_ring::{self, EventRing};
 use crate::stream_splitter::{Piece, StreamSplitter};
 use serde_json::Value;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -123,6 +123,9 @@ pub struct WorkerConfig {
     pub version: Option<String>,
     /// An xdist worker this kernel serves (None: the kernel's own worker).
     pub pass_through: Option<PassThrough>,
+    /// A pre-imported zygote's socket to fork the worker from (`stepkernel
+    /// watch`); when it cannot, the worker is started as usual.
+    pub zygote: Option<PathBuf>,
 }
 
 /// A pytest-xdist worker served by its own kernel (`stepkernel xdist-worker`):
@@ -177,15 +180,107 @@ pub struct Worker {
     pub generation: u64,
     writer: tokio::net::unix::OwnedWriteHalf,
     ring: Option<Arc<Mutex<EventRing>>>,
+    /// Why a zygote was asked and did not fork this worker (None: it forked,
+    /// or none was asked).
+    pub not_forked: Option<String>,
+}
+
+/// The process behind a worker: started here, or forked by a zygote.
+enum Process {
+    Child(tokio::process::Child),
+    /// The zygote's connection, on which it reports the child's exit.
+    Forked(std::os::unix::net::UnixStream),
+}
+
+/// Variables of the kernel's environment no worker gets: they name the
+/// interpreter that launched this stepkernel, not one for what the user's
+/// code starts (a `stepkernel run` of another project).
+pub const WORKER_ENV_REMOVED: [&str; 2] = ["STEPKERNEL_PYTHON", LAUNCHER_VERSION_ENV];
+
+/// Asks the zygote for a worker with the environment and descriptors one
+/// started here would get.
+fn fork_from_zygote(
+    config: &WorkerConfig,
+    socket: &Path,
+    theirs: &OwnedFd,
+    ring: Option<&EventRing>,
+) -> Result<crate::zygote::Forked, crate::zygote::ZygoteError> {
+    use std::os::fd::AsFd;
+    let mut env: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os()
+        .filter(|(k, _)| {
+            !WORKER_ENV_REMOVED.iter().any(|r| k == r)
+                && ![
+                    "STEPKERNEL_CHANNEL_FD",
+                    "STEPKERNEL_EVENTS_FD",
+                    "STEPKERNEL_EVENTS_SIZE",
+                ]
+                .iter()
+                .any(|r| k == r)
+        })
+        .collect();
+    env.push((
+        "STEPKERNEL_CHANNEL_FD".into(),
+        theirs.as_raw_fd().to_string().into(),
+    ));
+    // SAFETY: the ring's descriptor stays open while `ring` lives (this call).
+    let ring_fd = ring.map(|r| unsafe { BorrowedFd::borrow_raw(r.raw_fd()) });
+    if let Some(ring) = ring {
+        env.push((
+            "STEPKERNEL_EVENTS_FD".into(),
+            ring.raw_fd().to_string().into(),
+        ));
+        env.push((
+            "STEPKERNEL_EVENTS_SIZE".into(),
+            ring.size().to_string().into(),
+        ));
+    }
+    let cwd = match &config.cwd {
+        Some(cwd) => cwd.clone(),
+        None => std::env::current_dir().map_err(crate::zygote::ZygoteError::Io)?,
+    };
+    crate::zygote::fork(
+        socket,
+        &crate::zygote::Request {
+            python: &config.python,
+            package_dir: &config.package_dir,
+            cwd: &cwd,
+            env,
+            channel: theirs.as_fd(),
+            ring: ring_fd,
+        },
+    )
+}
+
+/// Waits for the zygote's report of a forked worker's exit.
+async fn wait_forked(status: std::os::unix::net::UnixStream) -> String {
+    let unknown = "ended (its exit status is unknown: the pre-imported worker it was forked from ended first)";
+    if status.set_nonblocking(true).is_err() {
+        return unknown.into();
+    }
+    let Ok(stream) = tokio::net::UnixStream::from_std(status) else {
+        return unknown.into();
+    };
+    let mut lines = BufReader::new(stream).lines();
+    match lines.next_line().await {
+        Ok(Some(line)) => {
+            crate::zygote::describe_exit(line.as_bytes()).unwrap_or_else(|| unknown.into())
+        }
+        _ => unknown.into(),
+    }
 }
 
 /// Says hello (with the Python version clients need for kernel_info) before
 /// importing anything heavy, then starts the worker.
-const BOOTSTRAP: &str = "import os, sys, json\n\
-os.write(int(os.environ['STEPKERNEL_CHANNEL_FD']), (json.dumps({'type': 'hello', 'early': True, \
-'pid': os.getpid(), 'python': {'version': '%d.%d.%d' % sys.version_info[:3], \
-'executable': sys.executable, 'implementation': sys.implementation.name}}) + '\\n').encode())\n\
+/// A zygote (`stepkernel watch`) is started with the same command line and
+/// `$STEPKERNEL_ZYGOTE_FD`: it pre-imports, and each child it forks returns
+/// from `serve()` here (`forked` is then true) and goes on as a worker.
+pub const BOOTSTRAP: &str = "import os, sys, json\n\
 sys.path.insert(0, sys.argv.pop(1))\n\
+forked = 'STEPKERNEL_ZYGOTE_FD' in os.environ and __import__('stepkernel_worker.zygote').zygote.serve()\n\
+os.write(int(os.environ['STEPKERNEL_CHANNEL_FD']), (json.dumps({'type': 'hello', 'early': True, \
+'pid': os.getpid(), 'forked': bool(forked), 'python': {'version': '%d.%d.%d' % sys.version_info[:3], \
+'executable': sys.executable, 'implementation': sys.implementation.name}}) + '\\n').encode())\n\
+del forked\n\
 from stepkernel_worker.worker import main\n\
 main()\n";
 
@@ -201,10 +296,51 @@ impl Worker {
             python: python.clone(),
             error,
         };
-        let (ours, theirs) = socketpair().map_err(spawn_err)?;
-        let child_fd = theirs.as_raw_fd();
+        let (mut ours, mut theirs) = socketpair().map_err(spawn_err)?;
         // Without the ring (not Linux, no memory) events use the channel.
-        let ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
+        let mut ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
+        let mut not_forked = None;
+        if let (Some(socket), None) = (&config.zygote, &config.pass_through) {
+            match fork_from_zygote(config, socket, &theirs, ring.as_ref()) {
+                Ok(forked) => {
+                    drop(theirs);
+                    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(forked.stdout)
+                        .map_err(spawn_err)?;
+                    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(forked.stderr)
+                        .map_err(spawn_err)?;
+                    return Self::serve_process(
+                        Process::Forked(forked.status),
+                        forked.pid,
+                        ours,
+                        ring,
+                        stdout,
+                        stderr,
+                        generation,
+                        events,
+                        None,
+                    )
+                    .map_err(spawn_err);
+                }
+                // No zygote listening is the ordinary case before it is ready: no note.
+                Err(crate::zygote::ZygoteError::Connect { .. }) => {
+                    not_forked = Some("no pre-imported worker ready".to_string());
+                }
+                Err(err @ crate::zygote::ZygoteError::Gone(_)) => {
+                    not_forked = Some(err.to_string());
+                    (ours, theirs) = socketpair().map_err(spawn_err)?;
+                    ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
+                }
+                Err(err) => {
+                    crate::server::log(format!("{err}; starting Python afresh"));
+                    not_forked = Some(err.to_string());
+                    // The zygote may yet read the request (it timed out) and
+                    // fork a child holding these: the worker gets its own.
+                    (ours, theirs) = socketpair().map_err(spawn_err)?;
+                    ring = EventRing::create(event_ring::DEFAULT_SIZE).ok();
+                }
+            }
+        }
+        let child_fd = theirs.as_raw_fd();
         let ring_fd = ring.as_ref().map_or(-1, EventRing::raw_fd);
         let mut command = tokio::process::Command::new(&config.python);
         // An xdist worker's own stdout: a pipe of its own (its fd 1 is execnet's).
@@ -237,13 +373,12 @@ impl Worker {
         let stdout_fd = own_stdout.as_ref().map_or(-1, |(_, w)| w.as_raw_fd());
         command
             .env("STEPKERNEL_CHANNEL_FD", child_fd.to_string())
-            // Names the interpreter that launched this stepkernel, not one for
-            // what the user's code starts (a `stepkernel run` of another project).
-            .env_remove("STEPKERNEL_PYTHON")
-            .env_remove(LAUNCHER_VERSION_ENV)
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
+        for name in WORKER_ENV_REMOVED {
+            command.env_remove(name);
+        }
         match &ring {
             Some(ring) => command
                 .env("STEPKERNEL_EVENTS_FD", ring_fd.to_string())
@@ -275,17 +410,64 @@ impl Worker {
         }
         let mut child = command.spawn().map_err(spawn_err)?;
         drop(theirs);
-        let own_stdout = match own_stdout {
+        let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        let stderr = child.stderr.take().expect("stderr piped");
+        match own_stdout {
             Some((read, write)) => {
                 drop(write);
-                Some(tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(spawn_err)?)
+                let stdout =
+                    tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(spawn_err)?;
+                Self::serve_process(
+                    Process::Child(child),
+                    pid,
+                    ours,
+                    ring,
+                    stdout,
+                    stderr,
+                    generation,
+                    events,
+                    not_forked,
+                )
             }
-            None => None,
-        };
-        let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+            None => {
+                let stdout = child.stdout.take().expect("stdout piped");
+                Self::serve_process(
+                    Process::Child(child),
+                    pid,
+                    ours,
+                    ring,
+                    stdout,
+                    stderr,
+                    generation,
+                    events,
+                    not_forked,
+                )
+            }
+        }
+        .map_err(spawn_err)
+    }
+
+    /// Reads the channel, the ring and the output pipes of a started worker,
+    /// and reports its exit once they are drained.
+    #[allow(clippy::too_many_arguments)]
+    fn serve_process<O, E>(
+        process: Process,
+        pid: i32,
+        ours: OwnedFd,
+        ring: Option<EventRing>,
+        stdout: O,
+        stderr: E,
+        generation: u64,
+        events: mpsc::UnboundedSender<TaggedEvent>,
+        not_forked: Option<String>,
+    ) -> std::io::Result<Worker>
+    where
+        O: tokio::io::AsyncRead + Unpin + Send + 'static,
+        E: tokio::io::AsyncRead + Unpin + Send + 'static,
+    {
         let std_stream = std::os::unix::net::UnixStream::from(ours);
-        std_stream.set_nonblocking(true).map_err(spawn_err)?;
-        let stream = tokio::net::UnixStream::from_std(std_stream).map_err(spawn_err)?;
+        std_stream.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(std_stream)?;
         let (reader, writer) = stream.into_split();
 
         let ring = ring.map(|ring| Arc::new(Mutex::new(ring)));
@@ -327,29 +509,22 @@ impl Worker {
                 }
             });
         }
-        let stderr = child.stderr.take().expect("stderr piped");
-        let out_done = match own_stdout {
-            Some(stdout) => {
-                spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone())
-            }
-            None => {
-                let stdout = child.stdout.take().expect("stdout piped");
-                spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone())
-            }
-        };
+        let out_done = spawn_pipe_reader(stdout, StreamName::Stdout, generation, events.clone());
         let err_done = spawn_pipe_reader(stderr, StreamName::Stderr, generation, events.clone());
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let how = match process {
+                Process::Child(mut child) => match child.wait().await {
+                    Ok(status) => describe_exit(status),
+                    Err(err) => format!("could not be waited for: {err}"),
+                },
+                Process::Forked(forked) => wait_forked(forked).await,
+            };
             // Let the pipes drain first so the last output precedes the exit.
             let _ = out_done.await;
             let _ = err_done.await;
             // And the channel with the ring's last events (bounded: a process
             // the worker forked may still hold the socket open).
             let _ = tokio::time::timeout(CHANNEL_GRACE, channel_done).await;
-            let how = match status {
-                Ok(status) => describe_exit(status),
-                Err(err) => format!("could not be waited for: {err}"),
-            };
             let _ = events.send((generation, WorkerEvent::Exited(how)));
         });
         Ok(Worker {
@@ -357,6 +532,7 @@ impl Worker {
             generation,
             writer,
             ring: kept_ring,
+            not_forked,
         })
     }
 

@@ -49,6 +49,10 @@ pub struct RunOptions {
     pub linger: Option<std::time::Duration>,
     /// jupyter_server's external kernels directory (default `<runtime>/external_kernels`).
     pub external_dir: Option<PathBuf>,
+    /// A pre-imported worker's socket to fork the worker from (`stepkernel watch`).
+    pub zygote: Option<PathBuf>,
+    /// Hints for node ids the instrumenter does not find (they parse each named file).
+    pub id_hints: bool,
     /// The unpacked worker package.
     pub package_dir: PathBuf,
     /// Where tests run from.
@@ -297,15 +301,33 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 package_dir: opts.package_dir.clone(),
                 cwd: Some(opts.rootdir.clone()),
                 pass_through: None,
+                zygote: opts.zygote.clone(),
             },
             hooks: None,
             run: Some(run_message),
         };
         let mut bound = BoundKernel::bind(kernel_options).await?;
         // The worker is starting (bind began it): finish the session's setup
-        // (git, attach files) meanwhile.
-        for note in unknown_node_ids(&opts.rootdir, &opts.targets, &options) {
-            eprintln!("stepkernel: {note}");
+        // (git, attach files) meanwhile. The hints about node ids the
+        // instrumenter does not find parse every named test file: beside the
+        // run, not before it (a worker forked by a watch's zygote is ready at
+        // once, and a watch cycle names hundreds of ids).
+        let hint = |rootdir: &Path, targets: &[String], options: &Options| {
+            for note in unknown_node_ids(rootdir, targets, options) {
+                eprintln!("stepkernel: {note}");
+            }
+        };
+        let (rootdir, hint_options) = (opts.rootdir.clone(), options.clone());
+        let targets = if opts.id_hints {
+            opts.targets.clone()
+        } else {
+            Vec::new()
+        };
+        let hints = std::thread::Builder::new()
+            .name("stepkernel-hints".into())
+            .spawn(move || hint(&rootdir, &targets, &hint_options));
+        if hints.is_err() && opts.id_hints {
+            hint(&opts.rootdir, &opts.targets, &options);
         }
         let patch_root =
             patchgen::repo_root(&opts.rootdir).unwrap_or_else(|| opts.rootdir.clone());
@@ -408,6 +430,9 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         };
         bound.set_hooks(hooks.clone());
         let served = bound.serve().await;
+        if let Ok(hints) = hints {
+            let _ = hints.join();
+        }
         if let Some(control) = control {
             control.close().await;
         }

@@ -12,6 +12,7 @@ use crate::output::{Output, Stream};
 use crate::record::{collect_error_rows, test_rows, Line, Tail};
 use crate::screen::Screen;
 use crate::select::{self, is_instance_of, rel, Current, Selected};
+use crate::zygote::{Change, Zygote};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -64,6 +65,9 @@ pub struct WatchOptions {
     pub all: bool,
     /// The terminal screen (a footer with the totals) and keys: stdin and stdout are a TTY, no `--plain`.
     pub tui: bool,
+    /// The worker package to pre-import in a zygote that forks each cycle's
+    /// worker (None: `--no-fork`, every cycle starts Python afresh).
+    pub fork_from: Option<PathBuf>,
 }
 
 /// Watch errors.
@@ -160,6 +164,8 @@ pub struct Watch {
     out_tx: Sender<(Stream, Vec<u8>)>,
     out_rx: Receiver<(Stream, Vec<u8>)>,
     output: Output,
+    /// The pre-imported worker cycles fork from (None: `--no-fork`, or not started).
+    zygote: Option<Zygote>,
 }
 
 fn now_secs() -> f64 {
@@ -249,6 +255,7 @@ impl Watch {
             out_tx,
             out_rx,
             output: Output::default(),
+            zygote: None,
         };
         Ok((watch, warning))
     }
@@ -625,7 +632,11 @@ impl Watch {
         let _ = std::fs::remove_file(&deps_file);
         let mut command = Command::new(&self.opts.run_command[0]);
         command.args(&self.opts.run_command[1..]);
-        command.arg("--session-dir").arg(&dir);
+        // The ids are the watch's own records: the recorder reports those gone (`not_found`).
+        command.arg("--session-dir").arg(&dir).arg("--no-id-hints");
+        if let Some(socket) = self.zygote.as_ref().and_then(Zygote::socket) {
+            command.arg("--zygote").arg(socket);
+        }
         if whole {
             command.args(&self.opts.targets);
         } else {
@@ -658,6 +669,15 @@ impl Watch {
             // Its output prints above the footer (so it cannot overwrite it).
             command.stdout(std::process::Stdio::piped());
             command.stderr(std::process::Stdio::piped());
+        }
+        // fork and exec, not posix_spawn: glibc's posix_spawn leaves its
+        // internal signals (32, 33) ignored in the child, and the run's worker
+        // would inherit that, unlike a worker forked from the zygote or one
+        // `stepkernel run` starts from a shell.
+        // SAFETY: the closure does nothing.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| Ok(()));
         }
         let mut child = command
             .spawn()
@@ -702,7 +722,30 @@ impl Watch {
             readers,
         });
         self.say(&header.join("\n"));
+        self.warm_for_results();
         Ok(())
+    }
+
+    /// Reads and parses now what recording the cycle's results needs (the
+    /// import closure of its test files, the blocks of the files in it), while
+    /// the cycle's Python starts on another core: the first result is then
+    /// reported as soon as it arrives, not after a parse of a saved 5,000-line file.
+    fn warm_for_results(&mut self) {
+        let Some(cycle) = self.cycle.as_ref() else {
+            return;
+        };
+        let files: BTreeSet<PathBuf> = cycle
+            .selection
+            .iter()
+            .filter_map(|s| s.test.split("::").next())
+            .map(|file| self.opts.rootdir.join(file))
+            .take(WARM_FILES_MAX)
+            .collect();
+        for file in files {
+            for path in self.resolver.closure(&file) {
+                let _ = self.current.file(&path);
+            }
+        }
     }
 
     fn totals(&self) -> Value {
@@ -1483,6 +1526,59 @@ impl Watch {
         }
     }
 
+    /// Starts the pre-imported worker cycles fork from (unless `--no-fork`).
+    fn start_zygote(&mut self) {
+        let Some(package_dir) = self.opts.fork_from.clone() else {
+            self.say("stepkernel watch: --no-fork: every cycle starts Python afresh");
+            self.emit("zygote", json!({"state": "off", "reason": "--no-fork"}));
+            return;
+        };
+        match Zygote::start(
+            &self.opts.python,
+            &package_dir,
+            &self.opts.rootdir,
+            &self.opts.session_dir,
+        ) {
+            Ok(zygote) => {
+                self.emit("zygote", json!({"state": "started", "pid": zygote.pid()}));
+                self.zygote = Some(zygote);
+            }
+            Err(err) => {
+                self.say(&format!("stepkernel watch: no pre-imported worker ({err}); every cycle starts Python afresh"));
+                self.emit("zygote", json!({"state": "off", "reason": err.to_string()}));
+            }
+        }
+    }
+
+    /// Says when the pre-imported worker was replaced or gave up.
+    fn poll_zygote(&mut self) {
+        let Some(change) = self.zygote.as_mut().and_then(Zygote::poll) else {
+            return;
+        };
+        let pid = self.zygote.as_ref().and_then(Zygote::pid);
+        match change {
+            Change::Ready(seconds) => {
+                self.emit(
+                    "zygote",
+                    json!({"state": "ready", "pid": pid, "seconds": seconds}),
+                );
+            }
+            Change::Restarted(why) => {
+                self.say(&format!(
+                    "stepkernel watch: the pre-imported worker is started again ({why})"
+                ));
+                self.emit(
+                    "zygote",
+                    json!({"state": "restarted", "reason": why, "pid": pid}),
+                );
+            }
+            Change::Off(why) => {
+                self.say(&format!("stepkernel watch: no pre-imported worker ({why}); every cycle starts Python afresh"));
+                self.emit("zygote", json!({"state": "off", "reason": why}));
+            }
+        }
+    }
+
     fn kill_cycle(&mut self) {
         if let Some(cycle) = self.cycle.as_mut() {
             if !cycle.killed {
@@ -1532,9 +1628,11 @@ impl Watch {
             json!({"rootdir": self.opts.rootdir.display().to_string(), "mode": fs.mode(), "socket": socket.display().to_string(),
                    "db": self.opts.db_path.display().to_string(), "fallback": fs.fell_back}),
         );
+        self.start_zygote();
         let (tests, whole) = self.selection(&Trigger::Rerun, &[])?;
         self.start_cycle(tests, whole, &[])?;
         let mut fell_back_said = fs.fell_back.is_some();
+        let mut woken: Vec<Vec<PathBuf>> = Vec::new();
         loop {
             if interrupted.load(std::sync::atomic::Ordering::SeqCst) {
                 self.quit = true;
@@ -1543,6 +1641,9 @@ impl Watch {
                 self.kill_cycle();
                 if let Some(mut cycle) = self.cycle.take() {
                     let _ = cycle.child.wait();
+                }
+                if let Some(mut zygote) = self.zygote.take() {
+                    zygote.stop();
                 }
                 self.emit("watch_end", json!({}));
                 self.print_output(true);
@@ -1555,7 +1656,9 @@ impl Watch {
                 let _ = std::fs::remove_file(&socket);
                 return Ok(0);
             }
-            while let Ok(paths) = fs_rx.try_recv() {
+            let mut batch = std::mem::take(&mut woken);
+            batch.extend(fs_rx.try_iter());
+            for paths in batch {
                 let accepted = self.accept(paths, &mut fs);
                 if !accepted.is_empty() {
                     self.announce(&accepted);
@@ -1572,6 +1675,7 @@ impl Watch {
             while let Ok(request) = ctl_rx.try_recv() {
                 self.handle_request(request);
             }
+            self.poll_zygote();
             if let Some(keys) = &keys {
                 let pressed: Vec<Key> = keys.try_iter().collect();
                 for key in pressed {
@@ -1629,7 +1733,24 @@ impl Watch {
                     screen.set_footer(footer);
                 }
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // A change wakes the loop at once; while a cycle runs, its results
+            // are looked at every few milliseconds (the first one is the latency).
+            let wait = if self.cycle.is_some() {
+                CYCLE_POLL
+            } else {
+                IDLE_POLL
+            };
+            if let Ok(paths) = fs_rx.recv_timeout(wait) {
+                woken.push(paths);
+            }
         }
     }
 }
+
+/// Test files whose imports are read ahead of a cycle's results, at most.
+const WARM_FILES_MAX: usize = 64;
+
+/// How often the loop looks at a running cycle's results.
+const CYCLE_POLL: Duration = Duration::from_millis(5);
+/// How long the idle loop waits for a change before it looks at keys and requests.
+const IDLE_POLL: Duration = Duration::from_millis(20);

@@ -13,3 +13,4 @@ pub mod output;
 pub mod record;
 pub mod screen;
 pub mod select;
+pub mod zygote;

@@ -211,6 +211,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                     stdin: Arc::new(stdin),
                     stdout: Arc::new(stdout),
                 }),
+                zygote: None,
             },
             hooks: None,
             run: None,

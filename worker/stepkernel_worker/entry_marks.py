@@ -42,11 +42,11 @@ import hashlib
 import importlib._bootstrap as _bootstrap
 import importlib.abc
 import importlib.machinery
-import importlib.util
-import marshal
 import os
 import sys
 from typing import Any, Callable
+
+from .pyc_cache import read_pyc, write_pyc
 
 __tracebackhide__ = True  # pytest shows a traceback through an import without this module's frames
 
@@ -487,44 +487,6 @@ def cache_path(path: str) -> str:
 
 def _writes_bytecode() -> bool:
     return not sys.dont_write_bytecode and not os.environ.get("PYTHONDONTWRITEBYTECODE")
-
-
-def read_pyc(pyc: str, stat: os.stat_result) -> Any:
-    """The code cached in ``pyc`` when it was written for this source (mtime and size), else None."""
-    try:
-        with open(pyc, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
-        return None
-    if int.from_bytes(data[8:12], "little") != (int(stat.st_mtime) & 0xFFFFFFFF):
-        return None
-    if int.from_bytes(data[12:16], "little") != (stat.st_size & 0xFFFFFFFF):
-        return None
-    try:
-        return marshal.loads(data[16:])
-    except (EOFError, ValueError, TypeError):
-        return None
-
-
-def write_pyc(pyc: str, code: Any, stat: os.stat_result) -> None:
-    """Cache ``code`` for a source of ``stat`` (atomically; a read-only tree is no error)."""
-    data = (
-        importlib.util.MAGIC_NUMBER
-        + (0).to_bytes(4, "little")
-        + (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
-        + (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little")
-        + marshal.dumps(code)
-    )
-    try:
-        os.makedirs(os.path.dirname(pyc), exist_ok=True)
-        tmp = f"{pyc}.{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, pyc)
-    except OSError:
-        pass
 
 
 class MarkedLoader(importlib.machinery.SourceFileLoader):

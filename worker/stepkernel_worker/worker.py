@@ -818,6 +818,8 @@ def main() -> None:
         profiler.runcall(_serve, worker)
         profiler.dump_stats(profile_path)
     else:
+        # _serve's loop written out here, not called: a call would put one
+        # frame more below every test than python -m pytest has.
         while True:
             message = worker.serve_forever()
             if message is None:

@@ -14,13 +14,12 @@ import ast
 import fnmatch
 import importlib.abc
 import importlib.machinery
-import importlib.util
-import marshal
 import os
 import gc
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..pyc_cache import read_pyc, write_pyc
 from . import transform
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,14 +89,14 @@ class _SteppedLoader(importlib.machinery.SourceFileLoader):
         except OSError:
             return super().get_code(fullname)
         pyc = _cache_path(path, self.engine)
-        cached = _read_pyc(pyc, stat)
+        cached = read_pyc(pyc, stat)
         if cached is not None:
             return cached
         tree = ast.parse(source, filename=path)
         transformed(self.engine, tree, path)
         code = compile(tree, path, "exec", dont_inherit=True)
         if not sys.dont_write_bytecode and os.environ.get("PYTHONDONTWRITEBYTECODE") is None:
-            _write_pyc(pyc, code, stat)
+            write_pyc(pyc, code, stat)
         return code
 
 
@@ -138,39 +137,3 @@ def _cache_path(path: str, engine: Engine) -> str:
     tag = transform.cache_tag(engine.steps_fingerprint)
     directory, name = os.path.split(path)
     return os.path.join(directory, "__pycache__", f"{name[:-3]}.{sys.implementation.cache_tag}-{tag}.pyc")
-
-
-def _read_pyc(pyc: str, stat: os.stat_result) -> Any:
-    try:
-        with open(pyc, "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return None
-    if len(data) < 16 or data[:4] != importlib.util.MAGIC_NUMBER:
-        return None
-    mtime = int.from_bytes(data[8:12], "little")
-    size = int.from_bytes(data[12:16], "little")
-    if mtime != (int(stat.st_mtime) & 0xFFFFFFFF) or size != (stat.st_size & 0xFFFFFFFF):
-        return None
-    try:
-        return marshal.loads(data[16:])
-    except (EOFError, ValueError, TypeError):
-        return None
-
-
-def _write_pyc(pyc: str, code: Any, stat: os.stat_result) -> None:
-    data = (
-        importlib.util.MAGIC_NUMBER
-        + (0).to_bytes(4, "little")
-        + (int(stat.st_mtime) & 0xFFFFFFFF).to_bytes(4, "little")
-        + (stat.st_size & 0xFFFFFFFF).to_bytes(4, "little")
-        + marshal.dumps(code)
-    )
-    try:
-        os.makedirs(os.path.dirname(pyc), exist_ok=True)
-        tmp = f"{pyc}.{os.getpid()}"
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, pyc)
-    except OSError:
-        pass

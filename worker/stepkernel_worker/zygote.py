@@ -158,12 +158,17 @@ class _Snapshot:
         for name in INI_FILES:
             path = os.path.join(rootdir, name)
             self.files[path] = _stat(path)
+        outside = _outside_project()
+        #: sys.path directories of the project itself (not a virtualenv in it).
+        self.project_dirs: set[str] = set()
         self.dirs: dict[str, int | None] = {}
         for entry in sys.path:
             path = os.path.realpath(entry or os.getcwd())
             if os.path.isdir(path):
                 st = _stat(path)
                 self.dirs[path] = st[3] if st else None
+                if _under(path, rootdir) and not any(_under(path, o) for o in outside):
+                    self.project_dirs.add(path)
         # Top-level modules imported from files, by where they were found.
         self.top: dict[str, str] = {}
         for name, module in list(sys.modules.items()):
@@ -182,7 +187,7 @@ class _Snapshot:
             now = st[3] if st else None
             if now == before:
                 continue
-            if not _under(path, self.rootdir):
+            if path not in self.project_dirs:
                 return f"{path} changed (a package installed or removed?)"
             shadow = self._shadowing(path)
             if shadow is not None:

@@ -111,9 +111,14 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         (Some(remote), None) => bail!(
             "xdist worker {worker} of session {session_id} runs on {host} (a --tx socket= worker), its kernel \
              on that host's loopback: attach there with\n    jupyter console --existing {}\nor, if {host} runs \
-             sshd, from here through an SSH tunnel:\n    {} console {session_id} --worker {worker} --ssh [USER@]{host}",
+             sshd, from here through an SSH tunnel:\n    {} console {session_id} --worker {worker} --ssh [USER@]{host}\n\
+             or with jupyter_client's own tunnel:\n    {}",
             remote.connection_file,
             session::run::self_command(),
+            session::xdist::remote_worker::jupyter_ssh_line(
+                &dir.join("connection.json"),
+                &format!("[USER@]{}", remote.host)
+            ),
             worker = worker_id.as_deref().unwrap_or("gwN"),
             host = remote.host,
         ),

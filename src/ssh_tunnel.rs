@@ -5,10 +5,11 @@
 //! forwarded from a free port here, by OpenSSH (`ssh -f ... HOST sleep 60`:
 //! it goes to the background once logged in, and ends once the remote
 //! `sleep` is over and the client's connections are closed). Unlike it,
-//! ssh runs straight from this terminal rather than under a
-//! pseudo-terminal of its own, where the backgrounded ssh can be hung up
-//! before it has left that terminal's session (seen on a busy machine:
-//! jupyter_client then reports the kernel dead).
+//! one ssh forwards all five ports, and it runs straight from this terminal
+//! rather than as the session leader of a pseudo-terminal of its own
+//! (pexpect's), whose exit hangs up the terminal and kills the backgrounded
+//! child before it has left the terminal's process group (see
+//! `session::xdist::remote_worker::jupyter_ssh_line`).
 
 use anyhow::{bail, Context};
 use serde_json::Value;

@@ -37,6 +37,24 @@ def stepkernel_bin() -> str:
     return path
 
 
+def other_python(version: str, tmp_path_factory) -> str:
+    """A virtualenv with pytest (and pytest-asyncio) on a pyenv Python `version`, made once per session
+    (skipped when there is none)."""
+    import glob
+
+    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")))
+    if not found:
+        pytest.skip(f"no Python {version} here (pyenv)")
+    venv = tmp_path_factory.getbasetemp() / f"venv-{version}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([found[-1], "-m", "venv", str(venv)], check=True)
+        pins = [line.strip() for line in open(pathlib.Path(__file__).with_name("requirements.txt"))
+                if line.split("==")[0] in ("pytest", "pluggy", "iniconfig", "packaging", "pytest-asyncio")]
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
+    return str(python)
+
+
 @pytest.fixture(scope="session")
 def binary() -> str:
     return stepkernel_bin()
@@ -211,7 +229,7 @@ def shared_kernel(tmp_path_factory):
 class RunSession:
     """A `stepkernel run` process on a project directory, and clients attached to it."""
 
-    def __init__(self, project: pathlib.Path, *args: str, env: dict | None = None):
+    def __init__(self, project: pathlib.Path, *args: str, env: dict | None = None, python: str = PYTHON):
         self.project = project
         self.session_dir = project / ".stepkernel" / "session"
         self.out_path = project / "run.out"
@@ -220,7 +238,7 @@ class RunSession:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [stepkernel_bin(), "run", "--python", PYTHON, "--session-dir", str(self.session_dir), *args],
+            [stepkernel_bin(), "run", "--python", python, "--session-dir", str(self.session_dir), *args],
             cwd=project,
             stdout=open(self.out_path, "wb"),
             stderr=subprocess.STDOUT,

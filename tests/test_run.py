@@ -427,21 +427,25 @@ def _compare(tmp_path, plain_xml: str, stepped_xml: str) -> str:
     return compare.stdout
 
 
-def test_engine_hard_cases_match_plain_pytest_through_the_kernel(tmp_path, run_session):
+@pytest.mark.parametrize("version", ["this", "3.10", "3.12", "3.13"])
+def test_engine_hard_cases_match_plain_pytest_through_the_kernel(version, tmp_path, tmp_path_factory, run_session):
     """The engine's own hard cases (mock.patch stacks, asyncio, match, nonlocal,
-    teardown and setUpClass errors...) through the whole `stepkernel run` path."""
+    teardown and setUpClass errors, what a test can see of its process and
+    stack...) through the whole `stepkernel run` path, on this Python and on
+    the other supported ones pyenv has."""
     import shutil
 
-    from conftest import ROOT
+    from conftest import ROOT, other_python
 
+    python = PYTHON if version == "this" else other_python(version, tmp_path_factory)
     for f in (ROOT / "worker" / "tests" / "cases").glob("*.py"):
         shutil.copy(f, tmp_path / f.name)
     subprocess.run(
-        [PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", "."],
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--junitxml", "plain.xml", "."],
         cwd=tmp_path,
         capture_output=True,
     )
-    session = run_session(tmp_path, "--on-error", "fail", "--junit-xml", "stepped.xml", ".")
+    session = run_session(tmp_path, "--on-error", "fail", "--junit-xml", "stepped.xml", ".", python=python)
     session.wait_exit(120)
     assert ", 0 failed" in _compare(tmp_path, "plain.xml", "stepped.xml")
 
@@ -710,3 +714,64 @@ def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
+
+
+EXIT_HANDLERS = '''
+    import atexit
+    import os
+    import threading
+    import time
+
+    OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exit.log")
+
+
+    def _log(what):
+        with open(OUT, "a") as fh:
+            fh.write(what + "\\n")
+
+
+    def _late_thread():
+        time.sleep(0.2)
+        _log("thread")
+
+
+    def test_registers_exit_work():
+        atexit.register(_log, "atexit")
+        threading.Thread(target=_late_thread).start()
+    '''
+
+
+def test_the_worker_ends_as_python_does_threads_joined_and_atexit_run(tmp_path, run_session):
+    """At its end the worker joins non-daemon threads and runs atexit callbacks, as `python -m pytest` exits."""
+    project = write_project(tmp_path, {"test_exit.py": EXIT_HANDLERS})
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_exit.py"], cwd=project,
+                           capture_output=True, text=True)
+    assert plain.returncode == 0, plain.stdout
+    expected = (project / "exit.log").read_text()
+    assert expected == "thread\natexit\n"
+    (project / "exit.log").unlink()
+    session = run_session(project, "--on-error", "fail", "test_exit.py")
+    assert session.wait_exit(120) == 0, session.output()
+    assert (project / "exit.log").read_text() == expected
+
+
+def test_a_run_started_with_sigint_ignored_keeps_it_ignored_in_tests(tmp_path):
+    """A background job of a non-interactive shell (or nohup) starts with SIGINT ignored: Python,
+    so `python -m pytest`, keeps it ignored, and so do stepped tests."""
+    project = write_project(tmp_path, {"test_ignored.py": '''
+        import signal
+
+
+        def test_sigint_is_as_inherited():
+            assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        '''})
+
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_ignored.py"],
+                           cwd=project, capture_output=True, text=True, preexec_fn=ignore_sigint)
+    assert plain.returncode == 0, plain.stdout
+    stepped = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "test_ignored.py"],
+                             cwd=project, capture_output=True, text=True, preexec_fn=ignore_sigint, timeout=120)
+    assert stepped.returncode == 0, stepped.stdout + stepped.stderr

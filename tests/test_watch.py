@@ -23,7 +23,7 @@ import pexpect
 import pytest
 
 import conftest
-from conftest import PYTHON, stepkernel_bin, wait_for, write_project
+from conftest import PYTHON, other_python, stepkernel_bin, wait_for, write_project
 
 LIB = {
     "shop/__init__.py": "",
@@ -487,21 +487,6 @@ def test_bad_arguments_are_usage_errors(tmp_path):
     assert done.returncode == 4 and "use --runner pytest" in done.stderr
 
 
-def other_python(version: str, tmp_path_factory) -> str:
-    """A virtualenv with pytest on a pyenv Python `version` (skipped when there is none)."""
-    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")))
-    if not found:
-        pytest.skip(f"no Python {version} here (pyenv)")
-    venv = tmp_path_factory.getbasetemp() / f"venv-{version}"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([found[-1], "-m", "venv", str(venv)], check=True)
-        pins = [line.strip() for line in open(pathlib.Path(__file__).with_name("requirements.txt"))
-                if line.split("==")[0] in ("pytest", "pluggy", "iniconfig", "packaging")]
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *pins], check=True)
-    return str(python)
-
-
 # Another tool holding sys.monitoring ids 5 and 2 (the recorder's second and third
 # choices) before the recorder starts: it has one id left and re-arms by restart_events().
 ONE_TOOL_ID_LEFT = """
@@ -638,9 +623,13 @@ PROFILING = '''
 '''
 
 
-def test_a_test_with_its_own_profiler_keeps_it(tmp_path, watches):
+@pytest.mark.parametrize("recorder", ["marks", "profile"])
+def test_a_test_with_its_own_profiler_keeps_it(recorder, tmp_path, watches):
+    if recorder == "profile" and sys.version_info >= (3, 12):
+        pytest.skip("the profiler records only on 3.10/3.11")
     project = write_project(tmp_path / "p", {**LIB, "tests/test_profiling.py": PROFILING}, git=True)
-    w = watches(project, "--on-error", "fail")
+    # "profile": the recorder's fallback on 3.10/3.11 (project code without marks).
+    w = watches(project, "--on-error", "fail", env={"STEPKERNEL_WATCH_RECORDER": recorder})
     _, finished = w.cycle(1)
     outcomes = {e["test"]: e["outcome"] for e in finished}
     assert outcomes["tests/test_profiling.py::test_own_profiler_keeps_working"] == "passed"
@@ -649,9 +638,10 @@ def test_a_test_with_its_own_profiler_keeps_it(tmp_path, watches):
     selection, _ = w.cycle(2)
     why = whys(selection)
     assert why.pop("tests/test_cart.py::test_tax") == "calls shop/cart.py::tax (changed)"
-    if sys.version_info < (3, 12):
+    if recorder == "profile":
         # The recorder stepped aside for the test's profiler: that test's record is
-        # incomplete, so it reruns on every change.
+        # incomplete, so it reruns on every change. (Entry marks and sys.monitoring
+        # need no profiler: nothing to step aside from.)
         assert why == {"tests/test_profiling.py::test_own_profiler_keeps_working":
                        "recording incomplete: the test replaced sys.setprofile"}
     else:

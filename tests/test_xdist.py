@@ -612,6 +612,8 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
         # The session here keeps its connection info (sent over the relay, not read from that host).
         kept = run.session_dir / "workers" / "gw0" / "connection.json"
         assert kept.stat().st_mode & 0o777 == 0o600
+        # jupyter_client's own tunnel to it, from here (the ssh test runs that route).
+        assert f"or: env --ignore-signal=HUP jupyter console --existing {kept} --ssh [USER@]{address}" in out, out
         kept_info = json.loads(kept.read_text())
         assert kept_info["key"] == info["key"] and kept_info["shell_port"] == info["shell_port"], kept_info
         assert kept_info["stepkernel_remote_host"] == address, kept_info
@@ -633,6 +635,8 @@ def test_a_socket_worker_on_another_host_pauses_there_and_is_attached_through_th
         assert console.returncode != 0
         assert f"runs on {address} (a --tx socket= worker)" in console.stderr, console.stderr
         assert f"jupyter console --existing {remote_file}" in console.stderr, console.stderr
+        assert re.search(r"env --ignore-signal=HUP jupyter console --existing \S+/workers/gw0/connection.json "
+                         rf"--ssh \[USER@\]{re.escape(address)}", console.stderr), console.stderr
         # A client on that host attaches to the kernel on its loopback (real jupyter_client).
         attach_script = tmp_path / "attach.py"
         attach_script.write_text(
@@ -837,8 +841,8 @@ def _in_ssh_home(tmp_path: pathlib.Path, *command: str) -> list[str]:
 
 
 def _end_tunnel(local_port: int) -> None:
-    """Ends the `ssh -f` tunnel `stepkernel console` left to expire (found by a port it forwards, ended
-    by its pid) before the test takes the network down under it."""
+    """Ends an `ssh -f` tunnel `stepkernel console` or jupyter_client left to expire (found by a port it
+    forwards, ended by its pid) before the test takes the network down under it."""
     import signal
 
     for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
@@ -846,18 +850,58 @@ def _end_tunnel(local_port: int) -> None:
             args = cmdline.read_bytes().split(b"\0")
         except OSError:
             continue
-        if args[0] == b"ssh" and any(a.startswith(f"127.0.0.1:{local_port}:".encode()) for a in args):
+        # (jupyter_client's pexpect runs ssh by its full path.)
+        if os.path.basename(args[0]) == b"ssh" and any(a.startswith(f"127.0.0.1:{local_port}:".encode())
+                                                       for a in args):
             os.kill(int(cmdline.parent.name), signal.SIGTERM)
+
+
+def _shown(console, cell: str, pattern: str) -> str:
+    """What the console printed for `cell`, typed again until it shows `pattern` (at most 5 times).
+
+    jupyter_console shows a cell's output only while the kernel's heartbeat answers within its 1 s
+    (`HBChannel.time_to_dead`, not configurable); on a loaded machine a beat through an SSH tunnel
+    can take longer, and that cell's output is dropped (its execute_reply is left unread, so the next
+    cell warns of it). The cell runs all the same: only a cell that can run again is typed again."""
+    import re
+
+    shown = []
+    for _ in range(5):
+        shown.append(console.cell([cell]))
+        if re.search(pattern, shown[-1]):
+            return shown[-1]
+    raise AssertionError("".join(shown))
+
+
+#: Two failures: one pause for each route from here.
+SSH_PROJECT = {
+    "test_remote.py": '''
+        def test_ok():
+            assert True
+
+
+        def test_bad():
+            value = 1
+            assert value == 2, "remote value"
+
+
+        def test_other():
+            other = 3
+            assert other == 4, "other value"
+        ''',
+}
 
 
 def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_ssh_tunnel(
         tmp_path, run_session, remote_host):
     """`--tx ssh=root@HOST//python=...` against a real sshd (in a second network namespace, or on
     loopback): the worker pauses on that host and the terminal prints the routes; the session here
-    lists it with its host; a client run on that host over ssh sees the paused test; `stepkernel
-    console --worker gw0` here attaches through jupyter_client's SSH tunnel (`--ssh`, real OpenSSH to
-    that sshd) to inspect, `%%edit` and `%continue` it; the edit is in the session's journal here and
-    `git am` applies `stepkernel patch`'s output."""
+    lists it with its host; a client run on that host over ssh sees the paused test; the printed
+    `jupyter console --existing ... --ssh HOST` (jupyter_client's own tunnel: five `ssh -f` under
+    pexpect, real OpenSSH to that sshd) runs code in it and `%continue`s it, as printed; the worker
+    pauses at the next failure, and `stepkernel console --worker gw0` here (its own tunnel) inspects,
+    `%%edit`s and `%continue`s that one; the edit is in the session's journal here and `git am`
+    applies `stepkernel patch`'s output."""
     import re
     import shutil
 
@@ -885,7 +929,7 @@ def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_s
     os.makedirs("/run/sshd", exist_ok=True)
     sshd = subprocess.Popen([*on_remote, "/usr/sbin/sshd", "-D", "-f", str(keys / "sshd_config"), "-e"],
                             stderr=subprocess.DEVNULL)
-    project = write_project(tmp_path / "proj", REMOTE_PROJECT, git=True)
+    project = write_project(tmp_path / "proj", SSH_PROJECT, git=True)
     home = tmp_path / "remote-home"
     home.mkdir()
     ssh = ["ssh", "-F", str(ssh_config), f"root@{address}"]
@@ -909,6 +953,9 @@ def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_s
         kept = run.session_dir / "workers" / "gw0" / "connection.json"
         host = f"root@{address}"
         assert f" console {session_id} --worker gw0      (through an SSH tunnel to {host}'s loopback)" in out, out
+        printed = re.search(r"^\s*(env --ignore-signal=HUP jupyter console --existing (\S+) --ssh (\S+))\s{2,}",
+                            out, re.M)
+        assert printed and printed.group(2) == str(kept) and printed.group(3) == host, out
         on_host = re.search(rf"on {re.escape(host)}: jupyter console --existing (\S+)", out)
         assert on_host, out
         remote_file = pathlib.Path(on_host.group(1))
@@ -942,17 +989,35 @@ def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_s
                                   capture_output=True, text=True, timeout=120)
         assert attached.returncode == 0, attached.stdout + attached.stderr
         assert "value is 1" in attached.stdout and "STATUS ok" in attached.stdout, attached.stdout
-        # From here: the printed `stepkernel console --worker gw0`, through jupyter_client's SSH tunnel.
         console_env = {**user_env(tmp_path), "JUPYTER_RUNTIME_DIR": env["JUPYTER_RUNTIME_DIR"],
-                       "HOME": str(tmp_path / "client-home")}
+                       "HOME": str(tmp_path / "client-home"),
+                       "PATH": f"{pathlib.Path(PYTHON).parent}{os.pathsep}{os.environ['PATH']}"}
+        ports = json.loads(kept.read_text())
+        # From here: the printed jupyter_client route, run by a shell as printed.
+        console = Console(project, console_env, argv=_in_ssh_home(tmp_path, "sh", "-c", printed.group(1)))
+        try:
+            _shown(console, "value * 6", r"Out\[\d+\]: 6\b")
+            console.cell(["value = 2"])
+            # Its answer may be dropped (see `_shown`): the run's own terminal shows where it went on to.
+            console.cell(["%continue"])
+        finally:
+            console.close()
+        # jupyter_client's five tunnels, written beside the connection file it was given.
+        tunnelled = json.loads((kept.parent / "connection-ssh.json").read_text())
+        assert tunnelled["key"] == ports["key"] and tunnelled["shell_port"] != ports["shell_port"], tunnelled
+        for name in ("shell_port", "iopub_port", "stdin_port", "hb_port", "control_port"):
+            _end_tunnel(tunnelled[name])
+        wait_for(lambda: "PAUSED on failure on xdist worker gw0: test_remote.py::test_other" in run.output()
+                 or "PAUSED on failure on xdist worker gw0: proj/test_remote.py::test_other" in run.output(),
+                 timeout=120, what="the second pause")
+        # The printed `stepkernel console --worker gw0`, through its own SSH tunnel.
         console = Console(project, console_env, argv=_in_ssh_home(
             tmp_path, stepkernel_bin(), "console", session_id, "--worker", "gw0"))
         try:
             assert f"through an SSH tunnel to {host}, where its kernel runs" in console.banner, console.banner
-            out = console.cell(["value * 7"])
-            assert re.search(r"Out\[\d+\]: 7\b", out), out
-            out = console.cell(["%%edit", 'assert value == 1, "remote value"', ""])
-            assert "journaled in the session's journal for test_remote.py lines 7-7" in out, out
+            _shown(console, "other * 7", r"Out\[\d+\]: 21\b")
+            out = console.cell(["%%edit", 'assert other == 3, "other value"', ""])
+            assert "journaled in the session's journal for test_remote.py lines 12-12" in out, out
             out = console.cell(["%continue"])
             assert "fixed" in out, out
         finally:
@@ -960,7 +1025,6 @@ def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_s
         # The tunnelled ports are beside the connection file kept here.
         tunnelled = json.loads((kept.parent / "connection-ssh.json").read_text())
         _end_tunnel(tunnelled["shell_port"])
-        ports = json.loads(kept.read_text())
         assert tunnelled["key"] == ports["key"] and tunnelled["shell_port"] != ports["shell_port"], tunnelled
         code = run.wait_exit(120)
     finally:
@@ -970,13 +1034,44 @@ def test_an_ssh_worker_pauses_on_its_host_and_is_attached_from_here_through_an_s
     # Passed only thanks to an edit not yet in the files: exit 1.
     assert code == 1, out
     report = json.loads((run.session_dir / "report.json").read_text())
-    assert report["outcomes"] == {"fixed": 1, "passed": 1}, (report, out)
+    # test_bad passed once `value = 2` ran in its namespace (no edit): passed, not fixed.
+    assert report["outcomes"] == {"fixed": 1, "passed": 2}, (report, out)
     exported = subprocess.run([stepkernel_bin(), "patch", str(run.session_dir), "-o", str(tmp_path / "ssh.patch")],
                               cwd=project, capture_output=True, text=True, timeout=60, env={**os.environ, **GIT_ENV})
     assert exported.returncode == 0, exported.stderr
     clone = tmp_path / "clone"
     git(tmp_path, "clone", "-q", str(project), str(clone))
     git(clone, "am", str(tmp_path / "ssh.patch"))
+    # The edit made through `stepkernel console` is in the patch; test_bad was continued unedited.
     plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=clone,
                            capture_output=True, text=True)
+    assert plain.returncode == 1 and "1 failed, 2 passed" in plain.stdout, plain.stdout + plain.stderr
+    assert "test_bad" in plain.stdout and "test_other" not in plain.stdout.split("short test summary")[-1]
+
+
+DEPTH = {"test_depth.py": '''
+    import inspect
+    import json
+    import os
+    import sys
+
+
+    def test_records_its_stack_and_command_line():
+        with open(os.environ["DEPTH_OUT"], "w") as fh:
+            json.dump({"depth": len(inspect.stack(0)), "orig_argv": sys.orig_argv[1:]}, fh)
+    '''}
+
+
+def test_an_xdist_workers_stack_and_command_line_are_plain_xdists(tmp_path, run_session):
+    """The kernel's bootstrap runs in the same `-c` text as execnet's: no frame more, and sys.orig_argv is execnet's."""
+    project = write_project(tmp_path, DEPTH)
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "1", "test_depth.py"],
+                           cwd=project, capture_output=True, text=True,
+                           env={**os.environ, "DEPTH_OUT": str(tmp_path / "plain.json")})
     assert plain.returncode == 0, plain.stdout + plain.stderr
+    run = run_session(project, "--on-error", "fail", "-n", "1", "test_depth.py", "--", "-p", "no:cacheprovider",
+                      env={"DEPTH_OUT": str(tmp_path / "stepped.json")})
+    assert run.wait_exit(120) == 0, run.output()
+    expected = json.loads((tmp_path / "plain.json").read_text())
+    assert json.loads((tmp_path / "stepped.json").read_text()) == expected
+    assert expected["depth"] > 20

@@ -10,8 +10,13 @@ Usage: bench_watch.py --stepkernel BIN --python PY --workdir DIR [--rounds N]
   (`-p stepkernel_worker.deps`, what every watch cycle adds), against
   pytest-testmon's collecting run (fresh `.testmondata`; skipped when
   pytest-testmon is not installed in PY), and the whole first watch cycle
-  (`stepkernel run --on-error fail` with the recorder). Medians of ROUNDS,
-  sides alternating.
+  (`stepkernel run --on-error fail` with the recorder). On 3.10/3.11 also the
+  recorder with cProfile (`STEPKERNEL_WATCH_RECORDER=profile`: what it was
+  before entry marks, and its fallback). Medians of ROUNDS, sides alternating;
+  `--cold` runs every side with PYTHONDONTWRITEBYTECODE=1 (each run compiles
+  every module, marked ones from their AST); `--instructions` counts
+  instructions with valgrind's callgrind instead (one run of each side, all
+  processes), the figure the neighbours on a shared machine do not move.
 - latency: `stepkernel watch --plain` on a copy of examples/shop; time from
   writing a library function to the first `test_finish` of the cycle in the
   watch's events.jsonl; beside it plain pytest running the example's suite
@@ -101,6 +106,8 @@ def recording(args, workdir: Path):
         env = dict(os.environ)
         env.pop("VIRTUAL_ENV", None)
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        if args.cold:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONPATH"] = os.pathsep.join([str(root / pythonpath), str(WORKER)])
         deps = workdir / f"watch-deps-{name}.jsonl"
         env_rec = {**env, "STEPKERNEL_DEPS_FILE": str(deps)}
@@ -111,6 +118,10 @@ def recording(args, workdir: Path):
             "cycle": ([args.stepkernel, "run", "--on-error", "fail", "--quiet", "--python", args.python, tests,
                        "--", "-p", "no:cacheprovider", "-p", "stepkernel_worker.deps"], env_rec),
         }
+        if tuple(map(int, version.split(".")[:2])) < (3, 12):
+            # 3.10/3.11: the recorder as it was before entry marks (cProfile's C
+            # profiler), also its fallback for project code without marks.
+            sides["recorder-profile"] = (sides["recorder"][0], {**env_rec, "STEPKERNEL_WATCH_RECORDER": "profile"})
         if tuple(map(int, version.split(".")[:2])) >= (3, 12):
             # The one-id fallback: the recorder as it was before its two tools.
             env_one = {**env_rec, "PYTHONPATH": os.pathsep.join([env_rec["PYTHONPATH"], str(HERE)])}
@@ -119,6 +130,11 @@ def recording(args, workdir: Path):
         if testmon:
             # testmon needs the cache provider (it crashes without it); a fresh database each round.
             sides["testmon"] = ([args.python, "-m", "pytest", "-q", "--testmon", tests], env)
+        if args.sides:
+            sides = {k: v for k, v in sides.items() if k == "pytest" or k in args.sides.split(",")}
+        if args.instructions:
+            instruction_rows(args, name, ver, version, root, sides, deps, workdir)
+            continue
         times: dict[str, list[float]] = {k: [] for k in sides}
         cpus: dict[str, list[float]] = {k: [] for k in sides}
         for r in range(args.rounds):
@@ -132,29 +148,58 @@ def recording(args, workdir: Path):
                 times[side].append(wall)
                 cpus[side].append(cpu)
         med = {k: statistics.median(v) for k, v in times.items()}
+        if args.cold:
+            name = f"{name} (cold: no bytecode caches)"
         cpu_med = {k: statistics.median(v) for k, v in cpus.items()}
         log(f"{name} {ver} on Python {version}: " + ", ".join(f"{k} {v:.3f}s" for k, v in med.items())
             + "; CPU (user+sys) " + ", ".join(f"{k} {v:.3f}s" for k, v in cpu_med.items()))
         goal = "<= 1.10x" if tuple(map(int, version.split(".")[:2])) >= (3, 12) else "<= 1.5x"
-        bench({"benchmark": f"watch recorder vs pytest: {name} {ver}, Python {version}, median wall (s)",
-               "stepkernel": med["recorder"], "peer": med["pytest"], "peer_name": "pytest",
-               "ratio": med["recorder"] / med["pytest"], "goal": goal})
-        # CPU time moves less than wall time with the neighbours on a shared machine.
-        bench({"benchmark": f"watch recorder vs pytest: {name} {ver}, Python {version}, median CPU user+sys (s)",
-               "stepkernel": cpu_med["recorder"], "peer": cpu_med["pytest"], "peer_name": "pytest",
-               "ratio": cpu_med["recorder"] / cpu_med["pytest"], "goal": goal})
-        bench({"benchmark": f"watch first cycle (run + recorder) vs pytest: {name} {ver}, Python {version} (s)",
-               "stepkernel": med["cycle"], "peer": med["pytest"], "peer_name": "pytest",
-               "ratio": med["cycle"] / med["pytest"], "goal": "-"})
+        if "recorder" in sides:
+            bench({"benchmark": f"watch recorder vs pytest: {name} {ver}, Python {version}, median wall (s)",
+                   "stepkernel": med["recorder"], "peer": med["pytest"], "peer_name": "pytest",
+                   "ratio": med["recorder"] / med["pytest"], "goal": goal})
+            # CPU time moves less than wall time with the neighbours on a shared machine.
+            bench({"benchmark": f"watch recorder vs pytest: {name} {ver}, Python {version}, median CPU user+sys (s)",
+                   "stepkernel": cpu_med["recorder"], "peer": cpu_med["pytest"], "peer_name": "pytest",
+                   "ratio": cpu_med["recorder"] / cpu_med["pytest"], "goal": goal})
+        if "cycle" in sides:
+            bench({"benchmark": f"watch first cycle (run + recorder) vs pytest: {name} {ver}, Python {version} (s)",
+                   "stepkernel": med["cycle"], "peer": med["pytest"], "peer_name": "pytest",
+                   "ratio": med["cycle"] / med["pytest"], "goal": "-"})
         if "recorder-one-tool" in sides:
             bench({"benchmark": f"watch recorder, one-id fallback (restart_events) vs pytest: {name} {ver}, "
                                 f"Python {version}, median CPU user+sys (s)",
                    "stepkernel": cpu_med["recorder-one-tool"], "peer": cpu_med["pytest"], "peer_name": "pytest",
                    "ratio": cpu_med["recorder-one-tool"] / cpu_med["pytest"], "goal": "-"})
-        if testmon:
+        if "recorder-profile" in sides:
+            bench({"benchmark": f"watch recorder, cProfile (before entry marks; the fallback) vs pytest: {name} {ver}, "
+                                f"Python {version}, median CPU user+sys (s)",
+                   "stepkernel": cpu_med["recorder-profile"], "peer": cpu_med["pytest"], "peer_name": "pytest",
+                   "ratio": cpu_med["recorder-profile"] / cpu_med["pytest"], "goal": "-"})
+        if "testmon" in sides and "recorder" in sides:
             bench({"benchmark": f"watch recorder vs testmon collecting: {name} {ver}, Python {version} (s)",
                    "stepkernel": med["recorder"], "peer": med["testmon"], "peer_name": "testmon",
                    "ratio": med["recorder"] / med["testmon"], "goal": "-"})
+
+
+def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Path, workdir: Path) -> None:
+    """Instructions each side executed (callgrind, every process), after one warm-up run of each."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
+    counts = {}
+    for side, (argv, env) in sides.items():
+        subprocess.run(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if deps.exists():
+            deps.unlink()
+        counts[side] = overhead.counted(argv, root, env, workdir / "callgrind" / f"{name}-{side}")
+    log(f"{name} {ver} on Python {version}, instructions (millions): "
+        + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in counts.items()))
+    for side, count in counts.items():
+        if side != "pytest":
+            bench({"benchmark": f"watch {side} vs pytest: {name} {ver}, Python {version}, "
+                                "instructions (callgrind, all processes; millions)",
+                   "stepkernel": count / 1e6, "peer": counts["pytest"] / 1e6, "peer_name": "pytest",
+                   "ratio": count / counts["pytest"], "goal": "-"})
 
 
 class WatchProc:
@@ -705,6 +750,10 @@ def main():
     parser.add_argument("--tests-at", help="replay only more_itertools/, with tests/ kept as at this commit "
                                            "(tests ahead of the code: real failures until the code catches up)")
     parser.add_argument("--suites", default="toolz,more-itertools", help="recording: which of the sdists")
+    parser.add_argument("--cold", action="store_true", help="recording: no bytecode caches (PYTHONDONTWRITEBYTECODE=1)")
+    parser.add_argument("--sides", help="recording: only these sides (comma-separated, pytest always)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="recording: count instructions (valgrind's callgrind) instead of timing")
     parser.add_argument("--no-pyc", action="store_true",
                         help="latency on the example: keep $PYTHONDONTWRITEBYTECODE (no .pyc cache: pytest "
                              "rewrites its plugins and the tests at every cycle)")

@@ -144,25 +144,27 @@ pub struct PassThrough {
 }
 
 /// Starts an xdist worker: the stepping plugin is imported (and so
-/// registered by name) before execnet's bootstrap runs as `-c` would run it.
+/// registered by name), then execnet's bootstrap follows in the same `-c`
+/// text, so it runs in the `-c` module's frame as under plain xdist (no
+/// frame more below the tests).
 const XDIST_BOOTSTRAP: &str = "import sys\n\
 sys.path.insert(0, sys.argv.pop(1))\n\
 import stepkernel_worker.stepping.xdist_worker as _stepkernel\n\
 _stepkernel.prepare()\n\
-del sys.path[0], _stepkernel\n\
-exec(sys.argv.pop(1))\n";
+del sys.path[0], _stepkernel\n";
 
 impl PassThrough {
     /// The interpreter's arguments: execnet's flags, then our bootstrap
-    /// running execnet's `-c` code (None when there is no `-c`).
+    /// followed by execnet's `-c` code (None when there is no `-c`).
     fn python_args(&self, package_dir: &Path) -> Option<Vec<std::ffi::OsString>> {
         let at = self.args.iter().position(|a| a == "-c")?;
         let code = self.args.get(at + 1)?.clone();
         let mut args: Vec<std::ffi::OsString> = self.args[..at].to_vec();
+        let mut script = std::ffi::OsString::from(XDIST_BOOTSTRAP);
+        script.push(&code);
         args.push("-c".into());
-        args.push(XDIST_BOOTSTRAP.into());
+        args.push(script);
         args.push(package_dir.as_os_str().to_owned());
-        args.push(code);
         args.extend(self.args[at + 2..].iter().cloned());
         Some(args)
     }

@@ -115,13 +115,22 @@ impl SessionContext {
     }
 }
 
+/// A test file in the prefetch's list: instrumented ahead of need, or asked for first.
+enum Prefetch {
+    /// Instrumented ahead of need: the bytes seen and the report.
+    Ready(Vec<u8>, Value),
+    /// Its report was asked for before the prefetch reached it (and made
+    /// then): the prefetch skips it, rather than instrumenting it again.
+    Claimed,
+}
+
 /// Hooks for one `stepkernel run` session.
 pub struct RunHooks {
     ctx: SessionContext,
     started: Instant,
     inner: Mutex<Inner>,
-    /// Reports instrumented ahead of need (path -> bytes seen, report).
-    prefetched: Mutex<HashMap<PathBuf, (Vec<u8>, Value)>>,
+    /// Reports instrumented ahead of need, and files asked for first.
+    prefetched: Mutex<HashMap<PathBuf, Prefetch>>,
     /// Copies of edited files as loaded (see `patches::loaded_dir`).
     loaded_dir: PathBuf,
     /// Where journal.jsonl is (the session directory; an xdist worker's
@@ -286,13 +295,15 @@ impl RunHooks {
     /// can be), made when first asked for.
     fn report_of<'a>(&self, inner: &'a mut Inner, abs: &Path) -> Option<&'a Value> {
         if let Some(bytes) = inner.unreported.remove(abs) {
-            let ready = self
+            let taken = self
                 .prefetched
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(abs)
-                .filter(|(seen, _)| *seen == bytes)
-                .map(|(_, value)| value);
+                .insert(abs.to_path_buf(), Prefetch::Claimed);
+            let ready = match taken {
+                Some(Prefetch::Ready(seen, value)) if seen == bytes => Some(value),
+                _ => None,
+            };
             let value = ready.unwrap_or_else(|| self.instrument(abs, &bytes));
             inner.reports.insert(abs.to_path_buf(), value);
         }
@@ -322,24 +333,38 @@ impl RunHooks {
             .spawn(move || {
                 lower_priority();
                 for file in files {
-                    if has_fresh_stepped_pyc(&file) {
-                        // pytest will load it stepped from its cache: no report needed.
-                        continue;
-                    }
-                    let Ok(bytes) = std::fs::read(&file) else {
-                        continue;
-                    };
-                    let value = hooks.instrument(&file, &bytes);
-                    hooks
-                        .prefetched
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(file, (bytes, value));
+                    hooks.prefetch_file(file);
                 }
             });
         if let Err(err) = spawned {
             self.say(&format!("stepkernel: no prefetch thread: {err}"));
         }
+    }
+
+    /// Instruments `file` ahead of need unless its report was asked for
+    /// already (a busy machine runs the idle-priority prefetch behind the
+    /// worker: made on demand then, not again here); whether it did.
+    fn prefetch_file(&self, file: PathBuf) -> bool {
+        let claimed = self
+            .prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&file);
+        // A fresh stepped .pyc: pytest loads it from its cache, no report needed.
+        if claimed || has_fresh_stepped_pyc(&file) {
+            return false;
+        }
+        let Ok(bytes) = std::fs::read(&file) else {
+            return false;
+        };
+        let value = self.instrument(&file, &bytes);
+        // Asked for while this one was made: the asker made its own.
+        self.prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(file)
+            .or_insert(Prefetch::Ready(bytes, value));
+        true
     }
 
     /// The exit code once the run ended.
@@ -1170,4 +1195,40 @@ fn fixture_note(by_fixture: &BTreeMap<String, u64>) -> Option<String> {
         each.join(", "),
         if fixtures == 1 { "" } else { "s" }
     ))
+}
+
+#[cfg(test)]
+mod prefetch_tests {
+    use super::*;
+
+    #[test]
+    fn the_prefetch_skips_a_file_asked_for_first_and_its_own_report_is_taken_once() {
+        let session = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let (asked, ahead) = (
+            project.path().join("test_a.py"),
+            project.path().join("test_b.py"),
+        );
+        std::fs::write(&asked, "def test_a():\n    assert 1\n").unwrap();
+        std::fs::write(&ahead, "def test_b():\n    assert 2\n").unwrap();
+        let ctx = SessionContext::for_tests(session.path(), project.path());
+        let hooks = RunHooks::new(ctx, Default::default(), true);
+        // The worker asks before the prefetch reaches the file: made then, not again.
+        let report = hooks.steps_for(&asked);
+        assert_eq!(report["tests"][0]["name"], "test_a", "{report}");
+        assert!(!hooks.prefetch_file(asked.clone()));
+        // A file the prefetch reaches first: its report is what the worker gets.
+        assert!(hooks.prefetch_file(ahead.clone()));
+        assert!(matches!(
+            hooks.prefetched.lock().unwrap().get(&ahead),
+            Some(Prefetch::Ready(..))
+        ));
+        let report = hooks.steps_for(&ahead);
+        assert_eq!(report["tests"][0]["name"], "test_b", "{report}");
+        assert!(matches!(
+            hooks.prefetched.lock().unwrap().get(&ahead),
+            Some(Prefetch::Claimed)
+        ));
+        assert!(!hooks.prefetch_file(ahead));
+    }
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import sys
 import select
 import mmap
 import socket
@@ -54,7 +55,7 @@ class Channel:
             if predicate(message):
                 del self._pending[index]
                 return message
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else _monotonic() + timeout
         while True:
             if deadline is not None and not self._wait_readable(deadline):
                 return None
@@ -68,11 +69,11 @@ class Channel:
         if self._buffer.find(b"\n", self._scanned) >= 0:
             return True
         while True:
-            remaining = deadline - time.monotonic()
+            remaining = deadline - _monotonic()
             if remaining <= 0:
                 return False
             try:
-                ready, _, _ = select.select([self._sock], [], [], remaining)
+                ready, _, _ = _select([self._sock], [], [], remaining)
             except InterruptedError:
                 continue
             return bool(ready)
@@ -107,7 +108,7 @@ class Channel:
                 return json.loads(line)
             self._scanned = len(self._buffer)
             if not block:
-                ready, _, _ = select.select([self._sock], [], [], 0)
+                ready, _, _ = _select([self._sock], [], [], 0)
                 if not ready:
                     return None
             chunk = self._sock.recv(1 << 20)
@@ -140,6 +141,13 @@ def _fallback(value):
     return repr(value)
 
 
+# Bound once: a test that mocks these (``mock.patch("os.getpid")``, the clock,
+# ``json.dumps``) sees no call of the engine's, also when one of its steps fails.
+_monotonic = time.monotonic
+_select = select.select
+_getpid = os.getpid
+_dumps = json.dumps
+
 # One encoder for every message: json.dumps with options builds a new one per call.
 _ENCODER = json.JSONEncoder(default=_fallback, separators=(",", ":"))
 
@@ -157,8 +165,8 @@ class EventRing:
     DATA_OFFSET = 64
 
     def __init__(self, fd: int, size: int):
-        self._map = mmap.mmap(fd, size)
-        os.close(fd)  # the mapping keeps the memory; tests see no extra descriptor
+        self._map = _map_shared(fd, size)
+        os.close(fd)
         view = memoryview(self._map)
         self._positions = view[:16].cast("Q")  # [write_pos, read_pos]
         #: Byte 16: non-zero asks running tests to look at step boundaries. The
@@ -168,7 +176,7 @@ class EventRing:
         self.interrupted = view[17:18]
         self._data = view[self.DATA_OFFSET :]
         self._capacity = size - self.DATA_OFFSET
-        self._pid = os.getpid()
+        self._pid = _getpid()
         # Released then re-acquired around each publish: a lock's release and
         # acquire are memory barriers, so on weakly ordered CPUs the line is
         # visible before the position that publishes it.
@@ -179,7 +187,7 @@ class EventRing:
         """Publish ``line`` (ending in a newline); False when full or in a forked child."""
         n = len(line)
         write = self._positions[0]
-        if write + n - self._positions[1] > self._capacity or os.getpid() != self._pid:
+        if write + n - self._positions[1] > self._capacity or _getpid() != self._pid:
             return False
         start = write % self._capacity
         end = start + n
@@ -208,12 +216,70 @@ def ring_from_environment() -> EventRing | None:
         return None
 
 
+def _high_free_fd() -> int | None:
+    """A free descriptor number near the limit (None: none free up there)."""
+    try:
+        limit = min(os.sysconf("SC_OPEN_MAX"), 1024)
+    except (OSError, ValueError):
+        limit = 256
+    for target in range(limit - 1, max(limit - 64, 2), -1):
+        try:
+            os.fstat(target)
+        except OSError:
+            return target
+    return None
+
+
+def _map_shared(fd: int, size: int) -> mmap.mmap:
+    """``fd``'s memory mapped; no descriptor of it stays among those a test gets.
+
+    Python 3.13+ maps without keeping a descriptor; before, mmap keeps a copy
+    at the lowest free number, so every free number below a high one is taken
+    for that moment and the copy lands up there.
+    """
+    if sys.version_info >= (3, 13):
+        return mmap.mmap(fd, size, trackfd=False)
+    target = _high_free_fd()
+    fillers: list[int] = []
+    try:
+        if target is not None:
+            while True:
+                copy = os.dup(fd)
+                if copy >= target:
+                    os.close(copy)  # the lowest free number now: mmap's copy goes there
+                    break
+                fillers.append(copy)
+        return mmap.mmap(fd, size)
+    except OSError:  # out of descriptors: map it where it lands
+        for copy in fillers:
+            os.close(copy)
+        fillers = []
+        return mmap.mmap(fd, size)
+    finally:
+        for copy in fillers:
+            os.close(copy)
+
+
+def high_fd(fd: int) -> int:
+    """``fd`` moved to a free number near the descriptor limit (not inheritable), the original closed.
+
+    Descriptors a test opens then get the numbers they get under plain pytest.
+    Where no number up there is free, ``fd`` stays as it is.
+    """
+    target = _high_free_fd()
+    if target is None or target <= fd:
+        os.set_inheritable(fd, False)
+        return fd
+    os.dup2(fd, target, inheritable=False)
+    os.close(fd)
+    return target
+
+
 def from_environment() -> Channel:
     """The channel the kernel handed to this process."""
     fd = int(os.environ.pop("STEPKERNEL_CHANNEL_FD"))
     # Subprocesses of tests inherit neither the descriptor nor the variable.
-    os.set_inheritable(fd, False)
-    return Channel(fd)
+    return Channel(high_fd(fd))
 
 
 _strings: dict[str, str] = {}
@@ -225,7 +291,7 @@ def _json_string(text: str) -> str:
     if encoded is None:
         if len(_strings) > 50_000:
             _strings.clear()
-        encoded = _strings[text] = json.dumps(text)
+        encoded = _strings[text] = _dumps(text)
     return encoded
 
 

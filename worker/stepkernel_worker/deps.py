@@ -15,8 +15,13 @@ plugin does nothing. Per test (setup, call and teardown) it records:
   test, and nothing is ever re-instrumented wholesale. With one free tool id
   the recorder falls back to one tool re-armed by ``restart_events()`` at each
   test (every code object then calls back once per test). On 3.10/3.11
-  through cProfile's C profiler (the ``sys.setprofile`` hook, with no Python
-  callback per call: the cheapest that sees every Python call there);
+  through entry marks (``entry_marks.py``): the project's modules are
+  compiled, once at import, with a one-byte store at the entry of each
+  function, so no tracer runs at all. Where project code runs that was not
+  compiled so (imported before the recorder, exec'd or swapped in from
+  elsewhere: seen through ``sys.modules`` and the ``exec`` and ``__code__``
+  audit events) the recorder falls back, from then on, to cProfile's C
+  profiler (the ``sys.setprofile`` hook with no Python callback per call);
 - files of the project opened for reading, and paths written or removed
   (``sys.addaudithook``; the watch ignores the run's own writes);
 - the SHA-1 of each source file when first seen, so a file saved during the
@@ -28,6 +33,7 @@ an ImportError test file when a file providing that module appears.
 
 from __future__ import annotations
 
+import _thread
 import cProfile
 import hashlib
 import json
@@ -35,11 +41,16 @@ import os
 import re
 import sys
 import time
-from typing import Any
+import types
+from typing import Any, Callable
 
 import pytest
 
+from . import entry_marks
+
 ENV = "STEPKERNEL_DEPS_FILE"
+#: ``profile`` records with cProfile on 3.10/3.11 instead of entry marks (the benchmark's "before").
+RECORDER_ENV = "STEPKERNEL_WATCH_RECORDER"
 
 # Tool ids other tools claim: 0 debuggers, 1 coverage.py, 2 profilers,
 # 3 hypothesis (its branch scrutineer), 5 optimizers. Ours is the first free
@@ -66,6 +77,43 @@ class _CodeProfiler(cProfile.Profile):
             self._add(frame.f_code)
 
 
+def project_files(root: str) -> Callable[[str], bool]:
+    """Whether a code object's file is the project's: under ``root``, outside
+    ``site-packages`` (decided once per file: realpath costs syscalls)."""
+    root = os.path.join(os.path.realpath(root), "")
+    keep: dict[str, bool] = {}
+
+    def is_project(filename: str) -> bool:
+        wanted = keep.get(filename)
+        if wanted is None:
+            wanted = keep[filename] = (
+                os.path.isabs(filename)
+                and "site-packages" not in filename
+                and (filename.startswith(root) or os.path.realpath(filename).startswith(root))
+            )
+        return wanted
+
+    return is_project
+
+
+_marks_installed = False
+
+
+def _install_marks() -> None:
+    """On 3.10/3.11 in watch mode: mark the project's modules imported from now on."""
+    global _marks_installed
+    if (_marks_installed or sys.version_info >= (3, 12) or not os.environ.get(ENV)
+            or os.environ.get(RECORDER_ENV) == "profile"):
+        return
+    _marks_installed = True
+    entry_marks.install(project_files(os.getcwd()))
+
+
+# As early as pytest loads this plugin (``-p``, before conftest.py files and
+# entry-point plugins): whatever imports the project's modules later gets them marked.
+_install_marks()
+
+
 def _sha1(path: str) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -85,14 +133,19 @@ class Recorder:
         self.reads: set[str] = set()
         self.writes: set[str] = set()
         self.hashes: dict[str, str | None] = {}
-        self.keep: dict[str, bool] = {}
         self.active = False
         self.busy = False
         self.incomplete: str | None = None
         self.tool: int | None = None
         self.started = 0.0
         self.reports: list[Any] = []
-        watched = frozenset(("open", "sys.setprofile", *_WRITE_EVENTS))
+        #: 3.10/3.11: entry marks record (else the profiler); why not, once project code ran unmarked.
+        self.marks = _marks_installed
+        self.unmarked: str | None = None
+        self.thread = 0
+        self._modules_seen: set[str] = set()
+        self._modules_count = -1
+        watched = frozenset(("open", "sys.setprofile", "exec", "object.__setattr__", *_WRITE_EVENTS))
         audit = self._audit
 
         def on_audit(event: str, args: tuple) -> None:
@@ -105,22 +158,54 @@ class Recorder:
         # 3.12+: the tool that sees each code object once, and the per-test one.
         self.first_tool: int | None = None
         self.fired: list[Any] = []
+        self._project = project_files(self.root)
         if sys.version_info >= (3, 12):
             self._claim_tool()
 
     # --------------------------------------------------------- code objects
 
-    def _project(self, filename: str) -> bool:
-        """Whether code of `filename` is the project's (decided once per file: realpath costs syscalls)."""
-        wanted = self.keep.get(filename)
-        if wanted is None:
-            root = self.root
-            wanted = self.keep[filename] = (
-                os.path.isabs(filename)
-                and "site-packages" not in filename
-                and (filename.startswith(root) or os.path.realpath(filename).startswith(root))
-            )
-        return wanted
+    def _check_modules(self) -> None:
+        """Project modules imported without marks (before the recorder, or by another loader)."""
+        modules = sys.modules
+        if len(modules) == self._modules_count:
+            return
+        self._modules_count = len(modules)
+        seen = self._modules_seen
+        for name, module in list(modules.items()):
+            if name in seen:
+                continue
+            seen.add(name)
+            filename = getattr(module, "__file__", None)
+            if (type(filename) is str and filename.endswith(".py") and self._project(filename)
+                    and entry_marks.MARKS not in getattr(module, "__dict__", {})):
+                self._unmarked(f"{self._rel(filename)} was imported without marks")
+                return
+
+    def _unmarked(self, reason: str) -> None:
+        """Project code runs that has no marks: the profiler records from now on (this test too)."""
+        if self.unmarked is not None:
+            return
+        self.unmarked = reason
+        if self.active and self.profiler is None:
+            if _thread.get_ident() == self.thread:
+                self._start_profiler()
+            elif self.incomplete is None:
+                # Another thread (a pause's client swapping code in): the profiler
+                # would only see that thread, so this test's record is incomplete.
+                self.incomplete = f"{reason} during the test"
+
+    def _start_profiler(self) -> None:
+        if sys.getprofile() is None:
+            # cProfile's C profiler: no Python callback per call (a Python
+            # hook costs one, and reading frame.f_code one audit event more).
+            self.busy = True
+            try:
+                self.profiler = _CodeProfiler(self.codes.add)
+                self.profiler.enable(subcalls=False, builtins=False)
+            finally:
+                self.busy = False
+        else:
+            self.incomplete = "another profiler (sys.setprofile) was active"
 
     def _claim_tool(self) -> None:
         monitoring = sys.monitoring
@@ -178,6 +263,7 @@ class Recorder:
         self.reports = []
         self.incomplete = None if self.tool is not None or sys.version_info < (3, 12) else self.incomplete
         self.active = True
+        self.thread = _thread.get_ident()
         self.started = time.perf_counter()
         if self.first_tool is not None:
             # Re-arms the per-test tool on the code objects that fired since the last test.
@@ -192,17 +278,13 @@ class Recorder:
             # Re-arms the code objects disabled during the previous test.
             sys.monitoring.restart_events()
         elif sys.version_info < (3, 12):
-            if sys.getprofile() is None:
-                # cProfile's C profiler: no Python callback per call (a Python
-                # hook costs one, and reading frame.f_code one audit event more).
-                self.busy = True
-                try:
-                    self.profiler = _CodeProfiler(self.codes.add)
-                    self.profiler.enable(subcalls=False, builtins=False)
-                finally:
-                    self.busy = False
+            if self.marks:
+                entry_marks.clear()
+                self._check_modules()  # may start the profiler (code without marks)
+                if self.unmarked is not None and self.profiler is None:
+                    self._start_profiler()
             else:
-                self.incomplete = "another profiler (sys.setprofile) was active"
+                self._start_profiler()
         self._write({"start": self._test_id(nodeid)})
 
     def stop(self, item: Any, record: bool = True) -> None:
@@ -231,21 +313,22 @@ class Recorder:
                     # The test installed its own profiler: it keeps it (we step aside),
                     # and this test's record is marked incomplete so it always reruns.
                     self.incomplete = "the test replaced sys.setprofile"
+        marked = entry_marks.collected() if self.marks else ()
         if not record:
             return
-        code = []
         project = self._project
-        for co in list(self.codes):
-            filename = co.co_filename
-            if not project(filename):
-                continue
+        ran = {(co.co_filename, getattr(co, "co_qualname", co.co_name), co.co_firstlineno)
+               for co in list(self.codes) if project(co.co_filename)}
+        ran.update(marked)
+        code = []
+        for filename, qualname, line in ran:
             if filename not in self.hashes:
                 self.busy = True
                 try:
                     self.hashes[filename] = _sha1(filename)
                 finally:
                     self.busy = False
-            code.append([filename, getattr(co, "co_qualname", co.co_name), co.co_firstlineno])
+            code.append([filename, qualname, line])
         reads = {}
         self.busy = True
         try:
@@ -266,17 +349,40 @@ class Recorder:
                 "reads": reads,
                 "writes": sorted(self.writes),
                 "incomplete": self.incomplete,
+                "recorder": self._how(),
             }
         )
+
+    def _how(self) -> str:
+        """How this test's code was recorded (for whoever reads the records)."""
+        if sys.version_info >= (3, 12):
+            return "sys.monitoring"
+        if self.marks and self.unmarked is None:
+            return "entry marks"
+        return f"cProfile ({self.unmarked})" if self.marks else "cProfile"
 
     # --------------------------------------------------------- files
 
     def _audit(self, event: str, args: tuple) -> None:
-        if not self.active or self.busy:
+        if self.busy:
+            return
+        if event == "exec" or event == "object.__setattr__":
+            # Project code about to run without marks: an exec'd code object, or a
+            # function's __code__ swapped (a hot reload, %%edit).
+            if self.marks and self.unmarked is None:
+                try:
+                    code = args[0] if event == "exec" else (args[2] if args[1] == "__code__" else None)
+                    if (type(code) is types.CodeType and not entry_marks.is_marked(code)
+                            and self._project(code.co_filename)):
+                        self._unmarked(f"{self._rel(code.co_filename)} ran code without marks")
+                except Exception:  # noqa: BLE001 - recording must never break a test
+                    pass
+            return
+        if not self.active:
             return
         try:
             if event == "sys.setprofile":
-                if sys.version_info < (3, 12):
+                if sys.version_info < (3, 12) and (self.profiler is not None or not self.marks):
                     # The test's own profiler replaces ours (we step aside): what runs
                     # meanwhile is not seen, so the test always reruns.
                     self.incomplete = "the test replaced sys.setprofile"
@@ -363,6 +469,13 @@ def _outcome(reports: list) -> tuple[str, str]:
 
 
 _recorder: Recorder | None = None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: Any) -> None:
+    # This plugin imported before the cycle's environment was set (a
+    # pre-imported worker): still before any conftest.py.
+    _install_marks()
 
 
 def pytest_configure(config: Any) -> None:

@@ -10,7 +10,6 @@ import builtins
 import codeop
 import inspect
 import keyword
-import pkgutil
 import re
 import sys
 import warnings
@@ -50,6 +49,8 @@ def _import_matches(line: str) -> list[str] | None:
     found = _IMPORT_LINE.match(line)
     if not found:
         return None
+    import pkgutil  # only when completing an import: tests see no module they did not import
+
     if found.group(1) is not None:  # from pkg import na|
         module_name, names = found.group(1), found.group(2)
         prefix = names.rsplit(",", 1)[-1].strip()

@@ -8,13 +8,14 @@ are documented in ``kernel/src/worker.rs``.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import contextlib
-import getpass
 import importlib.util
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -27,6 +28,7 @@ from .channel import (
     EventRing,
     encode_flat,
     from_environment,
+    high_fd,
     message_path,
     path_fields,
     ring_from_environment,
@@ -46,6 +48,11 @@ _SETUP_PHASES = {
     "setUp", "asyncSetUp", "setUpClass", "setup_method", "setup_function", "setup_class", "setup_module",
     "tearDown", "asyncTearDown", "tearDownClass", "teardown_method", "teardown_function",
 }
+
+
+# Bound once: a test that mocks the clock or os.getpid sees no call of the engine's.
+_time = time.time
+_getpid = os.getpid
 
 
 def _escape(text: str) -> str:
@@ -112,39 +119,46 @@ class Worker:
         self._sync = 0
         self.pid = os.getpid()
         self._flag_shared = False
+        self._said_hello = False
+        #: SIGINT as Python set it up (ignored if this process started with it ignored): tests run with it.
+        self.python_sigint = signal.getsignal(signal.SIGINT)
         # Private copies of the output pipes: markers must reach the kernel even
         # while pytest's capture has fd 1 and 2 pointing at temporary files.
         self._sync_fds = []
         for fd in (1, 2):
             try:
-                self._sync_fds.append(os.dup(fd))
+                self._sync_fds.append(high_fd(os.dup(fd)))
             except OSError:
                 pass
 
     # ----------------------------------------------------------------- main loop
-    def serve_forever(self) -> None:
-        """Answer requests until the kernel closes the channel or says shutdown."""
-        self._install_hooks()
-        self.channel.send(
-            {
-                "type": "hello",
-                "pid": os.getpid(),
-                "python": {
-                    "version": ".".join(map(str, sys.version_info[:3])),
-                    "executable": sys.executable,
-                    "implementation": sys.implementation.name,
-                },
-            }
-        )
+    def serve_forever(self) -> dict | None:
+        """Answer requests until a ``run`` request (returned, for :func:`main` to run) or the end (None)."""
+        if not self._said_hello:
+            self._said_hello = True
+            self._install_hooks()
+            self.channel.send(
+                {
+                    "type": "hello",
+                    "pid": os.getpid(),
+                    "python": {
+                        "version": ".".join(map(str, sys.version_info[:3])),
+                        "executable": sys.executable,
+                        "implementation": sys.implementation.name,
+                    },
+                }
+            )
         while True:
             try:
                 message = self.channel.recv()
             except KeyboardInterrupt:
                 continue  # an interrupt that arrived between requests
             except ChannelClosed:
-                return
+                return None
             if message.get("type") == "shutdown":
-                return
+                return None
+            if message.get("type") == "run":
+                return message
             self.dispatch(message)
 
     def dispatch(self, message: dict) -> dict | None:
@@ -304,7 +318,7 @@ class Worker:
         return reply.get("value", "")
 
     def _install_hooks(self) -> None:
-        original_input, original_getpass = builtins.input, getpass.getpass
+        original_input = builtins.input
 
         # A client's code asks the client (Jupyter's stdin channel); these are
         # in place only while a client's cell runs, so test code sees Python's
@@ -315,17 +329,11 @@ class Worker:
                 return original_input(prompt)
             return self._input(prompt)
 
-        def getpass_(prompt="Password: ", stream=None):
-            if not self.in_cell:
-                return original_getpass(prompt, stream)
-            return self._input(prompt, password=True)
-
         self._cell_builtins = {"input": input}
         if not hasattr(builtins, "display"):
             self._cell_builtins["display"] = self.display
         for name in ("exit", "quit"):
             self._cell_builtins[name] = ExitRequest(self, name, getattr(builtins, name, None))
-        self._cell_getpass = getpass_
         for stream in (sys.stdout, sys.stderr):
             try:
                 # Whole lines: with PYTHONUNBUFFERED (common in containers and CI)
@@ -339,10 +347,18 @@ class Worker:
     @contextlib.contextmanager
     def _cell_scope(self):
         """A client's cell runs with IPython-like builtins; test code never sees them."""
+        import getpass  # here, not at start: tests see no module of ours they did not import
+
         saved = {name: builtins.__dict__.get(name, _MISSING) for name in self._cell_builtins}
         saved_getpass = getpass.getpass
+
+        def getpass_(prompt="Password: ", stream=None):
+            if not self.in_cell:
+                return saved_getpass(prompt, stream)
+            return self._input(prompt, password=True)
+
         builtins.__dict__.update(self._cell_builtins)
-        getpass.getpass = self._cell_getpass
+        getpass.getpass = getpass_
         try:
             yield
         finally:
@@ -387,7 +403,7 @@ class Worker:
         ``ordered=False`` (progress events) skips the sync markers: the kernel
         then handles the message as soon as it arrives.
         """
-        if os.getpid() != self.pid:
+        if _getpid() != self.pid:
             return  # a test forked: its child's messages are not ours
         if not ordered:
             self.channel.send(message)
@@ -406,14 +422,15 @@ class Worker:
     # ----------------------------------------------------------------- Host API
     def emit(self, event: dict) -> None:
         """Publish a progress event to the kernel (events.jsonl, iopub, terminal)."""
-        event.setdefault("time", time.time())
+        if "time" not in event:
+            event["time"] = _time()
         if event.get("event") == "summary":
             self.last_summary = event
         self.emit_line('{"type":"event","event":' + encode_flat(event) + "}\n")
 
     def emit_line(self, line: str) -> None:
         """Publish one event message already encoded as a JSON line."""
-        if os.getpid() != self.pid:
+        if _getpid() != self.pid:
             return
         data = line.encode()
         if self.ring is None or not self.ring.append(data):
@@ -692,8 +709,18 @@ class Worker:
         self._flag_shared = True
 
     def _run_tests(self, message: dict) -> None:
+        """A ``run`` request met while serving another (``main`` runs the others)."""
         from . import stepping
 
+        exit_code = 3
+        try:
+            exit_code = stepping.run(self, **self.start_run(message))
+        except BaseException as exc:  # report, don't die: the kernel decides what next
+            self.run_crashed(exc)
+        self.finish_run(message, exit_code)
+
+    def start_run(self, message: dict) -> dict:
+        """Take a ``run`` request's settings; returns the arguments of ``stepping.run``."""
         self._share_flag()
 
         self.current_id = message["id"]
@@ -703,23 +730,24 @@ class Worker:
         self.session_info = message.get("session") or {}
         #: How xdist workers get kernels of their own (see stepping/xdist_controller.py).
         self.xdist = message.get("xdist")
-        exit_code = 3
         self.executing = True
         self.last_summary = None
-        try:
-            exit_code = stepping.run(
-                self,
-                list(message.get("args", [])),
-                runner=message.get("runner", "auto"),
-                on_error=message.get("on_error", "pause"),
-                junit_xml=message.get("junit_xml"),
-                rootdir=message_path(message, "rootdir") or os.getcwd(),
-            )
-        except BaseException as exc:  # report, don't die: the kernel decides what next
-            traceback.print_exc()
-            self.emit({"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
-        finally:
-            self.executing = False
+        return {
+            "args": list(message.get("args", [])),
+            "runner": message.get("runner", "auto"),
+            "on_error": message.get("on_error", "pause"),
+            "junit_xml": message.get("junit_xml"),
+            "rootdir": message_path(message, "rootdir") or os.getcwd(),
+        }
+
+    def run_crashed(self, exc: BaseException) -> None:
+        """The engine itself failed: say so (the kernel decides what next)."""
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+        self.emit({"event": "internal_error", "error": f"{type(exc).__name__}: {exc}"})
+
+    def finish_run(self, message: dict, exit_code: int) -> None:
+        """Answer a ``run`` request with the run's exit code."""
+        self.executing = False
         if exit_code != 0 and message.get("runner", "auto") == "auto":
             note = self._no_pytest_note(
                 "the run", "`stepkernel run --python PATH` (default: $VIRTUAL_ENV, then ./.venv, then python3)"
@@ -752,8 +780,33 @@ def _is_pause_control(message: dict) -> bool:
     return message.get("type") in ("pause_request", "breakpoints", "on_error", "queue")
 
 
+def _serve(worker: Worker) -> None:
+    """Serve requests, running each ``run`` request from here (see :func:`main`)."""
+    from . import stepping
+
+    while True:
+        message = worker.serve_forever()
+        if message is None:
+            return
+        exit_code = 3
+        try:
+            exit_code = stepping.run(worker, **worker.start_run(message))
+        except BaseException as exc:  # report, don't die: the kernel decides what next
+            worker.run_crashed(exc)
+        worker.finish_run(message, exit_code)
+
+
 def main() -> None:
-    """Entry point of ``python -m stepkernel_worker``."""
+    """Entry point of the worker (the kernel's ``python -c`` bootstrap calls it).
+
+    Runs go from this frame straight into ``stepping.run``, so a test sees a
+    stack as deep as under ``python -m pytest`` (``-c``'s module, this, the
+    engine's run and pytest's call: where runpy has two frames, pytest's
+    ``__main__`` and its console entry), and reaches ``RecursionError`` at
+    the same depth.
+    """
+    from . import stepping
+
     channel = from_environment()
     worker = Worker(channel, ring_from_environment())
     profile_path = os.environ.get("STEPKERNEL_WORKER_PROFILE")
@@ -762,11 +815,41 @@ def main() -> None:
         import cProfile
 
         profiler = cProfile.Profile()
-        profiler.runcall(worker.serve_forever)
+        profiler.runcall(_serve, worker)
         profiler.dump_stats(profile_path)
     else:
-        worker.serve_forever()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown surprises from user code; the kernel is gone anyway.
+        while True:
+            message = worker.serve_forever()
+            if message is None:
+                break
+            exit_code = 3
+            try:
+                exit_code = stepping.run(worker, **worker.start_run(message))
+            except BaseException as exc:  # report, don't die: the kernel decides what next
+                worker.run_crashed(exc)
+            worker.finish_run(message, exit_code)
+    _exit_as_python_does()
+
+
+def _exit_as_python_does() -> None:
+    """End as ``python -m pytest`` would: non-daemon threads joined, ``atexit`` callbacks run, streams flushed.
+
+    Then ``os._exit``: the interpreter's own teardown (module clearing, finalizers
+    of what is left) is skipped; the kernel is gone anyway.
+    """
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except BaseException:  # noqa: BLE001 - Python ignores these at exit too
+            pass
+    try:
+        atexit._run_exitfuncs()  # prints what a callback raises, as at a normal exit
+    except BaseException:  # noqa: BLE001
+        pass
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or broken stream
+            pass
     os._exit(0)

@@ -37,7 +37,8 @@ SUITES = {
         "python-dateutil==4.0.0",
         "python_dateutil-*",
         ["tests"],
-        ["hypothesis", "freezegun"],
+        # pytest-cov registers the no_cover mark its conftest adds (unknown marks are errors there).
+        ["hypothesis", "freezegun", "pytest-cov"],
         [],
     ),
     "attrs": ("attrs==26.1.0", "attrs-*", ["tests"], ["hypothesis", "cloudpickle", "pympler"], []),
@@ -68,12 +69,21 @@ SUITES = {
         ["pyyaml"],
         ["--ignore=tests/test_syntax/extensions/test_md_in_html.py"],
     ),
-    "python-dotenv": ("python-dotenv==1.0.1", "python_dotenv-*", ["tests"], ["sh"], []),
+    "python-dotenv": ("python-dotenv==1.0.1", "python[-_]dotenv-*", ["tests"], ["sh"], []),
     "natsort": ("natsort==8.4.0", "natsort-*", ["tests"], ["hypothesis", "pytest-mock"], []),
     "jinja2": ("jinja2==3.1.4", "jinja2-*", ["tests"], ["trio"], []),
     "wrapt": ("wrapt==2.0.1", "wrapt-*", ["tests"], [], []),
     "networkx": ("networkx==3.4.2", "networkx-*", ["networkx"], [], []),
     "docutils": ("docutils==0.21.2", "docutils-*", ["test"], [], []),
+    # Frames (loguru caches and walks them) and the clock (freezegun patches it): families 2 and 3.
+    "loguru": (
+        "loguru==0.7.2",
+        "loguru-*",
+        ["tests"],
+        ["freezegun", "colorama"],
+        ["--ignore=tests/test_type_hinting.py", "--ignore=tests/typesafety"],
+    ),
+    "freezegun": ("freezegun==1.5.1", "freezegun-*", ["tests"], [], []),
     "trio": (
         "trio==0.27.0",
         "trio-*",
@@ -93,11 +103,15 @@ def install(workdir: str, names: list[str]) -> None:
         requirement, pattern, _, deps, _ = SUITES[name]
         if not glob.glob(os.path.join(sdists, pattern + ".tar.gz")):
             subprocess.run(
-                [*pip, "download", "--no-binary", ":all:", "--no-deps", requirement, "-d", sdists], check=True
+                # Only the suite's own package from source: its build backend comes as a wheel.
+                [*pip, "download", "--no-binary", requirement.split("==")[0], "--no-deps", requirement, "-d", sdists],
+                check=True,
             )
         archive = glob.glob(os.path.join(sdists, pattern + ".tar.gz"))[0]
         with tarfile.open(archive) as tar:
-            tar.extractall(sdists, filter="data") if sys.version_info >= (3, 12) else tar.extractall(sdists)
+            # The data filter (3.12, and backported to 3.10.12/3.11.4) also drops group and
+            # other write bits, which stepkernel refuses on a session's directory.
+            tar.extractall(sdists, filter="data") if hasattr(tarfile, "data_filter") else tar.extractall(sdists)
         source = archive[: -len(".tar.gz")]
         subprocess.run([*pip, "install", *deps, source], check=True)
 

@@ -108,3 +108,34 @@ def test_a_forked_child_does_not_write_to_the_parents_ring():
     assert ring.append(b'{"from":"parent"}\n')
     assert _read(reader, 64 + 128)[0] == [b'{"from":"parent"}']
     os.close(reader)
+
+
+STOPPED = '''
+import pytest
+
+
+def test_passes():
+    assert True
+
+
+def test_stops_the_session():
+    x = 1
+    {stop}
+
+
+def test_never_runs():
+    assert True
+'''
+
+
+@pytest.mark.parametrize("stop", ["raise KeyboardInterrupt", "pytest.exit('enough')"])
+def test_a_test_the_session_ends_in_is_not_counted_as_passed(tmp_path, stop):
+    """pytest counts no outcome for it ("no tests ran" after a KeyboardInterrupt): nor does the summary."""
+    from fidelity import run_stepped
+
+    (tmp_path / "test_stop.py").write_text(STOPPED.format(stop=stop))
+    _, events = run_stepped(str(tmp_path), ["test_stop.py"])
+    finished = {e["test"]: e["outcome"] for e in events if e["event"] == "test_finish"}
+    assert finished == {"test_stop.py::test_passes": "passed", "test_stop.py::test_stops_the_session": "interrupted"}
+    [summary] = [e for e in events if e["event"] == "summary"]
+    assert summary["passed"] == 1 and summary.get("interrupted") == 1

@@ -207,6 +207,24 @@ def test_function_the_report_does_not_list_is_unstepped(tmp_path):
     assert "@skt" not in vars(mod) and engine.host.of("step_start") == []
 
 
+def test_step_table_is_one_constant_read_once_and_a_bad_one_means_unstepped(tmp_path):
+    from stepkernel_worker.stepping.function_steps import entry_of
+
+    mod = load_module(str(tmp_path), "table_mod", "def f():\n    a = 1\n    return a\n", get_steps=build_report)
+    raw = vars(mod)["@skt"]
+    assert type(raw) is bytes
+    entry = entry_of(mod.f.__code__, vars(mod))
+    assert entry is not None and entry[0] == "f" and [s[2] for s in entry[5]] == [2, 3]
+    assert entry_of(mod.f.__code__, vars(mod)) is entry  # read once
+    assert vars(mod)["@skt"] is raw  # the module's globals are left as they were
+    broken = {"@skt": b"not a marshalled table"}
+    assert entry_of(mod.f.__code__, broken) is None
+    engine = Engine(RecordingHost(get_steps=build_report), on_error="fail")
+    mod.__dict__["@skt"] = b"\x00garbage"
+    record, result = call_stepped(engine, mod.f)
+    assert result == 1 and record.phases[0]["stepped"] is False
+
+
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="match needs 3.10")
 def test_match_statement(engine, tmp_path):
     mod = load_module(

@@ -197,6 +197,22 @@ pub fn journal(
     ))
 }
 
+/// jupyter_client's own SSH tunnel to a remote worker's kernel, as printed.
+///
+/// jupyter_client starts each of its five `ssh -f` under a pseudo-terminal
+/// of its own (pexpect), as that terminal's session leader: when that ssh
+/// goes to the background, its parent's exit hangs up the terminal and the
+/// SIGHUP kills the child before it has left the terminal's process group.
+/// A SIGHUP ignored by the console is inherited by its ssh, which then lives
+/// (OpenSSH keeps an ignored SIGHUP ignored); `env --ignore-signal` (GNU
+/// coreutils) sets that. README, "Remote workers", has the measurement.
+pub fn jupyter_ssh_line(connection_file: &Path, destination: &str) -> String {
+    format!(
+        "env --ignore-signal=HUP jupyter console --existing {} --ssh {destination}",
+        connection_file.display()
+    )
+}
+
 /// How to attach to a remote worker, as the session's terminal prints it.
 pub fn attach_lines(session_dir: &Path, session_id: &str, worker: &str) -> Vec<String> {
     let Some(remote) = SessionMeta::load(&worker_dir(session_dir, worker)).and_then(|m| m.remote)
@@ -205,21 +221,34 @@ pub fn attach_lines(session_dir: &Path, session_id: &str, worker: &str) -> Vec<S
     };
     let host = &remote.host;
     let me = crate::run::self_command();
+    let kept = worker_dir(session_dir, worker).join("connection.json");
     let on_host = format!(
         "on {host}: jupyter console --existing {}",
         remote.connection_file
     );
     if remote.ssh {
-        return vec![
-            format!("{me} console {session_id} --worker {worker}      (through an SSH tunnel to {host}'s loopback)"),
-            on_host,
-        ];
+        let mut lines = vec![format!(
+            "{me} console {session_id} --worker {worker}      (through an SSH tunnel to {host}'s loopback)"
+        )];
+        // An xdist ssh spec may hold ssh options ("-p 2222 me@host"); jupyter_client takes a destination.
+        if !host.contains(char::is_whitespace) {
+            lines.push(format!(
+                "{}      (the same with jupyter_client's own tunnel)",
+                jupyter_ssh_line(&kept, host)
+            ));
+        }
+        lines.push(on_host);
+        return lines;
     }
     vec![
         on_host,
         format!(
             "from here, if {host} runs sshd: {me} console {session_id} --worker {worker} --ssh [USER@]{host}      \
              (through an SSH tunnel to its loopback)"
+        ),
+        format!(
+            "    or: {}      (jupyter_client's own tunnel)",
+            jupyter_ssh_line(&kept, &format!("[USER@]{host}"))
         ),
     ]
 }
@@ -286,6 +315,50 @@ mod tests {
             crate::patches::read_edits(session.path()).unwrap().0.len(),
             1
         );
+    }
+
+    fn printed(host: &str, ssh: bool) -> Vec<String> {
+        let session = tempfile::tempdir().unwrap();
+        let dir = worker_dir(session.path(), "gw0");
+        std::fs::create_dir_all(&dir).unwrap();
+        let meta = SessionMeta {
+            remote: Some(crate::session_dir::RemoteSide {
+                host: host.into(),
+                ssh,
+                pid: 7,
+                connection_file: "/srv/.stepkernel/remote/S/workers/gw0/connection.json".into(),
+            }),
+            ..Default::default()
+        };
+        meta.save(&dir).unwrap();
+        let lines = attach_lines(session.path(), "S", "gw0");
+        let kept = dir.join("connection.json").display().to_string();
+        lines
+            .into_iter()
+            .map(|l| l.replace(&kept, "KEPT"))
+            .collect()
+    }
+
+    #[test]
+    fn the_printed_routes_include_jupyter_clients_own_tunnel_with_sighup_ignored() {
+        let ssh = printed("me@h", true);
+        assert_eq!(ssh.len(), 3, "{ssh:?}");
+        assert!(ssh[0].contains(" console S --worker gw0 "), "{ssh:?}");
+        assert!(
+            ssh[1]
+                .starts_with("env --ignore-signal=HUP jupyter console --existing KEPT --ssh me@h "),
+            "{ssh:?}"
+        );
+        assert!(ssh[2].starts_with("on me@h: jupyter console --existing /srv/"));
+        // ssh options in the spec: no destination jupyter_client takes.
+        let options = printed("-p 2222 me@h", true);
+        assert_eq!(options.len(), 2, "{options:?}");
+        assert!(!options.iter().any(|l| l.contains("--ignore-signal")));
+        let socket = printed("10.0.0.2", false);
+        assert_eq!(socket.len(), 3, "{socket:?}");
+        assert!(socket[2].contains(
+            "env --ignore-signal=HUP jupyter console --existing KEPT --ssh [USER@]10.0.0.2 "
+        ));
     }
 
     fn map(pairs: &[(&str, &str)]) -> PathMap {

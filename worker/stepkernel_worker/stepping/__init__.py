@@ -11,12 +11,15 @@ are collected and reported.
 
 from __future__ import annotations
 
+import ast
+import builtins
 import contextlib
 import importlib.util
 import os
 import signal
 import sys
 import threading
+import types
 from typing import Any
 
 from . import runtime
@@ -27,19 +30,26 @@ __all__ = ["Engine", "run"]
 
 @contextlib.contextmanager
 def _engine_active(engine: Engine):
-    """Make ``engine`` the one step hooks report to, with Python's own SIGINT handler.
+    """Make ``engine`` the one step hooks report to, with SIGINT as Python set it up.
 
     Tests run as under ``python -m pytest``: asyncio.Runner and trio install
-    their KeyboardInterrupt handling only when SIGINT has the default handler.
-    The host's handler is put back while a test is paused.
+    their KeyboardInterrupt handling only when SIGINT has the default handler;
+    a process started with SIGINT ignored (a background job of a
+    non-interactive shell, ``nohup``) keeps it ignored, as Python does
+    (the host says which: ``python_sigint``, what the process had before
+    the host put its own handler in place). The host's handler is put back
+    while a test is paused.
     """
     previous = runtime.ENGINE
     runtime.ENGINE = engine
     main = threading.current_thread() is threading.main_thread()
     old_sigint = signal.getsignal(signal.SIGINT) if main else None
-    if main and old_sigint is not signal.default_int_handler and callable(old_sigint):
+    python_sigint = getattr(engine.host, "python_sigint", None)
+    if python_sigint not in (signal.SIG_IGN, signal.default_int_handler):
+        python_sigint = signal.default_int_handler
+    if main and old_sigint is not python_sigint and callable(old_sigint):
         engine.host_sigint = old_sigint
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, python_sigint)
     engine.update_flag()
     try:
         yield
@@ -50,30 +60,57 @@ def _engine_active(engine: Engine):
             signal.signal(signal.SIGINT, old_sigint)
 
 
+def _main_module(runner: str) -> types.ModuleType:
+    """``__main__`` as runpy makes it for ``python -m RUNNER``, its definitions run but not its guarded code.
+
+    The runner's ``__main__.py`` runs but for what would start a run (a
+    ``__name__ == "__main__"`` block, a call): its imports, assignments and
+    definitions are there as under ``python -m``.
+    """
+    spec = importlib.util.find_spec(f"{runner}.__main__")
+    origin = spec.origin if spec is not None and spec.origin else None
+    main = types.ModuleType("__main__")
+    main.__dict__.update(
+        {"__file__": origin, "__cached__": spec.cached if spec is not None else None, "__spec__": spec,
+         "__package__": runner, "__builtins__": builtins, "__loader__": spec.loader if spec is not None else None}
+    )
+    if sys.version_info < (3, 14):
+        main.__annotations__ = {}  # the interpreter's own __main__ starts with one
+    if origin is None:
+        return main
+    try:
+        with open(origin, "rb") as fh:
+            tree = ast.parse(fh.read(), origin)
+        kept = (ast.Import, ast.ImportFrom, ast.Assign, ast.AnnAssign, ast.FunctionDef, ast.ClassDef)
+        doc = tree.body[:1] if ast.get_docstring(tree, clean=False) is not None else []
+        tree.body = doc + [s for s in tree.body if isinstance(s, kept)]
+        exec(compile(tree, origin, "exec", dont_inherit=True), main.__dict__)
+    except Exception:  # noqa: BLE001 - the names are a likeness only; the run goes on without them
+        pass
+    return main
+
+
 @contextlib.contextmanager
 def _as_python_m(runner: str, args: list[str]):
     """The process as ``python -m pytest ARGS`` (or ``-m unittest``) has it, for the run.
 
-    ``sys.argv``, ``__main__`` (the runner's ``__main__`` module, with its
-    ``__file__``) and ``sys.path[0]`` (the working directory, not the ``''``
-    of ``python -c``; the worker's own directory removed) are what tests and
-    the code they run may look at.
+    ``sys.argv``, ``sys.orig_argv``, ``__main__`` (the runner's ``__main__``
+    module, with its ``__file__`` and top-level names) and ``sys.path[0]``
+    (the working directory, not the ``''`` of ``python -c``; the worker's own
+    directory removed) are what tests and the code they run may look at.
     """
-    import types
+    import runpy  # noqa: F401 - python -m imported it
 
-    spec = importlib.util.find_spec(f"{runner}.__main__")
-    origin = spec.origin if spec is not None and spec.origin else None
+    main = _main_module(runner)
     saved_argv, saved_main, saved_path = list(sys.argv), sys.modules.get("__main__"), list(sys.path)
-    main = types.ModuleType("__main__")
-    main.__dict__.update(
-        {"__file__": origin, "__spec__": spec, "__package__": runner, "__builtins__": __builtins__,
-         "__loader__": spec.loader if spec is not None else None}
-    )
+    saved_orig = getattr(sys, "orig_argv", None)
     sys.modules["__main__"] = main
     if runner == "unittest":
         sys.argv = ["python -m unittest", *args]
     else:
-        sys.argv = [origin or runner, *args]
+        sys.argv = [main.__file__ or runner, *args]
+    if saved_orig is not None:
+        sys.orig_argv = [saved_orig[0] if saved_orig else sys.executable, "-m", runner, *args]
     worker_dir = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     paths = [os.getcwd() if p == "" else p for p in sys.path if p == "" or os.path.abspath(p) != worker_dir]
     sys.path[:] = list(dict.fromkeys(paths))
@@ -82,6 +119,8 @@ def _as_python_m(runner: str, args: list[str]):
     finally:
         sys.argv = saved_argv
         sys.path[:] = saved_path
+        if saved_orig is not None:
+            sys.orig_argv = saved_orig
         if saved_main is not None:
             sys.modules["__main__"] = saved_main
 

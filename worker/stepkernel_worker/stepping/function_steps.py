@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import marshal
 import textwrap
 import types
 from typing import Any
@@ -162,12 +163,29 @@ def _assigned_globals(code: types.CodeType) -> list[str]:
     return found
 
 
+#: Step tables read so far: ``id`` of a module's ``@skt`` bytes -> (those bytes, the table).
+_TABLES: dict[int, tuple[bytes, dict]] = {}
+
+
 def entry_of(code: types.CodeType, module_globals: dict) -> tuple | None:
     """The step table entry of ``code`` in its module (None: not stepped)."""
-    table = module_globals.get(TABLE)
-    if type(table) is not dict:
+    raw = module_globals.get(TABLE)
+    if type(raw) is not bytes:
         return None
-    return table.get((code.co_name, code.co_firstlineno))
+    known = _TABLES.get(id(raw))
+    if known is None or known[0] is not raw:
+        known = (raw, _read_table(raw))
+        _TABLES[id(raw)] = known
+    return known[1].get((code.co_name, code.co_firstlineno))
+
+
+def _read_table(raw: bytes) -> dict:
+    """A module's step table from its constant (``transform._add_prelude``); empty when unreadable."""
+    try:
+        table = marshal.loads(raw)
+    except (EOFError, ValueError, TypeError):
+        return {}
+    return table if type(table) is dict else {}
 
 
 def innermost_function(obj: Any) -> types.FunctionType | None:
@@ -218,9 +236,13 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+#: Bound once: a test that mocks ``builtins.repr`` sees no call of the engine's.
+_repr = repr
+
+
 def summary_repr(value: Any, limit: int = 200) -> str:
     try:
-        text = repr(value)
+        text = _repr(value)
     except Exception as exc:  # noqa: BLE001 - user reprs may raise anything
         text = f"<repr failed: {type(exc).__name__}: {exc}>"
     if len(text) > limit:

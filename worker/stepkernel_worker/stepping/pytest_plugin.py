@@ -205,11 +205,17 @@ class SteppingPlugin:
         record.expects_failure = _xfail_predicate(item)
         hypothesis_steps.prepare(item)
         self._reports[item.nodeid] = []
+        result = None
         try:
-            yield
+            result = yield
         finally:
             reports = self._reports.pop(item.nodeid, [])
             outcome, longrepr = self._outcome(reports)
+            # KeyboardInterrupt or pytest.exit(): the session ended inside this test.
+            stopped = result is None or getattr(result, "excinfo", None) is not None
+            if stopped and outcome == "passed" and not any(r.when == "call" for r in reports):
+                # pytest counts no outcome for it ("no tests ran"): neither does the summary.
+                outcome = "interrupted"
             engine.end_test(record, outcome, longrepr, subtests=_subtest_counts(reports))
 
     # ----------------------------------------------------------- outcomes
@@ -318,6 +324,21 @@ def _short(report: Any) -> str:
     return lines[-1] if lines else ""
 
 
+def _pytest_entry() -> tuple[Any, str | None]:
+    """The pytest function ``python -m pytest`` runs tests under, and its ``prog`` (None: ``pytest.main``).
+
+    pytest 9.1+ runs ``_main`` (named as on the command line, ``python -m
+    pytest``), older ones ``main``; called straight from ``run_pytest``, the
+    stack below it is as deep as ``python -m pytest``'s (see ``worker.main``).
+    """
+    from _pytest import config
+
+    entry, prog_name = getattr(config, "_main", None), getattr(config, "_get_prog_name", None)
+    if entry is None or prog_name is None:
+        return pytest.main, None
+    return entry, prog_name(sys.argv)
+
+
 def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     """Run pytest in this process with the stepping plugin; returns its exit code."""
     plugin = SteppingPlugin(engine)
@@ -327,7 +348,10 @@ def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     try:
         from .xdist_controller import plugins as xdist_plugins, usage_hint
 
-        code = pytest.main(full, plugins=[plugin, *xdist_plugins(engine)])
+        entry, prog = _pytest_entry()
+        plugins = [plugin, *xdist_plugins(engine)]
+        # Called here, not through a helper: no frame more than `python -m pytest` has.
+        code = entry(full, plugins) if prog is None else entry(args=full, plugins=plugins, prog=prog)
         usage_hint(full, int(code))
     except SystemExit as exc:
         # What `python -m pytest` would exit with.

@@ -33,8 +33,13 @@ Nothing of the engine runs while steps pass and no client asked for step
 boundaries: the happy path costs a flag test per step, and one ``try`` per
 function keeps compiling cheap. ``@sk`` and ``@skf``
 are module globals no Python code can name (pytest's rewriter uses
-``@py_builtins`` the same way); ``@skt`` holds the file's step table, so a
-module loaded from its cached ``.pyc`` needs no instrumenter round trip.
+``@py_builtins`` the same way); ``@skt`` holds the file's step table (one
+``marshal`` constant, read when first needed), so a module loaded from its
+cached ``.pyc`` needs no instrumenter round trip.
+
+Cold runs (no ``.pyc``) pay for every node made here and for compiling it:
+the parts of the check that are the same at every step are one shared,
+unlocated subtree per module, so a step adds four nodes of its own.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from __future__ import annotations
 import ast
 import bisect
 import hashlib
+import marshal
 from typing import Any
 
 from .compiler import contains_yield
@@ -70,56 +76,69 @@ VERSION = _version()
 NO_LINE = -1
 
 
-class _Maker:
-    """Builds synthetic nodes, each located as it is made (no walk over the tree afterwards)."""
+def _node(cls: type, fields: dict, line: int, col: int) -> Any:
+    """A synthetic node at one position, its fields set in one go.
 
-    __slots__ = ("line", "col")
-
-    def __init__(self, line: int, col: int) -> None:
-        self.line, self.col = line, col
-
-    def __call__(self, cls: type, **fields: Any) -> Any:
-        return cls(**fields, lineno=self.line, end_lineno=self.line, col_offset=self.col, end_col_offset=self.col)
-
-    def name(self, ident: str) -> ast.Name:
-        return self(ast.Name, id=ident, ctx=ast.Load())
-
-    def hook(self, method: str, index: int | None, is_async: bool) -> ast.expr:
-        """``@sk.method(index)``, awaited (``@sk.amethod``) in an async function."""
-        attr = "a" + method if is_async else method
-        func = self(ast.Attribute, value=self.name(HOOK), attr=attr, ctx=ast.Load())
-        args = [] if index is None else [self(ast.Constant, value=index)]
-        call = self(ast.Call, func=func, args=args, keywords=[])
-        return self(ast.Await, value=call) if is_async else call
-
-    def flag_set(self) -> ast.expr:
-        return self(ast.Subscript, value=self.name(FLAG), slice=self(ast.Constant, value=0), ctx=ast.Load())
+    ``__init__`` is bypassed: it costs twice as much as the node is worth
+    (keyword parsing, a ``setattr`` per field) and the transform makes a few
+    nodes per step of every test file a cold run imports.
+    """
+    node = cls.__new__(cls)
+    fields["lineno"] = fields["end_lineno"] = line
+    fields["col_offset"] = fields["end_col_offset"] = col
+    node.__dict__ = fields
+    return node
 
 
-_LOCATED = (ast.stmt, ast.expr, ast.excepthandler, ast.pattern, ast.alias)
+class _Shared:
+    """The parts of the per-step code that are the same at every step, made once per module.
+
+    One node may stand at many places of a tree (the compiler only reads it).
+    These carry no position (``NO_LINE``): their instructions take the line of
+    the located node around them (the step's call) or none, so a tracer sees
+    only the step's own line, as before.
+    """
+
+    __slots__ = ("flag", "before", "abefore", "pass_")
+
+    def __init__(self) -> None:
+        load = ast.Load()
+        flag = _node(ast.Name, {"id": FLAG, "ctx": load}, NO_LINE, NO_LINE)
+        zero = _node(ast.Constant, {"value": 0, "kind": None}, NO_LINE, NO_LINE)
+        self.flag = _node(ast.Subscript, {"value": flag, "slice": zero, "ctx": load}, NO_LINE, NO_LINE)
+        hook = _node(ast.Name, {"id": HOOK, "ctx": load}, NO_LINE, NO_LINE)
+        self.before = _node(ast.Attribute, {"value": hook, "attr": "before", "ctx": load}, NO_LINE, NO_LINE)
+        self.abefore = _node(ast.Attribute, {"value": hook, "attr": "abefore", "ctx": load}, NO_LINE, NO_LINE)
+        self.pass_ = _node(ast.Pass, {}, NO_LINE, NO_LINE)
 
 
-def _place(node: ast.AST, line: int, col: int) -> None:
-    """Put every node of a synthetic subtree at one position."""
-    todo = [node]
-    while todo:
-        sub = todo.pop()
-        if isinstance(sub, _LOCATED):
-            sub.lineno = sub.end_lineno = line
-            sub.col_offset = sub.end_col_offset = col
-        todo.extend(ast.iter_child_nodes(sub))
+_AND = ast.And()
 
 
-def _step(index: int, body: list[ast.stmt], is_async: bool, line: int, col: int) -> ast.stmt:
+def _step(shared: _Shared, index: int, body: list[ast.stmt], is_async: bool, line: int, col: int) -> ast.stmt:
     """One step: its statements under the flag test (on the step's first line,
-    where the statement's own line event fires anyway)."""
-    at = _Maker(line, col)
-    check = at(ast.BoolOp, op=ast.And(), values=[at.flag_set(), at.hook("before", index, is_async)])
-    return at(ast.If, test=check, body=[at(ast.Pass)], orelse=body)
+    where the statement's own line event fires anyway): four nodes of its own."""
+    arg = _node(ast.Constant, {"value": index, "kind": None}, line, col)
+    call = _node(ast.Call, {"func": shared.abefore if is_async else shared.before, "args": [arg], "keywords": []},
+                 line, col)
+    if is_async:
+        call = _node(ast.Await, {"value": call}, line, col)
+    check = _node(ast.BoolOp, {"op": _AND, "values": [shared.flag, call]}, line, col)
+    return _node(ast.If, {"test": check, "body": [shared.pass_], "orelse": body}, line, col)
+
+
+def _hook(method: str, index: int | None, is_async: bool, line: int, col: int) -> ast.expr:
+    """``@sk.method(index)``, awaited (``@sk.amethod``) in an async function."""
+    load = ast.Load()
+    name = _node(ast.Name, {"id": HOOK, "ctx": load}, line, col)
+    func = _node(ast.Attribute, {"value": name, "attr": "a" + method if is_async else method, "ctx": load}, line, col)
+    args = [] if index is None else [_node(ast.Constant, {"value": index, "kind": None}, line, col)]
+    call = _node(ast.Call, {"func": func, "args": args, "keywords": []}, line, col)
+    return _node(ast.Await, {"value": call}, line, col) if is_async else call
 
 
 def _function_body(
-    steps: list[ast.stmt], is_async: bool, end: tuple[int, int, int], start: tuple[int, int]
+    shared: _Shared, steps: list[ast.stmt], is_async: bool, end: tuple[int, int, int], start: tuple[int, int]
 ) -> ast.stmt:
     """The loop and the one ``try`` around a function's steps (see the module docstring).
 
@@ -131,15 +150,19 @@ def _function_body(
     index, end_line, end_col = end
     # The loop's entry is on the first step's line (Python 3.12 would report
     # the def line for an entry without one).
-    first, col = _Maker(*start), start[1]
-    at, none = _Maker(end_line, end_col), _Maker(NO_LINE, col)
-    last = none(ast.If, test=none.flag_set(), body=[at(ast.Expr, value=at.hook("before", index, is_async))],
-                orelse=[])
-    handler = none(ast.ExceptHandler, type=none.name("BaseException"), name=None, body=[
-        none(ast.If, test=none.hook("error", None, is_async), body=[none(ast.Continue)], orelse=[]),
-        none(ast.Raise, exc=None, cause=None)])
-    attempt = first(ast.Try, body=[*steps, last], handlers=[handler], orelse=[], finalbody=[])
-    return first(ast.While, test=first(ast.Constant, value=True), body=[attempt, none(ast.Break)], orelse=[])
+    line, col = start
+    last = _node(ast.If, {"test": shared.flag, "orelse": [], "body": [
+        _node(ast.Expr, {"value": _hook("before", index, is_async, end_line, end_col)}, end_line, end_col)]},
+        NO_LINE, col)
+    handler = _node(ast.ExceptHandler, {
+        "type": _node(ast.Name, {"id": "BaseException", "ctx": ast.Load()}, NO_LINE, col), "name": None, "body": [
+            _node(ast.If, {"test": _hook("error", None, is_async, NO_LINE, col), "orelse": [],
+                           "body": [_node(ast.Continue, {}, NO_LINE, col)]}, NO_LINE, col),
+            _node(ast.Raise, {"exc": None, "cause": None}, NO_LINE, col)]}, NO_LINE, col)
+    attempt = _node(ast.Try, {"body": [*steps, last], "handlers": [handler], "orelse": [], "finalbody": []}, line, col)
+    loop_test = _node(ast.Constant, {"value": True, "kind": None}, line, col)
+    return _node(ast.While, {"test": loop_test, "body": [attempt, _node(ast.Break, {}, NO_LINE, col)], "orelse": []},
+                 line, col)
 
 
 def _defs(tree: ast.Module, lines: list[int]):
@@ -222,6 +245,7 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         return {}
     by_line, phase_names = _report_index(report)
     table: dict[tuple[str, int], tuple] = {}
+    shared = _Shared()
     wanted = sorted(line for line in by_line if isinstance(line, int))
     for node, class_name in _defs(tree, wanted):
         candidates = [
@@ -252,33 +276,39 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
                 continue
             first = group[0]
             line = min([first.lineno] + [d.lineno for d in getattr(first, "decorator_list", [])])
-            wrapped.append(_step(index, group, is_async, line, first.col_offset))
+            wrapped.append(_step(shared, index, group, is_async, line, first.col_offset))
         last = body[-1]
         end = (len(groups), last.end_lineno or last.lineno, last.col_offset)
-        node.body = [*doc, _function_body(wrapped, is_async, end, (wrapped[0].lineno, wrapped[0].col_offset))]
+        node.body = [*doc, _function_body(shared, wrapped, is_async, end, (wrapped[0].lineno, wrapped[0].col_offset))]
         table[def_key(node)] = (
             qualname,
             phase_names.get(qualname),
             is_async,
             class_name,
             (),
-            tuple(tuple(_field(s, f) for f in STEP_FIELDS) for s in steps),
+            tuple(map(_record, steps)),
         )
     if table:
         _add_prelude(tree, table)
     return table
 
 
-def _field(step: dict, name: str) -> Any:
-    """A step's field as a constant the table can hold (plan ids: a tuple of strings)."""
-    value = step.get(name)
-    if name == "plan_ids":
-        return tuple(str(v) for v in value) if isinstance(value, list) else ()
-    return value
+def _record(step: dict) -> tuple:
+    """A step as the table keeps it: its ``STEP_FIELDS`` (plan ids: a tuple of strings)."""
+    record = tuple(map(step.get, STEP_FIELDS))
+    plan_ids = record[-1]
+    if plan_ids:
+        return (*record[:-1], tuple(str(v) for v in plan_ids) if type(plan_ids) is list else ())
+    return (*record[:-1], ())
 
 
 def _add_prelude(tree: ast.Module, table: dict) -> None:
-    """Bind ``@sk``, ``@skf`` and ``@skt`` at the top of the module (after its docstring and futures)."""
+    """Bind ``@sk``, ``@skf`` and ``@skt`` at the top of the module (after its docstring and futures).
+
+    The table is one ``bytes`` constant (``marshal``), read when the engine
+    first asks for an entry (``function_steps.entry_of``): as nested constants,
+    the compiler would check and merge every field of every step.
+    """
     pos = 0
     body = tree.body
     if body and _is_docstring(body[0]):
@@ -286,15 +316,18 @@ def _add_prelude(tree: ast.Module, table: dict) -> None:
     while pos < len(body) and isinstance(body[pos], ast.ImportFrom) and body[pos].module == "__future__":
         pos += 1
     line = body[pos].lineno if pos < len(body) else 1
-    keys = [ast.Constant(k) for k in table]
-    values = [ast.Constant(v) for v in table.values()]
+
+    def at(cls: type, **fields: Any) -> Any:
+        return _node(cls, fields, line, 0)
+
+    def assign(name: str, value: ast.expr) -> ast.stmt:
+        return at(ast.Assign, targets=[at(ast.Name, id=name, ctx=ast.Store())], value=value, type_comment=None)
+
     prelude = [
-        ast.Import(names=[ast.alias(name=RUNTIME_MODULE, asname=HOOK)]),
-        ast.Assign(targets=[ast.Name(FLAG, ast.Store())], value=ast.Attribute(ast.Name(HOOK, ast.Load()), "FLAG", ast.Load())),
-        ast.Assign(targets=[ast.Name(TABLE, ast.Store())], value=ast.Dict(keys=keys, values=values)),
+        at(ast.Import, names=[at(ast.alias, name=RUNTIME_MODULE, asname=HOOK)]),
+        assign(FLAG, at(ast.Attribute, value=at(ast.Name, id=HOOK, ctx=ast.Load()), attr="FLAG", ctx=ast.Load())),
+        assign(TABLE, at(ast.Constant, value=marshal.dumps(table), kind=None)),
     ]
-    for stmt in prelude:
-        _place(stmt, line, 0)
     body[pos:pos] = prelude
 
 

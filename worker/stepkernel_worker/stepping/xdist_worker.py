@@ -29,11 +29,27 @@ _state: dict[str, Any] = {}
 BARRIER = "xdist-barrier"
 
 
+#: The last line of the kernel's text before execnet's own ``-c`` code (kernel/src/worker.rs).
+_PRELUDE_END = "del sys.path[0], _stepkernel\n"
+
+
 def prepare() -> None:
-    """Before execnet's bootstrap: have pytest register this module by name."""
+    """Before execnet's bootstrap: have pytest register this module by name.
+
+    ``sys.orig_argv`` becomes what plain xdist started: execnet's ``-c``
+    code without the kernel's lines before it, and without this package's
+    directory after it.
+    """
     old = os.environ.get(_ENV)
     _users_plugins.append(old)
     os.environ[_ENV] = f"{old},{PLUGIN}" if old else PLUGIN
+    orig = list(getattr(sys, "orig_argv", None) or [])
+    if "-c" in orig:
+        at = orig.index("-c")
+        script = orig[at + 1] if at + 1 < len(orig) else ""
+        if _PRELUDE_END in script and at + 2 < len(orig):
+            code = script[script.index(_PRELUDE_END) + len(_PRELUDE_END):]
+            sys.orig_argv = [*orig[:at + 1], code, *orig[at + 3:]]
 
 
 def _restore_environment() -> None:

@@ -125,6 +125,39 @@ def test_sys_monitoring_sees_only_the_tests_functions():
     assert [n for n in started if n != "<lambda>"] == ["_helper"] and other == 43
 
 
+SEEN_AT_FAILURE = []
+
+
+def _record(name):
+    def side_effect(*args, **kwargs):
+        SEEN_AT_FAILURE.append(name)
+        return {"repr": "r", "dumps": '"x"', "getpid": 7}.get(name, 1.0)
+
+    return side_effect
+
+
+@pytest.mark.xfail(raises=ZeroDivisionError, strict=True)
+@mock.patch("os.getpid", side_effect=_record("getpid"))
+@mock.patch("time.time", side_effect=_record("time"))
+@mock.patch("time.perf_counter", side_effect=_record("perf_counter"))
+@mock.patch("time.monotonic", side_effect=_record("monotonic"))
+def test_a_failing_step_calls_nothing_the_test_mocked(*mocks):
+    value = object()
+    1 / 0
+
+
+@pytest.mark.xfail(raises=ZeroDivisionError, strict=True)
+@mock.patch("json.dumps", side_effect=_record("dumps"))
+@mock.patch("builtins.repr", side_effect=_record("repr"))
+def test_a_failing_step_calls_no_mocked_repr_or_json(*mocks):
+    value = object()
+    1 / 0
+
+
+def test_the_mocks_saw_no_call_at_those_failures():
+    assert SEEN_AT_FAILURE == []
+
+
 # --- 3. the frame, the function and locals() are the test's own ---
 
 

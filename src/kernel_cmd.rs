@@ -46,6 +46,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
             },
             hooks: None,
             run: None,
+            run_at_once: false,
         };
         let mut kernel = BoundKernel::bind(options).await?;
         match session::run::notebook_hooks(&cwd) {

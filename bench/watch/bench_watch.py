@@ -304,16 +304,18 @@ def load() -> str:
 def save_to_result(watches: dict, save, rounds: int, settle: bool = False) -> dict:
     """Alternating between the watches (`fork` and `spawn`), `rounds` saves each: the seconds
     from `save(watch, n)` to the cycle's first test_finish, the whole cycle's, and whether it forked."""
-    rows = {side: {"first": [], "cycle": [], "forked": []} for side in watches}
+    rows = {side: {"first": [], "cycle": [], "forked": [], "to_change": []} for side in watches}
     n = 0
     for _ in range(rounds):
         for side, w in watches.items():
             mark = len(w.events())
-            t0 = time.perf_counter()
+            t0, saved_at = time.perf_counter(), time.time()
             save(w, n)
             n += 1
             first = w.wait(lambda i, e: i >= mark and e["event"] == "test_finish")
             rows[side]["first"].append(time.perf_counter() - t0)
+            change = next(e for e in w.events()[mark:] if e["event"] == "change")
+            rows[side]["to_change"].append(change["time"] - saved_at)
             end = w.wait(lambda i, e: i >= mark and e["event"] == "cycle_end")
             rows[side]["cycle"].append(end["time"] - first["time"] + rows[side]["first"][-1])
             rows[side]["forked"].append(w.forked(end["cycle"]))
@@ -333,6 +335,8 @@ def report_latency(what: str, rows: dict, peer: float, peer_name: str, goal: str
         f"(min {min(fork['first']) * 1000:.0f}, max {max(fork['first']) * 1000:.0f}; {forked} of {len(fork['forked'])} cycles forked); "
         f"--no-fork: median {med['spawn'] * 1000:.0f} ms (min {min(spawn['first']) * 1000:.0f}, max {max(spawn['first']) * 1000:.0f}); "
         f"whole cycle {statistics.median(fork['cycle']) * 1000:.0f} / {statistics.median(spawn['cycle']) * 1000:.0f} ms; "
+        f"save -> the watch's change event {statistics.median(fork['to_change']) * 1000:.0f} / "
+        f"{statistics.median(spawn['to_change']) * 1000:.0f} ms; "
         f"{peer_name} {peer * 1000:.0f} ms; {load()}")
     bench({"benchmark": f"watch save -> first test result, {what}, forked vs --no-fork, median (s)",
            "stepkernel": med["fork"], "peer": med["spawn"], "peer_name": "--no-fork (Python and pytest started per cycle)",

@@ -137,6 +137,8 @@ pub struct Executor {
     run_message: Option<Value>,
     /// The current worker said its full hello (it imported and serves).
     ready: bool,
+    /// The first worker got the session's run before the executor started.
+    run_sent_early: bool,
     /// Workers in a row that exited before they were ready.
     start_failures: u32,
     /// What the current worker printed before it was ready.
@@ -168,6 +170,8 @@ pub struct StartedWorker {
     worker: Worker,
     events_tx: mpsc::UnboundedSender<TaggedEvent>,
     events: mpsc::UnboundedReceiver<TaggedEvent>,
+    /// The session's run was sent already (see [`StartedWorker::start_run`]).
+    run_sent: bool,
 }
 
 impl StartedWorker {
@@ -179,7 +183,25 @@ impl StartedWorker {
             worker,
             events_tx,
             events,
+            run_sent: false,
         })
+    }
+
+    /// Sends the session's run now, before the executor exists, when it is
+    /// complete (it names its `steps_fingerprint`): the worker starts its
+    /// tests while the session is still being set up (connection files,
+    /// git), and what it says waits for the executor. A worker forked from a
+    /// watch's zygote is ready at once, and a watch cycle's first result (the
+    /// recorder's) needs nothing from the kernel.
+    pub async fn start_run(&mut self, run: &Value) {
+        if run.get("steps_fingerprint").is_none_or(Value::is_null) {
+            return;
+        }
+        let mut message = run.clone();
+        message["type"] = json!("run");
+        message["id"] = json!(RUN_ID);
+        // A worker that is gone already is reported by its exit.
+        self.run_sent = self.worker.send(&message).await.is_ok();
     }
 }
 
@@ -203,6 +225,7 @@ impl Executor {
             worker,
             events_tx,
             events,
+            run_sent,
         } = started;
         shared.worker_pid.store(worker.pid, Ordering::SeqCst);
         let clients = shared.clients.clone();
@@ -240,6 +263,7 @@ impl Executor {
             resume_from: None,
             run_message: None,
             ready: false,
+            run_sent_early: run_sent,
             start_failures: 0,
             startup_output: String::new(),
             gave_up: None,
@@ -271,7 +295,9 @@ impl Executor {
             run["id"] = json!(RUN_ID);
             run["steps_fingerprint"] = json!(self.steps_fingerprint());
             self.run_message = Some(run);
-            self.send_run().await;
+            if !std::mem::take(&mut self.run_sent_early) {
+                self.send_run().await;
+            }
         }
         while !self.finished {
             if self.inflight.is_none() {

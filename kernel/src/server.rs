@@ -114,6 +114,9 @@ pub struct KernelOptions {
     pub hooks: Option<Arc<dyn SessionHooks>>,
     /// A `run` message for the worker to start with (`stepkernel run`).
     pub run: Option<Value>,
+    /// Send `run` as soon as the worker is started, while the caller sets the
+    /// session up (a watch cycle: see [`crate::executor::StartedWorker::start_run`]).
+    pub run_at_once: bool,
 }
 
 /// A kernel whose sockets are bound; `serve` runs it.
@@ -162,7 +165,10 @@ impl BoundKernel {
     pub async fn bind(options: KernelOptions) -> Result<BoundKernel, KernelError> {
         // The interpreter and its imports take longest: start it first, and
         // bind (and let the caller set up its session) meanwhile.
-        let started = StartedWorker::spawn(&options.worker)?;
+        let mut started = StartedWorker::spawn(&options.worker)?;
+        if let (Some(run), true) = (&options.run, options.run_at_once) {
+            started.start_run(run).await;
+        }
         let mut info = options.connection;
         if info.transport == "ipc" {
             // ipc "ports" are file suffixes; pick distinct ones when unset.

@@ -26,7 +26,8 @@
 //!
 //! Worker → kernel (each may carry `"sync": n`, see below):
 //! - `{"type":"hello","pid","python":{"version","executable","implementation"}}` at start: first from the
-//!   bootstrap (`"early": true`, before any import), then from the worker
+//!   bootstrap (`"early": true`, before any import; `"forked": true` in a worker forked from a
+//!   zygote, see [`crate::zygote`]), then from the worker
 //! - `{"type":"reply","id","content"}`: the Jupyter reply content for request `id`
 //! - `{"type":"iopub","id","msg_type","content"}`: publish on iopub with request `id` as parent
 //! - `{"type":"input_request","id","prompt","password"}`
@@ -271,6 +272,7 @@ async fn wait_forked(status: std::os::unix::net::UnixStream) -> String {
 
 /// Says hello (with the Python version clients need for kernel_info) before
 /// importing anything heavy, then starts the worker.
+///
 /// A zygote (`stepkernel watch`) is started with the same command line and
 /// `$STEPKERNEL_ZYGOTE_FD`: it pre-imports, and each child it forks returns
 /// from `serve()` here (`forked` is then true) and goes on as a worker.

@@ -259,6 +259,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
     let mut args = opts.targets.clone();
     args.extend(opts.pytest_args.iter().cloned());
     let mut run_message = json!({
+        // Complete here, so the worker gets it as soon as it starts (the kernel's `start_run`).
+        "steps_fingerprint": options.fingerprint(),
         "args": args,
         "runner": opts.runner,
         "on_error": opts.on_error,
@@ -305,6 +307,10 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             },
             hooks: None,
             run: Some(run_message),
+            // A watch cycle's worker (forked, ready at once) starts its tests
+            // while the session is set up; not under xdist, whose workers look
+            // for the session's relay socket as they start.
+            run_at_once: opts.zygote.is_some() && !uses_xdist(&opts.pytest_args),
         };
         let mut bound = BoundKernel::bind(kernel_options).await?;
         // The worker is starting (bind began it): finish the session's setup

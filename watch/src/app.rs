@@ -1,7 +1,8 @@
 //! The watch loop: changes in, cycles out. Each cycle is a fresh `stepkernel
-//! run` process (so no module is ever stale: every cycle imports the code as
-//! it is on disk), run with the recorder plugin; its results update the
-//! database, the watch's `events.jsonl` and the terminal.
+//! run` process, run with the recorder plugin, whose worker is forked from the
+//! watch's pre-imported one ([`crate::zygote`]: it holds no module of the
+//! project, so every cycle imports the project's code as it is on disk); its
+//! results update the database, the watch's `events.jsonl` and the terminal.
 
 use crate::control::{self, Request};
 use crate::db::{Db, TestRow};

@@ -114,3 +114,22 @@ def test_modules_of_the_project_are_found_and_its_virtualenv_is_not_the_project(
     found = zygote._project_modules(outer)
     assert any(entry.startswith(f"{__name__} (") for entry in found), found
     assert not [entry for entry in found if "site-packages" in entry or entry.startswith("stepkernel_worker")], found
+
+
+def test_a_virtualenv_inside_the_project_is_no_project_directory():
+    """Its site-packages changing (a package installed, a .pth file) makes the zygote stale."""
+    import site
+
+    outer = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+    packages = [os.path.realpath(p) for p in site.getsitepackages()]
+    inside = [p for p in packages if zygote._under(p, outer)]
+    if not inside:
+        pytest.skip(f"this interpreter's virtualenv is not inside {outer}")
+    snapshot = zygote._Snapshot(outer)
+    assert inside[0] in snapshot.dirs and inside[0] not in snapshot.project_dirs
+    before = os.stat(inside[0])
+    try:
+        os.utime(inside[0], ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+        assert "a package installed or removed" in (snapshot.stale() or "")
+    finally:
+        os.utime(inside[0], ns=(before.st_atime_ns, before.st_mtime_ns))

@@ -215,6 +215,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             },
             hooks: None,
             run: None,
+            run_at_once: false,
         })
         .await?;
         let connection_file = dir.join("connection.json");

@@ -183,6 +183,7 @@ class StepHooks:
         step = self.step(steps, index) if steps is not None and index < len(steps.steps) else None
         full = dict(info)
         full.setdefault("attach", attach_info(self.engine.host))
+        _wait_for_connection_file(full["attach"].get("connection_file"))
         self._call("stepkernel_pause", record, step=step, info=full)
 
     def end_test(self) -> None:
@@ -202,6 +203,23 @@ def _user_tb(tb: Any) -> Any:
             return tb
         tb = tb.tb_next
     return tb
+
+
+#: The longest a pause hook waits for the session's connection file.
+CONNECTION_FILE_WAIT_S = 10.0
+
+
+def _wait_for_connection_file(path: str | None) -> None:
+    """A watch cycle's run starts while its kernel still writes the session's
+    files: the hook is told how to attach once the file is there (it is
+    written whole, by a rename)."""
+    if not path:
+        return
+    import time
+
+    deadline = time.monotonic() + CONNECTION_FILE_WAIT_S
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
 
 
 def attach_info(host: Any) -> dict:

@@ -1082,7 +1082,7 @@ impl Executor {
         for event in events {
             self.shared.run_state.lock().expect("state").apply(&event);
             if let Some(hooks) = &self.shared.hooks {
-                hooks.on_event(&event);
+                hooks.on_event(event);
             }
         }
     }
@@ -1127,7 +1127,7 @@ impl Executor {
         self.finish(inflight, content).await;
     }
 
-    async fn on_worker_message(&mut self, message: Value) {
+    async fn on_worker_message(&mut self, mut message: Value) {
         let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
             "hello" => {
@@ -1139,7 +1139,7 @@ impl Executor {
                         "forked": message.get("forked").and_then(Value::as_bool).unwrap_or(false),
                         "not_forked": self.worker.not_forked, "time": epoch_seconds()});
                     if let Some(hooks) = &self.shared.hooks {
-                        hooks.on_event(&event);
+                        hooks.on_event(event);
                     }
                 } else {
                     self.ready = true;
@@ -1188,13 +1188,16 @@ impl Executor {
                 send_router(&mut self.stdin, &out, &self.shared.signer).await;
             }
             "event" => {
-                let event = message.get("event").cloned().unwrap_or(json!({}));
+                let event = match message.get_mut("event") {
+                    Some(event) => event.take(),
+                    None => json!({}),
+                };
                 self.on_debug_run_event(&event);
                 self.shared.run_state.lock().expect("state").apply(&event);
-                if let Some(hooks) = &self.shared.hooks {
-                    hooks.on_event(&event);
-                }
                 self.update_progress(&event);
+                if let Some(hooks) = &self.shared.hooks {
+                    hooks.on_event(event);
+                }
             }
             "debug_reply" => self.on_debug_reply(&message),
             "debug_snapshot" => self.on_debug_snapshot(message.get("snapshot")),

@@ -44,7 +44,7 @@ pub trait SessionHooks: Send + Sync {
     /// The worker has nothing more queued for now: write out what is buffered.
     fn flush(&self) {}
     /// A progress event from the worker.
-    fn on_event(&self, event: &Value);
+    fn on_event(&self, event: Value);
     /// The worker paused a test (`info` as the worker sent it).
     fn on_paused(&self, info: &Value);
     /// Worker output printed while no client request runs (the terminal shows it).

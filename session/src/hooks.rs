@@ -210,7 +210,7 @@ impl RunHooks {
             return;
         }
         let resumed = kind == "resume";
-        self.on_event(&event);
+        self.on_event(event);
         if resumed {
             let mut inner = self.lock();
             inner.paused_workers.remove(worker);
@@ -941,8 +941,7 @@ impl SessionHooks for RunHooks {
         Some(self.ctx.options.fingerprint())
     }
 
-    fn on_event(&self, event: &Value) {
-        let mut event = event.clone();
+    fn on_event(&self, mut event: Value) {
         event["session"] = json!(self.ctx.id);
         event["timestamp"] = json!(patchgen::now_rfc3339());
         let mut inner = self.lock();

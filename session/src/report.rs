@@ -1,13 +1,13 @@
 //! `report.json`: outcomes, step timings and failures grouped two ways.
 
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 /// Collects events into the session report.
 #[derive(Default)]
 pub struct Report {
-    tests: Vec<Value>,
-    current: Option<Value>,
+    tests: Vec<TestEntry>,
+    current: Option<TestEntry>,
     counts: BTreeMap<String, u64>,
     /// Subtests by outcome, from `test_finish` events that carry `subtests`.
     subtests: BTreeMap<String, u64>,
@@ -24,7 +24,7 @@ pub struct Report {
     edits: u64,
     summary: Option<Value>,
     /// The current test's phases (from `test_start`).
-    phases: Value,
+    phases: Vec<Phase>,
     /// The current test's own plan ids (`@pytest.mark.plan`, from `test_start`).
     test_plan_ids: Vec<Value>,
 }
@@ -33,8 +33,8 @@ pub struct Report {
 /// keys, as the file has always had them.
 #[derive(serde::Serialize)]
 struct ReportJson<'a> {
-    by_plan: Vec<Value>,
-    by_step: Vec<Value>,
+    by_plan: Vec<PlanRow<'a>>,
+    by_step: Vec<StepRow<'a>>,
     collection: &'a [Value],
     edits: u64,
     exit_code: Option<i32>,
@@ -45,8 +45,79 @@ struct ReportJson<'a> {
     session: &'a str,
     subtests: &'a BTreeMap<String, u64>,
     summary: &'a Option<Value>,
-    tests: &'a [Value],
+    tests: &'a [TestEntry],
     total: u64,
+}
+
+/// One test of report.json's `tests`; fields in sorted order, as the file has them.
+#[derive(Clone, serde::Serialize)]
+struct TestEntry {
+    duration_s: Value,
+    /// Absent for a test that finished without a `test_start`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fixture: Option<String>,
+    id: Value,
+    outcome: Value,
+    plan_ids: Vec<Value>,
+    steps: Vec<StepEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subtests: Option<Value>,
+}
+
+/// One step of a test: typed, because a run has one per step of every test
+/// and a map per step cost the kernel more than the rest of the report.
+#[derive(Clone, serde::Serialize)]
+struct StepEntry {
+    duration_s: Value,
+    error: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed_attempts: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    globals: Option<Value>,
+    index: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    locals: Option<Value>,
+    name: Value,
+    phase: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plan_ids: Option<Value>,
+    status: Value,
+}
+
+/// A phase of the current test as `test_start` listed it: what a failed or
+/// passed test's unreported steps are filled in from.
+struct Phase {
+    name: String,
+    step_names: Vec<String>,
+    step_plan_ids: Option<Vec<Value>>,
+}
+
+impl Phase {
+    fn from_event(phase: &Value) -> Self {
+        Phase {
+            name: phase
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            step_names: phase
+                .get("step_names")
+                .and_then(Value::as_array)
+                .map(|n| {
+                    n.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            step_plan_ids: phase
+                .get("step_plan_ids")
+                .and_then(Value::as_array)
+                .cloned(),
+        }
+    }
 }
 
 /// The failures of one (type, first line): how many, of which tests, tracing to which plan ids.
@@ -102,59 +173,62 @@ fn method_of(test_id: &str) -> String {
 impl Report {
     /// Steps report nothing while they pass (unless step events are on): a
     /// failed step says the steps before it in its phase, and the phases
-    /// before, passed.
-    fn backfill_passed(&mut self, event: &Value) {
-        let (Some(test), Some(phases)) = (self.current.as_mut(), self.phases.as_array()) else {
+    /// before, passed. `phase` None: every step of every phase.
+    fn backfill_passed(&mut self, phase: Option<&str>, index: usize) {
+        let Some(test) = self.current.as_mut() else {
             return;
         };
-        // No phase: every step of every phase.
-        let phase = event
-            .get("phase")
-            .and_then(Value::as_str)
-            .unwrap_or("\u{0}");
-        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let steps = test["steps"].as_array_mut().expect("array");
+        let phase = phase.unwrap_or("\u{0}");
+        let steps = &mut test.steps;
         // Known (phase, index) pairs once: a test may have tens of thousands of steps.
-        let mut known: std::collections::HashSet<(String, u64)> = steps
+        let mut known: HashSet<(String, u64)> = steps
             .iter()
             .map(|s| {
-                let phase = s
-                    .get("phase")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
                 (
-                    phase,
-                    s.get("index").and_then(Value::as_u64).unwrap_or(u64::MAX),
+                    s.phase.as_str().unwrap_or("").to_string(),
+                    s.index.as_u64().unwrap_or(u64::MAX),
                 )
             })
             .collect();
-        for p in phases {
-            let name = p.get("name").and_then(Value::as_str).unwrap_or("");
-            let names: Vec<&str> = p
-                .get("step_names")
-                .and_then(Value::as_array)
-                .map(|n| n.iter().filter_map(Value::as_str).collect())
-                .unwrap_or_default();
-            let upto = if name == phase { index } else { names.len() };
-            let step_ids = p.get("step_plan_ids").and_then(Value::as_array);
-            for (i, step_name) in names.iter().enumerate().take(upto) {
-                if known.insert((name.to_string(), i as u64)) {
-                    let own = step_ids
-                        .and_then(|ids| ids.get(i))
-                        .and_then(Value::as_array)
-                        .cloned()
-                        .unwrap_or_default();
-                    let mut step = json!({"phase": name, "index": i, "name": step_name,
-                        "status": "passed", "duration_s": null, "error": null});
-                    let ids = merged(own, &self.test_plan_ids);
-                    if !ids.is_empty() {
-                        step["plan_ids"] = json!(ids);
-                    }
-                    steps.push(step);
+        // Without steps reported yet and with distinct phase names (the usual
+        // passing test), no pair can repeat: skip hashing every step.
+        let names = || self.phases.iter().map(|p| p.name.as_str());
+        let check = !known.is_empty()
+            || names()
+                .enumerate()
+                .any(|(i, n)| names().skip(i + 1).any(|m| m == n));
+        for p in &self.phases {
+            let upto = if p.name == phase {
+                index
+            } else {
+                p.step_names.len()
+            };
+            for (i, step_name) in p.step_names.iter().enumerate().take(upto) {
+                if check && !known.insert((p.name.clone(), i as u64)) {
+                    continue;
                 }
+                let own = p
+                    .step_plan_ids
+                    .as_ref()
+                    .and_then(|ids| ids.get(i))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let ids = merged(own, &self.test_plan_ids);
+                steps.push(StepEntry {
+                    duration_s: Value::Null,
+                    error: Value::Null,
+                    failed_attempts: None,
+                    globals: None,
+                    index: json!(i),
+                    locals: None,
+                    name: json!(step_name),
+                    phase: json!(p.name),
+                    plan_ids: (!ids.is_empty()).then(|| json!(ids)),
+                    status: json!("passed"),
+                });
             }
-            if name == phase {
+            if p.name == phase {
                 break;
             }
         }
@@ -163,46 +237,60 @@ impl Report {
     /// Takes one event.
     pub fn add(&mut self, event: &Value) {
         let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        let field = |key: &str| event.get(key).cloned().unwrap_or(Value::Null);
         match kind {
             "test_start" => {
-                self.phases = event.get("phases").cloned().unwrap_or(Value::Null);
+                self.phases = event
+                    .get("phases")
+                    .and_then(Value::as_array)
+                    .map(|p| p.iter().map(Phase::from_event).collect())
+                    .unwrap_or_default();
                 self.test_plan_ids = plan_ids_of(event);
-                self.current = Some(json!({
-                    "id": event.get("test"), "file": event.get("file"),
-                    "steps": [], "outcome": null, "duration_s": null,
-                }));
+                self.current = Some(TestEntry {
+                    duration_s: Value::Null,
+                    file: Some(field("file")),
+                    fixture: None,
+                    id: field("test"),
+                    outcome: Value::Null,
+                    plan_ids: Vec::new(),
+                    steps: Vec::new(),
+                    subtests: None,
+                });
             }
             "step_finish" => {
-                self.backfill_passed(event);
+                let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
+                self.backfill_passed(event.get("phase").and_then(Value::as_str), index);
                 if let Some(test) = self.current.as_mut() {
-                    let mut step = json!({
-                        "phase": event.get("phase"), "index": event.get("index"),
-                        "name": event.get("name"), "status": event.get("status"),
-                        "duration_s": event.get("duration_s"), "error": event.get("error"),
-                    });
-                    for key in ["locals", "globals", "plan_ids"] {
-                        if let Some(values) = event.get(key) {
-                            step[key] = values.clone();
-                        }
-                    }
-                    let steps = test["steps"].as_array_mut().expect("array");
+                    let step = StepEntry {
+                        duration_s: field("duration_s"),
+                        error: field("error"),
+                        failed_attempts: None,
+                        globals: event.get("globals").cloned(),
+                        index: field("index"),
+                        locals: event.get("locals").cloned(),
+                        name: field("name"),
+                        phase: field("phase"),
+                        plan_ids: event.get("plan_ids").cloned(),
+                        status: field("status"),
+                    };
                     // A step run again (a retry): one entry, its last status, the failed tries counted.
-                    let again = steps
+                    let again = test
+                        .steps
                         .iter_mut()
                         .rev()
-                        .find(|s| s["phase"] == step["phase"] && s["index"] == step["index"]);
+                        .find(|s| s.phase == step.phase && s.index == step.index);
                     match again {
                         Some(old) => {
-                            let tries = old["failed_attempts"].as_u64().unwrap_or(0)
-                                + u64::from(old["status"] == "failed");
-                            let first_error = old["error"].clone();
+                            let tries = old.failed_attempts.unwrap_or(0)
+                                + u64::from(old.status == "failed");
+                            let first_error = std::mem::take(&mut old.error);
                             *old = step;
-                            old["failed_attempts"] = json!(tries);
-                            if old["error"].is_null() {
-                                old["error"] = first_error;
+                            old.failed_attempts = Some(tries);
+                            if old.error.is_null() {
+                                old.error = first_error;
                             }
                         }
-                        None => steps.push(step),
+                        None => test.steps.push(step),
                     }
                 }
             }
@@ -222,17 +310,14 @@ impl Report {
                 *self.counts.entry(outcome.clone()).or_default() += 1;
                 if matches!(outcome.as_str(), "passed" | "fixed" | "xpassed") {
                     // Every step of a test that passed ran and passed.
-                    self.backfill_passed(&json!({"phase": null, "index": 0}));
+                    self.backfill_passed(None, 0);
                     // A step that failed in it was retried (by a hook or by hand) and passed.
                     if let Some(test) = self.current.as_mut() {
-                        for step in test["steps"].as_array_mut().into_iter().flatten() {
-                            if step["status"] == "failed" {
-                                let tries = step["failed_attempts"].as_u64().unwrap_or(0) + 1;
-                                step["failed_attempts"] = json!(tries);
-                                step["status"] = json!("passed");
-                                // Its passing run was not timed (no step events).
-                                step["duration_s"] = Value::Null;
-                            }
+                        for step in test.steps.iter_mut().filter(|s| s.status == "failed") {
+                            step.failed_attempts = Some(step.failed_attempts.unwrap_or(0) + 1);
+                            step.status = json!("passed");
+                            // Its passing run was not timed (no step events).
+                            step.duration_s = Value::Null;
                         }
                     }
                 }
@@ -240,25 +325,29 @@ impl Report {
                 for (kind, n) in subtests.into_iter().flatten() {
                     *self.subtests.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
                 }
-                let mut test = self
-                    .current
-                    .take()
-                    .unwrap_or_else(|| json!({"id": id, "steps": []}));
-                test["outcome"] = json!(outcome);
-                test["duration_s"] = event.get("duration_s").cloned().unwrap_or(Value::Null);
-                test["plan_ids"] = json!(merged(
-                    std::mem::take(&mut self.test_plan_ids),
-                    &plan_ids_of(event)
-                ));
-                if let Some(subtests) = event.get("subtests") {
-                    test["subtests"] = subtests.clone();
-                }
+                let mut test = self.current.take().unwrap_or_else(|| TestEntry {
+                    duration_s: Value::Null,
+                    file: None,
+                    fixture: None,
+                    id: json!(id),
+                    outcome: Value::Null,
+                    plan_ids: Vec::new(),
+                    steps: Vec::new(),
+                    subtests: None,
+                });
+                test.outcome = json!(outcome);
+                test.duration_s = field("duration_s");
+                test.plan_ids =
+                    merged(std::mem::take(&mut self.test_plan_ids), &plan_ids_of(event));
+                test.subtests = event.get("subtests").cloned();
                 if let Some(fixture) = event.get("fixture").and_then(Value::as_str) {
                     *self.fixture_errors.entry(fixture.to_string()).or_default() += 1;
-                    test["fixture"] = json!(fixture);
+                    test.fixture = Some(fixture.to_string());
                 }
                 if matches!(outcome.as_str(), "failed" | "error" | "forced") {
-                    self.record_failure(&id, &outcome, &test, event);
+                    let steps = test.steps.iter().rev();
+                    let failed_step = steps.clone().find(|s| s.status == "failed").cloned();
+                    self.record_failure(&id, &outcome, failed_step, &test.plan_ids, event);
                 }
                 self.tests.push(test);
             }
@@ -275,7 +364,7 @@ impl Report {
                 let entry = json!({"id": id, "outcome": outcome, "steps": [],
                                    "longrepr": event.get("longrepr").cloned().unwrap_or(Value::Null)});
                 if outcome == "error" {
-                    self.record_failure(id, outcome, &entry, event);
+                    self.record_failure(id, outcome, None, &[], event);
                 }
                 self.collection.push(entry);
             }
@@ -289,14 +378,17 @@ impl Report {
         self.last_pause = Some(info.clone());
     }
 
-    fn record_failure(&mut self, id: &str, outcome: &str, test: &Value, event: &Value) {
-        let failed_step = test["steps"]
-            .as_array()
-            .and_then(|steps| steps.iter().rev().find(|s| s["status"] == "failed"))
-            .cloned();
+    fn record_failure(
+        &mut self,
+        id: &str,
+        outcome: &str,
+        failed_step: Option<StepEntry>,
+        plan_ids: &[Value],
+        event: &Value,
+    ) {
         let error = failed_step
             .as_ref()
-            .and_then(|s| s["error"].as_str().map(String::from))
+            .and_then(|s| s.error.as_str().map(String::from))
             .or_else(|| {
                 event.get("longrepr").and_then(Value::as_str).and_then(|l| {
                     l.lines()
@@ -311,27 +403,31 @@ impl Report {
         let entry = self.by_error.entry((kind, message)).or_default();
         entry.count += 1;
         entry.tests.push(id.to_string());
-        let plan_ids = plan_ids_of(test);
-        entry.plan_ids = merged(std::mem::take(&mut entry.plan_ids), &plan_ids);
+        entry.plan_ids = merged(std::mem::take(&mut entry.plan_ids), plan_ids);
         let pause = self
             .last_pause
             .take()
             .filter(|p| p.get("test").and_then(Value::as_str) == Some(id));
         // The failing step's own summary (any mode), else what the pause showed.
+        let own = |step: &StepEntry, key: &str| match key {
+            "locals" => step.locals.clone(),
+            _ => step.globals.clone(),
+        };
         let pick = |key: &str| -> Value {
             failed_step
                 .as_ref()
-                .and_then(|s| s.get(key).cloned())
+                .and_then(|s| own(s, key))
                 .or_else(|| pause.as_ref().and_then(|p| p.get(key)).cloned())
                 .unwrap_or(json!({}))
         };
+        let (locals, globals) = (pick("locals"), pick("globals"));
         self.failures.push(json!({
             "test": id,
             "outcome": outcome,
             "error": error,
             "step": failed_step,
-            "locals": pick("locals"),
-            "globals": pick("globals"),
+            "locals": locals,
+            "globals": globals,
             "longrepr": event.get("longrepr"),
             "plan_ids": plan_ids,
         }));
@@ -392,94 +488,141 @@ impl Report {
     }
 
     /// Steps aggregated by name across tests: counts by status, durations (known with step events).
-    fn by_step(&self) -> Vec<Value> {
-        let mut rows: BTreeMap<String, Aggregate> = BTreeMap::new();
+    fn by_step(&self) -> Vec<StepRow<'_>> {
+        let mut rows: BTreeMap<&str, Aggregate<'_>> = BTreeMap::new();
         for test in &self.tests {
-            for step in test["steps"].as_array().into_iter().flatten() {
-                let name = step["name"].as_str().unwrap_or("").to_string();
-                let row = rows.entry(name).or_default();
-                row.add(step["status"].as_str(), step["duration_s"].as_f64());
-                row.test(test["id"].as_str());
-                for id in step["plan_ids"].as_array().into_iter().flatten() {
-                    if !row.plan_ids.contains(id) {
-                        row.plan_ids.push(id.clone());
+            for step in &test.steps {
+                let row = rows.entry(step.name.as_str().unwrap_or("")).or_default();
+                row.add(step.status.as_str(), step.duration_s.as_f64());
+                row.test(test.id.as_str());
+                for id in step
+                    .plan_ids
+                    .as_ref()
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if !row.plan_ids.contains(&id) {
+                        row.plan_ids.push(id);
                     }
                 }
             }
         }
         rows.into_iter()
-            .map(|(name, row)| {
-                let mut value = row.to_json("counts");
-                value["name"] = json!(name);
-                value["plan_ids"] = json!(row.plan_ids);
-                value
+            .map(|(name, row)| StepRow {
+                counts: row.counts.clone(),
+                duration_s: row.duration(),
+                mean_s: row.mean(),
+                name,
+                plan_ids: row.plan_ids.clone(),
+                tests: row.tests.clone(),
+                timed: row.timed,
+                total: row.total(),
             })
             .collect()
     }
 
     /// Tests (by outcome) and steps (by status) aggregated by test plan id.
-    fn by_plan(&self) -> Vec<Value> {
-        let mut tests: BTreeMap<String, Aggregate> = BTreeMap::new();
-        let mut steps: BTreeMap<String, Aggregate> = BTreeMap::new();
+    fn by_plan(&self) -> Vec<PlanRow<'_>> {
+        let mut tests: BTreeMap<&str, Aggregate<'_>> = BTreeMap::new();
+        let mut steps: BTreeMap<&str, Aggregate<'_>> = BTreeMap::new();
         for test in &self.tests {
-            for id in test["plan_ids"].as_array().into_iter().flatten() {
-                let row = tests
-                    .entry(id.as_str().unwrap_or("").to_string())
-                    .or_default();
-                row.add(test["outcome"].as_str(), test["duration_s"].as_f64());
-                row.test(test["id"].as_str());
+            for id in &test.plan_ids {
+                let row = tests.entry(id.as_str().unwrap_or("")).or_default();
+                row.add(test.outcome.as_str(), test.duration_s.as_f64());
+                row.test(test.id.as_str());
             }
-            for step in test["steps"].as_array().into_iter().flatten() {
-                for id in step["plan_ids"].as_array().into_iter().flatten() {
-                    let row = steps
-                        .entry(id.as_str().unwrap_or("").to_string())
-                        .or_default();
-                    row.add(step["status"].as_str(), step["duration_s"].as_f64());
+            for step in &test.steps {
+                for id in step
+                    .plan_ids
+                    .as_ref()
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let row = steps.entry(id.as_str().unwrap_or("")).or_default();
+                    row.add(step.status.as_str(), step.duration_s.as_f64());
                 }
             }
         }
         tests
             .into_iter()
             .map(|(id, row)| {
-                let mut value = row.to_json("outcomes");
-                let step_row = steps.remove(&id).unwrap_or_default();
-                value["plan_id"] = json!(id);
-                value["steps"] = json!(step_row.counts);
-                value["step_duration_s"] = json!(step_row.duration());
-                value
+                let step_row = steps.remove(id).unwrap_or_default();
+                PlanRow {
+                    duration_s: row.duration(),
+                    mean_s: row.mean(),
+                    outcomes: row.counts.clone(),
+                    plan_id: id,
+                    step_duration_s: step_row.duration(),
+                    steps: step_row.counts,
+                    tests: row.tests.clone(),
+                    timed: row.timed,
+                    total: row.total(),
+                }
             })
             .collect()
     }
 }
 
-/// Counts by outcome and summed durations of one row of `by_step`/`by_plan`.
-#[derive(Default)]
-struct Aggregate {
-    counts: BTreeMap<String, u64>,
-    duration: f64,
+/// One row of report.json's `by_step` (fields in sorted order).
+#[derive(serde::Serialize)]
+struct StepRow<'a> {
+    counts: BTreeMap<&'a str, u64>,
+    duration_s: Option<f64>,
+    mean_s: Option<f64>,
+    name: &'a str,
+    plan_ids: Vec<&'a Value>,
+    tests: Vec<&'a str>,
     timed: u64,
-    tests: Vec<String>,
-    plan_ids: Vec<Value>,
+    total: u64,
 }
 
-impl Aggregate {
-    fn add(&mut self, outcome: Option<&str>, duration: Option<f64>) {
-        *self
-            .counts
-            .entry(outcome.unwrap_or("unknown").to_string())
-            .or_default() += 1;
+/// One row of report.json's `by_plan` (fields in sorted order).
+#[derive(serde::Serialize)]
+struct PlanRow<'a> {
+    duration_s: Option<f64>,
+    mean_s: Option<f64>,
+    outcomes: BTreeMap<&'a str, u64>,
+    plan_id: &'a str,
+    step_duration_s: Option<f64>,
+    steps: BTreeMap<&'a str, u64>,
+    tests: Vec<&'a str>,
+    timed: u64,
+    total: u64,
+}
+
+/// Counts by outcome and summed durations of one row of `by_step`/`by_plan`.
+#[derive(Default)]
+struct Aggregate<'a> {
+    counts: BTreeMap<&'a str, u64>,
+    duration: f64,
+    timed: u64,
+    tests: Vec<&'a str>,
+    /// `tests` as a set: a common step (`pass`) is in thousands of tests.
+    seen: HashSet<&'a str>,
+    plan_ids: Vec<&'a Value>,
+}
+
+impl<'a> Aggregate<'a> {
+    fn add(&mut self, outcome: Option<&'a str>, duration: Option<f64>) {
+        *self.counts.entry(outcome.unwrap_or("unknown")).or_default() += 1;
         if let Some(d) = duration {
             self.duration += d;
             self.timed += 1;
         }
     }
 
-    fn test(&mut self, id: Option<&str>) {
+    fn test(&mut self, id: Option<&'a str>) {
         if let Some(id) = id {
-            if !self.tests.iter().any(|t| t == id) {
-                self.tests.push(id.to_string());
+            if self.seen.insert(id) {
+                self.tests.push(id);
             }
         }
+    }
+
+    fn total(&self) -> u64 {
+        self.counts.values().sum()
     }
 
     /// The summed duration, None when nothing was timed (steps without step events).
@@ -487,16 +630,8 @@ impl Aggregate {
         (self.timed > 0).then_some((self.duration * 1e6).round() / 1e6)
     }
 
-    fn to_json(&self, counts_key: &str) -> Value {
-        let total: u64 = self.counts.values().sum();
-        json!({
-            counts_key: self.counts,
-            "total": total,
-            "duration_s": self.duration(),
-            "mean_s": (self.timed > 0).then(|| (self.duration / self.timed as f64 * 1e6).round() / 1e6),
-            "timed": self.timed,
-            "tests": self.tests,
-        })
+    fn mean(&self) -> Option<f64> {
+        (self.timed > 0).then(|| (self.duration / self.timed as f64 * 1e6).round() / 1e6)
     }
 }
 
@@ -588,5 +723,40 @@ mod tests {
             ("ValueError".into(), "bad".into())
         );
         assert_eq!(split_error("weird text: x").0, "weird");
+    }
+}
+#[cfg(test)]
+mod snapshot {
+    /// Folds a recorded session's events.jsonl and compares with the report.json that run
+    /// wrote: the file's bytes are a format users read, kept across internal changes.
+    fn check(events: &str, written: &[u8]) {
+        let old: serde_json::Value = serde_json::from_slice(written).expect("report.json");
+        let mut report = super::Report::default();
+        for line in events.lines() {
+            report.add(&serde_json::from_str(line).expect("event"));
+        }
+        let code = old["exit_code"].as_i64().map(|c| c as i32);
+        let new = report.to_json_bytes(old["session"].as_str().expect("session"), code);
+        assert_eq!(
+            String::from_utf8_lossy(&new),
+            String::from_utf8_lossy(written)
+        );
+    }
+
+    #[test]
+    fn hooks_example_session_folds_to_its_report_json() {
+        // Retried steps (failed_attempts), plan ids on tests and steps, a failure with locals.
+        check(
+            include_str!("../testdata/report_hooks/events.jsonl"),
+            include_bytes!("../testdata/report_hooks/report.json"),
+        );
+    }
+
+    #[test]
+    fn shop_example_session_folds_to_its_report_json() {
+        check(
+            include_str!("../testdata/report_shop/events.jsonl"),
+            include_bytes!("../testdata/report_shop/report.json"),
+        );
     }
 }

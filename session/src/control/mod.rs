@@ -308,7 +308,7 @@ mod tests {
         // An empty flush (another follower's) wakes nobody: followers would spin.
         hooks.flush_events();
         assert!(std::future::Future::poll(waiter.as_mut(), &mut cx).is_pending());
-        hooks.on_event(&json!({"event": "step_start"}));
+        hooks.on_event(json!({"event": "step_start"}));
         hooks.flush_events();
         assert!(std::future::Future::poll(waiter.as_mut(), &mut cx).is_ready());
     }

@@ -189,7 +189,7 @@ async fn queue(context: &Context, op: String, nodeids: Vec<String>) -> Result<Va
     // On the record: tools following events.jsonl see what was queued, and when.
     let event =
         json!({"event": "queue", "op": op, "nodeids": nodeids, "time": crate::status::now()});
-    kernel::session::SessionHooks::on_event(context.hooks.as_ref(), &event);
+    kernel::session::SessionHooks::on_event(context.hooks.as_ref(), event);
     context.hooks.flush_events();
     Ok(json!({"message": message, "queued": nodeids}))
 }

@@ -438,10 +438,9 @@ impl SessionHooks for WorkerHooks {
         self.inner.flush();
     }
 
-    fn on_event(&self, event: &Value) {
-        let mut event = event.clone();
+    fn on_event(&self, mut event: Value) {
         event["worker"] = json!(self.worker);
-        self.inner.on_event(&event);
+        self.inner.on_event(event.clone());
         self.relay(json!({"kind": "event", "event": event}));
     }
 

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 /// How often, at most, session.json is rewritten only to count finished tests.
@@ -117,6 +117,9 @@ impl SessionContext {
 
 /// A test file in the prefetch's list: instrumented ahead of need, or asked for first.
 enum Prefetch {
+    /// Being instrumented by the prefetch: an asker waits for it rather than
+    /// parsing the file a second time (cold, parsing is most of the kernel's work).
+    Working,
     /// Instrumented ahead of need: the bytes seen and the report.
     Ready(Vec<u8>, Value),
     /// Its report was asked for before the prefetch reached it (and made
@@ -131,6 +134,8 @@ pub struct RunHooks {
     inner: Mutex<Inner>,
     /// Reports instrumented ahead of need, and files asked for first.
     prefetched: Mutex<HashMap<PathBuf, Prefetch>>,
+    /// Signalled when a `Prefetch::Working` entry is done.
+    prefetch_done: Condvar,
     /// Copies of edited files as loaded (see `patches::loaded_dir`).
     loaded_dir: PathBuf,
     /// Where journal.jsonl is (the session directory; an xdist worker's
@@ -167,6 +172,7 @@ impl RunHooks {
             }),
             started: Instant::now(),
             prefetched: Mutex::new(HashMap::new()),
+            prefetch_done: Condvar::new(),
             loaded_dir: crate::patches::loaded_dir(&ctx.dir),
             journal_dir: ctx.dir.clone(),
             ctx,
@@ -295,11 +301,15 @@ impl RunHooks {
     /// can be), made when first asked for.
     fn report_of<'a>(&self, inner: &'a mut Inner, abs: &Path) -> Option<&'a Value> {
         if let Some(bytes) = inner.unreported.remove(abs) {
-            let taken = self
-                .prefetched
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(abs.to_path_buf(), Prefetch::Claimed);
+            let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+            while matches!(prefetched.get(abs), Some(Prefetch::Working)) {
+                prefetched = self
+                    .prefetch_done
+                    .wait(prefetched)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            let taken = prefetched.insert(abs.to_path_buf(), Prefetch::Claimed);
+            drop(prefetched);
             let ready = match taken {
                 Some(Prefetch::Ready(seen, value)) if seen == bytes => Some(value),
                 _ => None,
@@ -345,26 +355,32 @@ impl RunHooks {
     /// already (a busy machine runs the idle-priority prefetch behind the
     /// worker: made on demand then, not again here); whether it did.
     fn prefetch_file(&self, file: PathBuf) -> bool {
-        let claimed = self
-            .prefetched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&file);
         // A fresh stepped .pyc: pytest loads it from its cache, no report needed.
-        if claimed || has_fresh_stepped_pyc(&file) {
+        if has_fresh_stepped_pyc(&file) {
             return false;
         }
-        let Ok(bytes) = std::fs::read(&file) else {
-            return false;
+        {
+            let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
+            if prefetched.contains_key(&file) {
+                return false;
+            }
+            prefetched.insert(file.clone(), Prefetch::Working);
+        }
+        // Whatever happens below (an unreadable file, a panic), the entry
+        // stops being `Working` and waiters wake.
+        let mut pending = PendingPrefetch {
+            hooks: self,
+            file: Some(file),
+            done: None,
         };
-        let value = self.instrument(&file, &bytes);
-        // Asked for while this one was made: the asker made its own.
-        self.prefetched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(file)
-            .or_insert(Prefetch::Ready(bytes, value));
-        true
+        let file = pending.file.as_ref().expect("set above");
+        if let Ok(bytes) = std::fs::read(file) {
+            let value = self.instrument(file, &bytes);
+            pending.done = Some(Prefetch::Ready(bytes, value));
+        }
+        let made = pending.done.is_some();
+        drop(pending);
+        made
     }
 
     /// The exit code once the run ended.
@@ -1142,6 +1158,33 @@ fn lower_priority() {
     }
 }
 
+/// A file the prefetch is instrumenting: on drop its entry becomes the
+/// report made (`done`), or is removed so an asker makes its own.
+struct PendingPrefetch<'a> {
+    hooks: &'a RunHooks,
+    file: Option<PathBuf>,
+    done: Option<Prefetch>,
+}
+
+impl Drop for PendingPrefetch<'_> {
+    fn drop(&mut self) {
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        let mut prefetched = self
+            .hooks
+            .prefetched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match self.done.take() {
+            Some(done) => prefetched.insert(file, done),
+            None => prefetched.remove(&file),
+        };
+        drop(prefetched);
+        self.hooks.prefetch_done.notify_all();
+    }
+}
+
 /// What the worker reads of a report: function steps without their source
 /// (it slices its own copy of the file) and phase names; the rest can be
 /// most of the reply.
@@ -1229,5 +1272,58 @@ mod prefetch_tests {
             Some(Prefetch::Claimed)
         ));
         assert!(!hooks.prefetch_file(ahead));
+    }
+
+    #[test]
+    fn a_file_asked_for_while_the_prefetch_parses_it_waits_for_that_report() {
+        let session = tempfile::tempdir().unwrap();
+        let project = tempfile::tempdir().unwrap();
+        let file = project.path().join("test_c.py");
+        let text = b"def test_c():\n    assert 3\n".to_vec();
+        std::fs::write(&file, &text).unwrap();
+        let ctx = SessionContext::for_tests(session.path(), project.path());
+        let hooks = Arc::new(RunHooks::new(ctx, Default::default(), true));
+        // The prefetch has started on the file...
+        hooks
+            .prefetched
+            .lock()
+            .unwrap()
+            .insert(file.clone(), Prefetch::Working);
+        let asker = {
+            let (hooks, file) = (Arc::clone(&hooks), file.clone());
+            std::thread::spawn(move || hooks.steps_for(&file))
+        };
+        // ... and finishes with a report no parse of the file would give:
+        // the asker returns it, so it waited instead of parsing again.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(PendingPrefetch {
+            hooks: &hooks,
+            file: Some(file.clone()),
+            done: Some(Prefetch::Ready(
+                text,
+                json!({"tests": [{"name": "from_the_prefetch"}], "functions": []}),
+            )),
+        });
+        let report = asker.join().unwrap();
+        assert_eq!(report["tests"][0]["name"], "from_the_prefetch", "{report}");
+        // A prefetch that made nothing (unreadable file): the asker parses it itself.
+        let other = project.path().join("test_d.py");
+        std::fs::write(&other, "def test_d():\n    assert 4\n").unwrap();
+        hooks
+            .prefetched
+            .lock()
+            .unwrap()
+            .insert(other.clone(), Prefetch::Working);
+        let asker = {
+            let (hooks, other) = (Arc::clone(&hooks), other.clone());
+            std::thread::spawn(move || hooks.steps_for(&other))
+        };
+        drop(PendingPrefetch {
+            hooks: &hooks,
+            file: Some(other),
+            done: None,
+        });
+        let report = asker.join().unwrap();
+        assert_eq!(report["tests"][0]["name"], "test_d", "{report}");
     }
 }

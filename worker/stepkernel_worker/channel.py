@@ -303,10 +303,10 @@ def encode_flat(obj: dict) -> str:
     dict value (``test_start``'s phases) is encoded on its own, not the whole
     event again.
     """
-    if any(type(key) is not str for key in obj):
-        return _ENCODER.encode(obj)
     parts = []
     for key, value in obj.items():
+        if type(key) is not str:
+            return _ENCODER.encode(obj)
         kind = type(value)
         if kind is str:
             text = _json_string(value)

@@ -245,15 +245,16 @@ class Engine:
                 "steps": 1,
                 "stepped": False,
             }, None
+        fields = steps.phase_fields()
         phase = {
             "name": steps.phase_name or name,
             "function": steps.qualname,
-            "steps": len(steps.steps),
+            "steps": fields["steps"],
             "stepped": True,
-            "step_names": [s.name for s in steps.steps],
+            "step_names": fields["step_names"],
         }
-        if any(s.plan_ids for s in steps.steps):
-            phase["step_plan_ids"] = [list(s.plan_ids) for s in steps.steps]
+        if "step_plan_ids" in fields:
+            phase["step_plan_ids"] = fields["step_plan_ids"]
         return phase, steps.code
 
     def phase_of(self, steps: FunctionSteps) -> str:

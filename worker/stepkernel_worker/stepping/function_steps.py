@@ -94,15 +94,47 @@ class FunctionSteps:
         self.is_async = bool(is_async)
         self.class_name: str | None = class_name
         self._global_names = list(global_names)
-        self.steps = [StepSpec(record, self.filename) for record in steps]
-        #: Every name of the function once, in order.
-        self.names = [
-            n for n in dict.fromkeys((*code.co_varnames, *code.co_cellvars, *code.co_freevars)) if n.isidentifier()
-        ]
+        # Made when first needed (a pause, an edit, a step event): a passing
+        # test only needs its step names, for ``test_start``.
+        self._records = steps
+        self._steps: list[StepSpec] | None = None
+        self._names: list[str] | None = None
+        self._phase: dict | None = None
         self.first_param = code.co_varnames[0] if code.co_argcount > 0 else None
         self.edits: dict[int, EditedStep] = {}
         self._rewrite = rewrite
         self._compiler: compiler.StepCompiler | None = None
+
+    @property
+    def steps(self) -> list[StepSpec]:
+        """The function's steps, in order."""
+        if self._steps is None:
+            self._steps = [StepSpec(record, self.filename) for record in self._records]
+        return self._steps
+
+    @property
+    def names(self) -> list[str]:
+        """Every name of the function once, in order."""
+        if self._names is None:
+            code = self.code
+            self._names = [
+                n for n in dict.fromkeys((*code.co_varnames, *code.co_cellvars, *code.co_freevars)) if n.isidentifier()
+            ]
+        return self._names
+
+    def phase_fields(self) -> dict:
+        """What ``test_start`` says of this function's steps (made once; callers copy it)."""
+        if self._phase is None:
+            records = self._records
+            phase: dict = {
+                "steps": len(records),
+                "step_names": [str(r[1] or f"step {int(r[0] or 0)}") for r in records],
+            }
+            plan_ids = [_plan_ids(r) for r in records]
+            if any(plan_ids):
+                phase["step_plan_ids"] = [list(ids) for ids in plan_ids]
+            self._phase = phase
+        return self._phase
 
     @property
     def global_names(self) -> list[str]:

@@ -115,7 +115,7 @@ pub fn console(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
              or with jupyter_client's own tunnel:\n    {}",
             remote.connection_file,
             session::run::self_command(),
-            session::xdist::remote_worker::jupyter_ssh_line(
+            session::attach::jupyter_ssh_line(
                 &dir.join("connection.json"),
                 &format!("[USER@]{}", remote.host)
             ),

@@ -9,7 +9,7 @@
 //! rather than as the session leader of a pseudo-terminal of its own
 //! (pexpect's), whose exit hangs up the terminal and kills the backgrounded
 //! child before it has left the terminal's process group (see
-//! `session::xdist::remote_worker::jupyter_ssh_line`).
+//! `session::attach::jupyter_ssh_line`).
 
 use anyhow::{bail, Context};
 use serde_json::Value;

@@ -126,7 +126,8 @@ def test_client_in_another_network_namespace_attaches_over_tcp(tmp_path, network
         wait_for(paused, timeout=90, what="the run to pause")
         output = out_path.read_text()
         assert "WARNING" in output and "NOT encrypted" in output and "SSH tunnel" in output, output
-        assert "--ssh USER@HOST" in output, output
+        # jupyter_client runs its tunnels under pexpect, whose hang-up kills an `ssh -f` unless ignored.
+        assert "env --ignore-signal=HUP jupyter console --existing ./connection.json --ssh USER@HOST" in output, output
         info = json.loads((session_dir / "connection.json").read_text())
         assert info["ip"] == "0.0.0.0"
         ports = [info[f"{c}_port"] for c in ("shell", "iopub", "stdin", "control", "hb")]

@@ -155,6 +155,32 @@ fn runtime_dir_from(env: Env) -> PathBuf {
     }
 }
 
+/// jupyter_client's own SSH tunnel to a kernel on another host, as printed.
+///
+/// jupyter_client starts each of its five `ssh -f` under a pseudo-terminal
+/// of its own (pexpect), as that terminal's session leader: when that ssh
+/// goes to the background, its parent's exit hangs up the terminal and the
+/// SIGHUP kills the child before it has left the terminal's process group.
+/// A SIGHUP ignored by the console is inherited by its ssh, which then lives
+/// (OpenSSH keeps an ignored SIGHUP ignored); `env --ignore-signal` (GNU
+/// coreutils) sets that. README, "Remote workers", has the measurement.
+pub fn jupyter_ssh_line(connection_file: &Path, destination: &str) -> String {
+    format!(
+        "env --ignore-signal=HUP jupyter console --existing {} --ssh {destination}",
+        connection_file.display()
+    )
+}
+
+/// For a kernel bound beyond loopback: attach from another machine with a
+/// copy of its connection file, through jupyter_client's tunnel.
+pub fn copy_then_ssh_line(connection_file: &Path) -> String {
+    format!(
+        "remote: copy {} to your machine, then: {}",
+        connection_file.display(),
+        jupyter_ssh_line(Path::new("./connection.json"), "USER@HOST")
+    )
+}
+
 /// jupyter_core's `jupyter_data_dir()` on Linux (`jupyter --data-dir`).
 pub fn jupyter_data_dir() -> PathBuf {
     data_dir_from(&process_env)
@@ -453,5 +479,15 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["kernel-1234.json", "kernel-stepkernel-alive.json"]);
+    }
+
+    #[test]
+    fn every_jupyter_client_tunnel_hint_ignores_sighup() {
+        let copy = copy_then_ssh_line(Path::new("/s/connection.json"));
+        assert_eq!(
+            copy,
+            "remote: copy /s/connection.json to your machine, then: env --ignore-signal=HUP \
+             jupyter console --existing ./connection.json --ssh USER@HOST"
+        );
     }
 }

@@ -366,10 +366,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             format!("{me} lab {id}          (JupyterLab: Kernel > Change Kernel > the stepkernel session)"),
         ];
         if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
-            attach_lines.push(format!(
-                "remote: copy {} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
-                connection_file.display()
-            ));
+            attach_lines.push(attach::copy_then_ssh_line(&connection_file));
         }
         let meta = SessionMeta {
             id: id.clone(),

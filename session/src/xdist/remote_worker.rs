@@ -11,6 +11,7 @@
 
 use super::conflicts::note_edit;
 use super::worker_dir;
+use crate::attach::jupyter_ssh_line;
 use crate::session_dir::{RemoteSide, SessionMeta};
 use serde::Deserialize;
 use serde_json::Value;
@@ -195,22 +196,6 @@ pub fn journal(
         "journaled in the session's journal for {} lines {}-{}, on the machine that runs `stepkernel run`",
         journaled.file, journaled.start_line, journaled.end_line
     ))
-}
-
-/// jupyter_client's own SSH tunnel to a remote worker's kernel, as printed.
-///
-/// jupyter_client starts each of its five `ssh -f` under a pseudo-terminal
-/// of its own (pexpect), as that terminal's session leader: when that ssh
-/// goes to the background, its parent's exit hangs up the terminal and the
-/// SIGHUP kills the child before it has left the terminal's process group.
-/// A SIGHUP ignored by the console is inherited by its ssh, which then lives
-/// (OpenSSH keeps an ignored SIGHUP ignored); `env --ignore-signal` (GNU
-/// coreutils) sets that. README, "Remote workers", has the measurement.
-pub fn jupyter_ssh_line(connection_file: &Path, destination: &str) -> String {
-    format!(
-        "env --ignore-signal=HUP jupyter console --existing {} --ssh {destination}",
-        connection_file.display()
-    )
 }
 
 /// How to attach to a remote worker, as the session's terminal prints it.

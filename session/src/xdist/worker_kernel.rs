@@ -131,9 +131,7 @@ fn attach_lines(
         ),
     ];
     if !matches!(opts.ip.as_str(), "127.0.0.1" | "localhost" | "::1") {
-        lines.push(format!(
-            "remote: copy {file} to your machine, then: jupyter console --existing ./connection.json --ssh USER@HOST",
-        ));
+        lines.push(crate::attach::copy_then_ssh_line(connection_file));
     }
     lines
 }

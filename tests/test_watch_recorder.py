@@ -2,7 +2,9 @@
 worker/stepkernel_worker/entry_marks.py): real pytest with the recorder
 plugin on a small project made by each test, its records against the
 profiler's, and what a test sees against plain pytest (tracebacks,
-``inspect``, line events, coverage.py's results, import errors).
+``inspect``, line events, coverage.py's results, import errors); on
+3.12/3.13 (sys.monitoring) its records against the expected code per test,
+with two tool ids and with one.
 """
 
 from __future__ import annotations
@@ -438,3 +440,156 @@ def test_marks_leave_every_code_objects_lines_and_names_as_compiled_from_the_sou
     checked, problems = proc.stdout.split(" ", 1)
     assert int(checked) > 5000
     assert problems.strip() == "[]", problems
+
+
+# On 3.12+: what runs between two tests (a conftest wrapper around the
+# recorder's), a generator resumed in a later test, a thread.
+MONITORED = {
+    "conftest.py": '''
+        import pytest
+
+        from shop import helpers
+
+
+        @pytest.hookimpl(hookwrapper=True, tryfirst=True)
+        def pytest_runtest_protocol(item, nextitem):
+            # Registered after the recorder: around its wrapper, so this runs between two tests.
+            helpers.between()
+            yield
+    ''',
+    "shop/helpers.py": '''
+        def between():
+            return 1
+
+
+        def in_thread():
+            return 2
+
+
+        def counter():
+            yield 1
+            yield 2
+    ''',
+    "tests/test_more.py": '''
+        import threading
+
+        from shop import helpers
+
+        GEN = []
+
+
+        def test_starts_a_generator():
+            GEN.append(helpers.counter())
+            assert next(GEN[0]) == 1
+
+
+        def test_resumes_it():
+            assert next(GEN[0]) == 2
+
+
+        def test_calls_what_ran_between_tests():
+            assert helpers.between() == 1
+
+
+        def test_not_again():
+            pass
+
+
+        def test_thread():
+            thread = threading.Thread(target=helpers.in_thread)
+            thread.start()
+            thread.join()
+    ''',
+    # Holds sys.monitoring ids 5 and 2 before the recorder starts: it has one left (restart_events).
+    "holdids.py": '''
+        import sys
+
+        sys.monitoring.use_tool_id(5, "another tool")
+        sys.monitoring.use_tool_id(2, "a profiler")
+    ''',
+}
+
+
+@pytest.mark.parametrize("version", ["3.12", "3.13"])
+def test_monitoring_records_what_each_test_ran(version, tmp_path, tmp_path_factory):
+    """sys.monitoring's records (two tools: each code object re-armed at the next
+    test after it ran) name the code each test ran, the same as the one-id
+    fallback's (every code object re-armed by restart_events())."""
+    python = python_for(version, tmp_path_factory)
+    project = write_project(tmp_path / "p", {**LIB, **MONITORED})
+    expected = {
+        "test_subtotal": {("cart.py", "subtotal", 18), ("test_cart.py", "test_subtotal", 6)},
+        "test_total": {("cart.py", "Cart.total", 40), ("cart.py", "subtotal", 18), ("test_cart.py", "test_total", 10)},
+        "test_decorated_lambda_generator": {
+            ("cart.py", "logged.<locals>.wrapper", 11), ("cart.py", "discounted", 22), ("cart.py", "<lambda>", 7),
+            ("cart.py", "pairs", 32), ("test_cart.py", "test_decorated_lambda_generator", 14)},
+        # A module imported during the test: its body is part of the record.
+        "test_lazy_import": {("cart.py", "Cart.later", 48), ("late.py", "<module>", 1),
+                             ("test_cart.py", "test_lazy_import", 20)},
+        "test_boom": {("cart.py", "Cart.boom", 43), ("test_cart.py", "test_boom", 24)},
+        "test_no_profiler": {("test_cart.py", "test_no_profiler", 28)},
+        # A generator counts for the test that started it (a resume is no start).
+        "test_starts_a_generator": {("helpers.py", "counter", 9), ("test_more.py", "test_starts_a_generator", 8)},
+        "test_resumes_it": {("test_more.py", "test_resumes_it", 13)},
+        # It ran (unrecorded) between every two tests, so it was re-armed for this one.
+        "test_calls_what_ran_between_tests": {("helpers.py", "between", 1),
+                                              ("test_more.py", "test_calls_what_ran_between_tests", 17)},
+        "test_not_again": {("test_more.py", "test_not_again", 21)},
+        "test_thread": {("helpers.py", "in_thread", 5), ("test_more.py", "test_thread", 25)},
+    }
+    for plugins in ((), ("holdids",)):
+        proc, records = run_pytest(project, python, "tests", plugins=plugins)
+        assert "1 failed, 10 passed" in proc.stdout, proc.stdout + proc.stderr
+        got = {t.split("::")[1]: ran(r) for t, r in records.items()}
+        assert got == expected, plugins
+        assert {r["recorder"] for r in records.values()} == {"sys.monitoring"}
+        assert all(r["incomplete"] is None for r in records.values())
+        # Each record names the hash of every file its code is in, as the watch reads it.
+        for record in records.values():
+            assert set(record["hashes"]) == {f for f, _, _ in record["code"]}
+            assert all(len(h) == 40 for h in record["hashes"].values())
+        assert records["tests/test_cart.py::test_boom"]["outcome"] == "failed"
+        assert "ValueError" in records["tests/test_cart.py::test_boom"]["report"]
+
+
+REGISTERED = '''
+    import sys
+
+
+    def pytest_configure(config):
+        plugin = config.pluginmanager.get_plugin("stepkernel_worker.deps")
+        with open("registered.txt", "w") as out:
+            # Imported by the worker (not by pytest's -p, whose import goes through its assertion rewriter).
+            out.write(repr((plugin is sys.modules.get("stepkernel_worker.deps"), type(plugin.__loader__).__name__)))
+'''
+
+PARSE = """
+from stepkernel_worker.stepping.pytest_plugin import _object_plugins
+print([p.__name__ for p in _object_plugins(["-q", "-p", "stepkernel_worker.deps", "tests"])],
+      len(_object_plugins(["-pstepkernel_worker.deps"])), _object_plugins(["-p", "no:cacheprovider", "tests/-p"]))
+"""
+
+
+def test_a_cycles_worker_registers_the_recorder_once_as_an_object(tmp_path):
+    """`stepkernel run ... -- -p stepkernel_worker.deps` (a watch cycle): the worker
+    imports and registers the module itself, so pytest's `-p` finds it there (and
+    reads no distribution's entry points for it); one record per test."""
+    from conftest import stepkernel_bin
+
+    parsed = subprocess.run([PYTHON, "-c", PARSE], env={**os.environ, "PYTHONPATH": str(WORKER)},
+                            capture_output=True, text=True, timeout=60)
+    assert parsed.stdout.strip() == "['stepkernel_worker.deps'] 1 []", parsed.stderr
+    project = write_project(tmp_path / "p", {**LIB, "conftest.py": REGISTERED})
+    deps = project / "deps.jsonl"
+    proc = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "tests", "--",
+                           "-p", "no:cacheprovider", "-p", "stepkernel_worker.deps"], cwd=project,
+                          env={**os.environ, "STEPKERNEL_DEPS_FILE": str(deps)}, capture_output=True, text=True,
+                          timeout=300)
+    assert "1 failed, 5 passed" in proc.stdout, proc.stdout + proc.stderr
+    assert (project / "registered.txt").read_text() == "(True, 'SourceFileLoader')"
+    lines = [json.loads(line) for line in deps.read_text().splitlines()]
+    assert sorted(r["start"] for r in lines if "start" in r) == sorted(r["test"] for r in lines if "test" in r)
+    assert len([r for r in lines if "test" in r]) == 6
+    # Plain pytest with that -p imports it itself, through its rewriter: what the worker spares.
+    plain, _ = run_pytest(project, PYTHON, "tests")
+    assert (project / "registered.txt").read_text() == "(True, 'AssertionRewritingHook')", plain.stdout

@@ -2,17 +2,23 @@
 
 ``stepkernel watch`` runs each cycle with ``-p stepkernel_worker.deps`` and
 ``STEPKERNEL_DEPS_FILE`` naming a JSON-lines file; without that variable the
-plugin does nothing. Per test (setup, call and teardown) it records:
+plugin does nothing. (A cycle's worker registers this module as a plugin
+object before pytest starts, so that ``-p`` finds it and pytest reads no
+distribution's entry points for it.) Per test (setup, call and teardown) it
+records:
 
 - the code objects of the project that ran (file, qualified name, first
   line): on 3.12+ through ``sys.monitoring`` PY_START under tool ids of its
   own (never coverage's or hypothesis's). One tool sees every code object
-  once in the process (global events, each disabled after its first hit and
-  never re-armed) and arms the second on the project's code objects only
-  (local events); the second is disabled after a code object's first hit in a
-  test and re-armed on just the code objects that fired, at the next test. So
-  pytest's own code costs one callback per process, the project's one per
-  test, and nothing is ever re-instrumented wholesale. With one free tool id
+  once in the process from the first test on (global events, each disabled
+  after its first hit and never re-armed) and arms the second on the
+  project's code objects only (local events); the second is disabled after a
+  code object's first hit in a test and re-armed on just the code objects
+  that fired, at the next test. So pytest's own code costs one callback per
+  process, the project's one per test, and nothing is ever re-instrumented
+  wholesale. The audit hook below, on 3.12+, is added at the first test too
+  (what is recorded is what runs in tests); the record's JSON is put together
+  from pieces made once per code object and file. With one free tool id
   the recorder falls back to one tool re-armed by ``restart_events()`` at each
   test (every code object then calls back once per test). On 3.10/3.11
   through entry marks (``entry_marks.py``): the project's modules are
@@ -34,7 +40,6 @@ an ImportError test file when a file providing that module appears.
 from __future__ import annotations
 
 import _thread
-import cProfile
 import hashlib
 import json
 import os
@@ -46,7 +51,12 @@ from typing import Any, Callable
 
 import pytest
 
-from . import entry_marks
+if sys.version_info < (3, 12):
+    # 3.10/3.11 only (3.12+ records with sys.monitoring): importing these is
+    # about 2 ms of every cycle that would not use them.
+    import cProfile
+
+    from . import entry_marks
 
 ENV = "STEPKERNEL_DEPS_FILE"
 #: ``profile`` records with cProfile on 3.10/3.11 instead of entry marks (the benchmark's "before").
@@ -64,17 +74,19 @@ _CANNOT_IMPORT = re.compile(r"cannot import name '[^']+' from '([^']+)'")
 _WRITE_EVENTS = {"os.remove", "os.rename", "os.rmdir", "os.mkdir", "shutil.rmtree", "os.truncate", "os.utime"}
 
 
-class _CodeProfiler(cProfile.Profile):
-    """cProfile's C profiler, also callable as a Python profile function: a
-    test that saves ``sys.getprofile()`` and sets it back gets a working hook."""
+if sys.version_info < (3, 12):
 
-    def __init__(self, add: Any) -> None:
-        super().__init__()
-        self._add = add
+    class _CodeProfiler(cProfile.Profile):
+        """cProfile's C profiler, also callable as a Python profile function: a
+        test that saves ``sys.getprofile()`` and sets it back gets a working hook."""
 
-    def __call__(self, frame: Any, event: str, arg: Any) -> None:
-        if event == "call":
-            self._add(frame.f_code)
+        def __init__(self, add: Any) -> None:
+            super().__init__()
+            self._add = add
+
+        def __call__(self, frame: Any, event: str, arg: Any) -> None:
+            if event == "call":
+                self._add(frame.f_code)
 
 
 def project_files(root: str) -> Callable[[str], bool]:
@@ -114,6 +126,11 @@ def _install_marks() -> None:
 _install_marks()
 
 
+_dumps = json.dumps
+#: A str as JSON (json.dumps's own C escaper, without its per-call set-up).
+_str = json.encoder.encode_basestring_ascii
+
+
 def _sha1(path: str) -> str | None:
     try:
         with open(path, "rb") as handle:
@@ -145,7 +162,35 @@ class Recorder:
         self.thread = 0
         self._modules_seen: set[str] = set()
         self._modules_count = -1
-        watched = frozenset(("open", "sys.setprofile", "exec", "object.__setattr__", *_WRITE_EVENTS))
+        self._hooked = False
+        self._armed = False
+        #: Relative paths and JSON text, made once (the same few recur in every record).
+        self._rels: dict[str, str] = {}
+        self._ids: dict[str, str] = {}
+        self._code_json: dict[tuple[str, str, int], str] = {}
+        self._hash_json: dict[str, str] = {}
+        if sys.version_info < (3, 12):
+            # From now on: the entry marks' fallback looks at every exec and __code__ swap.
+            self._hook()
+        self.profiler: Any = None
+        # 3.12+: the tool that sees each code object once, and the per-test one.
+        self.first_tool: int | None = None
+        #: 3.12+: code objects whose PY_START fired (and was disabled) since the last
+        #: test's start; the project's ones that fired first in the process during a test.
+        self.fired: list[Any] = []
+        self.first_hits: list[Any] = []
+        self._project = project_files(self.root)
+        if sys.version_info >= (3, 12):
+            self._claim_tool()
+
+    def _hook(self) -> None:
+        """The audit hook; on 3.12+ added at the first test (it records only
+        during tests), which spares it the thousands of events of collection."""
+        self._hooked = True
+        if sys.version_info >= (3, 12):
+            watched = frozenset(("open", *_WRITE_EVENTS))
+        else:
+            watched = frozenset(("open", "sys.setprofile", "exec", "object.__setattr__", *_WRITE_EVENTS))
         audit = self._audit
 
         def on_audit(event: str, args: tuple) -> None:
@@ -154,13 +199,6 @@ class Recorder:
                 audit(event, args)
 
         sys.addaudithook(on_audit)
-        self.profiler: Any = None
-        # 3.12+: the tool that sees each code object once, and the per-test one.
-        self.first_tool: int | None = None
-        self.fired: list[Any] = []
-        self._project = project_files(self.root)
-        if sys.version_info >= (3, 12):
-            self._claim_tool()
 
     # --------------------------------------------------------- code objects
 
@@ -214,7 +252,7 @@ class Recorder:
             self.incomplete = "no free sys.monitoring tool id"
             return
         disable = monitoring.DISABLE
-        add = self.codes.add
+        fired = self.fired.append
         py_start = monitoring.events.PY_START
         if len(free) == 1:
             # One tool: every code object is re-armed at each test (restart_events).
@@ -222,7 +260,7 @@ class Recorder:
             monitoring.use_tool_id(self.tool, _TOOL_NAME)
 
             def on_start(code: Any, offset: int) -> Any:
-                add(code)
+                fired(code)
                 return disable
 
             monitoring.register_callback(self.tool, py_start, on_start)
@@ -233,7 +271,7 @@ class Recorder:
         self.first_tool, self.tool = first, tool
         project = self._project
         set_local = monitoring.set_local_events
-        fired = self.fired.append
+        first_hit = self.first_hits.append
         recorder = self
 
         def on_first(code: Any, offset: int) -> Any:
@@ -241,43 +279,60 @@ class Recorder:
             if project(code.co_filename):
                 set_local(tool, code, py_start)
                 if recorder.active:
-                    add(code)
+                    first_hit(code)
             return disable
 
         def on_start(code: Any, offset: int) -> Any:
-            # The project's code objects, once per test.
+            # The project's code objects, once per test (disabled until re-armed).
+            # What fires between two tests is re-armed at the next one, not recorded.
             fired(code)
-            if recorder.active:
-                add(code)
             return disable
 
         monitoring.register_callback(first, py_start, on_first)
         monitoring.register_callback(tool, py_start, on_start)
-        # Always on (never toggled: a toggle would re-arm every code object).
-        monitoring.set_events(first, py_start)
+        # Its events go on at the first test (``_arm``), not now: what runs only
+        # during collection (pytest's collecting, test modules' bodies) is then
+        # never instrumented, and import-time code is the import graph's to see.
+
+    def _arm(self) -> None:
+        """At the first test: the audit hook, and on 3.12+ the first tool's
+        events, on from now on (never toggled: a toggle would re-arm every code object)."""
+        self._armed = True
+        if not self._hooked:
+            self._hook()
+        if self.first_tool is not None:
+            sys.monitoring.set_events(self.first_tool, sys.monitoring.events.PY_START)
 
     def start(self, nodeid: str) -> None:
-        self.codes.clear()
+        if not self._armed:
+            self._arm()
         self.reads.clear()
         self.writes.clear()
         self.reports = []
         self.incomplete = None if self.tool is not None or sys.version_info < (3, 12) else self.incomplete
-        self.active = True
         self.thread = _thread.get_ident()
-        self.started = time.perf_counter()
         if self.first_tool is not None:
-            # Re-arms the per-test tool on the code objects that fired since the last test.
+            # Re-arms the per-test tool on the code objects that fired since the
+            # last test: a DISABLE'd event comes back only when the code's events
+            # change, hence off and on.
             set_local = sys.monitoring.set_local_events
+            tool = self.tool
             py_start = sys.monitoring.events.PY_START
-            for code in self.fired:
-                set_local(self.tool, code, 0)
-                set_local(self.tool, code, py_start)
-            self.fired.clear()
+            fired = self.fired
+            count = len(fired)
+            for code in fired[:count]:
+                set_local(tool, code, 0)
+                set_local(tool, code, py_start)
+            # Only those: what another thread's code appended meanwhile stays, to be recorded and re-armed.
+            del fired[:count]
+            self.first_hits.clear()
         elif self.tool is not None:
+            self.fired.clear()
             sys.monitoring.set_events(self.tool, sys.monitoring.events.PY_START)
             # Re-arms the code objects disabled during the previous test.
             sys.monitoring.restart_events()
         elif sys.version_info < (3, 12):
+            self.codes.clear()
             if self.marks:
                 entry_marks.clear()
                 self._check_modules()  # may start the profiler (code without marks)
@@ -285,15 +340,25 @@ class Recorder:
                     self._start_profiler()
             else:
                 self._start_profiler()
-        self._write({"start": self._test_id(nodeid)})
+        else:
+            self.fired.clear()
+        self._write(f'{{"start": {_str(self._test_id(nodeid))}}}\n')
+        self.started = time.perf_counter()
+        self.active = True
 
     def stop(self, item: Any, record: bool = True) -> None:
         duration = time.perf_counter() - self.started
         self.active = False
         if self.first_tool is not None:
-            pass  # the callbacks look at `active`; toggling events would re-arm them all
+            # The per-test tool's code objects are all the project's; the callbacks
+            # look at `active` (toggling events would re-arm every code object).
+            ran = {(co.co_filename, co.co_qualname, co.co_firstlineno) for co in self.fired}
+            ran.update((co.co_filename, co.co_qualname, co.co_firstlineno) for co in self.first_hits)
         elif self.tool is not None:
             sys.monitoring.set_events(self.tool, 0)
+            project = self._project
+            ran = {(co.co_filename, co.co_qualname, co.co_firstlineno)
+                   for co in self.fired if project(co.co_filename)}
         elif sys.version_info < (3, 12):
             profiler, self.profiler = self.profiler, None
             if profiler is not None:
@@ -313,44 +378,64 @@ class Recorder:
                     # The test installed its own profiler: it keeps it (we step aside),
                     # and this test's record is marked incomplete so it always reruns.
                     self.incomplete = "the test replaced sys.setprofile"
-        marked = entry_marks.collected() if self.marks else ()
+            project = self._project
+            ran = {(co.co_filename, getattr(co, "co_qualname", co.co_name), co.co_firstlineno)
+                   for co in list(self.codes) if project(co.co_filename)}
+            if self.marks:
+                ran.update(entry_marks.collected())
+        else:
+            ran = set()
         if not record:
             return
-        project = self._project
-        ran = {(co.co_filename, getattr(co, "co_qualname", co.co_name), co.co_firstlineno)
-               for co in list(self.codes) if project(co.co_filename)}
-        ran.update(marked)
+        self._write(self._finish_line(item, duration, ran))
+
+    def _finish_line(self, item: Any, duration: float, ran: set[tuple[str, str, int]]) -> str:
+        """The test's record, one JSON line; the JSON of each code object and
+        each file's hash is made once per process (most tests run the same few)."""
+        code_json = self._code_json
+        hash_json = self._hash_json
         code = []
-        for filename, qualname, line in ran:
-            if filename not in self.hashes:
-                self.busy = True
-                try:
-                    self.hashes[filename] = _sha1(filename)
-                finally:
-                    self.busy = False
-            code.append([filename, qualname, line])
+        files = set()
+        for key in ran:
+            text = code_json.get(key)
+            if text is None:
+                filename, qualname, line = key
+                text = code_json[key] = f"[{_str(filename)}, {_str(qualname)}, {int(line)}]"
+            code.append(text)
+            files.add(key[0])
+        hashes = []
+        for filename in files:
+            text = hash_json.get(filename)
+            if text is None:
+                if filename not in self.hashes:
+                    self.busy = True
+                    try:
+                        self.hashes[filename] = _sha1(filename)
+                    finally:
+                        self.busy = False
+                sha = self.hashes[filename]
+                text = hash_json[filename] = f"{_str(filename)}: {'null' if sha is None else _str(sha)}"
+            hashes.append(text)
         reads = {}
-        self.busy = True
-        try:
-            for path in sorted(self.reads - self.writes):
-                reads[path] = _sha1(path)
-        finally:
-            self.busy = False
+        if self.reads:
+            self.busy = True
+            try:
+                for path in sorted(self.reads - self.writes):
+                    reads[path] = _sha1(path)
+            finally:
+                self.busy = False
         outcome, report = _outcome(self.reports)
-        self._write(
-            {
-                "test": self._test_id(item.nodeid),
-                "file": self._rel(os.fspath(getattr(item, "path", "") or "")),
-                "outcome": outcome,
-                "report": report,
-                "duration": duration,
-                "code": code,
-                "hashes": {f: self.hashes.get(f) for f, _, _ in code},
-                "reads": reads,
-                "writes": sorted(self.writes),
-                "incomplete": self.incomplete,
-                "recorder": self._how(),
-            }
+        incomplete = "null" if self.incomplete is None else _str(self.incomplete)
+        # json.dumps per value costs more than the rest of the record: strings go
+        # through its C escaper directly, the usual empty values are constants.
+        return (
+            f'{{"test": {_str(self._test_id(item.nodeid))}, '
+            f'"file": {_str(self._rel(os.fspath(getattr(item, "path", "") or "")))}, '
+            f'"outcome": {_str(outcome)}, "report": {_str(report)}, "duration": {duration!r}, '
+            f'"code": [{", ".join(code)}], "hashes": {{{", ".join(hashes)}}}, '
+            f'"reads": {_dumps(reads) if reads else "{}"}, '
+            f'"writes": {_dumps(sorted(self.writes)) if self.writes else "[]"}, '
+            f'"incomplete": {incomplete}, "recorder": {_str(self._how())}}}\n'
         )
 
     def _how(self) -> str:
@@ -415,6 +500,12 @@ class Recorder:
     # --------------------------------------------------------- output
 
     def _rel(self, path: str) -> str:
+        rel = self._rels.get(path)
+        if rel is None:
+            rel = self._rels[path] = self._relpath(path)
+        return rel
+
+    def _relpath(self, path: str) -> str:
         if not path:
             return path
         try:
@@ -425,28 +516,32 @@ class Recorder:
     def _test_id(self, nodeid: str) -> str:
         """The node id relative to the watch's directory (pytest's rootdir may differ)."""
         file, sep, rest = nodeid.partition("::")
-        rootpath = getattr(self, "pytest_root", None)
-        if rootpath is None:
-            return nodeid
-        return self._rel(os.path.join(rootpath, file)) + sep + rest
+        rel = self._ids.get(file)
+        if rel is None:
+            rootpath = getattr(self, "pytest_root", None)
+            if rootpath is None:
+                return nodeid
+            rel = self._ids[file] = self._rel(os.path.join(rootpath, file))
+        return rel + sep + rest
 
     def collect_error(self, report: Any) -> None:
         text = getattr(report, "longreprtext", "") or str(report.longrepr)
         missing = sorted(set(_MISSING_MODULE.findall(text)) | set(_CANNOT_IMPORT.findall(text)))
         path = os.path.join(getattr(self, "pytest_root", self.cwd), report.nodeid.split("::")[0])
-        self._write({"collect_error": self._rel(path), "missing": missing, "text": text})
+        self._write(_dumps({"collect_error": self._rel(path), "missing": missing, "text": text}) + "\n")
 
     def not_found(self, args: list, invocation_dir: str) -> None:
         ids = []
         for arg in args:
             file, sep, rest = str(arg).partition("::")
             ids.append(self._rel(os.path.join(invocation_dir, file)) + sep + rest)
-        self._write({"not_found": ids})
+        self._write(_dumps({"not_found": ids}) + "\n")
 
-    def _write(self, record: dict) -> None:
+    def _write(self, line: str) -> None:
+        """Writes one JSON line at once: the watch reads the file as it grows."""
         self.busy = True
         try:
-            self.out.write(json.dumps(record) + "\n")
+            self.out.write(line)
             self.out.flush()
         finally:
             self.busy = False

@@ -339,6 +339,34 @@ def _pytest_entry() -> tuple[Any, str | None]:
     return entry, prog_name(sys.argv)
 
 
+def _object_plugins(args: list[str]) -> list[Any]:
+    """The watch's recorder as a plugin object when a ``-p`` names it.
+
+    pytest imports a ``-p`` plugin only after reading the entry points of every
+    installed distribution (pluggy's ``load_setuptools_entrypoints``: 5-30 M
+    instructions a cycle, more the more packages are installed); registered
+    first as an object, the ``-p`` finds it and does nothing.
+    """
+    named = False
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        if arg == "-p" and i < len(args):
+            name, i = args[i], i + 1
+        elif isinstance(arg, str) and arg.startswith("-p"):
+            name = arg[2:]
+        else:
+            continue
+        if name.strip() == "stepkernel_worker.deps":
+            named = True
+    if not named:
+        return []
+    from .. import deps
+
+    return [deps]
+
+
 def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     """Run pytest in this process with the stepping plugin; returns its exit code."""
     plugin = SteppingPlugin(engine)
@@ -349,7 +377,7 @@ def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
         from .xdist_controller import plugins as xdist_plugins, usage_hint
 
         entry, prog = _pytest_entry()
-        plugins = [plugin, *xdist_plugins(engine)]
+        plugins = [plugin, *xdist_plugins(engine), *_object_plugins(full)]
         # Called here, not through a helper: no frame more than `python -m pytest` has.
         code = entry(full, plugins) if prog is None else entry(args=full, plugins=plugins, prog=prog)
         usage_hint(full, int(code))

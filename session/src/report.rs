@@ -86,6 +86,17 @@ struct StepEntry {
     status: Value,
 }
 
+impl StepEntry {
+    /// The step's plan ids (none when it has no `plan_ids` array).
+    fn plan_ids(&self) -> impl Iterator<Item = &Value> {
+        self.plan_ids
+            .as_ref()
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }
+}
+
 /// A phase of the current test as `test_start` listed it: what a failed or
 /// passed test's unreported steps are filled in from.
 struct Phase {
@@ -495,13 +506,7 @@ impl Report {
                 let row = rows.entry(step.name.as_str().unwrap_or("")).or_default();
                 row.add(step.status.as_str(), step.duration_s.as_f64());
                 row.test(test.id.as_str());
-                for id in step
-                    .plan_ids
-                    .as_ref()
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for id in step.plan_ids() {
                     if !row.plan_ids.contains(&id) {
                         row.plan_ids.push(id);
                     }
@@ -533,13 +538,7 @@ impl Report {
                 row.test(test.id.as_str());
             }
             for step in &test.steps {
-                for id in step
-                    .plan_ids
-                    .as_ref()
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
+                for id in step.plan_ids() {
                     let row = steps.entry(id.as_str().unwrap_or("")).or_default();
                     row.add(step.status.as_str(), step.duration_s.as_f64());
                 }

@@ -5,18 +5,23 @@ Usage: bench_watch.py --stepkernel BIN --python PY --workdir DIR [--rounds N]
                       [--repo MORE_ITERTOOLS_GIT [--commits N] [--order topo|first-parent] [--until REV]]
                       [--only recording,latency,replay,synthetic]
 
-- recording: on pinned real suites (the sdists bench/run_overhead uses), plain
-  `python -m pytest` against the same with the watch's recorder plugin
-  (`-p stepkernel_worker.deps`, what every watch cycle adds), against
-  pytest-testmon's collecting run (fresh `.testmondata`; skipped when
-  pytest-testmon is not installed in PY), and the whole first watch cycle
-  (`stepkernel run --on-error fail` with the recorder). On 3.10/3.11 also the
-  recorder with cProfile (`STEPKERNEL_WATCH_RECORDER=profile`: what it was
-  before entry marks, and its fallback). Medians of ROUNDS, sides alternating;
-  `--cold` runs every side with PYTHONDONTWRITEBYTECODE=1 (each run compiles
-  every module, marked ones from their AST); `--instructions` counts
-  instructions with valgrind's callgrind instead (one run of each side, all
-  processes), the figure the neighbours on a shared machine do not move.
+- recording: on pinned real suites (the sdists bench/run_overhead uses:
+  toolz, more-itertools, boltons), plain `python -m pytest` against the same
+  with the watch's recorder plugin loaded as a cycle's worker loads it (an
+  object passed to `pytest.main`, plus the `-p stepkernel_worker.deps` every
+  watch cycle adds), against pytest-testmon's collecting run (fresh
+  `.testmondata`; skipped when pytest-testmon is not installed in PY), and the
+  whole first watch cycle (`stepkernel run --on-error fail` with the
+  recorder). On 3.10/3.11 also the recorder with cProfile
+  (`STEPKERNEL_WATCH_RECORDER=profile`: what it was before entry marks, and
+  its fallback); on 3.12+ the one-id fallback (`restart_events()`);
+  `--baseline-worker DIR` adds another revision's recorder (its `worker/`,
+  loaded with `-p` as that revision's watch did). Medians of ROUNDS, sides
+  alternating; `--cold` runs every side with PYTHONDONTWRITEBYTECODE=1 (each
+  run compiles every module, marked ones from their AST); `--instructions`
+  counts instructions with valgrind's cachegrind instead (the count callgrind
+  gives; one run of each side, all processes), the figure the neighbours on a
+  shared machine do not move.
 - latency: `stepkernel watch --plain` on a copy of examples/shop; time from
   writing a library function to the first `test_finish` of the cycle in the
   watch's events.jsonl; beside it plain pytest running the example's suite
@@ -63,8 +68,13 @@ sys.path.insert(0, str(HERE.parent / "run_overhead"))
 import bench_run_overhead as overhead  # noqa: E402  (sdists and their fix-ups)
 
 WORKER = REPO / "worker"
-# jinja2 needs MarkupSafe installed; these two need nothing but pytest.
-SUITES = [p for p in overhead.PROJECTS if p[0] in ("toolz", "more-itertools")]
+# jinja2 needs MarkupSafe installed; these three need nothing but pytest.
+SUITES = [p for p in overhead.PROJECTS if p[0] in ("toolz", "more-itertools", "boltons")]
+# The recorder as a cycle's worker loads it: registered as an object (pytest.main's
+# `plugins`), so the `-p stepkernel_worker.deps` the watch passes finds it and does
+# nothing (a `-p` import would first read every installed distribution's entry points).
+RECORDER_MAIN = ("import sys, pytest; from stepkernel_worker import deps; "
+                 "raise SystemExit(pytest.main(sys.argv[1:], plugins=[deps]))")
 
 
 def log(*args):
@@ -113,7 +123,7 @@ def recording(args, workdir: Path):
         env_rec = {**env, "STEPKERNEL_DEPS_FILE": str(deps)}
         sides = {
             "pytest": ([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", tests], env),
-            "recorder": ([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+            "recorder": ([args.python, "-c", RECORDER_MAIN, "-q", "-p", "no:cacheprovider", "-p",
                           "stepkernel_worker.deps", tests], env_rec),
             "cycle": ([args.stepkernel, "run", "--on-error", "fail", "--quiet", "--python", args.python, tests,
                        "--", "-p", "no:cacheprovider", "-p", "stepkernel_worker.deps"], env_rec),
@@ -125,8 +135,13 @@ def recording(args, workdir: Path):
         if tuple(map(int, version.split(".")[:2])) >= (3, 12):
             # The one-id fallback: the recorder as it was before its two tools.
             env_one = {**env_rec, "PYTHONPATH": os.pathsep.join([env_rec["PYTHONPATH"], str(HERE)])}
-            sides["recorder-one-tool"] = ([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+            sides["recorder-one-tool"] = ([args.python, "-c", RECORDER_MAIN, "-q", "-p", "no:cacheprovider", "-p",
                                            "bench_claim_tool_ids", "-p", "stepkernel_worker.deps", tests], env_one)
+        if args.baseline_worker:
+            # Another revision's recorder (its worker/ directory), loaded as that revision's watch loaded it.
+            env_before = {**env_rec, "PYTHONPATH": os.pathsep.join([str(root / pythonpath), str(args.baseline_worker)])}
+            sides["recorder-before"] = ([args.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
+                                         "stepkernel_worker.deps", tests], env_before)
         if testmon:
             # testmon needs the cache provider (it crashes without it); a fresh database each round.
             sides["testmon"] = ([args.python, "-m", "pytest", "-q", "--testmon", tests], env)
@@ -171,6 +186,12 @@ def recording(args, workdir: Path):
                                 f"Python {version}, median CPU user+sys (s)",
                    "stepkernel": cpu_med["recorder-one-tool"], "peer": cpu_med["pytest"], "peer_name": "pytest",
                    "ratio": cpu_med["recorder-one-tool"] / cpu_med["pytest"], "goal": "-"})
+        if "recorder-before" in sides:
+            for what, m in (("wall", med), ("CPU user+sys", cpu_med)):
+                bench({"benchmark": f"watch recorder of {args.baseline_worker} vs pytest: {name} {ver}, "
+                                    f"Python {version}, median {what} (s)",
+                       "stepkernel": m["recorder-before"], "peer": m["pytest"], "peer_name": "pytest",
+                       "ratio": m["recorder-before"] / m["pytest"], "goal": "-"})
         if "recorder-profile" in sides:
             bench({"benchmark": f"watch recorder, cProfile (before entry marks; the fallback) vs pytest: {name} {ver}, "
                                 f"Python {version}, median CPU user+sys (s)",
@@ -182,8 +203,28 @@ def recording(args, workdir: Path):
                    "ratio": med["recorder"] / med["testmon"], "goal": "-"})
 
 
+def counted(argv, cwd: Path, env, out: Path) -> int:
+    """Instructions every process of ``argv`` executed (cachegrind without its cache
+    simulation: the count callgrind gives, at a quarter of the time), summed."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("cg.*"):
+        old.unlink()
+    vg = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
+          f"--cachegrind-out-file={out}/cg.%p"]
+    with open(out / "output.log", "wb") as log_file:
+        subprocess.run(vg + argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    total = 0
+    for path in out.glob("cg.*"):
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("summary:"):
+                    total += int(line.split()[1])
+                    break
+    return total
+
+
 def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Path, workdir: Path) -> None:
-    """Instructions each side executed (callgrind, every process), after one warm-up run of each."""
+    """Instructions each side executed (cachegrind, every process), after one warm-up run of each."""
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     counts = {}
@@ -191,13 +232,13 @@ def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Pa
         subprocess.run(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if deps.exists():
             deps.unlink()
-        counts[side] = overhead.counted(argv, root, env, workdir / "callgrind" / f"{name}-{side}")
+        counts[side] = counted(argv, root, env, workdir / "cachegrind" / f"{name}-{side}")
     log(f"{name} {ver} on Python {version}, instructions (millions): "
         + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in counts.items()))
     for side, count in counts.items():
         if side != "pytest":
             bench({"benchmark": f"watch {side} vs pytest: {name} {ver}, Python {version}, "
-                                "instructions (callgrind, all processes; millions)",
+                                "instructions (cachegrind, all processes; millions)",
                    "stepkernel": count / 1e6, "peer": counts["pytest"] / 1e6, "peer_name": "pytest",
                    "ratio": count / counts["pytest"], "goal": "-"})
 
@@ -749,11 +790,13 @@ def main():
     parser.add_argument("--until", default="HEAD", help="the newest commit replayed")
     parser.add_argument("--tests-at", help="replay only more_itertools/, with tests/ kept as at this commit "
                                            "(tests ahead of the code: real failures until the code catches up)")
-    parser.add_argument("--suites", default="toolz,more-itertools", help="recording: which of the sdists")
+    parser.add_argument("--suites", default="toolz,more-itertools,boltons", help="recording: which of the sdists")
+    parser.add_argument("--baseline-worker", type=Path,
+                        help="recording: also time the recorder of this worker/ directory (another revision's)")
     parser.add_argument("--cold", action="store_true", help="recording: no bytecode caches (PYTHONDONTWRITEBYTECODE=1)")
     parser.add_argument("--sides", help="recording: only these sides (comma-separated, pytest always)")
     parser.add_argument("--instructions", action="store_true",
-                        help="recording: count instructions (valgrind's callgrind) instead of timing")
+                        help="recording: count instructions (valgrind's cachegrind) instead of timing")
     parser.add_argument("--no-pyc", action="store_true",
                         help="latency on the example: keep $PYTHONDONTWRITEBYTECODE (no .pyc cache: pytest "
                              "rewrites its plugins and the tests at every cycle)")

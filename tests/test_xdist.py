@@ -118,6 +118,10 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     for worker in ("gw0", "gw1"):
         assert f"workers/{worker}/connection.json" in out
         assert f"--worker {worker}" in out
+    # The step's source, from the report the kernels took from the run's shared store.
+    assert 'step 1 (assert net(value) == 8, "net price")' in out, out
+    assert "step 1 (assert len(items) == 4, \"count\")" in out, out
+    assert len(list((run.session_dir / "steps").glob("*.json"))) == 2
     assert json.loads((run.session_dir / "session.json").read_text())["state"] == "paused"
 
     by_test = {meta["paused_at"].split("::")[0]: worker for worker, meta in paused.items()}
@@ -142,6 +146,8 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     assert report["outcomes"] == {"fixed": 2}, report
     assert report["summary"]["total"] == 2 and report["summary"]["exit_code"] == 1, report
     assert report["exit_code"] == 1
+    # The shared reports live as long as the run.
+    assert not (run.session_dir / "steps").exists()
     events = run.events()
     workers_seen = {e.get("worker") for e in events if e["event"] == "test_finish"}
     assert workers_seen == {"gw0", "gw1"}, events

@@ -118,6 +118,10 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     for worker in ("gw0", "gw1"):
         assert f"workers/{worker}/connection.json" in out
         assert f"--worker {worker}" in out
+    # The step's source, from the report the kernels took from the run's shared store.
+    assert 'step 1 (assert net(value) == 8, "net price")' in out, out
+    assert "step 1 (assert len(items) == 4, \"count\")" in out, out
+    assert len(list((run.session_dir / "steps").glob("*.json"))) == 2
     assert json.loads((run.session_dir / "session.json").read_text())["state"] == "paused"
 
     by_test = {meta["paused_at"].split("::")[0]: worker for worker, meta in paused.items()}
@@ -142,6 +146,8 @@ def test_two_workers_pause_attach_edit_continue_and_one_patch(run_session, tmp_p
     assert report["outcomes"] == {"fixed": 2}, report
     assert report["summary"]["total"] == 2 and report["summary"]["exit_code"] == 1, report
     assert report["exit_code"] == 1
+    # The shared reports live as long as the run.
+    assert not (run.session_dir / "steps").exists()
     events = run.events()
     workers_seen = {e.get("worker") for e in events if e["event"] == "test_finish"}
     assert workers_seen == {"gw0", "gw1"}, events
@@ -230,6 +236,46 @@ def test_worksteal_drains_a_paused_workers_queue(run_session, tmp_path):
     client = attach(run, worker)
     cell(client, "%fail")
     assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+
+
+ONE_MODULE = {
+    "test_shared.py": '''
+        import os
+
+
+        def test_total():
+            items = [1, 2, 3]
+            assert sum(items) == 7, "total"
+            assert items
+        ''',
+}
+
+
+def test_workers_compile_a_test_module_once_and_each_pauses_in_it_with_its_steps(tmp_path, run_session):
+    # --dist each: both workers run the same test of the same module, which
+    # one compiled and the other loaded (no .pyc files: every import compiles).
+    project = write_project(tmp_path / "proj", ONE_MODULE)
+    run = run_session(project, "--linger", "0", "-n", "2", "--", "--dist", "each", "-p", "no:cacheprovider",
+                      env={"PYTHONDONTWRITEBYTECODE": "1"})
+    paused = wait_for(lambda: len(paused_workers(run)) == 2 and paused_workers(run), timeout=120,
+                      what="both workers to pause")
+    assert {m["paused_at"] for m in paused.values()} == {"test_shared.py::test_total::test_total step 1"}, paused
+    steps = run.session_dir / "steps"
+    assert len(list(steps.glob("*.code"))) == 1, sorted(p.name for p in steps.iterdir())
+    assert not list(project.rglob("__pycache__/test_shared*.pyc"))
+    out = wait_for(lambda: run.output().count("PAUSED on failure on xdist worker") == 2 and run.output(),
+                   what="both pause banners")
+    # Both kernels know the step, also the one whose worker never asked for the file's steps.
+    assert out.count('step 1 (assert sum(items) == 7, "total")') == 2, out
+    for worker in paused:
+        client = attach(run, worker)
+        assert cell(client, "items, os.getpid() != 0").strip() == "([1, 2, 3], True)"
+        cell(client, "%%edit\nassert sum(items) == 6, 'total'\n")
+        cell(client, "%continue")
+    assert run.wait_exit(timeout=120, end=False) == 1, run.output()
+    report = json.loads((run.session_dir / "report.json").read_text())
+    assert report["outcomes"] == {"fixed": 2}, report
+    assert not steps.exists()
 
 
 def test_dist_load_is_warned_about(tmp_path, run_session):

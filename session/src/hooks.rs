@@ -5,6 +5,7 @@ use crate::patches;
 use crate::report::Report;
 use crate::session_dir::SessionMeta;
 use crate::status::LiveStatus;
+use crate::step_store::StepStore;
 use crate::terminal::Terminal;
 use instrumenter::Options;
 use kernel::session::{AfterRun, MagicOutput, SessionHooks};
@@ -141,6 +142,8 @@ pub struct RunHooks {
     /// Where journal.jsonl is (the session directory; an xdist worker's
     /// hooks share the session's, see `share_journal`).
     journal_dir: PathBuf,
+    /// The run's shared reports (a local xdist worker's kernel; see `share_steps`).
+    store: Option<Arc<StepStore>>,
 }
 
 impl RunHooks {
@@ -175,8 +178,16 @@ impl RunHooks {
             prefetch_done: Condvar::new(),
             loaded_dir: crate::patches::loaded_dir(&ctx.dir),
             journal_dir: ctx.dir.clone(),
+            store: None,
             ctx,
         }
+    }
+
+    /// Takes reports from the run's shared store, making (and storing) only
+    /// those not there yet (a local xdist worker's kernel: see step_store.rs).
+    pub fn share_steps(mut self, store: Arc<StepStore>) -> RunHooks {
+        self.store = Some(store);
+        self
     }
 
     /// Journals edits in `dir` (an xdist worker's hooks: the session's
@@ -314,7 +325,10 @@ impl RunHooks {
                 Some(Prefetch::Ready(seen, value)) if seen == bytes => Some(value),
                 _ => None,
             };
-            let value = ready.unwrap_or_else(|| self.instrument(abs, &bytes));
+            let value = ready.unwrap_or_else(|| match &self.store {
+                Some(store) => store.report(abs, &bytes, || self.instrument(abs, &bytes)),
+                None => self.instrument(abs, &bytes),
+            });
             inner.reports.insert(abs.to_path_buf(), value);
         }
         inner.reports.get(abs)
@@ -332,8 +346,15 @@ impl RunHooks {
 
     /// Instruments `files` in the background, so the worker's `need_steps`
     /// finds them ready (it asks while running tests; this runs while it is
-    /// still importing pytest).
-    pub fn prefetch(self: &Arc<Self>, files: Vec<PathBuf>) {
+    /// still importing pytest), at the lowest priority.
+    ///
+    /// With `store`, into that store for the run's xdist workers' kernels
+    /// (this session's own worker runs no test), at normal priority: every
+    /// worker imports every collected file, so what is made here is needed
+    /// (a file with a fresh stepped .pyc is skipped), and a kernel asking for
+    /// the file in progress waits for it rather than making it again (see
+    /// step_store.rs), which it must not do on a thread a busy machine starves.
+    pub fn prefetch(self: &Arc<Self>, files: Vec<PathBuf>, store: Option<Arc<StepStore>>) {
         if files.is_empty() {
             return;
         }
@@ -341,9 +362,14 @@ impl RunHooks {
         let spawned = std::thread::Builder::new()
             .name("stepkernel-prefetch".into())
             .spawn(move || {
-                lower_priority();
+                if store.is_none() {
+                    lower_priority();
+                }
                 for file in files {
-                    hooks.prefetch_file(file);
+                    match &store {
+                        Some(store) => hooks.prefetch_shared(store, &file),
+                        None => hooks.prefetch_file(file),
+                    };
                 }
             });
         if let Err(err) = spawned {
@@ -381,6 +407,18 @@ impl RunHooks {
         let made = pending.done.is_some();
         drop(pending);
         made
+    }
+
+    /// Instruments `file` into the run's shared store unless a fresh stepped
+    /// .pyc or the store has it, or a kernel is making it; whether it did.
+    fn prefetch_shared(&self, store: &StepStore, file: &Path) -> bool {
+        if has_fresh_stepped_pyc(file) {
+            return false;
+        }
+        let Ok(bytes) = std::fs::read(file) else {
+            return false;
+        };
+        store.prefetch(file, &bytes, || self.instrument(file, &bytes))
     }
 
     /// The exit code once the run ended.

@@ -10,6 +10,7 @@
 //! - [`status`]: what `status` answers, live or from a session's files;
 //! - [`discovery`]: finding sessions from any directory;
 //! - [`kernel_label`]: the session's name in Jupyter's kernel lists;
+//! - [`step_store`]: the run's step reports, shared by its xdist workers' kernels;
 //! - [`xdist`]: pytest-xdist workers, each served by a kernel of its own.
 
 pub mod attach;
@@ -25,5 +26,6 @@ pub mod report_table;
 pub mod run;
 pub mod session_dir;
 pub mod status;
+pub mod step_store;
 pub mod terminal;
 pub mod xdist;

@@ -4,6 +4,7 @@ use crate::attach;
 use crate::control::ControlServer;
 use crate::hooks::{RunHooks, SessionContext};
 use crate::session_dir::{self, SessionMeta};
+use crate::step_store::StepStore;
 use instrumenter::Options;
 use kernel::connection_file::ConnectionInfo;
 use kernel::server::{BoundKernel, KernelOptions};
@@ -413,9 +414,21 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                        Messages are signed with the session key but NOT encrypted: prefer an SSH tunnel \
                        (jupyter console --existing FILE --ssh HOST) or a Jupyter server beside the tests.");
         }
-        // Under xdist this process runs no test: each worker's kernel prefetches its own.
-        if !uses_xdist(&opts.pytest_args) {
-            hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets));
+        // Under xdist this process runs no test: it instruments the files once
+        // for every local worker's kernel (each worker collects every file).
+        let store = if uses_xdist(&opts.pytest_args) {
+            match StepStore::open(&dir, &hooks.context().options.fingerprint()) {
+                Ok(store) => Some(Arc::new(store)),
+                Err(err) => {
+                    hooks.say(&format!("stepkernel: no shared step reports for the xdist workers ({err}): each instruments its own"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if store.is_some() || !uses_xdist(&opts.pytest_args) {
+            hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets), store);
         }
         let control = match ControlServer::start(hooks.clone(), bound.steering()) {
             Ok(control) => Some(control),
@@ -442,6 +455,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         if let Some(relay) = relay {
             relay.close();
         }
+        // Also the one the workers' kernels made (`-n` in the ini's addopts, not seen above).
+        StepStore::remove(&dir);
         served?;
         Ok(hooks.exit_code().unwrap_or(3))
     })

@@ -9,6 +9,7 @@ use crate::attach;
 use crate::hooks::{RunHooks, SessionContext};
 use crate::run::RunError;
 use crate::session_dir::SessionMeta;
+use crate::step_store::StepStore;
 use kernel::connection_file::ConnectionInfo;
 use kernel::server::{BoundKernel, KernelOptions};
 use kernel::session::{AfterRun, MagicOutput, SessionHooks};
@@ -251,6 +252,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             ..Default::default()
         };
         let _ = meta.save(&dir);
+        let options_fingerprint = options.fingerprint();
         let mut hooks = RunHooks::new(
             SessionContext {
                 id: session.id.clone(),
@@ -283,6 +285,15 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                 .ok(),
             None => {
                 hooks = hooks.share_journal(&opts.session_dir);
+                // The session instruments ahead of need into this store; a file
+                // not there yet is made by the first kernel asking, once.
+                match StepStore::open(&opts.session_dir, &options_fingerprint) {
+                    Ok(store) => hooks = hooks.share_steps(Arc::new(store)),
+                    Err(err) => eprintln!(
+                        "stepkernel: worker {}: no shared step reports ({err}): instrumenting its own",
+                        opts.worker
+                    ),
+                }
                 std::os::unix::net::UnixStream::connect(crate::control::connect_path(
                     &opts.session_dir.join(RELAY_SOCKET),
                 ))
@@ -313,14 +324,6 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
             }
         }
         let inner = Arc::new(hooks);
-        if opts.remote.is_none() {
-            // As a single run's kernel does: the test files are instrumented
-            // while the interpreter starts, not one by one as it collects them.
-            inner.prefetch(crate::run::prefetch_candidates(
-                Path::new(&session.rootdir),
-                &session.args,
-            ));
-        }
         let hooks = Arc::new(WorkerHooks {
             inner,
             relay: Mutex::new(relay),

@@ -124,6 +124,8 @@ class Engine:
         self.pause_context: Callable[[], Any] = contextlib.nullcontext
         #: pytest's assertion rewriter for edited steps, ``(module_ast) -> None`` per file.
         self.rewriter: Callable[[Any, bytes, str], None] | None = None
+        #: A local xdist worker's: where the run's workers share compiled test modules (``shared_code.py``).
+        self.shared_code_dir: str | None = None
         self.on_abort: Callable[[], None] | None = None
         self._steps: dict[types.CodeType, FunctionSteps | None] = {}
         self._extra: dict[tuple, dict[str, types.CellType]] = {}

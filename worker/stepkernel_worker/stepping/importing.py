@@ -20,7 +20,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..pyc_cache import read_pyc, write_pyc
-from . import transform
+from . import shared_code, transform
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -37,11 +37,16 @@ def transformed(engine: Engine, tree: ast.Module, path: str) -> None:
 
 
 def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
-    """Transform test modules right after pytest rewrites their asserts; returns the undo."""
+    """Transform test modules right after pytest rewrites their asserts; returns the undo.
+
+    A local xdist worker (``engine.shared_code_dir``) also takes the modules
+    another worker of the run compiled (``shared_code.py``).
+    """
     import _pytest.assertion.rewrite as rewrite_module
 
     original_rewrite = rewrite_module.rewrite_asserts
     original_tail = rewrite_module.PYC_TAIL
+    original_rewrite_test = getattr(rewrite_module, "_rewrite_test", None)
 
     def rewrite_asserts(mod, source, module_path=None, config=None):
         original_rewrite(mod, source, module_path, config)
@@ -58,12 +63,61 @@ def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
     tag = transform.cache_tag(engine.steps_fingerprint)
     if original_tail.endswith(".pyc"):
         rewrite_module.PYC_TAIL = f"{original_tail[:-4]}-{tag}.pyc"
+    store = shared_code.shared(engine.shared_code_dir, rewrite_module.PYC_TAIL)
+    first = _rewrite_test_returns(rewrite_module)
+    if store is not None and original_rewrite_test is not None and first is not None:
+        rewrite_module._rewrite_test = _shared_rewrite_test(store, original_rewrite_test, first)
 
     def undo() -> None:
         rewrite_module.rewrite_asserts = original_rewrite
         rewrite_module.PYC_TAIL = original_tail
+        if original_rewrite_test is not None:
+            rewrite_module._rewrite_test = original_rewrite_test
 
     return undo
+
+
+def _rewrite_test_returns(rewrite_module: Any) -> str | None:
+    """What pytest's ``_rewrite_test`` returns beside the code: the source's ``hash`` (pytest 9), its
+    ``stat`` (before), or None (another shape: no sharing)."""
+    import inspect
+
+    try:
+        names = inspect.signature(rewrite_module._write_pyc).parameters
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return "hash" if "source_hash" in names else "stat" if "source_stat" in names else None
+
+
+def _shared_rewrite_test(store: shared_code.SharedCode, original: Callable, first: str) -> Callable:
+    """pytest's ``_rewrite_test`` (read, parse, rewrite, step, compile) done once for the run's workers."""
+    import importlib.util
+
+    def _rewrite_test(fn, config):
+        try:
+            stat = os.stat(fn)
+            with open(fn, "rb") as fh:
+                source = fh.read()
+        except OSError:
+            return original(fn, config)
+        made: list = []
+
+        def compile_it():
+            made.append(original(fn, config))
+            head, code = made[0]
+            # Stored only when it was compiled from the bytes read here.
+            if first == "hash":
+                same = head == importlib.util.source_hash(source)
+            else:
+                same = (head.st_mtime_ns, head.st_size) == (stat.st_mtime_ns, stat.st_size)
+            return code if same else None
+
+        code = store.code(os.path.abspath(str(fn)), source, compile_it)
+        if made:
+            return made[0]
+        return (importlib.util.source_hash(source) if first == "hash" else stat), code
+
+    return _rewrite_test
 
 
 def announce(engine: Engine, path: str, module_globals: dict) -> None:
@@ -79,6 +133,8 @@ class _SteppedLoader(importlib.machinery.SourceFileLoader):
     """Loads a test file with step boundaries, cached under the transform's tag."""
 
     engine: Engine
+    #: A local xdist worker's modules compiled once for the run (``shared_code.py``).
+    shared: shared_code.SharedCode | None
 
     def get_code(self, fullname: str) -> Any:
         path = self.get_filename(fullname)
@@ -92,9 +148,13 @@ class _SteppedLoader(importlib.machinery.SourceFileLoader):
         cached = read_pyc(pyc, stat)
         if cached is not None:
             return cached
-        tree = ast.parse(source, filename=path)
-        transformed(self.engine, tree, path)
-        code = compile(tree, path, "exec", dont_inherit=True)
+
+        def compile_it() -> Any:
+            tree = ast.parse(source, filename=path)
+            transformed(self.engine, tree, path)
+            return compile(tree, path, "exec", dont_inherit=True)
+
+        code = compile_it() if self.shared is None else self.shared.code(os.path.abspath(path), source, compile_it)
         if not sys.dont_write_bytecode and os.environ.get("PYTHONDONTWRITEBYTECODE") is None:
             write_pyc(pyc, code, stat)
         return code
@@ -104,7 +164,10 @@ class _SteppedFinder(importlib.abc.MetaPathFinder):
     def __init__(self, engine: Engine, patterns: list[str]) -> None:
         self.engine = engine
         self.patterns = patterns
-        self.loader = type("SteppedLoader", (_SteppedLoader,), {"engine": engine})
+        # Its code is not pytest's rewritten code: entries of their own.
+        tag = f"{sys.implementation.cache_tag}-{transform.cache_tag(engine.steps_fingerprint)}-unrewritten"
+        store = shared_code.shared(engine.shared_code_dir, tag)
+        self.loader = type("SteppedLoader", (_SteppedLoader,), {"engine": engine, "shared": store})
 
     def find_spec(self, fullname, path=None, target=None):
         leaf = fullname.rpartition(".")[2]

@@ -9,11 +9,15 @@ worksteal`` is the default, so idle workers take a paused worker's queue.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from typing import Any
 
 import pytest
+
+#: Where a run's local workers share what they make once (the session's step store, step_store.rs).
+SHARED_DIR = "steps"
 
 #: Printed when the user chose ``--dist load``.
 LOAD_NOTE = (
@@ -120,10 +124,12 @@ class XdistController:
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
-        node.workerinput["stepkernel"] = {
-            "on_error": self.engine.on_error,
-            "steps_fingerprint": self.engine.steps_fingerprint,
-        }
+        given = {"on_error": self.engine.on_error, "steps_fingerprint": self.engine.steps_fingerprint}
+        spec = getattr(getattr(node, "gateway", None), "spec", None)
+        if spec is not None and spec.popen and not spec.via and self.spec.get("session_dir"):
+            # A worker on this machine: it shares compiled test modules with the others (shared_code.py).
+            given["shared_code"] = os.path.join(self.spec["session_dir"], SHARED_DIR)
+        node.workerinput["stepkernel"] = given
 
 
 #: pytest-xdist's options (a usage error naming them may mean xdist is missing).

@@ -112,6 +112,7 @@ def pytest_configure(config: Any) -> None:
     worker._share_flag()
     rootdir = str(config.rootpath)
     engine = Engine(worker, on_error=given.get("on_error", "pause"), rootdir=rootdir)
+    engine.shared_code_dir = given.get("shared_code")
     active = contextlib.ExitStack()
     active.enter_context(_engine_active(engine))
     _state.update(engine=engine, active=active)

@@ -1219,12 +1219,13 @@ impl Executor {
                 // Always answered (the worker waits for it), also for a path it could not name.
                 let path = crate::worker::message_path(&message, "path").unwrap_or_default();
                 let report = match &self.shared.hooks {
-                    Some(hooks) => hooks.steps_for(&path),
-                    None => json!({}),
+                    Some(hooks) => hooks.steps_reply(&path),
+                    None => "{}".to_string(),
                 };
-                let reply =
-                    json!({"type": "steps_reply", "id": message.get("id"), "report": report});
-                let _ = self.worker.send(&reply).await;
+                // The report arrives as JSON text: spliced in, not parsed again.
+                let id = message.get("id").unwrap_or(&Value::Null);
+                let reply = format!(r#"{{"type":"steps_reply","id":{id},"report":{report}}}"#);
+                let _ = self.worker.send_line(reply).await;
             }
             "steps_loaded" => {
                 // The worker used cached steps: the session still records the

@@ -30,8 +30,14 @@ pub enum AfterRun {
 
 /// Services the session (the `stepkernel` binary) gives the kernel.
 pub trait SessionHooks: Send + Sync {
-    /// The instrumenter's report for one file (`files[0]` of `stepkernel steps --json`).
+    /// The instrumenter's report for one file as the worker reads it
+    /// (`files[0]` of `stepkernel steps --json`, without step sources and flags).
     fn steps_for(&self, path: &std::path::Path) -> Value;
+    /// [`SessionHooks::steps_for`] as JSON text: the worker's `need_steps`
+    /// reply, which a session can serialize without building a `Value`.
+    fn steps_reply(&self, path: &std::path::Path) -> String {
+        self.steps_for(path).to_string()
+    }
     /// Names the instrumenter and its options: the worker trusts step data
     /// it cached under the same fingerprint without asking for the report.
     fn steps_fingerprint(&self) -> Option<String> {

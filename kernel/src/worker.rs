@@ -548,6 +548,16 @@ impl Worker {
             .map_err(WorkerError::Channel)
     }
 
+    /// Sends one message already encoded as a JSON object (no newline).
+    pub async fn send_line(&mut self, line: String) -> Result<(), WorkerError> {
+        let mut line = line.into_bytes();
+        line.push(b'\n');
+        self.writer
+            .write_all(&line)
+            .await
+            .map_err(WorkerError::Channel)
+    }
+
     /// Sends a `pause_request` or `breakpoints` message, then raises the ring's
     /// step flag so a running test looks at its next step boundary.
     pub async fn send_step_control(&mut self, message: &Value) -> Result<(), WorkerError> {

@@ -6,8 +6,9 @@ use crate::report::Report;
 use crate::session_dir::SessionMeta;
 use crate::status::LiveStatus;
 use crate::step_store::StepStore;
+use crate::steps_reply::StepsReply;
 use crate::terminal::Terminal;
-use instrumenter::Options;
+use instrumenter::{FileReport, Options};
 use kernel::session::{AfterRun, MagicOutput, SessionHooks};
 use kernel::worker::StreamName;
 use patchgen::{Edit, Journal};
@@ -60,7 +61,7 @@ struct Inner {
     /// Files loaded since their report was made (or never reported): their latest bytes.
     unreported: HashMap<PathBuf, Vec<u8>>,
     /// Instrumenter reports by absolute path, made when first needed.
-    reports: HashMap<PathBuf, Value>,
+    reports: HashMap<PathBuf, FileReport>,
     last_pause: Option<Value>,
     meta: SessionMeta,
     /// When session.json was last written for a finished test.
@@ -122,7 +123,7 @@ enum Prefetch {
     /// parsing the file a second time (cold, parsing is most of the kernel's work).
     Working,
     /// Instrumented ahead of need: the bytes seen and the report.
-    Ready(Vec<u8>, Value),
+    Ready(Vec<u8>, FileReport),
     /// Its report was asked for before the prefetch reached it (and made
     /// then): the prefetch skips it, rather than instrumenting it again.
     Claimed,
@@ -310,7 +311,7 @@ impl RunHooks {
 
     /// The instrumenter's report of `abs` as last loaded (prefetched when it
     /// can be), made when first asked for.
-    fn report_of<'a>(&self, inner: &'a mut Inner, abs: &Path) -> Option<&'a Value> {
+    fn report_of<'a>(&self, inner: &'a mut Inner, abs: &Path) -> Option<&'a FileReport> {
         if let Some(bytes) = inner.unreported.remove(abs) {
             let mut prefetched = self.prefetched.lock().unwrap_or_else(|e| e.into_inner());
             while matches!(prefetched.get(abs), Some(Prefetch::Working)) {
@@ -334,14 +335,38 @@ impl RunHooks {
         inner.reports.get(abs)
     }
 
-    /// The instrumenter's report of `abs` (holding `bytes`), as JSON.
-    fn instrument(&self, abs: &Path, bytes: &[u8]) -> Value {
+    /// The instrumenter's report of `abs` (holding `bytes`).
+    fn instrument(&self, abs: &Path, bytes: &[u8]) -> FileReport {
         let shown = abs
             .strip_prefix(&self.ctx.rootdir)
             .map(|p| p.to_string_lossy().to_string())
             .unwrap_or_else(|_| abs.to_string_lossy().to_string());
-        let report = instrumenter::instrument_source(&shown, bytes, &self.ctx.options);
-        serde_json::to_value(&report).unwrap_or(json!({}))
+        instrumenter::instrument_source(&shown, bytes, &self.ctx.options)
+    }
+
+    /// `path`'s report as the worker reads it, given to `reply`; a file
+    /// that cannot be read gets a report naming the error, given to `missing`.
+    fn with_steps_reply<T>(
+        &self,
+        path: &Path,
+        reply: impl FnOnce(&StepsReply<'_>) -> T,
+        missing: impl FnOnce(Value) -> T,
+    ) -> T {
+        let abs = path.to_path_buf();
+        let bytes = match std::fs::read(&abs) {
+            Ok(bytes) => bytes,
+            Err(err) => {
+                return missing(
+                    json!({"path": path.to_string_lossy(), "error": {"message": err.to_string()}, "tests": [], "functions": []}),
+                )
+            }
+        };
+        let mut inner = self.lock();
+        self.record_file(&mut inner, abs.clone(), bytes);
+        match self.report_of(&mut inner, &abs) {
+            Some(report) => reply(&StepsReply::of(report)),
+            None => missing(json!({"path": path.to_string_lossy(), "tests": [], "functions": []})),
+        }
     }
 
     /// Instruments `files` in the background, so the worker's `need_steps`
@@ -485,14 +510,9 @@ impl RunHooks {
         let function = info.get("function")?.as_str()?;
         let step = info.get("step")?.as_u64()?;
         let report = self.report_of(inner, &file)?;
-        let func = report
-            .get("functions")?
-            .as_array()?
-            .iter()
-            .find(|f| f.get("qualname").and_then(Value::as_str) == Some(function))?;
-        let step = func.get("steps")?.as_array()?.get(step as usize)?;
-        let indent = step.get("indent").and_then(Value::as_str).unwrap_or("");
-        let source = step.get("source")?.as_str()?;
+        let step = report.function(function)?.steps.get(step as usize)?;
+        let indent = step.indent.as_str();
+        let source = step.source.as_str();
         // The first line starts at the statement; the others keep the file's indentation.
         let lines: Vec<&str> = source
             .lines()
@@ -944,20 +964,19 @@ impl RunHooks {
 
 impl SessionHooks for RunHooks {
     fn steps_for(&self, path: &Path) -> Value {
-        let abs = path.to_path_buf();
-        let bytes = match std::fs::read(&abs) {
-            Ok(bytes) => bytes,
-            Err(err) => {
-                return json!({"path": path.to_string_lossy(), "error": {"message": err.to_string()}, "tests": [], "functions": []})
-            }
-        };
-        let mut inner = self.lock();
-        self.record_file(&mut inner, abs.clone(), bytes);
-        self.report_of(&mut inner, &abs)
-            .map(slim_report)
-            .unwrap_or_else(
-                || json!({"path": path.to_string_lossy(), "tests": [], "functions": []}),
-            )
+        self.with_steps_reply(
+            path,
+            |reply| serde_json::to_value(reply).unwrap_or(json!({})),
+            |missing| missing,
+        )
+    }
+
+    fn steps_reply(&self, path: &Path) -> String {
+        self.with_steps_reply(
+            path,
+            |reply| serde_json::to_string(reply).unwrap_or_else(|_| "{}".to_string()),
+            |missing| missing.to_string(),
+        )
     }
 
     fn edited_text(&self, path: &Path) -> Option<String> {
@@ -1223,37 +1242,6 @@ impl Drop for PendingPrefetch<'_> {
     }
 }
 
-/// What the worker reads of a report: function steps without their source
-/// (it slices its own copy of the file) and phase names; the rest can be
-/// most of the reply.
-fn slim_report(report: &Value) -> Value {
-    let mut slim = report.clone();
-    if let Some(tests) = slim.get_mut("tests").and_then(Value::as_array_mut) {
-        for test in tests {
-            if let Some(phases) = test.get_mut("phases").and_then(Value::as_array_mut) {
-                for phase in phases {
-                    if let Some(phase) = phase.as_object_mut() {
-                        phase.retain(|k, _| k == "name" || k == "function");
-                    }
-                }
-            }
-        }
-    }
-    if let Some(functions) = slim.get_mut("functions").and_then(Value::as_array_mut) {
-        for function in functions {
-            if let Some(steps) = function.get_mut("steps").and_then(Value::as_array_mut) {
-                for step in steps {
-                    if let Some(step) = step.as_object_mut() {
-                        step.remove("source");
-                        step.remove("flags");
-                    }
-                }
-            }
-        }
-    }
-    slim
-}
-
 /// Says which unit the error count counts when failing class or module
 /// fixtures errored their tests: stepkernel counts each test, as pytest does,
 /// where `python -m unittest` counts one error per fixture.
@@ -1339,11 +1327,16 @@ mod prefetch_tests {
             file: Some(file.clone()),
             done: Some(Prefetch::Ready(
                 text,
-                json!({"tests": [{"name": "from_the_prefetch"}], "functions": []}),
+                // The report of another file (its test is test_other).
+                instrumenter::instrument_source(
+                    "test_other.py",
+                    b"def test_other():\n    pass\n",
+                    &Default::default(),
+                ),
             )),
         });
         let report = asker.join().unwrap();
-        assert_eq!(report["tests"][0]["name"], "from_the_prefetch", "{report}");
+        assert_eq!(report["tests"][0]["name"], "test_other", "{report}");
         // A prefetch that made nothing (unreadable file): the asker parses it itself.
         let other = project.path().join("test_d.py");
         std::fs::write(&other, "def test_d():\n    assert 4\n").unwrap();

@@ -27,5 +27,6 @@ pub mod run;
 pub mod session_dir;
 pub mod status;
 pub mod step_store;
+pub mod steps_reply;
 pub mod terminal;
 pub mod xdist;

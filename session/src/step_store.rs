@@ -16,7 +16,8 @@
 //! instrumented once for the run. The prefetch skips a file a kernel is
 //! making; it runs at normal priority (a kernel may wait on it).
 
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::Read;
@@ -79,7 +80,12 @@ impl StepStore {
 
     /// The report of `path` holding `bytes`: the stored one, else (another
     /// kernel making it is waited for) made by `make` and stored.
-    pub fn report(&self, path: &Path, bytes: &[u8], make: impl FnOnce() -> Value) -> Value {
+    pub fn report<R: Serialize + DeserializeOwned>(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        make: impl FnOnce() -> R,
+    ) -> R {
         let entry = self.entry(path);
         if let Some(value) = read(&entry.data, bytes) {
             return value;
@@ -99,7 +105,12 @@ impl StepStore {
 
     /// Makes and stores the report of `path` holding `bytes` ahead of need,
     /// unless it is stored already or a kernel is making it; whether it did.
-    pub fn prefetch(&self, path: &Path, bytes: &[u8], make: impl FnOnce() -> Value) -> bool {
+    pub fn prefetch<R: Serialize>(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        make: impl FnOnce() -> R,
+    ) -> bool {
         let entry = self.entry(path);
         if entry.data.exists() {
             return false;
@@ -146,7 +157,7 @@ fn lock(path: &Path, wait: bool) -> Option<File> {
 }
 
 /// The stored report, when the entry is there and was made from exactly `bytes`.
-fn read(path: &Path, bytes: &[u8]) -> Option<Value> {
+fn read<R: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Option<R> {
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
@@ -167,7 +178,7 @@ fn read(path: &Path, bytes: &[u8]) -> Option<Value> {
 /// Stores `value` as the report of `bytes` (renamed into place: a reader
 /// sees the whole entry or none). A store that cannot be written only costs
 /// the other kernels their own instrumenting.
-fn write(path: &Path, bytes: &[u8], value: &Value) {
+fn write<R: Serialize>(path: &Path, bytes: &[u8], value: &R) {
     let mut data = Vec::with_capacity(bytes.len() * 8 + 32);
     data.extend_from_slice(MAGIC);
     data.extend_from_slice(format!("{}\n", bytes.len()).as_bytes());

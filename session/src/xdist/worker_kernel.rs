@@ -367,6 +367,17 @@ const BARRIER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const REQUEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl WorkerHooks {
+    /// Whether `path` is the worker's barrier (asked for like a file's steps):
+    /// then everything buffered so far is written and relayed first.
+    fn reached_barrier(&self, path: &Path) -> bool {
+        if path.file_name().is_none_or(|n| n != BARRIER) {
+            return false;
+        }
+        self.inner.flush();
+        self.sync_relay();
+        true
+    }
+
     fn sync_relay(&self) {
         let _ = self.request(json!({"kind": "sync"}), BARRIER_WAIT);
     }
@@ -419,12 +430,17 @@ impl WorkerHooks {
 
 impl SessionHooks for WorkerHooks {
     fn steps_for(&self, path: &Path) -> Value {
-        if path.file_name().is_some_and(|n| n == BARRIER) {
-            self.inner.flush();
-            self.sync_relay();
+        if self.reached_barrier(path) {
             return json!({});
         }
         self.inner.steps_for(path)
+    }
+
+    fn steps_reply(&self, path: &Path) -> String {
+        if self.reached_barrier(path) {
+            return "{}".to_string();
+        }
+        self.inner.steps_reply(path)
     }
 
     fn steps_fingerprint(&self) -> Option<String> {

@@ -304,12 +304,14 @@ def encode_flat(obj: dict) -> str:
     event again.
     """
     parts = []
+    known = _strings.get
     for key, value in obj.items():
         if type(key) is not str:
             return _ENCODER.encode(obj)
         kind = type(value)
+        # (The cache looked up here, not through _json_string: a call per string less.)
         if kind is str:
-            text = _json_string(value)
+            text = known(value) or _json_string(value)
         elif kind is int:
             text = int.__repr__(value)
         elif kind is float and value - value == 0.0:  # finite
@@ -320,5 +322,5 @@ def encode_flat(obj: dict) -> str:
             text = "true" if value else "false"
         else:
             text = _ENCODER.encode(value)
-        parts.append(f"{_json_string(key)}:{text}")
+        parts.append(f"{known(key) or _json_string(key)}:{text}")
     return "{" + ",".join(parts) + "}"

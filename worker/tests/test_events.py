@@ -139,3 +139,52 @@ def test_a_test_the_session_ends_in_is_not_counted_as_passed(tmp_path, stop):
     assert finished == {"test_stop.py::test_passes": "passed", "test_stop.py::test_stops_the_session": "interrupted"}
     [summary] = [e for e in events if e["event"] == "summary"]
     assert summary["passed"] == 1 and summary.get("interrupted") == 1
+
+
+SHARED = '''
+import pytest
+
+
+class Base:
+    def setup_method(self):
+        self.x = 1
+
+    def test_inherited(self):
+        assert self.x
+
+
+class TestWithTeardown(Base):
+    def teardown_method(self):
+        self.x = 0
+
+
+class TestPlain(Base):
+    pass
+
+
+@pytest.mark.parametrize("n", [1, 2])
+@pytest.mark.plan("TP-1")
+def test_param(n):
+    assert n
+'''
+
+
+def test_phases_made_once_per_class_and_function_are_each_tests_own(tmp_path):
+    """One test function in two classes: each class's test_start lists its own setup and teardown phases."""
+    from fidelity import run_stepped
+
+    (tmp_path / "test_shared.py").write_text(SHARED)
+    _, events = run_stepped(str(tmp_path), ["test_shared.py"])
+    starts = {e["test"]: e for e in events if e["event"] == "test_start"}
+    names = {test: [p["name"] for p in e["phases"]] for test, e in starts.items()}
+    assert names == {
+        "test_shared.py::TestWithTeardown::test_inherited": ["setup_method", "test_inherited", "teardown_method"],
+        "test_shared.py::TestPlain::test_inherited": ["setup_method", "test_inherited"],
+        "test_shared.py::test_param[1]": ["test_param"],
+        "test_shared.py::test_param[2]": ["test_param"],
+    }
+    assert starts["test_shared.py::test_param[2]"]["plan_ids"] == ["TP-1"]
+    finished = {e["test"]: e for e in events if e["event"] == "test_finish"}
+    assert finished["test_shared.py::test_param[1]"]["plan_ids"] == ["TP-1"]
+    assert "plan_ids" not in finished["test_shared.py::TestPlain::test_inherited"]
+    assert {e["outcome"] for e in finished.values()} == {"passed"}

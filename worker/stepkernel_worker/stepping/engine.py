@@ -80,6 +80,8 @@ class TestRecord:
     plan_ids: tuple = ()
     #: A step hook said "fail": the error it ends with needs no pause after the test either.
     settled: bool = False
+    #: ``Engine.test_plan_ids`` of this record (its phases and plan ids are set when it begins).
+    all_plan_ids: list = dataclasses.field(default_factory=list)
 
 
 class Engine:
@@ -295,9 +297,18 @@ class Engine:
                    plan_ids: tuple = ()) -> TestRecord:
         record = TestRecord(id=test_id, file=file, phases=phases, pausable=frozenset(pausable), item=item,
                             plan_ids=tuple(plan_ids))
+        if plan_ids:
+            record.all_plan_ids = self.test_plan_ids(record)
+        else:
+            for phase in phases:
+                if "step_plan_ids" in phase:
+                    record.all_plan_ids = self.test_plan_ids(record)
+                    break
         self.current = record
-        fields: dict[str, Any] = {"plan_ids": list(plan_ids)} if plan_ids else {}
-        self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases, **fields)
+        if plan_ids:
+            self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases, plan_ids=list(plan_ids))
+        else:
+            self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases)
         return record
 
     def test_plan_ids(self, record: TestRecord) -> list[str]:
@@ -327,9 +338,8 @@ class Engine:
         if fixture:
             # A class or module fixture errored this test (it never ran).
             fields["fixture"] = fixture
-        plan_ids = self.test_plan_ids(record)
-        if plan_ids:
-            fields["plan_ids"] = plan_ids
+        if record.all_plan_ids:
+            fields["plan_ids"] = list(record.all_plan_ids)
         self.emit(
             "test_finish",
             test=record.id,
@@ -338,7 +348,8 @@ class Engine:
             longrepr=(longrepr or "")[:2000],
             **fields,
         )
-        self.close_open_step()
+        if self._open_step is not None or self._open_frame is not None or self._step_start is not None:
+            self.close_open_step()
         if self.current is record:
             self.current = None
         self.retry_pending = self.rerun = self.deferred = self.returned = self.resume = None

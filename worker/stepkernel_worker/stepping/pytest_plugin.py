@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import types
 from typing import Any
 
 import pytest
@@ -38,6 +39,10 @@ try:
     from _pytest.skipping import xfailed_key as _xfailed_key
 except ImportError:  # pragma: no cover
     _xfailed_key = None
+
+
+#: A key part saying "do not cache" (the test is not a plain function).
+_NO_CACHE = object()
 
 
 def _is_unittest_item(item: Any) -> bool:
@@ -75,6 +80,10 @@ class SteppingPlugin:
         self.engine = engine
         self.config: Any = None
         self._reports: dict[str, list] = {}
+        #: ``(id(parent), type(item))`` -> ``(parent, item.cls)``.
+        self._classes: dict[tuple, tuple] = {}
+        #: ``(unittest?, cls, function or name)`` -> phases before and after the dynamic ones, pausable codes.
+        self._phase_cache: dict[tuple, tuple] = {}
         self._undo: list = []
         from .step_hooks import pytest_hooks
 
@@ -152,71 +161,126 @@ class SteppingPlugin:
     def pytest_collection_finish(self, session):
         self.engine.emit("collected", count=len(session.items), tests=[item.nodeid for item in session.items])
         seen = set()
+        parents = set()
         for item in session.items:
-            module = getattr(getattr(item, "module", None), "__dict__", None)
-            path = getattr(getattr(item, "module", None), "__file__", None)
-            if module is not None and path and path not in seen:
+            # Items of one parent are of one module: item.module walks up the node chain.
+            parent = getattr(item, "parent", None)
+            if parent is not None:
+                key = (id(parent), type(item))
+                if key in parents:
+                    continue
+                parents.add(key)
+            module = getattr(item, "module", None)
+            namespace = getattr(module, "__dict__", None)
+            path = getattr(module, "__file__", None)
+            if namespace is not None and path and path not in seen:
                 seen.add(path)
-                importing.announce(self.engine, path, module)
+                importing.announce(self.engine, path, namespace)
 
     # ----------------------------------------------------------- per test
 
-    def _phases(self, item) -> tuple[list[dict], list]:
-        engine = self.engine
-        phases, codes = [], []
+    def _item_cls(self, item) -> Any:
+        """``item.cls``, found once per parent node (pytest walks the node chain for it each time)."""
+        parent = getattr(item, "parent", None)
+        key = (id(parent), type(item))
+        known = self._classes.get(key)
+        if known is not None and known[0] is parent:
+            return known[1]
+        cls = getattr(item, "cls", None)
+        if parent is not None:
+            self._classes[key] = (parent, cls)
+        return cls
 
-        def add(name: str, obj: Any) -> None:
+    def _phases(self, item) -> tuple[list[dict], Any]:
+        """The item's phases for ``test_start`` and the code objects that pause for them.
+
+        What a class or function gives (its setup/teardown methods, the test
+        function's steps) is the same for each of its tests: made once per
+        class and function. Only the phases a test's parameters announce
+        (``dynamic_phases``) are looked at for each test.
+        """
+        cls = self._item_cls(item)
+        unittest_item = _is_unittest_item(item)
+        if unittest_item:
+            key: tuple = (True, cls, item.originalname or item.name)
+            obj = None
+        else:
+            obj = getattr(item, "obj", None)
+            func = getattr(obj, "__func__", obj)
+            key = (False, cls, func if type(func) is types.FunctionType else _NO_CACHE)
+        known = self._phase_cache.get(key) if key[2] is not _NO_CACHE else None
+        if known is None:
+            known = self._class_phases(item, cls, unittest_item, obj)
+            if key[2] is not _NO_CACHE:
+                # (The function object in the key keeps it alive: its id is not reused.)
+                self._phase_cache[key] = known
+        before, after, codes = known
+        if unittest_item:
+            return list(before), codes
+        dynamic = dynamic_phases(item) if hasattr(item, "callspec") else None
+        if dynamic:
+            return [*before, *dynamic, *after], codes
+        return [*before, *after], codes
+
+    def _class_phases(self, item, cls, unittest_item: bool, obj) -> tuple[list[dict], list[dict], frozenset]:
+        engine = self.engine
+        before: list[dict] = []
+        after: list[dict] = []
+        codes = []
+
+        def add(phases: list, name: str, obj: Any) -> None:
             entry, code = engine.resolve_phase(name, obj)
             phases.append(entry)
             if code is not None:
                 codes.append(code)
 
-        cls = getattr(item, "cls", None)
-        if _is_unittest_item(item):
+        if unittest_item:
             for name in UNITTEST_BEFORE:
-                obj = user_method(cls, name)
-                if obj is not None:
-                    add(name, obj)
-            add("test", getattr(cls, item.originalname or item.name, None))
+                method = user_method(cls, name)
+                if method is not None:
+                    add(before, name, method)
+            add(before, "test", getattr(cls, item.originalname or item.name, None))
             for name in UNITTEST_AFTER:
-                obj = user_method(cls, name)
-                if obj is not None:
-                    add(name, obj)
-            return phases, codes
+                method = user_method(cls, name)
+                if method is not None:
+                    add(before, name, method)
+            return before, after, frozenset(codes)
         if user_method(cls, "setup_method") is not None:
-            add("setup_method", cls.setup_method)
-        obj = getattr(item, "obj", None)
+            add(before, "setup_method", cls.setup_method)
         if obj is not None:
-            add("test", obj)
-        phases.extend(dynamic_phases(item))
+            add(before, "test", obj)
         if user_method(cls, "teardown_method") is not None:
-            add("teardown_method", cls.teardown_method)
-        return phases, codes
+            add(after, "teardown_method", cls.teardown_method)
+        return before, after, frozenset(codes)
 
     @pytest.hookimpl(**_WRAPPER)
     def pytest_runtest_protocol(self, item, nextitem):
         engine = self.engine
+        nodeid = item.nodeid
         try:
             phases, codes = self._phases(item)
         except Exception as exc:  # noqa: BLE001 - never fail a test for missing step data
             phases = [{"name": "test", "function": item.name, "steps": 1, "stepped": False, "note": str(exc)}]
-            codes = []
-        record = engine.begin_test(item.nodeid, _item_file(item), phases, codes, item=item, plan_ids=_plan_marks(item))
+            codes = ()
+        path = getattr(item, "path", None) or getattr(item, "fspath", None)
+        record = engine.begin_test(nodeid, os.fspath(path) if path is not None else None, phases, codes,
+                                   item=item, plan_ids=_plan_marks(item))
         record.expects_failure = _xfail_predicate(item)
-        hypothesis_steps.prepare(item)
-        self._reports[item.nodeid] = []
+        if "hypothesis.stateful" in sys.modules:
+            hypothesis_steps.prepare(item)
+        reports = self._reports[nodeid] = []
         result = None
         try:
             result = yield
         finally:
-            reports = self._reports.pop(item.nodeid, [])
-            outcome, longrepr = self._outcome(reports)
+            reports = self._reports.pop(nodeid, reports)
+            outcome, longrepr, subtests = self._outcome(reports, True)
             # KeyboardInterrupt or pytest.exit(): the session ended inside this test.
             stopped = result is None or getattr(result, "excinfo", None) is not None
             if stopped and outcome == "passed" and not any(r.when == "call" for r in reports):
                 # pytest counts no outcome for it ("no tests ran"): neither does the summary.
                 outcome = "interrupted"
-            engine.end_test(record, outcome, longrepr, subtests=_subtest_counts(reports))
+            engine.end_test(record, outcome, longrepr, subtests=subtests)
 
     # ----------------------------------------------------------- outcomes
 
@@ -227,8 +291,9 @@ class SteppingPlugin:
             record = self.engine.current
             if record is not None and record.id == item.nodeid:
                 # junitxml writes the teardown report's properties.
-                report = outcome.get_result()
-                report.user_properties.extend(("plan", p) for p in self.engine.test_plan_ids(record))
+                plan_ids = record.all_plan_ids
+                if plan_ids:
+                    outcome.get_result().user_properties.extend(("plan", p) for p in plan_ids)
         if call.when != "call":
             return
         self.engine.close_open_step()
@@ -262,11 +327,18 @@ class SteppingPlugin:
             reports.append(report)
 
     @staticmethod
-    def _outcome(reports: list) -> tuple[str, str]:
+    def _outcome(reports: list, subtests: bool = False) -> Any:
+        """The test's outcome and its short text; with ``subtests``, also its subtest counts (``_subtest_counts``)."""
         outcome, text = "passed", ""
+        counts: dict[str, int] | None = None
         for report in reports:
             when = report.when
             wasxfail = hasattr(report, "wasxfail")
+            if subtests and when == "call" and getattr(report, "context", None) is not None:
+                # Subtests (unittest's subTest, pytest's ``subtests`` fixture) by outcome, as pytest counts them.
+                if counts is None:
+                    counts = {}
+                counts[report.outcome] = counts.get(report.outcome, 0) + 1
             if report.failed:
                 text = _short(report)
                 if when == "call":
@@ -280,6 +352,8 @@ class SteppingPlugin:
                     outcome, text = ("xfailed" if wasxfail else "skipped"), _short(report)
             elif when == "call" and wasxfail and outcome == "passed":
                 outcome = "xpassed"
+        if subtests:
+            return outcome, text, counts
         return outcome, text
 
 
@@ -287,22 +361,18 @@ def _plan_marks(item: Any) -> tuple:
     """The ids of the item's ``@pytest.mark.plan("TP-7", ...)`` marks, once each, in order."""
     ids: dict[str, None] = {}
     try:
-        for mark in item.iter_markers("plan"):
-            for arg in mark.args:
-                for value in arg if isinstance(arg, (list, tuple)) else (arg,):
-                    ids[str(value)] = None
+        # What item.iter_markers("plan") yields (the item's own marks, then its parents'), without its generators.
+        node = item
+        while node is not None:
+            for mark in node.own_markers:
+                if getattr(mark, "name", None) == "plan":
+                    for arg in mark.args:
+                        for value in arg if isinstance(arg, (list, tuple)) else (arg,):
+                            ids[str(value)] = None
+            node = node.parent
     except Exception:  # noqa: BLE001 - a node without markers
         return ()
     return tuple(ids)
-
-
-def _subtest_counts(reports: list) -> dict[str, int] | None:
-    """Subtests (unittest's subTest, pytest's ``subtests`` fixture) by outcome, as pytest counts them."""
-    counts: dict[str, int] = {}
-    for report in reports:
-        if getattr(report, "context", None) is not None and report.when == "call":
-            counts[report.outcome] = counts.get(report.outcome, 0) + 1
-    return counts or None
 
 
 def _python_files(config: Any) -> list[str]:

@@ -39,7 +39,6 @@ class XdistController:
         self.spec = spec
         #: Workers without a kernel (remote gateways): their reports by test, until its teardown.
         self.unstepped: set[str] = set()
-        self._reports: dict[str, list] = {}
         #: Remote workers' setup and TCP relay (``xdist_remote.py``), made on the first.
         self.remote: Any = None
 
@@ -67,6 +66,9 @@ class XdistController:
                 why = self._remote().setup(config, spec)
                 if why is None:
                     continue
+            if not self.unstepped:
+                # Registered only now: without unstepped workers, no report of any test needs it.
+                config.pluginmanager.register(_UnsteppedReports(self), "stepkernel-unstepped-reports")
             self.unstepped.add(spec.id)
             print(f"stepkernel: xdist worker {spec.id} ({spec}) runs its tests unstepped: {why}",
                   file=sys.stderr, flush=True)
@@ -94,24 +96,6 @@ class XdistController:
         command.append("--")
         return shlex.join(command)
 
-    def pytest_runtest_logreport(self, report: Any) -> None:
-        """An unstepped worker's test: the session records it from xdist's reports."""
-        gateway = getattr(getattr(report, "node", None), "gateway", None)
-        worker = getattr(gateway, "id", None)
-        if worker not in self.unstepped:
-            return
-        self._reports.setdefault(report.nodeid, []).append(report)
-        if report.when != "teardown":
-            return
-        from .pytest_plugin import SteppingPlugin
-
-        reports = self._reports.pop(report.nodeid)
-        outcome, longrepr = SteppingPlugin._outcome(reports)
-        self.engine.emit("test_start", test=report.nodeid, phases=[], worker=worker)
-        self.engine.emit("test_finish", test=report.nodeid, outcome=outcome,
-                         duration_s=round(sum(r.duration for r in reports), 6), longrepr=longrepr[:2000],
-                         worker=worker, stepped=False)
-
     @pytest.hookimpl(trylast=True, optionalhook=True)
     def pytest_handlecrashitem(self, crashitem: str, report: Any, sched: Any) -> None:
         """A worker died in a test: the session records the test as xdist reports it."""
@@ -130,6 +114,33 @@ class XdistController:
             # A worker on this machine: it shares compiled test modules with the others (shared_code.py).
             given["shared_code"] = os.path.join(self.spec["session_dir"], SHARED_DIR)
         node.workerinput["stepkernel"] = given
+
+
+class _UnsteppedReports:
+    """The controller's plugin recording the tests of unstepped workers."""
+
+    def __init__(self, controller: XdistController) -> None:
+        self.controller = controller
+        self._reports: dict[str, list] = {}
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        """An unstepped worker's test: the session records it from xdist's reports."""
+        gateway = getattr(getattr(report, "node", None), "gateway", None)
+        worker = getattr(gateway, "id", None)
+        if worker not in self.controller.unstepped:
+            return
+        self._reports.setdefault(report.nodeid, []).append(report)
+        if report.when != "teardown":
+            return
+        from .pytest_plugin import SteppingPlugin
+
+        reports = self._reports.pop(report.nodeid)
+        outcome, longrepr = SteppingPlugin._outcome(reports)
+        engine = self.controller.engine
+        engine.emit("test_start", test=report.nodeid, phases=[], worker=worker)
+        engine.emit("test_finish", test=report.nodeid, outcome=outcome,
+                    duration_s=round(sum(r.duration for r in reports), 6), longrepr=longrepr[:2000],
+                    worker=worker, stepped=False)
 
 
 #: pytest-xdist's options (a usage error naming them may mean xdist is missing).

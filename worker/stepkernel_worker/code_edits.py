@@ -84,8 +84,13 @@ def _inner_code(code: types.CodeType, name: str) -> types.CodeType | None:
     return None
 
 
+#: How many functions ``replace`` has swapped the code of (what was made from their code is stale).
+generation = 0
+
+
 def replace(func: types.FunctionType, source: str) -> dict:
     """Swap ``func``'s code for the definition in ``source``; return journal fields."""
+    global generation
     filename = func.__code__.co_filename
     try:
         lines, start = inspect.getsourcelines(func)
@@ -142,6 +147,7 @@ def replace(func: types.FunctionType, source: str) -> dict:
             "such a change needs a restart"
         )
     func.__code__ = code
+    generation += 1
     func.__stepkernel_source__ = text  # what `%edit NAME` shows from now on
     return {
         "file": os.path.abspath(filename),

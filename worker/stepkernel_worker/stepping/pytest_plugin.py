@@ -201,17 +201,23 @@ class SteppingPlugin:
         """
         cls = self._item_cls(item)
         unittest_item = _is_unittest_item(item)
+        # An `%%edit NAME` of a test, setUp or teardown method swaps its code: phases made before are stale.
+        edits = getattr(sys.modules.get("stepkernel_worker.code_edits"), "generation", 0)
         if unittest_item:
-            key: tuple = (True, cls, item.originalname or item.name)
+            key: tuple = (True, cls, item.originalname or item.name, edits)
             obj = None
         else:
             obj = getattr(item, "obj", None)
             func = getattr(obj, "__func__", obj)
-            key = (False, cls, func if type(func) is types.FunctionType else _NO_CACHE)
-        known = self._phase_cache.get(key) if key[2] is not _NO_CACHE else None
+            if type(func) is types.FunctionType:
+                key = (False, cls, func, func.__code__, edits)
+            else:
+                key = (False, cls, _NO_CACHE)
+        cacheable = key[2] is not _NO_CACHE
+        known = self._phase_cache.get(key) if cacheable else None
         if known is None:
             known = self._class_phases(item, cls, unittest_item, obj)
-            if key[2] is not _NO_CACHE:
+            if cacheable:
                 # (The function object in the key keeps it alive: its id is not reused.)
                 self._phase_cache[key] = known
         before, after, codes = known

@@ -144,7 +144,7 @@ def main():
                     help="rounds of the cold comparison (0 skips it)")
     ap.add_argument("--only", action="append", help="project name (repeatable)")
     ap.add_argument("--instructions", action="store_true",
-                    help="count instructions (valgrind's callgrind, every process of each side) "
+                    help="count instructions (valgrind's cachegrind, the count callgrind gives, every process of each side) "
                          "instead of timing rounds: one warm and one cold run per side, the same "
                          "figure on a loaded machine as on a quiet one")
     args = ap.parse_args()
@@ -230,9 +230,16 @@ def main():
 
 
 def counted(argv, cwd: Path, env, out: Path) -> int:
-    """Instructions every process of ``argv`` executed (callgrind), summed."""
+    """Instructions every process of ``argv`` executed, summed (also bench_watch's).
+
+    Cachegrind without its cache simulation counts what callgrind counts, in
+    a quarter of the time.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    vg = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p"]
+    for old in out.glob("cg.*"):
+        old.unlink()
+    vg = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
+          f"--cachegrind-out-file={out}/cg.%p"]
     with open(out / "output.log", "wb") as log_file:
         subprocess.run(vg + argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     total = 0
@@ -273,7 +280,7 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
         log(f"{name} {version} {mode}: instructions plain {counts['plain'] / 1e6:.0f}M, "
             f"stepped {counts['stepped'] / 1e6:.0f}M, ratio {ratio:.3f}x")
         print("BENCH " + json.dumps({
-            "benchmark": f"{mode} instructions (callgrind, all processes) vs pytest: {name} {version} (millions)",
+            "benchmark": f"{mode} instructions (cachegrind, all processes) vs pytest: {name} {version} (millions)",
             "stepkernel": counts["stepped"] / 1e6, "peer": counts["plain"] / 1e6, "peer_name": "pytest",
             "ratio": ratio, "goal": "<= 1.05x" if mode == "warm" else "<= 1.10x",
         }), flush=True)

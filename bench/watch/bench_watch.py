@@ -203,26 +203,6 @@ def recording(args, workdir: Path):
                    "ratio": med["recorder"] / med["testmon"], "goal": "-"})
 
 
-def counted(argv, cwd: Path, env, out: Path) -> int:
-    """Instructions every process of ``argv`` executed (cachegrind without its cache
-    simulation: the count callgrind gives, at a quarter of the time), summed."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("cg.*"):
-        old.unlink()
-    vg = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
-          f"--cachegrind-out-file={out}/cg.%p"]
-    with open(out / "output.log", "wb") as log_file:
-        subprocess.run(vg + argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    total = 0
-    for path in out.glob("cg.*"):
-        with open(path, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("summary:"):
-                    total += int(line.split()[1])
-                    break
-    return total
-
-
 def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Path, workdir: Path) -> None:
     """Instructions each side executed (cachegrind, every process), after one warm-up run of each."""
     if shutil.which("valgrind") is None:
@@ -232,7 +212,7 @@ def instruction_rows(args, name, ver, version, root: Path, sides: dict, deps: Pa
         subprocess.run(argv, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if deps.exists():
             deps.unlink()
-        counts[side] = counted(argv, root, env, workdir / "cachegrind" / f"{name}-{side}")
+        counts[side] = overhead.counted(argv, root, env, workdir / "cachegrind" / f"{name}-{side}")
     log(f"{name} {ver} on Python {version}, instructions (millions): "
         + ", ".join(f"{k} {v / 1e6:.0f}" for k, v in counts.items()))
     for side, count in counts.items():

@@ -416,7 +416,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         }
         // Under xdist this process runs no test: it instruments the files once
         // for every local worker's kernel (each worker collects every file).
-        let store = if uses_xdist(&opts.pytest_args) {
+        let xdist = uses_xdist(&opts.pytest_args);
+        let store = if xdist {
             match StepStore::open(&dir, &hooks.context().options.fingerprint()) {
                 Ok(store) => Some(Arc::new(store)),
                 Err(err) => {
@@ -427,7 +428,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
         } else {
             None
         };
-        if store.is_some() || !uses_xdist(&opts.pytest_args) {
+        if store.is_some() || !xdist {
             hooks.prefetch(prefetch_candidates(&opts.rootdir, &opts.targets), store);
         }
         let control = match ControlServer::start(hooks.clone(), bound.steering()) {

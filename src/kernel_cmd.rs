@@ -43,6 +43,7 @@ pub fn run(args: KernelArgs) -> anyhow::Result<ExitCode> {
                 version,
                 pass_through: None,
                 zygote: None,
+                terminal_output: false,
             },
             hooks: None,
             run: None,

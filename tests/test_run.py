@@ -716,6 +716,60 @@ def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):
     assert child.exitstatus == 0
 
 
+
+TERMINAL_FACTS = {"test_facts.py": """
+    import json
+    import os
+    import shutil
+    import sys
+
+
+    def test_sees_the_terminal(capsys):
+        with capsys.disabled():
+            facts = {
+                "stdout": sys.stdout.isatty(), "fd1": os.isatty(1), "fd2": os.isatty(2),
+                "size": list(os.get_terminal_size(1)), "shutil": list(shutil.get_terminal_size()),
+            }
+        with open(os.environ["FACTS"], "w") as fh:
+            json.dump(facts, fh)
+
+
+    def test_fails():
+        assert [1, 2, 3] == [1, 2, 4]
+    """}
+
+
+def test_on_a_terminal_the_tests_and_pytests_report_see_one_as_under_plain_pytest(tmp_path):
+    """At a prompt the worker's output is a terminal of the prompt's size: pytest colours and fits
+    its report, and test code sees a terminal, as `python -m pytest` there does."""
+    import pexpect
+
+    project = write_project(tmp_path, TERMINAL_FACTS)
+    runs = {
+        "plain": (PYTHON, ["-m", "pytest", "-p", "no:cacheprovider", "test_facts.py"]),
+        "stepped": (stepkernel_bin(), ["run", "--on-error", "fail", "--python", PYTHON, "test_facts.py",
+                                       "--", "-p", "no:cacheprovider"]),
+    }
+    facts, headers = {}, {}
+    for kind, (program, args) in runs.items():
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "FACTS": str(tmp_path / f"{kind}.json")}
+        env.pop("COLUMNS", None)
+        env.pop("LINES", None)
+        child = pexpect.spawn(program, args, cwd=str(project), encoding="utf-8", timeout=60, env=env,
+                              dimensions=(29, 117))
+        child.expect(pexpect.EOF)
+        child.close()
+        out = child.before
+        assert child.exitstatus == 1, out
+        facts[kind] = json.loads((tmp_path / f"{kind}.json").read_text())
+        # pytest colours its report on a terminal, and fits its rules to the terminal's width.
+        assert "\x1b[31m" in out, f"{kind}: no colour in\n{out}"
+        header = next(line for line in out.splitlines() if "test session starts" in line)
+        headers[kind] = len(re.sub(r"\x1b\[[0-9;]*m", "", header).strip())
+    assert facts["plain"] == {"stdout": True, "fd1": True, "fd2": True, "size": [117, 29], "shutil": [117, 29]}
+    assert facts["stepped"] == facts["plain"]
+    assert headers["stepped"] == headers["plain"] == 117
+
 EXIT_HANDLERS = '''
     import atexit
     import os

@@ -17,6 +17,7 @@ pub mod event_ring;
 pub mod executor;
 pub mod limits;
 pub mod magics;
+pub mod output_tty;
 pub mod private_files;
 pub mod replay;
 pub mod server;

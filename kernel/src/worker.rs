@@ -51,7 +51,7 @@
 use crate::event_ring::{self, EventRing};
 use crate::stream_splitter::{Piece, StreamSplitter};
 use serde_json::Value;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -127,6 +127,9 @@ pub struct WorkerConfig {
     /// A pre-imported zygote's socket to fork the worker from (`stepkernel
     /// watch`); when it cannot, the worker is started as usual.
     pub zygote: Option<PathBuf>,
+    /// Whether the worker's stdout and stderr are terminals where the
+    /// kernel's own are (`stepkernel run` at a prompt: see `output_tty`).
+    pub terminal_output: bool,
 }
 
 /// A pytest-xdist worker served by its own kernel (`stepkernel xdist-worker`):
@@ -248,8 +251,21 @@ fn fork_from_zygote(
             env,
             channel: theirs.as_fd(),
             ring: ring_fd,
+            terminal_output: config.terminal_output,
         },
     )
+}
+
+/// The kernel's reader of a worker's stdout or stderr: a pipe, or a terminal's
+/// master (`output_tty`, already non-blocking; tokio's checked constructor
+/// takes only pipes).
+fn output_reader(fd: OwnedFd) -> std::io::Result<tokio::net::unix::pipe::Receiver> {
+    // SAFETY: isatty only reads the descriptor's kind.
+    if unsafe { libc::isatty(fd.as_raw_fd()) } == 1 {
+        tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)
+    } else {
+        tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+    }
 }
 
 /// Waits for the zygote's report of a forked worker's exit.
@@ -306,10 +322,8 @@ impl Worker {
             match fork_from_zygote(config, socket, &theirs, ring.as_ref()) {
                 Ok(forked) => {
                     drop(theirs);
-                    let stdout = tokio::net::unix::pipe::Receiver::from_owned_fd(forked.stdout)
-                        .map_err(spawn_err)?;
-                    let stderr = tokio::net::unix::pipe::Receiver::from_owned_fd(forked.stderr)
-                        .map_err(spawn_err)?;
+                    let stdout = output_reader(forked.stdout).map_err(spawn_err)?;
+                    let stderr = output_reader(forked.stderr).map_err(spawn_err)?;
                     return Self::serve_process(
                         Process::Forked(forked.status),
                         forked.pid,
@@ -373,9 +387,36 @@ impl Worker {
             }
         }
         let stdout_fd = own_stdout.as_ref().map_or(-1, |(_, w)| w.as_raw_fd());
+        // Terminals for the streams where the kernel writes to one (not for
+        // an xdist worker, whose stdout is execnet's).
+        let ttys =
+            |fd: BorrowedFd<'_>| match config.terminal_output && config.pass_through.is_none() {
+                true => crate::output_tty::like(fd).unwrap_or_else(|err| {
+                    crate::server::log(format!(
+                        "no terminal for the worker's output ({err}): pipes"
+                    ));
+                    None
+                }),
+                false => None,
+            };
+        let tty_out = ttys(std::io::stdout().as_fd());
+        let tty_err = ttys(std::io::stderr().as_fd());
+        let mut tty_masters = (None, None);
+        if let Some(tty) = tty_out {
+            command.stdout(Stdio::from(tty.slave));
+            tty_masters.0 = Some(tty.master);
+        }
+        match tty_err {
+            Some(tty) => {
+                command.stderr(Stdio::from(tty.slave));
+                tty_masters.1 = Some(tty.master);
+            }
+            None => {
+                command.stderr(Stdio::piped());
+            }
+        }
         command
             .env("STEPKERNEL_CHANNEL_FD", child_fd.to_string())
-            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .process_group(0);
         for name in WORKER_ENV_REMOVED {
@@ -411,9 +452,30 @@ impl Worker {
             });
         }
         let mut child = command.spawn().map_err(spawn_err)?;
+        // The command holds the terminals' worker ends: closed here, a
+        // terminal's reader ends (EIO) when the worker's last copy closes.
+        drop(command);
         drop(theirs);
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
-        let stderr = child.stderr.take().expect("stderr piped");
+        let stderr: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match tty_masters.1 {
+            Some(master) => Box::new(output_reader(master).map_err(spawn_err)?),
+            None => Box::new(child.stderr.take().expect("stderr piped")),
+        };
+        if let Some(master) = tty_masters.0 {
+            let stdout = output_reader(master).map_err(spawn_err)?;
+            return Self::serve_process(
+                Process::Child(child),
+                pid,
+                ours,
+                ring,
+                stdout,
+                stderr,
+                generation,
+                events,
+                not_forked,
+            )
+            .map_err(spawn_err);
+        }
         match own_stdout {
             Some((read, write)) => {
                 drop(write);

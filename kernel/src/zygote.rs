@@ -11,7 +11,7 @@
 
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,8 @@ pub struct Request<'a> {
     pub channel: BorrowedFd<'a>,
     /// The event ring's memory, when there is one.
     pub ring: Option<BorrowedFd<'a>>,
+    /// Terminals for the child's output where the kernel's are (`output_tty`).
+    pub terminal_output: bool,
 }
 
 /// A forked worker.
@@ -73,9 +75,9 @@ pub struct Forked {
     pub pid: i32,
     /// The connection its exit is reported on; closing it kills the child.
     pub status: UnixStream,
-    /// Read end of the child's stdout.
+    /// Read end of the child's stdout (a pipe, or a terminal's master).
     pub stdout: OwnedFd,
-    /// Read end of the child's stderr.
+    /// Read end of the child's stderr (a pipe, or a terminal's master).
     pub stderr: OwnedFd,
 }
 
@@ -90,8 +92,15 @@ pub fn fork(socket: &Path, request: &Request<'_>) -> Result<Forked, ZygoteError>
     stream
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(ZygoteError::Io)?;
-    let (stdout_read, stdout_write) = pipe().map_err(ZygoteError::Io)?;
-    let (stderr_read, stderr_write) = pipe().map_err(ZygoteError::Io)?;
+    let output = |like: BorrowedFd<'_>| match request.terminal_output {
+        true => match crate::output_tty::like(like) {
+            Ok(Some(tty)) => Ok((tty.master, tty.slave)),
+            _ => pipe(),
+        },
+        false => pipe(),
+    };
+    let (stdout_read, stdout_write) = output(std::io::stdout().as_fd()).map_err(ZygoteError::Io)?;
+    let (stderr_read, stderr_write) = output(std::io::stderr().as_fd()).map_err(ZygoteError::Io)?;
     let mut names = vec!["stdout", "stderr", "channel"];
     let mut fds = vec![
         stdout_write.as_raw_fd(),

@@ -305,6 +305,7 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
                 cwd: Some(opts.rootdir.clone()),
                 pass_through: None,
                 zygote: opts.zygote.clone(),
+                terminal_output: true,
             },
             hooks: None,
             run: Some(run_message),

@@ -211,6 +211,7 @@ pub fn serve_worker(opts: WorkerOptions) -> Result<i32, RunError> {
                     stdout: Arc::new(stdout),
                 }),
                 zygote: None,
+                terminal_output: false,
             },
             hooks: None,
             run: None,

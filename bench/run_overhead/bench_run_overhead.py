@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -100,11 +101,21 @@ def prepare(workdir: Path, python: str, name, version, tests, own_ini, fixup) ->
 
 
 def timed(argv, cwd: Path, env, log_path: Path):
+    """Runs argv; returns (wall seconds, CPU seconds, exit code).
+
+    CPU is user + system of every process the command ran (the children's
+    rusage counts each descendant its parent waited for): less moved than wall
+    time by other jobs on a shared machine, where wall also waits for a core.
+    """
     with open(log_path, "wb") as out:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL)
-        return time.perf_counter() - start, proc.returncode
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        return wall, cpu, proc.returncode
 
 
 def compare(compare_script: Path, plain: Path, stepped: Path):
@@ -173,7 +184,7 @@ def main():
             continue
         # One untimed run each so both start from warm .pyc files and page cache.
         warm = out_dir / f"{name}-warmup"
-        warm_s, _ = timed([args.python, "-m", "pytest", *PYTEST_ARGS, tests], root, env,
+        warm_s, _, _ = timed([args.python, "-m", "pytest", *PYTEST_ARGS, tests], root, env,
                           Path(f"{warm}-plain.log"))
         timed([args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
                "--session-dir", str(out_dir / f"{name}-warmup-session"), tests, "--", *PYTEST_ARGS],
@@ -183,6 +194,7 @@ def main():
         # median by 10%.
         rounds = max(args.rounds, min(MAX_ROUNDS, math.ceil(MIN_TIMED_S / max(warm_s, 0.01))))
         times = {"plain": [], "stepped": []}
+        cpu = {"plain": [], "stepped": []}
         codes = {"plain": [], "stepped": []}
         for i in range(rounds):
             order = ("plain", "stepped") if i % 2 == 0 else ("stepped", "plain")
@@ -195,10 +207,11 @@ def main():
                     argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python,
                             "-q", "--junit-xml", f"{stem}.xml", "--session-dir",
                             f"{stem}-session", tests, "--", *PYTEST_ARGS]
-                seconds, code = timed(argv, root, env, Path(f"{stem}.log"))
+                seconds, cpu_s, code = timed(argv, root, env, Path(f"{stem}.log"))
                 times[kind].append(seconds)
+                cpu[kind].append(cpu_s)
                 codes[kind].append(code)
-                log(f"{name} round {i + 1} {kind:7s} {seconds:7.2f} s  exit {code}")
+                log(f"{name} round {i + 1} {kind:7s} {seconds:7.2f} s  cpu {cpu_s:7.2f} s  exit {code}")
         last = rounds - 1
         plain_xml = out_dir / f"{name}-plain-{last}.xml"
         stepped_xml = out_dir / f"{name}-stepped-{last}.xml"
@@ -219,6 +232,7 @@ def main():
             "ratio": stepped_s / plain_s, "goal": "<= 1.05x", "unit": "s",
             "exit_codes": codes, "times": times,
         }), flush=True)
+        cpu_row(f"warm CPU (user+sys, all processes) vs pytest: {label}, median (s)", cpu, "<= 1.05x")
         print("BENCH " + json.dumps({
             "benchmark": f"run outcomes vs pytest: {name} (tests matching / differing)",
             "stepkernel": f"{same} match", "peer": f"{diff} differ", "peer_name": "pytest",
@@ -295,6 +309,7 @@ def drop_caches(root: Path) -> None:
 def cold_run(args, name, tests, root, env, out_dir) -> None:
     """Cold: PYTHONDONTWRITEBYTECODE=1 (as most container images set it) and no .pyc, both sides."""
     times = {"plain": [], "stepped": []}
+    cpu = {"plain": [], "stepped": []}
     env = {**env, "PYTHONDONTWRITEBYTECODE": "1"}
     drop_caches(root)
     for i in range(args.cold_rounds):
@@ -306,14 +321,26 @@ def cold_run(args, name, tests, root, env, out_dir) -> None:
             else:
                 argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
                         "--session-dir", f"{stem}-session", tests, "--", *PYTEST_ARGS]
-            seconds, code = timed(argv, root, env, Path(f"{stem}.log"))
+            seconds, cpu_s, code = timed(argv, root, env, Path(f"{stem}.log"))
             times[kind].append(seconds)
-            log(f"{name} cold round {i + 1} {kind:7s} {seconds:7.2f} s  exit {code}")
+            cpu[kind].append(cpu_s)
+            log(f"{name} cold round {i + 1} {kind:7s} {seconds:7.2f} s  cpu {cpu_s:7.2f} s  exit {code}")
     plain_s, stepped_s = statistics.median(times["plain"]), statistics.median(times["stepped"])
     print("BENCH " + json.dumps({
         "benchmark": f"cold (PYTHONDONTWRITEBYTECODE=1, no .pyc) vs pytest: {name}, median wall (s)",
         "stepkernel": stepped_s, "peer": plain_s, "peer_name": "pytest",
         "ratio": stepped_s / plain_s, "goal": "<= 1.10x", "unit": "s", "times": times,
+    }), flush=True)
+    cpu_row(f"cold CPU (user+sys, all processes) vs pytest: {name}, median (s)", cpu, "<= 1.10x")
+
+
+def cpu_row(benchmark: str, cpu: dict, goal: str) -> None:
+    """Prints the BENCH line of median CPU seconds, stepped against plain."""
+    plain, stepped = statistics.median(cpu["plain"]), statistics.median(cpu["stepped"])
+    log(f"  {benchmark}: plain {plain:.2f}, stepped {stepped:.2f}, ratio {stepped / plain:.3f}x")
+    print("BENCH " + json.dumps({
+        "benchmark": benchmark, "stepkernel": stepped, "peer": plain, "peer_name": "pytest",
+        "ratio": stepped / plain, "goal": goal, "unit": "s", "cpu": cpu,
     }), flush=True)
 
 

@@ -3,9 +3,10 @@
 //! # Worker protocol
 //!
 //! The kernel starts `python -c <bootstrap>` (the embedded `stepkernel_worker`
-//! package on `sys.path`) with stdout and stderr on pipes and one end of a
-//! socketpair inherited as fd `$STEPKERNEL_CHANNEL_FD`. Both directions carry
-//! one JSON object per line.
+//! package on `sys.path`) with stdout and stderr on pipes (on terminals like
+//! the kernel's where its own are, for `stepkernel run`: [`crate::output_tty`])
+//! and one end of a socketpair inherited as fd `$STEPKERNEL_CHANNEL_FD`. Both
+//! directions carry one JSON object per line.
 //!
 //! Kernel → worker (`id` is the kernel's request number):
 //! - `{"type":"execute","id","code","silent","store_history","user_expressions","allow_stdin","execution_count"}`

@@ -48,8 +48,9 @@ def fix_boltons_conftest(root: Path):
 
 # name, version, test directory inside the sdist, needs its own pytest.ini
 # (else pytest walks up and picks the enclosing repository's), extra fix-up,
-# PYTHONPATH. jinja2 (many small tests) and docutils (large test files) are the
-# engine issue's additions; their few dependencies are pinned in bench/run.
+# PYTHONPATH, and optionally extra pytest arguments (both sides get them).
+# jinja2 (many small tests), docutils (large test files) and trio (async tests)
+# are the engine issue's additions; their few dependencies are pinned in bench/run.
 PROJECTS = [
     ("more-itertools", "10.5.0", "tests", True, None, "."),
     ("boltons", "24.1.0", "tests", False, fix_boltons_conftest, "."),
@@ -58,6 +59,9 @@ PROJECTS = [
     ("docutils", "0.21.2", "test", True, None, "."),
     # networkx: 5,000 tests inside the package, numpy/scipy absent (their tests skip).
     ("networkx", "3.4.2", "networkx", False, None, "."),
+    # trio: tests inside the package, run from src/ with its own pyproject.toml
+    # (which loads trio._tests.pytest_plugin); the optional linters are not installed.
+    ("trio", "0.27.0", "src/trio/_tests", False, None, "src", ["--skip-optional-imports"]),
 ]
 
 
@@ -174,9 +178,10 @@ def main():
     env["PYTHONPATH"] = "."
     env.pop("PYTHONDONTWRITEBYTECODE", None)  # pytest caches rewritten modules as .pyc
 
-    for name, version, tests, own_ini, fixup, pythonpath in PROJECTS:
+    for name, version, tests, own_ini, fixup, pythonpath, *extra in PROJECTS:
         if args.only and name not in args.only:
             continue
+        args.pytest_args = [*PYTEST_ARGS, *(extra[0] if extra else [])]
         root = prepare(workdir, args.python, name, version, tests, own_ini, fixup)
         env["PYTHONPATH"] = pythonpath
         if args.instructions:
@@ -184,10 +189,10 @@ def main():
             continue
         # One untimed run each so both start from warm .pyc files and page cache.
         warm = out_dir / f"{name}-warmup"
-        warm_s, _, _ = timed([args.python, "-m", "pytest", *PYTEST_ARGS, tests], root, env,
+        warm_s, _, _ = timed([args.python, "-m", "pytest", *args.pytest_args, tests], root, env,
                           Path(f"{warm}-plain.log"))
         timed([args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
-               "--session-dir", str(out_dir / f"{name}-warmup-session"), tests, "--", *PYTEST_ARGS],
+               "--session-dir", str(out_dir / f"{name}-warmup-session"), tests, "--", *args.pytest_args],
               root, env, Path(f"{warm}-stepped.log"))
         # Short suites get more rounds (the same for both sides): one slow
         # round of a 0.4 s suite on a shared machine would otherwise move the
@@ -201,12 +206,12 @@ def main():
             for kind in order:
                 stem = out_dir / f"{name}-{kind}-{i}"
                 if kind == "plain":
-                    argv = [args.python, "-m", "pytest", *PYTEST_ARGS,
+                    argv = [args.python, "-m", "pytest", *args.pytest_args,
                             f"--junitxml={stem}.xml", tests]
                 else:
                     argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python,
                             "-q", "--junit-xml", f"{stem}.xml", "--session-dir",
-                            f"{stem}-session", tests, "--", *PYTEST_ARGS]
+                            f"{stem}-session", tests, "--", *args.pytest_args]
                 seconds, cpu_s, code = timed(argv, root, env, Path(f"{stem}.log"))
                 times[kind].append(seconds)
                 cpu[kind].append(cpu_s)
@@ -271,9 +276,9 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     sides = {
-        "plain": [args.python, "-m", "pytest", *PYTEST_ARGS, tests],
+        "plain": [args.python, "-m", "pytest", *args.pytest_args, tests],
         "stepped": [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
-                    "--session-dir", "{session}", tests, "--", *PYTEST_ARGS],
+                    "--session-dir", "{session}", tests, "--", *args.pytest_args],
     }
 
     def argv(kind: str, stem: Path) -> list[str]:
@@ -317,10 +322,10 @@ def cold_run(args, name, tests, root, env, out_dir) -> None:
         for kind in order:
             stem = out_dir / f"{name}-cold-{kind}-{i}"
             if kind == "plain":
-                argv = [args.python, "-m", "pytest", *PYTEST_ARGS, tests]
+                argv = [args.python, "-m", "pytest", *args.pytest_args, tests]
             else:
                 argv = [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
-                        "--session-dir", f"{stem}-session", tests, "--", *PYTEST_ARGS]
+                        "--session-dir", f"{stem}-session", tests, "--", *args.pytest_args]
             seconds, cpu_s, code = timed(argv, root, env, Path(f"{stem}.log"))
             times[kind].append(seconds)
             cpu[kind].append(cpu_s)

@@ -120,11 +120,11 @@ def sides(args, tests: str, xdist: list[str]):
     def argv(kind: str, stem: Path, junit: bool = True) -> list[str]:
         dist = [] if kind.endswith("1") else xdist
         if kind.startswith("plain"):
-            return [args.python, "-m", "pytest", *dist, *PYTEST_ARGS,
+            return [args.python, "-m", "pytest", *dist, *args.pytest_args,
                     *([f"--junitxml={stem}.xml"] if junit else []), tests]
         return [args.stepkernel, "run", "--on-error", "fail", "--python", args.python, "-q",
                 *(["--junit-xml", f"{stem}.xml"] if junit else []), "--session-dir", f"{stem}-session",
-                tests, "--", *dist, *PYTEST_ARGS]
+                tests, "--", *dist, *args.pytest_args]
 
     return argv
 
@@ -335,9 +335,11 @@ def main() -> int:
     env = dict(os.environ)
     env.pop("VIRTUAL_ENV", None)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    for name, version, tests, own_ini, fixup, pythonpath in PROJECTS:
+    for name, version, tests, own_ini, fixup, pythonpath, *extra in PROJECTS:
         if args.only and name not in args.only:
             continue
+        # Both sides get the row's own pytest arguments too (trio's).
+        args.pytest_args = [*PYTEST_ARGS, *(extra[0] if extra else [])]
         root = prepare(workdir, args.python, name, version, tests, own_ini, fixup)
         env["PYTHONPATH"] = pythonpath
         if args.instructions:

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 import select
-import mmap
 import socket
 import time
 import _thread
@@ -231,6 +230,21 @@ def _high_free_fd() -> int | None:
 
 
 def _map_shared(fd: int, size: int) -> mmap.mmap:
+    """``fd``'s memory mapped, leaving ``mmap`` out of ``sys.modules`` as under plain pytest.
+
+    (The map keeps working; a test's own ``import mmap`` loads the module afresh.)
+    """
+    imported = "mmap" in sys.modules
+    import mmap
+
+    try:
+        return _map_high(mmap, fd, size)
+    finally:
+        if not imported:
+            sys.modules.pop("mmap", None)
+
+
+def _map_high(mmap: types.ModuleType, fd: int, size: int) -> mmap.mmap:
     """``fd``'s memory mapped; no descriptor of it stays among those a test gets.
 
     Python 3.13+ maps without keeping a descriptor; before, mmap keeps a copy

@@ -334,14 +334,6 @@ class Worker:
             self._cell_builtins["display"] = self.display
         for name in ("exit", "quit"):
             self._cell_builtins[name] = ExitRequest(self, name, getattr(builtins, name, None))
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                # Whole lines: with PYTHONUNBUFFERED (common in containers and CI)
-                # each print() would otherwise be several writes, hence several
-                # stream messages ("a", " ", "b", "\n") in clients and notebooks.
-                stream.reconfigure(line_buffering=True, write_through=False)
-            except Exception:
-                pass
         signal.signal(signal.SIGINT, self._on_sigint)
 
     @contextlib.contextmanager
@@ -359,9 +351,11 @@ class Worker:
 
         builtins.__dict__.update(self._cell_builtins)
         getpass.getpass = getpass_
+        buffering = _whole_lines(sys.__stdout__, sys.__stderr__)
         try:
             yield
         finally:
+            _whole_lines(*buffering)
             getpass.getpass = saved_getpass
             for name, value in saved.items():
                 if value is _MISSING:
@@ -762,6 +756,26 @@ class Worker:
         self._answer_pending_resume(None, exit_code)
         self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
         _compile_own_package()
+
+
+def _whole_lines(*streams: Any) -> list:
+    """Make ``streams`` (or ``(stream, line_buffering, write_through)`` triples) line-buffered; their old settings.
+
+    A cell's output goes out in whole lines: with PYTHONUNBUFFERED (common in
+    containers and CI) each print() would otherwise be several writes, hence
+    several stream messages ("a", " ", "b", "\n") in clients and notebooks.
+    Only while a cell runs: test code sees the streams as Python set them up.
+    """
+    saved = []
+    for item in streams:
+        stream, line_buffering, write_through = item if isinstance(item, tuple) else (item, True, False)
+        try:
+            old = (stream, stream.line_buffering, stream.write_through)
+            stream.reconfigure(line_buffering=line_buffering, write_through=write_through)
+        except Exception:  # noqa: BLE001 - closed, replaced or not a TextIOWrapper
+            continue
+        saved.append(old)
+    return saved
 
 
 def _compile_own_package() -> None:

@@ -5,8 +5,10 @@ Not part of the default test run. Usage::
     python worker/tests/real_suites.py --workdir /tmp/real [--install] [--stepkernel BIN] [SUITE...]
 
 With ``--stepkernel target/release/stepkernel`` the stepped side is the whole
-``stepkernel run --on-error fail`` path, run twice (cold, then warm step
-cache); both rounds must agree with plain pytest.
+``stepkernel run --on-error fail`` path, run ``--rounds`` times (default 3):
+cold (stepped and pytest ``.pyc`` removed, PYTHONDONTWRITEBYTECODE=1), then
+with bytecode writing on (it writes the step cache), then warm (it reads it);
+every round must agree with plain pytest.
 
 With ``--install`` the sdists are downloaded (``pip download --no-binary``)
 into ``WORKDIR/sdists`` and installed with their test dependencies into the
@@ -92,6 +94,79 @@ SUITES = {
         # The tests live in the installed package (the sdist's copy is another module).
         ["-p", "trio._tests.pytest_plugin", "--skip-optional-imports", "--pyargs", "trio._tests"],
     ),
+    # Suites added in session 11 for seams not yet tried: patched os/io/open (pyfakefs), another
+    # import hook (typeguard), event-loop plugins (anyio), ptys and signals (pexpect, ptyprocess),
+    # threads and fds (filelock), sys.path and imports (zipp, importlib-metadata), pytest's own
+    # machinery (pluggy), and a few ordinary libraries.
+    "pyfakefs": ("pyfakefs==5.7.4", "pyfakefs-*", ["pyfakefs/tests", "pyfakefs/pytest_tests"], [], []),
+    # These suites make warnings errors, and pytest-asyncio warns when the loop scope is unset.
+    "typeguard": ("typeguard==4.4.1", "typeguard-*", ["tests"], [], ["--ignore=tests/mypy", "-o", "asyncio_default_fixture_loop_scope=function"]),
+    "anyio": (
+        "anyio==4.6.2.post1",
+        "anyio-*",
+        # The socket and stream tests take minutes here and some need IPv6; the rest run both backends.
+        [f"tests/{name}.py" for name in ("test_debugging", "test_eventloop", "test_fileio", "test_from_thread",
+                                          "test_lowlevel", "test_pytest_plugin", "test_signals", "test_subprocesses",
+                                          "test_synchronization", "test_taskgroups", "test_to_process",
+                                          "test_to_thread", "test_typedattr")],
+        ["trio==0.27.0", "exceptiongroup", "hypothesis", "psutil", "pytest-mock", "trustme", "truststore", "uvloop"],
+        ["-m", "not network"],
+    ),
+    "pexpect": ("pexpect==4.9.0", "pexpect-*", ["tests"], [], []),
+    "ptyprocess": ("ptyprocess==0.7.0", "ptyprocess-*", ["tests"], [], []),
+    "filelock": (
+        "filelock==3.16.1",
+        "filelock-*",
+        ["tests"],
+        ["pytest-asyncio", "pytest-mock", "pytest-timeout", "virtualenv"],
+        [],
+    ),
+    "structlog": (
+        "structlog==24.4.0",
+        "structlog-*",
+        ["tests"],
+        ["freezegun", "pretend", "pytest-asyncio", "simplejson"],
+        [],
+    ),
+    "zipp": (
+        "zipp==3.21.0",
+        "zipp-*",
+        ["tests"],
+        ["jaraco.itertools", "jaraco.functools", "more_itertools", "big-O", "pytest-ignore-flaky", "jaraco.test"],
+        # big-O timing fits: they fail by chance under plain pytest on a loaded machine.
+        ["--ignore=tests/test_complexity.py"],
+    ),
+    "importlib-metadata": (
+        "importlib-metadata==8.5.0",
+        "importlib_metadata-*",
+        ["tests"],
+        ["packaging", "pyfakefs", "jaraco.test"],
+        [],
+    ),
+    "pluggy": ("pluggy==1.6.0", "pluggy-*", ["testing"], [], ["--ignore=testing/benchmark.py", "-o", "asyncio_default_fixture_loop_scope=function"]),
+    # Its test_invalid_datetime_deserialization ids hold the current time (no two runs share them).
+    "marshmallow": (
+        "marshmallow==3.23.1",
+        "marshmallow-*",
+        ["tests"],
+        ["simplejson"],
+        ["-k", "not test_invalid_datetime_deserialization"],
+    ),
+    "blinker": ("blinker==1.9.0", "blinker-*", ["tests"], ["pytest-asyncio"], ["-o", "asyncio_default_fixture_loop_scope=function"]),
+    "werkzeug": (
+        "werkzeug==3.1.3",
+        "werkzeug-*",
+        ["tests"],
+        ["pytest-timeout", "cryptography", "watchdog", "ephemeral-port-reserve"],
+        # The dev-server tests spin a reloader for minutes on a loaded machine.
+        ["-m", "not dev_server", "-o", "asyncio_default_fixture_loop_scope=function"],
+    ),
+    "h11": ("h11==0.14.0", "h11-*", ["h11/tests"], [], []),
+    "exceptiongroup": ("exceptiongroup==1.2.2", "exceptiongroup-*", ["tests"], [], []),
+    "outcome": ("outcome==1.3.0.post0", "outcome-*", ["tests"], ["pytest-asyncio"], []),
+    "decorator": ("decorator==5.1.1", "decorator-*", ["src/tests"], [], ["-o", "python_files=test*.py"]),
+    # mock's test files are named test*.py (unittest's default), not test_*.py.
+    "mock": ("mock==5.1.0", "mock-*", ["mock/tests"], [], ["-o", "python_files=test*.py"]),
 }
 
 
@@ -116,7 +191,9 @@ def install(workdir: str, names: list[str]) -> None:
         subprocess.run([*pip, "install", *deps, source], check=True)
 
 
-def run_through_stepkernel(binary: str, source: str, targets: list[str], options: list[str], xml: str, session: str):
+def run_through_stepkernel(
+    binary: str, source: str, targets: list[str], options: list[str], xml: str, session: str, env: dict | None = None
+):
     """`stepkernel run --on-error fail` (kernel, worker, event ring, step cache): (process, events)."""
     proc = subprocess.run(
         [binary, "run", "--on-error", "fail", "--python", sys.executable, "-q", "--junit-xml", xml,
@@ -124,6 +201,7 @@ def run_through_stepkernel(binary: str, source: str, targets: list[str], options
         cwd=source,
         capture_output=True,
         text=True,
+        env=env,
     )
     events_path = os.path.join(session, "events.jsonl")
     events = []
@@ -157,12 +235,18 @@ def compare(workdir: str, name: str, extra: list[str], stepkernel: str | None = 
         if stepkernel is None:
             stepped, events = run_stepped(source, [*extra, *args], xml=stepped_xml)
         else:
-            if round_ == 0:  # the first round compiles its steps (a cold step cache)
-                for cache in glob.glob(os.path.join(source, "**", "*.stepkernel*.steps"), recursive=True):
-                    os.unlink(cache)
+            env = dict(os.environ)
+            if round_ == 0:
+                # Cold: no stepped or pytest .pyc to read, and none written (the shell may set
+                # PYTHONDONTWRITEBYTECODE anyway; later rounds unset it, so they write, then read).
+                for pyc in glob.glob(os.path.join(source, "**", "__pycache__", "*-pytest-*.pyc"), recursive=True):
+                    os.unlink(pyc)
+                env["PYTHONDONTWRITEBYTECODE"] = "1"
+            else:
+                env.pop("PYTHONDONTWRITEBYTECODE", None)
             session = os.path.join(source, f".stepkernel-check-{round_}")
             shutil.rmtree(session, ignore_errors=True)
-            stepped, events = run_through_stepkernel(stepkernel, source, args, extra, stepped_xml, session)
+            stepped, events = run_through_stepkernel(stepkernel, source, args, extra, stepped_xml, session, env)
         b = junit_outcomes(stepped_xml)
         differ_sets.append({k for k in set(a) | set(b) if a.get(k, "absent") != b.get(k, "absent")})
     t2 = time.perf_counter()
@@ -177,6 +261,7 @@ def compare(workdir: str, name: str, extra: list[str], stepkernel: str | None = 
         "tests": len(set(a) | set(b)),
         "agree": len(set(a) | set(b)) - len(differ),
         "differ": [(f"{k[0]}::{k[1]}", a.get(k, "absent"), b.get(k, "absent")) for k in differ],
+        "differ_rounds": {f"{k[0]}::{k[1]}": [r for r, d in enumerate(differ_sets) if k in d] for k in differ},
         "plain_exit": plain.returncode,
         "stepped_exit": stepped.returncode,
         "plain_s": round(t1 - t0, 2),
@@ -196,15 +281,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--stepkernel",
         help="the stepkernel binary: compare through the whole `stepkernel run` path, "
-        "twice (cold then warm step cache), instead of the engine alone",
+        "--rounds times (cold, writing, warm step cache), instead of the engine alone",
     )
+    parser.add_argument("--rounds", type=int, default=3, help="stepped rounds with --stepkernel (default 3)")
     parser.add_argument("suites", nargs="*", default=list(SUITES))
     ns = parser.parse_args(argv)
     if ns.install:
         install(ns.workdir, ns.suites)
     failed = 0
     for name in ns.suites:
-        result = compare(ns.workdir, name, ns.pytest_arg, ns.stepkernel, 2 if ns.stepkernel else 1)
+        result = compare(ns.workdir, name, ns.pytest_arg, ns.stepkernel, ns.rounds if ns.stepkernel else 1)
         print(
             f"{name}: {result['agree']}/{result['tests']} agree; "
             f"plain {result['plain_s']}s (exit {result['plain_exit']}), "
@@ -213,7 +299,7 @@ def main(argv: list[str]) -> int:
             f"plain outcomes {result['outcomes']}"
         )
         for test, plain, stepped in result["differ"]:
-            print(f"  DIFF {test}: plain={plain} stepped={stepped}")
+            print(f"  DIFF {test}: plain={plain} stepped={stepped} (rounds {result['differ_rounds'][test]})")
         failed += bool(result["differ"])
     return 1 if failed else 0
 

@@ -192,6 +192,26 @@ def test_interpreter_state_is_plain():
     assert isinstance(umask, int)
 
 
+def test_the_engine_leaves_no_stdlib_module_imported():
+    # The event ring is a memory map: its module is not left in sys.modules.
+    assert "mmap" not in sys.modules
+    import mmap
+
+    with mmap.mmap(-1, 16) as memory:
+        memory[:2] = b"ok"
+        assert memory[:2] == b"ok"
+
+
+def test_std_streams_are_buffered_as_python_set_them():
+    # CPython's create_stdio: -u / PYTHONUNBUFFERED writes through; otherwise
+    # stdout is line-buffered on a terminal only and stderr always.
+    unbuffered = bool(os.environ.get("PYTHONUNBUFFERED")) or "-u" in sys.orig_argv
+    for stream in (sys.__stdout__, sys.__stderr__):
+        tty = stream.isatty() or stream is sys.__stderr__
+        assert stream.write_through == unbuffered, stream
+        assert stream.line_buffering == (not unbuffered and tty), stream
+
+
 def test_warnings_once_registry_is_per_test_as_under_pytest():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")

@@ -462,53 +462,26 @@ impl Worker {
             Some(master) => Box::new(output_reader(master).map_err(spawn_err)?),
             None => Box::new(child.stderr.take().expect("stderr piped")),
         };
-        if let Some(master) = tty_masters.0 {
-            let stdout = output_reader(master).map_err(spawn_err)?;
-            return Self::serve_process(
-                Process::Child(child),
-                pid,
-                ours,
-                ring,
-                stdout,
-                stderr,
-                generation,
-                events,
-                not_forked,
-            )
-            .map_err(spawn_err);
-        }
-        match own_stdout {
-            Some((read, write)) => {
+        let stdout: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match (tty_masters.0, own_stdout)
+        {
+            (Some(master), _) => Box::new(output_reader(master).map_err(spawn_err)?),
+            (None, Some((read, write))) => {
                 drop(write);
-                let stdout =
-                    tokio::net::unix::pipe::Receiver::from_owned_fd(read).map_err(spawn_err)?;
-                Self::serve_process(
-                    Process::Child(child),
-                    pid,
-                    ours,
-                    ring,
-                    stdout,
-                    stderr,
-                    generation,
-                    events,
-                    not_forked,
-                )
+                Box::new(output_reader(read).map_err(spawn_err)?)
             }
-            None => {
-                let stdout = child.stdout.take().expect("stdout piped");
-                Self::serve_process(
-                    Process::Child(child),
-                    pid,
-                    ours,
-                    ring,
-                    stdout,
-                    stderr,
-                    generation,
-                    events,
-                    not_forked,
-                )
-            }
-        }
+            (None, None) => Box::new(child.stdout.take().expect("stdout piped")),
+        };
+        Self::serve_process(
+            Process::Child(child),
+            pid,
+            ours,
+            ring,
+            stdout,
+            stderr,
+            generation,
+            events,
+            not_forked,
+        )
         .map_err(spawn_err)
     }
 

@@ -809,6 +809,64 @@ def test_the_worker_ends_as_python_does_threads_joined_and_atexit_run(tmp_path, 
     assert (project / "exit.log").read_text() == expected
 
 
+TEARDOWN = '''
+    import os
+    import threading
+    import time
+
+    HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+    class Finalized:
+        """Alive until the interpreter's teardown, which runs its __del__."""
+
+        def __del__(self, write=os.write):
+            write(1, b"finalized at exit\\n")
+
+
+    def _slow_thread(path=os.path.join(HERE, "thread.log")):
+        time.sleep(2.5)  # longer than any grace a stepped run's end might give
+        with open(path, "w") as fh:
+            fh.write("thread ended")
+
+
+    def test_leaves_work_for_the_interpreters_exit():
+        global KEPT, LEFT_OPEN
+        KEPT = Finalized()
+        LEFT_OPEN = open(os.path.join(HERE, "left_open.txt"), "w")
+        LEFT_OPEN.write("buffered, never flushed by the test")
+        threading.Thread(target=_slow_thread).start()
+    '''
+
+
+def test_the_worker_ends_with_the_interpreters_teardown_as_python_does(tmp_path, run_session):
+    """Objects alive at exit are finalized, files left open are flushed, a slow
+    non-daemon thread is waited for, and what teardown prints is in the run's output."""
+    project = write_project(tmp_path, {"test_teardown.py": TEARDOWN})
+    outputs = {}
+    for side in ("plain", "stepped"):
+        for name in ("thread.log", "left_open.txt"):
+            (project / name).unlink(missing_ok=True)
+        if side == "plain":
+            done = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider", "test_teardown.py"],
+                                  cwd=project, capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stdout + done.stderr
+            text = done.stdout
+        else:
+            session = run_session(project, "--on-error", "fail", "test_teardown.py")
+            assert session.wait_exit(120) == 0, session.output()
+            text = session.output()
+        outputs[side] = {
+            "thread": (project / "thread.log").read_text() if (project / "thread.log").exists() else None,
+            "left_open": (project / "left_open.txt").read_text(),
+            "finalized": text.count("finalized at exit"),
+            "after_summary": text.rfind("finalized at exit") > text.rfind("1 passed"),
+        }
+    assert outputs["plain"] == {"thread": "thread ended", "left_open": "buffered, never flushed by the test",
+                                "finalized": 1, "after_summary": True}
+    assert outputs["stepped"] == outputs["plain"]
+
+
 def test_a_run_started_with_sigint_ignored_keeps_it_ignored_in_tests(tmp_path):
     """A background job of a non-interactive shell (or nohup) starts with SIGINT ignored: Python,
     so `python -m pytest`, keeps it ignored, and so do stepped tests."""

@@ -30,6 +30,17 @@ const MAX_START_FAILURES: u32 = 3;
 const TERMINATE_GRACE: Duration = Duration::from_secs(10);
 /// How much of a failing interpreter's output is kept for the error message.
 const STARTUP_OUTPUT_LIMIT: usize = 8 * 1024;
+/// How long a worker asked to exit by a restart or a client's shutdown may take.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// How long [`Executor::stop_worker`] waits for the worker's exit.
+#[derive(Clone, Copy)]
+enum Patience {
+    /// As long as its interpreter's exit takes (a session's natural end).
+    Exit,
+    /// [`STOP_GRACE`], then the worker is killed.
+    Brief,
+}
 
 /// A request for the executor from the shell task.
 pub enum Request {
@@ -153,6 +164,8 @@ pub struct Executor {
     resume_from: Option<ResumeStart>,
     /// Debugger requests sent to the worker, by id, waiting for its `debug_reply`.
     debug_pending: std::collections::HashMap<u64, DebugAnswer>,
+    /// The worker generation known to have exited (no exit to wait for).
+    exited: Option<u64>,
     next_debug_id: u64,
 }
 
@@ -270,6 +283,7 @@ impl Executor {
             terminating: None,
             abort_sent: false,
             debug_pending: std::collections::HashMap::new(),
+            exited: None,
             next_debug_id: 0,
         }
     }
@@ -359,7 +373,12 @@ impl Executor {
             // Stopped from outside (SIGTERM, a client's allowed shutdown): still close the session.
             self.end_session("the kernel was stopped").await;
         }
-        self.stop_worker().await;
+        let patience = if self.shared.hooks.is_some() {
+            Patience::Exit
+        } else {
+            Patience::Brief
+        };
+        self.stop_worker(patience).await;
         match self.gave_up.take() {
             Some(why) => Err(why),
             None => Ok(()),
@@ -419,7 +438,7 @@ impl Executor {
                 if self.lingering.is_some() {
                     // The run is over already: the session ends now.
                     self.end_session(name).await;
-                    self.stop_worker().await;
+                    self.stop_worker(Patience::Brief).await;
                     return true;
                 }
                 let ending_run = self.run_message.is_some()
@@ -596,7 +615,7 @@ impl Executor {
                  (edits are journaled; use %abort to end the run, or start with --allow-client-shutdown).");
         } else if restart {
             self.fail_inflight("the kernel is restarting").await;
-            self.stop_worker().await;
+            self.stop_worker(Patience::Brief).await;
             self.shared.execution_count.store(0, Ordering::SeqCst);
             self.shared.history.lock().expect("history").clear();
             if let Err(err) = self.respawn() {
@@ -621,7 +640,7 @@ impl Executor {
             if let Some(hooks) = &session {
                 hooks.notice("A client shut the kernel down.");
             }
-            self.stop_worker().await;
+            self.stop_worker(Patience::Brief).await;
             // Let iopub flush the last status.
             tokio::time::sleep(Duration::from_millis(50)).await;
             return true;
@@ -646,7 +665,7 @@ impl Executor {
 
     /// Stops the worker now; a session's run still ends with its report.
     async fn hard_stop(&mut self, how: &str) {
-        self.stop_worker().await;
+        self.stop_worker(Patience::Brief).await;
         let running = self.run_message.is_some()
             && self.shared.run_state.lock().expect("state").state != "finished";
         if running {
@@ -667,18 +686,50 @@ impl Executor {
         }
     }
 
-    async fn stop_worker(&mut self) {
-        let _ = self.worker.send(&json!({"type": "shutdown"})).await;
-        let pid = self.worker.pid;
-        // A worker exits at once; the grace is for one that is slow to
-        // (a profiler or valgrind writing out its data at exit).
-        for _ in 0..200 {
-            // SAFETY: signal 0 only checks that the process exists.
-            if unsafe { libc::kill(pid, 0) } != 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+    /// Asks the worker to exit and waits for it, passing on what it prints
+    /// meanwhile (its interpreter's teardown: finalizers, warnings); then
+    /// kills its process group (the children a test left behind).
+    ///
+    /// `Patience::Exit` waits as `python -m pytest`'s own exit would last (a
+    /// slow non-daemon thread, a finalizer), until Ctrl-C or SIGTERM;
+    /// `Patience::Brief` gives it [`STOP_GRACE`] (a restart, a client's shutdown).
+    async fn stop_worker(&mut self, patience: Patience) {
+        let generation = self.worker.generation;
+        if self.exited == Some(generation) {
+            self.worker.kill();
+            return;
         }
+        let _ = self.worker.send(&json!({"type": "shutdown"})).await;
+        let grace = match patience {
+            Patience::Exit => None,
+            Patience::Brief => Some(Instant::now() + STOP_GRACE),
+        };
+        loop {
+            tokio::select! {
+                biased;
+                Some(control) = self.control.recv() => {
+                    if matches!(control, Control::Interrupt { .. } | Control::Terminate(_)) {
+                        self.notice("stopped while the Python worker was exiting");
+                        break;
+                    }
+                }
+                event = self.events.recv() => match event {
+                    Some((g, WorkerEvent::Exited(_))) if g == generation => break,
+                    Some((g, WorkerEvent::Output(stream, text))) if g == generation => {
+                        self.pass_output(stream, text);
+                        if self.events.is_empty() {
+                            if let Some(hooks) = &self.shared.hooks {
+                                hooks.flush();
+                            }
+                        }
+                    }
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = sleep_until(grace), if grace.is_some() => break,
+            }
+        }
+        self.exited = Some(generation);
         self.worker.kill();
     }
 
@@ -886,26 +937,32 @@ impl Executor {
         }
     }
 
+    /// Passes worker output to the run's terminal (between requests, or
+    /// while a resume runs the test) and to iopub.
+    fn pass_output(&self, stream: StreamName, text: String) {
+        let resuming = matches!(
+            self.inflight.as_ref().map(|i| &i.kind),
+            None | Some(Kind::Resume)
+        );
+        if resuming {
+            if let Some(hooks) = &self.shared.hooks {
+                hooks.on_output(stream, &text);
+            }
+        }
+        self.shared.publish(
+            self.parent.as_ref(),
+            "stream",
+            json!({"name": stream.as_str(), "text": text}),
+        );
+    }
+
     async fn on_worker_event(&mut self, event: WorkerEvent) {
         match event {
             WorkerEvent::Output(stream, text) => {
                 if !self.ready && self.startup_output.len() < STARTUP_OUTPUT_LIMIT {
                     self.startup_output.push_str(&text);
                 }
-                let resuming = matches!(
-                    self.inflight.as_ref().map(|i| &i.kind),
-                    None | Some(Kind::Resume)
-                );
-                if resuming {
-                    if let Some(hooks) = &self.shared.hooks {
-                        hooks.on_output(stream, &text);
-                    }
-                }
-                self.shared.publish(
-                    self.parent.as_ref(),
-                    "stream",
-                    json!({"name": stream.as_str(), "text": text}),
-                );
+                self.pass_output(stream, text);
             }
             WorkerEvent::Synced(stream, n) => {
                 let slot = match stream {
@@ -924,6 +981,7 @@ impl Executor {
                 }
             }
             WorkerEvent::Exited(how) => {
+                self.exited = Some(self.worker.generation);
                 while let Some((_, message)) = self.held.pop_front() {
                     self.on_worker_message(message).await;
                 }

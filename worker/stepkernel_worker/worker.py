@@ -8,14 +8,12 @@ are documented in ``kernel/src/worker.rs``.
 
 from __future__ import annotations
 
-import atexit
 import builtins
 import contextlib
 import importlib.util
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from typing import Any
@@ -849,28 +847,6 @@ def main() -> None:
             except BaseException as exc:  # report, don't die: the kernel decides what next
                 worker.run_crashed(exc)
             worker.finish_run(message, exit_code)
-    _exit_as_python_does()
-
-
-def _exit_as_python_does() -> None:
-    """End as ``python -m pytest`` would: non-daemon threads joined, ``atexit`` callbacks run, streams flushed.
-
-    Then ``os._exit``: the interpreter's own teardown (module clearing, finalizers
-    of what is left) is skipped; the kernel is gone anyway.
-    """
-    shutdown = getattr(threading, "_shutdown", None)
-    if shutdown is not None:
-        try:
-            shutdown()
-        except BaseException:  # noqa: BLE001 - Python ignores these at exit too
-            pass
-    try:
-        atexit._run_exitfuncs()  # prints what a callback raises, as at a normal exit
-    except BaseException:  # noqa: BLE001
-        pass
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except BaseException:  # noqa: BLE001 - a closed or broken stream
-            pass
-    os._exit(0)
+    # Returning ends the interpreter as python -m pytest's ends: threads
+    # joined, atexit callbacks, streams flushed, then the teardown that
+    # finalizes what is still alive (files left open are flushed).

@@ -770,6 +770,54 @@ def test_on_a_terminal_the_tests_and_pytests_report_see_one_as_under_plain_pytes
     assert facts["stepped"] == facts["plain"]
     assert headers["stepped"] == headers["plain"] == 117
 
+RESIZE = {"test_resize.py": """
+    import json
+    import os
+    import signal
+    import time
+
+
+    def test_follows_a_resize(capsys):
+        seen = []
+        with capsys.disabled():
+            terminal = os.dup(1)  # fd 1 itself is pytest's capture file outside this block
+        signal.signal(signal.SIGWINCH, lambda *_: seen.append(list(os.get_terminal_size(terminal))))
+        before = list(os.get_terminal_size(terminal))
+        os.write(terminal, b"READY\\n")
+        deadline = time.monotonic() + 30
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with open(os.environ["FACTS"], "w") as fh:
+            json.dump({"before": before, "in_handler": seen[:1], "after": list(os.get_terminal_size(terminal))}, fh)
+    """}
+
+
+def test_a_resize_of_the_terminal_reaches_the_test_as_under_plain_pytest(tmp_path):
+    """Resizing the terminal during a run signals the test (SIGWINCH) and its terminal has the new
+    size, as under `python -m pytest` at that terminal."""
+    import pexpect
+
+    project = write_project(tmp_path, RESIZE)
+    runs = {
+        "plain": (PYTHON, ["-m", "pytest", "-p", "no:cacheprovider", "test_resize.py"]),
+        "stepped": (stepkernel_bin(), ["run", "--on-error", "fail", "--python", PYTHON, "test_resize.py",
+                                       "--", "-p", "no:cacheprovider"]),
+    }
+    facts = {}
+    for kind, (program, args) in runs.items():
+        env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt"), "FACTS": str(tmp_path / f"{kind}.json")}
+        child = pexpect.spawn(program, args, cwd=str(project), encoding="utf-8", timeout=60, env=env,
+                              dimensions=(29, 117))
+        child.expect("READY")
+        child.setwinsize(40, 100)
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0, child.before
+        facts[kind] = json.loads((tmp_path / f"{kind}.json").read_text())
+    assert facts["plain"] == {"before": [117, 29], "in_handler": [[100, 40]], "after": [100, 40]}
+    assert facts["stepped"] == facts["plain"]
+
+
 EXIT_HANDLERS = '''
     import atexit
     import os

@@ -8,10 +8,15 @@
 //! kernel's own (its terminal's settings and size) instead of pipes. Output
 //! post-processing (`OPOST`, which turns `\n` into `\r\n`) is off, so the
 //! kernel reads the bytes the worker wrote, as from a pipe.
+//!
+//! The worker runs in a process group of its own, so a resize of the
+//! kernel's terminal signals only the kernel: [`follow_resizes`] passes it on
+//! (new size, then `SIGWINCH` to the worker's group, as the terminal sends it
+//! to `python -m pytest`'s).
 
 use std::ffi::CStr;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// A pseudo-terminal pair: the kernel reads `master`; `slave` becomes the worker's stream.
 pub struct OutputTty {
@@ -47,6 +52,64 @@ pub fn like(like: BorrowedFd<'_>) -> io::Result<Option<OutputTty>> {
         }
     }
     Ok(Some(pair))
+}
+
+/// Copies the size of terminal `from` to terminal `to`; false when `from` has none.
+fn copy_size(from: RawFd, to: RawFd) -> bool {
+    // SAFETY: winsize is a plain C struct filled by TIOCGWINSZ.
+    unsafe {
+        let mut size: libc::winsize = std::mem::zeroed();
+        libc::ioctl(from, libc::TIOCGWINSZ, &mut size) == 0
+            && (size.ws_row, size.ws_col) != (0, 0)
+            && libc::ioctl(to, libc::TIOCSWINSZ, &size) == 0
+    }
+}
+
+/// Follows the kernel terminal's resizes ([`follow_resizes`]) for those of a
+/// worker's output streams (stdout, stderr: their masters) that are terminals.
+pub fn follow_for(
+    streams: [Option<BorrowedFd<'_>>; 2],
+    group: libc::pid_t,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let mut ttys = Vec::new();
+    let likes = [libc::STDOUT_FILENO, libc::STDERR_FILENO];
+    for (master, like) in streams.into_iter().zip(likes) {
+        let Some(master) = master else { continue };
+        // SAFETY: isatty only reads the descriptor's kind.
+        if unsafe { libc::isatty(master.as_raw_fd()) } == 1 {
+            if let Ok(copy) = master.try_clone_to_owned() {
+                ttys.push((copy, like));
+            }
+        }
+    }
+    if ttys.is_empty() {
+        return None;
+    }
+    follow_resizes(ttys, group).ok()
+}
+
+/// Until the task is aborted, on every `SIGWINCH` the kernel gets: gives each
+/// worker terminal (a copy of its master, paired with the kernel's descriptor
+/// it was made like) that terminal's new size, then sends `SIGWINCH` to
+/// process group `group` (none when `group` is not positive).
+pub fn follow_resizes(
+    ttys: Vec<(OwnedFd, RawFd)>,
+    group: libc::pid_t,
+) -> io::Result<tokio::task::JoinHandle<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut resized = signal(SignalKind::window_change())?;
+    Ok(tokio::spawn(async move {
+        while resized.recv().await.is_some() {
+            let mut changed = false;
+            for (master, like) in &ttys {
+                changed |= copy_size(*like, master.as_raw_fd());
+            }
+            if changed && group > 0 {
+                // SAFETY: plain syscall.
+                unsafe { libc::killpg(group, libc::SIGWINCH) };
+            }
+        }
+    }))
 }
 
 fn open_pair() -> io::Result<OutputTty> {
@@ -142,5 +205,41 @@ mod tests {
             read.extend_from_slice(&buf[..n]);
         }
         assert_eq!(read, b"one\ntwo\r\n\x1b[31mred\x1b[0m\n");
+    }
+
+    #[tokio::test]
+    async fn a_resize_of_the_kernels_terminal_reaches_the_workers() {
+        let outer = open_pair().unwrap();
+        let inner = like(outer.slave.as_fd()).unwrap().expect("a terminal");
+        let follow = follow_resizes(
+            vec![(inner.master.try_clone().unwrap(), outer.slave.as_raw_fd())],
+            0,
+        )
+        .unwrap();
+        let size = libc::winsize {
+            ws_row: 40,
+            ws_col: 100,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: resizes an open pty, then signals this process as a terminal would.
+        unsafe {
+            assert_eq!(
+                libc::ioctl(outer.slave.as_raw_fd(), libc::TIOCSWINSZ, &size),
+                0
+            );
+            libc::raise(libc::SIGWINCH);
+        }
+        let mut got: libc::winsize = unsafe { std::mem::zeroed() };
+        for _ in 0..500 {
+            // SAFETY: TIOCGWINSZ reads an open descriptor.
+            unsafe { libc::ioctl(inner.slave.as_raw_fd(), libc::TIOCGWINSZ, &mut got) };
+            if (got.ws_row, got.ws_col) == (40, 100) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        follow.abort();
+        assert_eq!((got.ws_row, got.ws_col), (40, 100));
     }
 }

@@ -323,6 +323,10 @@ impl Worker {
             match fork_from_zygote(config, socket, &theirs, ring.as_ref()) {
                 Ok(forked) => {
                     drop(theirs);
+                    let resizes = crate::output_tty::follow_for(
+                        [Some(forked.stdout.as_fd()), Some(forked.stderr.as_fd())],
+                        forked.pid,
+                    );
                     let stdout = output_reader(forked.stdout).map_err(spawn_err)?;
                     let stderr = output_reader(forked.stderr).map_err(spawn_err)?;
                     return Self::serve_process(
@@ -330,8 +334,8 @@ impl Worker {
                         forked.pid,
                         ours,
                         ring,
-                        stdout,
-                        stderr,
+                        (stdout, stderr),
+                        resizes,
                         generation,
                         events,
                         None,
@@ -458,6 +462,10 @@ impl Worker {
         drop(command);
         drop(theirs);
         let pid = child.id().map(|p| p as i32).unwrap_or(-1);
+        let resizes = crate::output_tty::follow_for(
+            [tty_masters.0.as_ref(), tty_masters.1.as_ref()].map(|t| t.map(|t| t.as_fd())),
+            pid,
+        );
         let stderr: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match tty_masters.1 {
             Some(master) => Box::new(output_reader(master).map_err(spawn_err)?),
             None => Box::new(child.stderr.take().expect("stderr piped")),
@@ -476,8 +484,8 @@ impl Worker {
             pid,
             ours,
             ring,
-            stdout,
-            stderr,
+            (stdout, stderr),
+            resizes,
             generation,
             events,
             not_forked,
@@ -493,8 +501,8 @@ impl Worker {
         pid: i32,
         ours: OwnedFd,
         ring: Option<EventRing>,
-        stdout: O,
-        stderr: E,
+        (stdout, stderr): (O, E),
+        resizes: Option<tokio::task::JoinHandle<()>>,
         generation: u64,
         events: mpsc::UnboundedSender<TaggedEvent>,
         not_forked: Option<String>,
@@ -557,6 +565,9 @@ impl Worker {
                 },
                 Process::Forked(forked) => wait_forked(forked).await,
             };
+            if let Some(resizes) = resizes {
+                resizes.abort();
+            }
             // Let the pipes drain first so the last output precedes the exit.
             let _ = out_done.await;
             let _ = err_done.await;

@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -913,6 +914,26 @@ def test_the_worker_ends_with_the_interpreters_teardown_as_python_does(tmp_path,
     assert outputs["plain"] == {"thread": "thread ended", "left_open": "buffered, never flushed by the test",
                                 "finalized": 1, "after_summary": True}
     assert outputs["stepped"] == outputs["plain"]
+
+
+def test_ctrl_c_while_the_worker_waits_for_a_thread_at_exit_ends_the_run(tmp_path, run_session):
+    """A test that leaves a thread that never ends holds the exit, as under plain pytest; Ctrl-C
+    (SIGINT to `stepkernel run`) then stops the worker and the run ends with the tests' outcome."""
+    project = write_project(tmp_path, {"test_stuck.py": """
+        import threading
+        import time
+
+
+        def test_leaves_a_thread_running():
+            threading.Thread(target=time.sleep, args=(3600,)).start()
+        """})
+    session = run_session(project, "--on-error", "fail", "test_stuck.py")
+    wait_for(lambda: "1 passed" in session.output(), timeout=60, what="the run's summary")
+    time.sleep(0.5)
+    assert session.proc.poll() is None, session.output()  # waiting for the thread, as Python's exit does
+    session.proc.send_signal(signal.SIGINT)
+    assert session.wait_exit(60) == 0, session.output()
+    assert "stopped while the Python worker was exiting" in session.output()
 
 
 def test_a_run_started_with_sigint_ignored_keeps_it_ignored_in_tests(tmp_path):

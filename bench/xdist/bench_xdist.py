@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "run_overhead"))
-from bench_run_overhead import PROJECTS, compare, drop_caches, junit_totals, log, prepare  # noqa: E402
+from bench_run_overhead import PROJECTS, compare, drop_caches, junit_totals, log, prepare, seeded  # noqa: E402
 
 PYTEST_ARGS = ["-q", "-p", "no:cacheprovider"]
 MIN_TIMED_S = 6.0
@@ -256,7 +256,7 @@ def counted(argv: list[str], cwd: Path, env: dict, out: Path) -> dict[str, list[
     out.mkdir(parents=True, exist_ok=True)
     vg = ["valgrind", "--tool=callgrind", "--trace-children=yes", f"--callgrind-out-file={out}/cg.%p"]
     with open(out / "output.log", "wb") as log_file:
-        subprocess.run(vg + argv, cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        subprocess.run(vg + argv, cwd=cwd, env=seeded(env), stdout=log_file, stderr=subprocess.STDOUT,
                        stdin=subprocess.DEVNULL)
     kinds: dict[str, list[int]] = defaultdict(list)
     for path in out.glob("cg.*"):

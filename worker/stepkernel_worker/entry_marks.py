@@ -46,6 +46,7 @@ import os
 import sys
 from typing import Any, Callable
 
+from . import rewrite_tail
 from .pyc_cache import read_pyc, write_pyc
 
 __tracebackhide__ = True  # pytest shows a traceback through an import without this module's frames
@@ -556,23 +557,14 @@ def _hook_pytest_rewriter(is_project: Callable[[str], bool]) -> Callable[[], Non
         import _pytest.assertion.rewrite as rewrite
     except ImportError:
         return None
-    hook = getattr(rewrite, "AssertionRewritingHook", None)
     original_test = getattr(rewrite, "_rewrite_test", None)
-    original_tail = getattr(rewrite, "PYC_TAIL", None)
-    if (hook is None or original_test is None or not isinstance(original_tail, str)
-            or not original_tail.endswith(".pyc")):
+    if original_test is None:
         return None
-    original_exec = hook.exec_module
-    marked_tail = f"{original_tail[:-4]}-{TAG}.pyc"
 
-    def exec_module(self: Any, module: Any) -> None:
-        origin = getattr(getattr(module, "__spec__", None), "origin", None)
-        previous = rewrite.PYC_TAIL
-        rewrite.PYC_TAIL = marked_tail if isinstance(origin, str) and is_project(origin) else original_tail
-        try:
-            original_exec(self, module)
-        finally:
-            rewrite.PYC_TAIL = previous
+    def marked_tail(path: str, tail: str) -> str:
+        if tail.endswith(".pyc") and is_project(path):
+            return f"{tail[:-4]}-{TAG}.pyc"
+        return tail
 
     def _rewrite_test(fn: Any, config: Any) -> Any:
         if not is_project(str(fn)):
@@ -592,11 +584,13 @@ def _hook_pytest_rewriter(is_project: Callable[[str], bool]) -> Callable[[], Non
         finally:
             rewrite.rewrite_asserts = chain
 
-    hook.exec_module = exec_module
+    undo_tail = rewrite_tail.add(rewrite, marked_tail)
+    if undo_tail is None:
+        return None
     rewrite._rewrite_test = _rewrite_test
 
     def undo() -> None:
-        hook.exec_module = original_exec
+        undo_tail()
         rewrite._rewrite_test = original_test
 
     return undo

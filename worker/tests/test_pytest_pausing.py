@@ -147,3 +147,19 @@ def test_an_unstepped_test_pauses_once_after_it_failed(tmp_path):
     assert pause["locals"]["n"] == {"type": "int", "repr": "10"}
     assert pause["_outputs"] == repr([(True, 10), (True, True)])
     assert outcomes(events) == {"test_prop.py::test_property": "failed"}
+
+
+def test_stepped_code_is_cached_under_a_tail_of_its_own_and_read_back(tmp_path, monkeypatch):
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    (tmp_path / "test_cached.py").write_text("def test_two_steps():\n    x = 1\n    assert x == 1\n")
+    first, events = run_stepped(str(tmp_path), ["test_cached.py"], step_events=True)
+    assert first.returncode == 0, first.stdout + first.stderr
+    cached = sorted(p.name for p in (tmp_path / "__pycache__").iterdir())
+    # Only the stepped code's own .pyc: pytest's is neither written nor read by a stepped run.
+    assert len(cached) == 1 and "-pytest-" in cached[0] and "-stepkernel-" in cached[0], cached
+    pyc = tmp_path / "__pycache__" / cached[0]
+    written = pyc.stat().st_mtime_ns
+    again, events = run_stepped(str(tmp_path), ["test_cached.py"], step_events=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert pyc.stat().st_mtime_ns == written
+    assert [(e["index"], e["status"]) for e in events if e["event"] == "step_finish"] == [(0, "passed"), (1, "passed")]

@@ -19,6 +19,7 @@ import gc
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+from .. import rewrite_tail
 from ..pyc_cache import read_pyc, write_pyc
 from . import shared_code, transform
 
@@ -61,16 +62,21 @@ def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
 
     rewrite_module.rewrite_asserts = rewrite_asserts
     tag = transform.cache_tag(engine.steps_fingerprint)
-    if original_tail.endswith(".pyc"):
-        rewrite_module.PYC_TAIL = f"{original_tail[:-4]}-{tag}.pyc"
-    store = shared_code.shared(engine.shared_code_dir, rewrite_module.PYC_TAIL)
+
+    def stepped_tail(path: str, tail: str) -> str:
+        return f"{tail[:-4]}-{tag}.pyc" if tail.endswith(".pyc") else tail
+
+    # The tagged tail names the cache only: the module's code sees pytest's.
+    undo_tail = rewrite_tail.add(rewrite_module, stepped_tail)
+    store = shared_code.shared(engine.shared_code_dir, stepped_tail("", original_tail))
     first = _rewrite_test_returns(rewrite_module)
     if store is not None and original_rewrite_test is not None and first is not None:
         rewrite_module._rewrite_test = _shared_rewrite_test(store, original_rewrite_test, first)
 
     def undo() -> None:
         rewrite_module.rewrite_asserts = original_rewrite
-        rewrite_module.PYC_TAIL = original_tail
+        if undo_tail is not None:
+            undo_tail()
         if original_rewrite_test is not None:
             rewrite_module._rewrite_test = original_rewrite_test
 

@@ -53,6 +53,9 @@ class RecordingHost:
         self.script = list(script or []) if not callable(script) else script
         self.breakpoints: dict[tuple, str] = {}
         self._get_steps = get_steps or report_source()
+        # Stepped code is cached under this name: the ast helper steps every function of a file, the
+        # binary only tests, so code cached by one must not be loaded for the other.
+        self.steps_fingerprint = f"tests-{getattr(self._get_steps, '__name__', 'custom')}"
 
     def emit(self, event: dict) -> None:
         _dumps(event)  # every event must be JSON-serializable

@@ -561,7 +561,7 @@ def _hook_pytest_rewriter(is_project: Callable[[str], bool]) -> Callable[[], Non
     if original_test is None:
         return None
 
-    def marked_tail(path: str, tail: str) -> str:
+    def marked_tail(hook: Any, path: str, tail: str) -> str:
         if tail.endswith(".pyc") and is_project(path):
             return f"{tail[:-4]}-{TAG}.pyc"
         return tail

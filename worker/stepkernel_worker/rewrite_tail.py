@@ -21,8 +21,9 @@ from typing import Any, Callable
 __tracebackhide__ = True
 __unittest = True
 
-#: A tail maker: (the path of the module being imported, the tail so far) -> the tail to cache it under.
-TailMaker = Callable[[str, str], str]
+#: A tail maker: (pytest's ``AssertionRewritingHook`` importing it, the path of the module being
+#: imported, the tail so far) -> the tail to cache it under.
+TailMaker = Callable[[Any, str, str], str]
 
 _makers: list[TailMaker] = []
 _undo: Callable[[], None] | None = None
@@ -49,10 +50,10 @@ def add(rewrite: Any, maker: TailMaker) -> Callable[[], None] | None:
     return undo
 
 
-def tail_for(path: str, tail: str) -> str:
-    """The tail the module at ``path`` is cached under, starting from pytest's ``tail``."""
+def tail_for(hook: Any, path: str, tail: str) -> str:
+    """The tail the module at ``path`` that ``hook`` imports is cached under, starting from pytest's ``tail``."""
     for maker in _makers:
-        tail = maker(path, tail)
+        tail = maker(hook, path, tail)
     return tail
 
 
@@ -72,10 +73,11 @@ def _hook(rewrite: Any) -> Callable[[], None] | None:
 
     @functools.wraps(original_dir)
     def get_cache_dir(file_path: Any) -> Any:
-        if getframe(1).f_code is exec_code:
+        caller = getframe(1)
+        if caller.f_code is exec_code:
             if pytest_tail[0] is None:
                 pytest_tail[0] = rewrite.PYC_TAIL
-            rewrite.PYC_TAIL = tail_for(str(file_path), pytest_tail[0])
+            rewrite.PYC_TAIL = tail_for(caller.f_locals.get("self"), str(file_path), pytest_tail[0])
         return original_dir(file_path)
 
     @functools.wraps(original_read)

@@ -37,11 +37,14 @@ def transformed(engine: Engine, tree: ast.Module, path: str) -> None:
         transform.transform_module(tree, report)
 
 
-def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
+def hook_pytest_rewriter(engine: Engine, config: Any) -> Callable[[], None]:
     """Transform test modules right after pytest rewrites their asserts; returns the undo.
 
-    A local xdist worker (``engine.shared_code_dir``) also takes the modules
-    another worker of the run compiled (``shared_code.py``).
+    Only modules the run's own session (``config``) imports: a session a test
+    starts in the same process (pytester's ``runpytest``) imports, rewrites and
+    caches its modules as pytest does. A local xdist worker
+    (``engine.shared_code_dir``) also takes the modules another worker of the
+    run compiled (``shared_code.py``).
     """
     import _pytest.assertion.rewrite as rewrite_module
 
@@ -49,9 +52,11 @@ def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
     original_tail = rewrite_module.PYC_TAIL
     original_rewrite_test = getattr(rewrite_module, "_rewrite_test", None)
 
+    run_config = config
+
     def rewrite_asserts(mod, source, module_path=None, config=None):
         original_rewrite(mod, source, module_path, config)
-        if module_path is not None:
+        if module_path is not None and config is run_config:
             collecting = gc.isenabled()
             gc.disable()
             try:
@@ -63,15 +68,17 @@ def hook_pytest_rewriter(engine: Engine) -> Callable[[], None]:
     rewrite_module.rewrite_asserts = rewrite_asserts
     tag = transform.cache_tag(engine.steps_fingerprint)
 
-    def stepped_tail(path: str, tail: str) -> str:
+    def stepped_tail(hook: Any, path: str, tail: str) -> str:
+        if hook is not None and getattr(hook, "config", run_config) is not run_config:
+            return tail  # another session's import: pytest's code, pytest's cache
         return f"{tail[:-4]}-{tag}.pyc" if tail.endswith(".pyc") else tail
 
     # The tagged tail names the cache only: the module's code sees pytest's.
     undo_tail = rewrite_tail.add(rewrite_module, stepped_tail)
-    store = shared_code.shared(engine.shared_code_dir, stepped_tail("", original_tail))
+    store = shared_code.shared(engine.shared_code_dir, stepped_tail(None, "", original_tail))
     first = _rewrite_test_returns(rewrite_module)
     if store is not None and original_rewrite_test is not None and first is not None:
-        rewrite_module._rewrite_test = _shared_rewrite_test(store, original_rewrite_test, first)
+        rewrite_module._rewrite_test = _shared_rewrite_test(store, original_rewrite_test, first, run_config)
 
     def undo() -> None:
         rewrite_module.rewrite_asserts = original_rewrite
@@ -95,11 +102,13 @@ def _rewrite_test_returns(rewrite_module: Any) -> str | None:
     return "hash" if "source_hash" in names else "stat" if "source_stat" in names else None
 
 
-def _shared_rewrite_test(store: shared_code.SharedCode, original: Callable, first: str) -> Callable:
+def _shared_rewrite_test(store: shared_code.SharedCode, original: Callable, first: str, run_config: Any) -> Callable:
     """pytest's ``_rewrite_test`` (read, parse, rewrite, step, compile) done once for the run's workers."""
     import importlib.util
 
     def _rewrite_test(fn, config):
+        if config is not run_config:
+            return original(fn, config)
         try:
             stat = os.stat(fn)
             with open(fn, "rb") as fh:

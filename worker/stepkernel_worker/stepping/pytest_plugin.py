@@ -113,7 +113,7 @@ class SteppingPlugin:
                 rewrite_asserts(module, source, path, config)
 
             self.engine.rewriter = rewrite
-            self._undo.append(importing.hook_pytest_rewriter(self.engine))
+            self._undo.append(importing.hook_pytest_rewriter(self.engine, config))
         else:
             self._undo.append(importing.install_finder(self.engine, _python_files(config)))
 

@@ -167,6 +167,24 @@ SUITES = {
     "decorator": ("decorator==5.1.1", "decorator-*", ["src/tests"], [], ["-o", "python_files=test*.py"]),
     # mock's test files are named test*.py (unittest's default), not test_*.py.
     "mock": ("mock==5.1.0", "mock-*", ["mock/tests"], [], ["-o", "python_files=test*.py"]),
+    # C extensions built from source (msgpack, simplejson: run from the sdist, their tests import the
+    # source tree's pure-Python fallback on both sides), pytest plugins that patch and time tests
+    # (pytest-mock, pytest-timeout; both run pytester sessions), pytest's own suite, and more libraries.
+    "six": ("six==1.17.0", "six-*", ["test_six.py"], [], []),
+    "msgpack": ("msgpack==1.2.4", "msgpack-*", ["test"], [], []),
+    "pytest-mock": ("pytest-mock==3.17.0", "pytest_mock-*", ["tests"], ["pytest-asyncio"], []),
+    "pytest-timeout": ("pytest-timeout==2.4.0", "pytest_timeout-*", ["test_pytest_timeout.py"], ["pexpect"], []),
+    "simplejson": ("simplejson==4.3.0", "simplejson-*", ["simplejson/tests"], [], []),
+    "jsonschema": (
+        "jsonschema==4.26.0",
+        "jsonschema-*",
+        ["jsonschema/tests"],
+        ["jsonpath-ng", "fqdn", "idna", "isoduration", "jsonpointer", "rfc3339-validator", "rfc3986-validator",
+         "rfc3987-syntax", "uri_template", "webcolors"],
+        [],
+    ),
+    # arrow's tox.ini addopts run it under pytest-cov on both sides.
+    "arrow": ("arrow==1.4.0", "arrow-*", ["tests"], ["dateparser", "pytest-cov", "pytest-mock", "pytz", "simplejson"], []),
 }
 
 

@@ -185,6 +185,9 @@ SUITES = {
     ),
     # arrow's tox.ini addopts run it under pytest-cov on both sides.
     "arrow": ("arrow==1.4.0", "arrow-*", ["tests"], ["dateparser", "pytest-cov", "pytest-mock", "pytz", "simplejson"], []),
+    "babel": ("babel==2.19.0", "babel-*", ["tests"], ["freezegun", "jinja2", "pytz", "setuptools"], []),
+    # Without pytest-randomly (pygments' tox.ini has it): the two sides would run in different orders.
+    "pygments": ("pygments==2.21.0", "pygments-*", ["tests"], ["wcag-contrast-ratio"], []),
 }
 
 

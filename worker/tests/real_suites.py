@@ -188,6 +188,21 @@ SUITES = {
     "babel": ("babel==2.19.0", "babel-*", ["tests"], ["freezegun", "jinja2", "pytz", "setuptools"], []),
     # Without pytest-randomly (pygments' tox.ini has it): the two sides would run in different orders.
     "pygments": ("pygments==2.21.0", "pygments-*", ["tests"], ["wcag-contrast-ratio"], []),
+    # A part of pytest's own testing/ (about 1,850 tests, most of them pytester sessions, in-process and in
+    # subprocesses; its filterwarnings=error meets pytest-asyncio's unset loop scope, installed for other suites).
+    # TestPyCacheDir::test_sys_pycache_prefix_integration differs: see cases/test_hard_pyc_cache.py.
+    "pytest": (
+        "pytest==9.2.0",
+        "pytest-*",
+        [f"testing/{name}.py" for name in ("test_assertrewrite", "test_assertion", "test_capture", "test_collection",
+                                             "test_mark", "test_skipping", "test_monkeypatch", "test_recwarn",
+                                             "test_runner", "test_conftest", "test_warnings",
+                                             "python/approx", "python/collect", "python/fixtures",
+                                             "python/integration", "python/metafunc", "python/raises",
+                                             "python/raises_group", "python/show_fixtures_per_test")],
+        ["argcomplete", "attrs", "hypothesis", "mock", "pexpect", "pyyaml", "requests", "xmlschema"],
+        ["-o", "asyncio_default_fixture_loop_scope=function"],
+    ),
 }
 
 

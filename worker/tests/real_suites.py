@@ -203,6 +203,15 @@ SUITES = {
         ["argcomplete", "attrs", "hypothesis", "mock", "pexpect", "pyyaml", "requests", "xmlschema"],
         ["-o", "asyncio_default_fixture_loop_scope=function"],
     ),
+    # cattrs' addopts need pytest-benchmark; the preconf tests need each serialization library.
+    "cattrs": (
+        "cattrs==26.2.1",
+        "cattrs-*",
+        ["tests"],
+        ["hypothesis", "immutables", "pytest-benchmark", "msgpack", "pyyaml", "tomlkit", "tomli-w", "cbor2",
+         "pymongo", "ujson", "orjson", "msgspec"],
+        [],
+    ),
 }
 
 

@@ -151,11 +151,15 @@ pub struct PassThrough {
 /// registered by name), then execnet's bootstrap follows in the same `-c`
 /// text, so it runs in the `-c` module's frame as under plain xdist (no
 /// frame more below the tests).
+/// The package directory leaves `sys.path` once the package is imported
+/// (its modules load through the package's `__path__`), as in [`BOOTSTRAP`].
 const XDIST_BOOTSTRAP: &str = "import sys\n\
 sys.path.insert(0, sys.argv.pop(1))\n\
+import stepkernel_worker\n\
+del sys.path[0]\n\
 import stepkernel_worker.stepping.xdist_worker as _stepkernel\n\
 _stepkernel.prepare()\n\
-del sys.path[0], _stepkernel\n";
+del _stepkernel\n";
 
 impl PassThrough {
     /// The interpreter's arguments: execnet's flags, then our bootstrap
@@ -293,8 +297,14 @@ async fn wait_forked(status: std::os::unix::net::UnixStream) -> String {
 /// A zygote (`stepkernel watch`) is started with the same command line and
 /// `$STEPKERNEL_ZYGOTE_FD`: it pre-imports, and each child it forks returns
 /// from `serve()` here (`forked` is then true) and goes on as a worker.
+///
+/// The package directory is on `sys.path` only while the package itself is
+/// imported (its modules then load through its `__path__`): left there, every
+/// import of the run (pytest's, the tests') would look in it first.
 pub const BOOTSTRAP: &str = "import os, sys, json\n\
 sys.path.insert(0, sys.argv.pop(1))\n\
+import stepkernel_worker\n\
+del sys.path[0]\n\
 forked = 'STEPKERNEL_ZYGOTE_FD' in os.environ and __import__('stepkernel_worker.zygote').zygote.serve()\n\
 os.write(int(os.environ['STEPKERNEL_CHANNEL_FD']), (json.dumps({'type': 'hello', 'early': True, \
 'pid': os.getpid(), 'forked': bool(forked), 'python': {'version': '%d.%d.%d' % sys.version_info[:3], \

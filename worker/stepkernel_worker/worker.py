@@ -18,7 +18,7 @@ import time
 import traceback
 from typing import Any
 
-from . import cells, display, introspect
+from . import cells, display
 from .pause_timers import suspends_alarm
 from .channel import (
     Channel,
@@ -165,17 +165,8 @@ class Worker:
         request_id = message.get("id")
         if kind == "execute":
             self._execute(message)
-        elif kind == "complete":
-            ns = self._namespace()
-            self._reply(request_id, introspect.complete(message["code"], message["cursor_pos"], ns))
-        elif kind == "inspect":
-            ns = self._namespace()
-            content = introspect.inspect_value(
-                message["code"], message["cursor_pos"], message.get("detail_level", 0), ns
-            )
-            self._reply(request_id, content)
-        elif kind == "is_complete":
-            self._reply(request_id, introspect.is_complete(message["code"]))
+        elif kind in ("complete", "inspect", "is_complete"):
+            self._introspect(kind, request_id, message)
         elif kind == "breakpoints":
             self.breakpoints = message.get("items", [])
         elif kind == "pause_request":
@@ -222,6 +213,8 @@ class Worker:
         silent = bool(message.get("silent", False))
         content: dict[str, Any] = {"status": "ok", "execution_count": count, "user_expressions": {}}
         self.exit_payload = None
+        from . import introspect
+
         query = introspect.help_query(code)
         if query is not None:
             self._reply(request_id, self._help_reply(request_id, query, content, silent))
@@ -257,8 +250,24 @@ class Worker:
             content["payload"] = [self.exit_payload]
         self._reply(request_id, content)
 
+    def _introspect(self, kind: str, request_id: Any, message: dict) -> None:
+        """Completion, inspection, is-complete (imported when first asked: a run no client attaches to never needs it)."""
+        from . import introspect
+
+        if kind == "complete":
+            content = introspect.complete(message["code"], message["cursor_pos"], self._namespace())
+        elif kind == "inspect":
+            content = introspect.inspect_value(
+                message["code"], message["cursor_pos"], message.get("detail_level", 0), self._namespace()
+            )
+        else:
+            content = introspect.is_complete(message["code"])
+        self._reply(request_id, content)
+
     def _help_reply(self, request_id, query: tuple[str, int], content: dict, silent: bool) -> dict:
         """``name?`` as IPython answers it: a ``page`` payload with the signature and docstring."""
+        from . import introspect
+
         name, detail = query
         found = introspect.inspect_value(name, len(name), detail, self._namespace())
         if not found.get("found"):

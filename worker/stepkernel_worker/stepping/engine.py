@@ -9,7 +9,6 @@ the outcome counts. The step hooks themselves are in ``runtime.py``.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import signal
 import sys
@@ -57,31 +56,44 @@ def control_exceptions() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-@dataclasses.dataclass
 class TestRecord:
-    """What the engine tracks about the test that is running."""
+    """What the engine tracks about the test that is running.
 
-    id: str
-    file: str | None
-    phases: list = dataclasses.field(default_factory=list)
-    #: Code objects of the test's phase functions: only their frames pause.
-    pausable: frozenset = frozenset()
-    start: float = dataclasses.field(default_factory=_perf_counter)
-    forced: bool = False
-    forced_steps: list = dataclasses.field(default_factory=list)
-    edited_ran: bool = False
-    #: Whether the test paused (then a failure it ends with needs no second pause).
-    paused: bool = False
-    #: Predicate telling whether an error is expected (xfail): then no pause.
-    expects_failure: Callable[[BaseException], bool] | None = None
-    #: What step hooks get as ``item`` (pytest's item, the unittest TestCase).
-    item: Any = None
-    #: Test plan ids of the whole test (``@pytest.mark.plan``).
-    plan_ids: tuple = ()
-    #: A step hook said "fail": the error it ends with needs no pause after the test either.
-    settled: bool = False
-    #: ``Engine.test_plan_ids`` of this record (its phases and plan ids are set when it begins).
-    all_plan_ids: list = dataclasses.field(default_factory=list)
+    A plain class, not a dataclass: making a dataclass costs about 5M
+    instructions at import, paid by every run.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        file: str | None,
+        phases: list | None = None,
+        pausable: frozenset = frozenset(),
+        item: Any = None,
+        plan_ids: tuple = (),
+        expects_failure: Callable[[BaseException], bool] | None = None,
+    ) -> None:
+        self.id = id
+        self.file = file
+        self.phases: list = [] if phases is None else phases
+        #: Code objects of the test's phase functions: only their frames pause.
+        self.pausable = pausable
+        self.start: float = _perf_counter()
+        self.forced = False
+        self.forced_steps: list = []
+        self.edited_ran = False
+        #: Whether the test paused (then a failure it ends with needs no second pause).
+        self.paused = False
+        #: Predicate telling whether an error is expected (xfail): then no pause.
+        self.expects_failure = expects_failure
+        #: What step hooks get as ``item`` (pytest's item, the unittest TestCase).
+        self.item = item
+        #: Test plan ids of the whole test (``@pytest.mark.plan``).
+        self.plan_ids = plan_ids
+        #: A step hook said "fail": the error it ends with needs no pause after the test either.
+        self.settled = False
+        #: ``Engine.test_plan_ids`` of this record (its phases and plan ids are set when it begins).
+        self.all_plan_ids: list = []
 
 
 class Engine:

@@ -290,21 +290,21 @@ class SteppingPlugin:
 
     # ----------------------------------------------------------- outcomes
 
-    @pytest.hookimpl(**_WRAPPER)
+    # A new-style wrapper (cheaper in pluggy, three calls a test): no test's
+    # exception passes through making a report.
+    @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item, call):
-        outcome = yield
-        if call.when == "teardown":
+        report = yield
+        when = call.when
+        if when == "teardown":
             record = self.engine.current
-            if record is not None and record.id == item.nodeid:
+            if record is not None and record.all_plan_ids and record.id == item.nodeid:
                 # junitxml writes the teardown report's properties.
-                plan_ids = record.all_plan_ids
-                if plan_ids:
-                    outcome.get_result().user_properties.extend(("plan", p) for p in plan_ids)
-        if call.when != "call":
-            return
+                report.user_properties.extend(("plan", p) for p in record.all_plan_ids)
+        if when != "call":
+            return report
         self.engine.close_open_step()
         record = self.engine.current
-        report = outcome.get_result()
         if record is not None and record.forced and report.passed:
             # A failing step skipped by hand: the test fails, as the journal says.
             report.outcome = "failed"
@@ -313,6 +313,7 @@ class SteppingPlugin:
             # Hypothesis's final replay passed after an edit: fixed, not flaky.
             report.outcome = "passed"
             report.longrepr = None
+        return report
 
     def pytest_exception_interact(self, node, call, report):
         """A test that runs as one step (hypothesis, a generator) pauses after it failed."""

@@ -30,7 +30,7 @@ BARRIER = "xdist-barrier"
 
 
 #: The last line of the kernel's text before execnet's own ``-c`` code (kernel/src/worker.rs).
-_PRELUDE_END = "del sys.path[0], _stepkernel\n"
+_PRELUDE_END = "del _stepkernel\n"
 
 
 def prepare() -> None:

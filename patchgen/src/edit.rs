@@ -113,12 +113,20 @@ pub(crate) fn step_edits(edits: &[Edit]) -> Vec<StepEdits<'_>> {
 }
 
 /// The current time as RFC 3339 UTC with second precision, e.g. "2025-01-31T09:05:00Z".
+///
+/// Every event a run writes is stamped with it: the text is made once per
+/// second, not once per call.
 pub fn now_rfc3339() -> String {
+    static LAST: std::sync::Mutex<(u64, String)> = std::sync::Mutex::new((u64::MAX, String::new()));
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    rfc3339_from_unix(secs)
+    let mut last = LAST.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if last.0 != secs {
+        *last = (secs, rfc3339_from_unix(secs));
+    }
+    last.1.clone()
 }
 
 /// Formats seconds since the Unix epoch as RFC 3339 UTC.
@@ -153,6 +161,23 @@ mod tests {
         assert_eq!(rfc3339_from_unix(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339_from_unix(1_709_251_199), "2024-02-29T23:59:59Z");
         assert_eq!(rfc3339_from_unix(4_102_444_800), "2100-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn now_follows_the_clock_across_seconds() {
+        let secs = |t: &str| {
+            let hms: Vec<u64> = t[11..19].split(':').map(|x| x.parse().unwrap()).collect();
+            hms[0] * 3600 + hms[1] * 60 + hms[2]
+        };
+        let first = now_rfc3339();
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let later = now_rfc3339();
+        assert_ne!(
+            first, later,
+            "the once-per-second text must change with the second"
+        );
+        let step = (secs(&later) + 86_400 - secs(&first)) % 86_400;
+        assert!((1..=3).contains(&step), "{first} -> {later}");
     }
 
     #[test]

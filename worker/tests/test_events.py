@@ -53,13 +53,47 @@ def test_without_step_events_no_step_is_reported(tmp_path):
         {"a": 1, "b": "x\"y\u00e9\n\t\\", "c": 1.5, "d": None, "e": True, "f": False},
         {"big": 10**30, "small": 5e-06, "neg": -0.0},
         {"list": [1, 2]},
-        {"test": "t.py::x", "phases": [{"name": "test", "step_names": ["a = 1", "é"]}], "time": 1.25, "n": None},
+        {"test": "t.py::x", "phases": [{"name": "test", "step_names": ["a = 1", "é"]}], "at": 1.25, "n": None},
+        {"nested": {"x": [1.5, None, {"y": "\u2603"}], "z": object}},
         {"nan": float("nan"), "inf": float("inf")},
         {1: "non-string key"},
     ],
 )
 def test_encode_flat_matches_json_dumps(value):
-    assert encode_flat(value) == json.dumps(value, separators=(",", ":"))
+    assert encode_flat(value) == json.dumps(value, separators=(",", ":"), default=repr)
+
+
+def test_encode_flat_writes_seconds_to_the_microsecond():
+    # "time" and "duration_s" are seconds: %.6f, the same number as round(x, 6).
+    value = {"event": "test_finish", "time": 1764745600.1234567, "duration_s": 0.0001234567, "other": 0.1234567}
+    text = encode_flat(value)
+    assert text == '{"event":"test_finish","time":1764745600.123457,"duration_s":0.000123,"other":0.1234567}'
+    decoded = json.loads(text)
+    assert decoded["time"] == round(value["time"], 6)
+    assert decoded["duration_s"] == round(value["duration_s"], 6)
+    assert decoded["other"] == value["other"]
+
+
+def test_encode_flat_reuses_its_nested_encoder():
+    # The encoder made once gives what a fresh json.dumps gives, call after call.
+    phases = [{"name": "test", "steps": 2, "stepped": True, "step_names": ["a = 1", "assert a"]}]
+    for _ in range(3):
+        assert encode_flat({"phases": phases}) == json.dumps({"phases": phases}, separators=(",", ":"))
+
+
+def test_identical_tests_in_two_files_keep_their_own_steps(tmp_path):
+    # Equal code objects (same name, line and body; co_filename is not compared)
+    # must not share steps: a pause or an edit of one would point at the other's file.
+    source = "def test_same():\n    x = 1\n    assert x\n"
+    first = load_module(str(tmp_path), "same_a", source)
+    second = load_module(str(tmp_path), "same_b", source)
+    assert first.test_same.__code__ == second.test_same.__code__
+    engine = Engine(RecordingHost(get_steps=build_report), on_error="fail")
+    steps_a = engine.steps_for(first.test_same.__code__, first.__dict__)
+    steps_b = engine.steps_for(second.test_same.__code__, second.__dict__)
+    assert steps_a is not None and steps_b is not None
+    assert steps_a.filename.endswith("same_a.py") and steps_b.filename.endswith("same_b.py")
+    assert engine.steps_for(first.test_same.__code__, first.__dict__) is steps_a
 
 
 def _ring(size=64 + 128):

@@ -141,7 +141,10 @@ class Engine:
         #: A local xdist worker's: where the run's workers share compiled test modules (``shared_code.py``).
         self.shared_code_dir: str | None = None
         self.on_abort: Callable[[], None] | None = None
-        self._steps: dict[types.CodeType, FunctionSteps | None] = {}
+        #: ``id(code)`` -> (code, its steps). By identity: code objects compare
+        #: equal across files (co_filename is not compared), and two files may
+        #: hold the same test at the same line.
+        self._steps: dict[int, tuple[types.CodeType, FunctionSteps | None]] = {}
         self._extra: dict[tuple, dict[str, types.CellType]] = {}
         #: How many functions have edited steps (their later calls run the edits).
         self.edited_functions = 0
@@ -218,10 +221,9 @@ class Engine:
 
     def steps_for(self, code: types.CodeType, module_globals: dict) -> FunctionSteps | None:
         """The steps of the function running ``code`` (None when it is not stepped)."""
-        try:
-            return self._steps[code]
-        except KeyError:
-            pass
+        known = self._steps.get(id(code))
+        if known is not None and known[0] is code:
+            return known[1]
         entry = entry_of(code, module_globals)
         steps = None
         if entry is not None and entry[5]:
@@ -229,7 +231,7 @@ class Engine:
                 steps = FunctionSteps(code, entry, self._rewrite_for(code.co_filename, module_globals))
             except (TypeError, ValueError):  # a table this engine did not write
                 steps = None
-        self._steps[code] = steps
+        self._steps[id(code)] = (code, steps)
         return steps
 
     def _rewrite_for(self, path: str, module_globals: dict):
@@ -356,7 +358,8 @@ class Engine:
             "test_finish",
             test=record.id,
             outcome=outcome,
-            duration_s=round(_perf_counter() - record.start, 6),
+            # (Not rounded here: the event's encoding writes microseconds.)
+            duration_s=_perf_counter() - record.start,
             longrepr=(longrepr or "")[:2000],
             **fields,
         )

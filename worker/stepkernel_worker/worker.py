@@ -794,10 +794,17 @@ def _compile_own_package() -> None:
     """
     if not sys.dont_write_bytecode:
         return  # Python writes them itself on import
+    # The unpacked package never changes (its folder is named by its hash):
+    # once compiled for this interpreter, the walk over it is not needed again.
+    done = os.path.join(_PACKAGE_DIR, f".compiled-{sys.implementation.cache_tag}")
+    if os.path.exists(done):
+        return
     try:
         import compileall
 
-        compileall.compile_dir(_PACKAGE_DIR, quiet=2, force=False)
+        if compileall.compile_dir(_PACKAGE_DIR, quiet=2, force=False):
+            with open(done, "w"):
+                pass
     except Exception:  # noqa: BLE001 - an optimisation only (a read-only cache, say)
         pass
 

@@ -3,7 +3,7 @@
 //! - [`run`]: start the kernel and the test run, wait for the end;
 //! - [`hooks`]: the kernel's session hooks (instrumenter, journal, events, report, terminal);
 //! - [`session_dir`]: `.stepkernel/sessions/<id>/` and `session.json`;
-//! - [`report`]: `report.json`; [`report_table`]: `stepkernel report`; [`terminal`]: progress and pause banners;
+//! - [`report`]: `report.json` (tests written as they finish, by `nested_pretty`); [`report_table`]: `stepkernel report`; [`terminal`]: progress and pause banners;
 //! - [`patches`]: `%diff`, `%patch`, `%apply` and `stepkernel patch`;
 //! - [`attach`]: connection file copies where Jupyter clients look;
 //! - [`control`]: the control socket (`control.sock`); [`control_client`]: talking to it;
@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod hooks;
 pub mod kernel_label;
 pub mod listing;
+mod nested_pretty;
 pub mod patches;
 pub mod report;
 pub mod report_table;

@@ -7,6 +7,10 @@ use std::collections::{BTreeMap, HashSet};
 #[derive(Default)]
 pub struct Report {
     tests: Vec<TestEntry>,
+    /// `tests` as report.json has them (pretty, indented for their place),
+    /// written as each test finishes: at the end of a run, while the user
+    /// waits, only the rest of the report is serialized.
+    tests_json: Vec<u8>,
     current: Option<TestEntry>,
     counts: BTreeMap<String, u64>,
     /// Subtests by outcome, from `test_finish` events that carry `subtests`.
@@ -30,7 +34,8 @@ pub struct Report {
 }
 
 /// report.json as serialized: fields in the order of a JSON object's sorted
-/// keys, as the file has always had them.
+/// keys, as the file has always had them. (`to_json_bytes` writes the same
+/// object from `ReportHead` and the tests serialized as they finished.)
 #[derive(serde::Serialize)]
 struct ReportJson<'a> {
     by_plan: Vec<PlanRow<'a>>,
@@ -47,6 +52,23 @@ struct ReportJson<'a> {
     summary: &'a Option<Value>,
     tests: &'a [TestEntry],
     total: u64,
+}
+
+/// report.json's fields before `tests` (see `ReportJson`).
+#[derive(serde::Serialize)]
+struct ReportHead<'a> {
+    by_plan: Vec<PlanRow<'a>>,
+    by_step: Vec<StepRow<'a>>,
+    collection: &'a [Value],
+    edits: u64,
+    exit_code: Option<i32>,
+    failures: &'a [Value],
+    failures_by_error: Vec<Value>,
+    failures_by_method: &'a BTreeMap<String, u64>,
+    outcomes: &'a BTreeMap<String, u64>,
+    session: &'a str,
+    subtests: &'a BTreeMap<String, u64>,
+    summary: &'a Option<Value>,
 }
 
 /// One test of report.json's `tests`; fields in sorted order, as the file has them.
@@ -360,7 +382,7 @@ impl Report {
                     let failed_step = steps.clone().find(|s| s.status == "failed").cloned();
                     self.record_failure(&id, &outcome, failed_step, &test.plan_ids, event);
                 }
-                self.tests.push(test);
+                self.push_test(test);
             }
             "collect_report" => {
                 // A module that failed to collect, or skipped itself while being
@@ -464,10 +486,49 @@ impl Report {
         serde_json::to_value(self.borrowed(session_id, exit_code)).expect("serializes")
     }
 
-    /// report.json's bytes (pretty-printed), serialized from the report in
-    /// place: a run's tests are not copied into a JSON value first.
+    /// report.json's bytes (pretty-printed). The tests were serialized as
+    /// they finished; the rest is serialized from the report in place.
     pub fn to_json_bytes(&self, session_id: &str, exit_code: Option<i32>) -> Vec<u8> {
-        serde_json::to_vec_pretty(&self.borrowed(session_id, exit_code)).expect("serializes")
+        let b = self.borrowed(session_id, exit_code);
+        let head = ReportHead {
+            by_plan: b.by_plan,
+            by_step: b.by_step,
+            collection: b.collection,
+            edits: b.edits,
+            exit_code: b.exit_code,
+            failures: b.failures,
+            failures_by_error: b.failures_by_error,
+            failures_by_method: b.failures_by_method,
+            outcomes: b.outcomes,
+            session: b.session,
+            subtests: b.subtests,
+            summary: b.summary,
+        };
+        let mut out = serde_json::to_vec_pretty(&head).expect("serializes");
+        // `{ ...head\n}` goes on with the last two keys, as to_vec_pretty writes them.
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b",\n  \"tests\": ");
+        if self.tests_json.is_empty() {
+            out.extend_from_slice(b"[]");
+        } else {
+            out.push(b'[');
+            out.extend_from_slice(&self.tests_json);
+            out.extend_from_slice(b"\n  ]");
+        }
+        out.extend_from_slice(format!(",\n  \"total\": {}\n}}", b.total).as_bytes());
+        out
+    }
+
+    /// Keeps a finished test, and its text for report.json.
+    fn push_test(&mut self, test: TestEntry) {
+        let out = &mut self.tests_json;
+        if !out.is_empty() {
+            out.push(b',');
+        }
+        // Two levels deep: `{"tests": [entry]}`.
+        out.extend_from_slice(b"\n    ");
+        crate::nested_pretty::write_at_level(out, 2, &test);
+        self.tests.push(test);
     }
 
     fn borrowed<'a>(&'a self, session_id: &'a str, exit_code: Option<i32>) -> ReportJson<'a> {
@@ -515,14 +576,14 @@ impl Report {
         }
         rows.into_iter()
             .map(|(name, row)| StepRow {
-                counts: row.counts.clone(),
                 duration_s: row.duration(),
                 mean_s: row.mean(),
-                name,
-                plan_ids: row.plan_ids.clone(),
-                tests: row.tests.clone(),
-                timed: row.timed,
                 total: row.total(),
+                timed: row.timed,
+                counts: row.counts,
+                name,
+                plan_ids: row.plan_ids,
+                tests: row.tests,
             })
             .collect()
     }
@@ -551,13 +612,13 @@ impl Report {
                 PlanRow {
                     duration_s: row.duration(),
                     mean_s: row.mean(),
-                    outcomes: row.counts.clone(),
-                    plan_id: id,
                     step_duration_s: step_row.duration(),
-                    steps: step_row.counts,
-                    tests: row.tests.clone(),
                     timed: row.timed,
                     total: row.total(),
+                    outcomes: row.counts,
+                    plan_id: id,
+                    steps: step_row.counts,
+                    tests: row.tests,
                 }
             })
             .collect()
@@ -637,6 +698,32 @@ impl<'a> Aggregate<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The bytes spliced from tests serialized as they finished are those of the whole report serialized at once.
+    #[test]
+    fn report_bytes_are_the_whole_report_pretty_printed() {
+        let mut r = Report::default();
+        let whole = |r: &Report| serde_json::to_vec_pretty(&r.borrowed("s", Some(1))).unwrap();
+        assert_eq!(r.to_json_bytes("s", Some(1)), whole(&r), "no tests");
+        let phases = json!([{"name": "test", "steps": 2, "step_names": ["a = {}", "assert a"],
+                             "step_plan_ids": [[], ["TP-1"]]}]);
+        r.add(&json!({"event": "test_start", "test": "t.py::test_a", "file": "t.py", "phases": phases}));
+        r.add(&json!({"event": "test_finish", "test": "t.py::test_a", "outcome": "passed", "duration_s": 0.5}));
+        r.add(&json!({"event": "test_start", "test": "t.py::test_b[\n]", "file": "t.py", "phases": phases,
+                      "plan_ids": ["TP-2"]}));
+        r.add(&json!({"event": "step_finish", "phase": "test", "index": 1, "name": "assert a",
+                      "status": "failed", "error": "AssertionError: x\n  y", "locals": {"a": "{}"}}));
+        r.add(
+            &json!({"event": "test_finish", "test": "t.py::test_b[\n]", "outcome": "failed",
+                      "subtests": {"passed": 2}}),
+        );
+        r.add(&json!({"event": "test_finish", "test": "t.py::test_c", "outcome": "skipped"}));
+        assert_eq!(
+            String::from_utf8(r.to_json_bytes("s", Some(1))).unwrap(),
+            String::from_utf8(whole(&r)).unwrap()
+        );
+        assert_eq!(r.tests.len(), 3);
+    }
 
     #[test]
     fn groups_failures_by_method_and_error() {

@@ -16,6 +16,8 @@ import socket
 import time
 import _thread
 
+from .raw_json import RawJSON
+
 
 class ChannelClosed(Exception):
     """The kernel closed the channel: the worker should exit."""
@@ -341,8 +343,8 @@ def encode_flat(obj: dict) -> str:
 
     Step events are most of what the worker sends; this is several times
     cheaper than ``json.dumps`` for them and gives the same JSON. A list or
-    dict value (``test_start``'s phases) is encoded on its own, not the whole
-    event again.
+    dict value is encoded on its own, not the whole event again; a ``RawJSON``
+    value (``test_start``'s phases) is written as it is.
     """
     parts = []
     known = _strings.get
@@ -361,6 +363,8 @@ def encode_flat(obj: dict) -> str:
             text = "null"
         elif kind is bool:
             text = "true" if value else "false"
+        elif kind is RawJSON:
+            text = value
         else:
             text = _encode_nested(value)
         parts.append(f"{known(key) or _json_string(key)}:{text}")

@@ -87,6 +87,9 @@ class Host(Protocol):
         ``test`` is pytest's node id (``path::Class::name``, relative to the
         rootdir) under both runners.
 
+        A host with ``raw_json = True`` gets ``test_start``'s phases as a
+        ``raw_json.RawJSON`` (their JSON text, to be written as it is); other
+        hosts get the decoded list.
         A host may also offer ``emit_line(line: str)`` taking the whole
         worker message ``{"type":"event","event":{...}}`` as one JSON line:
         the engine then formats step events itself (they are most events).

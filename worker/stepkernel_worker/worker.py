@@ -91,6 +91,9 @@ class ExitRequest:
 class Worker:
     """Serves requests; also the ``Host`` the stepping engine runs under."""
 
+    #: Events may carry ``RawJSON`` values: ``encode_flat`` writes them as they are.
+    raw_json = True
+
     def __init__(self, channel: Channel, ring: EventRing | None = None):
         self.channel = channel
         self.ring = ring  # progress events go here when the kernel shared one

@@ -81,6 +81,53 @@ def test_encode_flat_reuses_its_nested_encoder():
         assert encode_flat({"phases": phases}) == json.dumps({"phases": phases}, separators=(",", ":"))
 
 
+def test_encode_flat_writes_raw_json_as_it_is():
+    from stepkernel_worker.raw_json import RawJSON
+
+    text = encode_flat({"event": "test_start", "phases": RawJSON('[{"name":"t","steps":1}]'), "n": 1})
+    assert text == '{"event":"test_start","phases":[{"name":"t","steps":1}],"n":1}'
+    assert json.loads(text)["phases"] == [{"name": "t", "steps": 1}]
+
+
+PLANNED = '''
+def test_planned():
+    # step: make [TP-7]
+    a = 1
+    # step: check "it"
+    assert a
+'''
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_phase_texts_made_at_transform_time_say_what_the_steps_say(tmp_path, raw):
+    """test_start's phases from the step table's texts: as JSON for a host that takes it, else decoded."""
+    from stepkernel_worker.raw_json import RawJSON
+
+    from hosts import binary_report
+
+    mod = load_module(str(tmp_path), f"planned_{raw}", PLANNED, get_steps=binary_report)
+    host = RecordingHost(get_steps=binary_report)
+    host.raw_json = raw
+    engine = Engine(host, on_error="fail")
+    text, code = engine.phase_json("test", mod.test_planned)
+    assert code is mod.test_planned.__code__
+    expected = {"name": "test_planned", "function": "test_planned", "steps": 2, "stepped": True,
+                "step_names": ["make", 'check "it"'], "step_plan_ids": [["TP-7"], []]}
+    assert json.loads(text) == expected
+    # Made from the function's steps (a table without the texts): the same.
+    steps = engine.steps_for(code, mod.__dict__)
+    assert '{"name":"test_planned"' + steps.phase_tail() == text
+    record = engine.begin_test("t.py::test_planned", mod.__file__, RawJSON("[" + text + "]"), [code])
+    sent = host.of("test_start")[0]["phases"]
+    assert type(sent) is (RawJSON if raw else list)
+    assert (json.loads(sent) if raw else sent) == [expected]
+    assert record.phases == [expected]
+    assert record.all_plan_ids == ["TP-7"]
+    # A function that is not stepped: one step, its own qualname.
+    text, code = engine.phase_json("test", len)
+    assert (json.loads(text), code) == ({"name": "test", "function": "len", "steps": 1, "stepped": False}, None)
+
+
 def test_identical_tests_in_two_files_keep_their_own_steps(tmp_path):
     # Equal code objects (same name, line and body; co_filename is not compared)
     # must not share steps: a pause or an edit of one would point at the other's file.

@@ -9,6 +9,7 @@ the outcome counts. The step hooks themselves are in ``runtime.py``.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -16,6 +17,7 @@ import time
 import types
 from typing import Any, Callable
 
+from ..raw_json import RawJSON
 from . import runtime
 from .function_steps import EditedStep, FunctionSteps, entry_of, innermost_function
 
@@ -28,6 +30,8 @@ OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "fixed
 _perf_counter = time.perf_counter
 _time = time.time
 _getpid = os.getpid
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+_loads = json.loads
 
 
 class StepForced(AssertionError):
@@ -75,7 +79,7 @@ class TestRecord:
     ) -> None:
         self.id = id
         self.file = file
-        self.phases: list = [] if phases is None else phases
+        self._phases: list | RawJSON = [] if phases is None else phases
         #: Code objects of the test's phase functions: only their frames pause.
         self.pausable = pausable
         self.start: float = _perf_counter()
@@ -95,6 +99,14 @@ class TestRecord:
         #: ``Engine.test_plan_ids`` of this record (its phases and plan ids are set when it begins).
         self.all_plan_ids: list = []
 
+    @property
+    def phases(self) -> list:
+        """The test's phases as ``test_start`` listed them (decoded when first read)."""
+        phases = self._phases
+        if type(phases) is RawJSON:
+            phases = self._phases = phases.decode()
+        return phases
+
 
 class Engine:
     """The stepping engine of one run."""
@@ -103,6 +115,8 @@ class Engine:
         if on_error not in ("pause", "fail"):
             raise ValueError(f"on_error must be 'pause' or 'fail', not {on_error!r}")
         self.host = host
+        #: The host writes ``RawJSON`` values as they are (else it gets them decoded).
+        self.raw_json = getattr(host, "raw_json", False) is True
         #: Names the kernel's instrumenter and options (part of the ``.pyc`` tag).
         self.steps_fingerprint: str | None = getattr(host, "steps_fingerprint", None)
         self.on_error = on_error
@@ -249,31 +263,34 @@ class Engine:
 
         return rewrite
 
-    def resolve_phase(self, name: str, obj: Any) -> tuple[dict, types.CodeType | None]:
-        """A phase as ``test_start`` lists it, and the code object that pauses for it."""
+    def phase_json(self, name: str, obj: Any) -> tuple[str, types.CodeType | None]:
+        """A phase as ``test_start`` lists it (its JSON text), and the code object that pauses for it.
+
+        A stepped function's text after its name was made when its module was
+        transformed (``transform.phase_tail``): no step is looked at here.
+        """
         func = None
         if obj is not None and not getattr(obj, "is_hypothesis_test", False) and not getattr(obj, "__unittest_skip__", False):
             func = innermost_function(obj)
-        steps = self.steps_for(func.__code__, func.__globals__) if func is not None else None
-        if steps is None:
-            entry = entry_of(func.__code__, func.__globals__) if func is not None else None
-            return {
-                "name": (entry[1] if entry is not None else None) or name,
-                "function": getattr(obj, "__qualname__", repr(obj)),
-                "steps": 1,
-                "stepped": False,
-            }, None
-        fields = steps.phase_fields()
-        phase = {
-            "name": steps.phase_name or name,
-            "function": steps.qualname,
-            "steps": fields["steps"],
-            "stepped": True,
-            "step_names": fields["step_names"],
-        }
-        if "step_plan_ids" in fields:
-            phase["step_plan_ids"] = fields["step_plan_ids"]
-        return phase, steps.code
+        entry = entry_of(func.__code__, func.__globals__) if func is not None else None
+        if entry is not None and entry[5]:
+            tail = entry[6] if len(entry) > 6 and type(entry[6]) is str else None
+            if tail is None:  # a table without phase texts: made from its steps
+                steps = self.steps_for(func.__code__, func.__globals__)
+                tail = steps.phase_tail() if steps is not None else None
+            if tail is not None:
+                return '{"name":' + _compact(entry[1] or name) + tail, func.__code__
+        return _compact({
+            "name": (entry[1] if entry is not None else None) or name,
+            "function": getattr(obj, "__qualname__", repr(obj)),
+            "steps": 1,
+            "stepped": False,
+        }), None
+
+    def resolve_phase(self, name: str, obj: Any) -> tuple[dict, types.CodeType | None]:
+        """A phase as ``test_start`` lists it, and the code object that pauses for it."""
+        text, code = self.phase_json(name, obj)
+        return _loads(text), code
 
     def phase_of(self, steps: FunctionSteps) -> str:
         return steps.phase_name or "test"
@@ -307,11 +324,21 @@ class Engine:
 
     # ------------------------------------------------------------------ tests
 
-    def begin_test(self, test_id: str, file: str | None, phases: list[dict], pausable=(), item: Any = None,
+    def begin_test(self, test_id: str, file: str | None, phases: list[dict] | RawJSON, pausable=(), item: Any = None,
                    plan_ids: tuple = ()) -> TestRecord:
+        """The record of a test that starts, announced by ``test_start``.
+
+        ``phases``: dicts, or their JSON text (``RawJSON``, decoded only when
+        something reads ``record.phases``).
+        """
         record = TestRecord(id=test_id, file=file, phases=phases, pausable=frozenset(pausable), item=item,
                             plan_ids=tuple(plan_ids))
-        if plan_ids:
+        if type(phases) is RawJSON:
+            if plan_ids or '"step_plan_ids":' in phases:
+                record.all_plan_ids = self.test_plan_ids(record)
+            if not self.raw_json:
+                phases = record.phases
+        elif plan_ids:
             record.all_plan_ids = self.test_plan_ids(record)
         else:
             for phase in phases:

@@ -16,7 +16,7 @@ import types
 from typing import Any
 
 from . import compiler
-from .transform import STEP_FIELDS, TABLE
+from .transform import STEP_FIELDS, TABLE, phase_tail
 
 __tracebackhide__ = True
 __unittest = True
@@ -85,7 +85,7 @@ class FunctionSteps:
     """The steps of one stepped function (shared by all its calls)."""
 
     def __init__(self, code: types.CodeType, entry: tuple, rewrite: Any = None) -> None:
-        qualname, phase_name, is_async, class_name, global_names, steps = entry
+        qualname, phase_name, is_async, class_name, global_names, steps = entry[:6]
         self.code = code
         self.filename = code.co_filename
         self.qualname = str(qualname)
@@ -99,7 +99,6 @@ class FunctionSteps:
         self._records = steps
         self._steps: list[StepSpec] | None = None
         self._names: list[str] | None = None
-        self._phase: dict | None = None
         self.first_param = code.co_varnames[0] if code.co_argcount > 0 else None
         self.edits: dict[int, EditedStep] = {}
         self._rewrite = rewrite
@@ -122,19 +121,9 @@ class FunctionSteps:
             ]
         return self._names
 
-    def phase_fields(self) -> dict:
-        """What ``test_start`` says of this function's steps (made once; callers copy it)."""
-        if self._phase is None:
-            records = self._records
-            phase: dict = {
-                "steps": len(records),
-                "step_names": [str(r[1] or f"step {int(r[0] or 0)}") for r in records],
-            }
-            plan_ids = [_plan_ids(r) for r in records]
-            if any(plan_ids):
-                phase["step_plan_ids"] = [list(ids) for ids in plan_ids]
-            self._phase = phase
-        return self._phase
+    def phase_tail(self) -> str:
+        """``test_start``'s JSON of this function's phase after its name (see ``transform.phase_tail``)."""
+        return phase_tail(self.qualname, self._records)
 
     @property
     def global_names(self) -> list[str]:

@@ -10,6 +10,7 @@ is. The plugin is an object passed to ``pytest.main(plugins=[...])``.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import traceback
@@ -18,12 +19,15 @@ from typing import Any
 
 import pytest
 
+from ..raw_json import RawJSON
 from . import hypothesis_steps, importing
 from .dynamic_steps import dynamic_phases
 from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
 __unittest = True
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 # Old-style wrappers: an exception raised below (pytest's own async_fail, a
 # fixture error) then never passes through this plugin's frames, which would
@@ -191,8 +195,8 @@ class SteppingPlugin:
             self._classes[key] = (parent, cls)
         return cls
 
-    def _phases(self, item) -> tuple[list[dict], Any]:
-        """The item's phases for ``test_start`` and the code objects that pause for them.
+    def _phases(self, item) -> tuple[RawJSON, Any]:
+        """The item's phases for ``test_start`` (their JSON text) and the code objects that pause for them.
 
         What a class or function gives (its setup/teardown methods, the test
         function's steps) is the same for each of its tests: made once per
@@ -220,23 +224,22 @@ class SteppingPlugin:
             if cacheable:
                 # (The function object in the key keeps it alive: its id is not reused.)
                 self._phase_cache[key] = known
-        before, after, codes = known
-        if unittest_item:
-            return list(before), codes
-        dynamic = dynamic_phases(item) if hasattr(item, "callspec") else None
-        if dynamic:
-            return [*before, *dynamic, *after], codes
-        return [*before, *after], codes
+        before, after, codes, joined = known
+        if not unittest_item and hasattr(item, "callspec"):
+            dynamic = dynamic_phases(item)
+            if dynamic:
+                return RawJSON("[" + ",".join([*before, *map(_compact, dynamic), *after]) + "]"), codes
+        return joined, codes
 
-    def _class_phases(self, item, cls, unittest_item: bool, obj) -> tuple[list[dict], list[dict], frozenset]:
+    def _class_phases(self, item, cls, unittest_item: bool, obj) -> tuple[list[str], list[str], frozenset, RawJSON]:
         engine = self.engine
-        before: list[dict] = []
-        after: list[dict] = []
+        before: list[str] = []
+        after: list[str] = []
         codes = []
 
         def add(phases: list, name: str, obj: Any) -> None:
-            entry, code = engine.resolve_phase(name, obj)
-            phases.append(entry)
+            text, code = engine.phase_json(name, obj)
+            phases.append(text)
             if code is not None:
                 codes.append(code)
 
@@ -250,14 +253,14 @@ class SteppingPlugin:
                 method = user_method(cls, name)
                 if method is not None:
                     add(before, name, method)
-            return before, after, frozenset(codes)
-        if user_method(cls, "setup_method") is not None:
-            add(before, "setup_method", cls.setup_method)
-        if obj is not None:
-            add(before, "test", obj)
-        if user_method(cls, "teardown_method") is not None:
-            add(after, "teardown_method", cls.teardown_method)
-        return before, after, frozenset(codes)
+        else:
+            if user_method(cls, "setup_method") is not None:
+                add(before, "setup_method", cls.setup_method)
+            if obj is not None:
+                add(before, "test", obj)
+            if user_method(cls, "teardown_method") is not None:
+                add(after, "teardown_method", cls.teardown_method)
+        return before, after, frozenset(codes), RawJSON("[" + ",".join([*before, *after]) + "]")
 
     @pytest.hookimpl(**_WRAPPER)
     def pytest_runtest_protocol(self, item, nextitem):

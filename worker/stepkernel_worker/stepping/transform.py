@@ -47,6 +47,7 @@ from __future__ import annotations
 import ast
 import bisect
 import hashlib
+import json
 import marshal
 from typing import Any
 
@@ -62,6 +63,26 @@ RUNTIME_MODULE = "stepkernel_worker.stepping.runtime"
 
 #: What the table keeps of each step (from the instrumenter's report).
 STEP_FIELDS = ("index", "name", "start_line", "end_line", "start_byte", "end_byte", "indent", "marker_line", "plan_ids")
+_PLAN_IDS = STEP_FIELDS.index("plan_ids")
+
+
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def phase_tail(qualname: str, records: tuple) -> str:
+    """``test_start``'s JSON of a stepped function's phase after its name: ``,"function":...}``.
+
+    The same for every test of the function: made when the module is
+    transformed and kept in its step table, so a test start only puts the
+    phase's name in front (``Engine.phase_json``).
+    """
+    names = [str(r[1] or f"step {int(r[0] or 0)}") for r in records]
+    tail = f',"function":{_compact(str(qualname))},"steps":{len(records)},"stepped":true,"step_names":{_compact(names)}'
+    at = _PLAN_IDS
+    plan_ids = [list(r[at]) if len(r) > at and type(r[at]) is tuple else [] for r in records]
+    if any(plan_ids):
+        tail += f',"step_plan_ids":{_compact(plan_ids)}'
+    return tail + "}"
 
 
 def _version() -> str:
@@ -237,9 +258,9 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
     """Wrap the steps of every test function of ``tree`` (in place); returns the step table.
 
     The table maps ``(name, first line)`` to ``(qualname, phase name,
-    is_async, class name, (), steps)``, each step a tuple of
+    is_async, class name, (), steps, phase tail)``, each step a tuple of
     ``STEP_FIELDS`` (none for a function that runs as one step, a
-    generator). A module with no function of the report is left untouched.
+    generator, which has no phase tail either). A module with no function of the report is left untouched.
     """
     if not report:
         return {}
@@ -280,13 +301,15 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         last = body[-1]
         end = (len(groups), last.end_lineno or last.lineno, last.col_offset)
         node.body = [*doc, _function_body(shared, wrapped, is_async, end, (wrapped[0].lineno, wrapped[0].col_offset))]
+        records = tuple(map(_record, steps))
         table[def_key(node)] = (
             qualname,
             phase_names.get(qualname),
             is_async,
             class_name,
             (),
-            tuple(map(_record, steps)),
+            records,
+            phase_tail(qualname, records),
         )
     if table:
         _add_prelude(tree, table)

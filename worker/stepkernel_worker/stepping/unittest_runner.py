@@ -21,6 +21,7 @@ import time
 import unittest
 from typing import Any
 
+from ..raw_json import RawJSON
 from . import junit
 from . import importing
 from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
@@ -201,8 +202,8 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
             phases, codes = [], []
 
             def add(phase: str, obj: Any) -> None:
-                entry, code = engine.resolve_phase(phase, obj)
-                phases.append(entry)
+                text, code = engine.phase_json(phase, obj)
+                phases.append(text)
                 if code is not None:
                     codes.append(code)
 
@@ -213,7 +214,8 @@ def make_result_class(engine: Engine, reporter: Reporter, cases: list[junit.Case
             for phase in UNITTEST_AFTER:
                 if user_method(type(test), phase) is not None:
                     add(phase, getattr(type(test), phase))
-            self._record = engine.begin_test(reporter.node_id(test), file, phases, codes, item=test)
+            self._record = engine.begin_test(reporter.node_id(test), file, RawJSON("[" + ",".join(phases) + "]"),
+                                             codes, item=test)
             method = getattr(test, name, None)
             self._record.expects_failure = lambda exc: expects_failure_of(method)
 

@@ -1,0 +1,24 @@
+"""JSON text already encoded, carried inside an event to be written as it is.
+
+A test's phases are the same for every run of its function: their text is
+made once (most of it when the module is transformed) rather than encoded
+from dicts at each ``test_start``. ``channel.encode_flat`` splices a
+``RawJSON`` value verbatim; the engine decodes one only for a host that
+does not say it takes them (``raw_json = True``) or when it needs the data.
+"""
+
+from __future__ import annotations
+
+import json
+
+_loads = json.loads
+
+
+class RawJSON(str):
+    """A JSON text (an array or object) to be written unchanged."""
+
+    __slots__ = ()
+
+    def decode(self):
+        """The value the text encodes."""
+        return _loads(self)

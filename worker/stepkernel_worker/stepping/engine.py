@@ -72,7 +72,7 @@ class TestRecord:
         id: str,
         file: str | None,
         phases: list | None = None,
-        pausable: frozenset = frozenset(),
+        pausable: tuple = (),
         item: Any = None,
         plan_ids: tuple = (),
         expects_failure: Callable[[BaseException], bool] | None = None,
@@ -297,7 +297,14 @@ class Engine:
 
     def pausable_steps(self, frame: types.FrameType) -> FunctionSteps | None:
         record = self.current
-        if record is None or frame.f_code not in record.pausable or _getpid() != self.pid:
+        if record is None or _getpid() != self.pid:
+            return None
+        # By identity: code objects compare equal across files (and hashing one reads all of it).
+        code = frame.f_code
+        for pausable in record.pausable:
+            if pausable is code:
+                break
+        else:
             return None
         return self.steps_for(frame.f_code, frame.f_globals)
 
@@ -331,7 +338,7 @@ class Engine:
         ``phases``: dicts, or their JSON text (``RawJSON``, decoded only when
         something reads ``record.phases``).
         """
-        record = TestRecord(id=test_id, file=file, phases=phases, pausable=frozenset(pausable), item=item,
+        record = TestRecord(id=test_id, file=file, phases=phases, pausable=tuple(pausable), item=item,
                             plan_ids=tuple(plan_ids))
         if type(phases) is RawJSON:
             if plan_ids or '"step_plan_ids":' in phases:

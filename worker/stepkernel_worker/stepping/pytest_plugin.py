@@ -86,7 +86,8 @@ class SteppingPlugin:
         self._reports: dict[str, list] = {}
         #: ``(id(parent), type(item))`` -> ``(parent, item.cls)``.
         self._classes: dict[tuple, tuple] = {}
-        #: ``(unittest?, cls, function or name)`` -> phases before and after the dynamic ones, pausable codes.
+        #: ``(unittest?, cls, function or name, edits)`` -> phase texts before and after the dynamic
+        #: ones, pausable codes, all phases' text, the function's code they were made for.
         self._phase_cache: dict[tuple, tuple] = {}
         self._undo: list = []
         from .step_hooks import pytest_hooks
@@ -214,24 +215,26 @@ class SteppingPlugin:
             obj = getattr(item, "obj", None)
             func = getattr(obj, "__func__", obj)
             if type(func) is types.FunctionType:
-                key = (False, cls, func, func.__code__, edits)
+                # (Not the code in the key: hashing a code object reads all of it. An edit swaps it: checked below.)
+                key = (False, cls, func, edits)
             else:
                 key = (False, cls, _NO_CACHE)
         cacheable = key[2] is not _NO_CACHE
         known = self._phase_cache.get(key) if cacheable else None
-        if known is None:
-            known = self._class_phases(item, cls, unittest_item, obj)
+        code = None if unittest_item or not cacheable else key[2].__code__
+        if known is None or known[4] is not code:
+            known = (*self._class_phases(item, cls, unittest_item, obj), code)
             if cacheable:
                 # (The function object in the key keeps it alive: its id is not reused.)
                 self._phase_cache[key] = known
-        before, after, codes, joined = known
+        before, after, codes, joined, _ = known
         if not unittest_item and hasattr(item, "callspec"):
             dynamic = dynamic_phases(item)
             if dynamic:
                 return RawJSON("[" + ",".join([*before, *map(_compact, dynamic), *after]) + "]"), codes
         return joined, codes
 
-    def _class_phases(self, item, cls, unittest_item: bool, obj) -> tuple[list[str], list[str], frozenset, RawJSON]:
+    def _class_phases(self, item, cls, unittest_item: bool, obj) -> tuple[list[str], list[str], tuple, RawJSON]:
         engine = self.engine
         before: list[str] = []
         after: list[str] = []
@@ -260,7 +263,7 @@ class SteppingPlugin:
                 add(before, "test", obj)
             if user_method(cls, "teardown_method") is not None:
                 add(after, "teardown_method", cls.teardown_method)
-        return before, after, frozenset(codes), RawJSON("[" + ",".join([*before, *after]) + "]")
+        return before, after, tuple(codes), RawJSON("[" + ",".join([*before, *after]) + "]")
 
     @pytest.hookimpl(**_WRAPPER)
     def pytest_runtest_protocol(self, item, nextitem):

@@ -269,10 +269,15 @@ class Engine:
         A stepped function's text after its name was made when its module was
         transformed (``transform.phase_tail``): no step is looked at here.
         """
-        func = None
-        if obj is not None and not getattr(obj, "is_hypothesis_test", False) and not getattr(obj, "__unittest_skip__", False):
-            func = innermost_function(obj)
-        entry = entry_of(func.__code__, func.__globals__) if func is not None else None
+        func = entry = None
+        if type(obj) is types.FunctionType and not obj.__dict__:
+            # The usual test: a stepped function with no attributes (no __wrapped__, no skip or hypothesis marks).
+            entry = entry_of(obj.__code__, obj.__globals__)
+            func = obj if entry is not None else None
+        if func is None:
+            if obj is not None and not getattr(obj, "is_hypothesis_test", False) and not getattr(obj, "__unittest_skip__", False):
+                func = innermost_function(obj)
+            entry = entry_of(func.__code__, func.__globals__) if func is not None else None
         if entry is not None and entry[5]:
             tail = entry[6] if len(entry) > 6 and type(entry[6]) is str else None
             if tail is None:  # a table without phase texts: made from its steps

@@ -92,7 +92,8 @@ class Host(Protocol):
         hosts get the decoded list.
         A host may also offer ``emit_line(line: str)`` taking the whole
         worker message ``{"type":"event","event":{...}}`` as one JSON line:
-        the engine then formats step events itself (they are most events).
+        with ``raw_json`` too, the engine then formats ``test_start`` and
+        ``test_finish`` (two events every test) itself.
         """
 
     def get_steps(self, path: str) -> dict:

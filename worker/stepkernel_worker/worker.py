@@ -430,7 +430,7 @@ class Worker:
             event["time"] = _time()
         if event.get("event") == "summary":
             self.last_summary = event
-        # emit_line's body, not a call of it: two events a test.
+        # emit_line's body, not a call of it.
         if _getpid() != self.pid:
             return
         data = ('{"type":"event","event":' + encode_flat(event) + "}\n").encode()

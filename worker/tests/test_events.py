@@ -128,6 +128,55 @@ def test_phase_texts_made_at_transform_time_say_what_the_steps_say(tmp_path, raw
     assert (json.loads(text), code) == ({"name": "test", "function": "len", "steps": 1, "stepped": False}, None)
 
 
+class LineHost(RecordingHost):
+    """A host taking whole lines and RawJSON, as the worker does: it records both ways."""
+
+    raw_json = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.lines = []
+
+    def emit(self, event):
+        from stepkernel_worker.raw_json import RawJSON
+
+        if type(event.get("phases")) is RawJSON:
+            event = {**event, "phases": event["phases"].decode()}
+        super().emit(event)
+
+    def emit_line(self, line):
+        assert line.endswith("\n") and line.count("\n") == 1
+        message = json.loads(line)
+        assert message["type"] == "event"
+        self.lines.append(message["event"])
+
+
+@pytest.mark.parametrize("test_id", ['t.py::test_"odd"[é\n]', "t.py::test_plain"])
+def test_test_events_formatted_by_the_engine_say_what_the_dict_path_says(tmp_path, test_id):
+    """test_start and test_finish written as lines give the events the dict path gives (but the clock)."""
+    mod = load_module(str(tmp_path), f"lines_{len(test_id)}", SOURCE)
+    by_line, by_dict = LineHost(get_steps=build_report), LineHost(get_steps=build_report)
+    by_dict.emit_line = None  # no line capability: every event a dict
+    for host in (by_line, by_dict):
+        engine = Engine(host, on_error="fail", step_events=False)
+        text, code = engine.phase_json("test", mod.steps)
+        from stepkernel_worker.raw_json import RawJSON
+
+        record = engine.begin_test(test_id, mod.__file__, RawJSON("[" + text + "]"), [code])
+        engine.end_test(record, "failed", "AssertionError: \u2603 \"q\"\n" + "x" * 3000)
+    assert [e["event"] for e in by_line.lines] == ["test_start", "test_finish"] and by_line.events == []
+    assert [e["event"] for e in by_dict.events] == ["test_start", "test_finish"] and by_dict.lines == []
+    for line, event in zip(by_line.lines, by_dict.events):
+        assert type(line["time"]) is float and line["time"] > 0
+        assert {k: v for k, v in line.items() if k not in ("time", "duration_s")} == {
+            k: v for k, v in event.items() if k not in ("time", "duration_s")
+        }
+        assert set(line) == set(event)
+    assert by_line.lines[1]["longrepr"].startswith("AssertionError: \u2603")
+    assert len(by_line.lines[1]["longrepr"]) == 2000
+    assert by_line.lines[0]["file"].endswith(".py")
+
+
 def test_identical_tests_in_two_files_keep_their_own_steps(tmp_path):
     # Equal code objects (same name, line and body; co_filename is not compared)
     # must not share steps: a pause or an edit of one would point at the other's file.

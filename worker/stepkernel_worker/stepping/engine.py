@@ -32,6 +32,12 @@ _time = time.time
 _getpid = os.getpid
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
+try:
+    from json.encoder import encode_basestring_ascii as _json_str
+except ImportError:  # pragma: no cover - an interpreter without _json
+    _json_str = _compact
+#: Seconds as events write them (``channel.encode_flat``'s ``time`` and ``duration_s``).
+_micro = "%.6f".__mod__
 
 
 class StepForced(AssertionError):
@@ -117,6 +123,10 @@ class Engine:
         self.host = host
         #: The host writes ``RawJSON`` values as they are (else it gets them decoded).
         self.raw_json = getattr(host, "raw_json", False) is True
+        emit_line = getattr(host, "emit_line", None)
+        #: A host taking whole event lines (and ``RawJSON``): ``test_start`` and ``test_finish``,
+        #: two events a test, are formatted here, without a dict each and its encoding.
+        self._emit_line = emit_line if self.raw_json and callable(emit_line) else None
         #: Names the kernel's instrumenter and options (part of the ``.pyc`` tag).
         self.steps_fingerprint: str | None = getattr(host, "steps_fingerprint", None)
         self.on_error = on_error
@@ -360,9 +370,23 @@ class Engine:
         self.current = record
         if plan_ids:
             self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases, plan_ids=list(plan_ids))
+        elif self._emit_line is not None and type(phases) is RawJSON and type(test_id) is str:
+            rel = self.relpath(file)
+            self._line(
+                '{"type":"event","event":{"event":"test_start","time":' + _micro(_time())
+                + ',"test":' + _json_str(test_id) + ',"file":' + ("null" if rel is None else _json_str(rel))
+                + ',"phases":' + phases + "}}\n",
+                "test_start",
+            )
         else:
             self.emit("test_start", test=test_id, file=self.relpath(file), phases=phases)
         return record
+
+    def _line(self, line: str, event: str) -> None:
+        try:
+            self._emit_line(line)
+        except Exception as exc:  # noqa: BLE001 - a broken event sink must not break tests
+            print(f"stepkernel: cannot emit {event}: {exc}", file=sys.stderr)
 
     def test_plan_ids(self, record: TestRecord) -> list[str]:
         """The test's own plan ids, then those of its steps' markers, once each."""
@@ -393,15 +417,18 @@ class Engine:
             fields["fixture"] = fixture
         if record.all_plan_ids:
             fields["plan_ids"] = list(record.all_plan_ids)
-        self.emit(
-            "test_finish",
-            test=record.id,
-            outcome=outcome,
+        duration = _perf_counter() - record.start
+        longrepr = (longrepr or "")[:2000]
+        if self._emit_line is not None and not fields and type(record.id) is str and type(longrepr) is str:
+            self._line(
+                '{"type":"event","event":{"event":"test_finish","time":' + _micro(_time())
+                + ',"test":' + _json_str(record.id) + ',"outcome":' + _json_str(outcome)
+                + ',"duration_s":' + _micro(duration) + ',"longrepr":' + _json_str(longrepr) + "}}\n",
+                "test_finish",
+            )
+        else:
             # (Not rounded here: the event's encoding writes microseconds.)
-            duration_s=_perf_counter() - record.start,
-            longrepr=(longrepr or "")[:2000],
-            **fields,
-        )
+            self.emit("test_finish", test=record.id, outcome=outcome, duration_s=duration, longrepr=longrepr, **fields)
         if self._open_step is not None or self._open_frame is not None or self._step_start is not None:
             self.close_open_step()
         if self.current is record:

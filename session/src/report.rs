@@ -34,27 +34,17 @@ pub struct Report {
 }
 
 /// report.json as serialized: fields in the order of a JSON object's sorted
-/// keys, as the file has always had them. (`to_json_bytes` writes the same
-/// object from `ReportHead` and the tests serialized as they finished.)
+/// keys, as the file has always had them (`head`'s, then `tests`, `total`).
 #[derive(serde::Serialize)]
 struct ReportJson<'a> {
-    by_plan: Vec<PlanRow<'a>>,
-    by_step: Vec<StepRow<'a>>,
-    collection: &'a [Value],
-    edits: u64,
-    exit_code: Option<i32>,
-    failures: &'a [Value],
-    failures_by_error: Vec<Value>,
-    failures_by_method: &'a BTreeMap<String, u64>,
-    outcomes: &'a BTreeMap<String, u64>,
-    session: &'a str,
-    subtests: &'a BTreeMap<String, u64>,
-    summary: &'a Option<Value>,
+    #[serde(flatten)]
+    head: ReportHead<'a>,
     tests: &'a [TestEntry],
     total: u64,
 }
 
-/// report.json's fields before `tests` (see `ReportJson`).
+/// report.json's fields before `tests`; `to_json_bytes` writes them and then
+/// splices in the tests serialized as they finished.
 #[derive(serde::Serialize)]
 struct ReportHead<'a> {
     by_plan: Vec<PlanRow<'a>>,
@@ -490,21 +480,7 @@ impl Report {
     /// they finished; the rest is serialized from the report in place.
     pub fn to_json_bytes(&self, session_id: &str, exit_code: Option<i32>) -> Vec<u8> {
         let b = self.borrowed(session_id, exit_code);
-        let head = ReportHead {
-            by_plan: b.by_plan,
-            by_step: b.by_step,
-            collection: b.collection,
-            edits: b.edits,
-            exit_code: b.exit_code,
-            failures: b.failures,
-            failures_by_error: b.failures_by_error,
-            failures_by_method: b.failures_by_method,
-            outcomes: b.outcomes,
-            session: b.session,
-            subtests: b.subtests,
-            summary: b.summary,
-        };
-        let mut out = serde_json::to_vec_pretty(&head).expect("serializes");
+        let mut out = serde_json::to_vec_pretty(&b.head).expect("serializes");
         // `{ ...head\n}` goes on with the last two keys, as to_vec_pretty writes them.
         out.truncate(out.len() - 2);
         out.extend_from_slice(b",\n  \"tests\": ");
@@ -542,18 +518,20 @@ impl Report {
             .collect();
         by_error.sort_by(|a, b| b["count"].as_u64().cmp(&a["count"].as_u64()));
         ReportJson {
-            by_plan: self.by_plan(),
-            by_step: self.by_step(),
-            collection: &self.collection,
-            edits: self.edits,
-            exit_code,
-            failures: &self.failures,
-            failures_by_error: by_error,
-            failures_by_method: &self.by_method,
-            outcomes: &self.counts,
-            session: session_id,
-            subtests: &self.subtests,
-            summary: &self.summary,
+            head: ReportHead {
+                by_plan: self.by_plan(),
+                by_step: self.by_step(),
+                collection: &self.collection,
+                edits: self.edits,
+                exit_code,
+                failures: &self.failures,
+                failures_by_error: by_error,
+                failures_by_method: &self.by_method,
+                outcomes: &self.counts,
+                session: session_id,
+                subtests: &self.subtests,
+                summary: &self.summary,
+            },
             tests: &self.tests,
             total: self.counts.values().sum::<u64>(),
         }

@@ -16,7 +16,7 @@ import socket
 import time
 import _thread
 
-from .raw_json import RawJSON
+from .raw_json import RawJSON, encode_seconds
 
 
 class ChannelClosed(Exception):
@@ -177,7 +177,7 @@ _encode_nested = _nested_encoder()
 #: Keys whose float values are seconds: written with microsecond precision
 #: (``%.6f``), several times cheaper than the shortest ``repr``.
 _SECONDS = frozenset(("time", "duration_s"))
-_micro = "%.6f".__mod__
+_micro = encode_seconds
 
 
 class EventRing:

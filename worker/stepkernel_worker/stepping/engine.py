@@ -18,6 +18,7 @@ import types
 from typing import Any, Callable
 
 from ..raw_json import RawJSON
+from ..raw_json import encode_compact as _compact, encode_seconds as _micro, encode_string as _json_str
 from . import runtime
 from .function_steps import EditedStep, FunctionSteps, entry_of, innermost_function
 
@@ -30,14 +31,7 @@ OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "fixed
 _perf_counter = time.perf_counter
 _time = time.time
 _getpid = os.getpid
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 _loads = json.loads
-try:
-    from json.encoder import encode_basestring_ascii as _json_str
-except ImportError:  # pragma: no cover - an interpreter without _json
-    _json_str = _compact
-#: Seconds as events write them (``channel.encode_flat``'s ``time`` and ``duration_s``).
-_micro = "%.6f".__mod__
 
 
 class StepForced(AssertionError):

@@ -16,7 +16,7 @@ import types
 from typing import Any
 
 from . import compiler
-from .transform import STEP_FIELDS, TABLE, phase_tail
+from .transform import STEP_FIELDS, TABLE, phase_tail, record_plan_ids
 
 __tracebackhide__ = True
 __unittest = True
@@ -34,7 +34,7 @@ class StepSpec:
         self.start_line = int(record[2] or 0)
         self.end_line = int(record[3] or self.start_line)
         #: Test plan ids the step marker names (``# step: log in [TP-101]``).
-        self.plan_ids: tuple = _plan_ids(record)
+        self.plan_ids: tuple = record_plan_ids(record)
         self._source: str | None = None
         self._filename = filename
 
@@ -60,14 +60,6 @@ class StepSpec:
                 text = ""
             self._source = text
         return self._source
-
-
-_PLAN_IDS = STEP_FIELDS.index("plan_ids")
-
-
-def _plan_ids(record: tuple) -> tuple:
-    ids = record[_PLAN_IDS] if len(record) > _PLAN_IDS else None
-    return ids if type(ids) is tuple else ()
 
 
 class EditedStep:

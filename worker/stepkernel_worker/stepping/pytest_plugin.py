@@ -10,7 +10,6 @@ is. The plugin is an object passed to ``pytest.main(plugins=[...])``.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
@@ -19,15 +18,13 @@ from typing import Any
 
 import pytest
 
-from ..raw_json import RawJSON
+from ..raw_json import RawJSON, encode_compact as _compact
 from . import hypothesis_steps, importing
 from .dynamic_steps import dynamic_phases
 from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
 __unittest = True
-
-_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 # Old-style wrappers: an exception raised below (pytest's own async_fail, a
 # fixture error) then never passes through this plugin's frames, which would

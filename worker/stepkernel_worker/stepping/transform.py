@@ -47,10 +47,10 @@ from __future__ import annotations
 import ast
 import bisect
 import hashlib
-import json
 import marshal
 from typing import Any
 
+from ..raw_json import encode_compact as _compact
 from .compiler import contains_yield
 
 __tracebackhide__ = True
@@ -66,7 +66,10 @@ STEP_FIELDS = ("index", "name", "start_line", "end_line", "start_byte", "end_byt
 _PLAN_IDS = STEP_FIELDS.index("plan_ids")
 
 
-_compact = json.JSONEncoder(separators=(",", ":")).encode
+def record_plan_ids(record: tuple) -> tuple:
+    """The plan ids a step's marker names (``# step: log in [TP-101]``), from its table record."""
+    ids = record[_PLAN_IDS] if len(record) > _PLAN_IDS else None
+    return ids if type(ids) is tuple else ()
 
 
 def phase_tail(qualname: str, records: tuple) -> str:
@@ -78,8 +81,7 @@ def phase_tail(qualname: str, records: tuple) -> str:
     """
     names = [str(r[1] or f"step {int(r[0] or 0)}") for r in records]
     tail = f',"function":{_compact(str(qualname))},"steps":{len(records)},"stepped":true,"step_names":{_compact(names)}'
-    at = _PLAN_IDS
-    plan_ids = [list(r[at]) if len(r) > at and type(r[at]) is tuple else [] for r in records]
+    plan_ids = [list(record_plan_ids(r)) for r in records]
     if any(plan_ids):
         tail += f',"step_plan_ids":{_compact(plan_ids)}'
     return tail + "}"

@@ -263,7 +263,15 @@ def seeded(env) -> dict:
 
 
 def counted(argv, cwd: Path, env, out: Path) -> int:
-    """Instructions every process of ``argv`` executed, summed (also bench_watch's).
+    """Instructions every process of ``argv`` executed, summed (also bench_watch's)."""
+    counts = counted_by_process(argv, cwd, env, out)
+    return counts["stepkernel"] + counts["test"]
+
+
+def counted_by_process(argv, cwd: Path, env, out: Path) -> dict[str, int]:
+    """Instructions of ``argv``'s processes, summed by program: ``stepkernel`` (the kernel, the
+    session) and ``test`` (the Python interpreters: pytest, the worker, what the tests spawn);
+    ``exit`` is the run's exit status.
 
     Cachegrind without its cache simulation counts what callgrind counts, in
     a quarter of the time.
@@ -274,15 +282,21 @@ def counted(argv, cwd: Path, env, out: Path) -> int:
     vg = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--trace-children=yes",
           f"--cachegrind-out-file={out}/cg.%p"]
     with open(out / "output.log", "wb") as log_file:
-        subprocess.run(vg + argv, cwd=cwd, env=seeded(env), stdout=log_file, stderr=subprocess.STDOUT)
-    total = 0
+        code = subprocess.run(vg + argv, cwd=cwd, env=seeded(env), stdout=log_file,
+                              stderr=subprocess.STDOUT).returncode
+    totals = {"stepkernel": 0, "test": 0, "exit": code}
     for path in out.glob("cg.*"):
+        program = "test"
         with open(path, encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                if line.startswith("summary:"):
-                    total += int(line.split()[1])
+                if line.startswith("cmd:"):
+                    words = line.split()
+                    if len(words) > 1 and os.path.basename(words[1]) == "stepkernel":
+                        program = "stepkernel"
+                elif line.startswith("summary:"):
+                    totals[program] += int(line.split()[1])
                     break
-    return total
+    return totals
 
 
 def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
@@ -307,16 +321,44 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
         else:
             run_env["PYTHONDONTWRITEBYTECODE"] = "1"
             drop_caches(root)
-        counts = {kind: counted(argv(kind, out_dir / f"{name}-i{mode}-{kind}"), root, run_env,
-                                out_dir / f"{name}-i{mode}-{kind}") for kind in sides}
+        by_process = {}
+        for _ in range(COUNT_ATTEMPTS):
+            for kind in sides:
+                by_process[kind] = counted_by_process(argv(kind, out_dir / f"{name}-i{mode}-{kind}"), root,
+                                                      run_env, out_dir / f"{name}-i{mode}-{kind}")
+            exits = {kind: c["exit"] for kind, c in by_process.items()}
+            if exits["plain"] == exits["stepped"]:
+                break
+            # A test that fails by chance under valgrind's slowdown (boltons' 10 ms socket
+            # timeout) costs its failure report, about 3% of boltons: not comparable.
+            log(f"{name} {version} {mode}: exit {exits['plain']} plain, {exits['stepped']} stepped "
+                f"(a test failed on one side only): counting again")
+        counts = {kind: c["stepkernel"] + c["test"] for kind, c in by_process.items()}
         ratio = counts["stepped"] / counts["plain"]
+        goal = "<= 1.05x" if mode == "warm" else "<= 1.10x"
         log(f"{name} {version} {mode}: instructions plain {counts['plain'] / 1e6:.0f}M, "
             f"stepped {counts['stepped'] / 1e6:.0f}M, ratio {ratio:.3f}x")
         print("BENCH " + json.dumps({
             "benchmark": f"{mode} instructions (cachegrind, all processes) vs pytest: {name} {version} (millions)",
             "stepkernel": counts["stepped"] / 1e6, "peer": counts["plain"] / 1e6, "peer_name": "pytest",
-            "ratio": ratio, "goal": "<= 1.05x" if mode == "warm" else "<= 1.10x",
+            "ratio": ratio, "goal": goal,
         }), flush=True)
+        # The test process alone: what a run waits for when the kernel has a core of its own
+        # (its event handling runs beside the worker; only its start and the report after the
+        # last test are in line). On one core the all-process row above is the one that counts.
+        test_only = by_process["stepped"]["test"]
+        log(f"{name} {version} {mode}: the test process alone {test_only / 1e6:.0f}M "
+            f"(kernel {by_process['stepped']['stepkernel'] / 1e6:.0f}M), ratio {test_only / counts['plain']:.3f}x")
+        print("BENCH " + json.dumps({
+            "benchmark": f"{mode} instructions of the test process (cachegrind, kernel excluded) vs pytest: "
+                         f"{name} {version} (millions)",
+            "stepkernel": test_only / 1e6, "peer": counts["plain"] / 1e6, "peer_name": "pytest",
+            "ratio": test_only / counts["plain"], "goal": goal,
+        }), flush=True)
+
+
+#: Counted runs per mode when the two sides' exit statuses differ (see instruction_rows).
+COUNT_ATTEMPTS = 3
 
 
 def drop_caches(root: Path) -> None:

@@ -252,6 +252,71 @@ def _report_index(report: dict) -> tuple[dict, dict]:
     return by_line, phases
 
 
+#: CPython's limit on a code object's nested blocks (``CO_MAXBLOCKS``: loops,
+#: ``try``, ``with``, handlers) up to 3.12; 3.13 takes one more (see ``max_blocks``).
+#: ``_function_body`` adds two (the loop, the ``try``).
+MAX_BLOCKS = 20
+_ADDED_BLOCKS = 2
+_max_blocks: list[int] = []
+
+
+def max_blocks() -> int:
+    """The most nested blocks this interpreter compiles, found once by compiling
+    nested loops (asked only for a function near ``MAX_BLOCKS``)."""
+    if not _max_blocks:
+        limit = MAX_BLOCKS
+        while limit < MAX_BLOCKS + 4:
+            depth = limit + 1
+            loops = "".join(" " * (i + 1) + "for _ in ():\n" for i in range(depth))
+            source = f"def f():\n{loops}{' ' * (depth + 1)}pass\n"
+            try:
+                compile(source, "<blocks>", "exec", dont_inherit=True)
+            except SyntaxError:
+                break
+            limit = depth
+        _max_blocks.append(limit)
+    return _max_blocks[0]
+
+
+def too_deep(body: list[ast.stmt]) -> bool:
+    """Whether ``body`` with the steps' two blocks would pass the compiler's limit."""
+    depth = block_depth(body) + _ADDED_BLOCKS
+    return depth > MAX_BLOCKS and depth > max_blocks()
+_TRY_STAR = getattr(ast, "TryStar", None)
+
+
+def block_depth(body: list[ast.stmt]) -> int:
+    """The most blocks the compiler holds open at once in ``body`` (nested
+    functions and classes are code objects of their own), as CPython 3.10-3.13
+    count them: one per loop and per ``with`` item, one around a ``try`` body,
+    two around an ``except`` body, one more inside a ``try`` with ``finally``."""
+    deepest = 0
+    for stmt in body:
+        kind = type(stmt)
+        if kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+            continue
+        if kind in (ast.For, ast.AsyncFor, ast.While):
+            depth = max(1 + block_depth(stmt.body), block_depth(stmt.orelse))
+        elif kind in (ast.With, ast.AsyncWith):
+            depth = len(stmt.items) + block_depth(stmt.body)
+        elif kind is ast.Try or (_TRY_STAR is not None and kind is _TRY_STAR):
+            outer = 1 if stmt.finalbody else 0
+            depth = max(
+                outer + (1 if stmt.handlers else 0) + block_depth(stmt.body),
+                outer + max((2 + block_depth(h.body) for h in stmt.handlers), default=0),
+                outer + block_depth(stmt.orelse),
+                (1 + block_depth(stmt.finalbody)) if stmt.finalbody else 0,
+            )
+        elif kind is ast.If:
+            depth = max(block_depth(stmt.body), block_depth(stmt.orelse))
+        elif kind is ast.Match:
+            depth = max((block_depth(case.body) for case in stmt.cases), default=0)
+        else:
+            continue
+        deepest = max(deepest, depth)
+    return deepest
+
+
 def _is_docstring(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
@@ -283,8 +348,9 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         steps = sorted((s for s in fn.get("steps") or [] if isinstance(s, dict)), key=lambda s: s.get("index", 0))
         # The instrumenter says which functions are generators (it parsed the same text).
         generator = fn.get("is_generator") if "is_generator" in fn else contains_yield(node.body)
-        if not steps or generator:
-            # Runs as one step; the table still names its phase.
+        if not steps or generator or too_deep(node.body):
+            # Runs as one step (so does a function whose blocks, with the two the steps
+            # add, would pass the compiler's limit); the table still names its phase.
             table[def_key(node)] = (qualname, phase_names.get(qualname), False, class_name, (), ())
             continue
         body = list(node.body)

@@ -1,4 +1,5 @@
 """Function semantics that steps must keep."""
+import contextlib
 import sys
 
 import pytest
@@ -179,3 +180,30 @@ def test_locals_freed_when_the_test_returns_part1():
 def test_locals_freed_when_the_test_returns_part2():
     # part1's locals went with its frame, without a gc.collect(), as under pytest.
     assert FREED == ["freed"]
+
+
+def test_blocks_nested_to_the_compilers_limit():
+    """20 nested blocks compile (the limit before 3.13): the steps' loop and try must not pass it."""
+    hits = []
+    with contextlib.nullcontext(0) as v0:
+        with contextlib.nullcontext(1) as v1:
+            with contextlib.nullcontext(2) as v2:
+                with contextlib.nullcontext(3) as v3:
+                    with contextlib.nullcontext(4) as v4:
+                        with contextlib.nullcontext(5) as v5:
+                            with contextlib.nullcontext(6) as v6:
+                                with contextlib.nullcontext(7) as v7:
+                                    with contextlib.nullcontext(8) as v8:
+                                        with contextlib.nullcontext(9) as v9:
+                                            with contextlib.nullcontext(10) as v10:
+                                                with contextlib.nullcontext(11) as v11:
+                                                    with contextlib.nullcontext(12) as v12:
+                                                        with contextlib.nullcontext(13) as v13:
+                                                            with contextlib.nullcontext(14) as v14:
+                                                                with contextlib.nullcontext(15) as v15:
+                                                                    with contextlib.nullcontext(16) as v16:
+                                                                        with contextlib.nullcontext(17) as v17:
+                                                                            with contextlib.nullcontext(18) as v18:
+                                                                                with contextlib.nullcontext(19) as v19:
+                                                                                    hits.append(v0 + v19)
+    assert hits == [19]

@@ -343,9 +343,11 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
             "stepkernel": counts["stepped"] / 1e6, "peer": counts["plain"] / 1e6, "peer_name": "pytest",
             "ratio": ratio, "goal": goal,
         }), flush=True)
-        # The test process alone: what a run waits for when the kernel has a core of its own
-        # (its event handling runs beside the worker; only its start and the report after the
-        # last test are in line). On one core the all-process row above is the one that counts.
+        # The test process alone: warm, what a run waits for when the kernel has a core of its
+        # own (its event handling runs beside the worker; only its start and the report after
+        # the last test are in line). Cold, the worker also waits for the steps of each test
+        # file the kernel's prefetch has not instrumented yet. On one core the all-process row
+        # above is the one that counts.
         test_only = by_process["stepped"]["test"]
         log(f"{name} {version} {mode}: the test process alone {test_only / 1e6:.0f}M "
             f"(kernel {by_process['stepped']['stepkernel'] / 1e6:.0f}M), ratio {test_only / counts['plain']:.3f}x")

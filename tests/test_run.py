@@ -693,6 +693,38 @@ def test_the_summary_counts_modules_skipped_or_broken_at_collection_as_pytest_do
         assert [f["test"] for f in report["failures"]] == ["test_mod.py"], report["failures"]
 
 
+@pytest.mark.parametrize("jump", ["break", "continue"])
+def test_a_stray_break_or_continue_is_the_syntax_error_it_is_under_plain_pytest(tmp_path, jump):
+    """Outside a loop of the test's own, the steps' loop must not make it valid (a pass, or a loop for ever)."""
+    project = write_project(tmp_path, {
+        "test_mod.py": f"""
+            def test_stray():
+                x = 1
+                if x:
+                    {jump}
+                assert x == 2
+            """,
+        "test_ok.py": """
+            def test_b():
+                for i in range(2):
+                    if i:
+                        break
+                    continue
+                assert i == 1
+            """,
+    })
+    plain = subprocess.run([PYTHON, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=project,
+                           capture_output=True, text=True)
+    stepped = subprocess.run(
+        [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "--", "-p", "no:cacheprovider"],
+        cwd=project, capture_output=True, text=True, timeout=120)
+    out = stepped.stdout + stepped.stderr
+    assert f"SyntaxError: '{jump}'" in plain.stdout, plain.stdout
+    assert stepped.returncode == plain.returncode == 2, out
+    assert f"SyntaxError: '{jump}'" in out, out
+    assert "stepkernel: 1 error in " in out, out
+
+
 def test_on_a_terminal_the_progress_bar_counts_tests(tmp_path):
     """Steps report nothing while they pass: the bar counts the run's tests."""
     import pexpect

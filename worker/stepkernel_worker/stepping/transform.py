@@ -317,6 +317,33 @@ def block_depth(body: list[ast.stmt]) -> int:
     return deepest
 
 
+def stray_jump(body: list[ast.stmt], in_loop: bool = False) -> bool:
+    """Whether ``body`` has a ``break`` or ``continue`` outside any loop of its own: a
+    ``SyntaxError`` the steps' loop would turn into a jump out of (or back into) the test."""
+    for stmt in body:
+        kind = type(stmt)
+        if kind is ast.Break or kind is ast.Continue:
+            if not in_loop:
+                return True
+        elif kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+            continue
+        elif kind in (ast.For, ast.AsyncFor, ast.While):
+            if stray_jump(stmt.body, True) or stray_jump(stmt.orelse, in_loop):
+                return True
+        else:
+            for _, value in ast.iter_fields(stmt):
+                if type(value) is not list or not value:
+                    continue
+                first = value[0]
+                if isinstance(first, ast.stmt):
+                    if stray_jump(value, in_loop):
+                        return True
+                elif isinstance(first, (ast.excepthandler, ast.match_case)):
+                    if any(stray_jump(item.body, in_loop) for item in value):
+                        return True
+    return False
+
+
 def _is_docstring(stmt: ast.stmt) -> bool:
     return isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant) and isinstance(stmt.value.value, str)
 
@@ -348,9 +375,10 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         steps = sorted((s for s in fn.get("steps") or [] if isinstance(s, dict)), key=lambda s: s.get("index", 0))
         # The instrumenter says which functions are generators (it parsed the same text).
         generator = fn.get("is_generator") if "is_generator" in fn else contains_yield(node.body)
-        if not steps or generator or too_deep(node.body):
+        if not steps or generator or too_deep(node.body) or stray_jump(node.body):
             # Runs as one step (so does a function whose blocks, with the two the steps
-            # add, would pass the compiler's limit); the table still names its phase.
+            # add, would pass the compiler's limit); the table still names its phase. A
+            # stray break or continue is left for the compiler to report, as it does unstepped.
             table[def_key(node)] = (qualname, phase_names.get(qualname), False, class_name, (), ())
             continue
         body = list(node.body)

@@ -1,4 +1,5 @@
-"""A test nested close to the compiler's block limit still imports: the steps' two blocks must not pass it."""
+"""The steps' loop and ``try`` never change what compiles: a test near the compiler's block limit still
+imports, and a ``break``/``continue`` outside the test's own loops stays the SyntaxError it is."""
 
 from __future__ import annotations
 
@@ -88,3 +89,43 @@ def test_a_test_too_deep_for_steps_runs_as_one_step(tmp_path):
     assert call_stepped(engine, mod.test_shallow)[1] == [1]
     assert engine.steps_for(mod.test_deep.__code__, mod.test_deep.__globals__) is None
     assert len(engine.steps_for(mod.test_shallow.__code__, mod.test_shallow.__globals__).steps) == 3
+
+
+# Each snippet is a test body; whether it compiles as a plain function is the truth.
+JUMPS = [
+    "break",
+    "if x:\n    continue",
+    "with NULL:\n    break",
+    "try:\n    pass\nexcept Exception:\n    continue",
+    "try:\n    pass\nfinally:\n    break",
+    "match x:\n    case 1:\n        break",
+    "for i in []:\n    pass\nelse:\n    break",
+    "while x:\n    pass\nelse:\n    continue",
+    "for i in []:\n    break",
+    "while x:\n    if x:\n        continue\n    break",
+    "for i in []:\n    try:\n        pass\n    finally:\n        continue",
+    "async_for = 1\nfor i in []:\n    with NULL:\n        break",
+    "def inner():\n    for i in []:\n        break",
+    "x = [i for i in range(3) if i]",
+]
+
+
+@pytest.mark.parametrize("body", JUMPS)
+def test_stray_jump_says_what_the_compiler_refuses(body):
+    source = "def test_f(x):\n" + textwrap.indent(body, "    ") + "\n"
+    try:
+        compile(source, "<jump>", "exec", dont_inherit=True)
+        plain_compiles = True
+    except SyntaxError as exc:
+        assert "loop" in str(exc), exc
+        plain_compiles = False
+    assert transform.stray_jump(ast.parse(source).body[0].body) == (not plain_compiles)
+    if not plain_compiles:
+        # Inside the steps' loop it would compile: why such a function is left as it is.
+        assert compiles_with_steps(body)
+
+
+def test_a_module_with_a_stray_break_fails_to_import_as_unstepped(tmp_path):
+    source = "def test_stray():\n    x = 1\n    if x:\n        break\n    assert x == 2\n"
+    with pytest.raises(SyntaxError, match="'break' outside loop"):
+        load_module(str(tmp_path), f"stray_{abs(hash(str(tmp_path)))}", source)

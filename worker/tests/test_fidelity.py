@@ -113,10 +113,12 @@ def test_hard_cases_agree_under_pytest(hard_cases):
     assert stepped.returncode == plain.returncode == 1
     _assert_agree(os.path.join(hard_cases, "plain.xml"), os.path.join(hard_cases, "stepped.xml"))
     _assert_stepped(events)
-    # Only what cannot be stepped runs as one step: a generator and a skip wrapper.
+    # Only what cannot be stepped runs as one step: a generator, a skip wrapper and a test
+    # nested too deep for the steps' two blocks.
     assert _unstepped(events) == {
         "test_hard_unittest.py::GeneratorMethod::test_generator_method:test_generator_method",
         "test_hard_unittest.py::Expectations::test_skip_unless:test",
+        "test_hard_semantics.py::test_blocks_nested_to_the_compilers_limit:test_blocks_nested_to_the_compilers_limit",
     }
     assert failures_section(stepped.stdout) == failures_section(plain.stdout)
 

@@ -282,7 +282,9 @@ def too_deep(body: list[ast.stmt]) -> bool:
     """Whether ``body`` with the steps' two blocks would pass the compiler's limit."""
     depth = block_depth(body) + _ADDED_BLOCKS
     return depth > MAX_BLOCKS and depth > max_blocks()
-_TRY_STAR = getattr(ast, "TryStar", None)
+
+
+_TRY_STAR = getattr(ast, "TryStar", None)  # except* (Python 3.11+)
 
 
 def block_depth(body: list[ast.stmt]) -> int:

@@ -18,7 +18,8 @@ import time
 import traceback
 from typing import Any
 
-from . import cells, display
+# display (rich reprs) is imported when a value is first shown: a test run shows none.
+from . import cells
 from .pause_timers import suspends_alarm
 from .channel import (
     Channel,
@@ -235,6 +236,8 @@ class Worker:
                 self.executing, self.in_cell = outer
             if has_value and value is not None and not silent:
                 builtins._ = value
+                from . import display
+
                 data, metadata = display.mime_bundle(value)
                 self._iopub(
                     request_id,
@@ -286,6 +289,8 @@ class Worker:
         return self.plain.run_cell(code, filename)
 
     def _user_expressions(self, expressions: dict) -> dict:
+        from . import display
+
         results = {}
         namespace = self._namespace()
         for name, expression in expressions.items():
@@ -380,6 +385,8 @@ class Worker:
 
     def display(self, *objects: Any, display_id: str | None = None, update: bool = False, **_ignored) -> None:
         """Show objects as ``display_data`` (the ``display()`` builtin, as in IPython)."""
+        from . import display
+
         for value in objects:
             data, metadata = display.mime_bundle(value)
             content = {"data": data, "metadata": metadata, "transient": {}}
@@ -694,6 +701,8 @@ class Worker:
             values = dict(self.handler.local_values())
         else:
             values = {k: v for k, v in self.handler.namespace().items() if not k.startswith("__")}
+        from . import display
+
         rows = []
         for name, value in values.items():
             rows.append((name, type(value).__qualname__, display.plain_text(value).replace("\n", " ")[:120]))

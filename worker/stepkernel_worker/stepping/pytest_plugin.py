@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 
 from ..raw_json import RawJSON, encode_compact as _compact
-from . import hypothesis_steps, importing
-from .dynamic_steps import dynamic_phases
+# hypothesis_steps, dynamic_steps, step_hooks and xdist_controller are imported
+# when a run first needs them: most runs need none, and each import costs.
+from . import importing
 from .engine import UNITTEST_AFTER, UNITTEST_BEFORE, Engine, expects_failure_of, user_method
 
 __tracebackhide__ = True
@@ -87,13 +88,21 @@ class SteppingPlugin:
         #: ones, pausable codes, all phases' text, the function's code they were made for.
         self._phase_cache: dict[tuple, tuple] = {}
         self._undo: list = []
-        from .step_hooks import pytest_hooks
+        #: ``register(plugin, manager)`` of the step hooks' plugin manager, made
+        #: for the first plugin that has a step hook (until then the engine has none).
+        self._register_hooks: Any = None
 
-        engine.step_hooks, self._register_hooks = pytest_hooks(engine)
+    def _hooks_registry(self) -> Any:
+        if self._register_hooks is None:
+            from .step_hooks import pytest_hooks
+
+            self.engine.step_hooks, self._register_hooks = pytest_hooks(self.engine)
+        return self._register_hooks
 
     def pytest_plugin_registered(self, plugin, manager):
         """Every plugin pytest registers (conftest.py files too) may implement step hooks."""
-        self._register_hooks(plugin, manager)
+        if self._register_hooks is not None or _may_have_step_hooks(plugin):
+            self._hooks_registry()(plugin, manager)
 
     # ----------------------------------------------------------- configuring
 
@@ -104,7 +113,7 @@ class SteppingPlugin:
         if module:
             from .step_hooks import import_hooks_module
 
-            self._register_hooks(import_hooks_module(module))
+            self._hooks_registry()(import_hooks_module(module), config.pluginmanager)
         capman = config.pluginmanager.getplugin("capturemanager")
         if capman is not None:
             self.engine.pause_context = capman.global_and_fixture_disabled
@@ -226,6 +235,8 @@ class SteppingPlugin:
                 self._phase_cache[key] = known
         before, after, codes, joined, _ = known
         if not unittest_item and hasattr(item, "callspec"):
+            from .dynamic_steps import dynamic_phases
+
             dynamic = dynamic_phases(item)
             if dynamic:
                 return RawJSON("[" + ",".join([*before, *map(_compact, dynamic), *after]) + "]"), codes
@@ -276,6 +287,8 @@ class SteppingPlugin:
                                    item=item, plan_ids=_plan_marks(item))
         record.expects_failure = _xfail_predicate(item)
         if "hypothesis.stateful" in sys.modules:
+            from . import hypothesis_steps
+
             hypothesis_steps.prepare(item)
         reports = self._reports[nodeid] = []
         result = None
@@ -312,7 +325,7 @@ class SteppingPlugin:
             # A failing step skipped by hand: the test fails, as the journal says.
             report.outcome = "failed"
             report.longrepr = "StepForced: test forced: step(s) skipped by hand: " + ", ".join(record.forced_steps)
-        elif report.failed and hypothesis_steps.fixed_by_edit(record, call.excinfo):
+        elif report.failed and record is not None and record.edited_ran and _hypothesis_fixed(record, call.excinfo):
             # Hypothesis's final replay passed after an edit: fixed, not flaky.
             report.outcome = "passed"
             report.longrepr = None
@@ -367,6 +380,21 @@ class SteppingPlugin:
         return outcome, text
 
 
+def _may_have_step_hooks(plugin: Any) -> bool:
+    """Whether ``plugin`` has an attribute named like a step hook (``stepkernel_*``); cheap for modules."""
+    try:
+        names = plugin.__dict__ if isinstance(plugin, types.ModuleType) else dir(plugin)
+        return any(type(n) is str and n.startswith("stepkernel_") for n in names)
+    except Exception:  # noqa: BLE001 - an object whose attributes raise is no hook plugin
+        return False
+
+
+def _hypothesis_fixed(record: Any, excinfo: Any) -> bool:
+    from . import hypothesis_steps
+
+    return hypothesis_steps.fixed_by_edit(record, excinfo)
+
+
 def _plan_marks(item: Any) -> tuple:
     """The ids of the item's ``@pytest.mark.plan("TP-7", ...)`` marks, once each, in order."""
     ids: dict[str, None] = {}
@@ -383,6 +411,17 @@ def _plan_marks(item: Any) -> tuple:
     except Exception:  # noqa: BLE001 - a node without markers
         return ()
     return tuple(ids)
+
+
+def _xdist_plugins(engine: Engine) -> list[Any]:
+    """The xdist controller's plugins, where pytest-xdist is installed (``xdist_controller.plugins``)."""
+    import importlib.util
+
+    if not getattr(engine.host, "xdist", None) or importlib.util.find_spec("xdist") is None:
+        return []
+    from .xdist_controller import plugins
+
+    return plugins(engine)
 
 
 def _python_files(config: Any) -> list[str]:
@@ -454,13 +493,14 @@ def run_pytest(engine: Engine, args: list[str], junit_xml: str | None) -> int:
     if junit_xml:
         full.append(f"--junitxml={junit_xml}")
     try:
-        from .xdist_controller import plugins as xdist_plugins, usage_hint
-
         entry, prog = _pytest_entry()
-        plugins = [plugin, *xdist_plugins(engine), *_object_plugins(full)]
+        plugins = [plugin, *_xdist_plugins(engine), *_object_plugins(full)]
         # Called here, not through a helper: no frame more than `python -m pytest` has.
         code = entry(full, plugins) if prog is None else entry(args=full, plugins=plugins, prog=prog)
-        usage_hint(full, int(code))
+        if int(code) == 4:  # a usage error: perhaps xdist's options without xdist
+            from .xdist_controller import usage_hint
+
+            usage_hint(full, int(code))
     except SystemExit as exc:
         # What `python -m pytest` would exit with.
         if exc.code is None or isinstance(exc.code, int):

@@ -11,7 +11,7 @@ use crate::server::{log, send_router, Shared};
 use crate::session::AfterRun;
 use crate::steer::{self, SteerCommand, SteerError};
 use crate::wire::Message;
-use crate::worker::{StreamName, TaggedEvent, Worker, WorkerConfig, WorkerEvent};
+use crate::worker::{StreamName, TaggedEvent, Worker, WorkerConfig, WorkerEvent, WorkerMessage};
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -115,7 +115,7 @@ pub struct Executor {
     events: mpsc::UnboundedReceiver<TaggedEvent>,
     next_id: u64,
     synced: [u64; 2],
-    held: VecDeque<(Instant, Value)>,
+    held: VecDeque<(Instant, WorkerMessage)>,
     inflight: Option<Inflight>,
     /// Parent of stream output: the running request, else the last one.
     parent: Option<Message>,
@@ -973,7 +973,11 @@ impl Executor {
                 self.release_held().await;
             }
             WorkerEvent::Message(message) => {
-                let needs = message.get("sync").and_then(Value::as_u64).unwrap_or(0);
+                let needs = message
+                    .value
+                    .get("sync")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(0);
                 if self.held.is_empty() && needs <= self.synced[0].min(self.synced[1]) {
                     self.on_worker_message(message).await;
                 } else {
@@ -1148,7 +1152,11 @@ impl Executor {
     async fn release_held(&mut self) {
         let reached = self.synced[0].min(self.synced[1]);
         while let Some((_, message)) = self.held.front() {
-            let needs = message.get("sync").and_then(Value::as_u64).unwrap_or(0);
+            let needs = message
+                .value
+                .get("sync")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
             if needs > reached {
                 break;
             }
@@ -1185,7 +1193,11 @@ impl Executor {
         self.finish(inflight, content).await;
     }
 
-    async fn on_worker_message(&mut self, mut message: Value) {
+    async fn on_worker_message(&mut self, message: WorkerMessage) {
+        let WorkerMessage {
+            value: mut message,
+            event_text,
+        } = message;
         let kind = message.get("type").and_then(Value::as_str).unwrap_or("");
         match kind {
             "hello" => {
@@ -1254,7 +1266,10 @@ impl Executor {
                 self.shared.run_state.lock().expect("state").apply(&event);
                 self.update_progress(&event);
                 if let Some(hooks) = &self.shared.hooks {
-                    hooks.on_event(event);
+                    match &event_text {
+                        Some(text) => hooks.on_event_text(event, text),
+                        None => hooks.on_event(event),
+                    }
                 }
             }
             "debug_reply" => self.on_debug_reply(&message),

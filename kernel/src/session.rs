@@ -51,6 +51,10 @@ pub trait SessionHooks: Send + Sync {
     fn flush(&self) {}
     /// A progress event from the worker.
     fn on_event(&self, event: Value);
+    /// A progress event and its text as the worker wrote it (`event` is that text parsed).
+    fn on_event_text(&self, event: Value, _text: &[u8]) {
+        self.on_event(event);
+    }
     /// The worker paused a test (`info` as the worker sent it).
     fn on_paused(&self, info: &Value);
     /// Worker output printed while no client request runs (the terminal shows it).

@@ -83,13 +83,50 @@ impl StreamName {
 #[derive(Debug)]
 pub enum WorkerEvent {
     /// A JSON message from the channel.
-    Message(Value),
+    Message(WorkerMessage),
     /// Output text.
     Output(StreamName, String),
     /// A pipe reached sync marker `n`.
     Synced(StreamName, u64),
     /// The process ended; the string says how (exit code or signal).
     Exited(String),
+}
+
+/// A JSON message from the worker, and a progress event's own text.
+#[derive(Debug)]
+pub struct WorkerMessage {
+    /// The parsed message.
+    pub value: Value,
+    /// `E` of `{"type":"event","event":E}` as the worker wrote it: events.jsonl
+    /// copies it rather than writing the parsed value out again.
+    pub event_text: Option<Box<[u8]>>,
+}
+
+impl From<Value> for WorkerMessage {
+    fn from(value: Value) -> Self {
+        WorkerMessage {
+            value,
+            event_text: None,
+        }
+    }
+}
+
+/// How the worker frames a progress event (`Host.emit`, `Engine._line`).
+const EVENT_PREFIX: &[u8] = br#"{"type":"event","event":{"#;
+
+/// The event object's text inside a framed event line whose message (`value`,
+/// parsed from `line`) has no other field; None for any other line.
+fn event_text(line: &[u8], value: &Value) -> Option<Box<[u8]>> {
+    if !line.starts_with(EVENT_PREFIX) || value.as_object().map(|m| m.len()) != Some(2) {
+        return None;
+    }
+    // With no other field, the event's text runs to the message's closing brace.
+    let end = line.iter().rposition(|&b| b == b'}')?;
+    let text = &line[EVENT_PREFIX.len() - 1..end];
+    value
+        .get("event")
+        .is_some_and(Value::is_object)
+        .then(|| text.into())
 }
 
 /// An event tagged with the worker generation that produced it.
@@ -713,9 +750,18 @@ fn forward_lines(
 }
 
 fn forward_line(line: &[u8], generation: u64, events: &mpsc::UnboundedSender<TaggedEvent>) {
-    match parse_line(line) {
-        Ok(value) => {
-            let _ = events.send((generation, WorkerEvent::Message(value)));
+    // A line serde reads as it is keeps its event's text; a repaired one
+    // (lone surrogates, see parse_line) is written out from its value.
+    let parsed = match serde_json::from_slice::<Value>(line) {
+        Ok(value) => Ok(WorkerMessage {
+            event_text: event_text(line, &value),
+            value,
+        }),
+        Err(_) => parse_line(line).map(WorkerMessage::from),
+    };
+    match parsed {
+        Ok(message) => {
+            let _ = events.send((generation, WorkerEvent::Message(message)));
         }
         Err(err) => eprintln!("stepkernel: ignoring malformed worker message: {err}"),
     }
@@ -891,6 +937,26 @@ pub fn path_fields(path: &Path, key: &str) -> serde_json::Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_framed_event_keeps_its_text_and_other_lines_none() {
+        let text = |line: &[u8]| event_text(line, &serde_json::from_slice(line).unwrap());
+        let event =
+            br#"{"event":"test_start","test":"t.py::test_\u00e9","phases":[{"name":"test"}]}"#;
+        let line = [&br#"{"type":"event","event":"#[..], event, b"}\n"].concat();
+        assert_eq!(text(&line).as_deref(), Some(&event[..]));
+        // Any other field (a sync number), another message or another framing: none.
+        assert_eq!(
+            text(br#"{"type":"event","event":{"event":"x"},"sync":3}"#),
+            None
+        );
+        assert_eq!(text(br#"{"type":"reply","id":1,"content":{}}"#), None);
+        assert_eq!(text(br#"{"type": "event", "event": {"event": "x"}}"#), None);
+        assert_eq!(
+            text(br#"{"type":"event","event":{}}"#).as_deref(),
+            Some(&b"{}"[..])
+        );
+    }
 
     #[test]
     fn lone_surrogates_are_repaired_and_pairs_kept() {

@@ -962,6 +962,79 @@ impl RunHooks {
     }
 }
 
+impl RunHooks {
+    /// An event into events.jsonl (its worker text copied where it has one), the report and the status.
+    fn take_event(&self, mut event: Value, text: Option<&[u8]>) {
+        // The worker's own text serves unless the event already names a session or time.
+        let mut text =
+            text.filter(|_| event.get("session").is_none() && event.get("timestamp").is_none());
+        let timestamp = patchgen::now_rfc3339();
+        event["session"] = json!(self.ctx.id);
+        event["timestamp"] = json!(timestamp);
+        let mut inner = self.lock();
+        if inner.workers_collected && event.get("event").and_then(Value::as_str) == Some("summary")
+        {
+            crate::xdist::count_workers_tests(&mut event, inner.report.counts());
+            text = None;
+        }
+        if let Some(file) = inner.events.as_mut() {
+            let line = match text {
+                Some(text) => event_line(text, &self.ctx.id, &timestamp),
+                None => {
+                    let mut line = serde_json::to_vec(&event).expect("serializes");
+                    line.push(b'\n');
+                    line
+                }
+            };
+            let _ = file.write_all(&line);
+        }
+        inner.report.add(&event);
+        inner.live.apply(&event);
+        inner.terminal.event(&event);
+        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
+        match kind {
+            "test_finish" => {
+                inner.meta.tests += 1;
+                // A count for `stepkernel sessions`: fresh enough twice a second.
+                if inner.meta_saved.elapsed() >= META_INTERVAL {
+                    self.save_meta(&inner);
+                    inner.meta_saved = Instant::now();
+                }
+            }
+            "resume" => {
+                inner.meta.state = "running".into();
+                inner.meta.paused_at = None;
+                self.save_meta(&inner);
+                let test = event.get("test").and_then(Value::as_str).map(String::from);
+                self.relabel(test.as_deref(), "running");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// events.jsonl's line for an event the worker wrote as `text` (a JSON
+/// object): the session and timestamp first, then the worker's fields as written.
+fn event_line(text: &[u8], session: &str, timestamp: &str) -> Vec<u8> {
+    let head = format!(
+        "{{\"session\":{},\"timestamp\":{}",
+        json!(session),
+        json!(timestamp)
+    );
+    let body = text.trim_ascii();
+    let fields = body
+        .get(1..body.len().saturating_sub(1))
+        .unwrap_or_default();
+    let mut line = Vec::with_capacity(head.len() + body.len() + 3);
+    line.extend_from_slice(head.as_bytes());
+    if !fields.trim_ascii().is_empty() {
+        line.push(b',');
+        line.extend_from_slice(fields);
+    }
+    line.extend_from_slice(b"}\n");
+    line
+}
+
 impl SessionHooks for RunHooks {
     fn steps_for(&self, path: &Path) -> Value {
         self.with_steps_reply(
@@ -1014,41 +1087,12 @@ impl SessionHooks for RunHooks {
         Some(self.ctx.options.fingerprint())
     }
 
-    fn on_event(&self, mut event: Value) {
-        event["session"] = json!(self.ctx.id);
-        event["timestamp"] = json!(patchgen::now_rfc3339());
-        let mut inner = self.lock();
-        if inner.workers_collected && event.get("event").and_then(Value::as_str) == Some("summary")
-        {
-            crate::xdist::count_workers_tests(&mut event, inner.report.counts());
-        }
-        if let Some(file) = inner.events.as_mut() {
-            let mut line = serde_json::to_vec(&event).expect("serializes");
-            line.push(b'\n');
-            let _ = file.write_all(&line);
-        }
-        inner.report.add(&event);
-        inner.live.apply(&event);
-        inner.terminal.event(&event);
-        let kind = event.get("event").and_then(Value::as_str).unwrap_or("");
-        match kind {
-            "test_finish" => {
-                inner.meta.tests += 1;
-                // A count for `stepkernel sessions`: fresh enough twice a second.
-                if inner.meta_saved.elapsed() >= META_INTERVAL {
-                    self.save_meta(&inner);
-                    inner.meta_saved = Instant::now();
-                }
-            }
-            "resume" => {
-                inner.meta.state = "running".into();
-                inner.meta.paused_at = None;
-                self.save_meta(&inner);
-                let test = event.get("test").and_then(Value::as_str).map(String::from);
-                self.relabel(test.as_deref(), "running");
-            }
-            _ => {}
-        }
+    fn on_event(&self, event: Value) {
+        self.take_event(event, None);
+    }
+
+    fn on_event_text(&self, event: Value, text: &[u8]) {
+        self.take_event(event, Some(text));
     }
 
     fn on_paused(&self, info: &Value) {
@@ -1263,6 +1307,28 @@ fn fixture_note(by_fixture: &BTreeMap<String, u64>) -> Option<String> {
         each.join(", "),
         if fixtures == 1 { "" } else { "s" }
     ))
+}
+
+#[cfg(test)]
+mod event_line_tests {
+    use super::*;
+
+    #[test]
+    fn an_event_line_from_the_workers_text_reads_as_the_event_with_session_and_time() {
+        for text in [
+            &br#"{"event":"test_finish","test":"t.py::test_\u00e9[a,b]","duration_s":0.000664,"nested":{"k":[1,"}"]}}"#[..],
+            br#"{}"#,
+            br#" { } "#,
+        ] {
+            let line = event_line(text, "20261203-1", "2026-12-03T17:55:09Z");
+            assert!(line.ends_with(b"}\n"), "{line:?}");
+            let read: Value = serde_json::from_slice(&line).unwrap();
+            let mut expected: Value = serde_json::from_slice(text).unwrap();
+            expected["session"] = json!("20261203-1");
+            expected["timestamp"] = json!("2026-12-03T17:55:09Z");
+            assert_eq!(read, expected);
+        }
+    }
 }
 
 #[cfg(test)]

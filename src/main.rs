@@ -17,6 +17,7 @@ mod watch_cmd;
 mod xdist_worker_cmd;
 
 use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
 /// The kernel parses, keeps and writes a JSON value per test event: mimalloc
 /// makes those many small allocations about half as costly as glibc's malloc.
@@ -38,7 +39,6 @@ fn tree_sitter_uses_mimalloc() {
         }));
     }
 }
-use std::process::ExitCode;
 
 /// Run Python tests step by step; pause on failure and attach any Jupyter client.
 #[derive(Parser)]

@@ -414,9 +414,13 @@ def _plan_marks(item: Any) -> tuple:
 
 
 def _xdist_plugins(engine: Engine) -> list[Any]:
-    """The xdist controller's plugins, where pytest-xdist is installed (``xdist_controller.plugins``)."""
+    """The xdist controller's plugins: none without the kernel's settings or without pytest-xdist installed.
+
+    Checked here, so that a run without xdist does not import the controller.
+    """
     import importlib.util
 
+    # Not imported here: pytest imports (and assertion-rewrites) its plugins itself.
     if not getattr(engine.host, "xdist", None) or importlib.util.find_spec("xdist") is None:
         return []
     from .xdist_controller import plugins

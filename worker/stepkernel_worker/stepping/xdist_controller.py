@@ -165,13 +165,5 @@ def usage_hint(args: list[str], code: int) -> None:
 
 
 def plugins(engine: Any) -> list:
-    """The controller's plugins for this run (none without xdist or the kernel's settings)."""
-    spec = getattr(engine.host, "xdist", None)
-    if not spec:
-        return []
-    import importlib.util
-
-    # Not imported here: pytest imports (and assertion-rewrites) its plugins itself.
-    if importlib.util.find_spec("xdist") is None:
-        return []
-    return [XdistController(engine, spec)]
+    """The controller's plugins for this run (the caller checked that xdist is installed and the kernel set ``xdist``)."""
+    return [XdistController(engine, engine.host.xdist)]

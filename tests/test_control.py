@@ -295,8 +295,36 @@ def test_bad_input_gets_clear_errors(tmp_path, run_session):
     session.wait_exit()
 
 
+# test_one's retry waits for a gate before it fails again: until then the run
+# is not paused, so a second `continue` must be refused however late it comes.
+RETRY_HELD = {
+    "test_g.py": GATED["test_g.py"].replace(
+        """        def test_one():
+            x = 1
+            assert x == 2
+""",
+        """        TRIES = []
+
+
+        def held_on_retry():
+            TRIES.append(1)
+            if len(TRIES) > 1:
+                wait_gate("gate3")
+            return True
+
+
+        def test_one():
+            x = 1
+            assert held_on_retry() and x == 2
+""")
+}
+
+
 def test_two_clients_steering_at_once(tmp_path, run_session):
-    project, session = start(run_session, tmp_path, "test_g.py")
+    assert RETRY_HELD["test_g.py"] != GATED["test_g.py"]
+    project = write_project(tmp_path / "p", RETRY_HELD)
+    session = run_session(project, "test_g.py")
+    wait_for(lambda: (session.session_dir / "control.sock").exists(), what="control socket")
     gate(project, "gate1")
     session.wait_paused()
     barrier = threading.Barrier(2)
@@ -319,6 +347,7 @@ def test_two_clients_steering_at_once(tmp_path, run_session):
     refused = next(a for a in answers if not a["ok"])
     assert refused["error"]["code"] == "state"
     # exactly one continue happened: test_one failed again and paused again
+    gate(project, "gate3")
     wait_for(lambda: sum(e["event"] == "pause" for e in session.events()) == 2, what="second pause")
     pauses = [e for e in session.events() if e["event"] == "pause"]
     assert [p["test"] for p in pauses] == ["test_g.py::test_one"] * 2

@@ -116,14 +116,6 @@ fn verify(dir: &Path) -> Result<(), String> {
         }
     }
     expected.insert(dir.join(".complete"));
-    // The worker's mark that it compiled itself for one interpreter (`.compiled-cpython-311`).
-    let package = dir.join("stepkernel_worker");
-    for entry in std::fs::read_dir(&package).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        if name.to_string_lossy().starts_with(".compiled-") && entry.path().is_file() {
-            expected.insert(entry.path());
-        }
-    }
     extra_files(dir, &expected)
 }
 
@@ -196,11 +188,7 @@ mod tests {
             .unwrap()
             .contains("def main"));
         super::verify(&dir).unwrap();
-        // The worker's own mark that it compiled itself is not a stranger...
-        let mark = dir.join("stepkernel_worker/.compiled-cpython-311");
-        std::fs::write(&mark, "").unwrap();
-        super::verify(&dir).unwrap();
-        // ...but any other dot-file is.
+        // A dot-file is a stranger too.
         std::fs::write(dir.join("stepkernel_worker/.pth-evil"), "").unwrap();
         assert!(super::verify(&dir).is_err());
     }

@@ -774,7 +774,6 @@ class Worker:
                 print(f"stepkernel: {note}", file=sys.stderr, flush=True)
         self._answer_pending_resume(None, exit_code)
         self._reply(message["id"], {"status": "ok", "exit_code": exit_code})
-        _compile_own_package()
 
 
 def _whole_lines(*streams: Any) -> list:
@@ -795,30 +794,6 @@ def _whole_lines(*streams: Any) -> list:
             continue
         saved.append(old)
     return saved
-
-
-def _compile_own_package() -> None:
-    """Write this package's bytecode once, as pip does when it installs a package.
-
-    With PYTHONDONTWRITEBYTECODE (most container images) Python would compile
-    the worker from source at every start; the files are read when present.
-    Done after a run has been answered, so no one waits for it.
-    """
-    if not sys.dont_write_bytecode:
-        return  # Python writes them itself on import
-    # The unpacked package never changes (its folder is named by its hash):
-    # once compiled for this interpreter, the walk over it is not needed again.
-    done = os.path.join(_PACKAGE_DIR, f".compiled-{sys.implementation.cache_tag}")
-    if os.path.exists(done):
-        return
-    try:
-        import compileall
-
-        if compileall.compile_dir(_PACKAGE_DIR, quiet=2, force=False):
-            with open(done, "w"):
-                pass
-    except Exception:  # noqa: BLE001 - an optimisation only (a read-only cache, say)
-        pass
 
 
 def _is_pause_control(message: dict) -> bool:

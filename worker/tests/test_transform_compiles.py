@@ -107,6 +107,10 @@ JUMPS = [
     "async_for = 1\nfor i in []:\n    with NULL:\n        break",
     "def inner():\n    for i in []:\n        break",
     "x = [i for i in range(3) if i]",
+    "if x:\n    pass\nelse:\n    break",
+    "try:\n    pass\nexcept Exception:\n    pass\nelse:\n    continue",
+    "with NULL, NULL:\n    if x:\n        break",
+    "class C:\n    x = 1\nwhile x:\n    match x:\n        case _:\n            break",
 ]
 
 

@@ -33,10 +33,9 @@ from typing import Any, Callable, Iterable
 __tracebackhide__ = True
 __unittest = True
 
-#: What a step returns when it falls off its end (a ``return`` ends the function).
-CONTINUE = "__stepkernel_continue_7d1f9c__"
-#: First element of the tuple a user cell returns for its last expression.
-DISPLAY = "__stepkernel_display_7d1f9c__"
+# What a step returns when it falls off its end, and the first element of the
+# tuple a user cell returns for its last expression (defined where they are read).
+from .runtime import CONTINUE, DISPLAY  # noqa: E402
 FACTORY = "__stepkernel_factory__"
 STEP = "__stepkernel_step__"
 #: Positional parameter of steps that use zero-argument ``super()``.

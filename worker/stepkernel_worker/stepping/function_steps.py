@@ -13,10 +13,12 @@ import hashlib
 import marshal
 import textwrap
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import compiler
 from .transform import STEP_FIELDS, TABLE, phase_tail, record_plan_ids
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .compiler import StepCompiler
 
 __tracebackhide__ = True
 __unittest = True
@@ -94,7 +96,7 @@ class FunctionSteps:
         self.first_param = code.co_varnames[0] if code.co_argcount > 0 else None
         self.edits: dict[int, EditedStep] = {}
         self._rewrite = rewrite
-        self._compiler: compiler.StepCompiler | None = None
+        self._compiler: StepCompiler | None = None
 
     @property
     def steps(self) -> list[StepSpec]:
@@ -125,10 +127,12 @@ class FunctionSteps:
         return self._global_names
 
     @property
-    def compiler(self) -> compiler.StepCompiler:
+    def compiler(self) -> StepCompiler:
         """Compiles edits and cells in this function's scope."""
         if self._compiler is None:
-            self._compiler = compiler.StepCompiler(
+            from .compiler import StepCompiler  # (only edits and pauses compile: not a passing run)
+
+            self._compiler = StepCompiler(
                 filename=self.filename,
                 first_line=self.code.co_firstlineno,
                 func_name=self.name,
@@ -147,7 +151,9 @@ class FunctionSteps:
         spec = self.steps[index]
         tree = ast.parse(_dedent(source), filename=self.filename)
         ast.increment_lineno(tree, spec.start_line - 1)
-        super_arg = self.first_param is not None and compiler.uses_super(tree.body)
+        from .compiler import uses_super
+
+        super_arg = self.first_param is not None and uses_super(tree.body)
         code = self.compiler.compile(tree.body, extra_names=extra_names, super_arg=super_arg)
         return EditedStep(source, code, super_arg)
 

@@ -29,7 +29,6 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, Generator
 
-from .compiler import CONTINUE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
@@ -37,6 +36,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __tracebackhide__ = True
 __unittest = True
+
+#: What a compiled step returns when it falls off its end (a ``return`` ends
+#: the function). Here, not in ``compiler``, which a passing run never imports.
+CONTINUE = "__stepkernel_continue_7d1f9c__"
+#: First element of the tuple a user cell returns for its last expression.
+DISPLAY = "__stepkernel_display_7d1f9c__"
 
 #: One byte the per-step check reads: non-zero while anything wants step
 #: boundaries. The worker points it into the memory it shares with the kernel

@@ -51,7 +51,6 @@ import marshal
 from typing import Any
 
 from ..raw_json import encode_compact as _compact
-from .compiler import contains_yield
 
 __tracebackhide__ = True
 __unittest = True
@@ -386,7 +385,12 @@ def transform_module(tree: ast.Module, report: dict | None) -> dict:
         qualname = str(fn.get("qualname") or node.name)
         steps = sorted((s for s in fn.get("steps") or [] if isinstance(s, dict)), key=lambda s: s.get("index", 0))
         # The instrumenter says which functions are generators (it parsed the same text).
-        generator = fn.get("is_generator") if "is_generator" in fn else contains_yield(node.body)
+        if "is_generator" in fn:
+            generator = fn.get("is_generator")
+        else:
+            from .compiler import contains_yield  # (compiles edits: not imported by a passing run)
+
+            generator = contains_yield(node.body)
         if not steps or generator or too_deep(node.body) or stray_jump(node.body):
             # Runs as one step (so does a function whose blocks, with the two the steps
             # add, would pass the compiler's limit); the table still names its phase. A

@@ -202,6 +202,8 @@ def test_the_hard_fidelity_cases_agree_forked_and_fresh(tmp_path, watches):
     assert not differ, json.dumps(differ, indent=1)
 
 
+# The second mark is longer than the first: a .pyc of the first, written in the same
+# second, would otherwise pass Python's mtime-and-size check and serve it stale.
 SITE_MARK = "import builtins\nbuiltins.SITE_MARK = {!r}\n"
 STALE_PROJECT = {
     "tests/test_mark.py": '''
@@ -239,10 +241,10 @@ def test_a_change_to_what_the_zygote_imported_is_seen_at_once_and_restarts_it(tm
     assert {e["outcome"] for e in finished.values()} == {"passed"}, w.output()
     assert worker_start(project, 2)["forked"] is True
 
-    (site / "sitecustomize.py").write_text(SITE_MARK.format("two"))
+    (site / "sitecustomize.py").write_text(SITE_MARK.format("second"))
     finished = rerun_all(w, both)
     assert finished["tests/test_mark.py::test_mark"]["outcome"] == "failed", "a stale sitecustomize was served"
-    assert "'two' == 'one'" in finished["tests/test_mark.py::test_mark"]["report"]
+    assert "'second' == 'one'" in finished["tests/test_mark.py::test_mark"]["report"]
     restarted = wait_for(lambda: [e for e in w.events("zygote") if e["state"] == "restarted"], timeout=120,
                          what="the zygote's restart")[0]
     assert "sitecustomize.py" in restarted["reason"], restarted
@@ -273,7 +275,7 @@ def test_a_module_of_the_project_is_never_pre_imported(tmp_path, watches):
     assert "modules of the project" in off["reason"] and "sitecustomize" in off["reason"], off
     assert "no pre-imported worker" in w.output()
     assert not [e for e in w.events("zygote") if e["state"] == "ready"]
-    (project / "sitecustomize.py").write_text(SITE_MARK.format("two"))
+    (project / "sitecustomize.py").write_text(SITE_MARK.format("second"))
     finished = rerun_all(w, {"tests/test_mark.py::test_mark"})
     assert finished["tests/test_mark.py::test_mark"]["outcome"] == "failed"
     assert worker_start(project, last_cycle(w))["forked"] is False

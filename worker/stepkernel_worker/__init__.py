@@ -36,7 +36,12 @@ if _sys.dont_write_bytecode:
                     pass  # no cache, as without this loader
                 return code
 
-        for directory in (here, os.path.join(here, "stepping")):
+        # This package and its subpackages: every directory whose modules import through its __path__.
+        directories = [here] + [
+            entry.path for entry in os.scandir(here)
+            if entry.is_dir() and os.path.exists(os.path.join(entry.path, "__init__.py"))
+        ]
+        for directory in directories:
             _sys.path_importer_cache[directory] = FileFinder(directory, (OwnBytecodeLoader, SOURCE_SUFFIXES))
 
     _keep_own_bytecode()

@@ -30,12 +30,13 @@ import types
 import warnings
 from typing import Any, Callable, Iterable
 
+# What a step returns when it falls off its end, and the first element of the
+# tuple a user cell returns for its last expression: defined where they are read.
+from .runtime import CONTINUE, DISPLAY
+
 __tracebackhide__ = True
 __unittest = True
 
-# What a step returns when it falls off its end, and the first element of the
-# tuple a user cell returns for its last expression (defined where they are read).
-from .runtime import CONTINUE, DISPLAY  # noqa: E402
 FACTORY = "__stepkernel_factory__"
 STEP = "__stepkernel_step__"
 #: Positional parameter of steps that use zero-argument ``super()``.

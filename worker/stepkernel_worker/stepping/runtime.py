@@ -29,7 +29,6 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any, Generator
 
-
 if TYPE_CHECKING:  # pragma: no cover
     from .engine import Engine
     from .function_steps import FunctionSteps

@@ -284,6 +284,10 @@ def too_deep(body: list[ast.stmt]) -> bool:
 
 
 _TRY_STAR = getattr(ast, "TryStar", None)  # except* (Python 3.11+)
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+_LOOPS = (ast.For, ast.AsyncFor, ast.While)
+_WITHS = (ast.With, ast.AsyncWith)
+_TRIES = (ast.Try,) if _TRY_STAR is None else (ast.Try, _TRY_STAR)
 
 
 def block_depth(body: list[ast.stmt]) -> int:
@@ -294,13 +298,13 @@ def block_depth(body: list[ast.stmt]) -> int:
     deepest = 0
     for stmt in body:
         kind = type(stmt)
-        if kind in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef):
+        if kind in _SCOPES:
             continue
-        if kind in (ast.For, ast.AsyncFor, ast.While):
+        if kind in _LOOPS:
             depth = max(1 + block_depth(stmt.body), block_depth(stmt.orelse))
-        elif kind in (ast.With, ast.AsyncWith):
+        elif kind in _WITHS:
             depth = len(stmt.items) + block_depth(stmt.body)
-        elif kind is ast.Try or (_TRY_STAR is not None and kind is _TRY_STAR):
+        elif kind in _TRIES:
             outer = 1 if stmt.finalbody else 0
             depth = max(
                 outer + (1 if stmt.handlers else 0) + block_depth(stmt.body),
@@ -316,11 +320,6 @@ def block_depth(body: list[ast.stmt]) -> int:
             continue
         deepest = max(deepest, depth)
     return deepest
-
-
-_LOOPS = (ast.For, ast.AsyncFor, ast.While)
-_WITHS = (ast.With, ast.AsyncWith)
-_TRIES = (ast.Try,) if _TRY_STAR is None else (ast.Try, _TRY_STAR)
 
 
 def stray_jump(body: list[ast.stmt], in_loop: bool = False) -> bool:

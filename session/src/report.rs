@@ -1,7 +1,7 @@
 //! `report.json`: outcomes, step timings and failures grouped two ways.
 
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Collects events into the session report.
 #[derive(Default)]
@@ -480,7 +480,9 @@ impl Report {
     /// they finished; the rest is serialized from the report in place.
     pub fn to_json_bytes(&self, session_id: &str, exit_code: Option<i32>) -> Vec<u8> {
         let b = self.borrowed(session_id, exit_code);
-        let mut out = serde_json::to_vec_pretty(&b.head).expect("serializes");
+        let mut out = Vec::with_capacity(self.tests_json.len() + 4096);
+        // (As `to_vec_pretty` writes it: the same formatter the tests were written with.)
+        crate::nested_pretty::write_at_level(&mut out, 0, &b.head);
         // `{ ...head\n}` goes on with the last two keys, as to_vec_pretty writes them.
         out.truncate(out.len() - 2);
         out.extend_from_slice(b",\n  \"tests\": ");
@@ -539,12 +541,27 @@ impl Report {
 
     /// Steps aggregated by name across tests: counts by status, durations (known with step events).
     fn by_step(&self) -> Vec<StepRow<'_>> {
-        let mut rows: BTreeMap<&str, Aggregate<'_>> = BTreeMap::new();
-        for test in &self.tests {
+        // Rows found by hash and sorted once at the end (a run has a row per distinct step);
+        // a test counted once per row, by its place in `tests` when no id repeats there.
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut rows: Vec<(&str, Aggregate<'_>, usize)> = Vec::new();
+        let mut ids = HashSet::with_capacity(self.tests.len());
+        let ids_repeat = !self.tests.iter().all(|t| ids.insert(t.id.as_str()));
+        for (place, test) in self.tests.iter().enumerate() {
             for step in &test.steps {
-                let row = rows.entry(step.name.as_str().unwrap_or("")).or_default();
+                let name = step.name.as_str().unwrap_or("");
+                let at = *index.entry(name).or_insert_with(|| {
+                    rows.push((name, Aggregate::default(), usize::MAX));
+                    rows.len() - 1
+                });
+                let (_, row, last) = &mut rows[at];
                 row.add(step.status.as_str(), step.duration_s.as_f64());
-                row.test(test.id.as_str());
+                if ids_repeat {
+                    row.test(test.id.as_str());
+                } else if *last != place {
+                    *last = place;
+                    row.tests.extend(test.id.as_str());
+                }
                 for id in step.plan_ids() {
                     if !row.plan_ids.contains(&id) {
                         row.plan_ids.push(id);
@@ -552,8 +569,9 @@ impl Report {
                 }
             }
         }
+        rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
         rows.into_iter()
-            .map(|(name, row)| StepRow {
+            .map(|(name, row, _)| StepRow {
                 duration_s: row.duration(),
                 mean_s: row.mean(),
                 total: row.total(),
@@ -778,6 +796,41 @@ mod tests {
             ["passed", "passed"],
             "a passed test's steps all passed"
         );
+    }
+
+    #[test]
+    fn by_step_lists_each_test_once_per_step_name() {
+        let mut r = Report::default();
+        let phases =
+            json!([{"name": "test", "step_names": ["x = 1", "assert x", "x = 1", "assert x"]}]);
+        // t.py::a twice (a rerun), t.py::b once; each has "x = 1" twice, apart.
+        for id in ["t.py::a", "t.py::b", "t.py::a"] {
+            r.add(&json!({"event": "test_start", "test": id, "phases": phases}));
+            r.add(&json!({"event": "test_finish", "test": id, "outcome": "passed"}));
+        }
+        let j = r.to_json("s", Some(0));
+        let rows = j["by_step"].as_array().unwrap();
+        let names: Vec<&str> = rows
+            .iter()
+            .map(|row| row["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["assert x", "x = 1"], "sorted by name");
+        for row in rows {
+            assert_eq!(row["tests"], json!(["t.py::a", "t.py::b"]));
+            assert_eq!(row["total"], 6);
+        }
+        let mut unique = Report::default();
+        for id in ["t.py::b", "t.py::a"] {
+            unique.add(&json!({"event": "test_start", "test": id, "phases": phases}));
+            unique.add(&json!({"event": "test_finish", "test": id, "outcome": "passed"}));
+        }
+        let j = unique.to_json("s", Some(0));
+        assert_eq!(
+            j["by_step"][1]["tests"],
+            json!(["t.py::b", "t.py::a"]),
+            "in the order they ran"
+        );
+        assert_eq!(j["by_step"][1]["total"], 4);
     }
 
     #[test]

@@ -70,10 +70,8 @@ def _preimport() -> None:
     from . import stepping  # noqa: F401
     from .stepping import pytest_plugin  # noqa: F401
 
-    # Only what a worker started afresh imports too: a run imports the xdist
-    # controller when pytest-xdist is installed, step hooks only when a plugin has one.
-    if importlib.util.find_spec("xdist") is not None:
-        from .stepping import xdist_controller  # noqa: F401
+    # Only what a worker started afresh imports too: not the xdist controller
+    # (a run with -n imports it), not step hooks (only when a plugin has one).
     # helpconfig is essential (pytest imports it even with `-p no:helpconfig`).
     import _pytest.helpconfig  # noqa: F401
 

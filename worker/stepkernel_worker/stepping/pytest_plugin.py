@@ -10,6 +10,7 @@ is. The plugin is an object passed to ``pytest.main(plugins=[...])``.
 
 from __future__ import annotations
 
+import operator
 import os
 import sys
 import traceback
@@ -380,11 +381,19 @@ class SteppingPlugin:
         return outcome, text
 
 
+#: ``name.startswith("stepkernel_")``, for ``map``.
+_is_step_hook_name = operator.methodcaller("startswith", "stepkernel_")
+
+
 def _may_have_step_hooks(plugin: Any) -> bool:
     """Whether ``plugin`` has an attribute named like a step hook (``stepkernel_*``); cheap for modules."""
     try:
         names = plugin.__dict__ if isinstance(plugin, types.ModuleType) else dir(plugin)
-        return any(type(n) is str and n.startswith("stepkernel_") for n in names)
+        try:
+            # In C, no Python frame per name: pytest registers some forty plugins a run.
+            return any(map(_is_step_hook_name, names))
+        except (TypeError, AttributeError):  # a name that is not a str (a module dict can hold one)
+            return any(type(n) is str and n.startswith("stepkernel_") for n in names)
     except Exception:  # noqa: BLE001 - an object whose attributes raise is no hook plugin
         return False
 
@@ -413,19 +422,30 @@ def _plan_marks(item: Any) -> tuple:
     return tuple(ids)
 
 
-def _xdist_plugins(engine: Engine) -> list[Any]:
-    """The xdist controller's plugins: none without the kernel's settings or without pytest-xdist installed.
+class _XdistGate:
+    """Starts the xdist controller (``xdist_controller.py``) in a run that uses xdist: imported then only."""
 
-    Checked here, so that a run without xdist does not import the controller.
-    """
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_cmdline_main(self, config: Any) -> Any:
+        option = config.option
+        if getattr(option, "numprocesses", None) or getattr(option, "tx", None):
+            from .xdist_controller import start
+
+            start(self.engine, config)
+        return (yield)
+
+
+def _xdist_plugins(engine: Engine) -> list[Any]:
+    """The xdist gate: none without the kernel's settings or without pytest-xdist installed."""
     import importlib.util
 
     # Not imported here: pytest imports (and assertion-rewrites) its plugins itself.
     if not getattr(engine.host, "xdist", None) or importlib.util.find_spec("xdist") is None:
         return []
-    from .xdist_controller import plugins
-
-    return plugins(engine)
+    return [_XdistGate(engine)]
 
 
 def _python_files(config: Any) -> list[str]:

@@ -26,13 +26,8 @@ LOAD_NOTE = (
 )
 
 
-def _uses_xdist(config: Any) -> bool:
-    option = config.option
-    return bool(getattr(option, "numprocesses", None) or getattr(option, "tx", None))
-
-
 class XdistController:
-    """Registered beside the stepping plugin when the run may use xdist."""
+    """Registered beside the stepping plugin when the run uses xdist (``start``)."""
 
     def __init__(self, engine: Any, spec: dict) -> None:
         self.engine = engine
@@ -41,18 +36,6 @@ class XdistController:
         self.unstepped: set[str] = set()
         #: Remote workers' setup and TCP relay (``xdist_remote.py``), made on the first.
         self.remote: Any = None
-
-    @pytest.hookimpl(wrapper=True)
-    def pytest_cmdline_main(self, config: Any) -> Any:
-        # Before xdist's own (which makes `-n` mean `--dist load`): "no" here
-        # is the user's choice of nothing.
-        if _uses_xdist(config):
-            dist = getattr(config.option, "dist", "no")
-            if dist == "no":
-                config.option.dist = "worksteal"
-            elif dist == "load":
-                print(LOAD_NOTE, file=sys.stderr, flush=True)
-        return (yield)
 
     # xdist's own hooks: optional, so `-p no:xdist` leaves this plugin valid.
     @pytest.hookimpl(optionalhook=True)
@@ -164,6 +147,16 @@ def usage_hint(args: list[str], code: int) -> None:
           f"install it with: {sys.executable} -m pip install pytest-xdist", file=sys.stderr, flush=True)
 
 
-def plugins(engine: Any) -> list:
-    """The controller's plugins for this run (the caller checked that xdist is installed and the kernel set ``xdist``)."""
-    return [XdistController(engine, engine.host.xdist)]
+def start(engine: Any, config: Any) -> None:
+    """A run that uses xdist (``-n``, ``--tx``): the controller registered, worksteal made the default.
+
+    Called from the stepping plugin's ``pytest_cmdline_main`` wrapper, before
+    xdist's own (which makes ``-n`` mean ``--dist load``): "no" here is the
+    user's choice of nothing.
+    """
+    config.pluginmanager.register(XdistController(engine, engine.host.xdist), "stepkernel-xdist-controller")
+    dist = getattr(config.option, "dist", "no")
+    if dist == "no":
+        config.option.dist = "worksteal"
+    elif dist == "load":
+        print(LOAD_NOTE, file=sys.stderr, flush=True)

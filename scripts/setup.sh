@@ -49,6 +49,13 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   .venv/bin/python -m pip install -q -r tests/requirements.txt
   echo "$want" > "$stamp"
 fi
+plugins_stamp=.venv/opt-plugins/.stepkernel-requirements
+plugins_want=$(sha256sum tests/plugin-requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$plugins_stamp" 2>/dev/null)" != "$plugins_want" ]; then
+  rm -rf .venv/opt-plugins
+  .venv/bin/python -m pip install -q --no-deps --target .venv/opt-plugins -r tests/plugin-requirements.txt
+  echo "$plugins_want" > "$plugins_stamp"
+fi
 
 # playwright-core (pinned in tests/browser/package.json, no dependencies) drives
 # that Chromium; it downloads no browser of its own. The demo does not need it.

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import PYTHON, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
+from conftest import PYTHON, ROOT, SHARED, execute, stepkernel_bin, stream_text, wait_for, write_project
 
 CART = {
     "test_cart.py": '''
@@ -584,6 +584,54 @@ def test_subtests_are_labelled_in_the_summary(tmp_path):
     line = summary_line(stepped.stdout + stepped.stderr)
     # pytest: "5 failed, 2 passed, 5 subtests passed" counts 2 + 2 failed subtests, 1 failing test, 2 passing.
     assert line.startswith("stepkernel: 2 tests failed, 1 test passed; 4 subtests failed, 5 subtests passed in "), line
+
+
+RERUNS = {
+    "test_flaky.py": """
+        import pathlib
+
+        import pytest
+
+
+        def test_fails_twice_then_passes(tmp_path_factory):
+            tries = pathlib.Path(__file__).with_name("tries")
+            n = int(tries.read_text()) if tries.exists() else 0
+            tries.write_text(str(n + 1))
+            assert n >= 2
+
+
+        @pytest.mark.flaky(reruns=1)
+        def test_always_fails():
+            assert False
+
+
+        def test_plain():
+            pass
+        """,
+}
+
+
+def test_reruns_are_counted_in_the_summary_as_pytest_counts_them(tmp_path):
+    # The real pytest-rerunfailures, installed apart (scripts/setup.sh) so no other test's pytest loads it.
+    plugins = ROOT / ".venv" / "opt-plugins"
+    if not (plugins / "pytest_rerunfailures.py").exists():
+        pytest.skip("pytest-rerunfailures is not in .venv/opt-plugins (scripts/setup.sh installs it)")
+    env = {**os.environ, "PYTHONPATH": str(plugins), "JUPYTER_RUNTIME_DIR": str(tmp_path / "rt")}
+    args = ["--reruns", "2", "-p", "no:cacheprovider"]  # (the entry point on PYTHONPATH loads the plugin)
+    lines = {}
+    for side in ("plain", "stepped"):
+        project = write_project(tmp_path / side, RERUNS)
+        command = ([PYTHON, "-m", "pytest", *args] if side == "plain" else
+                   [stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "--", *args])
+        done = subprocess.run(command, cwd=project, capture_output=True, text=True, env=env)
+        assert done.returncode == 1, (done.stdout, done.stderr)
+        lines[side] = done.stdout + done.stderr
+    pytest_line = re.search(r"=+ (1 failed, 2 passed, 3 rerun) in ", lines["plain"])
+    assert pytest_line, lines["plain"]
+    assert pytest_line.group(0) in lines["stepped"], lines["stepped"]
+    assert summary_line(lines["stepped"]).startswith("stepkernel: 1 failed, 2 passed, 3 rerun in "), lines["stepped"]
+    report = json.loads(next((tmp_path / "stepped").glob(".stepkernel/sessions/*/report.json")).read_text())
+    assert report["outcomes"] == {"failed": 1, "passed": 2} and report["total"] == 3, report["outcomes"]
 
 
 def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_path):

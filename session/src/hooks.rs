@@ -860,6 +860,11 @@ impl RunHooks {
         self.write_outcome(&mut inner, final_code);
         let counts = inner.report.counts().clone();
         let subtests = inner.report.subtests().clone();
+        // The line reads as pytest's: "1 passed, 3 rerun" (a count of tries, not of tests).
+        let mut line_counts = counts.clone();
+        if inner.report.reruns() > 0 {
+            line_counts.insert("rerun".into(), inner.report.reruns());
+        }
         let mut extra = vec![format!(
             "session {} in {}",
             self.ctx.id,
@@ -886,7 +891,9 @@ impl RunHooks {
             extra.insert(0, note);
         }
         let seconds = self.started.elapsed().as_secs_f64();
-        inner.terminal.summary(&counts, &subtests, seconds, &extra);
+        inner
+            .terminal
+            .summary(&line_counts, &subtests, seconds, &extra);
         inner.exit_code = Some(final_code);
     }
 

@@ -18,6 +18,8 @@ pub struct Report {
     /// Tests that a failing class or module fixture errored, by fixture
     /// (`setUpModule (test_db)`), from `test_finish` events that carry `fixture`.
     fixture_errors: BTreeMap<String, u64>,
+    /// Tries a rerun plugin made before each test's last (`reruns` of `test_finish`).
+    reruns: u64,
     /// Collectors (modules) that failed or skipped while collected, from `collect_report`.
     collection: Vec<Value>,
     by_method: BTreeMap<String, u64>,
@@ -344,6 +346,7 @@ impl Report {
                         }
                     }
                 }
+                self.reruns += event.get("reruns").and_then(Value::as_u64).unwrap_or(0);
                 let subtests = event.get("subtests").and_then(Value::as_object);
                 for (kind, n) in subtests.into_iter().flatten() {
                     *self.subtests.entry(kind.clone()).or_default() += n.as_u64().unwrap_or(0);
@@ -459,6 +462,11 @@ impl Report {
     /// Counts per outcome so far.
     pub fn counts(&self) -> &BTreeMap<String, u64> {
         &self.counts
+    }
+
+    /// Reruns (pytest-rerunfailures' tries before a test's last), as pytest's summary counts them.
+    pub fn reruns(&self) -> u64 {
+        self.reruns
     }
 
     /// Subtests per outcome so far (empty when the runner reported none).

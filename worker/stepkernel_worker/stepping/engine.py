@@ -397,6 +397,7 @@ class Engine:
         longrepr: str = "",
         subtests: dict | None = None,
         fixture: str | None = None,
+        reruns: int = 0,
     ) -> str:
         if record.forced:
             outcome = "forced"
@@ -406,6 +407,9 @@ class Engine:
         fields: dict[str, Any] = {}
         if subtests:
             fields["subtests"] = subtests
+        if reruns:
+            # Tries a rerun plugin made before the last (each a report of its own).
+            fields["reruns"] = reruns
         if fixture:
             # A class or module fixture errored this test (it never ran).
             fields["fixture"] = fixture

@@ -297,13 +297,13 @@ class SteppingPlugin:
             result = yield
         finally:
             reports = self._reports.pop(nodeid, reports)
-            outcome, longrepr, subtests = self._outcome(reports, True)
+            outcome, longrepr, subtests, reruns = self._outcome(reports, True)
             # KeyboardInterrupt or pytest.exit(): the session ended inside this test.
             stopped = result is None or getattr(result, "excinfo", None) is not None
             if stopped and outcome == "passed" and not any(r.when == "call" for r in reports):
                 # pytest counts no outcome for it ("no tests ran"): neither does the summary.
                 outcome = "interrupted"
-            engine.end_test(record, outcome, longrepr, subtests=subtests)
+            engine.end_test(record, outcome, longrepr, subtests=subtests, reruns=reruns)
 
     # ----------------------------------------------------------- outcomes
 
@@ -352,11 +352,19 @@ class SteppingPlugin:
 
     @staticmethod
     def _outcome(reports: list, subtests: bool = False) -> Any:
-        """The test's outcome and its short text; with ``subtests``, also its subtest counts (``_subtest_counts``)."""
+        """The test's outcome and its short text; with ``subtests``, also its subtest counts and its reruns.
+
+        A rerun (pytest-rerunfailures, flaky) is a report of its own, counted
+        as pytest's summary counts it ("3 rerun"); the outcome is the last try's.
+        """
         outcome, text = "passed", ""
         counts: dict[str, int] | None = None
+        reruns = 0
         for report in reports:
             when = report.when
+            if report.outcome == "rerun":
+                reruns += 1
+                continue
             wasxfail = hasattr(report, "wasxfail")
             if subtests and when == "call" and getattr(report, "context", None) is not None:
                 # Subtests (unittest's subTest, pytest's ``subtests`` fixture) by outcome, as pytest counts them.
@@ -377,7 +385,7 @@ class SteppingPlugin:
             elif when == "call" and wasxfail and outcome == "passed":
                 outcome = "xpassed"
         if subtests:
-            return outcome, text, counts
+            return outcome, text, counts, reruns
         return outcome, text
 
 

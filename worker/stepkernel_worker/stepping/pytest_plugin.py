@@ -320,8 +320,10 @@ class SteppingPlugin:
                 report.user_properties.extend(("plan", p) for p in record.all_plan_ids)
         if when != "call":
             return report
-        self.engine.close_open_step()
-        record = self.engine.current
+        engine = self.engine
+        if engine._open_step is not None or engine._open_frame is not None or engine._step_start is not None:
+            engine.close_open_step()
+        record = engine.current
         if record is not None and record.forced and report.passed:
             # A failing step skipped by hand: the test fails, as the journal says.
             report.outcome = "failed"
@@ -362,7 +364,9 @@ class SteppingPlugin:
         reruns = 0
         for report in reports:
             when = report.when
-            if report.outcome == "rerun":
+            # (TestReport's failed and skipped are properties reading outcome: read here once.)
+            result = report.outcome
+            if result == "rerun":
                 reruns += 1
                 continue
             wasxfail = hasattr(report, "wasxfail")
@@ -371,13 +375,13 @@ class SteppingPlugin:
                 if counts is None:
                     counts = {}
                 counts[report.outcome] = counts.get(report.outcome, 0) + 1
-            if report.failed:
+            if result == "failed":
                 text = _short(report)
                 if when == "call":
                     outcome = "failed"
                 elif outcome == "passed":
                     outcome = "error"
-            elif report.skipped:
+            elif result == "skipped":
                 if when == "call" and wasxfail:
                     outcome, text = "xfailed", str(report.wasxfail)
                 elif outcome == "passed":

@@ -13,17 +13,9 @@ from stepkernel_worker import channel
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
 
 
-def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
-
-
 def _open_fds() -> set[int]:
-    # (The listing has listdir's own descriptor, closed when it returns.)
-    return {n for n in map(int, os.listdir("/proc/self/fd")) if _is_open(n)}
+    # (The listing has listdir's own descriptor, closed when it returns: gone from /proc then.)
+    return {n for n in map(int, os.listdir("/proc/self/fd")) if os.path.lexists(f"/proc/self/fd/{n}")}
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import tarfile
 import time
 from pathlib import Path
@@ -300,7 +301,11 @@ def counted_by_process(argv, cwd: Path, env, out: Path) -> dict[str, int]:
 
 
 def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
-    """Warm (after one run of each) and cold instruction counts, plain against stepped."""
+    """Warm (after one run of each), cold, and cold first-run instruction counts, plain against stepped.
+
+    The first run is a container's: cold, and stepkernel's cache directory empty (the worker is
+    unpacked and its own modules compiled in that run); its peer is plain pytest's cold count.
+    """
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
     sides = {
@@ -312,8 +317,10 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
     def argv(kind: str, stem: Path) -> list[str]:
         return [a.replace("{session}", f"{stem}-session") for a in sides[kind]]
 
-    for mode in ("warm", "cold"):
+    cold_plain = None
+    for mode in ("warm", "cold", "first"):
         run_env = dict(env)
+        kinds = list(sides)
         if mode == "warm":
             for kind in sides:
                 timed(argv(kind, out_dir / f"{name}-iwarmup-{kind}"), root, run_env,
@@ -321,9 +328,15 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
         else:
             run_env["PYTHONDONTWRITEBYTECODE"] = "1"
             drop_caches(root)
-        by_process = {}
+        if mode == "first":
+            # A container's first run: cold, and stepkernel's own cache (the unpacked worker, its
+            # bytecode, the interpreter it found) empty too. Plain pytest's first run is its cold one.
+            kinds = ["stepped"]
+        by_process = {} if cold_plain is None or mode != "first" else {"plain": cold_plain}
         for _ in range(COUNT_ATTEMPTS):
-            for kind in sides:
+            if mode == "first":
+                run_env["STEPKERNEL_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"{name}-first-cache-", dir=out_dir)
+            for kind in kinds:
                 by_process[kind] = counted_by_process(argv(kind, out_dir / f"{name}-i{mode}-{kind}"), root,
                                                       run_env, out_dir / f"{name}-i{mode}-{kind}")
             exits = {kind: c["exit"] for kind, c in by_process.items()}
@@ -333,9 +346,12 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
             # timeout) costs its failure report, about 3% of boltons: not comparable.
             log(f"{name} {version} {mode}: exit {exits['plain']} plain, {exits['stepped']} stepped "
                 f"(a test failed on one side only): counting again")
+        if mode == "cold":
+            cold_plain = by_process["plain"]
         counts = {kind: c["stepkernel"] + c["test"] for kind, c in by_process.items()}
         ratio = counts["stepped"] / counts["plain"]
         goal = "<= 1.05x" if mode == "warm" else "<= 1.10x"
+        mode = MODE_NAMES[mode]
         log(f"{name} {version} {mode}: instructions plain {counts['plain'] / 1e6:.0f}M, "
             f"stepped {counts['stepped'] / 1e6:.0f}M, ratio {ratio:.3f}x")
         print("BENCH " + json.dumps({
@@ -358,6 +374,9 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
             "ratio": test_only / counts["plain"], "goal": goal,
         }), flush=True)
 
+
+#: How the rows name each mode of instruction_rows.
+MODE_NAMES = {"warm": "warm", "cold": "cold", "first": "cold, first run (empty stepkernel cache)"}
 
 #: Counted runs per mode when the two sides' exit statuses differ (see instruction_rows).
 COUNT_ATTEMPTS = 3

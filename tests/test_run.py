@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -632,6 +633,44 @@ def test_reruns_are_counted_in_the_summary_as_pytest_counts_them(tmp_path):
     assert summary_line(lines["stepped"]).startswith("stepkernel: 1 failed, 2 passed, 3 rerun in "), lines["stepped"]
     report = json.loads(next((tmp_path / "stepped").glob(".stepkernel/sessions/*/report.json")).read_text())
     assert report["outcomes"] == {"failed": 1, "passed": 2} and report["total"] == 3, report["outcomes"]
+
+
+def _cold_run_step_names(project) -> list[list[str]]:
+    """A cold run (no .pyc read or written) of the project; each test's step names from its test_start."""
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "JUPYTER_RUNTIME_DIR": str(project / "rt")}
+    for cache in project.rglob("__pycache__"):
+        shutil.rmtree(cache)
+    done = subprocess.run([stepkernel_bin(), "run", "--python", PYTHON, "--on-error", "fail", "-q", "test_kept.py"],
+                          cwd=project, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    session = max((project / ".stepkernel" / "sessions").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    events = [json.loads(line) for line in (session / "events.jsonl").read_text().splitlines()]
+    return [[name for phase in e["phases"] for name in phase.get("step_names", [])]
+            for e in events if e["event"] == "test_start"]
+
+
+def test_a_cold_run_reads_the_step_report_kept_for_the_same_bytes_only(tmp_path):
+    project = write_project(tmp_path, {"test_kept.py": """
+        def test_a():
+            x = 1
+            assert x == 1
+        """})
+    assert _cold_run_step_names(project) == [["x = 1", "assert x == 1"]]
+    kept = list((project / ".stepkernel" / "step-reports").glob("*.json"))
+    assert len(kept) == 1, kept
+    made = kept[0].stat()
+    # The same bytes: the kept report is read, not made and written again.
+    assert _cold_run_step_names(project) == [["x = 1", "assert x == 1"]]
+    again = kept[0].stat()
+    assert (again.st_ino, again.st_mtime_ns) == (made.st_ino, made.st_mtime_ns)
+    # Other bytes (as a checkout or an edit leaves them): a report of the new text.
+    (project / "test_kept.py").write_text("def test_a():\n    y = 2\n    z = y * 2\n    assert z == 4\n")
+    assert _cold_run_step_names(project) == [["y = 2", "z = y * 2", "assert z == 4"]]
+    # A damaged entry is made again, not trusted.
+    kept[0].write_bytes(b"stepkernel-steps 1 3\nnot json")
+    assert _cold_run_step_names(project) == [["y = 2", "z = y * 2", "assert z == 4"]]
+    assert kept[0].read_bytes().startswith(b"stepkernel-steps 1 ")
+    assert b"z = y * 2" in kept[0].read_bytes() and b"not json" not in kept[0].read_bytes()
 
 
 def test_a_fixture_error_outside_the_tests_is_not_hidden_behind_all_passed(tmp_path):

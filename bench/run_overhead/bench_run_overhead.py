@@ -303,8 +303,11 @@ def counted_by_process(argv, cwd: Path, env, out: Path) -> dict[str, int]:
 def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
     """Warm (after one run of each), cold, and cold first-run instruction counts, plain against stepped.
 
-    The first run is a container's: cold, and stepkernel's cache directory empty (the worker is
-    unpacked and its own modules compiled in that run); its peer is plain pytest's cold count.
+    Cold is a second cold run (one uncounted before it): what stepkernel keeps in its own
+    directories from run to run (its worker's bytecode, the project's step reports) is there.
+    The first run is a fresh checkout's in a fresh container: cold, stepkernel's cache directory
+    empty (the worker is unpacked and its own modules compiled in that run) and no step reports
+    kept; its peer is plain pytest's cold count.
     """
     if shutil.which("valgrind") is None:
         raise SystemExit("--instructions needs valgrind (apt-get install valgrind)")
@@ -327,6 +330,12 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
                       Path(out_dir / f"{name}-iwarmup-{kind}.log"))
         else:
             run_env["PYTHONDONTWRITEBYTECODE"] = "1"
+            if mode == "cold":
+                # What an earlier cold run keeps in stepkernel's own directories (the worker's
+                # bytecode, the project's step reports) is there, as from the second run on.
+                drop_caches(root)
+                timed(argv("stepped", out_dir / f"{name}-icoldup-stepped"), root, run_env,
+                      Path(out_dir / f"{name}-icoldup-stepped.log"))
             drop_caches(root)
         if mode == "first":
             # A container's first run: cold, and stepkernel's own cache (the unpacked worker, its
@@ -336,6 +345,8 @@ def instruction_rows(args, name, version, tests, root, env, out_dir) -> None:
         for _ in range(COUNT_ATTEMPTS):
             if mode == "first":
                 run_env["STEPKERNEL_CACHE_DIR"] = tempfile.mkdtemp(prefix=f"{name}-first-cache-", dir=out_dir)
+                # A fresh checkout has no .stepkernel/ either (no step reports kept by earlier runs).
+                shutil.rmtree(root / ".stepkernel" / "step-reports", ignore_errors=True)
             for kind in kinds:
                 by_process[kind] = counted_by_process(argv(kind, out_dir / f"{name}-i{mode}-{kind}"), root,
                                                       run_env, out_dir / f"{name}-i{mode}-{kind}")

@@ -145,6 +145,8 @@ pub struct RunHooks {
     journal_dir: PathBuf,
     /// The run's shared reports (a local xdist worker's kernel; see `share_steps`).
     store: Option<Arc<StepStore>>,
+    /// The project's reports kept from run to run (`keep_reports`).
+    kept: Option<StepStore>,
 }
 
 impl RunHooks {
@@ -180,8 +182,16 @@ impl RunHooks {
             loaded_dir: crate::patches::loaded_dir(&ctx.dir),
             journal_dir: ctx.dir.clone(),
             store: None,
+            kept: None,
             ctx,
         }
+    }
+
+    /// Reads and keeps the instrumenter's reports in `store` (the project's
+    /// `.stepkernel/step-reports/`), so a file seen before with the same bytes is not parsed again.
+    pub fn keep_reports(mut self, store: StepStore) -> RunHooks {
+        self.kept = Some(store);
+        self
     }
 
     /// Takes reports from the run's shared store, making (and storing) only
@@ -341,7 +351,11 @@ impl RunHooks {
             .strip_prefix(&self.ctx.rootdir)
             .map(|p| p.to_string_lossy().to_string())
             .unwrap_or_else(|_| abs.to_string_lossy().to_string());
-        instrumenter::instrument_source(&shown, bytes, &self.ctx.options)
+        let make = || instrumenter::instrument_source(&shown, bytes, &self.ctx.options);
+        match &self.kept {
+            Some(kept) => kept.report(abs, bytes, make),
+            None => make(),
+        }
     }
 
     /// `path`'s report as the worker reads it, given to `reply`; a file

@@ -137,6 +137,18 @@ fn reuse_session_dir(dir: &Path) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The project's reports kept from run to run (`.stepkernel/step-reports/`, see
+/// step_store.rs), named by the instrumenter's options; None when that cannot be made
+/// (then every run instruments its files, as before).
+fn kept_reports(rootdir: &Path, options: &Options) -> Option<StepStore> {
+    let state = kernel::private_files::ensure_private_dir(&rootdir.join(".stepkernel")).ok()?;
+    StepStore::open_at(
+        &state.join(crate::step_store::REPORTS_DIR),
+        &options.fingerprint(),
+    )
+    .ok()
+}
+
 /// `.stepkernel/` and `.stepkernel/sessions/` are the user's own and private:
 /// another user's could swap the session directory inside them.
 fn ensure_sessions_root(rootdir: &Path) -> Result<(), RunError> {
@@ -386,7 +398,8 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             ..Default::default()
         };
         let _ = meta.save(&dir);
-        let hooks = Arc::new(RunHooks::new(
+        let kept = kept_reports(&opts.rootdir, &options);
+        let hooks = RunHooks::new(
             SessionContext {
                 id: id.clone(),
                 dir: dir.clone(),
@@ -403,7 +416,11 @@ pub fn run(opts: RunOptions) -> Result<i32, RunError> {
             },
             meta,
             opts.quiet,
-        ));
+        );
+        let hooks = Arc::new(match kept {
+            Some(kept) => hooks.keep_reports(kept),
+            None => hooks,
+        });
         if !opts.quiet {
             hooks.say(&format!(
                 "stepkernel: session {id} — attach any time: jupyter console --existing {}",

@@ -28,6 +28,12 @@ use std::path::{Path, PathBuf};
 /// The directory of the store in a session directory.
 pub const STEPS_DIR: &str = "steps";
 
+/// A project's reports kept from run to run, in its `.stepkernel/`: a run with no
+/// stepped `.pyc` to read (`PYTHONDONTWRITEBYTECODE=1`, a fresh checkout of the
+/// same files) reads the report of a file it has seen with these bytes instead
+/// of parsing the file again. One entry per file (the newest bytes win).
+pub const REPORTS_DIR: &str = "step-reports";
+
 /// The first bytes of an entry; the source's length follows, then a newline.
 const MAGIC: &[u8] = b"stepkernel-steps 1 ";
 
@@ -52,6 +58,19 @@ impl StepStore {
         options: &str,
     ) -> Result<StepStore, kernel::private_files::PrivateError> {
         let dir = kernel::private_files::ensure_private_dir(&session_dir.join(STEPS_DIR))?;
+        Ok(StepStore {
+            dir,
+            options: options.to_string(),
+        })
+    }
+
+    /// A store that outlives runs, in `dir` itself (created 0700 if missing): a
+    /// project's `.stepkernel/step-reports/` (see [`REPORTS_DIR`]).
+    pub fn open_at(
+        dir: &Path,
+        options: &str,
+    ) -> Result<StepStore, kernel::private_files::PrivateError> {
+        let dir = kernel::private_files::ensure_private_dir(dir)?;
         Ok(StepStore {
             dir,
             options: options.to_string(),

@@ -10,7 +10,7 @@
 //! - [`status`]: what `status` answers, live or from a session's files;
 //! - [`discovery`]: finding sessions from any directory;
 //! - [`kernel_label`]: the session's name in Jupyter's kernel lists;
-//! - [`step_store`]: the run's step reports, shared by its xdist workers' kernels;
+//! - [`step_store`]: step reports shared by a run's xdist workers' kernels, and kept from run to run in `.stepkernel/step-reports/`;
 //! - [`xdist`]: pytest-xdist workers, each served by a kernel of its own.
 
 pub mod attach;

@@ -15,6 +15,10 @@
 //! kernel asking then waits for it and reads the entry: each file is
 //! instrumented once for the run. The prefetch skips a file a kernel is
 //! making; it runs at normal priority (a kernel may wait on it).
+//!
+//! The same entries, in a store opened with [`StepStore::open_at`] in a
+//! project's `.stepkernel/step-reports/`, keep reports from run to run: a cold
+//! run reads the report of a file whose bytes are those it was made from.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
